@@ -1,0 +1,206 @@
+//! Wire types of graydar's HTTP API, shared by agent, controller and CLI.
+//! One definition, used on both sides.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The kinds of gray failure graydar reports (DESIGN.md, "Findings").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    NicDrops,
+    QdiscDrops,
+    KernelDrops,
+    FsyncLatency,
+    DiskSlow,
+    DiskHung,
+    OneWayLoss,
+    AsymmetricConnectivity,
+    AsymmetricRoute,
+    LatencyAsymmetry,
+    RouteFlap,
+    Incast,
+}
+
+impl FindingKind {
+    pub const ALL: [FindingKind; 12] = [
+        FindingKind::NicDrops,
+        FindingKind::QdiscDrops,
+        FindingKind::KernelDrops,
+        FindingKind::FsyncLatency,
+        FindingKind::DiskSlow,
+        FindingKind::DiskHung,
+        FindingKind::OneWayLoss,
+        FindingKind::AsymmetricConnectivity,
+        FindingKind::AsymmetricRoute,
+        FindingKind::LatencyAsymmetry,
+        FindingKind::RouteFlap,
+        FindingKind::Incast,
+    ];
+
+    /// snake_case name, as in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::NicDrops => "nic_drops",
+            FindingKind::QdiscDrops => "qdisc_drops",
+            FindingKind::KernelDrops => "kernel_drops",
+            FindingKind::FsyncLatency => "fsync_latency",
+            FindingKind::DiskSlow => "disk_slow",
+            FindingKind::DiskHung => "disk_hung",
+            FindingKind::OneWayLoss => "one_way_loss",
+            FindingKind::AsymmetricConnectivity => "asymmetric_connectivity",
+            FindingKind::AsymmetricRoute => "asymmetric_route",
+            FindingKind::LatencyAsymmetry => "latency_asymmetry",
+            FindingKind::RouteFlap => "route_flap",
+            FindingKind::Incast => "incast",
+        }
+    }
+
+    /// Name of the runbook in runbooks/ (without `.md`): the kind with dashes.
+    pub fn runbook(self) -> String {
+        self.as_str().replace('_', "-")
+    }
+}
+
+impl fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingState {
+    Firing,
+    Resolved,
+}
+
+/// One number (or label) that made a detector decide; kept as given so a
+/// human can re-check the decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Evidence {
+    Number(f64),
+    Text(String),
+}
+
+impl From<f64> for Evidence {
+    fn from(v: f64) -> Self {
+        Evidence::Number(v)
+    }
+}
+impl From<u64> for Evidence {
+    fn from(v: u64) -> Self {
+        // Counters beyond 2^53 lose precision in JSON anyway.
+        Evidence::Number(v as f64)
+    }
+}
+impl From<String> for Evidence {
+    fn from(v: String) -> Self {
+        Evidence::Text(v)
+    }
+}
+impl From<&str> for Evidence {
+    fn from(v: &str) -> Self {
+        Evidence::Text(v.to_owned())
+    }
+}
+
+/// One gray failure on one subject of one host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finding {
+    /// Stable for the same host + kind + subject: see [`finding_id`].
+    pub id: String,
+    pub host: String,
+    pub kind: FindingKind,
+    pub subject: String,
+    pub severity: Severity,
+    pub state: FindingState,
+    /// When the finding (last) started firing, RFC 3339 UTC.
+    pub since: String,
+    /// Last evaluation that confirmed the state, RFC 3339 UTC.
+    pub last_seen: String,
+    /// When it resolved, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    pub summary: String,
+    pub evidence: BTreeMap<String, Evidence>,
+    /// Runbook name in runbooks/ (e.g. `nic-drops`).
+    pub runbook: String,
+}
+
+/// Response of `GET /api/v1/findings` on an agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FindingsResponse {
+    pub host: String,
+    pub findings: Vec<Finding>,
+}
+
+/// Stable finding id: 16 hex digits of FNV-1a 64 over `host \0 kind \0 subject`.
+/// FNV is used (not std's SipHash) because its output is specified and
+/// therefore identical across builds, hosts and languages.
+pub fn finding_id(host: &str, kind: FindingKind, subject: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [host.as_bytes(), b"\0", kind.as_str().as_bytes(), b"\0", subject.as_bytes()] {
+        for b in part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finding_id_is_stable_and_distinguishes_subjects() {
+        let a = finding_id("node1", FindingKind::NicDrops, "eth0");
+        assert_eq!(a, finding_id("node1", FindingKind::NicDrops, "eth0"));
+        assert_ne!(a, finding_id("node1", FindingKind::NicDrops, "eth1"));
+        assert_ne!(a, finding_id("node1", FindingKind::QdiscDrops, "eth0"));
+        assert_ne!(a, finding_id("node2", FindingKind::NicDrops, "eth0"));
+        // "ab"+"c" must not collide with "a"+"bc".
+        assert_ne!(
+            finding_id("ab", FindingKind::NicDrops, "c"),
+            finding_id("a", FindingKind::NicDrops, "bc")
+        );
+        assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn kinds_serialize_as_snake_case_and_runbooks_use_dashes() {
+        for k in FindingKind::ALL {
+            let json = serde_json::to_string(&k).expect("serialize kind");
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+        }
+        assert_eq!(FindingKind::NicDrops.runbook(), "nic-drops");
+        assert_eq!(FindingKind::AsymmetricConnectivity.runbook(), "asymmetric-connectivity");
+    }
+}

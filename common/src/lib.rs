@@ -1,0 +1,10 @@
+//! Types shared between graydar's eBPF programs and user space.
+//!
+//! Everything outside the `api` module is `#![no_std]`, `#[repr(C)]` and
+//! laid out identically on both sides of the kernel boundary.
+#![cfg_attr(not(any(feature = "user", feature = "api", test)), no_std)]
+
+pub mod drops;
+
+#[cfg(feature = "api")]
+pub mod api;

@@ -1,0 +1,15 @@
+//! graydar's eBPF programs, one file per probe. Loaded by graydar-agent.
+#![no_std]
+#![no_main]
+
+mod nic_drops;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
