@@ -1,3 +1,143 @@
-fn main() -> anyhow::Result<()> {
+//! graydar-agent: watches this host for gray failures and serves what it finds.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use graydar_agent::config::{Cli, Config};
+use graydar_agent::drops::DropSignal;
+use graydar_agent::findings::FindingStore;
+use graydar_agent::http::{AppState, router};
+use graydar_agent::metrics::Metrics;
+use graydar_agent::probes::kernel_drops::{self, KernelDropsProbe};
+use graydar_agent::sys;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("graydar-agent: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        println!("{cfg:#?}");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let filter = EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("graydar-agent: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("graydar-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), host = %cfg.hostname, listen = %cfg.listen, "starting");
+    let metrics = Arc::new(Metrics::new());
+    let findings = Arc::new(Mutex::new(FindingStore::new(cfg.hostname.clone(), cfg.drops.resolved_retention)));
+    let ready = Arc::new(AtomicBool::new(false));
+
+    // Bind first: a bad or busy listen address fails before any probe loads.
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
+
+    let kernel = start_kernel_drops(&cfg, &metrics);
+    let netlink = match rtnetlink::new_connection() {
+        Ok((conn, handle, _)) => {
+            tokio::spawn(conn);
+            metrics.probe_up.with_label_values(&["qdisc"]).set(1);
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "netlink unavailable: qdisc statistics disabled");
+            metrics.probe_up.with_label_values(&["qdisc"]).set(0);
+            None
+        }
+    };
+    metrics.probe_up.with_label_values(&["sysfs_net"]).set(1);
+    metrics.probe_up.with_label_values(&["softnet_stat"]).set(1);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal = DropSignal::new(cfg.clone(), metrics.clone(), findings.clone(), kernel, netlink);
+    let sampler = tokio::spawn(signal.run(ready.clone(), stop_rx.clone()));
+
+    let app = router(AppState { metrics, findings, ready });
+    tracing::info!("serving http://{}/metrics and /api/v1/findings", cfg.listen);
+    let mut stop_http = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_http.changed().await;
+            })
+            .await
+    });
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = sampler.await;
+    match server.await {
+        Ok(r) => r.context("http server")?,
+        Err(e) => tracing::warn!(error = %e, "http task"),
+    }
+    // Dropping the probes detaches the eBPF programs.
+    tracing::info!("stopped");
     Ok(())
+}
+
+fn start_kernel_drops(cfg: &Config, metrics: &Metrics) -> Option<KernelDropsProbe> {
+    let up = metrics.probe_up.with_label_values(&[kernel_drops::PROBE]);
+    if !sys::can_load_bpf() {
+        tracing::warn!(
+            "not root and no CAP_BPF+CAP_PERFMON: eBPF probes disabled; the sysfs, softnet and qdisc collectors keep running"
+        );
+        up.set(0);
+        return None;
+    }
+    sys::ensure_pseudo_filesystems();
+    match KernelDropsProbe::start(&cfg.sysfs_root, sys::own_netns_inode()) {
+        Ok(p) => {
+            tracing::info!("eBPF probe kfree_skb attached");
+            metrics.ebpf_programs_attached.add(1);
+            up.set(1);
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel drop probe disabled");
+            up.set(0);
+            None
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install SIGTERM handler");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

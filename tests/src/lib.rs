@@ -1,1 +1,5 @@
-//! Test helpers.
+//! Helpers for graydar's end-to-end tests: network namespaces, the agent as a
+//! real process, Prometheus text parsing.
+pub mod agent;
+pub mod netns;
+pub mod prom;

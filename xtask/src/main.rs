@@ -1,1 +1,263 @@
-fn main() {}
+//! `cargo xtask`: set up a machine, run graydar, test every tier, benchmark.
+
+mod bench;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "graydar developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks (idempotent): nightly rust-src, bpf-linker 0.10.4, Debian packages.
+    Setup,
+    /// Build and start the agent on this host with defaults; Ctrl-C stops it.
+    Run {
+        /// Extra arguments passed to graydar-agent (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test tier in order: unit, root/netns, VM. Fails if a tier fails or cannot run.
+    Test {
+        /// Run only these tiers (unit, netns, vm); default all.
+        #[arg(long, value_delimiter = ',')]
+        tier: Vec<String>,
+    },
+    /// Boot the test VM and run a shell command inside it (debugging aid).
+    Vm {
+        /// Shell command to run in the guest; default: the VM test tier.
+        #[arg(long)]
+        cmd: Option<String>,
+    },
+    /// Benchmarks (figures as ratios against a baseline measured in the same run).
+    Bench {
+        /// Seconds of idle measurement for the agent's CPU and memory.
+        #[arg(long, default_value_t = 60)]
+        idle_seconds: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let ws = workspace_root()?;
+    match cli.cmd {
+        Cmd::Setup => setup(true),
+        Cmd::Run { args } => {
+            setup(false)?;
+            run(&ws, &args)
+        }
+        Cmd::Test { tier } => {
+            setup(false)?;
+            test(&ws, &tier)
+        }
+        Cmd::Vm { cmd } => {
+            setup(false)?;
+            let cache = vm::default_cache(&ws);
+            match cmd {
+                Some(c) => vm::run_command(&ws, &cache, &c),
+                None => vm::run_tests(&ws, &cache),
+            }
+        }
+        Cmd::Bench { idle_seconds } => {
+            setup(false)?;
+            bench::run(&ws, idle_seconds)
+        }
+    }
+}
+
+pub fn workspace_root() -> Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    dir.parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
+    cmd.status().with_context(|| format!("running {cmd:?}"))
+}
+
+pub(crate) fn ok(cmd: &mut Command) -> Result<()> {
+    let s = status(cmd)?;
+    if !s.success() {
+        bail!("{cmd:?} failed: {s}");
+    }
+    Ok(())
+}
+
+fn output_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Debian packages the test tiers and the VM need.
+pub const APT_PACKAGES: &[&str] = &[
+    "iproute2",         // ip, tc: test topologies
+    "nftables",         // nft: drops in the netns tier
+    "iputils-ping",     // ping
+    "kmod",             // depmod/modprobe for the VM kernel
+    "qemu-system-x86",  // the VM tier
+    "busybox-static",   // the VM's initramfs
+    "cpio",             // initramfs archive
+];
+
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+/// Idempotent: checks each piece and installs only what is missing.
+/// `verbose` prints what was already there too.
+fn setup(verbose: bool) -> Result<()> {
+    let mut did = Vec::new();
+    // 1. nightly toolchain with rust-src (the eBPF crate builds core from source).
+    let installed = output_of(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
+    match installed {
+        Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => {}
+        Some(_) => {
+            ok(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+            did.push("added rust-src to the nightly toolchain".to_owned());
+        }
+        None => {
+            ok(Command::new("rustup").args([
+                "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+            ]))?;
+            did.push("installed the nightly toolchain with rust-src".to_owned());
+        }
+    }
+    // 2. bpf-linker, the version that uses rustc's LLVM 22 (0.11+ wants LLVM 23).
+    let have = output_of(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !have.contains(BPF_LINKER_VERSION) {
+        println!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} (about 4 minutes)...");
+        ok(Command::new("cargo").args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"]))?;
+        did.push(format!("installed bpf-linker {BPF_LINKER_VERSION}"));
+    }
+    // 3. Debian packages.
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing Debian packages {missing:?}; run `cargo xtask setup` as root (apt-get needs it)");
+        }
+        ok(Command::new("apt-get").args(["update", "-q"]))?;
+        ok(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        did.push(format!("installed Debian packages: {}", missing.join(" ")));
+    }
+    if did.is_empty() {
+        if verbose {
+            println!("xtask setup: everything is already installed (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, {})", APT_PACKAGES.join(", "));
+        }
+    } else {
+        for d in &did {
+            println!("xtask setup: {d}");
+        }
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(ws: &Path, args: &[String]) -> Result<()> {
+    ok(cargo().current_dir(ws).args(["build", "--release", "-p", "graydar-agent"]))?;
+    if !is_root() {
+        println!("xtask run: not root: eBPF probes will be disabled (the agent says why); run as root for all probes");
+    }
+    let bin = ws.join("target/release/graydar-agent");
+    let mut child = Command::new(&bin)
+        .args(args)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    // Ctrl-C reaches the agent (same process group); xtask itself waits for
+    // it to finish its graceful shutdown instead of dying first.
+    // SAFETY: installing SIG_IGN for SIGINT in this process only (after the
+    // child was spawned, so the child keeps the default disposition).
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    let listen = args
+        .iter()
+        .position(|a| a == "--listen")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| "127.0.0.1:9477".to_owned());
+    let listen = listen.replace("0.0.0.0", "127.0.0.1");
+    println!("xtask run: graydar-agent started (pid {})", child.id());
+    println!("  metrics:  http://{listen}/metrics");
+    println!("  findings: http://{listen}/api/v1/findings");
+    println!("  health:   http://{listen}/healthz  http://{listen}/readyz");
+    println!("  Ctrl-C stops it.");
+    let s = child.wait().context("waiting for the agent")?;
+    println!("xtask run: agent exited: {s}");
+    Ok(())
+}
+
+fn test(ws: &Path, only: &[String]) -> Result<()> {
+    let want = |t: &str| only.is_empty() || only.iter().any(|o| o == t);
+    let mut results: Vec<(&str, Result<()>)> = Vec::new();
+    if want("unit") {
+        println!("\n==> tier 1/3: unit");
+        let r = ok(cargo().current_dir(ws).args([
+            "test", "-p", "graydar-common", "-p", "graydar-agent", "-p", "graydar-controller", "-p", "xtask",
+            "--all-features",
+        ]))
+        .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--lib"])));
+        results.push(("unit", r));
+    }
+    if want("netns") {
+        println!("\n==> tier 2/3: root/netns");
+        let r = if !is_root() {
+            Err(anyhow::anyhow!("the root/netns tier needs root (network namespaces, eBPF): run `cargo xtask test` as root"))
+        } else {
+            ok(cargo().current_dir(ws).args(["build", "-p", "graydar-agent"]))
+                .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--tests"])))
+        };
+        results.push(("root/netns", r));
+    }
+    if want("vm") {
+        println!("\n==> tier 3/3: VM (QEMU, Debian kernel, software emulation)");
+        let r = if !is_root() {
+            Err(anyhow::anyhow!("the VM tier needs root (apt-get for the kernel package): run as root"))
+        } else {
+            vm::run_tests(ws, &vm::default_cache(ws))
+        };
+        results.push(("VM", r));
+    }
+    println!("\n==> summary");
+    let mut failed = 0;
+    for (tier, r) in &results {
+        match r {
+            Ok(()) => println!("  {tier}: passed"),
+            Err(e) => {
+                failed += 1;
+                println!("  {tier}: FAILED: {e:#}");
+            }
+        }
+    }
+    println!("tiers: {} passed, {failed} failed", results.len() - failed);
+    if failed > 0 {
+        bail!("{failed} test tier(s) failed or could not run");
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! Agent configuration: defaults < TOML file < environment < command-line flags.
+//! Unknown fields in the file are an error that names the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::detect::drops::DropConfig;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9477";
+
+/// Command line of graydar-agent. Every flag can also be set from the
+/// environment variable named in its help.
+#[derive(Debug, Parser, Default)]
+#[command(name = "graydar-agent", version, about = "graydar gray-failure detection agent")]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "GRAYDAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address for /metrics, /healthz, /readyz and /api/v1 [default: 0.0.0.0:9477].
+    #[arg(long, env = "GRAYDAR_LISTEN")]
+    pub listen: Option<String>,
+    /// Identity of this host in findings [default: the kernel hostname].
+    #[arg(long, env = "GRAYDAR_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Where the host's /proc is mounted (a DaemonSet mounts it at /host/proc).
+    #[arg(long, env = "PROCFS_ROOT")]
+    pub procfs_root: Option<PathBuf>,
+    /// Where the host's /sys is mounted.
+    #[arg(long, env = "SYSFS_ROOT")]
+    pub sysfs_root: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax) [default: info].
+    #[arg(long, env = "GRAYDAR_LOG")]
+    pub log_level: Option<String>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The configuration file. All fields optional.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub hostname: Option<String>,
+    pub procfs_root: Option<PathBuf>,
+    pub sysfs_root: Option<PathBuf>,
+    pub log_level: Option<String>,
+    /// `[drops]`, split by [`DropsSection::from_table`].
+    pub drops: Option<toml::Table>,
+}
+
+/// `[drops]`: sampling of the drop collectors plus the detector settings
+/// ([`DropConfig`], in the same table).
+#[derive(Debug, Clone)]
+pub struct DropsSection {
+    /// Sampling period of the drop collectors.
+    pub interval: Duration,
+    /// How long resolved findings stay listed in /api/v1/findings.
+    pub resolved_retention: Duration,
+    /// Interfaces never evaluated (exact names).
+    pub exclude_interfaces: Vec<String>,
+    pub detector: DropConfig,
+}
+
+impl DropsSection {
+    /// serde's `flatten` cannot be combined with `deny_unknown_fields`, so the
+    /// agent's own keys are taken out here and the rest must be exactly
+    /// [`DropConfig`]'s fields (unknown ones are named in the error).
+    pub fn from_table(mut t: toml::Table) -> Result<DropsSection, ConfigError> {
+        let mut out = DropsSection::default();
+        if let Some(v) = t.remove("interval") {
+            out.interval = duration_field("drops.interval", v)?;
+        }
+        if let Some(v) = t.remove("resolved_retention") {
+            out.resolved_retention = duration_field("drops.resolved_retention", v)?;
+        }
+        if let Some(v) = t.remove("exclude_interfaces") {
+            out.exclude_interfaces = Vec::<String>::deserialize(v)
+                .map_err(|e| ConfigError::Drops(format!("exclude_interfaces: {e}")))?;
+        }
+        out.detector = DropConfig::deserialize(toml::Value::Table(t))
+            .map_err(|e| ConfigError::Drops(e.to_string().trim_end().to_owned()))?;
+        Ok(out)
+    }
+}
+
+fn duration_field(name: &str, v: toml::Value) -> Result<Duration, ConfigError> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| ConfigError::Drops(format!("{name}: expected a duration string like \"1s\"")))?;
+    humantime::parse_duration(s).map_err(|e| ConfigError::Drops(format!("{name}: {s:?}: {e}")))
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for DropsSection {
+    fn default() -> Self {
+        DropsSection {
+            interval: default_interval(),
+            resolved_retention: default_retention(),
+            exclude_interfaces: Vec::new(),
+            detector: DropConfig::default(),
+        }
+    }
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub hostname: String,
+    pub procfs_root: PathBuf,
+    pub sysfs_root: PathBuf,
+    pub log_level: String,
+    pub drops: DropsSection,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("listen: {value:?} is not a socket address like 0.0.0.0:9477 ({reason})")]
+    Listen { value: String, reason: String },
+    #[error("drops: {0}")]
+    Drops(String),
+    #[error("drops.interval must be between 100ms and 1h, got {0:?}")]
+    Interval(Duration),
+}
+
+impl Config {
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => Self::read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(cli, file)
+    }
+
+    pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            // toml's message names the unknown or mistyped field and its line.
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    pub fn merge(cli: &Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let listen_str = cli
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_str.parse().map_err(|e: std::net::AddrParseError| {
+            ConfigError::Listen {
+                value: listen_str.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let hostname = cli
+            .hostname
+            .clone()
+            .or(file.hostname)
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(kernel_hostname);
+        let drops = match file.drops {
+            Some(t) => DropsSection::from_table(t)?,
+            None => DropsSection::default(),
+        };
+        drops.detector.validate().map_err(|e| ConfigError::Drops(e.to_string()))?;
+        if drops.interval < Duration::from_millis(100) || drops.interval > Duration::from_secs(3600) {
+            return Err(ConfigError::Interval(drops.interval));
+        }
+        Ok(Config {
+            listen,
+            hostname,
+            procfs_root: cli.procfs_root.clone().or(file.procfs_root).unwrap_or_else(|| "/proc".into()),
+            sysfs_root: cli.sysfs_root.clone().or(file.sysfs_root).unwrap_or_else(|| "/sys".into()),
+            log_level: cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
+            drops,
+        })
+    }
+}
+
+fn kernel_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "test.toml".into(),
+            message: e.to_string(),
+        })?;
+        Config::merge(&Cli::default(), file)
+    }
+
+    #[test]
+    fn defaults_listen_on_9477() {
+        let c = parse("").expect("empty config is valid");
+        assert_eq!(c.listen.port(), 9477);
+        assert_eq!(c.drops.interval, Duration::from_secs(1));
+        assert_eq!(c.procfs_root, PathBuf::from("/proc"));
+    }
+
+    #[test]
+    fn unknown_field_is_named_in_the_error() {
+        let err = parse("listen = \"127.0.0.1:1\"\nlisten_adress = 3\n").expect_err("must fail");
+        assert!(err.to_string().contains("listen_adress"), "{err}");
+        let err = parse("[drops]\nwarnig_ratio = 0.1\n").expect_err("must fail");
+        assert!(err.to_string().contains("warnig_ratio"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_address_is_named() {
+        let err = parse("listen = \"localhost\"").expect_err("must fail");
+        assert!(err.to_string().contains("listen"), "{err}");
+        assert!(err.to_string().contains("localhost"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: FileConfig = toml::from_str("listen = \"127.0.0.1:1000\"\nhostname = \"a\"").expect("toml");
+        let cli = Cli {
+            listen: Some("127.0.0.1:2000".into()),
+            ..Cli::default()
+        };
+        let c = Config::merge(&cli, file).expect("valid");
+        assert_eq!(c.listen.port(), 2000);
+        assert_eq!(c.hostname, "a");
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let c = parse("[drops]\ninterval = \"500ms\"\nshort_window = \"5s\"\n").expect("valid");
+        assert_eq!(c.drops.interval, Duration::from_millis(500));
+        assert_eq!(c.drops.detector.short_window, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid_and_matches_the_defaults() {
+        let c = parse(include_str!("../../deploy/agent.example.toml")).expect("deploy/agent.example.toml must parse");
+        let d = DropConfig::default();
+        assert_eq!(c.drops.detector.warning_ratio, d.warning_ratio);
+        assert_eq!(c.drops.detector.short_window, d.short_window);
+        assert_eq!(c.drops.detector.resolve_windows, d.resolve_windows);
+        assert_eq!(c.drops.interval, Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,2 @@
+//! Detectors: pure functions from signal windows to finding transitions.
+pub mod drops;

@@ -1,0 +1,208 @@
+//! This host's findings: firing ones and recently resolved ones.
+//!
+//! Detectors report transitions; the store keeps one [`Finding`] per
+//! (kind, subject) with a stable id, so the same failure seen again updates
+//! the same finding instead of creating a new one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use graydar_common::api::{Evidence, Finding, FindingKind, FindingState, Severity, finding_id};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::metrics::Metrics;
+
+pub fn rfc3339(t: SystemTime) -> String {
+    OffsetDateTime::from(t)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+pub struct FindingStore {
+    host: String,
+    retention: Duration,
+    findings: HashMap<(FindingKind, String), Entry>,
+}
+
+struct Entry {
+    finding: Finding,
+    resolved_at: Option<SystemTime>,
+}
+
+/// What a detector says about one subject at one evaluation.
+pub struct Report {
+    pub kind: FindingKind,
+    pub subject: String,
+    pub severity: Severity,
+    pub summary: String,
+    pub evidence: BTreeMap<String, Evidence>,
+}
+
+impl FindingStore {
+    pub fn new(host: impl Into<String>, retention: Duration) -> Self {
+        FindingStore {
+            host: host.into(),
+            retention,
+            findings: HashMap::new(),
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The finding starts (or keeps) firing, with fresh severity and evidence.
+    pub fn firing(&mut self, r: Report, now: SystemTime) {
+        let ts = rfc3339(now);
+        let key = (r.kind, r.subject.clone());
+        match self.findings.get_mut(&key) {
+            Some(e) if e.finding.state == FindingState::Firing => {
+                e.finding.severity = r.severity;
+                e.finding.summary = r.summary;
+                e.finding.evidence = r.evidence;
+                e.finding.last_seen = ts;
+            }
+            _ => {
+                tracing::warn!(kind = %r.kind, subject = %r.subject, severity = %r.severity, "finding firing: {}", r.summary);
+                let finding = Finding {
+                    id: finding_id(&self.host, r.kind, &r.subject),
+                    host: self.host.clone(),
+                    kind: r.kind,
+                    subject: r.subject,
+                    severity: r.severity,
+                    state: FindingState::Firing,
+                    since: ts.clone(),
+                    last_seen: ts,
+                    resolved_at: None,
+                    summary: r.summary,
+                    evidence: r.evidence,
+                    runbook: r.kind.runbook(),
+                };
+                self.findings.insert(key, Entry { finding, resolved_at: None });
+            }
+        }
+    }
+
+    /// Refreshes a firing finding's evidence without changing its state.
+    pub fn refresh(&mut self, kind: FindingKind, subject: &str, evidence: BTreeMap<String, Evidence>, now: SystemTime) {
+        if let Some(e) = self.findings.get_mut(&(kind, subject.to_owned()))
+            && e.finding.state == FindingState::Firing
+        {
+            e.finding.evidence = evidence;
+            e.finding.last_seen = rfc3339(now);
+        }
+    }
+
+    pub fn resolve(&mut self, kind: FindingKind, subject: &str, now: SystemTime) {
+        if let Some(e) = self.findings.get_mut(&(kind, subject.to_owned()))
+            && e.finding.state == FindingState::Firing
+        {
+            tracing::info!(kind = %kind, subject, "finding resolved");
+            let ts = rfc3339(now);
+            e.finding.state = FindingState::Resolved;
+            e.finding.last_seen = ts.clone();
+            e.finding.resolved_at = Some(ts);
+            e.resolved_at = Some(now);
+        }
+    }
+
+    pub fn is_firing(&self, kind: FindingKind, subject: &str) -> bool {
+        self.findings
+            .get(&(kind, subject.to_owned()))
+            .is_some_and(|e| e.finding.state == FindingState::Firing)
+    }
+
+    /// Firing findings first, then resolved ones, newest first; resolved
+    /// findings older than the retention are forgotten.
+    pub fn list(&mut self, now: SystemTime) -> Vec<Finding> {
+        let retention = self.retention;
+        self.findings.retain(|_, e| match e.resolved_at {
+            Some(t) => now.duration_since(t).map(|age| age <= retention).unwrap_or(true),
+            None => true,
+        });
+        let mut out: Vec<Finding> = self.findings.values().map(|e| e.finding.clone()).collect();
+        out.sort_by(|a, b| {
+            (a.state != FindingState::Firing)
+                .cmp(&(b.state != FindingState::Firing))
+                .then_with(|| b.since.cmp(&a.since))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        out
+    }
+
+    /// Sets graydar_findings_active for every kind and severity.
+    pub fn export(&self, m: &Metrics) {
+        for kind in FindingKind::ALL {
+            for sev in [Severity::Warning, Severity::Critical] {
+                let n = self
+                    .findings
+                    .values()
+                    .filter(|e| {
+                        e.finding.kind == kind && e.finding.severity == sev && e.finding.state == FindingState::Firing
+                    })
+                    .count();
+                m.findings_active
+                    .with_label_values(&[kind.as_str(), sev.as_str()])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(sev: Severity) -> Report {
+        Report {
+            kind: FindingKind::NicDrops,
+            subject: "eth0/rx".into(),
+            severity: sev,
+            summary: "2.0% of packets dropped".into(),
+            evidence: BTreeMap::from([("short_ratio".to_owned(), Evidence::Number(0.02))]),
+        }
+    }
+
+    #[test]
+    fn same_failure_keeps_its_id_and_since() {
+        let mut s = FindingStore::new("node1", Duration::from_secs(60));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        s.firing(report(Severity::Warning), t0);
+        s.firing(report(Severity::Critical), t0 + Duration::from_secs(5));
+        let l = s.list(t0 + Duration::from_secs(5));
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].severity, Severity::Critical);
+        assert_eq!(l[0].since, rfc3339(t0));
+        assert_eq!(l[0].id, finding_id("node1", FindingKind::NicDrops, "eth0/rx"));
+        assert_eq!(l[0].runbook, "nic-drops");
+    }
+
+    #[test]
+    fn resolved_findings_are_kept_for_the_retention_only() {
+        let mut s = FindingStore::new("node1", Duration::from_secs(60));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        s.firing(report(Severity::Warning), t0);
+        s.resolve(FindingKind::NicDrops, "eth0/rx", t0 + Duration::from_secs(10));
+        let l = s.list(t0 + Duration::from_secs(30));
+        assert_eq!(l[0].state, FindingState::Resolved);
+        assert!(l[0].resolved_at.is_some());
+        assert!(s.list(t0 + Duration::from_secs(100)).is_empty());
+        // firing again after resolution starts a new episode with a new `since`
+        s.firing(report(Severity::Warning), t0 + Duration::from_secs(200));
+        assert_eq!(s.list(t0 + Duration::from_secs(200))[0].since, rfc3339(t0 + Duration::from_secs(200)));
+    }
+
+    #[test]
+    fn export_counts_firing_by_kind_and_severity() {
+        let m = Metrics::new();
+        let mut s = FindingStore::new("n", Duration::from_secs(60));
+        s.firing(report(Severity::Warning), SystemTime::now());
+        s.export(&m);
+        assert_eq!(m.findings_active.with_label_values(&["nic_drops", "warning"]).get(), 1);
+        assert_eq!(m.findings_active.with_label_values(&["kernel_drops", "critical"]).get(), 0);
+        s.resolve(FindingKind::NicDrops, "eth0/rx", SystemTime::now());
+        s.export(&m);
+        assert_eq!(m.findings_active.with_label_values(&["nic_drops", "warning"]).get(), 0);
+    }
+}

@@ -1,0 +1,23 @@
+//! Signal collectors, one file per signal. Each separates reading (I/O) from
+//! parsing (pure, tested on fixture files under agent/tests/fixtures/).
+pub mod kernel_drops;
+pub mod nic;
+pub mod qdisc;
+pub mod softnet;
+
+/// Error of a collector. Never panics on kernel or file data.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing {what}: {detail}")]
+    Parse { what: String, detail: String },
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("eBPF: {0}")]
+    Ebpf(String),
+}
