@@ -156,7 +156,7 @@ impl KernelBtf {
                 };
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Missing(format!("byte-aligned {struct_name}.{path}")));
         }
         Ok(bits / 8)

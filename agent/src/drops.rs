@@ -21,6 +21,19 @@ use crate::probes::softnet;
 /// `TC_H_ROOT` from linux/pkt_sched.h: parent of a root qdisc.
 const TC_H_ROOT: u32 = 0xFFFF_FFFF;
 
+/// One detector evaluation of one subject, before it reaches the store.
+struct Evaluated {
+    kind: FindingKind,
+    subject: String,
+    obs: Observation,
+    evidence: BTreeMap<String, Evidence>,
+    /// How the packets were dropped, for the summary ("by the device", ...).
+    what: String,
+}
+
+/// Kernel drops by reason name, cumulative, at one sample time.
+type ReasonSample = (Duration, HashMap<String, u64>);
+
 pub struct DropSignal {
     cfg: Config,
     metrics: Arc<Metrics>,
@@ -33,7 +46,7 @@ pub struct DropSignal {
     kernel_det: DropDetector<String>,
     /// Per-interface history of kernel drops by reason, for the evidence's
     /// dominant reasons over the short window.
-    reason_history: HashMap<String, VecDeque<(Duration, HashMap<String, u64>)>>,
+    reason_history: HashMap<String, VecDeque<ReasonSample>>,
     started: Instant,
 }
 
@@ -96,7 +109,7 @@ impl DropSignal {
             Err(e) => self.collector_error("softnet_stat", &e),
         }
 
-        let mut out: Vec<(FindingKind, String, Observation, BTreeMap<String, Evidence>, String)> = Vec::new();
+        let mut out: Vec<Evaluated> = Vec::new();
         self.sample_nics(now, &nics, &mut out);
         self.sample_qdiscs(now, &names, &mut out).await;
         self.sample_kernel(now, &nics, &mut out);
@@ -105,8 +118,8 @@ impl DropSignal {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let present: HashSet<(FindingKind, String)> = out.iter().map(|(k, s, ..)| (*k, s.clone())).collect();
-        for (kind, subject, obs, evidence, what) in out {
+        let present: HashSet<(FindingKind, String)> = out.iter().map(|e| (e.kind, e.subject.clone())).collect();
+        for Evaluated { kind, subject, obs, evidence, what } in out {
             let summary = format!(
                 "{subject}: {:.2}% of packets dropped {what} over {}s ({:.0} drops/s)",
                 obs.short_ratio * 100.0,
@@ -158,7 +171,7 @@ impl DropSignal {
         &mut self,
         now: Duration,
         nics: &[NicStats],
-        out: &mut Vec<(FindingKind, String, Observation, BTreeMap<String, Evidence>, String)>,
+        out: &mut Vec<Evaluated>,
     ) {
         let mut keys = HashSet::new();
         for n in nics {
@@ -202,7 +215,7 @@ impl DropSignal {
                     ev.insert("tx_dropped".into(), n.tx_dropped.into());
                     ev.insert("tx_fifo_errors".into(), n.tx_fifo_errors.into());
                 }
-                out.push((FindingKind::NicDrops, subject, obs, ev, "by the device".into()));
+                out.push(Evaluated { kind: FindingKind::NicDrops, subject, obs, evidence: ev, what: "by the device".into() });
             }
         }
         self.nic_det.retain(|k| keys.contains(k));
@@ -212,7 +225,7 @@ impl DropSignal {
         &mut self,
         now: Duration,
         names: &HashMap<u32, String>,
-        out: &mut Vec<(FindingKind, String, Observation, BTreeMap<String, Evidence>, String)>,
+        out: &mut Vec<Evaluated>,
     ) {
         let Some(handle) = self.netlink.clone() else { return };
         let qdiscs: Vec<QdiscStats> = match qdisc::dump(&handle).await {
@@ -259,7 +272,13 @@ impl DropSignal {
             ev.insert("qdisc_drops".into(), q.drops.into());
             ev.insert("qdisc_overlimits".into(), q.overlimits.into());
             ev.insert("qdisc_backlog_packets".into(), q.backlog_packets.into());
-            out.push((FindingKind::QdiscDrops, iface, obs, ev, format!("by qdisc {} {h}", q.kind)));
+            out.push(Evaluated {
+                kind: FindingKind::QdiscDrops,
+                subject: iface,
+                obs,
+                evidence: ev,
+                what: format!("by qdisc {} {h}", q.kind),
+            });
         }
         self.qdisc_det.retain(|k| keys.contains(k));
     }
@@ -268,7 +287,7 @@ impl DropSignal {
         &mut self,
         now: Duration,
         nics: &[NicStats],
-        out: &mut Vec<(FindingKind, String, Observation, BTreeMap<String, Evidence>, String)>,
+        out: &mut Vec<Evaluated>,
     ) {
         let Some(probe) = &self.kernel else { return };
         let snap: KernelDropsSnapshot = match probe.read() {
@@ -327,7 +346,7 @@ impl DropSignal {
             ev.insert("interface".into(), n.name.clone().into());
             ev.insert("top_reasons".into(), top.clone().into());
             let what = if top.is_empty() { "by the kernel".to_owned() } else { format!("by the kernel ({top})") };
-            out.push((FindingKind::KernelDrops, n.name.clone(), obs, ev, what));
+            out.push(Evaluated { kind: FindingKind::KernelDrops, subject: n.name.clone(), obs, evidence: ev, what });
         }
         self.reason_history.retain(|k, _| keys.contains(k));
         self.kernel_det.retain(|k| keys.contains(k));

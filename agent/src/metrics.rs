@@ -172,7 +172,7 @@ mod tests {
         assert!(text.contains("graydar_kernel_drops_total{interface=\"eth0\",reason=\"NO_SOCKET\"} 1"));
         assert!(text.contains("graydar_build_info{version="));
         for fam in m.registry.gather() {
-            let name = fam.get_name();
+            let name = fam.name();
             assert!(name.starts_with("graydar_"), "{name}");
             let is_counter = fam.get_field_type() == prometheus::proto::MetricType::COUNTER;
             assert_eq!(name.ends_with("_total"), is_counter, "{name}: _total only on counters");

@@ -79,6 +79,7 @@ impl Agent {
             .arg("--config")
             .arg(&config)
             .env("GRAYDAR_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
@@ -308,25 +309,37 @@ fn firing_finding(findings_json: &str, kind: &str, subject: &str) -> Option<serd
 #[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
 fn netem_loss_on_loopback_shows_as_qdisc_and_kernel_drops() {
     require_vm();
-    sh("modprobe", &["sch_netem"]);
-    let _qdisc = RootQdisc::add("lo", &["netem", "loss", "30%"]);
     let mut agent = Agent::start(
         "[drops]\ninterval = \"1s\"\nshort_window = \"3s\"\nfire_windows = 2\nof_windows = 3\n\
          resolve_windows = 3\nmin_drop_rate = 1.0\n",
     );
-    // Loading eBPF and parsing BTF is slow under emulation.
+    // Loading eBPF and parsing BTF is slow under emulation. Wait before adding
+    // the loss: with netem on lo, TCP to the agent loses packets too.
     agent.wait_ready(Duration::from_secs(180));
+    let t0 = Instant::now();
+    sh("modprobe", &["sch_netem"]);
+    let _qdisc = RootQdisc::add("lo", &["netem", "loss", "30%"]);
 
     let udp = UdpStream::open();
     let stream_for = Duration::from_secs(8);
     let sender = udp.send(200, stream_for);
-    let started = Instant::now();
+    eprintln!(
+        "[{:5.1}s] netem added, UDP stream started",
+        t0.elapsed().as_secs_f64()
+    );
     let mut fired = None;
-    // Poll while the loss lasts and briefly after (the finding resolves after
-    // resolve_windows quiet evaluations once the stream stops).
-    while fired.is_none() && started.elapsed() < stream_for + Duration::from_secs(4) {
+    // Poll while the loss lasts and for a while after: under emulation the
+    // agent's evaluations can lag, and the finding only resolves after
+    // resolve_windows quiet evaluations.
+    while fired.is_none() && t0.elapsed() < stream_for + Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(500));
-        fired = firing_finding(&agent.get("/api/v1/findings"), "qdisc_drops", "lo");
+        let findings = agent.get("/api/v1/findings");
+        fired = firing_finding(&findings, "qdisc_drops", "lo");
+        eprintln!(
+            "[{:5.1}s] polled findings: qdisc_drops/lo firing: {}",
+            t0.elapsed().as_secs_f64(),
+            fired.is_some()
+        );
     }
     let sent = sender.join().expect("UDP sender thread");
     let received = udp.received.load(Ordering::Relaxed);
@@ -366,11 +379,11 @@ fn netem_loss_on_loopback_shows_as_qdisc_and_kernel_drops() {
     let finding = fired.unwrap_or_else(|| {
         panic!(
             "no firing qdisc_drops finding for lo within {:?}; findings now: {}",
-            started.elapsed(),
+            t0.elapsed(),
             agent.get("/api/v1/findings")
         )
     });
-    eprintln!("finding after {:?}: {finding}", started.elapsed());
+    eprintln!("finding: {finding}");
 }
 
 #[test]
