@@ -111,12 +111,7 @@ impl KernelBtf {
     /// Bit offset of `member` inside `s`, searching anonymous struct/union
     /// members recursively (e.g. `sk_buff.dev` lives in an anonymous union).
     /// Returns the offset and the member's type.
-    fn find_member(
-        &self,
-        s: &btf_rs::Struct,
-        member: &str,
-        depth: usize,
-    ) -> Result<Option<(u32, Type)>, BtfError> {
+    fn find_member(&self, s: &btf_rs::Struct, member: &str, depth: usize) -> Result<Option<(u32, Type)>, BtfError> {
         if depth > 8 {
             return Ok(None);
         }
@@ -198,7 +193,10 @@ impl KernelBtf {
             dev_ifindex: self.member_offset("net_device", "ifindex")?,
             dev_nd_net: u32::MAX,
             net_ns_inum: 0,
-            reason_consumed: reasons.value_of("SKB_CONSUMED").or_else(|| reasons.value_of("CONSUMED")).unwrap_or(u32::MAX),
+            reason_consumed: reasons
+                .value_of("SKB_CONSUMED")
+                .or_else(|| reasons.value_of("CONSUMED"))
+                .unwrap_or(u32::MAX),
             reason_not_dropped_yet: reasons
                 .value_of("SKB_NOT_DROPPED_YET")
                 .or_else(|| reasons.value_of("NOT_DROPPED_YET"))

@@ -79,8 +79,8 @@ impl DropsSection {
             out.resolved_retention = duration_field("drops.resolved_retention", v)?;
         }
         if let Some(v) = t.remove("exclude_interfaces") {
-            out.exclude_interfaces = Vec::<String>::deserialize(v)
-                .map_err(|e| ConfigError::Drops(format!("exclude_interfaces: {e}")))?;
+            out.exclude_interfaces =
+                Vec::<String>::deserialize(v).map_err(|e| ConfigError::Drops(format!("exclude_interfaces: {e}")))?;
         }
         out.detector = DropConfig::deserialize(toml::Value::Table(t))
             .map_err(|e| ConfigError::Drops(e.to_string().trim_end().to_owned()))?;
@@ -169,12 +169,12 @@ impl Config {
             .clone()
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen: SocketAddr = listen_str.parse().map_err(|e: std::net::AddrParseError| {
-            ConfigError::Listen {
+        let listen: SocketAddr = listen_str
+            .parse()
+            .map_err(|e: std::net::AddrParseError| ConfigError::Listen {
                 value: listen_str.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let hostname = cli
             .hostname
             .clone()
@@ -185,16 +185,31 @@ impl Config {
             Some(t) => DropsSection::from_table(t)?,
             None => DropsSection::default(),
         };
-        drops.detector.validate().map_err(|e| ConfigError::Drops(e.to_string()))?;
+        drops
+            .detector
+            .validate()
+            .map_err(|e| ConfigError::Drops(e.to_string()))?;
         if drops.interval < Duration::from_millis(100) || drops.interval > Duration::from_secs(3600) {
             return Err(ConfigError::Interval(drops.interval));
         }
         Ok(Config {
             listen,
             hostname,
-            procfs_root: cli.procfs_root.clone().or(file.procfs_root).unwrap_or_else(|| "/proc".into()),
-            sysfs_root: cli.sysfs_root.clone().or(file.sysfs_root).unwrap_or_else(|| "/sys".into()),
-            log_level: cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
+            procfs_root: cli
+                .procfs_root
+                .clone()
+                .or(file.procfs_root)
+                .unwrap_or_else(|| "/proc".into()),
+            sysfs_root: cli
+                .sysfs_root
+                .clone()
+                .or(file.sysfs_root)
+                .unwrap_or_else(|| "/sys".into()),
+            log_level: cli
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
             drops,
         })
     }

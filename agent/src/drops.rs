@@ -119,7 +119,14 @@ impl DropSignal {
             Err(poisoned) => poisoned.into_inner(),
         };
         let present: HashSet<(FindingKind, String)> = out.iter().map(|e| (e.kind, e.subject.clone())).collect();
-        for Evaluated { kind, subject, obs, evidence, what } in out {
+        for Evaluated {
+            kind,
+            subject,
+            obs,
+            evidence,
+            what,
+        } in out
+        {
             let summary = format!(
                 "{subject}: {:.2}% of packets dropped {what} over {}s ({:.0} drops/s)",
                 obs.short_ratio * 100.0,
@@ -128,7 +135,16 @@ impl DropSignal {
             );
             match obs.transition {
                 Some(Transition::Fired(severity)) | Some(Transition::SeverityChanged(severity)) => {
-                    store.firing(Report { kind, subject, severity, summary, evidence }, wall);
+                    store.firing(
+                        Report {
+                            kind,
+                            subject,
+                            severity,
+                            summary,
+                            evidence,
+                        },
+                        wall,
+                    );
                 }
                 Some(Transition::Resolved) => store.resolve(kind, &subject, wall),
                 None => store.refresh(kind, &subject, evidence, wall),
@@ -138,7 +154,10 @@ impl DropSignal {
         // keep firing: resolve it.
         for f in store.list(wall) {
             if f.state == graydar_common::api::FindingState::Firing
-                && matches!(f.kind, FindingKind::NicDrops | FindingKind::QdiscDrops | FindingKind::KernelDrops)
+                && matches!(
+                    f.kind,
+                    FindingKind::NicDrops | FindingKind::QdiscDrops | FindingKind::KernelDrops
+                )
                 && !present.contains(&(f.kind, f.subject.clone()))
             {
                 store.resolve(f.kind, &f.subject, wall);
@@ -149,8 +168,10 @@ impl DropSignal {
 
     fn ratio_gauges(&self, kind: FindingKind, iface: &str, dir: &str, obs: &Observation) {
         let m = &self.metrics.drop_ratio;
-        m.with_label_values(&[kind.as_str(), iface, dir, "short"]).set(obs.short_ratio);
-        m.with_label_values(&[kind.as_str(), iface, dir, "long"]).set(obs.long_ratio);
+        m.with_label_values(&[kind.as_str(), iface, dir, "short"])
+            .set(obs.short_ratio);
+        m.with_label_values(&[kind.as_str(), iface, dir, "long"])
+            .set(obs.long_ratio);
     }
 
     fn base_evidence(&self, obs: &Observation) -> BTreeMap<String, Evidence> {
@@ -160,19 +181,20 @@ impl DropSignal {
             ("long_ratio".to_owned(), Evidence::Number(obs.long_ratio)),
             ("drops_per_second".to_owned(), Evidence::Number(obs.drop_rate)),
             ("packets_per_second".to_owned(), Evidence::Number(obs.packet_rate)),
-            ("short_window_seconds".to_owned(), Evidence::Number(d.short_window.as_secs_f64())),
-            ("long_window_seconds".to_owned(), Evidence::Number(d.long_window.as_secs_f64())),
+            (
+                "short_window_seconds".to_owned(),
+                Evidence::Number(d.short_window.as_secs_f64()),
+            ),
+            (
+                "long_window_seconds".to_owned(),
+                Evidence::Number(d.long_window.as_secs_f64()),
+            ),
             ("warning_ratio".to_owned(), Evidence::Number(d.warning_ratio)),
             ("critical_ratio".to_owned(), Evidence::Number(d.critical_ratio)),
         ])
     }
 
-    fn sample_nics(
-        &mut self,
-        now: Duration,
-        nics: &[NicStats],
-        out: &mut Vec<Evaluated>,
-    ) {
+    fn sample_nics(&mut self, now: Duration, nics: &[NicStats], out: &mut Vec<Evaluated>) {
         let mut keys = HashSet::new();
         for n in nics {
             let g = u64::from(n.ifindex);
@@ -200,7 +222,15 @@ impl DropSignal {
             for (dir, packets, drops) in [("rx", n.rx_packets, n.rx_drops()), ("tx", n.tx_packets, n.tx_drops())] {
                 let subject = format!("{name}/{dir}");
                 keys.insert(subject.clone());
-                let obs = self.nic_det.observe(&subject, now, CounterSample { packets, drops, generation: g });
+                let obs = self.nic_det.observe(
+                    &subject,
+                    now,
+                    CounterSample {
+                        packets,
+                        drops,
+                        generation: g,
+                    },
+                );
                 self.ratio_gauges(FindingKind::NicDrops, name, dir, &obs);
                 let mut ev = self.base_evidence(&obs);
                 ev.insert("interface".into(), name.into());
@@ -215,18 +245,19 @@ impl DropSignal {
                     ev.insert("tx_dropped".into(), n.tx_dropped.into());
                     ev.insert("tx_fifo_errors".into(), n.tx_fifo_errors.into());
                 }
-                out.push(Evaluated { kind: FindingKind::NicDrops, subject, obs, evidence: ev, what: "by the device".into() });
+                out.push(Evaluated {
+                    kind: FindingKind::NicDrops,
+                    subject,
+                    obs,
+                    evidence: ev,
+                    what: "by the device".into(),
+                });
             }
         }
         self.nic_det.retain(|k| keys.contains(k));
     }
 
-    async fn sample_qdiscs(
-        &mut self,
-        now: Duration,
-        names: &HashMap<u32, String>,
-        out: &mut Vec<Evaluated>,
-    ) {
+    async fn sample_qdiscs(&mut self, now: Duration, names: &HashMap<u32, String>, out: &mut Vec<Evaluated>) {
         let Some(handle) = self.netlink.clone() else { return };
         let qdiscs: Vec<QdiscStats> = match qdisc::dump(&handle).await {
             Ok(q) => q,
@@ -237,7 +268,10 @@ impl DropSignal {
         };
         let mut keys = HashSet::new();
         for q in &qdiscs {
-            let iface = names.get(&q.ifindex).cloned().unwrap_or_else(|| format!("if{}", q.ifindex));
+            let iface = names
+                .get(&q.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("if{}", q.ifindex));
             let h = q.handle_str();
             let labels = [iface.as_str(), q.kind.as_str(), h.as_str()];
             let g = (u64::from(q.ifindex) << 32) | u64::from(q.handle);
@@ -246,11 +280,17 @@ impl DropSignal {
             m.qdisc_packets.with_label_values(&labels).inc_by(d);
             let d = self.mirror.delta(&["qdisc_drops", &iface, &q.kind, &h], g, q.drops);
             m.qdisc_drops.with_label_values(&labels).inc_by(d);
-            let d = self.mirror.delta(&["qdisc_overlimits", &iface, &q.kind, &h], g, q.overlimits);
+            let d = self
+                .mirror
+                .delta(&["qdisc_overlimits", &iface, &q.kind, &h], g, q.overlimits);
             m.qdisc_overlimits.with_label_values(&labels).inc_by(d);
-            let d = self.mirror.delta(&["qdisc_requeues", &iface, &q.kind, &h], g, q.requeues);
+            let d = self
+                .mirror
+                .delta(&["qdisc_requeues", &iface, &q.kind, &h], g, q.requeues);
             m.qdisc_requeues.with_label_values(&labels).inc_by(d);
-            m.qdisc_backlog_bytes.with_label_values(&labels).set(i64::try_from(q.backlog_bytes).unwrap_or(i64::MAX));
+            m.qdisc_backlog_bytes
+                .with_label_values(&labels)
+                .set(i64::try_from(q.backlog_bytes).unwrap_or(i64::MAX));
             m.qdisc_backlog_packets
                 .with_label_values(&labels)
                 .set(i64::try_from(q.backlog_packets).unwrap_or(i64::MAX));
@@ -262,7 +302,11 @@ impl DropSignal {
             let obs = self.qdisc_det.observe(
                 &iface,
                 now,
-                CounterSample { packets: q.packets, drops: q.drops, generation: g },
+                CounterSample {
+                    packets: q.packets,
+                    drops: q.drops,
+                    generation: g,
+                },
             );
             self.ratio_gauges(FindingKind::QdiscDrops, &iface, "tx", &obs);
             let mut ev = self.base_evidence(&obs);
@@ -283,12 +327,7 @@ impl DropSignal {
         self.qdisc_det.retain(|k| keys.contains(k));
     }
 
-    fn sample_kernel(
-        &mut self,
-        now: Duration,
-        nics: &[NicStats],
-        out: &mut Vec<Evaluated>,
-    ) {
+    fn sample_kernel(&mut self, now: Duration, nics: &[NicStats], out: &mut Vec<Evaluated>) {
         let Some(probe) = &self.kernel else { return };
         let snap: KernelDropsSnapshot = match probe.read() {
             Ok(s) => s,
@@ -319,7 +358,9 @@ impl DropSignal {
             let g = u64::from(n.ifindex);
             for (reason, v) in &reasons {
                 let d = self.mirror.delta(&["kernel_drops", &n.name, reason], g, *v);
-                m.kernel_drops.with_label_values(&[n.name.as_str(), reason.as_str()]).inc_by(d);
+                m.kernel_drops
+                    .with_label_values(&[n.name.as_str(), reason.as_str()])
+                    .inc_by(d);
             }
             if self.excluded(&n.name) {
                 continue;
@@ -345,15 +386,29 @@ impl DropSignal {
             let mut ev = self.base_evidence(&obs);
             ev.insert("interface".into(), n.name.clone().into());
             ev.insert("top_reasons".into(), top.clone().into());
-            let what = if top.is_empty() { "by the kernel".to_owned() } else { format!("by the kernel ({top})") };
-            out.push(Evaluated { kind: FindingKind::KernelDrops, subject: n.name.clone(), obs, evidence: ev, what });
+            let what = if top.is_empty() {
+                "by the kernel".to_owned()
+            } else {
+                format!("by the kernel ({top})")
+            };
+            out.push(Evaluated {
+                kind: FindingKind::KernelDrops,
+                subject: n.name.clone(),
+                obs,
+                evidence: ev,
+                what,
+            });
         }
         self.reason_history.retain(|k, _| keys.contains(k));
         self.kernel_det.retain(|k| keys.contains(k));
     }
 
     /// Runs until `shutdown` resolves.
-    pub async fn run(mut self, ready: Arc<std::sync::atomic::AtomicBool>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        ready: Arc<std::sync::atomic::AtomicBool>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(self.cfg.drops.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -376,7 +431,11 @@ fn top_reasons(old: Option<&HashMap<String, u64>>, new: &HashMap<String, u64>) -
         .filter(|(_, v)| *v > 0)
         .collect();
     d.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    d.iter().take(3).map(|(r, v)| format!("{r}={v}")).collect::<Vec<_>>().join(",")
+    d.iter()
+        .take(3)
+        .map(|(r, v)| format!("{r}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -391,7 +450,10 @@ mod tests {
             ("NETFILTER_DROP".to_owned(), 505),
             ("QDISC_DROP".to_owned(), 7),
         ]);
-        assert_eq!(top_reasons(Some(&old), &new), "NETFILTER_DROP=500,QDISC_DROP=7,NO_SOCKET=1");
+        assert_eq!(
+            top_reasons(Some(&old), &new),
+            "NETFILTER_DROP=500,QDISC_DROP=7,NO_SOCKET=1"
+        );
         assert_eq!(top_reasons(None, &HashMap::new()), "");
     }
 }

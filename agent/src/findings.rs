@@ -79,7 +79,13 @@ impl FindingStore {
                     evidence: r.evidence,
                     runbook: r.kind.runbook(),
                 };
-                self.findings.insert(key, Entry { finding, resolved_at: None });
+                self.findings.insert(
+                    key,
+                    Entry {
+                        finding,
+                        resolved_at: None,
+                    },
+                );
             }
         }
     }
@@ -190,7 +196,10 @@ mod tests {
         assert!(s.list(t0 + Duration::from_secs(100)).is_empty());
         // firing again after resolution starts a new episode with a new `since`
         s.firing(report(Severity::Warning), t0 + Duration::from_secs(200));
-        assert_eq!(s.list(t0 + Duration::from_secs(200))[0].since, rfc3339(t0 + Duration::from_secs(200)));
+        assert_eq!(
+            s.list(t0 + Duration::from_secs(200))[0].since,
+            rfc3339(t0 + Duration::from_secs(200))
+        );
     }
 
     #[test]
@@ -200,7 +209,10 @@ mod tests {
         s.firing(report(Severity::Warning), SystemTime::now());
         s.export(&m);
         assert_eq!(m.findings_active.with_label_values(&["nic_drops", "warning"]).get(), 1);
-        assert_eq!(m.findings_active.with_label_values(&["kernel_drops", "critical"]).get(), 0);
+        assert_eq!(
+            m.findings_active.with_label_values(&["kernel_drops", "critical"]).get(),
+            0
+        );
         s.resolve(FindingKind::NicDrops, "eth0/rx", SystemTime::now());
         s.export(&m);
         assert_eq!(m.findings_active.with_label_values(&["nic_drops", "warning"]).get(), 0);

@@ -43,7 +43,11 @@ async fn readyz(State(s): State<AppState>) -> Response {
     if s.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting: first collection not done yet\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: first collection not done yet\n",
+        )
+            .into_response()
     }
 }
 

@@ -34,7 +34,11 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("graydar-agent: starting the runtime: {e}");
@@ -54,7 +58,10 @@ fn main() -> std::process::ExitCode {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), host = %cfg.hostname, listen = %cfg.listen, "starting");
     let metrics = Arc::new(Metrics::new());
-    let findings = Arc::new(Mutex::new(FindingStore::new(cfg.hostname.clone(), cfg.drops.resolved_retention)));
+    let findings = Arc::new(Mutex::new(FindingStore::new(
+        cfg.hostname.clone(),
+        cfg.drops.resolved_retention,
+    )));
     let ready = Arc::new(AtomicBool::new(false));
 
     // Bind first: a bad or busy listen address fails before any probe loads.
@@ -82,7 +89,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let signal = DropSignal::new(cfg.clone(), metrics.clone(), findings.clone(), kernel, netlink);
     let sampler = tokio::spawn(signal.run(ready.clone(), stop_rx.clone()));
 
-    let app = router(AppState { metrics, findings, ready });
+    let app = router(AppState {
+        metrics,
+        findings,
+        ready,
+    });
     tracing::info!("serving http://{}/metrics and /api/v1/findings", cfg.listen);
     let mut stop_http = stop_rx.clone();
     let server = tokio::spawn(async move {

@@ -8,9 +8,7 @@
 
 use std::collections::HashMap;
 
-use prometheus::{
-    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -58,53 +56,120 @@ impl Metrics {
             &["kind", "interface", "direction", "window"],
         )
         .expect("static metric definition");
-        r.register(Box::new(drop_ratio.clone())).expect("metric registered once");
+        r.register(Box::new(drop_ratio.clone()))
+            .expect("metric registered once");
         let ebpf_programs_attached = IntGauge::new(
             "graydar_ebpf_programs_attached",
             "eBPF programs currently attached by this agent.",
         )
         .expect("static metric definition");
-        r.register(Box::new(ebpf_programs_attached.clone())).expect("metric registered once");
+        r.register(Box::new(ebpf_programs_attached.clone()))
+            .expect("metric registered once");
         let m = Metrics {
-            kernel_drops: counter(&r, "graydar_kernel_drops_total",
+            kernel_drops: counter(
+                &r,
+                "graydar_kernel_drops_total",
                 "Packets dropped by the kernel (kfree_skb with a drop reason), by interface and the kernel's reason name.",
-                &["interface", "reason"]),
-            nic_packets: counter(&r, "graydar_nic_packets_total",
+                &["interface", "reason"],
+            ),
+            nic_packets: counter(
+                &r,
+                "graydar_nic_packets_total",
                 "Packets received/transmitted by the interface (sysfs statistics).",
-                &["interface", "direction"]),
-            nic_drops: counter(&r, "graydar_nic_drops_total",
+                &["interface", "direction"],
+            ),
+            nic_drops: counter(
+                &r,
+                "graydar_nic_drops_total",
                 "Device drop counters from sysfs: dropped, missed, fifo, over, nohandler.",
-                &["interface", "direction", "counter"]),
-            qdisc_packets: counter(&r, "graydar_qdisc_packets_total",
-                "Packets sent by the qdisc.", &["interface", "qdisc", "handle"]),
-            qdisc_drops: counter(&r, "graydar_qdisc_drops_total",
-                "Packets dropped by the qdisc.", &["interface", "qdisc", "handle"]),
-            qdisc_overlimits: counter(&r, "graydar_qdisc_overlimits_total",
-                "Times the qdisc was over its limit (throttled or dropped).", &["interface", "qdisc", "handle"]),
-            qdisc_requeues: counter(&r, "graydar_qdisc_requeues_total",
-                "Packets requeued by the qdisc.", &["interface", "qdisc", "handle"]),
-            qdisc_backlog_bytes: gauge(&r, "graydar_qdisc_backlog_bytes",
-                "Bytes queued in the qdisc.", &["interface", "qdisc", "handle"]),
-            qdisc_backlog_packets: gauge(&r, "graydar_qdisc_backlog_packets",
-                "Packets queued in the qdisc.", &["interface", "qdisc", "handle"]),
-            softnet_dropped: counter(&r, "graydar_softnet_dropped_total",
-                "Packets dropped because the CPU's input backlog was full (/proc/net/softnet_stat).", &["cpu"]),
-            softnet_time_squeeze: counter(&r, "graydar_softnet_time_squeeze_total",
-                "NET_RX softirq runs that ended with work left (budget or time exhausted).", &["cpu"]),
+                &["interface", "direction", "counter"],
+            ),
+            qdisc_packets: counter(
+                &r,
+                "graydar_qdisc_packets_total",
+                "Packets sent by the qdisc.",
+                &["interface", "qdisc", "handle"],
+            ),
+            qdisc_drops: counter(
+                &r,
+                "graydar_qdisc_drops_total",
+                "Packets dropped by the qdisc.",
+                &["interface", "qdisc", "handle"],
+            ),
+            qdisc_overlimits: counter(
+                &r,
+                "graydar_qdisc_overlimits_total",
+                "Times the qdisc was over its limit (throttled or dropped).",
+                &["interface", "qdisc", "handle"],
+            ),
+            qdisc_requeues: counter(
+                &r,
+                "graydar_qdisc_requeues_total",
+                "Packets requeued by the qdisc.",
+                &["interface", "qdisc", "handle"],
+            ),
+            qdisc_backlog_bytes: gauge(
+                &r,
+                "graydar_qdisc_backlog_bytes",
+                "Bytes queued in the qdisc.",
+                &["interface", "qdisc", "handle"],
+            ),
+            qdisc_backlog_packets: gauge(
+                &r,
+                "graydar_qdisc_backlog_packets",
+                "Packets queued in the qdisc.",
+                &["interface", "qdisc", "handle"],
+            ),
+            softnet_dropped: counter(
+                &r,
+                "graydar_softnet_dropped_total",
+                "Packets dropped because the CPU's input backlog was full (/proc/net/softnet_stat).",
+                &["cpu"],
+            ),
+            softnet_time_squeeze: counter(
+                &r,
+                "graydar_softnet_time_squeeze_total",
+                "NET_RX softirq runs that ended with work left (budget or time exhausted).",
+                &["cpu"],
+            ),
             drop_ratio,
-            findings_active: gauge(&r, "graydar_findings_active",
-                "Findings currently firing on this host.", &["kind", "severity"]),
+            findings_active: gauge(
+                &r,
+                "graydar_findings_active",
+                "Findings currently firing on this host.",
+                &["kind", "severity"],
+            ),
             ebpf_programs_attached,
-            ebpf_events: counter(&r, "graydar_ebpf_events_total",
-                "Events seen by an eBPF probe (including those filtered out).", &["probe"]),
-            ebpf_events_lost: counter(&r, "graydar_ebpf_events_lost_total",
-                "Events an eBPF probe could not record (map full, failed kernel reads).", &["probe"]),
-            probe_up: gauge(&r, "graydar_probe_up",
-                "1 when the probe is running, 0 when disabled (see the agent log for why).", &["probe"]),
-            collector_errors: counter(&r, "graydar_collector_errors_total",
-                "Failed collection attempts, by collector.", &["collector"]),
-            build_info: gauge(&r, "graydar_build_info",
-                "Always 1; labels carry the agent version.", &["version"]),
+            ebpf_events: counter(
+                &r,
+                "graydar_ebpf_events_total",
+                "Events seen by an eBPF probe (including those filtered out).",
+                &["probe"],
+            ),
+            ebpf_events_lost: counter(
+                &r,
+                "graydar_ebpf_events_lost_total",
+                "Events an eBPF probe could not record (map full, failed kernel reads).",
+                &["probe"],
+            ),
+            probe_up: gauge(
+                &r,
+                "graydar_probe_up",
+                "1 when the probe is running, 0 when disabled (see the agent log for why).",
+                &["probe"],
+            ),
+            collector_errors: counter(
+                &r,
+                "graydar_collector_errors_total",
+                "Failed collection attempts, by collector.",
+                &["collector"],
+            ),
+            build_info: gauge(
+                &r,
+                "graydar_build_info",
+                "Always 1; labels carry the agent version.",
+                &["version"],
+            ),
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -167,7 +232,9 @@ mod tests {
     fn metric_names_follow_the_convention() {
         let m = Metrics::new();
         m.kernel_drops.with_label_values(&["eth0", "NO_SOCKET"]).inc();
-        m.drop_ratio.with_label_values(&["nic_drops", "eth0", "rx", "short"]).set(0.5);
+        m.drop_ratio
+            .with_label_values(&["nic_drops", "eth0", "rx", "short"])
+            .set(0.5);
         let text = m.render();
         assert!(text.contains("graydar_kernel_drops_total{interface=\"eth0\",reason=\"NO_SOCKET\"} 1"));
         assert!(text.contains("graydar_build_info{version="));

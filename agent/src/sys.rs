@@ -23,7 +23,9 @@ pub fn ensure_pseudo_filesystems() {
         }
         match mount(Some(fstype), target, Some(fstype), MsFlags::empty(), None::<&str>) {
             Ok(()) => tracing::info!(fstype, target, "mounted"),
-            Err(e) => tracing::warn!(fstype, target, error = %e, "could not mount; probes that need it will be disabled"),
+            Err(e) => {
+                tracing::warn!(fstype, target, error = %e, "could not mount; probes that need it will be disabled")
+            }
         }
     }
 }

@@ -166,7 +166,13 @@ pub struct FindingsResponse {
 /// therefore identical across builds, hosts and languages.
 pub fn finding_id(host: &str, kind: FindingKind, subject: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [host.as_bytes(), b"\0", kind.as_str().as_bytes(), b"\0", subject.as_bytes()] {
+    for part in [
+        host.as_bytes(),
+        b"\0",
+        kind.as_str().as_bytes(),
+        b"\0",
+        subject.as_bytes(),
+    ] {
         for b in part {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);

@@ -16,7 +16,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
-use graydar_common::drops::{stat, DropKey, DropOffsets, DROP_MAP_ENTRIES};
+use graydar_common::drops::{DROP_MAP_ENTRIES, DropKey, DropOffsets, stat};
 
 /// Filled in by user space before load (`EbpfLoader::set_global`).
 #[unsafe(no_mangle)]
@@ -56,7 +56,12 @@ pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let skb: u64 = ctx.arg(0);
-    let mut key = DropKey { netns: 0, ifindex: 0, reason, _pad: 0 };
+    let mut key = DropKey {
+        netns: 0,
+        ifindex: 0,
+        reason,
+        _pad: 0,
+    };
     // SAFETY: bpf_probe_read_kernel validates the address; failures are counted.
     let dev = match unsafe { bpf_probe_read_kernel((skb + off.skb_dev as u64) as *const u64) } {
         Ok(d) => d,

@@ -105,9 +105,7 @@ impl<'ns> AgentProcess<'ns> {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let mut agent = AgentProcess {
             child,
             ns,
@@ -197,8 +195,7 @@ impl<'ns> AgentProcess<'ns> {
 
     /// Whether a finding of `kind` on `subject` is in `state`.
     pub fn finding_in_state(&self, kind: FindingKind, subject: &str, state: FindingState) -> bool {
-        self.finding(kind, subject)
-            .is_some_and(|f| f.state == state)
+        self.finding(kind, subject).is_some_and(|f| f.state == state)
     }
 
     /// Polls `cond` every 250 ms until it holds; panics after `timeout` with
@@ -211,14 +208,8 @@ impl<'ns> AgentProcess<'ns> {
                 return;
             }
             if start.elapsed() > timeout {
-                let metrics = self
-                    .try_get("/metrics")
-                    .map(|(_, b)| b)
-                    .unwrap_or_else(|e| e);
-                let findings = self
-                    .try_get("/api/v1/findings")
-                    .map(|(_, b)| b)
-                    .unwrap_or_else(|e| e);
+                let metrics = self.try_get("/metrics").map(|(_, b)| b).unwrap_or_else(|e| e);
+                let findings = self.try_get("/api/v1/findings").map(|(_, b)| b).unwrap_or_else(|e| e);
                 panic!(
                     "timed out after {timeout:?} waiting for: {what}\n--- findings ---\n{findings}\n\
                      --- metrics (graydar_*) ---\n{}\n(agent log follows)",
@@ -273,11 +264,8 @@ fn tail(text: &str, lines: usize) -> String {
 /// Minimal HTTP/1.1 GET with `Connection: close` (handles Content-Length,
 /// chunked and read-to-EOF bodies).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(HTTP_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT)).map_err(|e| e.to_string())?;
     stream
         .set_write_timeout(Some(HTTP_TIMEOUT))
         .map_err(|e| e.to_string())?;
@@ -316,10 +304,7 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
         if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
             chunked = true;
         } else if k == "content-length" {
-            length = Some(
-                v.parse::<usize>()
-                    .map_err(|e| format!("content-length {v:?}: {e}"))?,
-            );
+            length = Some(v.parse::<usize>().map_err(|e| format!("content-length {v:?}: {e}"))?);
         }
     }
     let body = &raw[head_end + 4..];
@@ -344,8 +329,7 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
             .ok_or("chunk size line not terminated")?;
         let size_text = String::from_utf8_lossy(&body[..line_end]);
         let size_hex = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|e| format!("chunk size {size_hex:?}: {e}"))?;
+        let size = usize::from_str_radix(size_hex, 16).map_err(|e| format!("chunk size {size_hex:?}: {e}"))?;
         body = &body[line_end + 2..];
         if size == 0 {
             return Ok(out);

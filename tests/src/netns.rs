@@ -45,10 +45,7 @@ where
     if !out.status.success() {
         panic!(
             "`{cmd} {}` failed ({}): {}{}",
-            args.iter()
-                .map(|a| a.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" "),
+            args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout),
@@ -99,11 +96,7 @@ impl NetNs {
     /// discovery and MLD do not add packets (and drops) the tests did not cause.
     pub fn new(prefix: &str) -> NetNs {
         require_root();
-        let prefix: String = prefix
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(4)
-            .collect();
+        let prefix: String = prefix.chars().filter(char::is_ascii_alphanumeric).take(4).collect();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!(
             "gd{prefix}-{}-{}",
@@ -158,12 +151,8 @@ impl NetNs {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut all: Vec<std::ffi::OsString> = vec![
-            "netns".into(),
-            "exec".into(),
-            self.name.clone().into(),
-            cmd.into(),
-        ];
+        let mut all: Vec<std::ffi::OsString> =
+            vec!["netns".into(), "exec".into(), self.name.clone().into(), cmd.into()];
         all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         run("ip", all)
     }
@@ -279,14 +268,7 @@ impl Drop for NetNs {
 /// Creates a veth pair with `a_if` in `a` and `b_if` in `b` (created directly
 /// in their namespaces, so names need only be unique per namespace), assigns
 /// the addresses (CIDR, e.g. `10.203.1.1/24`) and brings both ends up.
-pub fn veth_pair(
-    a: &NetNs,
-    a_if: &str,
-    a_addr_cidr: &str,
-    b: &NetNs,
-    b_if: &str,
-    b_addr_cidr: &str,
-) {
+pub fn veth_pair(a: &NetNs, a_if: &str, a_addr_cidr: &str, b: &NetNs, b_if: &str, b_addr_cidr: &str) {
     assert!(
         a_if.len() <= 15 && b_if.len() <= 15,
         "interface names are at most 15 chars"

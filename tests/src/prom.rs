@@ -25,9 +25,7 @@ impl Sample {
 /// Parses every sample of `text`; lines that are not valid samples are
 /// skipped (this is a test helper, not a validator: see [`parse_line`]).
 pub fn parse(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter_map(|l| parse_line(l).ok().flatten())
-        .collect()
+    text.lines().filter_map(|l| parse_line(l).ok().flatten()).collect()
 }
 
 /// Parses one line: `Ok(None)` for blanks and comments, `Err` with the reason
@@ -37,9 +35,7 @@ pub fn parse_line(line: &str) -> Result<Option<Sample>, String> {
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
     }
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .ok_or("no value")?;
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).ok_or("no value")?;
     let name = &line[..name_end];
     if name.is_empty() {
         return Err("empty metric name".into());
@@ -165,16 +161,9 @@ nan_metric NaN
     #[test]
     fn sum_over_label_subsets() {
         assert_eq!(sum(TEXT, "graydar_kernel_drops_total", &[]), 522.0);
+        assert_eq!(sum(TEXT, "graydar_kernel_drops_total", &[("interface", "vb")]), 515.0);
         assert_eq!(
-            sum(TEXT, "graydar_kernel_drops_total", &[("interface", "vb")]),
-            515.0
-        );
-        assert_eq!(
-            sum(
-                TEXT,
-                "graydar_kernel_drops_total",
-                &[("reason", "NO_SOCKET")]
-            ),
+            sum(TEXT, "graydar_kernel_drops_total", &[("reason", "NO_SOCKET")]),
             10.0
         );
         assert_eq!(
@@ -185,18 +174,10 @@ nan_metric NaN
             ),
             7.0
         );
-        assert_eq!(
-            sum(TEXT, "graydar_kernel_drops_total", &[("interface", "nope")]),
-            0.0
-        );
+        assert_eq!(sum(TEXT, "graydar_kernel_drops_total", &[("interface", "nope")]), 0.0);
         assert_eq!(sum(TEXT, "no_such_metric", &[]), 0.0);
         assert_eq!(
-            find(
-                TEXT,
-                "graydar_kernel_drops_total",
-                &[("reason", "NO_SOCKET")]
-            )
-            .len(),
+            find(TEXT, "graydar_kernel_drops_total", &[("reason", "NO_SOCKET")]).len(),
             2
         );
     }

@@ -38,7 +38,10 @@ fn run_to_exit(args: &[&str]) -> Output {
     let waiter = std::thread::spawn(move || child.wait_with_output());
     while !waiter.is_finished() {
         if Instant::now() > deadline {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             panic!("graydar-agent {args:?} did not exit within 20 s; it should have failed at start");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -82,7 +85,12 @@ impl Running {
             .stdout(f.try_clone().expect("clone log handle"))
             .stderr(f);
         let child = cmd.spawn().expect("spawn graydar-agent");
-        let r = Running { child, addr, log, _dir: dir };
+        let r = Running {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok((200, _)) = http_get(r.addr, "/readyz") {
@@ -104,14 +112,21 @@ impl Running {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
-            .expect("send SIGTERM");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("send SIGTERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
                 return s;
             }
-            assert!(Instant::now() < deadline, "agent ignored SIGTERM for 10 s; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent ignored SIGTERM for 10 s; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -131,7 +146,10 @@ fn unknown_config_field_fails_at_start_naming_it() {
     let out = run_to_exit(&["--config", cfg.to_str().expect("utf-8 path")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "exit code; stderr: {stderr}");
-    assert!(stderr.contains("warning_ratoi"), "the error must name the field: {stderr}");
+    assert!(
+        stderr.contains("warning_ratoi"),
+        "the error must name the field: {stderr}"
+    );
 
     let cfg = write_config(dir.path(), "lisen = \"127.0.0.1:0\"\n");
     let out = run_to_exit(&["--config", cfg.to_str().expect("utf-8 path")]);
@@ -145,7 +163,10 @@ fn bad_listen_address_fails_at_start_naming_it() {
     let out = run_to_exit(&["--listen", "localhost:notaport"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert!(stderr.contains("listen") && stderr.contains("localhost:notaport"), "{stderr}");
+    assert!(
+        stderr.contains("listen") && stderr.contains("localhost:notaport"),
+        "{stderr}"
+    );
 
     // A well-formed address that cannot be bound fails too, naming it.
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -160,7 +181,14 @@ fn bad_listen_address_fails_at_start_naming_it() {
 fn unprivileged_agent_says_so_and_keeps_its_sysfs_and_netlink_collectors() {
     require_root(); // to drop to nobody with setpriv
     let mut a = Running::start(
-        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"],
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ],
         &[],
     );
     let m = a.metrics();
@@ -176,7 +204,10 @@ fn unprivileged_agent_says_so_and_keeps_its_sysfs_and_netlink_collectors() {
         "netlink qdisc dump works unprivileged:\n{m}"
     );
     let log = a.log();
-    assert!(log.contains("CAP_BPF") && log.contains("eBPF probes disabled"), "log must say why:\n{log}");
+    assert!(
+        log.contains("CAP_BPF") && log.contains("eBPF probes disabled"),
+        "log must say why:\n{log}"
+    );
     assert!(a.terminate().success());
 }
 
@@ -190,11 +221,18 @@ fn kernel_without_btf_disables_the_kernel_drop_probe_with_a_log_line_and_a_metri
     let m = a.metrics();
     assert_eq!(prom::sum(&m, "graydar_probe_up", &[("probe", "kfree_skb")]), 0.0, "{m}");
     assert!(
-        prom::sum(&m, "graydar_nic_drops_total", &[("interface", "eth0"), ("counter", "missed")]) > 0.0,
+        prom::sum(
+            &m,
+            "graydar_nic_drops_total",
+            &[("interface", "eth0"), ("counter", "missed")]
+        ) > 0.0,
         "the sysfs collector reads the fixture's eth0 missed counter:\n{m}"
     );
     let log = a.log();
-    assert!(log.contains("kernel drop probe disabled") && log.contains("BTF"), "{log}");
+    assert!(
+        log.contains("kernel drop probe disabled") && log.contains("BTF"),
+        "{log}"
+    );
     assert!(a.terminate().success());
 }
 

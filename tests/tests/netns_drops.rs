@@ -46,8 +46,7 @@ struct Sender {
 impl Sender {
     fn start(ns: &NetNs, dst: SocketAddr, pps: u64, size: usize) -> Sender {
         let sock = ns.run_in(|| UdpSocket::bind("0.0.0.0:0").expect("bind a UDP sender socket"));
-        sock.set_nonblocking(true)
-            .expect("non-blocking sender socket");
+        sock.set_nonblocking(true).expect("non-blocking sender socket");
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
@@ -79,9 +78,7 @@ impl Sender {
     /// Stops and returns how many datagrams the kernel accepted.
     fn stop(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .take()
-            .map_or(0, |h| h.join().expect("sender thread"))
+        self.handle.take().map_or(0, |h| h.join().expect("sender thread"))
     }
 }
 
@@ -103,8 +100,7 @@ struct Receiver {
 
 impl Receiver {
     fn start(ns: &NetNs, addr: SocketAddr) -> Receiver {
-        let sock =
-            ns.run_in(|| UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        let sock = ns.run_in(|| UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
         set_rcvbuf(&sock, 4 << 20);
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("receiver read timeout");
@@ -114,9 +110,7 @@ impl Receiver {
         let handle = std::thread::spawn(move || {
             let start = Instant::now();
             let mut buf = [0u8; 2048];
-            while !stop2.load(Ordering::Relaxed)
-                && start.elapsed() < MAX_TRAFFIC + Duration::from_secs(30)
-            {
+            while !stop2.load(Ordering::Relaxed) && start.elapsed() < MAX_TRAFFIC + Duration::from_secs(30) {
                 if sock.recv_from(&mut buf).is_ok() {
                     received2.fetch_add(1, Ordering::Relaxed);
                 }
@@ -162,8 +156,7 @@ fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
 }
 
 fn addr(s: &str) -> SocketAddr {
-    s.parse()
-        .unwrap_or_else(|e| panic!("socket address {s}: {e}"))
+    s.parse().unwrap_or_else(|e| panic!("socket address {s}: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -190,19 +183,11 @@ fn nft_table(ns: &NetNs) {
 /// Sum of the packet counters of the rules in `inet graydar_test`.
 fn nft_counter_packets(ns: &NetNs) -> u64 {
     let text = ns.exec_stdout("nft", ["-j", "list", "table", "inet", NFT_TABLE]);
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("`nft -j list table` is not JSON: {e}: {text}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("`nft -j list table` is not JSON: {e}: {text}"));
     let mut total = 0;
-    for item in v["nftables"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        for expr in item["rule"]["expr"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+    for item in v["nftables"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for expr in item["rule"]["expr"].as_array().map(Vec::as_slice).unwrap_or_default() {
             total += expr["counter"]["packets"].as_u64().unwrap_or(0);
         }
     }
@@ -212,8 +197,8 @@ fn nft_counter_packets(ns: &NetNs) -> u64 {
 /// Drops reported by `tc -s qdisc show dev <ifname>` for qdiscs of `kind`.
 fn tc_drops(ns: &NetNs, ifname: &str, kind: &str) -> u64 {
     let text = ns.exec_stdout("tc", ["-s", "-j", "qdisc", "show", "dev", ifname]);
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("`tc -s -j qdisc show` is not JSON: {e}: {text}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("`tc -s -j qdisc show` is not JSON: {e}: {text}"));
     v.as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -263,12 +248,7 @@ fn top_reasons(f: &Finding) -> String {
     }
 }
 
-fn firing_with_reason(
-    agent: &AgentProcess,
-    kind: FindingKind,
-    subject: &str,
-    reason: &str,
-) -> bool {
+fn firing_with_reason(agent: &AgentProcess, kind: FindingKind, subject: &str, reason: &str) -> bool {
     agent
         .finding(kind, subject)
         .is_some_and(|f| f.state == FindingState::Firing && top_reasons(&f).contains(reason))
@@ -287,10 +267,7 @@ fn harness_netns_guard_creates_and_deletes() {
     let ns = NetNs::new("hg");
     let name = ns.name().to_owned();
     assert!(name.len() <= 15, "{name} is longer than 15 chars");
-    assert!(
-        netns::list().contains(&name),
-        "{name} not in `ip netns list`"
-    );
+    assert!(netns::list().contains(&name), "{name} not in `ip netns list`");
     let lo = ns.exec_stdout("ip", ["-o", "link", "show", "lo"]);
     assert!(lo.contains("UP"), "lo is not up in {name}: {lo}");
     let v6 = ns.exec_stdout("cat", ["/proc/sys/net/ipv6/conf/all/disable_ipv6"]);
@@ -305,10 +282,7 @@ fn harness_netns_guard_creates_and_deletes() {
     while ns.pids().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(
-        !ns.pids().is_empty(),
-        "sleep did not show in `ip netns pids {name}`"
-    );
+    assert!(!ns.pids().is_empty(), "sleep did not show in `ip netns pids {name}`");
     let other = NetNs::new("hg");
     assert_ne!(other.name(), name);
     drop(ns);
@@ -342,8 +316,7 @@ fn harness_veth_ping_and_nft_counter() {
     assert_eq!(nft_counter_packets(&b), 0);
     let sock = a.run_in(|| UdpSocket::bind("0.0.0.0:0").expect("bind sender"));
     for _ in 0..100 {
-        sock.send_to(b"x", addr("10.203.10.2:9000"))
-            .expect("send to B");
+        sock.send_to(b"x", addr("10.203.10.2:9000")).expect("send to B");
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while nft_counter_packets(&b) < 100 && Instant::now() < deadline {
@@ -369,8 +342,7 @@ fn harness_tbf_drops_show_in_tc() {
     a.exec(
         "tc",
         [
-            "qdisc", "add", "dev", "va", "root", "tbf", "rate", "1mbit", "burst", "2kb", "limit",
-            "3000",
+            "qdisc", "add", "dev", "va", "root", "tbf", "rate", "1mbit", "burst", "2kb", "limit", "3000",
         ],
     );
     let rx = Receiver::start(&b, addr("10.203.11.2:9000"));
@@ -401,8 +373,8 @@ fn nftables_random_drop_shows_as_kernel_drops_netfilter() {
     b.exec(
         "nft",
         [
-            "add", "rule", "inet", NFT_TABLE, "input", "udp", "dport", "9000", "numgen", "random",
-            "mod", "100", "<", "10", "counter", "drop",
+            "add", "rule", "inet", NFT_TABLE, "input", "udp", "dport", "9000", "numgen", "random", "mod", "100", "<",
+            "10", "counter", "drop",
         ],
     );
     let _rx_lossy = Receiver::start(&b, addr("10.203.1.2:9000"));
@@ -426,10 +398,7 @@ fn nftables_random_drop_shows_as_kernel_drops_netfilter() {
         Duration::from_secs(10),
         "graydar NETFILTER_DROP on vb within 5 % of nft's counter",
         |ag| {
-            last = (
-                kernel_drops(ag, "vb", "NETFILTER_DROP"),
-                nft_counter_packets(&b),
-            );
+            last = (kernel_drops(ag, "vb", "NETFILTER_DROP"), nft_counter_packets(&b));
             within(last.0, last.1 as f64, TOLERANCE)
         },
     );
@@ -461,8 +430,7 @@ fn tbf_tiny_limit_on_sender_shows_as_qdisc_drops() {
     a.exec(
         "tc",
         [
-            "qdisc", "add", "dev", "va", "root", "tbf", "rate", "1mbit", "burst", "2kb", "limit",
-            "3000",
+            "qdisc", "add", "dev", "va", "root", "tbf", "rate", "1mbit", "burst", "2kb", "limit", "3000",
         ],
     );
     let _rx = Receiver::start(&b, addr("10.203.2.2:9000"));
@@ -483,19 +451,12 @@ fn tbf_tiny_limit_on_sender_shows_as_qdisc_drops() {
         Duration::from_secs(10),
         "graydar_qdisc_drops_total{va,tbf} within 5 % of tc's drops",
         |ag| {
-            let m = prom::sum(
-                &ag.metrics(),
-                metric_name,
-                &[("interface", "va"), ("qdisc", "tbf")],
-            );
+            let m = prom::sum(&ag.metrics(), metric_name, &[("interface", "va"), ("qdisc", "tbf")]);
             last = (m, tc_drops(&a, "va", "tbf"));
             last.0 > 0.0 && within(last.0, last.1 as f64, TOLERANCE)
         },
     );
-    eprintln!(
-        "sent {sent}; tc dropped {}; graydar counted {}",
-        last.1, last.0
-    );
+    eprintln!("sent {sent}; tc dropped {}; graydar counted {}", last.1, last.0);
 
     // No traffic at all now: an idle interface must count as quiet.
     agent.wait_for(
@@ -554,11 +515,7 @@ fn agent_in_one_namespace_does_not_count_another_namespaces_drops() {
     let agent = AgentProcess::start(Some(&b), &fast_config(&b));
     let before = agent.metrics();
     let lo_before = prom::sum(&before, KERNEL_DROPS, &[("interface", "lo")]);
-    let vb_before = prom::sum(
-        &before,
-        KERNEL_DROPS,
-        &[("interface", "vb"), ("reason", "NO_SOCKET")],
-    );
+    let vb_before = prom::sum(&before, KERNEL_DROPS, &[("interface", "vb"), ("reason", "NO_SOCKET")]);
     let other_before = prom::sum(&before, KERNEL_DROPS, &[("interface", "_other_netns")]);
 
     // Positive control: a few drops in B itself. Ten times as many in C.
@@ -578,13 +535,8 @@ fn agent_in_one_namespace_does_not_count_another_namespaces_drops() {
 
     let after = agent.metrics();
     let lo_delta = prom::sum(&after, KERNEL_DROPS, &[("interface", "lo")]) - lo_before;
-    let vb_delta = prom::sum(
-        &after,
-        KERNEL_DROPS,
-        &[("interface", "vb"), ("reason", "NO_SOCKET")],
-    ) - vb_before;
-    let other_delta =
-        prom::sum(&after, KERNEL_DROPS, &[("interface", "_other_netns")]) - other_before;
+    let vb_delta = prom::sum(&after, KERNEL_DROPS, &[("interface", "vb"), ("reason", "NO_SOCKET")]) - vb_before;
+    let other_delta = prom::sum(&after, KERNEL_DROPS, &[("interface", "_other_netns")]) - other_before;
     eprintln!(
         "sent {sent_b} to B's closed port, {sent_c} to C's; B counted lo +{lo_delta}, vb NO_SOCKET +{vb_delta}, \
          _other_netns +{other_delta} (includes other tests' namespaces)"
@@ -593,10 +545,7 @@ fn agent_in_one_namespace_does_not_count_another_namespaces_drops() {
         sent_c > 5 * sent_b,
         "C should have sent many more ({sent_c}) than B ({sent_b})"
     );
-    assert_eq!(
-        lo_delta, 0.0,
-        "C's drops on its lo must not show under B's lo"
-    );
+    assert_eq!(lo_delta, 0.0, "C's drops on its lo must not show under B's lo");
     assert!(
         vb_delta <= sent_b as f64,
         "B's vb counted {vb_delta} NO_SOCKET drops but only {sent_b} were sent to B: C's drops leaked in"

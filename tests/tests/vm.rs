@@ -3,7 +3,6 @@
 //! booted by `cargo xtask test` / `cargo xtask vm` (xtask/src/vm.rs), which
 //! sets GRAYDAR_VM=1 and GRAYDAR_AGENT_BIN. On the host they are ignored.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -11,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use graydar_tests::prom;
 
 /// Panics unless running inside the test VM: these tests change the kernel's
 /// qdiscs and modules, which must never happen on a developer's host.
@@ -65,11 +66,7 @@ impl Agent {
             std::env::var_os("GRAYDAR_AGENT_BIN")
                 .expect("GRAYDAR_AGENT_BIN (path of graydar-agent) is set by the VM runner"),
         );
-        assert!(
-            bin.is_file(),
-            "GRAYDAR_AGENT_BIN {} is not a file",
-            bin.display()
-        );
+        assert!(bin.is_file(), "GRAYDAR_AGENT_BIN {} is not a file", bin.display());
         let addr = free_local_port();
         let dir = tempfile::tempdir().expect("creating a temp dir for the agent config");
         let config = dir.path().join("agent.toml");
@@ -83,11 +80,7 @@ impl Agent {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        Agent {
-            child,
-            addr,
-            _dir: dir,
-        }
+        Agent { child, addr, _dir: dir }
     }
 
     /// Waits for /readyz to answer 200 (probes started); panics if the agent exits.
@@ -100,10 +93,7 @@ impl Agent {
             if http_get(self.addr, "/readyz").is_ok() {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the agent was not ready within {timeout:?}"
-            );
+            assert!(Instant::now() < deadline, "the agent was not ready within {timeout:?}");
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -130,14 +120,12 @@ impl Drop for Agent {
 
 fn free_local_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    l.local_addr()
-        .expect("local address of the ephemeral listener")
+    l.local_addr().expect("local address of the ephemeral listener")
 }
 
 /// Plain HTTP/1.0 GET; Ok(body) only for status 200.
 fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(15))
-        .map_err(|e| format!("connect: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(15)).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(Duration::from_secs(30)))
@@ -152,77 +140,6 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
         return Err(format!("status line {status:?}"));
     }
     Ok(body.to_owned())
-}
-
-/// One Prometheus text-format sample: name, labels, value.
-type Sample = (String, BTreeMap<String, String>, f64);
-
-fn parse_prometheus(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (name, labels, rest) = match line.find('{') {
-            Some(open) => {
-                let (labels, rest) = parse_labels(&line[open + 1..])
-                    .unwrap_or_else(|| panic!("bad labels in metrics line {line:?}"));
-                (&line[..open], labels, rest)
-            }
-            None => {
-                let (name, rest) = line
-                    .split_once(' ')
-                    .unwrap_or_else(|| panic!("bad metrics line {line:?}"));
-                (name, BTreeMap::new(), rest)
-            }
-        };
-        let value = rest.split_whitespace().next().unwrap_or_default();
-        let value = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v
-                .parse()
-                .unwrap_or_else(|_| panic!("bad value in metrics line {line:?}")),
-        };
-        out.push((name.to_owned(), labels, value));
-    }
-    out
-}
-
-/// Parses `a="x",b="y\"z"} rest` into labels and the text after `}`.
-fn parse_labels(s: &str) -> Option<(BTreeMap<String, String>, &str)> {
-    let mut labels = BTreeMap::new();
-    let mut rest = s;
-    loop {
-        rest = rest.trim_start_matches([',', ' ']);
-        if let Some(after) = rest.strip_prefix('}') {
-            return Some((labels, after));
-        }
-        let (key, after) = rest.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            let (i, c) = chars.next()?;
-            match c {
-                '"' => break i,
-                '\\' => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                c => value.push(c),
-            }
-        };
-        labels.insert(key.trim().to_owned(), value);
-        rest = &after[end + 1..];
-    }
-}
-
-fn samples<'a>(all: &'a [Sample], name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
-    all.iter().filter(move |(n, _, _)| n == name)
-}
-
-fn label<'a>(labels: &'a BTreeMap<String, String>, key: &str) -> &'a str {
-    labels.get(key).map(String::as_str).unwrap_or_default()
 }
 
 /// A UDP sink on 127.0.0.1 drained by a thread (so drops are the qdisc's, not
@@ -323,10 +240,7 @@ fn netem_loss_on_loopback_shows_as_qdisc_and_kernel_drops() {
     let udp = UdpStream::open();
     let stream_for = Duration::from_secs(8);
     let sender = udp.send(200, stream_for);
-    eprintln!(
-        "[{:5.1}s] netem added, UDP stream started",
-        t0.elapsed().as_secs_f64()
-    );
+    eprintln!("[{:5.1}s] netem added, UDP stream started", t0.elapsed().as_secs_f64());
     let mut fired = None;
     // Poll while the loss lasts and for a while after: under emulation the
     // agent's evaluations can lag, and the finding only resolves after
@@ -351,24 +265,23 @@ fn netem_loss_on_loopback_shows_as_qdisc_and_kernel_drops() {
     );
 
     let metrics = agent.get("/metrics");
-    let all = parse_prometheus(&metrics);
-    let attached: f64 = samples(&all, "graydar_ebpf_programs_attached")
-        .map(|s| s.2)
-        .sum();
+    let attached = prom::sum(&metrics, "graydar_ebpf_programs_attached", &[]);
     assert!(
         attached >= 1.0,
         "graydar_ebpf_programs_attached is {attached}\n{metrics}"
     );
-    let netem_drops: f64 = samples(&all, "graydar_qdisc_drops_total")
-        .filter(|(_, l, _)| label(l, "interface") == "lo" && label(l, "qdisc") == "netem")
-        .map(|s| s.2)
-        .sum();
+    let netem_drops = prom::sum(
+        &metrics,
+        "graydar_qdisc_drops_total",
+        &[("interface", "lo"), ("qdisc", "netem")],
+    );
     assert!(
         netem_drops > 0.0,
         "no graydar_qdisc_drops_total{{interface=\"lo\",qdisc=\"netem\"}} > 0\n{metrics}"
     );
-    let kernel_lo: Vec<&Sample> = samples(&all, "graydar_kernel_drops_total")
-        .filter(|(_, l, v)| label(l, "interface") == "lo" && *v > 0.0)
+    let kernel_lo: Vec<prom::Sample> = prom::find(&metrics, "graydar_kernel_drops_total", &[("interface", "lo")])
+        .into_iter()
+        .filter(|s| s.value > 0.0)
         .collect();
     assert!(
         !kernel_lo.is_empty(),

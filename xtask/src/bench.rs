@@ -116,7 +116,11 @@ fn wait_ready(ns: Option<&Ns>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let ok = match ns {
-            Some(ns) => ns.run_in(|| Ok(http_get("/readyz").map(|b| b.starts_with("HTTP/1.1 200") || b.starts_with("HTTP/1.0 200")).unwrap_or(false)))?,
+            Some(ns) => ns.run_in(|| {
+                Ok(http_get("/readyz")
+                    .map(|b| b.starts_with("HTTP/1.1 200") || b.starts_with("HTTP/1.0 200"))
+                    .unwrap_or(false))
+            })?,
             None => http_get("/readyz").map(|b| b.contains(" 200 ")).unwrap_or(false),
         };
         if ok {
@@ -144,7 +148,10 @@ fn proc_cpu_ticks(pid: u32) -> Result<u64> {
 
 fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = s.lines().find(|l| l.starts_with(field)).with_context(|| format!("{field} missing"))?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("{field} missing"))?;
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
@@ -185,7 +192,10 @@ pub fn run(ws: &Path, idle_seconds: u64) -> Result<()> {
         per_event.push((wn - bn) / epd);
     }
     let (bm, wm, pe) = (median(base), median(with), median(per_event));
-    println!("  median: without {bm:.0} ns, with {wm:.0} ns per datagram; ratio {:.3}", wm / bm);
+    println!(
+        "  median: without {bm:.0} ns, with {wm:.0} ns per datagram; ratio {:.3}",
+        wm / bm
+    );
     println!("  added cost per kfree_skb event: {pe:.1} ns (goal <= 40 ns)");
     drop(ns);
 

@@ -102,13 +102,14 @@ fn output_of(cmd: &mut Command) -> Option<String> {
 
 /// Debian packages the test tiers and the VM need.
 pub const APT_PACKAGES: &[&str] = &[
-    "iproute2",         // ip, tc: test topologies
-    "nftables",         // nft: drops in the netns tier
-    "iputils-ping",     // ping
-    "kmod",             // depmod/modprobe for the VM kernel
-    "qemu-system-x86",  // the VM tier
-    "busybox-static",   // the VM's initramfs
-    "cpio",             // initramfs archive
+    "iproute2",        // ip, tc: test topologies
+    "nftables",        // nft: drops in the netns tier
+    "iputils-ping",    // ping
+    "kmod",            // depmod/modprobe for the VM kernel
+    "qemu-system-x86", // the VM tier
+    "busybox-static",  // the VM's initramfs and poweroff
+    "xz-utils",        // extracting vmlinux from the VM kernel's vmlinuz
+    "util-linux",      // setpriv: the unprivileged-agent test
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -118,7 +119,8 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 fn setup(verbose: bool) -> Result<()> {
     let mut did = Vec::new();
     // 1. nightly toolchain with rust-src (the eBPF crate builds core from source).
-    let installed = output_of(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
+    let installed =
+        output_of(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
     match installed {
         Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => {}
         Some(_) => {
@@ -127,7 +129,13 @@ fn setup(verbose: bool) -> Result<()> {
         }
         None => {
             ok(Command::new("rustup").args([
-                "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
             ]))?;
             did.push("installed the nightly toolchain with rust-src".to_owned());
         }
@@ -161,7 +169,10 @@ fn setup(verbose: bool) -> Result<()> {
     }
     if did.is_empty() {
         if verbose {
-            println!("xtask setup: everything is already installed (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, {})", APT_PACKAGES.join(", "));
+            println!(
+                "xtask setup: everything is already installed (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, {})",
+                APT_PACKAGES.join(", ")
+            );
         }
     } else {
         for d in &did {
@@ -181,7 +192,9 @@ fn cargo() -> Command {
 }
 
 fn run(ws: &Path, args: &[String]) -> Result<()> {
-    ok(cargo().current_dir(ws).args(["build", "--release", "-p", "graydar-agent"]))?;
+    ok(cargo()
+        .current_dir(ws)
+        .args(["build", "--release", "-p", "graydar-agent"]))?;
     if !is_root() {
         println!("xtask run: not root: eBPF probes will be disabled (the agent says why); run as root for all probes");
     }
@@ -219,7 +232,15 @@ fn test(ws: &Path, only: &[String]) -> Result<()> {
     if want("unit") {
         println!("\n==> tier 1/3: unit");
         let r = ok(cargo().current_dir(ws).args([
-            "test", "-p", "graydar-common", "-p", "graydar-agent", "-p", "graydar-controller", "-p", "xtask",
+            "test",
+            "-p",
+            "graydar-common",
+            "-p",
+            "graydar-agent",
+            "-p",
+            "graydar-controller",
+            "-p",
+            "xtask",
             "--all-features",
         ]))
         .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--lib"])));
@@ -228,7 +249,9 @@ fn test(ws: &Path, only: &[String]) -> Result<()> {
     if want("netns") {
         println!("\n==> tier 2/3: root/netns");
         let r = if !is_root() {
-            Err(anyhow::anyhow!("the root/netns tier needs root (network namespaces, eBPF): run `cargo xtask test` as root"))
+            Err(anyhow::anyhow!(
+                "the root/netns tier needs root (network namespaces, eBPF): run `cargo xtask test` as root"
+            ))
         } else {
             ok(cargo().current_dir(ws).args(["build", "-p", "graydar-agent"]))
                 .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--tests"])))
@@ -238,7 +261,9 @@ fn test(ws: &Path, only: &[String]) -> Result<()> {
     if want("vm") {
         println!("\n==> tier 3/3: VM (QEMU, Debian kernel, software emulation)");
         let r = if !is_root() {
-            Err(anyhow::anyhow!("the VM tier needs root (apt-get for the kernel package): run as root"))
+            Err(anyhow::anyhow!(
+                "the VM tier needs root (apt-get for the kernel package): run as root"
+            ))
         } else {
             vm::run_tests(ws, &vm::default_cache(ws))
         };

@@ -57,8 +57,7 @@ pub fn default_cache(workspace: &Path) -> PathBuf {
 /// Idempotent; a second call does no network access when the kernel is cached.
 pub fn prepare(cache: &Path) -> Result<VmAssets> {
     fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
-    let cache =
-        fs::canonicalize(cache).with_context(|| format!("resolving {}", cache.display()))?;
+    let cache = fs::canonicalize(cache).with_context(|| format!("resolving {}", cache.display()))?;
     let (package, version) = match kernel_package() {
         Ok(found) => found,
         Err(err) => match cached_kernel(&cache)? {
@@ -104,8 +103,7 @@ pub fn prepare(cache: &Path) -> Result<VmAssets> {
 /// from the workspace directory. Fails when the command exits non-zero.
 pub fn run_command(workspace: &Path, cache: &Path, cmd: &str) -> Result<()> {
     let assets = prepare(cache)?;
-    let workspace = fs::canonicalize(workspace)
-        .with_context(|| format!("resolving {}", workspace.display()))?;
+    let workspace = fs::canonicalize(workspace).with_context(|| format!("resolving {}", workspace.display()))?;
     boot(&assets, &workspace, cmd, &[])
 }
 
@@ -114,20 +112,13 @@ pub fn run_command(workspace: &Path, cache: &Path, cmd: &str) -> Result<()> {
 pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
     let started = Instant::now();
     let assets = prepare(cache)?;
-    let workspace = fs::canonicalize(workspace)
-        .with_context(|| format!("resolving {}", workspace.display()))?;
-    let tests = cargo_executables(
-        &workspace,
-        &["test", "-p", "graydar-tests", "--test", "vm", "--no-run"],
-    )?;
+    let workspace = fs::canonicalize(workspace).with_context(|| format!("resolving {}", workspace.display()))?;
+    let tests = cargo_executables(&workspace, &["test", "-p", "graydar-tests", "--test", "vm", "--no-run"])?;
     let test_bin = match tests.as_slice() {
         [one] => one.clone(),
         other => bail!("expected one vm test executable from cargo, got {other:?}"),
     };
-    let agents = cargo_executables(
-        &workspace,
-        &["build", "-p", "graydar-agent", "--bin", "graydar-agent"],
-    )?;
+    let agents = cargo_executables(&workspace, &["build", "-p", "graydar-agent", "--bin", "graydar-agent"])?;
     let agent_bin = agents
         .iter()
         .find(|p| p.file_name().is_some_and(|n| n == "graydar-agent"))
@@ -144,10 +135,7 @@ pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
         &cmd,
         &[("GRAYDAR_VM", "1"), ("GRAYDAR_AGENT_BIN", &agent)],
     );
-    eprintln!(
-        "vm: tier finished in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("vm: tier finished in {:.1}s", started.elapsed().as_secs_f64());
     result
 }
 
@@ -169,11 +157,9 @@ fn kernel_package() -> Result<(String, String)> {
 }
 
 fn kernel_package_from_apt() -> Result<(String, String)> {
-    let out =
-        output(Command::new("apt-cache").args(["show", "--no-all-versions", KERNEL_META_PACKAGE]))?;
-    parse_meta_depends(&out).with_context(|| {
-        format!("apt-cache show {KERNEL_META_PACKAGE}: no linux-image-* dependency")
-    })
+    let out = output(Command::new("apt-cache").args(["show", "--no-all-versions", KERNEL_META_PACKAGE]))?;
+    parse_meta_depends(&out)
+        .with_context(|| format!("apt-cache show {KERNEL_META_PACKAGE}: no linux-image-* dependency"))
 }
 
 /// Parses `Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)`.
@@ -185,12 +171,7 @@ fn parse_meta_depends(apt_show: &str) -> Option<(String, String)> {
         if !name.starts_with("linux-image-") {
             return None;
         }
-        let version = rest
-            .trim()
-            .strip_prefix("(=")?
-            .trim()
-            .strip_suffix(')')?
-            .trim();
+        let version = rest.trim().strip_prefix("(=")?.trim().strip_suffix(')')?.trim();
         Some((name.to_owned(), version.to_owned()))
     })
 }
@@ -212,13 +193,7 @@ fn cached_kernel(cache: &Path) -> Result<Option<(String, String)>> {
     Ok(None)
 }
 
-fn unpack_kernel(
-    cache: &Path,
-    kdir: &Path,
-    package: &str,
-    version: &str,
-    release: &str,
-) -> Result<()> {
+fn unpack_kernel(cache: &Path, kdir: &Path, package: &str, version: &str, release: &str) -> Result<()> {
     let deb = find_deb(cache, package, version)?;
     let deb = match deb {
         Some(deb) => deb,
@@ -233,12 +208,8 @@ fn unpack_kernel(
                     &format!("{package}={version}"),
                 ])
                 .current_dir(cache))?;
-            find_deb(cache, package, version)?.with_context(|| {
-                format!(
-                    "apt-get download left no {package} .deb in {}",
-                    cache.display()
-                )
-            })?
+            find_deb(cache, package, version)?
+                .with_context(|| format!("apt-get download left no {package} .deb in {}", cache.display()))?
         }
     };
     if kdir.exists() {
@@ -251,8 +222,7 @@ fn unpack_kernel(
     let lib_modules = root.join("lib/modules");
     if !lib_modules.join(release).is_dir() && root.join("usr/lib/modules").join(release).is_dir() {
         fs::create_dir_all(root.join("lib")).context("creating lib")?;
-        std::os::unix::fs::symlink("../usr/lib/modules", &lib_modules)
-            .context("symlinking lib/modules")?;
+        std::os::unix::fs::symlink("../usr/lib/modules", &lib_modules).context("symlinking lib/modules")?;
     }
     ensure!(
         lib_modules.join(release).is_dir(),
@@ -280,9 +250,7 @@ fn remove_superseded(cache: &Path, release: &str) {
             || name == format!("initramfs-{release}.cpio")
             || name.starts_with(&format!("linux-image-{release}_"));
         let old = !current
-            && (name.starts_with("kernel-")
-                || name.starts_with("initramfs-")
-                || name.starts_with("linux-image-"));
+            && (name.starts_with("kernel-") || name.starts_with("initramfs-") || name.starts_with("linux-image-"));
         if old {
             let path = entry.path();
             eprintln!("vm: removing superseded {}", path.display());
@@ -299,9 +267,7 @@ fn find_deb(cache: &Path, package: &str, version: &str) -> Result<Option<PathBuf
     // apt-get download escapes ':' of an epoch as %3a.
     let prefix = format!("{package}_{}_", version.replace(':', "%3a"));
     for entry in fs::read_dir(cache).with_context(|| format!("reading {}", cache.display()))? {
-        let path = entry
-            .with_context(|| format!("reading {}", cache.display()))?
-            .path();
+        let path = entry.with_context(|| format!("reading {}", cache.display()))?.path();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -424,15 +390,13 @@ exec $bb chroot $r /bin/busybox sh -c \
 fn build_initramfs(modules: &Path, out: &Path) -> Result<()> {
     let order = module_load_order(modules, INITRAMFS_MODULES)?;
     let mut cpio = Cpio::default();
-    for dir in [
-        "bin", "dev", "proc", "sys", "modules", "lower", "rw", "host", "tmp",
-    ] {
+    for dir in ["bin", "dev", "proc", "sys", "modules", "lower", "rw", "host", "tmp"] {
         cpio.dir(dir);
     }
     cpio.char_device("dev/console", 0o600, 5, 1);
     cpio.char_device("dev/null", 0o666, 1, 3);
-    let busybox = fs::read(BUSYBOX)
-        .with_context(|| format!("reading {BUSYBOX} (install the busybox-static package)"))?;
+    let busybox =
+        fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX} (install the busybox-static package)"))?;
     cpio.file("bin/busybox", 0o755, &busybox);
     cpio.symlink("bin/sh", "busybox");
     let mut names = Vec::new();
@@ -463,20 +427,14 @@ fn build_initramfs(modules: &Path, out: &Path) -> Result<()> {
 /// neither built in nor in modules.dep are an error.
 fn module_load_order(modules: &Path, wanted: &[&str]) -> Result<Vec<String>> {
     let dep_path = modules.join("modules.dep");
-    let dep_text =
-        fs::read_to_string(&dep_path).with_context(|| format!("reading {}", dep_path.display()))?;
+    let dep_text = fs::read_to_string(&dep_path).with_context(|| format!("reading {}", dep_path.display()))?;
     let builtin_text = fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
     let deps = parse_modules_dep(&dep_text);
     let by_name: BTreeMap<String, &String> = deps.keys().map(|p| (module_name(p), p)).collect();
     let builtin: HashSet<String> = builtin_text.lines().map(module_name).collect();
     let mut order = Vec::new();
     let mut seen = HashSet::new();
-    fn visit(
-        path: &str,
-        deps: &BTreeMap<String, Vec<String>>,
-        seen: &mut HashSet<String>,
-        order: &mut Vec<String>,
-    ) {
+    fn visit(path: &str, deps: &BTreeMap<String, Vec<String>>, seen: &mut HashSet<String>, order: &mut Vec<String>) {
         if !seen.insert(path.to_owned()) {
             return;
         }
@@ -490,10 +448,7 @@ fn module_load_order(modules: &Path, wanted: &[&str]) -> Result<Vec<String>> {
         match by_name.get(&name) {
             Some(path) => visit(path, &deps, &mut seen, &mut order),
             None if builtin.contains(&name) => {}
-            None => bail!(
-                "module {want} is neither in {} nor built in",
-                dep_path.display()
-            ),
+            None => bail!("module {want} is neither in {} nor built in", dep_path.display()),
         }
     }
     Ok(order)
@@ -589,10 +544,7 @@ impl Cpio {
 /// the serial console to stdout and checks the exit marker.
 fn boot(assets: &VmAssets, workdir: &Path, cmd: &str, env: &[(&str, &str)]) -> Result<()> {
     // The script lives on the host: the guest reads it through the shared root.
-    let cache = assets
-        .initramfs
-        .parent()
-        .context("initramfs has no parent directory")?;
+    let cache = assets.initramfs.parent().context("initramfs has no parent directory")?;
     let runs = cache.join("runs");
     fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let script = runs.join(format!("run-{}.sh", std::process::id()));
@@ -603,10 +555,7 @@ fn boot(assets: &VmAssets, workdir: &Path, cmd: &str, env: &[(&str, &str)]) -> R
     for (key, value) in env {
         text.push_str(&format!("export {key}={}\n", shell_quote(value)));
     }
-    text.push_str(&format!(
-        "cd {} || exit 125\n",
-        shell_quote(&workdir.to_string_lossy())
-    ));
+    text.push_str(&format!("cd {} || exit 125\n", shell_quote(&workdir.to_string_lossy())));
     text.push_str(cmd);
     text.push('\n');
     fs::write(&script, text).with_context(|| format!("writing {}", script.display()))?;
@@ -617,16 +566,10 @@ fn boot(assets: &VmAssets, workdir: &Path, cmd: &str, env: &[(&str, &str)]) -> R
 
 fn boot_script(assets: &VmAssets, script: &Path) -> Result<()> {
     for (what, path) in [("kernel", &assets.kernel), ("initramfs", &assets.initramfs)] {
-        ensure!(
-            path.is_file(),
-            "{what} {} is missing: run prepare",
-            path.display()
-        );
+        ensure!(path.is_file(), "{what} {} is missing: run prepare", path.display());
     }
     let path_arg = |p: &Path| -> Result<String> {
-        let s = p
-            .to_str()
-            .with_context(|| format!("non-UTF-8 path {}", p.display()))?;
+        let s = p.to_str().with_context(|| format!("non-UTF-8 path {}", p.display()))?;
         ensure!(
             !s.contains([' ', ',', '"']),
             "path {s} has characters the kernel command line cannot carry"
@@ -639,44 +582,29 @@ fn boot_script(assets: &VmAssets, script: &Path) -> Result<()> {
         path_arg(&assets.modules_dir)?,
     );
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args([
-        "-accel",
-        "tcg,thread=multi",
-        "-cpu",
-        "max",
-        "-m",
-        "2G",
-        "-smp",
-        "2",
-    ])
-    .args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(&assets.kernel)
-    .arg("-initrd")
-    .arg(&assets.initramfs)
-    .args(["-append", &append])
-    .args([
-        "-virtfs",
-        &format!(
-            "local,path=/,mount_tag={MOUNT_TAG},security_model=none,readonly=on,multidevs=remap"
-        ),
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    eprintln!(
-        "vm: booting {} ({})",
-        assets.kernel_version,
-        assets.kernel.display()
-    );
+    qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2G", "-smp", "2"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&assets.kernel)
+        .arg("-initrd")
+        .arg(&assets.initramfs)
+        .args(["-append", &append])
+        .args([
+            "-virtfs",
+            &format!("local,path=/,mount_tag={MOUNT_TAG},security_model=none,readonly=on,multidevs=remap"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    eprintln!("vm: booting {} ({})", assets.kernel_version, assets.kernel.display());
     let started = Instant::now();
     let mut child = qemu
         .spawn()
@@ -711,9 +639,7 @@ fn boot_script(assets: &VmAssets, script: &Path) -> Result<()> {
     match seen.exit {
         Some(0) => Ok(()),
         Some(code) => bail!("vm: guest command failed with exit status {code}"),
-        None => bail!(
-            "vm: guest printed no {EXIT_MARKER} line (qemu: {status}); see the console output above"
-        ),
+        None => bail!("vm: guest printed no {EXIT_MARKER} line (qemu: {status}); see the console output above"),
     }
 }
 
@@ -763,12 +689,7 @@ fn cargo_executables(workspace: &Path, args: &[&str]) -> Result<Vec<PathBuf>> {
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    ensure!(
-        out.status.success(),
-        "cargo {} failed ({})",
-        args.join(" "),
-        out.status
-    );
+    ensure!(out.status.success(), "cargo {} failed ({})", args.join(" "), out.status);
     let mut exes = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -808,14 +729,10 @@ mod tests {
 
     #[test]
     fn parses_the_meta_package_dependency() {
-        let show =
-            "Package: linux-image-amd64\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n";
+        let show = "Package: linux-image-amd64\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n";
         assert_eq!(
             parse_meta_depends(show),
-            Some((
-                "linux-image-6.1.0-56-amd64".to_owned(),
-                "6.1.192-2".to_owned()
-            ))
+            Some(("linux-image-6.1.0-56-amd64".to_owned(), "6.1.192-2".to_owned()))
         );
     }
 
@@ -830,11 +747,7 @@ mod tests {
              kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko\n",
         )
         .expect("modules.dep");
-        fs::write(
-            dir.join("modules.builtin"),
-            "kernel/drivers/virtio/virtio_pci.ko\n",
-        )
-        .expect("builtin");
+        fs::write(dir.join("modules.builtin"), "kernel/drivers/virtio/virtio_pci.ko\n").expect("builtin");
         let order = module_load_order(&dir, &["virtio-pci", "9pnet_virtio", "9p"]).expect("order");
         let _ = fs::remove_dir_all(&dir);
         assert_eq!(

@@ -420,13 +420,7 @@ mod tests {
         let cfg = DropConfig::default();
         let mut sim = Sim::new(cfg.clone());
         let t = sim.run(30, 10_000, 0.02);
-        assert_eq!(
-            t,
-            [(
-                cfg.fire_windows as u64,
-                Transition::Fired(Severity::Warning)
-            )]
-        );
+        assert_eq!(t, [(cfg.fire_windows as u64, Transition::Fired(Severity::Warning))]);
     }
 
     #[test]
@@ -464,10 +458,7 @@ mod tests {
         );
         // From a cold start both windows see 6 % at once.
         let mut cold = Sim::new(DropConfig::default());
-        assert_eq!(
-            cold.run(10, 10_000, 0.06),
-            [(3, Transition::Fired(Severity::Critical))]
-        );
+        assert_eq!(cold.run(10, 10_000, 0.06), [(3, Transition::Fired(Severity::Critical))]);
         // Loss easing to 2 % brings it back to Warning on a bad evaluation.
         let t = cold.run(20, 10_000, 0.02);
         assert_eq!(t.len(), 1, "{t:?}");
@@ -531,15 +522,9 @@ mod tests {
         };
         let mut sim = Sim::new(cfg.clone());
         assert_eq!(sim.run(3, 10_000, 0.03).len(), 1);
-        assert!(
-            sim.run(cfg.resolve_windows as u64 - 1, 10_000, 0.0)
-                .is_empty()
-        );
+        assert!(sim.run(cfg.resolve_windows as u64 - 1, 10_000, 0.0).is_empty());
         let blip = sim.second(10_000, 0.03);
-        assert!(
-            blip.bad && blip.transition.is_none(),
-            "one bad blip: {blip:?}"
-        );
+        assert!(blip.bad && blip.transition.is_none(), "one bad blip: {blip:?}");
         let t = sim.run(cfg.resolve_windows as u64, 10_000, 0.0);
         assert_eq!(t, [(cfg.resolve_windows as u64, Transition::Resolved)]);
     }
@@ -567,11 +552,7 @@ mod tests {
         sim.now += Duration::from_secs(1);
         let obs = sim.sample();
         assert!(!obs.evaluated && obs.transition.is_none(), "{obs:?}");
-        assert_eq!(
-            (obs.short_ratio, obs.drop_rate),
-            (0.0, 0.0),
-            "ring forgotten"
-        );
+        assert_eq!((obs.short_ratio, obs.drop_rate), (0.0, 0.0), "ring forgotten");
         let after = sim.second(10_000, 0.001);
         assert!(after.evaluated && !after.bad && after.transition.is_none());
         assert!(after.short_ratio < 0.002, "{after:?}");
@@ -611,10 +592,7 @@ mod tests {
         // 3 of 5: bad, quiet, bad, quiet, bad -> fires on the 5th evaluation and,
         // never seeing 10 quiet evaluations in a row, never resolves.
         let mut sim = Sim::new(base.clone());
-        assert_eq!(
-            flap(&mut sim, 120),
-            [(5, Transition::Fired(Severity::Warning))]
-        );
+        assert_eq!(flap(&mut sim, 120), [(5, Transition::Fired(Severity::Warning))]);
 
         // 4 of 5: at most 3 of any 5 alternating evaluations are bad: never fires.
         let mut sim = Sim::new(DropConfig {
@@ -709,14 +687,8 @@ mod tests {
     fn validate_rejects_inconsistent_config() {
         let d = DropConfig::default;
         let bad = [
-            DropConfig {
-                fire_windows: 6,
-                ..d()
-            },
-            DropConfig {
-                fire_windows: 0,
-                ..d()
-            },
+            DropConfig { fire_windows: 6, ..d() },
+            DropConfig { fire_windows: 0, ..d() },
             DropConfig {
                 resolve_windows: 0,
                 ..d()
@@ -752,17 +724,10 @@ mod tests {
             },
         ];
         for cfg in bad {
-            let e = cfg
-                .validate()
-                .expect_err(&format!("{cfg:?} must be rejected"));
+            let e = cfg.validate().expect_err(&format!("{cfg:?} must be rejected"));
             assert!(e.to_string().contains("drops."), "{e}");
         }
-        let e = DropConfig {
-            fire_windows: 6,
-            ..d()
-        }
-        .validate()
-        .expect_err("k > n");
+        let e = DropConfig { fire_windows: 6, ..d() }.validate().expect_err("k > n");
         assert!(e.to_string().contains("fire_windows (6)"), "{e}");
     }
 }

@@ -47,13 +47,15 @@ impl KernelDropsProbe {
             tracing::warn!("kernel drops: network-namespace attribution unavailable; attributing by ifindex only");
         }
         tracing::debug!(?offsets, reasons = reasons.len(), "kfree_skb probe setup from BTF");
-        let mut ebpf = crate::ebpf::load(&offsets).map_err(|e| ProbeError::Ebpf(format!("loading eBPF object: {e}")))?;
+        let mut ebpf =
+            crate::ebpf::load(&offsets).map_err(|e| ProbeError::Ebpf(format!("loading eBPF object: {e}")))?;
         let prog: &mut RawTracePoint = ebpf
             .program_mut("kfree_skb")
             .ok_or_else(|| ProbeError::Ebpf("program kfree_skb missing from the object".into()))?
             .try_into()
             .map_err(|e| ProbeError::Ebpf(format!("kfree_skb: {e}")))?;
-        prog.load().map_err(|e| ProbeError::Ebpf(format!("loading kfree_skb: {e}")))?;
+        prog.load()
+            .map_err(|e| ProbeError::Ebpf(format!("loading kfree_skb: {e}")))?;
         prog.attach("kfree_skb")
             .map_err(|e| ProbeError::Ebpf(format!("attaching raw tracepoint kfree_skb: {e}")))?;
         let drops = ebpf

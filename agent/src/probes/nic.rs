@@ -138,11 +138,7 @@ impl NicStats {
 
     /// Builds the stats from counter values looked up by file name (pure).
     /// `counter(name)` returns `None` for a missing file, which reads as 0.
-    pub fn from_counters(
-        name: &str,
-        ifindex: u32,
-        counter: impl Fn(&str) -> Option<u64>,
-    ) -> NicStats {
+    pub fn from_counters(name: &str, ifindex: u32, counter: impl Fn(&str) -> Option<u64>) -> NicStats {
         let c = |file: &str| counter(file).unwrap_or(0);
         NicStats {
             name: name.to_owned(),
@@ -214,8 +210,7 @@ fn read_optional(path: &Path) -> Result<Option<String>, ProbeError> {
 pub fn read_interface(sysfs_root: &Path, name: &str) -> Result<NicStats, ProbeError> {
     let dir = net_dir(sysfs_root).join(name);
     let ifindex_path = dir.join("ifindex");
-    let ifindex_text =
-        std::fs::read_to_string(&ifindex_path).map_err(|e| io_err(&ifindex_path, e))?;
+    let ifindex_text = std::fs::read_to_string(&ifindex_path).map_err(|e| io_err(&ifindex_path, e))?;
     let ifindex = parse_ifindex(&ifindex_path.display().to_string(), &ifindex_text)?;
 
     let stats_dir = dir.join("statistics");
@@ -286,10 +281,7 @@ mod tests {
     #[test]
     fn parse_counter_accepts_sysfs_format_and_rejects_garbage() {
         assert_eq!(parse_counter("x", "12345\n").expect("decimal"), 12345);
-        assert_eq!(
-            parse_counter("x", "18446744073709551615\n").expect("u64 max"),
-            u64::MAX
-        );
+        assert_eq!(parse_counter("x", "18446744073709551615\n").expect("u64 max"), u64::MAX);
         assert!(parse_counter("x", "").is_err());
         assert!(parse_counter("x", "-1\n").is_err());
         assert!(parse_counter("x", "0x10\n").is_err());
@@ -308,11 +300,7 @@ mod tests {
         assert_eq!(eth0.rx_dropped, 1_204);
         assert_eq!(eth0.rx_missed_errors, 88_391);
         assert_eq!(eth0.rx_fifo_errors, 88_391);
-        assert_eq!(
-            eth0.rx_drops(),
-            1_204 + 88_391,
-            "fifo is not added to missed"
-        );
+        assert_eq!(eth0.rx_drops(), 1_204 + 88_391, "fifo is not added to missed");
         assert_eq!(eth0.tx_drops(), 17);
         assert_eq!(
             eth0.drop_counters(Direction::Rx),
@@ -388,10 +376,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("statistics")).expect("mkdir");
         std::fs::write(dir.join("ifindex"), "2\n").expect("write");
         std::fs::write(dir.join("statistics/rx_dropped"), "lots\n").expect("write");
-        assert!(matches!(
-            read_all(root.path()),
-            Err(ProbeError::Parse { .. })
-        ));
+        assert!(matches!(read_all(root.path()), Err(ProbeError::Parse { .. })));
     }
 
     #[test]

@@ -184,8 +184,7 @@ mod tests {
     /// Parses a fixture holding one raw RTM_NEWQDISC netlink message.
     fn message(name: &str) -> TcMessage {
         let path = fixture(name);
-        let bytes =
-            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes)
             .unwrap_or_else(|e| panic!("deserializing {}: {e}", path.display()));
         match msg.payload {
@@ -298,8 +297,7 @@ mod tests {
     #[test]
     fn falls_back_to_legacy_stats() {
         let mut msg = message("qdisc_tbf_drops_backlog.bin");
-        msg.attributes
-            .retain(|a| !matches!(a, TcAttribute::Stats2(_)));
+        msg.attributes.retain(|a| !matches!(a, TcAttribute::Stats2(_)));
         let q = from_message(&msg).expect("stats");
         assert_eq!(q.packets, 1_131);
         assert_eq!(q.drops, 2_116_292);
@@ -345,15 +343,12 @@ mod tests {
         use rtnetlink::packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
         use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-        let dir = PathBuf::from(
-            std::env::var_os("GRAYDAR_CAPTURE_DIR").expect("set GRAYDAR_CAPTURE_DIR"),
-        );
+        let dir = PathBuf::from(std::env::var_os("GRAYDAR_CAPTURE_DIR").expect("set GRAYDAR_CAPTURE_DIR"));
         std::fs::create_dir_all(&dir).expect("create capture dir");
         let mut socket = Socket::new(NETLINK_ROUTE).expect("netlink socket");
         socket.bind_auto().expect("bind");
         socket.connect(&SocketAddr::new(0, 0)).expect("connect");
-        let mut req =
-            NetlinkMessage::from(RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()));
         req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
         req.finalize();
         let mut buf = vec![0u8; req.buffer_len()];
@@ -365,8 +360,7 @@ mod tests {
             let (data, _) = socket.recv_from_full().expect("recv");
             let mut off = 0;
             while off + 16 <= data.len() {
-                let len =
-                    u32::from_ne_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
+                let len = u32::from_ne_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
                 let ty = u16::from_ne_bytes(data[off + 4..off + 6].try_into().expect("2 bytes"));
                 assert!(len >= 16 && off + len <= data.len(), "bad netlink length");
                 let raw = &data[off..off + len];
@@ -375,19 +369,14 @@ mod tests {
                     2 => panic!("netlink error answer: {raw:?}"), // NLMSG_ERROR
                     36 => {
                         // RTM_NEWQDISC
-                        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
-                            .expect("parse captured message");
-                        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(
-                            tc,
-                        )) = msg.payload
+                        let msg =
+                            NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw).expect("parse captured message");
+                        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(tc)) = msg.payload
                         else {
                             panic!("unexpected payload")
                         };
                         let q = from_message(&tc).expect("qdisc stats");
-                        let name = format!(
-                            "if{}_{}_h{:08x}_p{:08x}.bin",
-                            q.ifindex, q.kind, q.handle, q.parent
-                        );
+                        let name = format!("if{}_{}_h{:08x}_p{:08x}.bin", q.ifindex, q.kind, q.handle, q.parent);
                         std::fs::write(dir.join(&name), raw).expect("write capture");
                         println!("{name}: {q:?}");
                         written += 1;

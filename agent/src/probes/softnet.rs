@@ -64,10 +64,7 @@ pub fn parse(text: &str) -> Result<Vec<SoftnetCpu>, ProbeError> {
             .map(|c| u64::from_str_radix(c, 16).map_err(|e| err(format!("column {c:?}: {e}"))))
             .collect::<Result<Vec<u64>, ProbeError>>()?;
         if cols.len() < MIN_COLUMNS {
-            return Err(err(format!(
-                "{} columns, expected at least {MIN_COLUMNS}",
-                cols.len()
-            )));
+            return Err(err(format!("{} columns, expected at least {MIN_COLUMNS}", cols.len())));
         }
         let cpu = match cols.get(COL_CPU) {
             Some(&c) => u32::try_from(c).map_err(|_| err(format!("CPU index {c} too large")))?,
@@ -110,8 +107,7 @@ mod tests {
 
     fn parse_fixture(name: &str) -> Vec<SoftnetCpu> {
         let path = fixture(name);
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         parse(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
     }
 
@@ -152,10 +148,7 @@ mod tests {
         assert_eq!(cpu6.dropped, 0x0001_3a2c);
         assert_eq!(cpu6.time_squeeze, 0x0000_4e21);
         assert_eq!(cpu6.backlog_len, Some(0x3e8));
-        assert_eq!(
-            cpus.iter().map(|c| c.dropped).sum::<u64>(),
-            0x0001_3a2c + 0x0000_0377
-        );
+        assert_eq!(cpus.iter().map(|c| c.dropped).sum::<u64>(), 0x0001_3a2c + 0x0000_0377);
     }
 
     #[test]
@@ -169,11 +162,7 @@ mod tests {
     fn reads_from_procfs_root() {
         let root = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(root.path().join("net")).expect("mkdir");
-        std::fs::copy(
-            fixture("softnet_stat.16cpu"),
-            root.path().join("net/softnet_stat"),
-        )
-        .expect("copy fixture");
+        std::fs::copy(fixture("softnet_stat.16cpu"), root.path().join("net/softnet_stat")).expect("copy fixture");
         assert_eq!(read(root.path()).expect("read").len(), 14);
         assert!(read(Path::new("/nonexistent-graydar-proc")).is_err());
     }
