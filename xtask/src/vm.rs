@@ -365,7 +365,8 @@ $bb mount -t devtmpfs devtmpfs $r/dev
 $bb mkdir -p $r/dev/pts $r/dev/shm
 $bb mount -t devpts -o newinstance,ptmxmode=0666 devpts $r/dev/pts
 $bb mount -t tmpfs -o mode=1777 tmpfs $r/dev/shm
-$bb mount -t tmpfs -o mode=1777 tmpfs $r/tmp
+# No tmpfs on /tmp: the overlay already makes it writable (writes land in the
+# tmpfs upper layer) and a workspace or script under the host's /tmp stays visible.
 $bb mount -t tmpfs -o mode=0755 tmpfs $r/run
 $bb mount -t tracefs tracefs $r/sys/kernel/tracing 2>/dev/null
 $bb mount -t debugfs debugfs $r/sys/kernel/debug 2>/dev/null
