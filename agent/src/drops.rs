@@ -341,6 +341,16 @@ impl DropSignal {
         m.ebpf_events.with_label_values(&[kernel_drops::PROBE]).inc_by(d);
         let d = self.mirror.delta(&["ebpf_lost", kernel_drops::PROBE], 0, snap.lost);
         m.ebpf_events_lost.with_label_values(&[kernel_drops::PROBE]).inc_by(d);
+        let d = self
+            .mirror
+            .delta(&["ebpf_runs", kernel_drops::PROBE], 0, snap.run_count);
+        m.ebpf_runs.with_label_values(&[kernel_drops::PROBE]).inc_by(d);
+        let d = self
+            .mirror
+            .delta(&["ebpf_run_ns", kernel_drops::PROBE], 0, snap.run_time_ns);
+        m.ebpf_run_seconds
+            .with_label_values(&[kernel_drops::PROBE])
+            .inc_by(d as f64 / 1e9);
         for (pseudo, map) in [("_other_netns", &snap.other_netns), ("_none", &snap.no_device)] {
             for (reason, n) in map {
                 let d = self.mirror.delta(&["kernel_drops", pseudo, reason], 0, *n);

@@ -129,7 +129,7 @@ fn start_kernel_drops(cfg: &Config, metrics: &Metrics) -> Option<KernelDropsProb
     sys::ensure_pseudo_filesystems();
     match KernelDropsProbe::start(&cfg.sysfs_root, sys::own_netns_inode()) {
         Ok(p) => {
-            tracing::info!("eBPF probe kfree_skb attached");
+            tracing::info!(program = p.program(), "eBPF probe kfree_skb attached");
             metrics.ebpf_programs_attached.add(1);
             up.set(1);
             Some(p)

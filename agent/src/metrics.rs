@@ -28,6 +28,8 @@ pub struct Metrics {
     pub ebpf_programs_attached: IntGauge,
     pub ebpf_events: IntCounterVec,
     pub ebpf_events_lost: IntCounterVec,
+    pub ebpf_run_seconds: prometheus::CounterVec,
+    pub ebpf_runs: IntCounterVec,
     pub probe_up: IntGaugeVec,
     pub collector_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -64,6 +66,16 @@ impl Metrics {
         )
         .expect("static metric definition");
         r.register(Box::new(ebpf_programs_attached.clone()))
+            .expect("metric registered once");
+        let ebpf_run_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "graydar_ebpf_program_run_seconds_total",
+                "Time the kernel spent running the probe's eBPF program; 0 unless kernel.bpf_stats_enabled=1.",
+            ),
+            &["probe"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(ebpf_run_seconds.clone()))
             .expect("metric registered once");
         let m = Metrics {
             kernel_drops: counter(
@@ -150,6 +162,13 @@ impl Metrics {
                 &r,
                 "graydar_ebpf_events_lost_total",
                 "Events an eBPF probe could not record (map full, failed kernel reads).",
+                &["probe"],
+            ),
+            ebpf_run_seconds,
+            ebpf_runs: counter(
+                &r,
+                "graydar_ebpf_program_runs_total",
+                "Invocations of the probe's eBPF program counted by the kernel; 0 unless kernel.bpf_stats_enabled=1.",
                 &["probe"],
             ),
             probe_up: gauge(

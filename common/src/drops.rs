@@ -35,17 +35,29 @@ pub struct DropOffsets {
     pub reason_not_dropped_yet: u32,
 }
 
-/// Indexes into the probe's per-CPU `DROP_STATS` array.
+/// Indexes into the probe's per-CPU `DROP_STATS` array. Events seen are not
+/// counted on the hot path: user space derives them as drops recorded +
+/// NOT_DROPS + LOST.
 pub mod stat {
-    /// kfree_skb events seen (drops and filtered non-drops).
-    pub const EVENTS: u32 = 0;
     /// Events filtered because their reason is not a drop.
-    pub const NOT_DROPS: u32 = 1;
+    pub const NOT_DROPS: u32 = 0;
     /// Drops that could not be recorded because the map was full.
-    pub const LOST: u32 = 2;
+    pub const LOST: u32 = 1;
     /// Kernel reads (bpf_probe_read_kernel) that failed.
-    pub const READ_ERRORS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    pub const READ_ERRORS: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Per-CPU cache of the last device's network namespace, so a burst of drops
+/// on one device costs two kernel reads (skb->dev, dev->ifindex) instead of
+/// four. Keyed by the device pointer *and* its ifindex, so a freed device
+/// whose memory is reused by a new one does not inherit its namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetnsCache {
+    pub dev: u64,
+    pub ifindex: u32,
+    pub netns: u32,
 }
 
 /// Capacity of the drop counter map.
@@ -57,4 +69,6 @@ mod pod {
     unsafe impl aya::Pod for super::DropKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DropOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetnsCache {}
 }

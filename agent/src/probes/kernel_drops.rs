@@ -6,7 +6,7 @@ use std::path::Path;
 
 use aya::Ebpf;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use aya::programs::RawTracePoint;
+use aya::programs::{BtfTracePoint, RawTracePoint};
 use graydar_common::drops::{DropKey, stat};
 
 use super::ProbeError;
@@ -22,6 +22,37 @@ pub struct KernelDropsProbe {
     reasons: DropReasons,
     own_netns: Option<u32>,
     netns_attribution: bool,
+    program: &'static str,
+}
+
+/// tp_btf: the verifier types `skb`, so the program loads fields directly.
+fn attach_btf(ebpf: &mut Ebpf, sysfs_root: &Path) -> Result<(), ProbeError> {
+    let path = sysfs_root.join("kernel/btf/vmlinux");
+    let btf = aya::Btf::parse_file(&path, aya::Endianness::default())
+        .map_err(|e| ProbeError::Ebpf(format!("parsing {}: {e}", path.display())))?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut("kfree_skb_btf")
+        .ok_or_else(|| ProbeError::Ebpf("program kfree_skb_btf missing from the object".into()))?
+        .try_into()
+        .map_err(|e| ProbeError::Ebpf(format!("kfree_skb_btf: {e}")))?;
+    prog.load("kfree_skb", &btf)
+        .map_err(|e| ProbeError::Ebpf(format!("loading tp_btf kfree_skb: {e}")))?;
+    prog.attach()
+        .map_err(|e| ProbeError::Ebpf(format!("attaching tp_btf kfree_skb: {e}")))?;
+    Ok(())
+}
+
+fn attach_raw(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut("kfree_skb")
+        .ok_or_else(|| ProbeError::Ebpf("program kfree_skb missing from the object".into()))?
+        .try_into()
+        .map_err(|e| ProbeError::Ebpf(format!("kfree_skb: {e}")))?;
+    prog.load()
+        .map_err(|e| ProbeError::Ebpf(format!("loading kfree_skb: {e}")))?;
+    prog.attach("kfree_skb")
+        .map_err(|e| ProbeError::Ebpf(format!("attaching raw tracepoint kfree_skb: {e}")))?;
+    Ok(())
 }
 
 /// Cumulative counters read from the kernel maps.
@@ -35,6 +66,11 @@ pub struct KernelDropsSnapshot {
     pub no_device: HashMap<String, u64>,
     pub events: u64,
     pub lost: u64,
+    /// Cumulative time the kernel spent in the program and its invocations;
+    /// both stay 0 unless kernel.bpf_stats_enabled=1 (the kernel only
+    /// measures when asked, since measuring costs two clock reads per run).
+    pub run_time_ns: u64,
+    pub run_count: u64,
 }
 
 impl KernelDropsProbe {
@@ -49,15 +85,14 @@ impl KernelDropsProbe {
         tracing::debug!(?offsets, reasons = reasons.len(), "kfree_skb probe setup from BTF");
         let mut ebpf =
             crate::ebpf::load(&offsets).map_err(|e| ProbeError::Ebpf(format!("loading eBPF object: {e}")))?;
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut("kfree_skb")
-            .ok_or_else(|| ProbeError::Ebpf("program kfree_skb missing from the object".into()))?
-            .try_into()
-            .map_err(|e| ProbeError::Ebpf(format!("kfree_skb: {e}")))?;
-        prog.load()
-            .map_err(|e| ProbeError::Ebpf(format!("loading kfree_skb: {e}")))?;
-        prog.attach("kfree_skb")
-            .map_err(|e| ProbeError::Ebpf(format!("attaching raw tracepoint kfree_skb: {e}")))?;
+        let program = match attach_btf(&mut ebpf, sysfs_root) {
+            Ok(()) => "kfree_skb_btf",
+            Err(e) => {
+                tracing::info!(reason = %e, "tp_btf kfree_skb refused; using the raw tracepoint");
+                attach_raw(&mut ebpf)?;
+                "kfree_skb"
+            }
+        };
         let drops = ebpf
             .take_map("DROPS")
             .ok_or_else(|| ProbeError::Ebpf("map DROPS missing".into()))?;
@@ -73,7 +108,14 @@ impl KernelDropsProbe {
             reasons,
             own_netns,
             netns_attribution,
+            program,
         })
+    }
+
+    /// Which program is attached: `kfree_skb_btf` (tp_btf, direct loads) or
+    /// `kfree_skb` (raw tracepoint, bpf_probe_read_kernel).
+    pub fn program(&self) -> &'static str {
+        self.program
     }
 
     fn stat(&self, index: u32) -> u64 {
@@ -84,14 +126,22 @@ impl KernelDropsProbe {
     }
 
     pub fn read(&self) -> Result<KernelDropsSnapshot, ProbeError> {
+        let lost = self.stat(stat::LOST);
         let mut snap = KernelDropsSnapshot {
-            events: self.stat(stat::EVENTS),
-            lost: self.stat(stat::LOST).saturating_add(self.stat(stat::READ_ERRORS)),
+            // Not counted on the hot path: every event is a recorded drop, a
+            // filtered non-drop, or a lost drop.
+            events: self.stat(stat::NOT_DROPS).saturating_add(lost),
+            lost: lost.saturating_add(self.stat(stat::READ_ERRORS)),
             ..Default::default()
         };
+        if let Some(Ok(info)) = self._ebpf.program(self.program).map(|p| p.info()) {
+            snap.run_time_ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+            snap.run_count = info.run_count();
+        }
         for item in self.drops.iter() {
             let (key, values) = item.map_err(|e| ProbeError::Ebpf(format!("reading DROPS: {e}")))?;
             let n = values.iter().copied().fold(0u64, u64::saturating_add);
+            snap.events = snap.events.saturating_add(n);
             let reason = self.reasons.name(key.reason);
             if key.ifindex == 0 {
                 *snap.no_device.entry(reason).or_default() += n;
