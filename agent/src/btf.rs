@@ -74,12 +74,20 @@ impl DropReasons {
 impl KernelBtf {
     pub fn load(sysfs_root: &Path) -> Result<Self, BtfError> {
         let path = sysfs_root.join("kernel/btf/vmlinux");
-        // Mmap backend: the default (Cache) parses all ~5 MB of vmlinux BTF
-        // into memory (peak RSS +40 MiB); the agent needs a dozen lookups.
-        let btf = Btf::from_file_with_backend(&path, Backend::Mmap).map_err(|source| BtfError::Load {
-            path: path.display().to_string(),
-            source,
-        })?;
+        // Mmap backend first: the default (Cache) parses all ~5 MB of vmlinux
+        // BTF into memory (peak RSS +40 MiB) and the agent needs a dozen
+        // lookups. Kernels before 6.16 cannot mmap the sysfs BTF file
+        // (ENODEV), so fall back to reading it.
+        let btf = match Btf::from_file_with_backend(&path, Backend::Mmap) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "mmap of kernel BTF refused; parsing it into memory");
+                Btf::from_file(&path).map_err(|source| BtfError::Load {
+                    path: path.display().to_string(),
+                    source,
+                })?
+            }
+        };
         Ok(KernelBtf { btf })
     }
 

@@ -51,6 +51,27 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// `[drops]`, split by [`DropsSection::from_table`].
     pub drops: Option<toml::Table>,
+    #[serde(default)]
+    pub ebpf: EbpfSection,
+}
+
+/// `[ebpf]`: how probes attach.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EbpfSection {
+    #[serde(default)]
+    pub kfree_skb: AttachMode,
+}
+
+/// How the kfree_skb probe attaches: `auto` tries the BTF-typed tracepoint
+/// (cheaper: direct loads) and falls back to the raw tracepoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    TpBtf,
+    RawTp,
 }
 
 /// `[drops]`: sampling of the drop collectors plus the detector settings
@@ -122,6 +143,7 @@ pub struct Config {
     pub sysfs_root: PathBuf,
     pub log_level: String,
     pub drops: DropsSection,
+    pub ebpf: EbpfSection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +233,7 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
             drops,
+            ebpf: file.ebpf,
         })
     }
 }

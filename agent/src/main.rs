@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -127,7 +127,7 @@ fn start_kernel_drops(cfg: &Config, metrics: &Metrics) -> Option<KernelDropsProb
         return None;
     }
     sys::ensure_pseudo_filesystems();
-    match KernelDropsProbe::start(&cfg.sysfs_root, sys::own_netns_inode()) {
+    match KernelDropsProbe::start(&cfg.sysfs_root, sys::own_netns_inode(), cfg.ebpf.kfree_skb) {
         Ok(p) => {
             tracing::info!(program = p.program(), "eBPF probe kfree_skb attached");
             metrics.ebpf_programs_attached.add(1);

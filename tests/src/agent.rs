@@ -361,9 +361,16 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().expect("accept");
+            // Read the whole request head before answering: closing with
+            // unread bytes makes the kernel send RST, which races the reply.
+            let mut raw = Vec::new();
             let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).expect("read request");
-            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).expect("read request");
+                assert!(n > 0, "client closed before finishing its request");
+                raw.extend_from_slice(&buf[..n]);
+            }
+            let req = String::from_utf8_lossy(&raw).into_owned();
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .expect("write");
             req

@@ -11,6 +11,7 @@ use graydar_common::drops::{DropKey, stat};
 
 use super::ProbeError;
 use crate::btf::{DropReasons, KernelBtf};
+use crate::config::AttachMode;
 
 pub const PROBE: &str = "kfree_skb";
 
@@ -75,7 +76,7 @@ pub struct KernelDropsSnapshot {
 
 impl KernelDropsProbe {
     /// Reads offsets and reason names from BTF, loads and attaches the program.
-    pub fn start(sysfs_root: &Path, own_netns: Option<u32>) -> Result<Self, ProbeError> {
+    pub fn start(sysfs_root: &Path, own_netns: Option<u32>, mode: AttachMode) -> Result<Self, ProbeError> {
         let btf = KernelBtf::load(sysfs_root).map_err(|e| ProbeError::Ebpf(e.to_string()))?;
         let (offsets, reasons) = btf.drop_probe_setup().map_err(|e| ProbeError::Ebpf(e.to_string()))?;
         let netns_attribution = offsets.dev_nd_net != u32::MAX && own_netns.is_some();
@@ -85,13 +86,23 @@ impl KernelDropsProbe {
         tracing::debug!(?offsets, reasons = reasons.len(), "kfree_skb probe setup from BTF");
         let mut ebpf =
             crate::ebpf::load(&offsets).map_err(|e| ProbeError::Ebpf(format!("loading eBPF object: {e}")))?;
-        let program = match attach_btf(&mut ebpf, sysfs_root) {
-            Ok(()) => "kfree_skb_btf",
-            Err(e) => {
-                tracing::info!(reason = %e, "tp_btf kfree_skb refused; using the raw tracepoint");
+        let program = match mode {
+            AttachMode::TpBtf => {
+                attach_btf(&mut ebpf, sysfs_root)?;
+                "kfree_skb_btf"
+            }
+            AttachMode::RawTp => {
                 attach_raw(&mut ebpf)?;
                 "kfree_skb"
             }
+            AttachMode::Auto => match attach_btf(&mut ebpf, sysfs_root) {
+                Ok(()) => "kfree_skb_btf",
+                Err(e) => {
+                    tracing::info!(reason = %e, "tp_btf kfree_skb refused; using the raw tracepoint");
+                    attach_raw(&mut ebpf)?;
+                    "kfree_skb"
+                }
+            },
         };
         let drops = ebpf
             .take_map("DROPS")
