@@ -21,3 +21,9 @@ pub enum ProbeError {
     #[error("eBPF: {0}")]
     Ebpf(String),
 }
+
+/// Path of a test fixture under agent/tests/fixtures/.
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
+}

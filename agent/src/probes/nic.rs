@@ -265,12 +265,7 @@ pub fn read_all(sysfs_root: &Path) -> Result<Vec<NicStats>, ProbeError> {
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests")
-            .join("fixtures")
-            .join(name)
-    }
+    use crate::probes::fixture;
 
     fn find<'a>(all: &'a [NicStats], name: &str) -> &'a NicStats {
         all.iter()

@@ -172,14 +172,9 @@ mod tests {
     use super::*;
     use netlink_packet_route::RouteNetlinkMessage;
     use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests")
-            .join("fixtures")
-            .join(name)
-    }
+    use crate::probes::fixture;
 
     /// Parses a fixture holding one raw RTM_NEWQDISC netlink message.
     fn message(name: &str) -> TcMessage {

@@ -96,14 +96,8 @@ pub fn read(procfs_root: &Path) -> Result<Vec<SoftnetCpu>, ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests")
-            .join("fixtures")
-            .join(name)
-    }
+    use crate::probes::fixture;
 
     fn parse_fixture(name: &str) -> Vec<SoftnetCpu> {
         let path = fixture(name);
