@@ -21,6 +21,8 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 pub struct FindingStore {
     host: String,
+    /// Label sets of graydar_finding_firing currently exported.
+    exported: std::collections::HashSet<(FindingKind, String, Severity)>,
     retention: Duration,
     findings: HashMap<(FindingKind, String), Entry>,
 }
@@ -43,6 +45,7 @@ impl FindingStore {
     pub fn new(host: impl Into<String>, retention: Duration) -> Self {
         FindingStore {
             host: host.into(),
+            exported: Default::default(),
             retention,
             findings: HashMap::new(),
         }
@@ -137,8 +140,23 @@ impl FindingStore {
         out
     }
 
-    /// Sets graydar_findings_active for every kind and severity.
-    pub fn export(&self, m: &Metrics) {
+    /// Sets graydar_findings_active for every kind and severity, and one
+    /// graydar_finding_firing series per firing finding (removed once it
+    /// resolves or changes severity).
+    pub fn export(&mut self, m: &Metrics) {
+        let firing: std::collections::HashSet<(FindingKind, String, Severity)> = self
+            .findings
+            .values()
+            .filter(|e| e.finding.state == FindingState::Firing)
+            .map(|e| (e.finding.kind, e.finding.subject.clone(), e.finding.severity))
+            .collect();
+        for (kind, subject, sev) in self.exported.difference(&firing) {
+            let _ = m.finding_firing.remove_label_values(&[kind.as_str(), subject, sev.as_str()]);
+        }
+        for (kind, subject, sev) in &firing {
+            m.finding_firing.with_label_values(&[kind.as_str(), subject, sev.as_str()]).set(1);
+        }
+        self.exported = firing;
         for kind in FindingKind::ALL {
             for sev in [Severity::Warning, Severity::Critical] {
                 let n = self
@@ -216,5 +234,6 @@ mod tests {
         s.resolve(FindingKind::NicDrops, "eth0/rx", SystemTime::now());
         s.export(&m);
         assert_eq!(m.findings_active.with_label_values(&["nic_drops", "warning"]).get(), 0);
+        assert!(!m.render().contains("graydar_finding_firing{"), "resolved findings leave no series");
     }
 }

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub softnet_time_squeeze: IntCounterVec,
     pub drop_ratio: GaugeVec,
     pub findings_active: IntGaugeVec,
+    pub finding_firing: IntGaugeVec,
     pub ebpf_programs_attached: IntGauge,
     pub ebpf_events: IntCounterVec,
     pub ebpf_events_lost: IntCounterVec,
@@ -145,6 +146,13 @@ impl Metrics {
                 &["cpu"],
             ),
             drop_ratio,
+            finding_firing: gauge(
+                &r,
+                "graydar_finding_firing",
+                "1 for each finding firing now (one series per finding; gone when it resolves). \
+                 For alerting with the subject; cardinality is bounded by the findings.",
+                &["kind", "subject", "severity"],
+            ),
             findings_active: gauge(
                 &r,
                 "graydar_findings_active",
