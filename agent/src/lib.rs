@@ -3,6 +3,7 @@ pub mod btf;
 pub mod config;
 pub mod detect;
 pub mod drops;
+pub mod faults;
 pub mod ebpf;
 pub mod findings;
 pub mod http;
