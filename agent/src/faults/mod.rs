@@ -1,2 +1,3 @@
-//! Fault injection (issue 5). So far: netem options (netem.rs).
+//! Fault injection (issue 5). So far: the journal (journal.rs) and netem options (netem.rs).
+pub mod journal;
 pub mod netem;

@@ -1,0 +1,256 @@
+//! The fault journal: what the agent is about to change in the kernel, and
+//! what it changed back, on disk before it happens.
+//!
+//! Invariant (DESIGN.md "Faults" 1): an `Intent` record holding the fault and
+//! the prior state is written and fsync'ed (file and directory) *before* the
+//! kernel is touched; `Reverted` is written after the revert succeeded. At
+//! start the agent reverts every fault whose intent has no `Reverted` record,
+//! whether or not the apply ever happened (reverts are idempotent), so a crash
+//! at any point leaves nothing applied after restart.
+//!
+//! Format: one JSON object per line, appended. A torn last line (crash in the
+//! middle of a write) is ignored; an unreadable line elsewhere is skipped with
+//! a warning and counted, never fatal: what can be read is still reverted.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const FILE_NAME: &str = "faults.journal";
+
+/// Everything needed to revert a fault without the controller.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRecord {
+    pub id: String,
+    /// "netem", "dm_delay", "dm_flakey", "blackhole", ...
+    pub kind: String,
+    /// Interface, device or prefix the fault acts on.
+    pub target: String,
+    /// The fault as requested.
+    pub spec: serde_json::Value,
+    /// What was there before (e.g. the root qdisc, the dm table) to restore.
+    pub prior: serde_json::Value,
+    /// Lease expiry, seconds since the Unix epoch.
+    pub lease_expires_unix: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Record {
+    Intent {
+        fault: FaultRecord,
+    },
+    Applied {
+        id: String,
+    },
+    Reverted {
+        id: String,
+    },
+    /// The apply failed and was rolled back.
+    Failed {
+        id: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("fault journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Journal {
+    path: PathBuf,
+    dir: PathBuf,
+    file: File,
+}
+
+/// What [`Journal::open`] found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Faults to revert now, oldest first.
+    pub pending: Vec<FaultRecord>,
+    /// Lines that could not be read (not counting a torn last line).
+    pub unreadable_lines: usize,
+    pub torn_tail: bool,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+impl Journal {
+    /// Opens (creating) `<dir>/faults.journal`, returns the faults still
+    /// pending and compacts the file down to them.
+    pub fn open(dir: &Path) -> Result<(Journal, Recovery), JournalError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(FILE_NAME);
+        let recovery = match File::open(&path) {
+            Ok(f) => Self::replay(BufReader::new(f), &path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Recovery::default(),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        // Compact: rewrite only the pending intents, atomically.
+        let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+        {
+            let mut f = File::create(&tmp).map_err(io(&tmp))?;
+            for fault in &recovery.pending {
+                let line = serde_json::to_string(&Record::Intent { fault: fault.clone() })
+                    .map_err(|e| io(&tmp)(std::io::Error::other(e)))?;
+                writeln!(f, "{line}").map_err(io(&tmp))?;
+            }
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        sync_dir(dir)?;
+        let file = OpenOptions::new().append(true).open(&path).map_err(io(&path))?;
+        Ok((
+            Journal {
+                path,
+                dir: dir.to_owned(),
+                file,
+            },
+            recovery,
+        ))
+    }
+
+    fn replay(reader: impl std::io::BufRead, path: &Path) -> Result<Recovery, JournalError> {
+        let mut rec = Recovery::default();
+        let lines: Vec<String> = reader.lines().collect::<Result<_, _>>().map_err(io(path))?;
+        let last = lines.len().saturating_sub(1);
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Record>(line) {
+                Ok(Record::Intent { fault }) => {
+                    rec.pending.retain(|f| f.id != fault.id);
+                    rec.pending.push(fault);
+                }
+                Ok(Record::Applied { .. }) => {}
+                Ok(Record::Reverted { id }) | Ok(Record::Failed { id, .. }) => rec.pending.retain(|f| f.id != id),
+                Err(e) if i == last => {
+                    tracing::warn!(error = %e, "fault journal: ignoring a torn last record");
+                    rec.torn_tail = true;
+                }
+                Err(e) => {
+                    tracing::warn!(line = i + 1, error = %e, "fault journal: skipping an unreadable record");
+                    rec.unreadable_lines += 1;
+                }
+            }
+        }
+        Ok(rec)
+    }
+
+    /// Appends `record` and makes it durable before returning.
+    pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
+        let line = serde_json::to_string(record).map_err(|e| io(&self.path)(std::io::Error::other(e)))?;
+        self.file
+            .write_all(format!("{line}\n").as_bytes())
+            .map_err(io(&self.path))?;
+        self.file.sync_data().map_err(io(&self.path))?;
+        sync_dir(&self.dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(id: &str) -> FaultRecord {
+        FaultRecord {
+            id: id.into(),
+            kind: "netem".into(),
+            target: "eth0".into(),
+            spec: serde_json::json!({"delay_ms": 100}),
+            prior: serde_json::json!({"root_qdisc": "fq_codel"}),
+            lease_expires_unix: 1_800_000_000,
+        }
+    }
+
+    #[test]
+    fn an_intent_without_revert_is_pending_after_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut j, rec) = Journal::open(dir.path()).expect("open");
+            assert!(rec.pending.is_empty());
+            j.append(&Record::Intent { fault: fault("a") }).expect("intent a");
+            j.append(&Record::Applied { id: "a".into() }).expect("applied a");
+            j.append(&Record::Intent { fault: fault("b") }).expect("intent b");
+            j.append(&Record::Applied { id: "b".into() }).expect("applied b");
+            j.append(&Record::Reverted { id: "b".into() }).expect("reverted b");
+            j.append(&Record::Intent { fault: fault("c") }).expect("intent c");
+            j.append(&Record::Failed {
+                id: "c".into(),
+                reason: "no sch_netem".into(),
+            })
+            .expect("failed c");
+            j.append(&Record::Intent { fault: fault("d") })
+                .expect("intent d, crash before apply");
+            // dropped without closing cleanly: the process "crashes" here
+        }
+        let (_j, rec) = Journal::open(dir.path()).expect("reopen");
+        let ids: Vec<&str> = rec.pending.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["a", "d"],
+            "applied-not-reverted and intent-only faults must be reverted"
+        );
+        assert_eq!(rec.pending[0], fault("a"), "the prior state survives the restart");
+    }
+
+    #[test]
+    fn reopening_compacts_to_the_pending_faults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut j, _) = Journal::open(dir.path()).expect("open");
+            for i in 0..50 {
+                let id = format!("f{i}");
+                j.append(&Record::Intent { fault: fault(&id) }).expect("intent");
+                j.append(&Record::Reverted { id }).expect("reverted");
+            }
+            j.append(&Record::Intent { fault: fault("live") }).expect("intent");
+        }
+        let (_j, rec) = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(rec.pending.len(), 1);
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).expect("read");
+        assert_eq!(text.lines().count(), 1, "compacted: {text}");
+        let (_j, rec) = Journal::open(dir.path()).expect("reopen again");
+        assert_eq!(rec.pending[0].id, "live", "compaction keeps what is pending");
+    }
+
+    #[test]
+    fn a_torn_last_record_is_ignored_and_earlier_garbage_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = serde_json::to_string(&Record::Intent { fault: fault("a") }).expect("json");
+        let text = format!(
+            "{good}\nnot json at all\n{}\n{}",
+            good.replace("\"a\"", "\"b\""),
+            &good[..good.len() / 2]
+        );
+        std::fs::write(dir.path().join(FILE_NAME), text).expect("write");
+        let (_j, rec) = Journal::open(dir.path()).expect("open");
+        let ids: Vec<&str> = rec.pending.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(rec.torn_tail);
+        assert_eq!(rec.unreadable_lines, 1);
+    }
+}
