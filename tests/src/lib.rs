@@ -1,5 +1,6 @@
 //! Helpers for graydar's end-to-end tests: network namespaces, the agent as a
 //! real process, Prometheus text parsing.
 pub mod agent;
+pub mod faults;
 pub mod netns;
 pub mod prom;

@@ -107,27 +107,37 @@ pub fn run_command(workspace: &Path, cache: &Path, cmd: &str) -> Result<()> {
     boot(&assets, &workspace, cmd, &[])
 }
 
-/// Builds the guest tests (`tests/tests/vm.rs`) and the agent, boots the VM and
+/// Test targets of graydar-tests that run inside the VM (all `#[ignore]`d on the host).
+const VM_TEST_TARGETS: &[&str] = &["vm", "vm_faults"];
+
+/// Builds the guest tests (`VM_TEST_TARGETS`) and the agent, boots the VM and
 /// runs the tests inside with `GRAYDAR_VM=1` and `GRAYDAR_AGENT_BIN` set.
+
 pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
     let started = Instant::now();
     let assets = prepare(cache)?;
     let workspace = fs::canonicalize(workspace).with_context(|| format!("resolving {}", workspace.display()))?;
-    let tests = cargo_executables(&workspace, &["test", "-p", "graydar-tests", "--test", "vm", "--no-run"])?;
-    let test_bin = match tests.as_slice() {
-        [one] => one.clone(),
-        other => bail!("expected one vm test executable from cargo, got {other:?}"),
-    };
+    let mut args = vec!["test", "-p", "graydar-tests", "--no-run"];
+    for t in VM_TEST_TARGETS {
+        args.extend(["--test", t]);
+    }
+    let test_bins = cargo_executables(&workspace, &args)?;
+    if test_bins.len() != VM_TEST_TARGETS.len() {
+        bail!("expected {} vm test executables from cargo, got {test_bins:?}", VM_TEST_TARGETS.len());
+    }
     let agents = cargo_executables(&workspace, &["build", "-p", "graydar-agent", "--bin", "graydar-agent"])?;
     let agent_bin = agents
         .iter()
         .find(|p| p.file_name().is_some_and(|n| n == "graydar-agent"))
         .cloned()
         .with_context(|| format!("cargo built no graydar-agent executable (got {agents:?})"))?;
-    let cmd = format!(
-        "exec {} --include-ignored --test-threads=1",
-        shell_quote(&test_bin.to_string_lossy())
-    );
+    // Every target runs (set -e stops at the first failing one).
+    let cmd = std::iter::once("set -e".to_owned())
+        .chain(
+            test_bins.iter().map(|b| format!("{} --include-ignored --test-threads=1", shell_quote(&b.to_string_lossy()))),
+        )
+        .collect::<Vec<_>>()
+        .join("\n");
     let agent = agent_bin.to_string_lossy().into_owned();
     let result = boot(
         &assets,
