@@ -32,6 +32,10 @@ pub struct Cli {
     /// Where the host's /sys is mounted.
     #[arg(long, env = "SYSFS_ROOT")]
     pub sysfs_root: Option<PathBuf>,
+    /// Directory of the fault journal; faults left there by a crash are reverted at start
+    /// [default: /var/lib/graydar].
+    #[arg(long, env = "GRAYDAR_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax) [default: info].
     #[arg(long, env = "GRAYDAR_LOG")]
     pub log_level: Option<String>,
@@ -48,6 +52,7 @@ pub struct FileConfig {
     pub hostname: Option<String>,
     pub procfs_root: Option<PathBuf>,
     pub sysfs_root: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     pub log_level: Option<String>,
     /// `[drops]`, split by [`DropsSection::from_table`].
     pub drops: Option<toml::Table>,
@@ -141,6 +146,7 @@ pub struct Config {
     pub hostname: String,
     pub procfs_root: PathBuf,
     pub sysfs_root: PathBuf,
+    pub state_dir: PathBuf,
     pub log_level: String,
     pub drops: DropsSection,
     pub ebpf: EbpfSection,
@@ -227,6 +233,7 @@ impl Config {
                 .clone()
                 .or(file.sysfs_root)
                 .unwrap_or_else(|| "/sys".into()),
+            state_dir: cli.state_dir.clone().or(file.state_dir).unwrap_or_else(|| "/var/lib/graydar".into()),
             log_level: cli
                 .log_level
                 .clone()

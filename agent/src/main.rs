@@ -85,6 +85,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     metrics.probe_up.with_label_values(&["sysfs_net"]).set(1);
     metrics.probe_up.with_label_values(&["softnet_stat"]).set(1);
 
+    // Faults (issue 5): reverts what a previous run left applied, before anything else.
+    let faults = graydar_agent::faults::runtime::FaultRuntime::start(&cfg.state_dir, netlink.clone()).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal = DropSignal::new(cfg.clone(), metrics.clone(), findings.clone(), kernel, netlink);
     let sampler = tokio::spawn(signal.run(ready.clone(), stop_rx.clone()));
@@ -107,6 +109,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    if let Some(f) = faults {
+        f.stop().await;
+    }
     let _ = sampler.await;
     match server.await {
         Ok(r) => r.context("http server")?,

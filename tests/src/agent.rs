@@ -98,6 +98,9 @@ impl<'ns> AgentProcess<'ns> {
         };
         cmd.arg("--config")
             .arg(&config_path)
+            // Never the host's /var/lib/graydar: each test agent has its own fault journal.
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
             .arg("--listen")
             .arg(addr.to_string())
             .env_remove("GRAYDAR_CONFIG")

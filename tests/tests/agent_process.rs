@@ -79,6 +79,8 @@ impl Running {
         };
         cmd.arg("--listen")
             .arg(addr.to_string())
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
             .args(extra)
             .env_remove("GRAYDAR_CONFIG")
             .stdin(Stdio::null())
@@ -241,7 +243,8 @@ fn sigterm_stops_the_agent_cleanly() {
     require_root();
     let mut a = Running::start(&[], &[]);
     let m = a.metrics();
-    assert_eq!(prom::sum(&m, "graydar_ebpf_programs_attached", &[]), 1.0, "{m}");
+    assert!(prom::sum(&m, "graydar_ebpf_programs_attached", &[]) >= 1.0, "{m}");
+    assert_eq!(prom::sum(&m, "graydar_probe_up", &[("probe", "kfree_skb")]), 1.0, "{m}");
     let status = a.terminate();
     assert!(status.success(), "exit status {status}; log:\n{}", a.log());
     assert!(a.log().contains("stopped"), "{}", a.log());

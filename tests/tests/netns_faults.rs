@@ -157,13 +157,81 @@ fn a_configured_root_qdisc_is_restored_from_its_snapshot() {
     let ifindex = a.ifindex("va");
     a.exec(
         "tc",
-        ["qdisc", "add", "dev", "va", "root", "handle", "8001:", "tbf", "rate", "10mbit", "burst", "32kb", "latency", "50ms"],
+        [
+            "qdisc", "add", "dev", "va", "root", "handle", "8001:", "tbf", "rate", "10mbit", "burst", "32kb",
+            "latency", "50ms",
+        ],
     );
     let before = qdisc_tree(&a, "va");
     let prior = with_netlink(&a, async move |h| tc::snapshot(&h, ifindex).await.expect("snapshot"));
     // Stand-in for the fault (no netem on this kernel): another root qdisc.
-    a.exec("tc", ["qdisc", "replace", "dev", "va", "root", "handle", "4744:", "pfifo", "limit", "10"]);
+    a.exec(
+        "tc",
+        [
+            "qdisc", "replace", "dev", "va", "root", "handle", "4744:", "pfifo", "limit", "10",
+        ],
+    );
     assert_ne!(qdisc_tree(&a, "va"), before);
-    with_netlink(&a, async move |h| tc::restore_prior(&h, ifindex, &prior).await.expect("restore"));
+    with_netlink(&a, async move |h| {
+        tc::restore_prior(&h, ifindex, &prior).await.expect("restore")
+    });
     assert_eq!(qdisc_tree(&a, "va"), before);
+}
+
+/// The engine on this kernel: a netem fault fails cleanly (journal: Failed,
+/// nothing pending), unknown interfaces and invalid specs are refused before
+/// the journal or the kernel is touched.
+#[test]
+fn the_engine_refuses_cleanly_and_leaves_nothing_pending() {
+    use graydar_agent::faults::engine::{FaultEngine, FaultError, NetemFault};
+    netns::require_root();
+    assert!(!host_has_netem(), "this test expects a kernel without sch_netem");
+    let a = NetNs::new("fea");
+    let b = NetNs::new("feb");
+    veth_pair(&a, "va", "10.203.14.1/24", &b, "vb", "10.203.14.2/24");
+    let state = tempfile::tempdir().expect("state dir");
+    let dir = state.path().to_owned();
+    let before = qdisc_tree(&a, "va");
+    let fault = |id: &str, iface: &str, spec: NetemSpec| NetemFault {
+        id: id.into(),
+        interface: iface.into(),
+        spec,
+        lease: std::time::Duration::from_secs(60),
+    };
+    let errors = with_netlink(&a, async move |h| {
+        let (mut engine, recovered) = FaultEngine::start(&dir, h).await.expect("engine");
+        assert!(recovered.is_empty());
+        let no_netem = engine
+            .apply_netem(fault("f1", "va", spec()))
+            .await
+            .expect_err("no netem");
+        let unknown = engine
+            .apply_netem(fault("f2", "nosuchif0", spec()))
+            .await
+            .expect_err("unknown interface");
+        let bad = NetemSpec {
+            delay_ms: -1.0,
+            ..Default::default()
+        };
+        let invalid = engine
+            .apply_netem(fault("f3", "va", bad))
+            .await
+            .expect_err("invalid spec");
+        assert!(engine.active_ids().is_empty());
+        (no_netem, unknown, invalid)
+    });
+    assert!(errors.0.to_string().contains("CONFIG_NET_SCH_NETEM"), "{}", errors.0);
+    assert!(
+        matches!(errors.1, FaultError::UnknownInterface(ref i) if i == "nosuchif0"),
+        "{}",
+        errors.1
+    );
+    assert!(errors.2.to_string().contains("delay_ms"), "{}", errors.2);
+    assert_eq!(qdisc_tree(&a, "va"), before);
+    let (_j, rec) = graydar_agent::faults::journal::Journal::open(state.path()).expect("journal");
+    assert!(
+        rec.pending.is_empty(),
+        "a failed fault must not stay pending: {:?}",
+        rec.pending
+    );
 }

@@ -1,4 +1,7 @@
-//! Fault injection (issue 5). So far: the journal (journal.rs) and netem options (netem.rs).
+//! Fault injection (issue 5). So far: the engine (engine.rs: journal → snapshot → apply, leases,
+//! recovery), the journal (journal.rs), netem options (netem.rs) and qdiscs over netlink (tc.rs).
+pub mod engine;
 pub mod journal;
 pub mod netem;
+pub mod runtime;
 pub mod tc;

@@ -1,0 +1,67 @@
+//! The fault engine inside the running agent: recovery at start, the lease
+//! timer (faults expire on the agent's own clock, controller or not), and
+//! revert-all at shutdown.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::engine::{FaultEngine, unix_now};
+
+pub struct FaultRuntime {
+    pub engine: Arc<Mutex<FaultEngine>>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl FaultRuntime {
+    /// Opens the journal in `state_dir`, reverting what a previous run left
+    /// applied. `None` (logged) when faults cannot work here: no netlink or
+    /// an unwritable state directory; the rest of the agent keeps running.
+    pub async fn start(state_dir: &Path, netlink: Option<rtnetlink::Handle>) -> Option<FaultRuntime> {
+        let Some(netlink) = netlink else {
+            tracing::warn!("faults disabled: no netlink socket");
+            return None;
+        };
+        let (engine, recovered) = match FaultEngine::start(state_dir, netlink).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(state_dir = %state_dir.display(), error = %e, "faults disabled: cannot use the fault journal");
+                return None;
+            }
+        };
+        for r in &recovered {
+            match &r.result {
+                Ok(()) => {
+                    tracing::warn!(id = %r.id, kind = %r.kind, target = %r.target, "reverted a fault left by a previous run")
+                }
+                Err(e) => {
+                    tracing::error!(id = %r.id, kind = %r.kind, target = %r.target, error = %e, "could not revert a fault left by a previous run")
+                }
+            }
+        }
+        let engine = Arc::new(Mutex::new(engine));
+        let ticker = {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    for id in engine.lock().await.expire(unix_now()).await {
+                        tracing::warn!(id, "fault lease expired: reverted");
+                    }
+                }
+            })
+        };
+        Some(FaultRuntime { engine, ticker })
+    }
+
+    /// Reverts every active fault (SIGTERM).
+    pub async fn stop(self) {
+        self.ticker.abort();
+        for (id, e) in self.engine.lock().await.revert_all().await {
+            tracing::error!(id, error = %e, "revert at shutdown failed; the journal keeps it for the next start");
+        }
+    }
+}
