@@ -316,3 +316,208 @@ fn an_expired_lease_reverts_the_fault() {
     assert_eq!(expired, ["lease-1"]);
     assert_eq!(qdisc_tree(&a, "va"), before);
 }
+
+/// A loop device over a sparse file with a dm-linear device on top, removed on drop.
+struct LinearOnLoop {
+    name: String,
+    loopdev: String,
+    dm_minor: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl LinearOnLoop {
+    fn new(name: &str, mib: u64) -> LinearOnLoop {
+        use graydar_agent::faults::dm;
+        for m in ["loop", "dm-mod"] {
+            let s = std::process::Command::new("modprobe")
+                .arg(m)
+                .status()
+                .expect("modprobe");
+            assert!(s.success(), "modprobe {m}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("disk.img");
+        let f = std::fs::File::create(&img).expect("create image");
+        f.set_len(mib << 20).expect("size image");
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&img)
+            .output()
+            .expect("losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let loopdev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let rdev = {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata(&loopdev).expect("stat loop").rdev()
+        };
+        let (major, minor) = (nix::sys::stat::major(rdev) as u32, nix::sys::stat::minor(rdev) as u32);
+        let dmh = dm::open().expect("device-mapper");
+        let (_, dm_minor) = dm::provision_linear(&dmh, name, major, minor, (mib << 20) / 512).expect("provision");
+        LinearOnLoop {
+            name: name.into(),
+            loopdev,
+            dm_minor,
+            _dir: dir,
+        }
+    }
+
+    fn dev(&self) -> String {
+        format!("/dev/dm-{}", self.dm_minor)
+    }
+}
+
+impl Drop for LinearOnLoop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dev()).status();
+        if let Ok(dmh) = graydar_agent::faults::dm::open() {
+            let _ = graydar_agent::faults::dm::remove(&dmh, &self.name);
+        }
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.loopdev])
+            .status();
+    }
+}
+
+/// Seconds of one 4 KiB write + fsync in `dir`.
+fn fsync_secs(dir: &std::path::Path) -> f64 {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(dir.join("probe"))
+        .expect("open");
+    let t = Instant::now();
+    f.write_all(&[7u8; 4096]).expect("write");
+    f.sync_all().expect("fsync");
+    t.elapsed().as_secs_f64()
+}
+
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn dm_delay_slows_fsync_by_its_delay_and_revert_restores_table_and_latency() {
+    use graydar_agent::faults::dm::{self, DmFaultSpec};
+    require_vm();
+    let dev = LinearOnLoop::new("gd-delay", 64);
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    for (cmd, args) in [
+        ("mkfs.ext4", vec!["-q", "-F", &dev.dev()[..]]),
+        ("mount", vec![&dev.dev()[..], mnt.path().to_str().expect("utf-8")]),
+    ] {
+        let s = std::process::Command::new(cmd).args(&args).status().expect(cmd);
+        assert!(s.success(), "{cmd} {args:?}");
+    }
+    let base = (0..5).map(|_| fsync_secs(mnt.path())).fold(f64::INFINITY, f64::min);
+    let dmh = dm::open().expect("dm");
+    let prior = dm::snapshot(&dmh, "gd-delay").expect("snapshot");
+    let spec = DmFaultSpec::Delay {
+        read_ms: 0,
+        write_ms: 100,
+        flush_ms: Some(100),
+    };
+    spec.validate().expect("valid");
+    let t = Instant::now();
+    dm::swap_table(&dmh, "gd-delay", &spec.table(&prior)).expect("apply delay");
+    let apply_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let slow = (0..3).map(|_| fsync_secs(mnt.path())).fold(f64::INFINITY, f64::min);
+    let t = Instant::now();
+    dm::swap_table(&dmh, "gd-delay", &prior).expect("revert");
+    let revert_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let after = (0..5).map(|_| fsync_secs(mnt.path())).fold(f64::INFINITY, f64::min);
+    eprintln!(
+        "fsync: {:.1} ms -> {:.1} ms with 100 ms delay -> {:.1} ms after revert; apply {apply_ms:.1} ms, revert {revert_ms:.1} ms",
+        base * 1e3,
+        slow * 1e3,
+        after * 1e3
+    );
+    assert!(
+        slow >= 0.100,
+        "fsync took {:.1} ms under a 100 ms write+flush delay",
+        slow * 1e3
+    );
+    assert_eq!(
+        dm::table(&dmh, "gd-delay").expect("table"),
+        prior,
+        "revert restores the original table"
+    );
+    assert!(after < 0.05, "fsync still {:.1} ms after revert", after * 1e3);
+}
+
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn dm_flakey_error_writes_gives_eio_and_revert_heals() {
+    use graydar_agent::faults::dm::{self, DmFaultSpec, FlakeyMode};
+    use std::io::{Seek as _, Write as _};
+    require_vm();
+    let dev = LinearOnLoop::new("gd-flakey", 16);
+    let dmh = dm::open().expect("dm");
+    let prior = dm::snapshot(&dmh, "gd-flakey").expect("snapshot");
+    let spec = DmFaultSpec::Flakey {
+        up_s: 0,
+        down_s: 3600,
+        mode: FlakeyMode::ErrorWrites,
+    };
+    dm::swap_table(&dmh, "gd-flakey", &spec.table(&prior)).expect("apply flakey");
+    let write_block = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).open(dev.dev())?;
+        f.seek(std::io::SeekFrom::Start(4096))?;
+        f.write_all(&[1u8; 4096])?;
+        f.sync_all()
+    };
+    let err = write_block().expect_err("writes must fail while flakey is down");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    dm::swap_table(&dmh, "gd-flakey", &prior).expect("revert");
+    assert_eq!(dm::table(&dmh, "gd-flakey").expect("table"), prior);
+    write_block().expect("writes work again after revert");
+}
+
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn a_dm_fault_left_by_a_crash_is_reverted_at_the_next_start() {
+    use graydar_agent::faults::dm::{self, DmFaultSpec};
+    use graydar_agent::faults::engine::{DmFault, FaultEngine};
+    require_vm();
+    let _dev = LinearOnLoop::new("gd-crash", 16);
+    let dmh = dm::open().expect("dm");
+    let prior = dm::snapshot(&dmh, "gd-crash").expect("snapshot");
+    let state = tempfile::tempdir().expect("state dir");
+    let ns = NetNs::new("vdm"); // any namespace: the engine needs a netlink socket
+    let dir = state.path().to_owned();
+    with_netlink(&ns, async move |h| {
+        let (mut engine, _) = FaultEngine::start(&dir, h).await.expect("engine");
+        let spec = DmFaultSpec::Delay {
+            read_ms: 20,
+            write_ms: 20,
+            flush_ms: None,
+        };
+        engine
+            .apply_dm(DmFault {
+                id: "dm-1".into(),
+                device: "gd-crash".into(),
+                spec,
+                lease: Duration::from_secs(3600),
+            })
+            .expect("apply dm");
+        std::mem::forget(engine);
+    });
+    assert_ne!(
+        dm::table(&dmh, "gd-crash").expect("table"),
+        prior,
+        "the delay table is loaded"
+    );
+    let dir = state.path().to_owned();
+    let recovered = with_netlink(&ns, async move |h| {
+        FaultEngine::start(&dir, h).await.expect("restart").1
+    });
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(recovered[0].result.is_ok(), "{recovered:?}");
+    assert_eq!(
+        dm::table(&dmh, "gd-crash").expect("table"),
+        prior,
+        "the original table is back"
+    );
+}

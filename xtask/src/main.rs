@@ -110,6 +110,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "busybox-static",  // the VM's initramfs and poweroff
     "xz-utils",        // extracting vmlinux from the VM kernel's vmlinuz
     "util-linux",      // setpriv: the unprivileged-agent test
+    "libdevmapper-dev", // devicemapper-sys bindgen headers (dm faults)
+    "libclang-dev",     // bindgen
+    "pkg-config",       // devicemapper-sys finds libdevmapper
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.4";

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt as _;
 
+use super::dm::{self, DmFaultError, DmFaultSpec, TableLine};
 use super::journal::{FaultRecord, Journal, JournalError, Record};
 use super::netem::{NetemSpec, SpecError};
 use super::tc::{self, PriorRoot, TcError};
@@ -29,6 +30,8 @@ pub enum FaultError {
     Tc(#[from] TcError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Dm(#[from] DmFaultError),
     #[error("fault {0:?} is already active")]
     Duplicate(String),
     #[error("no active fault {0:?}")]
@@ -46,10 +49,24 @@ pub struct NetemFault {
     pub lease: Duration,
 }
 
+/// A dm-delay / dm-flakey fault on a dm device with a linear table.
+#[derive(Clone, Debug)]
+pub struct DmFault {
+    pub id: String,
+    /// Name of the dm device (`/dev/mapper/<device>`).
+    pub device: String,
+    pub spec: DmFaultSpec,
+    pub lease: Duration,
+}
+
+enum Prior {
+    Qdisc { ifindex: u32, root: PriorRoot },
+    DmTable(Vec<TableLine>),
+}
+
 struct Active {
     record: FaultRecord,
-    ifindex: u32,
-    prior: PriorRoot,
+    prior: Prior,
 }
 
 pub struct FaultEngine {
@@ -130,6 +147,21 @@ impl FaultEngine {
                     Some(ifindex) => Ok(tc::revert_netem(&self.netlink, ifindex, &prior).await?),
                 }
             }
+            "dm" => {
+                let table: Vec<TableLine> =
+                    serde_json::from_value(rec.prior.clone()).map_err(|e| FaultError::Record {
+                        id: rec.id.clone(),
+                        detail: e.to_string(),
+                    })?;
+                let h = dm::open()?;
+                match dm::table(&h, &rec.target) {
+                    // The device is gone, and its table with it.
+                    Err(DmFaultError::NoDevice(_)) => Ok(()),
+                    Err(e) => Err(e.into()),
+                    Ok(live) if live == table => Ok(()),
+                    Ok(_) => Ok(dm::swap_table(&h, &rec.target, &table)?),
+                }
+            }
             other => Err(FaultError::Record {
                 id: rec.id.clone(),
                 detail: format!("unknown fault kind {other:?}"),
@@ -182,13 +214,78 @@ impl FaultEngine {
         }
         self.journal.append(&Record::Applied { id: f.id.clone() })?;
         tracing::info!(id = %f.id, interface = %f.interface, spec = %f.spec.describe(), "fault applied");
-        self.active.insert(f.id, Active { record, ifindex, prior });
+        self.active.insert(
+            f.id,
+            Active {
+                record,
+                prior: Prior::Qdisc { ifindex, root: prior },
+            },
+        );
+        Ok(())
+    }
+
+    /// The device-mapper operations [`FaultEngine::apply_dm`] would perform.
+    pub fn describe_dm(&self, f: &DmFault) -> Result<Vec<String>, FaultError> {
+        f.spec.validate()?;
+        let h = dm::open()?;
+        let prior = dm::snapshot(&h, &f.device)?;
+        let mut ops = dm::describe(&f.device, &f.spec.table(&prior));
+        ops.extend(
+            dm::describe(&f.device, &prior)
+                .into_iter()
+                .map(|o| format!("revert: {o}")),
+        );
+        Ok(ops)
+    }
+
+    pub fn apply_dm(&mut self, f: DmFault) -> Result<(), FaultError> {
+        if self.active.contains_key(&f.id) {
+            return Err(FaultError::Duplicate(f.id));
+        }
+        f.spec.validate()?;
+        let h = dm::open()?;
+        let prior = dm::snapshot(&h, &f.device)?;
+        let record = FaultRecord {
+            id: f.id.clone(),
+            kind: "dm".into(),
+            target: f.device.clone(),
+            spec: serde_json::to_value(&f.spec).map_err(|e| FaultError::Record {
+                id: f.id.clone(),
+                detail: e.to_string(),
+            })?,
+            prior: serde_json::to_value(&prior).map_err(|e| FaultError::Record {
+                id: f.id.clone(),
+                detail: e.to_string(),
+            })?,
+            lease_expires_unix: unix_now().saturating_add(f.lease.as_secs().max(1)),
+        };
+        self.journal.append(&Record::Intent { fault: record.clone() })?;
+        // swap_table resumes the device on its old table when the load fails.
+        if let Err(e) = dm::swap_table(&h, &f.device, &f.spec.table(&prior)) {
+            self.journal.append(&Record::Failed {
+                id: f.id.clone(),
+                reason: e.to_string(),
+            })?;
+            return Err(e.into());
+        }
+        self.journal.append(&Record::Applied { id: f.id.clone() })?;
+        tracing::info!(id = %f.id, device = %f.device, "dm fault applied");
+        self.active.insert(
+            f.id,
+            Active {
+                record,
+                prior: Prior::DmTable(prior),
+            },
+        );
         Ok(())
     }
 
     pub async fn revert(&mut self, id: &str) -> Result<(), FaultError> {
         let a = self.active.get(id).ok_or_else(|| FaultError::NotFound(id.to_owned()))?;
-        tc::revert_netem(&self.netlink, a.ifindex, &a.prior).await?;
+        match &a.prior {
+            Prior::Qdisc { ifindex, root } => tc::revert_netem(&self.netlink, *ifindex, root).await?,
+            Prior::DmTable(table) => dm::swap_table(&dm::open()?, &a.record.target, table)?,
+        }
         self.journal.append(&Record::Reverted { id: id.to_owned() })?;
         tracing::info!(id, "fault reverted");
         self.active.remove(id);

@@ -1,5 +1,6 @@
 //! Fault injection (issue 5). So far: the engine (engine.rs: journal → snapshot → apply, leases,
 //! recovery), the journal (journal.rs), netem options (netem.rs) and qdiscs over netlink (tc.rs).
+pub mod dm;
 pub mod engine;
 pub mod journal;
 pub mod netem;

@@ -1,0 +1,332 @@
+//! device-mapper faults through the DM ioctl interface (the `devicemapper`
+//! crate; no `dmsetup`): on a dm device whose table is linear, suspend →
+//! load a `delay` or `flakey` table over the same segments → resume; revert
+//! loads the original table back the same way.
+
+use devicemapper::{DM, DevId, DmFlags, DmName, DmNameBuf, DmOptions};
+use serde::{Deserialize, Serialize};
+
+/// One table line: start sector, length in sectors, target type, parameters.
+pub type TableLine = (u64, u64, String, String);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DmFaultSpec {
+    /// dm-delay: separate delays for reads, writes and flushes (ms).
+    Delay {
+        #[serde(default)]
+        read_ms: u32,
+        #[serde(default)]
+        write_ms: u32,
+        /// Flush delay; `None` keeps the write delay for flushes too.
+        #[serde(default)]
+        flush_ms: Option<u32>,
+    },
+    /// dm-flakey: healthy for `up_s`, then misbehaving for `down_s`, repeating.
+    Flakey { up_s: u32, down_s: u32, mode: FlakeyMode },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlakeyMode {
+    /// Writes fail with EIO while down.
+    ErrorWrites,
+    /// Writes are silently dropped while down.
+    DropWrites,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DmFaultError {
+    #[error("device-mapper is not available: {0} (the kernel needs CONFIG_BLK_DEV_DM and the dm-mod module)")]
+    NoDeviceMapper(String),
+    #[error("dm device {0:?} does not exist")]
+    NoDevice(String),
+    #[error("dm device {name:?} has a {found} table; graydar only wraps linear segments, which it can restore exactly")]
+    NotLinear { name: String, found: String },
+    #[error("invalid dm fault: {0}")]
+    Invalid(String),
+    #[error("device-mapper {op} on {name:?}: {detail}")]
+    Ioctl {
+        op: &'static str,
+        name: String,
+        detail: String,
+    },
+}
+
+impl DmFaultSpec {
+    pub fn validate(&self) -> Result<(), DmFaultError> {
+        match self {
+            DmFaultSpec::Delay {
+                read_ms,
+                write_ms,
+                flush_ms,
+            } => {
+                if *read_ms == 0 && *write_ms == 0 && flush_ms.unwrap_or(0) == 0 {
+                    return Err(DmFaultError::Invalid("a delay of 0 ms everywhere does nothing".into()));
+                }
+                for (what, v) in [
+                    ("read_ms", *read_ms),
+                    ("write_ms", *write_ms),
+                    ("flush_ms", flush_ms.unwrap_or(0)),
+                ] {
+                    if v > 60_000 {
+                        return Err(DmFaultError::Invalid(format!("{what} {v} is more than a minute")));
+                    }
+                }
+                Ok(())
+            }
+            DmFaultSpec::Flakey { up_s, down_s, .. } => {
+                if *down_s == 0 {
+                    return Err(DmFaultError::Invalid("flakey with down_s = 0 never misbehaves".into()));
+                }
+                if *up_s > 86_400 || *down_s > 86_400 {
+                    return Err(DmFaultError::Invalid("flakey intervals above a day".into()));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The faulty table over the prior linear segments.
+    pub fn table(&self, prior: &[TableLine]) -> Vec<TableLine> {
+        prior
+            .iter()
+            .map(|(start, len, _linear, params)| {
+                // linear params: "<major:minor> <offset>"
+                let dev_off = params.trim();
+                let (ty, p) = match self {
+                    DmFaultSpec::Delay {
+                        read_ms,
+                        write_ms,
+                        flush_ms,
+                    } => {
+                        let mut p = format!("{dev_off} {read_ms} {dev_off} {write_ms}");
+                        if let Some(f) = flush_ms {
+                            p.push_str(&format!(" {dev_off} {f}"));
+                        }
+                        ("delay", p)
+                    }
+                    DmFaultSpec::Flakey { up_s, down_s, mode } => {
+                        let feature = match mode {
+                            FlakeyMode::ErrorWrites => "error_writes",
+                            FlakeyMode::DropWrites => "drop_writes",
+                        };
+                        ("flakey", format!("{dev_off} {up_s} {down_s} 1 {feature}"))
+                    }
+                };
+                (*start, *len, ty.to_owned(), p)
+            })
+            .collect()
+    }
+}
+
+fn ioctl_err<'a>(op: &'static str, name: &'a str) -> impl FnOnce(devicemapper::DmError) -> DmFaultError + 'a {
+    move |e| DmFaultError::Ioctl {
+        op,
+        name: name.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+pub fn open() -> Result<DM, DmFaultError> {
+    DM::new().map_err(|e| DmFaultError::NoDeviceMapper(e.to_string()))
+}
+
+fn name_buf(name: &str) -> Result<DmNameBuf, DmFaultError> {
+    DmNameBuf::new(name.to_owned()).map_err(|e| DmFaultError::Invalid(format!("device name {name:?}: {e}")))
+}
+
+/// The live table of `name`.
+pub fn table(dm: &DM, name: &str) -> Result<Vec<TableLine>, DmFaultError> {
+    let n = name_buf(name)?;
+    let id = DevId::Name(&n);
+    dm.device_info(&id)
+        .map_err(|_| DmFaultError::NoDevice(name.to_owned()))?;
+    let (_, table) = dm
+        .table_status(&id, DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE))
+        .map_err(ioctl_err("table status", name))?;
+    Ok(table)
+}
+
+/// Reads the table to restore later; refuses anything but linear segments.
+pub fn snapshot(dm: &DM, name: &str) -> Result<Vec<TableLine>, DmFaultError> {
+    let t = table(dm, name)?;
+    if t.is_empty() {
+        return Err(DmFaultError::NotLinear {
+            name: name.to_owned(),
+            found: "empty".into(),
+        });
+    }
+    if let Some((_, _, ty, _)) = t.iter().find(|(_, _, ty, _)| ty != "linear") {
+        return Err(DmFaultError::NotLinear {
+            name: name.to_owned(),
+            found: ty.clone(),
+        });
+    }
+    Ok(t)
+}
+
+/// suspend → load → resume. If the load fails the device is resumed on its
+/// old table, so a failed fault leaves nothing behind.
+pub fn swap_table(dm: &DM, name: &str, table: &[TableLine]) -> Result<(), DmFaultError> {
+    let n = name_buf(name)?;
+    let id = DevId::Name(&n);
+    dm.device_suspend(&id, DmOptions::default().set_flags(DmFlags::DM_SUSPEND))
+        .map_err(ioctl_err("suspend", name))?;
+    let loaded = dm
+        .table_load(&id, table, DmOptions::default())
+        .map_err(ioctl_err("table load", name));
+    let resumed = dm
+        .device_suspend(&id, DmOptions::default())
+        .map_err(ioctl_err("resume", name));
+    loaded?;
+    resumed?;
+    Ok(())
+}
+
+/// The ioctls [`swap_table`] performs, for describe/dry-run.
+pub fn describe(name: &str, table: &[TableLine]) -> Vec<String> {
+    let mut ops = vec![format!("DM_DEV_SUSPEND {name}")];
+    for (start, len, ty, params) in table {
+        ops.push(format!("DM_TABLE_LOAD {name}: {start} {len} {ty} {params}"));
+    }
+    ops.push(format!("DM_DEV_SUSPEND (resume) {name}"));
+    ops
+}
+
+/// Creates dm-linear `name` over the whole block device `major:minor` of
+/// `sectors` sectors: the provisioning helper for demos and tests.
+pub fn provision_linear(dm: &DM, name: &str, major: u32, minor: u32, sectors: u64) -> Result<(u32, u32), DmFaultError> {
+    let n = name_buf(name)?;
+    let info = dm
+        .device_create(&n, None, DmOptions::default())
+        .map_err(ioctl_err("create", name))?;
+    let table = vec![(0, sectors, "linear".to_owned(), format!("{major}:{minor} 0"))];
+    let id = DevId::Name(&n);
+    if let Err(e) = dm
+        .table_load(&id, &table, DmOptions::default())
+        .map_err(ioctl_err("table load", name))
+        .and_then(|_| {
+            dm.device_suspend(&id, DmOptions::default())
+                .map_err(ioctl_err("resume", name))
+        })
+    {
+        let _ = dm.device_remove(&id, DmOptions::default());
+        return Err(e);
+    }
+    let d = info.device();
+    Ok((d.major, d.minor))
+}
+
+pub fn remove(dm: &DM, name: &str) -> Result<(), DmFaultError> {
+    let n = name_buf(name)?;
+    dm.device_remove(&DevId::Name(&n), DmOptions::default())
+        .map_err(ioctl_err("remove", name))?;
+    Ok(())
+}
+
+/// For callers holding only a borrowed name.
+pub fn dm_name(name: &str) -> Result<&DmName, DmFaultError> {
+    DmName::new(name).map_err(|e| DmFaultError::Invalid(format!("device name {name:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linear() -> Vec<TableLine> {
+        vec![
+            (0, 131072, "linear".into(), "7:0 0".into()),
+            (131072, 2048, "linear".into(), "7:1 2048".into()),
+        ]
+    }
+
+    #[test]
+    fn delay_table_wraps_each_linear_segment() {
+        let s = DmFaultSpec::Delay {
+            read_ms: 0,
+            write_ms: 100,
+            flush_ms: Some(100),
+        };
+        s.validate().expect("valid");
+        assert_eq!(
+            s.table(&linear()),
+            vec![
+                (0, 131072, "delay".to_owned(), "7:0 0 0 7:0 0 100 7:0 0 100".to_owned()),
+                (
+                    131072,
+                    2048,
+                    "delay".to_owned(),
+                    "7:1 2048 0 7:1 2048 100 7:1 2048 100".to_owned()
+                ),
+            ]
+        );
+        let s = DmFaultSpec::Delay {
+            read_ms: 5,
+            write_ms: 0,
+            flush_ms: None,
+        };
+        assert_eq!(s.table(&linear())[0].3, "7:0 0 5 7:0 0 0");
+    }
+
+    #[test]
+    fn flakey_table_has_its_feature() {
+        let s = DmFaultSpec::Flakey {
+            up_s: 0,
+            down_s: 3600,
+            mode: FlakeyMode::ErrorWrites,
+        };
+        s.validate().expect("valid");
+        assert_eq!(
+            s.table(&linear())[0],
+            (0, 131072, "flakey".to_owned(), "7:0 0 0 3600 1 error_writes".to_owned())
+        );
+    }
+
+    #[test]
+    fn describe_lists_the_ioctls() {
+        let t = DmFaultSpec::Delay {
+            read_ms: 0,
+            write_ms: 100,
+            flush_ms: None,
+        }
+        .table(&linear()[..1]);
+        assert_eq!(
+            describe("data0", &t),
+            vec![
+                "DM_DEV_SUSPEND data0",
+                "DM_TABLE_LOAD data0: 0 131072 delay 7:0 0 0 7:0 0 100",
+                "DM_DEV_SUSPEND (resume) data0"
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_specs_are_named() {
+        assert!(
+            DmFaultSpec::Delay {
+                read_ms: 0,
+                write_ms: 0,
+                flush_ms: None
+            }
+            .validate()
+            .is_err()
+        );
+        let e = DmFaultSpec::Flakey {
+            up_s: 1,
+            down_s: 0,
+            mode: FlakeyMode::DropWrites,
+        }
+        .validate()
+        .expect_err("x");
+        assert!(e.to_string().contains("down_s"), "{e}");
+        let e = DmFaultSpec::Delay {
+            read_ms: 70_000,
+            write_ms: 0,
+            flush_ms: None,
+        }
+        .validate()
+        .expect_err("x");
+        assert!(e.to_string().contains("read_ms"), "{e}");
+    }
+}
