@@ -167,6 +167,42 @@ impl KernelBtf {
         Ok(bits / 8)
     }
 
+    /// Bit offset from the start of `struct <struct_name>` and bit width of
+    /// the direct (or anonymous-nested) member `member`, for bitfields such
+    /// as `inet_connection_sock.icsk_ca_state`; the width is `None` for a
+    /// plain member.
+    pub fn member_bits(&self, struct_name: &str, member: &str) -> Result<(u32, Option<u32>), BtfError> {
+        let s = self.struct_named(struct_name)?;
+        self.find_member_bits(&s, member, 0)?
+            .ok_or_else(|| BtfError::Missing(format!("member {struct_name}.{member}")))
+    }
+
+    fn find_member_bits(
+        &self,
+        s: &btf_rs::Struct,
+        member: &str,
+        depth: usize,
+    ) -> Result<Option<(u32, Option<u32>)>, BtfError> {
+        if depth > 8 {
+            return Ok(None);
+        }
+        for m in &s.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            if name == member {
+                return Ok(Some((m.bit_offset(), m.bitfield_size().filter(|b| *b > 0))));
+            }
+            if name.is_empty() {
+                let ty = self.strip(self.btf.resolve_chained_type(m)?)?;
+                if let Type::Struct(inner) | Type::Union(inner) = &ty
+                    && let Some((off, bits)) = self.find_member_bits(inner, member, depth + 1)?
+                {
+                    return Ok(Some((m.bit_offset() + off, bits)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// All values of `enum <name>`.
     pub fn enum_values(&self, name: &str) -> Result<BTreeMap<u32, String>, BtfError> {
         for ty in self.btf.resolve_types_by_name(name).unwrap_or_default() {

@@ -9,6 +9,8 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::detect::drops::DropConfig;
+use crate::detect::incast::IncastConfig;
+use crate::disk::DiskConfig;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9477";
 
@@ -58,6 +60,14 @@ pub struct FileConfig {
     pub drops: Option<toml::Table>,
     #[serde(default)]
     pub ebpf: EbpfSection,
+    /// `[disk]`: fsync/block-I/O probes, canaries, disk detectors.
+    #[serde(default)]
+    pub disk: DiskConfig,
+    /// `[controller]`: where to report findings (no reporting without it).
+    pub controller: Option<ControllerSection>,
+    /// `[incast]`: TCP incast probes and detector.
+    #[serde(default)]
+    pub incast: IncastConfig,
 }
 
 /// `[ebpf]`: how probes attach.
@@ -150,6 +160,9 @@ pub struct Config {
     pub log_level: String,
     pub drops: DropsSection,
     pub ebpf: EbpfSection,
+    pub incast: IncastConfig,
+    pub disk: DiskConfig,
+    pub controller: Option<ControllerSection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +181,12 @@ pub enum ConfigError {
     Drops(String),
     #[error("drops.interval must be between 100ms and 1h, got {0:?}")]
     Interval(Duration),
+    #[error("disk: {0}")]
+    Disk(String),
+    #[error("controller: {0}")]
+    Controller(String),
+    #[error("{0}")]
+    Incast(#[from] crate::detect::incast::IncastConfigError),
 }
 
 impl Config {
@@ -220,6 +239,9 @@ impl Config {
         if drops.interval < Duration::from_millis(100) || drops.interval > Duration::from_secs(3600) {
             return Err(ConfigError::Interval(drops.interval));
         }
+        file.incast.validate()?;
+        file.disk.validate().map_err(ConfigError::Disk)?;
+        let controller = file.controller.map(ControllerSection::validated).transpose()?;
         Ok(Config {
             listen,
             hostname,
@@ -233,7 +255,11 @@ impl Config {
                 .clone()
                 .or(file.sysfs_root)
                 .unwrap_or_else(|| "/sys".into()),
-            state_dir: cli.state_dir.clone().or(file.state_dir).unwrap_or_else(|| "/var/lib/graydar".into()),
+            state_dir: cli
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| "/var/lib/graydar".into()),
             log_level: cli
                 .log_level
                 .clone()
@@ -241,6 +267,9 @@ impl Config {
                 .unwrap_or_else(|| "info".into()),
             drops,
             ebpf: file.ebpf,
+            incast: file.incast,
+            disk: file.disk,
+            controller,
         })
     }
 }
@@ -250,6 +279,86 @@ fn kernel_hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// `[controller]`: the reporter registers with the controller at `url`,
+/// heartbeats and pushes finding transitions every `report_interval`,
+/// buffering at most `buffer_size` transitions while it is unreachable.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSection {
+    /// e.g. `http://controller:8477` or `https://...`.
+    pub url: String,
+    /// Bearer token with the `agent` role (or `token_file`, or the
+    /// GRAYDAR_CONTROLLER_TOKEN environment variable).
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate to trust for HTTPS (self-signed or private CA).
+    pub ca_cert: Option<PathBuf>,
+    #[serde(default = "default_report_interval", with = "humantime_serde")]
+    pub report_interval: Duration,
+    #[serde(default = "default_buffer_size")]
+    pub buffer_size: usize,
+    /// Labels sent at registration (e.g. rack, zone).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+fn default_report_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_buffer_size() -> usize {
+    10_000
+}
+
+impl std::fmt::Debug for ControllerSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerSection")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("ca_cert", &self.ca_cert)
+            .field("report_interval", &self.report_interval)
+            .field("buffer_size", &self.buffer_size)
+            .field("labels", &self.labels)
+            .finish()
+    }
+}
+
+impl ControllerSection {
+    fn validated(self) -> Result<ControllerSection, ConfigError> {
+        let err = |m: String| Err(ConfigError::Controller(m));
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return err(format!("url {:?} must start with http:// or https://", self.url));
+        }
+        if self.report_interval < Duration::from_millis(100) || self.report_interval > Duration::from_secs(3600) {
+            return err(format!(
+                "report_interval must be between 100ms and 1h, got {:?}",
+                self.report_interval
+            ));
+        }
+        if self.buffer_size == 0 {
+            return err("buffer_size must be at least 1".into());
+        }
+        if self.token.is_some() && self.token_file.is_some() {
+            return err("set token or token_file, not both".into());
+        }
+        Ok(self)
+    }
+
+    /// The token: `token`, else the contents of `token_file`, else `env`
+    /// (GRAYDAR_CONTROLLER_TOKEN).
+    pub fn resolve_token(&self, env: Option<String>) -> Result<Option<String>, ConfigError> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        if let Some(p) = &self.token_file {
+            return std::fs::read_to_string(p)
+                .map(|t| Some(t.trim().to_owned()))
+                .map_err(|e| ConfigError::Controller(format!("token_file {}: {e}", p.display())));
+        }
+        Ok(env.filter(|t| !t.is_empty()))
+    }
 }
 
 #[cfg(test)]
@@ -314,5 +423,58 @@ mod tests {
         assert_eq!(c.drops.detector.short_window, d.short_window);
         assert_eq!(c.drops.detector.resolve_windows, d.resolve_windows);
         assert_eq!(c.drops.interval, Duration::from_secs(1));
+        assert_eq!(
+            c.incast,
+            IncastConfig::default(),
+            "[incast] in the example must match the defaults"
+        );
+        let mut disk = DiskConfig::default();
+        disk.canary_directories = c.disk.canary_directories.clone();
+        assert_eq!(
+            c.disk, disk,
+            "[disk] in the example must match the defaults (canary directories aside)"
+        );
+    }
+
+    #[test]
+    fn controller_section_is_validated_and_the_token_redacted() {
+        let c = parse("[controller]\nurl = \"http://c:8477\"\ntoken = \"secret-agent-token\"\n").expect("valid");
+        let s = c.controller.expect("section");
+        assert_eq!(s.report_interval, Duration::from_secs(5));
+        assert_eq!(s.buffer_size, 10_000);
+        assert!(!format!("{s:?}").contains("secret-agent-token"));
+        assert_eq!(
+            s.resolve_token(None).expect("token").as_deref(),
+            Some("secret-agent-token")
+        );
+        assert!(parse("[controller]\nurl = \"c:8477\"\n").is_err());
+        assert!(parse("[controller]\nurl = \"http://c\"\nreport_interval = \"1ms\"\n").is_err());
+        let err = parse("[controller]\nurl = \"http://c\"\ntokn = \"x\"\n").expect_err("unknown field");
+        assert!(err.to_string().contains("tokn"), "{err}");
+        assert!(parse("").expect("empty").controller.is_none());
+    }
+
+    #[test]
+    fn disk_section_is_validated_and_named() {
+        let c =
+            parse("[disk]\ncanary_directories = [\"/var/lib/db\"]\n[disk.fsync]\nwarning = \"20ms\"\n").expect("valid");
+        assert_eq!(c.disk.canary_directories, vec![PathBuf::from("/var/lib/db")]);
+        assert_eq!(c.disk.fsync.warning, Duration::from_millis(20));
+        assert!(parse("").expect("valid").disk.canary_directories.is_empty());
+        let err = parse("[disk]\ncanary_dirs = []\n").expect_err("unknown field");
+        assert!(err.to_string().contains("canary_dirs"), "{err}");
+        let err = parse("[disk.fsync]\nwarning = \"1s\"\ncritical = \"100ms\"\n").expect_err("invalid");
+        assert!(err.to_string().contains("disk.fsync.warning"), "{err}");
+    }
+
+    #[test]
+    fn incast_section_is_validated_and_named() {
+        let c = parse("[incast]\nsenders = 32\nwindow = \"5ms\"\n").expect("valid");
+        assert_eq!(c.incast.senders, 32);
+        assert_eq!(c.incast.window, Duration::from_millis(5));
+        let err = parse("[incast]\nsendrs = 3\n").expect_err("unknown field");
+        assert!(err.to_string().contains("sendrs"), "{err}");
+        let err = parse("[incast]\nsenders = 1\n").expect_err("invalid");
+        assert!(err.to_string().contains("incast.senders"), "{err}");
     }
 }

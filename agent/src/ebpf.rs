@@ -17,7 +17,7 @@ pub fn load(drop_offsets: &DropOffsets) -> Result<Ebpf, aya::EbpfError> {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it as aya's
 /// template does. Harmless on newer kernels (memcg accounting).
-fn raise_memlock_limit() {
+pub fn raise_memlock_limit() {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,

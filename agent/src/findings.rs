@@ -4,10 +4,12 @@
 //! (kind, subject) with a stable id, so the same failure seen again updates
 //! the same finding instead of creating a new one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use graydar_common::api::{Evidence, Finding, FindingKind, FindingState, Severity, finding_id};
+use graydar_common::api::{
+    Evidence, Finding, FindingKind, FindingState, FindingTransition, Severity, TransitionKind, finding_id,
+};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -25,6 +27,20 @@ pub struct FindingStore {
     exported: std::collections::HashSet<(FindingKind, String, Severity)>,
     retention: Duration,
     findings: HashMap<(FindingKind, String), Entry>,
+    /// Transitions not yet delivered to the controller (see [`TransitionLog`]).
+    log: TransitionLog,
+}
+
+/// Bounded, ordered log of finding transitions for the controller reporter.
+/// Disabled (capacity 0) unless a controller is configured. When full, the
+/// oldest transition is dropped and counted: the newer ones carry the
+/// finding's latest state.
+#[derive(Default)]
+struct TransitionLog {
+    capacity: usize,
+    next_seq: u64,
+    entries: VecDeque<(u64, FindingTransition)>,
+    dropped: u64,
 }
 
 struct Entry {
@@ -48,7 +64,55 @@ impl FindingStore {
             exported: Default::default(),
             retention,
             findings: HashMap::new(),
+            log: TransitionLog::default(),
         }
+    }
+
+    /// Starts logging transitions for the reporter, keeping at most `capacity`.
+    pub fn enable_transition_log(&mut self, capacity: usize) {
+        self.log.capacity = capacity.max(1);
+    }
+
+    fn log_transition(&mut self, transition: TransitionKind, at: String, finding: Finding) {
+        let log = &mut self.log;
+        if log.capacity == 0 {
+            return;
+        }
+        while log.entries.len() >= log.capacity {
+            log.entries.pop_front();
+            log.dropped += 1;
+        }
+        log.next_seq += 1;
+        log.entries.push_back((
+            log.next_seq,
+            FindingTransition {
+                transition,
+                at,
+                finding,
+            },
+        ));
+    }
+
+    /// Up to `max` undelivered transitions, oldest first, with their sequence numbers.
+    pub fn pending_transitions(&self, max: usize) -> Vec<(u64, FindingTransition)> {
+        self.log.entries.iter().take(max).cloned().collect()
+    }
+
+    /// Forgets the transitions up to and including `seq` (delivered).
+    pub fn ack_transitions(&mut self, seq: u64) {
+        while self.log.entries.front().is_some_and(|(s, _)| *s <= seq) {
+            self.log.entries.pop_front();
+        }
+    }
+
+    /// Transitions dropped so far because the log was full.
+    pub fn transitions_dropped(&self) -> u64 {
+        self.log.dropped
+    }
+
+    /// Transitions waiting for delivery.
+    pub fn transitions_buffered(&self) -> usize {
+        self.log.entries.len()
     }
 
     pub fn host(&self) -> &str {
@@ -61,10 +125,15 @@ impl FindingStore {
         let key = (r.kind, r.subject.clone());
         match self.findings.get_mut(&key) {
             Some(e) if e.finding.state == FindingState::Firing => {
+                let changed = e.finding.severity != r.severity;
                 e.finding.severity = r.severity;
                 e.finding.summary = r.summary;
                 e.finding.evidence = r.evidence;
-                e.finding.last_seen = ts;
+                e.finding.last_seen = ts.clone();
+                if changed {
+                    let f = e.finding.clone();
+                    self.log_transition(TransitionKind::SeverityChanged, ts, f);
+                }
             }
             _ => {
                 tracing::warn!(kind = %r.kind, subject = %r.subject, severity = %r.severity, "finding firing: {}", r.summary);
@@ -82,6 +151,7 @@ impl FindingStore {
                     evidence: r.evidence,
                     runbook: r.kind.runbook(),
                 };
+                self.log_transition(TransitionKind::Fired, finding.since.clone(), finding.clone());
                 self.findings.insert(
                     key,
                     Entry {
@@ -111,8 +181,10 @@ impl FindingStore {
             let ts = rfc3339(now);
             e.finding.state = FindingState::Resolved;
             e.finding.last_seen = ts.clone();
-            e.finding.resolved_at = Some(ts);
+            e.finding.resolved_at = Some(ts.clone());
             e.resolved_at = Some(now);
+            let f = e.finding.clone();
+            self.log_transition(TransitionKind::Resolved, ts, f);
         }
     }
 
@@ -151,10 +223,14 @@ impl FindingStore {
             .map(|e| (e.finding.kind, e.finding.subject.clone(), e.finding.severity))
             .collect();
         for (kind, subject, sev) in self.exported.difference(&firing) {
-            let _ = m.finding_firing.remove_label_values(&[kind.as_str(), subject, sev.as_str()]);
+            let _ = m
+                .finding_firing
+                .remove_label_values(&[kind.as_str(), subject, sev.as_str()]);
         }
         for (kind, subject, sev) in &firing {
-            m.finding_firing.with_label_values(&[kind.as_str(), subject, sev.as_str()]).set(1);
+            m.finding_firing
+                .with_label_values(&[kind.as_str(), subject, sev.as_str()])
+                .set(1);
         }
         self.exported = firing;
         for kind in FindingKind::ALL {
@@ -221,6 +297,43 @@ mod tests {
     }
 
     #[test]
+    fn transitions_are_logged_in_order_and_the_oldest_dropped_when_full() {
+        let mut s = FindingStore::new("node1", Duration::from_secs(60));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        s.firing(report(Severity::Warning), t0);
+        assert_eq!(s.transitions_buffered(), 0, "no log unless enabled");
+        s.enable_transition_log(3);
+        s.resolve(FindingKind::NicDrops, "eth0/rx", t0 + Duration::from_secs(1));
+        s.firing(report(Severity::Warning), t0 + Duration::from_secs(2));
+        s.firing(report(Severity::Warning), t0 + Duration::from_secs(3)); // refresh: no transition
+        s.firing(report(Severity::Critical), t0 + Duration::from_secs(4));
+        let p = s.pending_transitions(10);
+        let kinds: Vec<TransitionKind> = p.iter().map(|(_, t)| t.transition).collect();
+        assert_eq!(
+            kinds,
+            [
+                TransitionKind::Resolved,
+                TransitionKind::Fired,
+                TransitionKind::SeverityChanged
+            ]
+        );
+        assert_eq!(p[1].1.at, rfc3339(t0 + Duration::from_secs(2)));
+        assert_eq!(p[2].1.finding.severity, Severity::Critical);
+        assert!(p.windows(2).all(|w| w[0].0 < w[1].0));
+        // Full: the oldest goes and is counted.
+        s.resolve(FindingKind::NicDrops, "eth0/rx", t0 + Duration::from_secs(5));
+        assert_eq!(s.transitions_dropped(), 1);
+        let p2 = s.pending_transitions(2);
+        assert_eq!(p2[0].1.transition, TransitionKind::Fired);
+        s.ack_transitions(p2[1].0);
+        let rest = s.pending_transitions(10);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].1.transition, TransitionKind::Resolved);
+        s.ack_transitions(u64::MAX);
+        assert_eq!(s.transitions_buffered(), 0);
+    }
+
+    #[test]
     fn export_counts_firing_by_kind_and_severity() {
         let m = Metrics::new();
         let mut s = FindingStore::new("n", Duration::from_secs(60));
@@ -234,6 +347,9 @@ mod tests {
         s.resolve(FindingKind::NicDrops, "eth0/rx", SystemTime::now());
         s.export(&m);
         assert_eq!(m.findings_active.with_label_values(&["nic_drops", "warning"]).get(), 0);
-        assert!(!m.render().contains("graydar_finding_firing{"), "resolved findings leave no series");
+        assert!(
+            !m.render().contains("graydar_finding_firing{"),
+            "resolved findings leave no series"
+        );
     }
 }

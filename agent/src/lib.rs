@@ -2,11 +2,14 @@
 pub mod btf;
 pub mod config;
 pub mod detect;
+pub mod disk;
 pub mod drops;
-pub mod faults;
 pub mod ebpf;
+pub mod faults;
 pub mod findings;
 pub mod http;
+pub mod incast;
 pub mod metrics;
 pub mod probes;
+pub mod reporter;
 pub mod sys;

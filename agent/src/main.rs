@@ -9,6 +9,7 @@ use graydar_agent::config::{Cli, Config};
 use graydar_agent::drops::DropSignal;
 use graydar_agent::findings::FindingStore;
 use graydar_agent::http::{AppState, router};
+use graydar_agent::incast::{IncastSignal, fanin_config};
 use graydar_agent::metrics::Metrics;
 use graydar_agent::probes::kernel_drops::{self, KernelDropsProbe};
 use graydar_agent::sys;
@@ -68,8 +69,23 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
+    let shutdown = shutdown_signal();
 
     let kernel = start_kernel_drops(&cfg, &metrics);
+    // Controller reporter (issue 4): only with a [controller] section.
+    let reporter = match &cfg.controller {
+        Some(section) => Some(
+            graydar_agent::reporter::Reporter::start(
+                &cfg,
+                section,
+                metrics.clone(),
+                findings.clone(),
+                kernel.is_some(),
+            )
+            .context("controller reporter")?,
+        ),
+        None => None,
+    };
     let netlink = match rtnetlink::new_connection() {
         Ok((conn, handle, _)) => {
             tokio::spawn(conn);
@@ -90,6 +106,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal = DropSignal::new(cfg.clone(), metrics.clone(), findings.clone(), kernel, netlink);
     let sampler = tokio::spawn(signal.run(ready.clone(), stop_rx.clone()));
+    let incast = IncastSignal::new(
+        cfg.clone(),
+        metrics.clone(),
+        findings.clone(),
+        start_incast(&cfg, &metrics),
+    );
+    let incast_task = tokio::spawn(incast.run(stop_rx.clone()));
+    let disk_task = tokio::spawn(start_disk(&cfg, &metrics, &findings).run(stop_rx.clone()));
 
     let app = router(AppState {
         metrics,
@@ -106,13 +130,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
     });
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     if let Some(f) = faults {
         f.stop().await;
     }
     let _ = sampler.await;
+    if let Some(r) = reporter {
+        // Blocking join (one last delivery, bounded by the request timeout).
+        let _ = tokio::task::spawn_blocking(move || r.stop()).await;
+    }
+    let _ = incast_task.await;
+    let _ = disk_task.await;
     match server.await {
         Ok(r) => r.context("http server")?,
         Err(e) => tracing::warn!(error = %e, "http task"),
@@ -147,18 +177,97 @@ fn start_kernel_drops(cfg: &Config, metrics: &Metrics) -> Option<KernelDropsProb
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
+/// The TCP incast probes (tc ingress fan-in counter, tcp_retransmit_skb);
+/// `None` when disabled or when the kernel refuses them (logged).
+fn start_incast(cfg: &Config, metrics: &Metrics) -> Option<graydar_agent::probes::tcp_fanin::TcpProbe> {
+    use graydar_agent::probes::tcp_fanin::{PROBE_FANIN, PROBE_RETRANS, TcpProbe};
+    let up = metrics.probe_up.with_label_values(&[PROBE_FANIN]);
+    let up_r = metrics.probe_up.with_label_values(&[PROBE_RETRANS]);
+    if !cfg.incast.enabled || !sys::can_load_bpf() {
+        up.set(0);
+        up_r.set(0);
+        return None;
+    }
+    sys::ensure_pseudo_filesystems();
+    match TcpProbe::start(&cfg.sysfs_root, fanin_config(cfg), sys::own_netns_inode()) {
+        Ok(p) => {
+            tracing::info!(
+                retransmits = p.retransmits_enabled(),
+                "eBPF probes tcp_fanin (tc ingress) and tcp_retransmit_skb loaded"
+            );
+            metrics
+                .ebpf_programs_attached
+                .add(1 + i64::from(p.retransmits_enabled()));
+            up.set(1);
+            up_r.set(i64::from(p.retransmits_enabled()));
+            Some(p)
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot install SIGTERM handler");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+            tracing::warn!(error = %e, "TCP incast probes disabled");
+            up.set(0);
+            up_r.set(0);
+            None
+        }
+    }
+}
+
+/// Installs the SIGTERM and SIGINT handlers now (not on first poll), so a
+/// SIGTERM that arrives as soon as /readyz answers reaches the graceful
+/// shutdown instead of killing the process; the future resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            (term, int) => {
+                if let Err(e) = term.as_ref().and(int.as_ref()) {
+                    tracing::warn!(error = %e, "cannot install SIGTERM/SIGINT handlers");
+                }
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+}
+
+/// The disk signal (agent/src/disk.rs): eBPF fsync/block probes when
+/// allowed, diskstats always, canaries for the configured directories.
+fn start_disk(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+    findings: &Arc<Mutex<FindingStore>>,
+) -> graydar_agent::disk::DiskSignal {
+    use graydar_agent::disk::{DiskSignal, start_ebpf};
+    let ebpf = if !cfg.disk.ebpf || !sys::can_load_bpf() {
+        for p in ["fsync", "block_io"] {
+            metrics.probe_up.with_label_values(&[p]).set(0);
+        }
+        None
+    } else {
+        sys::ensure_pseudo_filesystems();
+        match start_ebpf(&cfg.sysfs_root, metrics) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "disk eBPF probes disabled; diskstats and canaries keep running");
+                for p in ["fsync", "block_io"] {
+                    metrics.probe_up.with_label_values(&[p]).set(0);
+                }
+                None
+            }
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    DiskSignal::new(
+        cfg.disk.clone(),
+        cfg.procfs_root.clone(),
+        cfg.sysfs_root.clone(),
+        metrics.clone(),
+        findings.clone(),
+        ebpf,
+    )
 }

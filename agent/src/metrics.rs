@@ -34,6 +34,21 @@ pub struct Metrics {
     pub probe_up: IntGaugeVec,
     pub collector_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
+    /// Disk signal (agent/src/disk.rs).
+    pub disk: DiskMetrics,
+    /// Controller reporter (agent/src/reporter.rs).
+    pub reporter: ReporterMetrics,
+    // TCP incast (agent/src/incast.rs). Labels: `port` is a listening port
+    // (the busiest incast.max_ports), `other`, or `ephemeral` (client side).
+    pub tcp_fanin_senders: prometheus::HistogramVec,
+    pub tcp_fanin_peak_senders: IntGaugeVec,
+    pub tcp_fanin_bursts: IntCounterVec,
+    pub tcp_receiver_stalls: IntCounterVec,
+    pub tcp_received_out_of_order: IntCounterVec,
+    pub tcp_fanin_interfaces: IntGauge,
+    pub tcp_retransmits: IntCounterVec,
+    pub tcp_mib: IntCounterVec,
+    pub incast_episodes: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -77,6 +92,26 @@ impl Metrics {
         )
         .expect("static metric definition");
         r.register(Box::new(ebpf_run_seconds.clone()))
+            .expect("metric registered once");
+        let tcp_fanin_senders = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "graydar_tcp_fanin_senders",
+                "Distinct remote senders (addresses) delivering TCP data to one receiving endpoint within one \
+                 fan-in window (incast.window), one observation per window with data; bucket upper bounds are \
+                 the kernel histogram's bins, so _sum counts each window at its bin's upper bound.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            &["port"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(tcp_fanin_senders.clone()))
+            .expect("metric registered once");
+        let tcp_fanin_interfaces = IntGauge::new(
+            "graydar_tcp_fanin_interfaces",
+            "Interfaces the tcp_fanin tc ingress classifier is attached to.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(tcp_fanin_interfaces.clone()))
             .expect("metric registered once");
         let m = Metrics {
             kernel_drops: counter(
@@ -197,6 +232,56 @@ impl Metrics {
                 "Always 1; labels carry the agent version.",
                 &["version"],
             ),
+            tcp_fanin_senders,
+            tcp_fanin_peak_senders: gauge(
+                &r,
+                "graydar_tcp_fanin_peak_senders",
+                "Highest number of distinct senders delivering data to one endpoint within 1 ms / the fan-in \
+                 window during the last sampling interval.",
+                &["port", "window"],
+            ),
+            tcp_fanin_bursts: counter(
+                &r,
+                "graydar_tcp_fanin_bursts_total",
+                "Times the fan-in to one endpoint reached incast.senders within incast.window (with or without losses).",
+                &["port"],
+            ),
+            tcp_receiver_stalls: counter(
+                &r,
+                "graydar_tcp_receiver_stalls_total",
+                "Flows whose data stopped mid-write and resumed after a gap in [incast.stall_min, incast.stall_max] \
+                 (a retransmission timeout seen from the receiver).",
+                &["port"],
+            ),
+            tcp_received_out_of_order: counter(
+                &r,
+                "graydar_tcp_received_out_of_order_total",
+                "Data segments received out of order, seen by the fan-in counter: hole (beyond the highest \
+                 segment: loss upstream) or retransmission (below it).",
+                &["port", "kind"],
+            ),
+            tcp_fanin_interfaces,
+            tcp_retransmits: counter(
+                &r,
+                "graydar_tcp_retransmits_total",
+                "TCP retransmissions of this host's sockets (tcp_retransmit_skb) by kind: timeout (RTO), fast, \
+                 probe (tail loss probe), syn.",
+                &["kind"],
+            ),
+            tcp_mib: counter(
+                &r,
+                "graydar_tcp_mib_total",
+                "Selected kernel TCP/IP MIB counters (/proc/net/netstat, /proc/net/snmp) for cross-checks.",
+                &["counter"],
+            ),
+            incast_episodes: counter(
+                &r,
+                "graydar_incast_episodes_total",
+                "Incast episodes: fan-in bursts that coincided with stalls, retransmission timeouts or receive drops.",
+                &["port"],
+            ),
+            disk: DiskMetrics::new(&r),
+            reporter: ReporterMetrics::new(&r),
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -210,6 +295,61 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The controller reporter's metrics.
+pub struct ReporterMetrics {
+    /// Transitions delivered to the controller (accepted or already known).
+    pub transitions_sent: IntCounterVec,
+    /// Transitions lost: dropped from the full buffer while the controller
+    /// was unreachable (`reason="buffer_full"`) or refused by it (`rejected`).
+    pub transitions_dropped: IntCounterVec,
+    pub buffered: IntGauge,
+    /// Requests to the controller by operation and result.
+    pub requests: IntCounterVec,
+    /// 1 while the last request to the controller succeeded.
+    pub controller_up: IntGauge,
+}
+
+impl ReporterMetrics {
+    fn new(r: &Registry) -> ReporterMetrics {
+        let buffered = IntGauge::new(
+            "graydar_reporter_buffered_transitions",
+            "Finding transitions waiting for delivery to the controller.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(buffered.clone())).expect("metric registered once");
+        let controller_up = IntGauge::new(
+            "graydar_reporter_controller_up",
+            "1 while the last request to the controller succeeded, else 0.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(controller_up.clone()))
+            .expect("metric registered once");
+        ReporterMetrics {
+            transitions_sent: counter(
+                r,
+                "graydar_reporter_transitions_sent_total",
+                "Finding transitions delivered to the controller.",
+                &[],
+            ),
+            transitions_dropped: counter(
+                r,
+                "graydar_reporter_transitions_dropped_total",
+                "Finding transitions never delivered: buffer_full (oldest dropped while the controller was \
+                 unreachable) or rejected (refused by the controller).",
+                &["reason"],
+            ),
+            buffered,
+            requests: counter(
+                r,
+                "graydar_reporter_requests_total",
+                "Requests to the controller by operation (register, heartbeat, transitions) and result (ok, error).",
+                &["op", "result"],
+            ),
+            controller_up,
+        }
     }
 }
 
@@ -235,6 +375,240 @@ impl CounterMirror {
             None => value,
             Some((g, prev)) if g == generation && value >= prev => value - prev,
             Some(_) => value,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Disk signal (agent/src/disk.rs): fsync and block-I/O latency histograms
+// from eBPF, the fdatasync canary, /proc/diskstats rates.
+
+/// Prometheus bucket bounds (seconds) of every disk latency histogram:
+/// 50 µs … 10 s. Each one is a bound of the kernel histograms' grid
+/// (graydar_common::disk::HIST_BOUNDS_NS), so the exported counts are exact.
+pub const DISK_LATENCY_BUCKETS: [f64; 17] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// One series of an [`ExternalHistogramVec`]: cumulative counts per bound of
+/// [`DISK_LATENCY_BUCKETS`], total count and sum (seconds).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExternalHistogram {
+    pub cumulative: Vec<u64>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+/// A Prometheus histogram whose buckets are counted elsewhere (in kernel
+/// maps) and set here as a whole, instead of observed one value at a time.
+#[derive(Clone)]
+pub struct ExternalHistogramVec {
+    desc: prometheus::core::Desc,
+    labels: Vec<String>,
+    series: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<Vec<String>, ExternalHistogram>>>,
+}
+
+impl ExternalHistogramVec {
+    pub fn new(name: &str, help: &str, labels: &[&str]) -> ExternalHistogramVec {
+        let labels: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
+        let desc = prometheus::core::Desc::new(name.to_owned(), help.to_owned(), labels.clone(), HashMap::new())
+            .expect("static metric definition");
+        ExternalHistogramVec {
+            desc,
+            labels,
+            series: Default::default(),
+        }
+    }
+
+    /// Replaces the series of `values` (in label order).
+    pub fn set(&self, values: &[&str], h: ExternalHistogram) {
+        let key = values.iter().map(|v| (*v).to_owned()).collect();
+        let mut s = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        s.insert(key, h);
+    }
+
+    /// The series of `values`, if set.
+    pub fn get(&self, values: &[&str]) -> Option<ExternalHistogram> {
+        let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        let s = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        s.get(&key).cloned()
+    }
+}
+
+impl prometheus::core::Collector for ExternalHistogramVec {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto;
+        let s = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fam = proto::MetricFamily::default();
+        fam.set_name(self.desc.fq_name.clone());
+        fam.set_help(self.desc.help.clone());
+        fam.set_field_type(proto::MetricType::HISTOGRAM);
+        let mut metrics = Vec::with_capacity(s.len());
+        for (values, h) in s.iter() {
+            let mut labels = Vec::with_capacity(values.len());
+            for (n, v) in self.labels.iter().zip(values) {
+                let mut lp = proto::LabelPair::default();
+                lp.set_name(n.clone());
+                lp.set_value(v.clone());
+                labels.push(lp);
+            }
+            let mut hist = proto::Histogram::default();
+            hist.set_sample_count(h.count);
+            hist.set_sample_sum(h.sum);
+            let buckets = DISK_LATENCY_BUCKETS
+                .iter()
+                .zip(h.cumulative.iter())
+                .map(|(ub, c)| {
+                    let mut b = proto::Bucket::default();
+                    b.set_upper_bound(*ub);
+                    b.set_cumulative_count(*c);
+                    b
+                })
+                .collect();
+            hist.set_bucket(buckets);
+            let mut m = proto::Metric::default();
+            m.set_label(labels);
+            m.set_histogram(hist);
+            metrics.push(m);
+        }
+        if metrics.is_empty() {
+            return Vec::new();
+        }
+        fam.set_metric(metrics);
+        vec![fam]
+    }
+}
+
+/// Metrics of the disk signal. Labels: `device` (kernel name: sda, nvme0n1,
+/// dm-0, loop3; `_nodev` for file systems without a block device), `op`,
+/// `directory` (configured canary directories); never pids.
+pub struct DiskMetrics {
+    pub fsync_duration: ExternalHistogramVec,
+    pub block_io_duration: ExternalHistogramVec,
+    pub block_io_errors: IntCounterVec,
+    pub fsync_p99: GaugeVec,
+    pub fsync_inflight_oldest: GaugeVec,
+    pub canary_duration: prometheus::HistogramVec,
+    pub canary_errors: IntCounterVec,
+    pub canary_inflight: GaugeVec,
+    pub disk_ops: GaugeVec,
+    pub disk_throughput: GaugeVec,
+    pub disk_await: GaugeVec,
+    pub disk_inflight: IntGaugeVec,
+    pub disk_utilization: GaugeVec,
+    pub disk_latency_ratio: GaugeVec,
+}
+
+fn gauge_f(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+impl DiskMetrics {
+    fn new(r: &Registry) -> DiskMetrics {
+        let fsync_duration = ExternalHistogramVec::new(
+            "graydar_fsync_duration_seconds",
+            "Duration of fsync/fdatasync system calls (eBPF, syscall enter to exit), by the block device of the \
+             file's file system.",
+            &["device", "op"],
+        );
+        r.register(Box::new(fsync_duration.clone()))
+            .expect("metric registered once");
+        let block_io_duration = ExternalHistogramVec::new(
+            "graydar_block_io_duration_seconds",
+            "Block request latency from issue to the driver to completion (eBPF block_rq_issue -> \
+             block_rq_complete), by device and operation (read, write, flush, fua, discard, other).",
+            &["device", "op"],
+        );
+        r.register(Box::new(block_io_duration.clone()))
+            .expect("metric registered once");
+        let canary_duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "graydar_canary_duration_seconds",
+                "Duration of the canary's 4 KiB write + fdatasync in a configured directory.",
+            )
+            .buckets(DISK_LATENCY_BUCKETS.to_vec()),
+            &["directory", "device"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(canary_duration.clone()))
+            .expect("metric registered once");
+        DiskMetrics {
+            fsync_duration,
+            block_io_duration,
+            block_io_errors: counter(
+                r,
+                "graydar_block_io_errors_total",
+                "Block requests completed with an error status (eBPF block_rq_complete), by device and operation.",
+                &["device", "op"],
+            ),
+            fsync_p99: gauge_f(
+                r,
+                "graydar_fsync_p99_seconds",
+                "p99 of fsync/fdatasync durations over the fsync_latency detector's window.",
+                &["device"],
+            ),
+            fsync_inflight_oldest: gauge_f(
+                r,
+                "graydar_fsync_inflight_oldest_seconds",
+                "Age of the oldest fsync/fdatasync still in progress on the device (0 when none).",
+                &["device"],
+            ),
+            canary_duration,
+            canary_errors: counter(
+                r,
+                "graydar_canary_errors_total",
+                "Canary write + fdatasync calls that failed.",
+                &["directory"],
+            ),
+            canary_inflight: gauge_f(
+                r,
+                "graydar_canary_inflight_seconds",
+                "Age of the canary call in progress (0 when idle); disk_hung fires at the stall limit.",
+                &["directory"],
+            ),
+            disk_ops: gauge_f(
+                r,
+                "graydar_disk_ops_per_second",
+                "Completed I/Os per second over the last interval (/proc/diskstats).",
+                &["device", "op"],
+            ),
+            disk_throughput: gauge_f(
+                r,
+                "graydar_disk_throughput_bytes_per_second",
+                "Bytes per second over the last interval (/proc/diskstats).",
+                &["device", "op"],
+            ),
+            disk_await: gauge_f(
+                r,
+                "graydar_disk_await_seconds",
+                "Mean time per completed I/O over the last interval, queueing included (/proc/diskstats).",
+                &["device", "op"],
+            ),
+            disk_inflight: gauge(
+                r,
+                "graydar_disk_inflight_requests",
+                "I/Os in flight on the device (/proc/diskstats).",
+                &["device"],
+            ),
+            disk_utilization: gauge_f(
+                r,
+                "graydar_disk_utilization_ratio",
+                "Share of the last interval with I/O in flight (/proc/diskstats io_ticks).",
+                &["device"],
+            ),
+            disk_latency_ratio: gauge_f(
+                r,
+                "graydar_disk_latency_ratio",
+                "Current await divided by the expected await at the same load: of the device's own baseline \
+                 (against=baseline) or of its peers (against=peers); the disk_slow detector's ratios.",
+                &["device", "against"],
+            ),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The kinds of gray failure graydar reports (DESIGN.md, "Findings").
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
@@ -70,6 +71,7 @@ impl fmt::Display for FindingKind {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -92,6 +94,7 @@ impl fmt::Display for Severity {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingState {
@@ -101,6 +104,7 @@ pub enum FindingState {
 
 /// One number (or label) that made a detector decide; kept as given so a
 /// human can re-check the decision.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Evidence {
@@ -131,6 +135,7 @@ impl From<&str> for Evidence {
 }
 
 /// One gray failure on one subject of one host.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Finding {
@@ -179,6 +184,256 @@ pub fn finding_id(host: &str, kind: FindingKind, subject: &str) -> String {
         }
     }
     format!("{h:016x}")
+}
+
+// ---------------------------------------------------------------------------
+// Controller API (`/api/v1` on graydar-controller): agents register and
+// heartbeat, push finding transitions; viewers list agents and findings.
+
+/// What this host can do: probes that loaded and fault injectors available.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// eBPF programs can be loaded (root or CAP_BPF + CAP_PERFMON, BTF present).
+    #[serde(default)]
+    pub ebpf: bool,
+    /// The sch_netem qdisc is available (delay / loss injection).
+    #[serde(default)]
+    pub sch_netem: bool,
+    /// device-mapper is available (dm-delay / dm-flakey disk faults).
+    #[serde(default)]
+    pub device_mapper: bool,
+}
+
+/// `POST /api/v1/agents/register`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The agent's identity (the `host` of its findings).
+    pub hostname: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub kernel_version: String,
+    pub agent_version: String,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// How recently an agent was heard from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Heard from within the stale threshold.
+    Healthy,
+    /// Missed heartbeats, but not for long.
+    Stale,
+    /// Not heard from for longer than the lost threshold.
+    Lost,
+}
+
+impl AgentState {
+    pub const ALL: [AgentState; 3] = [AgentState::Healthy, AgentState::Stale, AgentState::Lost];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Healthy => "healthy",
+            AgentState::Stale => "stale",
+            AgentState::Lost => "lost",
+        }
+    }
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One registered agent, as the controller knows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub hostname: String,
+    pub addresses: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub kernel_version: String,
+    pub agent_version: String,
+    pub capabilities: Capabilities,
+    /// First registration, RFC 3339 UTC.
+    pub registered_at: String,
+    /// Last register, heartbeat or report, RFC 3339 UTC.
+    pub last_seen: String,
+    pub state: AgentState,
+    /// Findings of this agent currently firing at the controller.
+    pub firing_findings: u64,
+}
+
+/// Answer to a registration.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub agent: AgentInfo,
+    /// How often the controller expects a heartbeat.
+    pub heartbeat_interval_seconds: u64,
+}
+
+/// `POST /api/v1/agents/{hostname}/heartbeat`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// Findings firing on the agent right now (informational).
+    #[serde(default)]
+    pub firing: u64,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub state: AgentState,
+}
+
+/// `GET /api/v1/agents`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentList {
+    pub agents: Vec<AgentInfo>,
+}
+
+/// What happened to a finding.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionKind {
+    /// Started firing (at = the finding's `since`).
+    Fired,
+    /// Still firing with another severity (at = when it changed).
+    SeverityChanged,
+    /// Stopped firing (at = the finding's `resolved_at`).
+    Resolved,
+}
+
+impl TransitionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionKind::Fired => "fired",
+            TransitionKind::SeverityChanged => "severity_changed",
+            TransitionKind::Resolved => "resolved",
+        }
+    }
+}
+
+impl fmt::Display for TransitionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One transition of one finding, with the finding as it was right after it.
+/// Identified by (finding id, transition, at): delivering it twice is harmless.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FindingTransition {
+    pub transition: TransitionKind,
+    /// RFC 3339 UTC.
+    pub at: String,
+    pub finding: Finding,
+}
+
+/// `POST /api/v1/agents/{hostname}/transitions`: transitions in the order
+/// they happened on the agent.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionBatch {
+    pub transitions: Vec<FindingTransition>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    /// Transitions stored for the first time.
+    pub accepted: u64,
+    /// Transitions the controller already had (re-delivery).
+    pub duplicates: u64,
+}
+
+/// `GET /api/v1/findings` on the controller (all agents).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FindingList {
+    pub findings: Vec<Finding>,
+}
+
+/// One stored transition in a finding's history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransitionRecord {
+    pub transition: TransitionKind,
+    pub at: String,
+    pub severity: Severity,
+    pub summary: String,
+    pub evidence: BTreeMap<String, Evidence>,
+    /// When the controller stored it, RFC 3339 UTC.
+    pub received_at: String,
+}
+
+/// `GET /api/v1/findings/{id}`: the finding and its transitions, oldest first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FindingDetail {
+    pub finding: Finding,
+    pub history: Vec<TransitionRecord>,
+}
+
+/// Every 4xx/5xx body of the controller.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Short machine-readable code, e.g. `unauthorized`, `not_found`.
+    pub error: String,
+    /// Human-readable explanation.
+    pub detail: String,
+}
+
+/// Roles of bearer tokens.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Register, heartbeat, report.
+    Agent,
+    /// Read agents, findings, metrics.
+    Viewer,
+    /// Everything.
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "agent" => Ok(Role::Agent),
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            other => Err(format!("unknown role {other:?} (agent, viewer or operator)")),
+        }
+    }
 }
 
 #[cfg(test)]

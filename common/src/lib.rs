@@ -4,7 +4,12 @@
 //! laid out identically on both sides of the kernel boundary.
 #![cfg_attr(not(any(feature = "user", feature = "api", test)), no_std)]
 
+pub mod disk;
 pub mod drops;
+pub mod tcp;
 
 #[cfg(feature = "api")]
 pub mod api;
+
+#[cfg(feature = "client")]
+pub mod client;

@@ -1,29 +1,178 @@
-//! graydar-controller (skeleton): serves health endpoints so deployments can
-//! be wired; the registry, findings history and game days come in the
-//! controller issue.
+//! graydar-controller: agent registry, findings history and REST API.
 
-use clap::Parser;
+use std::sync::Arc;
+use std::time::Duration;
 
-#[derive(Parser)]
-#[command(name = "graydar-controller", version, about = "graydar controller (skeleton)")]
-struct Cli {
-    /// HTTP listen address.
-    #[arg(long, env = "GRAYDAR_CONTROLLER_LISTEN", default_value = "0.0.0.0:8477")]
-    listen: std::net::SocketAddr,
+use anyhow::Context as _;
+use clap::Parser as _;
+use graydar_controller::api::{AppState, router};
+use graydar_controller::config::{Cli, Config};
+use graydar_controller::metrics::Metrics;
+use graydar_controller::store::{Liveness, Store};
+use tracing_subscriber::EnvFilter;
+
+/// How often agents' last-seen times are written to the database.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let env_tokens = std::env::var("GRAYDAR_TOKENS").ok();
+    let cfg = match Config::load(&cli, env_tokens.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("graydar-controller: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        println!("{cfg:#?}");
+        return std::process::ExitCode::SUCCESS;
+    }
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("graydar-controller: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("graydar-controller: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route("/readyz", axum::routing::get(|| async { "ready\n" }));
-    let listener = tokio::net::TcpListener::bind(cli.listen).await?;
-    eprintln!("graydar-controller (skeleton) listening on {}", cli.listen);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("tls: reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("tls: certificates in {}", cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "tls: no certificate in {}", cert.display());
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("tls: private key in {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("tls: protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls: certificate and key")?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let liveness = Liveness {
+        stale_after: cfg.stale_after,
+        lost_after: cfg.lost_after,
+    };
+    let store = Store::open(&cfg.data_dir, liveness)
+        .await
+        .with_context(|| format!("opening the database in {}", cfg.data_dir.display()))?;
+    let tls = match &cfg.tls {
+        Some(t) => Some(tls_config(&t.cert, &t.key)?),
+        None => None,
+    };
+    let app = Arc::new(AppState {
+        store,
+        tokens: cfg.tokens.clone(),
+        metrics: Metrics::new(),
+        heartbeat_interval_seconds: cfg.heartbeat_interval.as_secs(),
+    });
+    let routes = router(app.clone(), cfg.max_body_bytes);
+    let listener =
+        std::net::TcpListener::bind(cfg.listen).with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %cfg.data_dir.display(),
+        tokens = cfg.tokens.len(),
+        "listening on {scheme}://{local}"
+    );
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let flusher = {
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                if let Err(e) = app.store.flush().await {
+                    tracing::warn!(error = %e, "writing agents' last-seen times");
+                }
+            }
         })
-        .await?;
+    };
+
+    let server = match tls {
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let h2 = handle.clone();
+            tokio::spawn(async move {
+                let _ = stop_rx.changed().await;
+                h2.graceful_shutdown(Some(Duration::from_secs(5)));
+            });
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+            tokio::spawn(async move {
+                axum_server::tls_rustls::from_tcp_rustls(listener, rustls)?
+                    .handle(handle)
+                    .serve(routes.into_make_service())
+                    .await
+            })
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tokio::spawn(async move {
+                axum::serve(listener, routes)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop_rx.changed().await;
+                    })
+                    .await
+            })
+        }
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    match server.await {
+        Ok(r) => r.context("http server")?,
+        Err(e) => tracing::warn!(error = %e, "http task"),
+    }
+    let _ = flusher.await;
+    app.store.close().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install SIGTERM handler");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

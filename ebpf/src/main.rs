@@ -1,8 +1,15 @@
 //! graydar's eBPF programs, one file per probe. Loaded by graydar-agent.
 #![no_std]
 #![no_main]
+// Atomic adds on map values shared between CPUs (ebpf/src/tcp.rs): core has
+// no AtomicU64::fetch_add for the BPF target.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod block_io;
+mod fsync;
 mod nic_drops;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,6 +1,9 @@
 //! Helpers for graydar's end-to-end tests: network namespaces, the agent as a
 //! real process, Prometheus text parsing.
 pub mod agent;
+pub mod blockdev;
+pub mod controller;
+pub mod deploy;
 pub mod faults;
 pub mod netns;
 pub mod prom;

@@ -167,7 +167,7 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
-pub fn run(ws: &Path, idle_seconds: u64) -> Result<()> {
+pub fn run(ws: &Path, idle_seconds: u64, only: &[String]) -> Result<()> {
     if !crate::is_root() {
         bail!("the benchmarks load eBPF and create network namespaces: run as root");
     }
@@ -177,6 +177,22 @@ pub fn run(ws: &Path, idle_seconds: u64) -> Result<()> {
             .args(["build", "--release", "-p", "graydar-agent"]),
     )?;
     let bin = ws.join("target/release/graydar-agent");
+    let want = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    if let Some(bad) = only
+        .iter()
+        .find(|o| !["drops", "idle", "fsync", "incast"].contains(&o.as_str()))
+    {
+        bail!("unknown benchmark part {bad:?}: the parts are drops, idle, fsync, incast");
+    }
+    if !want("drops") && !want("idle") {
+        if want("fsync") {
+            fsync_cost(&bin)?;
+        }
+        if want("incast") {
+            tcp_segment_cost(&bin)?;
+        }
+        return Ok(());
+    }
     let ns = Ns::new()?;
 
     println!(
@@ -276,5 +292,368 @@ pub fn run(ws: &Path, idle_seconds: u64) -> Result<()> {
     let hwm = status_kib(pid, "VmHWM:")? as f64 / 1024.0;
     drop(agent);
     println!("  CPU {cpu:.2} % of one core (goal <= 0.5 %), RSS {rss:.1} MiB, peak RSS {hwm:.1} MiB (goal <= 32 MiB)");
+    if want("fsync") {
+        fsync_cost(&bin)?;
+    }
+    if want("incast") {
+        tcp_segment_cost(&bin)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 3. Cost per fsync of the disk probes (issue 3).
+//
+// The fsync programs run on every fsync/fdatasync of the host (enter: an
+// fd-table walk of ~9 kernel reads and an LRU-hash insert; exit: a lookup,
+// a delete and a per-CPU histogram update); the block programs on every block
+// request. Measured in the same run, rounds of without / with the agent /
+// without, sender pinned to CPU 0, each phase the fastest of 3 bursts:
+//   3a. fdatasync of a tmpfs file: the syscall does almost nothing (~0.3 µs),
+//       so the difference is the probes' own cost per call;
+//   3b. 4 KiB pwrite + fdatasync on ext4 over a loop device (backed by
+//       /dev/shm): a real journal + flush path with block requests (and the
+//       block probes) in it, so the ratio is what a cheap, fast device sees.
+
+const FSYNC_ROUNDS: usize = 5;
+
+fn fdatasync_burst(file: &std::fs::File, n: u64, write: bool) -> Result<Duration> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::FileExt as _;
+    pin_to_cpu0();
+    let block = [0x5au8; 4096];
+    let fd = file.as_raw_fd();
+    let start = Instant::now();
+    for i in 0..n {
+        if write {
+            file.write_all_at(&block, (i % 16) * 4096)?;
+        }
+        // SAFETY: fdatasync on an open descriptor.
+        if unsafe { libc::fdatasync(fd) } != 0 {
+            bail!("fdatasync: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// ext4 on a loop device over a file in /dev/shm, mounted on a temp dir;
+/// unmounted and detached on drop.
+struct LoopExt4 {
+    dev: String,
+    mnt: std::path::PathBuf,
+    backing: std::path::PathBuf,
+}
+
+impl LoopExt4 {
+    fn new() -> Result<LoopExt4> {
+        let id = std::process::id();
+        let backing = std::path::PathBuf::from(format!("/dev/shm/graydar-bench-{id}.img"));
+        let f = std::fs::File::create(&backing)?;
+        f.set_len(128 << 20)?;
+        drop(f);
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&backing)
+            .output()
+            .context("running losetup")?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&backing);
+            bail!("losetup: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let mnt = std::path::PathBuf::from(format!("/tmp/graydar-bench-mnt-{id}"));
+        let l = LoopExt4 { dev, mnt, backing };
+        crate::ok(Command::new("mkfs.ext4").args(["-q", "-F", &l.dev]))?;
+        std::fs::create_dir_all(&l.mnt)?;
+        crate::ok(Command::new("mount").arg(&l.dev).arg(&l.mnt))?;
+        Ok(l)
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = std::fs::remove_dir(&self.mnt);
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}
+
+/// Per-round medians: (without, with, added ns per call, ratio with/without).
+fn fsync_rounds(bin: &Path, what: &str, file: &std::fs::File, n: u64, write: bool) -> Result<(f64, f64, f64, f64)> {
+    let phase = || -> Result<f64> {
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let d = fdatasync_burst(file, n, write)?;
+            best = best.min(d.as_nanos() as f64 / n as f64);
+        }
+        Ok(best)
+    };
+    fdatasync_burst(file, n / 10 + 1, write)?; // warm-up
+    let (mut base, mut with, mut added, mut ratio) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let probe = "graydar_ebpf_events_total{probe=\"fsync\"}";
+    for round in 0..FSYNC_ROUNDS {
+        let before = phase()?;
+        let agent = start_agent(bin, None)?;
+        wait_ready(None)?;
+        std::thread::sleep(Duration::from_secs(1));
+        let m0 = http_get("/metrics")?;
+        let w = phase()?;
+        std::thread::sleep(Duration::from_millis(1200));
+        let m1 = http_get("/metrics")?;
+        drop(agent);
+        std::thread::sleep(Duration::from_secs(1));
+        let after = phase()?;
+        let seen = metric(&m1, probe) - metric(&m0, probe);
+        if seen < 0.99 * (3 * n) as f64 {
+            bail!("the fsync probe saw {seen} calls of {}: not attached?", 3 * n);
+        }
+        let b = (before + after) / 2.0;
+        println!(
+            "  {what} round {}: without {before:.0}/{after:.0} ns, with {w:.0} ns per call: +{:.0} ns, ratio {:.3}",
+            round + 1,
+            w - b,
+            w / b
+        );
+        base.push(b);
+        with.push(w);
+        added.push(w - b);
+        ratio.push(w / b);
+    }
+    // Paired per round: a slow phase of the shared machine moves both sides.
+    Ok((median(base), median(with), median(added), median(ratio)))
+}
+
+/// In-kernel time per call of the fsync and block programs
+/// (kernel.bpf_stats_enabled=1 for one burst; restored after).
+fn fsync_in_kernel(bin: &Path, file: &std::fs::File, n: u64) -> Result<()> {
+    let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
+    let previous = std::fs::read_to_string(sysctl).with_context(|| format!("reading {sysctl}"))?;
+    std::fs::write(sysctl, "1").with_context(|| format!("enabling {sysctl}"))?;
+    let result = (|| -> Result<Vec<(String, f64, f64)>> {
+        let agent = start_agent(bin, None)?;
+        wait_ready(None)?;
+        std::thread::sleep(Duration::from_secs(1));
+        let m0 = http_get("/metrics")?;
+        fdatasync_burst(file, n, true)?;
+        std::thread::sleep(Duration::from_millis(1200));
+        let m1 = http_get("/metrics")?;
+        drop(agent);
+        let mut out = Vec::new();
+        for probe in ["fsync", "block_io"] {
+            let s = format!("graydar_ebpf_program_run_seconds_total{{probe=\"{probe}\"}}");
+            let r = format!("graydar_ebpf_program_runs_total{{probe=\"{probe}\"}}");
+            out.push((
+                probe.to_owned(),
+                metric(&m1, &s) - metric(&m0, &s),
+                metric(&m1, &r) - metric(&m0, &r),
+            ));
+        }
+        Ok(out)
+    })();
+    std::fs::write(sysctl, previous.trim()).with_context(|| format!("restoring {sysctl}"))?;
+    for (probe, secs, runs) in result? {
+        println!(
+            "  3c {probe}: {runs:.0} program runs for {n} write+fdatasync calls, {:.0} ns per run, {:.0} ns per call \
+             inside the programs",
+            if runs > 0.0 { secs * 1e9 / runs } else { 0.0 },
+            secs * 1e9 / n as f64
+        );
+    }
+    Ok(())
+}
+
+fn fsync_cost(bin: &Path) -> Result<()> {
+    println!(
+        "bench 3: cost per fdatasync with the disk probes attached vs not, {FSYNC_ROUNDS} rounds of without / with the \
+         agent / without (each phase the fastest of 3 bursts; caller pinned to CPU 0)"
+    );
+    let shm = std::path::PathBuf::from(format!("/dev/shm/graydar-bench-fsync-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&shm)?;
+    let r = fsync_rounds(bin, "3a tmpfs fdatasync", &f, 200_000, false);
+    let _ = std::fs::remove_file(&shm);
+    let (b, w, added, ratio) = r?;
+    println!(
+        "  3a median: without {b:.0} ns, with {w:.0} ns per fdatasync; per round: +{added:.0} ns per call (the fsync \
+         probe's own cost: two syscall tracepoints and their programs), ratio {ratio:.3}"
+    );
+    let fs = LoopExt4::new()?;
+    let path = fs.mnt.join("wal");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    // Preallocate so fdatasync carries data, not size changes.
+    {
+        use std::os::unix::fs::FileExt as _;
+        for i in 0..16u64 {
+            f.write_all_at(&[0u8; 4096], i * 4096)?;
+        }
+        f.sync_all()?;
+    }
+    let (b2, w2, added2, ratio2) = fsync_rounds(bin, "3b ext4-on-loop write+fdatasync", &f, 4_000, true)?;
+    println!(
+        "  3b median: without {b2:.0} ns, with {w2:.0} ns per 4 KiB write + fdatasync; per round: +{added2:.0} ns \
+         (fsync and block probes), ratio {ratio2:.3}"
+    );
+    fsync_in_kernel(bin, &f, 4_000)?;
+    drop(f);
+    drop(fs);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 4. Cost per TCP segment of the incast probes (issue 7).
+//
+// The tcp_fanin tc ingress classifier runs on every packet received on every
+// interface (pure ACKs leave after the header parse; data segments cost two
+// hash lookups and a few stores). A loopback TCP ping-pong in a throwaway
+// namespace (a stream would coalesce writes into 64 KB segments): a client
+// and an echo thread, both pinned to CPU 0, TCP_NODELAY, exchange 64-byte
+// messages, so every transaction is two data segments (the ACKs ride on
+// the data). Rounds of without / with the agent / without, each phase the
+// fastest of 3 bursts; the added time per segment is
+// (with - without) * transactions / segments, where segments come from the
+// probe's own counter. Then the time inside the program per run with
+// kernel.bpf_stats_enabled=1.
+
+const TCP_WRITES: u64 = 50_000;
+const TCP_MSG: usize = 64;
+const TCP_ROUNDS: usize = 7;
+
+/// An echo server on 127.0.0.1:<port> in `ns` (its threads pinned to CPU 0).
+fn tcp_sink(ns: &Ns) -> Result<u16> {
+    let listener = ns.run_in(|| Ok(std::net::TcpListener::bind("127.0.0.1:0")?))?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                pin_to_cpu0();
+                let _ = s.set_nodelay(true);
+                let mut buf = [0u8; TCP_MSG];
+                while s.read_exact(&mut buf).is_ok() {
+                    if s.write_all(&buf).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn tcp_burst(ns: &Ns, port: u16, n: u64) -> Result<Duration> {
+    ns.run_in(move || {
+        pin_to_cpu0();
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_nodelay(true)?;
+        let mut msg = [0x5au8; TCP_MSG];
+        let start = Instant::now();
+        for _ in 0..n {
+            s.write_all(&msg)?;
+            s.read_exact(&mut msg)?;
+        }
+        Ok(start.elapsed())
+    })
+}
+
+fn metric_of(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn tcp_segment_cost(bin: &Path) -> Result<()> {
+    println!(
+        "bench 4: cost per TCP segment with the incast probes attached vs not (loopback TCP ping-pong of \
+         {TCP_MSG}-byte messages, {TCP_ROUNDS} rounds of without / with the agent / without, each phase the fastest \
+         of 3 bursts of {TCP_WRITES} transactions; both ends pinned to CPU 0)"
+    );
+    let ns = Ns::new()?;
+    let port = tcp_sink(&ns)?;
+    let phase = |ns: &Ns| -> Result<f64> {
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let d = tcp_burst(ns, port, TCP_WRITES)?;
+            best = best.min(d.as_nanos() as f64 / TCP_WRITES as f64);
+        }
+        Ok(best)
+    };
+    tcp_burst(&ns, port, TCP_WRITES / 10)?; // warm-up
+    let label = "probe=\"tcp_fanin\"";
+    let (mut base, mut with, mut per_seg) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..TCP_ROUNDS {
+        let before = phase(&ns)?;
+        let agent = start_agent(bin, Some(&ns))?;
+        wait_ready(Some(&ns))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let m0 = ns.run_in(|| http_get("/metrics"))?;
+        let w = phase(&ns)?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let m1 = ns.run_in(|| http_get("/metrics"))?;
+        drop(agent);
+        std::thread::sleep(Duration::from_secs(1));
+        let after = phase(&ns)?;
+        let segs =
+            metric_of(&m1, "graydar_ebpf_events_total", label) - metric_of(&m0, "graydar_ebpf_events_total", label);
+        let writes = (3 * TCP_WRITES) as f64;
+        if segs < 0.5 * writes {
+            bail!("the tcp_fanin probe saw {segs} data segments for {writes} transactions: not attached?");
+        }
+        let spw = segs / writes;
+        let b = (before + after) / 2.0;
+        println!(
+            "  round {}: without {before:.0}/{after:.0} ns, with {w:.0} ns per transaction; {spw:.2} data segments each",
+            round + 1
+        );
+        base.push(b);
+        with.push(w);
+        per_seg.push((w - b) / spw);
+    }
+    let (bm, wm, ps) = (median(base), median(with), median(per_seg));
+    println!(
+        "  median: without {bm:.0} ns, with {wm:.0} ns per transaction; ratio with/without {:.3}; added {ps:.1} ns per \
+         data segment",
+        wm / bm
+    );
+
+    let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
+    let previous = std::fs::read_to_string(sysctl).with_context(|| format!("reading {sysctl}"))?;
+    std::fs::write(sysctl, "1").with_context(|| format!("enabling {sysctl}"))?;
+    let result = (|| -> Result<(f64, f64, f64)> {
+        let agent = start_agent(bin, Some(&ns))?;
+        wait_ready(Some(&ns))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let m0 = ns.run_in(|| http_get("/metrics"))?;
+        let _ = phase(&ns)?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let m1 = ns.run_in(|| http_get("/metrics"))?;
+        drop(agent);
+        let d = |n: &str| metric_of(&m1, n, label) - metric_of(&m0, n, label);
+        Ok((
+            d("graydar_ebpf_program_run_seconds_total"),
+            d("graydar_ebpf_program_runs_total"),
+            d("graydar_ebpf_events_total"),
+        ))
+    })();
+    std::fs::write(sysctl, previous.trim()).with_context(|| format!("restoring {sysctl}"))?;
+    let (secs, runs, segs) = result?;
+    if runs < 1.0 {
+        bail!("the kernel counted no runs of tcp_fanin");
+    }
+    println!(
+        "  in-kernel: {runs:.0} runs ({segs:.0} data segments, the rest pure ACKs), {:.1} ns per run inside the \
+         program (bpf_stats' own clock reads included)",
+        secs * 1e9 / runs
+    );
     Ok(())
 }

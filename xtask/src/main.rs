@@ -1,6 +1,9 @@
 //! `cargo xtask`: set up a machine, run graydar, test every tier, benchmark.
 
 mod bench;
+mod bench_controller;
+mod dist;
+mod run;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ struct Cli {
 enum Cmd {
     /// Install what this machine lacks (idempotent): nightly rust-src, bpf-linker 0.10.4, Debian packages.
     Setup,
-    /// Build and start the agent on this host with defaults; Ctrl-C stops it.
+    /// Build and start the controller and the agent (registered, reporting) on this host; Ctrl-C stops both.
     Run {
         /// Extra arguments passed to graydar-agent (after `--`).
         #[arg(last = true)]
@@ -43,6 +46,24 @@ enum Cmd {
         /// Seconds of idle measurement for the agent's CPU and memory.
         #[arg(long, default_value_t = 60)]
         idle_seconds: u64,
+        /// Run only these parts (drops, idle, fsync); default all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Controller load test instead: simulated agent counts, e.g. 1000,10000.
+        #[arg(long, value_delimiter = ',')]
+        controller_agents: Vec<usize>,
+        /// Seconds of controller load per agent count.
+        #[arg(long, default_value_t = 30)]
+        controller_seconds: u64,
+    },
+    /// Build the install tarball (binaries, systemd units, configs, runbooks, rules, dashboard).
+    Dist {
+        /// Cargo profile to build with (`dev` for a quick test tarball).
+        #[arg(long, default_value = "release")]
+        profile: String,
+        /// Where to write the tarball (default target/dist).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
 }
 
@@ -67,10 +88,20 @@ fn main() -> Result<()> {
                 None => vm::run_tests(&ws, &cache),
             }
         }
-        Cmd::Bench { idle_seconds } => {
+        Cmd::Bench {
+            idle_seconds,
+            only,
+            controller_agents,
+            controller_seconds,
+        } => {
             setup(false)?;
-            bench::run(&ws, idle_seconds)
+            if controller_agents.is_empty() {
+                bench::run(&ws, idle_seconds, &only)
+            } else {
+                bench_controller::run(&ws, &controller_agents, controller_seconds)
+            }
         }
+        Cmd::Dist { profile, out_dir } => dist::run(&ws, &profile, out_dir).map(|_| ()),
     }
 }
 
@@ -102,17 +133,21 @@ fn output_of(cmd: &mut Command) -> Option<String> {
 
 /// Debian packages the test tiers and the VM need.
 pub const APT_PACKAGES: &[&str] = &[
-    "iproute2",        // ip, tc: test topologies
-    "nftables",        // nft: drops in the netns tier
-    "iputils-ping",    // ping
-    "kmod",            // depmod/modprobe for the VM kernel
-    "qemu-system-x86", // the VM tier
-    "busybox-static",  // the VM's initramfs and poweroff
-    "xz-utils",        // extracting vmlinux from the VM kernel's vmlinuz
-    "util-linux",      // setpriv: the unprivileged-agent test
+    "iproute2",         // ip, tc: test topologies
+    "nftables",         // nft: drops in the netns tier
+    "iputils-ping",     // ping
+    "kmod",             // depmod/modprobe for the VM kernel
+    "qemu-system-x86",  // the VM tier
+    "busybox-static",   // the VM's initramfs and poweroff
+    "xz-utils",         // extracting vmlinux from the VM kernel's vmlinuz
+    "util-linux",       // setpriv: the unprivileged-agent test
     "libdevmapper-dev", // devicemapper-sys bindgen headers (dm faults)
     "libclang-dev",     // bindgen
     "pkg-config",       // devicemapper-sys finds libdevmapper
+    "dmsetup",          // device-mapper tables (dm-delay, suspend) in the VM disk tests
+    "e2fsprogs",        // mkfs.ext4 for the disk tests
+    "openssl",          // self-signed certificates: tests/tests/controller_tls.rs
+    "prometheus",       // prometheus + promtool: deploy/prometheus rules, tests/tests/deploy_prometheus.rs
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -170,6 +205,8 @@ fn setup(verbose: bool) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
         did.push(format!("installed Debian packages: {}", missing.join(" ")));
     }
+    // 4. Deployment checks: Debian's kubectl (unpacked), kubernetes-validate (pip).
+    did.extend(dist::setup_tools(&workspace_root()?)?);
     if did.is_empty() {
         if verbose {
             println!(
@@ -195,38 +232,7 @@ fn cargo() -> Command {
 }
 
 fn run(ws: &Path, args: &[String]) -> Result<()> {
-    ok(cargo()
-        .current_dir(ws)
-        .args(["build", "--release", "-p", "graydar-agent"]))?;
-    if !is_root() {
-        println!("xtask run: not root: eBPF probes will be disabled (the agent says why); run as root for all probes");
-    }
-    let bin = ws.join("target/release/graydar-agent");
-    let mut child = Command::new(&bin)
-        .args(args)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    // Ctrl-C reaches the agent (same process group); xtask itself waits for
-    // it to finish its graceful shutdown instead of dying first.
-    // SAFETY: installing SIG_IGN for SIGINT in this process only (after the
-    // child was spawned, so the child keeps the default disposition).
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-    }
-    let listen = args
-        .iter()
-        .position(|a| a == "--listen")
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| "127.0.0.1:9477".to_owned());
-    let listen = listen.replace("0.0.0.0", "127.0.0.1");
-    println!("xtask run: graydar-agent started (pid {})", child.id());
-    println!("  metrics:  http://{listen}/metrics");
-    println!("  findings: http://{listen}/api/v1/findings");
-    println!("  health:   http://{listen}/healthz  http://{listen}/readyz");
-    println!("  Ctrl-C stops it.");
-    let s = child.wait().context("waiting for the agent")?;
-    println!("xtask run: agent exited: {s}");
-    Ok(())
+    run::run(ws, args)
 }
 
 fn test(ws: &Path, only: &[String]) -> Result<()> {
@@ -256,8 +262,10 @@ fn test(ws: &Path, only: &[String]) -> Result<()> {
                 "the root/netns tier needs root (network namespaces, eBPF): run `cargo xtask test` as root"
             ))
         } else {
-            ok(cargo().current_dir(ws).args(["build", "-p", "graydar-agent"]))
-                .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--tests"])))
+            ok(cargo()
+                .current_dir(ws)
+                .args(["build", "-p", "graydar-agent", "-p", "graydar-controller"]))
+            .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--tests"])))
         };
         results.push(("root/netns", r));
     }

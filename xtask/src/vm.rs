@@ -112,7 +112,6 @@ const VM_TEST_TARGETS: &[&str] = &["vm", "vm_faults"];
 
 /// Builds the guest tests (`VM_TEST_TARGETS`) and the agent, boots the VM and
 /// runs the tests inside with `GRAYDAR_VM=1` and `GRAYDAR_AGENT_BIN` set.
-
 pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
     let started = Instant::now();
     let assets = prepare(cache)?;
@@ -123,7 +122,10 @@ pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
     }
     let test_bins = cargo_executables(&workspace, &args)?;
     if test_bins.len() != VM_TEST_TARGETS.len() {
-        bail!("expected {} vm test executables from cargo, got {test_bins:?}", VM_TEST_TARGETS.len());
+        bail!(
+            "expected {} vm test executables from cargo, got {test_bins:?}",
+            VM_TEST_TARGETS.len()
+        );
     }
     let agents = cargo_executables(&workspace, &["build", "-p", "graydar-agent", "--bin", "graydar-agent"])?;
     let agent_bin = agents
@@ -133,9 +135,12 @@ pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
         .with_context(|| format!("cargo built no graydar-agent executable (got {agents:?})"))?;
     // Every target runs (set -e stops at the first failing one).
     let cmd = std::iter::once("set -e".to_owned())
-        .chain(
-            test_bins.iter().map(|b| format!("{} --include-ignored --test-threads=1", shell_quote(&b.to_string_lossy()))),
-        )
+        .chain(test_bins.iter().map(|b| {
+            format!(
+                "{} --include-ignored --test-threads=1",
+                shell_quote(&b.to_string_lossy())
+            )
+        }))
         .collect::<Vec<_>>()
         .join("\n");
     let agent = agent_bin.to_string_lossy().into_owned();

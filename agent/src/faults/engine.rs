@@ -6,6 +6,7 @@
 //! 3. journal the intent with that prior state, fsync'ed;
 //! 4. apply; if that fails, revert whatever happened and journal `Failed`;
 //! 5. at lease expiry, on revert, on SIGTERM: revert, then journal `Reverted`.
+//!
 //! At start, [`FaultEngine::start`] reverts everything the journal still
 //! lists, so a crash at any step leaves nothing applied after restart.
 

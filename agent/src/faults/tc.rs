@@ -11,7 +11,8 @@ use futures_util::TryStreamExt as _;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcHeader, TcMessage, TcOption};
 use rtnetlink::packet_core::{
-    DefaultNla, Emitable as _, Nla as _, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    DefaultNla, Emitable as _, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    Nla as _,
 };
 use serde::{Deserialize, Serialize};
 
@@ -192,7 +193,8 @@ pub async fn snapshot(handle: &rtnetlink::Handle, ifindex: u32) -> Result<PriorR
         TcAttribute::Options(o) => Some(o),
         _ => None,
     }) {
-        m.attributes.push(TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, options_payload(opts))));
+        m.attributes
+            .push(TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, options_payload(opts))));
     }
     let mut buf = vec![0u8; m.buffer_len()];
     m.emit(&mut buf);

@@ -1,9 +1,15 @@
 //! Signal collectors, one file per signal. Each separates reading (I/O) from
 //! parsing (pure, tested on fixture files under agent/tests/fixtures/).
+pub mod block_io;
+pub mod canary;
+pub mod diskstats;
+pub mod fsync;
 pub mod kernel_drops;
+pub mod netstat;
 pub mod nic;
 pub mod qdisc;
 pub mod softnet;
+pub mod tcp_fanin;
 
 /// Error of a collector. Never panics on kernel or file data.
 #[derive(Debug, thiserror::Error)]
@@ -25,5 +31,8 @@ pub enum ProbeError {
 /// Path of a test fixture under agent/tests/fixtures/.
 #[cfg(test)]
 pub(crate) fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
 }

@@ -1,0 +1,560 @@
+//! `fsync_latency`: fsync/fdatasync p99 per device over a time window.
+//!
+//! Pure: no I/O, no clock. Every sampling interval the agent hands the
+//! detector the cumulative fsync histogram of each device (both ops merged)
+//! and the age of the oldest fsync still in flight on it, with a monotonic
+//! `now`. Per device the detector keeps the per-interval histogram deltas of
+//! the last `window` (30 s) and computes:
+//!
+//! - `window_p99`: p99 of every fsync that completed in the window (the figure
+//!   the chapter's runbook thresholds are about: warning 50 ms, critical 100 ms);
+//! - `recent`: p99 of the fsyncs that completed in the last interval, or the
+//!   age of the oldest fsync still in flight if that is larger (a stuck fsync
+//!   has not completed, so it is in no histogram yet).
+//!
+//! An evaluation is *bad* when both reach `warning`: the window says "the p99
+//! is high", the last interval says "and it still is". It fires once bad
+//! evaluations have spanned `fire_after` (1.5 s; the span from the first to
+//! the latest bad evaluation, so a 1 s spike, whose bad evaluations span less
+//! than 1 s + one interval, stays quiet while a 100 ms slowdown fires within
+//! about two seconds); intervals without any fsync neither extend nor break a
+//! streak unless the last bad one is older than `fire_after`. Severity is
+//! Critical when both figures reach `critical`. It resolves after
+//! `resolve_after` without a bad evaluation. Because `recent` must also be
+//! high, the 30 s window does not keep a finding alive for 30 s after the
+//! disk recovered.
+//!
+//! Caveat (count-weighted p99): a process that did thousands of fast fsyncs
+//! per second before the disk turned slow dilutes the window: the p99 rises
+//! only once slow fsyncs are more than 1 % of the window's. The in-flight age
+//! and the canary cover that case.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::time::Duration;
+
+pub use graydar_common::api::Severity;
+use graydar_common::disk::{HIST_BOUNDS_NS, HIST_OVERFLOW, HIST_SLOTS, HIST_USED_BOUNDS, Hist};
+use serde::{Deserialize, Serialize};
+
+/// A latency histogram on the kernel's bucket grid ([`HIST_BOUNDS_NS`]),
+/// summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LatencyHist {
+    pub slots: [u64; HIST_SLOTS],
+    pub sum_ns: u64,
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        LatencyHist {
+            slots: [0; HIST_SLOTS],
+            sum_ns: 0,
+        }
+    }
+}
+
+impl LatencyHist {
+    /// Sums per-CPU copies of a kernel histogram.
+    pub fn sum_of<'a>(per_cpu: impl IntoIterator<Item = &'a Hist>) -> LatencyHist {
+        let mut out = LatencyHist::default();
+        for h in per_cpu {
+            for (o, v) in out.slots.iter_mut().zip(h.slots.iter()) {
+                *o = o.saturating_add(*v);
+            }
+            out.sum_ns = out.sum_ns.saturating_add(h.sum_ns);
+        }
+        out
+    }
+
+    /// A histogram of the given latencies (tests, the canary).
+    pub fn of(latencies: &[Duration]) -> LatencyHist {
+        let mut h = LatencyHist::default();
+        for l in latencies {
+            h.observe(*l);
+        }
+        h
+    }
+
+    pub fn observe(&mut self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let slot = graydar_common::disk::hist_slot(ns);
+        self.slots[slot] = self.slots[slot].saturating_add(1);
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+    }
+
+    pub fn merge(&mut self, other: &LatencyHist) {
+        for (o, v) in self.slots.iter_mut().zip(other.slots.iter()) {
+            *o = o.saturating_add(*v);
+        }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+    }
+
+    /// `self - older`, or `None` when any count went backwards (the map was
+    /// re-created: a reset, not a negative spike).
+    pub fn delta_since(&self, older: &LatencyHist) -> Option<LatencyHist> {
+        let mut out = LatencyHist::default();
+        for i in 0..HIST_SLOTS {
+            out.slots[i] = self.slots[i].checked_sub(older.slots[i])?;
+        }
+        out.sum_ns = self.sum_ns.checked_sub(older.sum_ns)?;
+        Some(out)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.slots.iter().copied().fold(0u64, u64::saturating_add)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count() == 0
+    }
+
+    /// The `q` quantile (0 < q <= 1), linearly interpolated inside its slot;
+    /// `None` when empty. Latencies above the last bound read as 10 s.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * n as f64).ceil().max(1.0);
+        let mut below = 0u64;
+        for (i, c) in self.slots.iter().enumerate() {
+            if *c == 0 {
+                continue;
+            }
+            if (below + c) as f64 >= rank {
+                let lo = if i == 0 { 0 } else { HIST_BOUNDS_NS[i - 1] };
+                if i >= HIST_OVERFLOW {
+                    return Some(Duration::from_nanos(lo));
+                }
+                let hi = HIST_BOUNDS_NS[i];
+                let frac = (rank - below as f64) / *c as f64;
+                return Some(Duration::from_nanos(lo + ((hi - lo) as f64 * frac) as u64));
+            }
+            below += c;
+        }
+        Some(Duration::from_nanos(HIST_BOUNDS_NS[HIST_USED_BOUNDS - 1]))
+    }
+
+    /// Cumulative counts at each of `bounds_ns` (Prometheus `le` buckets).
+    /// Exact when every bound is on the grid, as the exported ones are; a
+    /// bound between grid points counts the slot that straddles it as above.
+    pub fn cumulative(&self, bounds_ns: &[u64]) -> Vec<u64> {
+        bounds_ns
+            .iter()
+            .map(|b| {
+                self.slots[..HIST_USED_BOUNDS]
+                    .iter()
+                    .zip(HIST_BOUNDS_NS.iter())
+                    .filter(|(_, ub)| *ub <= b)
+                    .map(|(c, _)| *c)
+                    .fold(0u64, u64::saturating_add)
+            })
+            .collect()
+    }
+}
+
+/// `[disk]` thresholds of the fsync detector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FsyncConfig {
+    /// Window of the p99.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub warning: Duration,
+    #[serde(with = "humantime_serde")]
+    pub critical: Duration,
+    /// Bad evaluations must span this long to fire.
+    #[serde(with = "humantime_serde")]
+    pub fire_after: Duration,
+    /// Resolve after this long without a bad evaluation.
+    #[serde(with = "humantime_serde")]
+    pub resolve_after: Duration,
+}
+
+impl Default for FsyncConfig {
+    fn default() -> Self {
+        FsyncConfig {
+            window: Duration::from_secs(30),
+            warning: Duration::from_millis(50),
+            critical: Duration::from_millis(100),
+            fire_after: Duration::from_millis(1500),
+            resolve_after: Duration::from_secs(10),
+        }
+    }
+}
+
+impl FsyncConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window.is_zero() {
+            return Err("disk.fsync.window must be longer than 0s".into());
+        }
+        if self.warning.is_zero() || self.warning > self.critical {
+            return Err(format!(
+                "disk.fsync.warning ({:?}) must be > 0 and not exceed disk.fsync.critical ({:?})",
+                self.warning, self.critical
+            ));
+        }
+        if self.resolve_after.is_zero() {
+            return Err("disk.fsync.resolve_after must be longer than 0s".into());
+        }
+        Ok(())
+    }
+}
+
+/// A change of the finding state of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Fired(Severity),
+    SeverityChanged(Severity),
+    Resolved,
+}
+
+/// What one observation computed, transition or not.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FsyncObservation {
+    pub window_count: u64,
+    pub window_p50: Option<Duration>,
+    pub window_p99: Option<Duration>,
+    /// p99 of the last interval, or the oldest in-flight age if larger.
+    pub recent: Option<Duration>,
+    pub bad: bool,
+    pub transition: Option<Transition>,
+    pub firing: Option<Severity>,
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    last: Option<LatencyHist>,
+    ring: VecDeque<(Duration, LatencyHist)>,
+    bad_since: Option<Duration>,
+    last_bad: Option<Duration>,
+    firing: Option<Severity>,
+}
+
+pub struct FsyncDetector<K> {
+    cfg: FsyncConfig,
+    keys: HashMap<K, KeyState>,
+}
+
+impl<K: Hash + Eq + Clone> FsyncDetector<K> {
+    pub fn new(cfg: FsyncConfig) -> Self {
+        FsyncDetector {
+            cfg,
+            keys: HashMap::new(),
+        }
+    }
+
+    /// Forgets keys for which `keep` is false (devices that went away).
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.keys.retain(|k, _| keep(k));
+    }
+
+    pub fn is_firing(&self, key: &K) -> Option<Severity> {
+        self.keys.get(key).and_then(|s| s.firing)
+    }
+
+    /// One sample: the cumulative histogram of `key` and the age of its
+    /// oldest in-flight fsync.
+    pub fn observe(
+        &mut self,
+        key: &K,
+        now: Duration,
+        cumulative: &LatencyHist,
+        oldest_inflight: Option<Duration>,
+    ) -> FsyncObservation {
+        let cfg = self.cfg.clone();
+        let st = self.keys.entry(key.clone()).or_default();
+        let delta = match &st.last {
+            Some(prev) => cumulative.delta_since(prev),
+            None => None,
+        };
+        let first = st.last.is_none();
+        st.last = Some(cumulative.clone());
+        if let Some(d) = &delta {
+            st.ring.push_back((now, d.clone()));
+        } else if !first {
+            // Reset (map re-created): earlier deltas described other counters.
+            st.ring.clear();
+        }
+        while st
+            .ring
+            .front()
+            .is_some_and(|(t, _)| now.saturating_sub(*t) >= cfg.window)
+        {
+            st.ring.pop_front();
+        }
+        let mut window = LatencyHist::default();
+        for (_, h) in &st.ring {
+            window.merge(h);
+        }
+        let window_p99 = window.quantile(0.99);
+        let last_p99 = delta.as_ref().and_then(|d| d.quantile(0.99));
+        let inflight = oldest_inflight.filter(|d| !d.is_zero());
+        let recent = match (last_p99, inflight) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let level = match (window_p99, inflight) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let mut obs = FsyncObservation {
+            window_count: window.count(),
+            window_p50: window.quantile(0.5),
+            window_p99,
+            recent,
+            bad: false,
+            transition: None,
+            firing: st.firing,
+        };
+        if first && delta.is_none() && inflight.is_none() {
+            return obs;
+        }
+        match (recent, level) {
+            (Some(r), Some(l)) if r >= cfg.warning && l >= cfg.warning => {
+                obs.bad = true;
+                let since = *st.bad_since.get_or_insert(now);
+                st.last_bad = Some(now);
+                let severity = if r >= cfg.critical && l >= cfg.critical {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                };
+                match st.firing {
+                    None if now.saturating_sub(since) >= cfg.fire_after => {
+                        st.firing = Some(severity);
+                        obs.transition = Some(Transition::Fired(severity));
+                    }
+                    Some(s) if s != severity => {
+                        st.firing = Some(severity);
+                        obs.transition = Some(Transition::SeverityChanged(severity));
+                    }
+                    _ => {}
+                }
+            }
+            (Some(_), _) => {
+                // Data, and it is fine: the streak is broken.
+                st.bad_since = None;
+            }
+            (None, _) => {
+                // No fsync completed and none in flight: neither extends nor
+                // breaks a streak, unless the last bad one is too old.
+                if st.last_bad.is_some_and(|t| now.saturating_sub(t) > cfg.fire_after) {
+                    st.bad_since = None;
+                }
+            }
+        }
+        if st.firing.is_some() && !obs.bad && st.last_bad.is_none_or(|t| now.saturating_sub(t) >= cfg.resolve_after) {
+            st.firing = None;
+            st.bad_since = None;
+            obs.transition = Some(Transition::Resolved);
+        }
+        obs.firing = st.firing;
+        obs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn merge_and_percentiles() {
+        let fast: Vec<Duration> = (0..99).map(|_| MS).collect();
+        let mut h = LatencyHist::of(&fast);
+        assert_eq!(h.count(), 99);
+        assert_eq!(
+            h.quantile(0.99),
+            Some(MS),
+            "all in the (750 µs, 1 ms] slot: its upper end"
+        );
+        let slow = LatencyHist::of(&[Duration::from_millis(200)]);
+        h.merge(&slow);
+        assert_eq!(h.count(), 100);
+        // rank 99 of 100 is still a fast one; the max is the slow one.
+        assert!(h.quantile(0.99).is_some_and(|p| p <= MS));
+        assert!(
+            h.quantile(1.0)
+                .is_some_and(|p| p > Duration::from_millis(150) && p <= Duration::from_millis(200))
+        );
+        h.merge(&slow);
+        assert!(h.quantile(0.99).is_some_and(|p| p > Duration::from_millis(150)));
+        assert_eq!(h.sum_ns, 99 * 1_000_000 + 400_000_000);
+        // p50 interpolates inside the slot.
+        let spread = LatencyHist::of(&[Duration::from_micros(800), Duration::from_micros(900)]);
+        let p50 = spread.quantile(0.5).expect("p50");
+        assert!(p50 > Duration::from_micros(750) && p50 <= MS, "{p50:?}");
+        assert_eq!(LatencyHist::default().quantile(0.99), None);
+        // above 10 s
+        assert_eq!(
+            LatencyHist::of(&[Duration::from_secs(30)]).quantile(0.5),
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn threshold_decisions_are_exact_at_grid_points() {
+        // 1 % of observations at exactly 50 ms: p99 is 50 ms, not above.
+        let mut v: Vec<Duration> = (0..99).map(|_| MS).collect();
+        v.push(Duration::from_millis(50));
+        let h = LatencyHist::of(&v);
+        assert!(h.quantile(1.0).is_some_and(|p| p <= Duration::from_millis(50)));
+        let p99 = h.quantile(0.99).expect("p99");
+        assert!(p99 < Duration::from_millis(50), "{p99:?}");
+        // 2 % above 50 ms: p99 above it.
+        v.push(Duration::from_micros(50_001));
+        v.push(Duration::from_micros(50_001));
+        assert!(
+            LatencyHist::of(&v)
+                .quantile(0.99)
+                .is_some_and(|p| p > Duration::from_millis(50))
+        );
+    }
+
+    #[test]
+    fn delta_and_cumulative_buckets() {
+        let a = LatencyHist::of(&[MS, MS, Duration::from_millis(60)]);
+        let mut b = a.clone();
+        b.merge(&LatencyHist::of(&[Duration::from_millis(3)]));
+        let d = b.delta_since(&a).expect("delta");
+        assert_eq!(d.count(), 1);
+        assert!(a.delta_since(&b).is_none(), "backwards is a reset");
+        let cum = b.cumulative(&[1_000_000, 5_000_000, 50_000_000, 100_000_000, 10_000_000_000]);
+        assert_eq!(cum, vec![2, 3, 3, 4, 4]);
+    }
+
+    /// Feeds `per_second` fsyncs of latency `lat(t)` each second from 0 to
+    /// `until` seconds and returns the transitions with their times.
+    fn run(
+        det: &mut FsyncDetector<&'static str>,
+        until: u64,
+        step: Duration,
+        per_step: u64,
+        lat: impl Fn(Duration) -> Duration,
+    ) -> Vec<(Duration, Transition, FsyncObservation)> {
+        let mut cum = LatencyHist::default();
+        let mut out = Vec::new();
+        let mut now = Duration::ZERO;
+        while now <= Duration::from_secs(until) {
+            for _ in 0..per_step {
+                cum.observe(lat(now));
+            }
+            let o = det.observe(&"vdb", now, &cum, None);
+            if let Some(t) = o.transition {
+                out.push((now, t, o));
+            }
+            now += step;
+        }
+        out
+    }
+
+    #[test]
+    fn fires_on_a_sustained_100ms_p99_and_resolves_after_recovery() {
+        let mut det = FsyncDetector::new(FsyncConfig::default());
+        let t = run(&mut det, 70, Duration::from_millis(500), 5, |now| {
+            if now > Duration::from_secs(20) && now <= Duration::from_secs(40) {
+                Duration::from_millis(120)
+            } else {
+                Duration::from_millis(2)
+            }
+        });
+        assert_eq!(t.len(), 2, "{t:?}");
+        let (fired_at, tr, obs) = &t[0];
+        assert_eq!(*tr, Transition::Fired(Severity::Critical));
+        assert!(
+            *fired_at <= Duration::from_millis(23_000),
+            "fired at {fired_at:?}, more than 2.5 s after the slowdown"
+        );
+        assert!(obs.window_p99.is_some_and(|p| p >= Duration::from_millis(100)));
+        let (resolved_at, tr, _) = &t[1];
+        assert_eq!(*tr, Transition::Resolved);
+        assert!(
+            *resolved_at > Duration::from_secs(40) && *resolved_at <= Duration::from_secs(52),
+            "resolved at {resolved_at:?}"
+        );
+    }
+
+    #[test]
+    fn warning_between_50_and_100ms() {
+        let mut det = FsyncDetector::new(FsyncConfig::default());
+        let t = run(&mut det, 30, Duration::from_secs(1), 10, |now| {
+            if now > Duration::from_secs(5) {
+                Duration::from_millis(70)
+            } else {
+                MS
+            }
+        });
+        assert_eq!(
+            t.first().map(|x| x.1),
+            Some(Transition::Fired(Severity::Warning)),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn stays_quiet_on_a_one_second_spike() {
+        for step_ms in [250u64, 500, 1000] {
+            for offset_ms in [0u64, 100, 400, 700] {
+                let mut det = FsyncDetector::new(FsyncConfig::default());
+                let start = Duration::from_millis(20_000 + offset_ms);
+                let t = run(&mut det, 60, Duration::from_millis(step_ms), 5, |now| {
+                    if now > start && now <= start + Duration::from_secs(1) {
+                        Duration::from_millis(500)
+                    } else {
+                        Duration::from_millis(2)
+                    }
+                });
+                assert!(t.is_empty(), "step {step_ms} ms, offset {offset_ms} ms: {t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stuck_fsync_counts_through_its_in_flight_age() {
+        let mut det = FsyncDetector::new(FsyncConfig::default());
+        let cum = LatencyHist::of(&[MS]);
+        let mut fired = None;
+        for i in 0..10u64 {
+            let now = Duration::from_millis(500 * i);
+            let age = Duration::from_millis(500 * i);
+            let o = det.observe(&"vdb", now, &cum, Some(age));
+            if let Some(Transition::Fired(s)) = o.transition {
+                fired = Some((now, s));
+                break;
+            }
+        }
+        let (at, sev) = fired.expect("a stuck fsync must fire");
+        assert_eq!(sev, Severity::Critical);
+        assert!(at <= Duration::from_millis(2000), "{at:?}");
+    }
+
+    #[test]
+    fn sparse_slow_fsyncs_still_fire() {
+        // One 300 ms fsync every 2 s: intervals without data do not break the streak.
+        let mut det = FsyncDetector::new(FsyncConfig::default());
+        let mut cum = LatencyHist::default();
+        let mut fired = false;
+        for i in 0..20u64 {
+            if i % 2 == 0 {
+                cum.observe(Duration::from_millis(300));
+            }
+            let o = det.observe(&"vdb", Duration::from_secs(i), &cum, None);
+            fired |= matches!(o.transition, Some(Transition::Fired(_)));
+        }
+        assert!(fired);
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(FsyncConfig::default().validate().is_ok());
+        let c = FsyncConfig {
+            warning: Duration::from_millis(200),
+            ..FsyncConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

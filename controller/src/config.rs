@@ -1,0 +1,205 @@
+//! Controller configuration: defaults < TOML file < environment < flags
+//! (like the agent's). Unknown fields in the file are an error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::auth::Tokens;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8477";
+
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "graydar-controller",
+    version,
+    about = "graydar controller: agent registry and findings history"
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "GRAYDAR_CONTROLLER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address [default: 0.0.0.0:8477].
+    #[arg(long, env = "GRAYDAR_CONTROLLER_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory of the SQLite database [default: /var/lib/graydar-controller] (the agent keeps its
+    /// fault journal in /var/lib/graydar).
+    #[arg(long, env = "GRAYDAR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// File of `role:token` lines; `GRAYDAR_TOKENS` (same format, comma-separated) adds to it.
+    #[arg(long, env = "GRAYDAR_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "GRAYDAR_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "GRAYDAR_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax) [default: info].
+    #[arg(long, env = "GRAYDAR_LOG")]
+    pub log_level: Option<String>,
+    /// Print the effective configuration (tokens redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub tokens_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub tls: Option<TlsSection>,
+    /// Interval agents are told to heartbeat at (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    /// No heartbeat for this long: stale (default 3 heartbeat intervals).
+    #[serde(default, with = "humantime_serde")]
+    pub stale_after: Option<Duration>,
+    /// No heartbeat for this long: lost (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub lost_after: Option<Duration>,
+    /// Largest request body (bytes) before 413 (default 1 MiB).
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tokens: Tokens,
+    pub tls: Option<TlsSection>,
+    pub log_level: String,
+    pub heartbeat_interval: Duration,
+    pub stale_after: Duration,
+    pub lost_after: Duration,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("listen: {0:?} is not a socket address like 0.0.0.0:8477")]
+    Listen(String),
+    #[error("tokens: {0}")]
+    Tokens(String),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl Config {
+    /// `env_tokens` is the value of `GRAYDAR_TOKENS`, if set.
+    pub fn load(cli: &Cli, env_tokens: Option<&str>) -> Result<Config, ConfigError> {
+        let file: FileConfig = match &cli.config {
+            Some(p) => toml::from_str(&read(p)?).map_err(|e| ConfigError::Parse {
+                path: p.clone(),
+                message: e.to_string().trim_end().to_owned(),
+            })?,
+            None => FileConfig::default(),
+        };
+        let listen_s = cli
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_s.parse().map_err(|_| ConfigError::Listen(listen_s.clone()))?;
+        let mut tokens = Tokens::default();
+        if let Some(p) = cli.tokens_file.clone().or(file.tokens_file) {
+            tokens
+                .add(&read(&p)?)
+                .map_err(|e| ConfigError::Tokens(format!("{}: {e}", p.display())))?;
+        }
+        if let Some(t) = env_tokens {
+            tokens
+                .add(t)
+                .map_err(|e| ConfigError::Tokens(format!("GRAYDAR_TOKENS: {e}")))?;
+        }
+        if tokens.is_empty() {
+            return Err(ConfigError::Tokens(
+                "no tokens configured: every API endpoint needs one (--tokens-file or GRAYDAR_TOKENS, `role:token` entries)"
+                    .into(),
+            ));
+        }
+        let tls = match (cli.tls_cert.clone(), cli.tls_key.clone()) {
+            (Some(cert), Some(key)) => Some(TlsSection { cert, key }),
+            (None, None) => file.tls,
+            _ => return Err(ConfigError::Tls("--tls-cert and --tls-key go together".into())),
+        };
+        let heartbeat_interval = file.heartbeat_interval.unwrap_or(Duration::from_secs(10));
+        if heartbeat_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid("heartbeat_interval must be at least 1s".into()));
+        }
+        let stale_after = file.stale_after.unwrap_or(heartbeat_interval * 3);
+        let lost_after = file.lost_after.unwrap_or(Duration::from_secs(300)).max(stale_after);
+        Ok(Config {
+            listen,
+            data_dir: cli
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| "/var/lib/graydar-controller".into()),
+            tokens,
+            tls,
+            log_level: cli
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            heartbeat_interval,
+            stale_after,
+            lost_after,
+            max_body_bytes: file.max_body_bytes.unwrap_or(crate::api::DEFAULT_MAX_BODY),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller.example.toml");
+        let text = std::fs::read_to_string(&path).expect("read deploy/controller.example.toml");
+        let f: FileConfig = toml::from_str(&text).expect("example parses");
+        assert!(f.listen.is_some());
+    }
+
+    #[test]
+    fn unknown_fields_are_named_and_tokens_are_required() {
+        let e = toml::from_str::<FileConfig>("listn = \"x\"").expect_err("unknown field");
+        assert!(e.to_string().contains("listn"), "{e}");
+        let cli = Cli::default();
+        assert!(matches!(Config::load(&cli, None), Err(ConfigError::Tokens(_))));
+        let c = Config::load(&cli, Some("viewer:0123456789abcdef")).expect("config");
+        assert_eq!(c.tokens.len(), 1);
+        assert_eq!(c.stale_after, Duration::from_secs(30));
+    }
+}

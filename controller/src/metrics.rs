@@ -1,0 +1,78 @@
+//! Every metric the controller exports (`graydar_controller_*`).
+
+use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub agents: IntGaugeVec,
+    pub transitions_ingested: IntCounterVec,
+    pub heartbeats: IntCounterVec,
+    pub request_duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let agents = IntGaugeVec::new(
+            Opts::new(
+                "graydar_controller_agents",
+                "Registered agents by state (healthy, stale, lost).",
+            ),
+            &["state"],
+        )
+        .expect("static metric definition");
+        let transitions_ingested = IntCounterVec::new(
+            Opts::new(
+                "graydar_controller_transitions_ingested_total",
+                "Finding transitions received from agents: accepted (new) or duplicate (re-delivered).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let heartbeats = IntCounterVec::new(
+            Opts::new("graydar_controller_heartbeats_total", "Agent heartbeats by result."),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "graydar_controller_http_request_duration_seconds",
+                "HTTP request latency by route template, method and status.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["route", "method", "status"],
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(agents.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(transitions_ingested.clone()),
+            Box::new(heartbeats.clone()),
+            Box::new(request_duration.clone()),
+        ] {
+            r.register(c).expect("metric registered once");
+        }
+        Metrics {
+            registry: r,
+            agents,
+            transitions_ingested,
+            heartbeats,
+            request_duration,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

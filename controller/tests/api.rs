@@ -1,0 +1,704 @@
+//! In-process tests of every endpoint: the real router and a real SQLite
+//! database in a temp dir, requests through `tower::ServiceExt::oneshot`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use graydar_common::api::{
+    AgentInfo, AgentList, AgentState, BatchResponse, Capabilities, Evidence, Finding, FindingDetail, FindingKind,
+    FindingList, FindingState, FindingTransition, RegisterRequest, RegisterResponse, Severity, TransitionBatch,
+    TransitionKind, finding_id,
+};
+use graydar_controller::api::{AppState, DEFAULT_MAX_BODY, MAX_BATCH, router};
+use graydar_controller::auth::Tokens;
+use graydar_controller::metrics::Metrics;
+use graydar_controller::store::{Liveness, Store};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+const AGENT: &str = "agent-token-0123456789";
+const VIEWER: &str = "viewer-token-0123456789";
+const OPERATOR: &str = "operator-token-0123456789";
+
+struct Api {
+    app: Router,
+    state: Arc<AppState>,
+    _dir: tempfile::TempDir,
+}
+
+fn liveness() -> Liveness {
+    Liveness {
+        stale_after: Duration::from_secs(30),
+        lost_after: Duration::from_secs(300),
+    }
+}
+
+async fn api() -> Api {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), liveness()).await.expect("open store");
+    let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
+    let state = Arc::new(AppState {
+        store,
+        tokens,
+        metrics: Metrics::new(),
+        heartbeat_interval_seconds: 10,
+    });
+    Api {
+        app: router(state.clone(), DEFAULT_MAX_BODY),
+        state,
+        _dir: dir,
+    }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    text: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    fn typed<T: serde::de::DeserializeOwned>(&self) -> T {
+        assert!(self.status.is_success(), "HTTP {}: {}", self.status, self.text);
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("unexpected body ({e}): {}", self.text))
+    }
+    /// Asserts an error response with the JSON shape and the given status.
+    fn error(&self, status: StatusCode) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        let v = self.json();
+        assert!(v["error"].is_string() && v["detail"].is_string(), "error shape: {v}");
+        v["error"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl Api {
+    async fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<(&str, &str)>) -> Resp {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some((ctype, text)) => b
+                .header(header::CONTENT_TYPE, ctype)
+                .body(Body::from(text.to_owned()))
+                .expect("request"),
+            None => b.body(Body::empty()).expect("request"),
+        };
+        let resp = self.app.clone().oneshot(req).await.expect("infallible router");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        Resp {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+    async fn get(&self, path: &str, token: &str) -> Resp {
+        self.req("GET", path, Some(token), None).await
+    }
+    async fn post(&self, path: &str, token: &str, body: &str) -> Resp {
+        self.req("POST", path, Some(token), Some(("application/json", body)))
+            .await
+    }
+    async fn post_json<T: serde::Serialize>(&self, path: &str, token: &str, body: &T) -> Resp {
+        self.post(path, token, &serde_json::to_string(body).expect("encode"))
+            .await
+    }
+    async fn register(&self, host: &str) -> RegisterResponse {
+        self.post_json("/api/v1/agents/register", AGENT, &register_req(host))
+            .await
+            .typed()
+    }
+    async fn push(&self, host: &str, ts: &[FindingTransition]) -> Resp {
+        self.post_json(
+            &format!("/api/v1/agents/{host}/transitions"),
+            AGENT,
+            &TransitionBatch {
+                transitions: ts.to_vec(),
+            },
+        )
+        .await
+    }
+}
+
+fn register_req(host: &str) -> RegisterRequest {
+    RegisterRequest {
+        hostname: host.to_owned(),
+        addresses: vec!["10.0.0.1".into()],
+        labels: BTreeMap::from([("rack".to_owned(), "r1".to_owned())]),
+        kernel_version: "6.18.0".into(),
+        agent_version: "0.1.0".into(),
+        capabilities: Capabilities {
+            ebpf: true,
+            sch_netem: false,
+            device_mapper: false,
+        },
+    }
+}
+
+fn finding(host: &str, subject: &str, state: FindingState, since: &str, resolved_at: Option<&str>) -> Finding {
+    let kind = FindingKind::KernelDrops;
+    Finding {
+        id: finding_id(host, kind, subject),
+        host: host.to_owned(),
+        kind,
+        subject: subject.to_owned(),
+        severity: Severity::Warning,
+        state,
+        since: since.to_owned(),
+        last_seen: resolved_at.unwrap_or(since).to_owned(),
+        resolved_at: resolved_at.map(str::to_owned),
+        summary: format!("{subject}: drops"),
+        evidence: BTreeMap::from([("short_ratio".to_owned(), Evidence::Number(0.05))]),
+        runbook: kind.runbook(),
+    }
+}
+
+fn fired(host: &str, subject: &str, since: &str) -> FindingTransition {
+    FindingTransition {
+        transition: TransitionKind::Fired,
+        at: since.to_owned(),
+        finding: finding(host, subject, FindingState::Firing, since, None),
+    }
+}
+
+fn resolved(host: &str, subject: &str, since: &str, at: &str) -> FindingTransition {
+    FindingTransition {
+        transition: TransitionKind::Resolved,
+        at: at.to_owned(),
+        finding: finding(host, subject, FindingState::Resolved, since, Some(at)),
+    }
+}
+
+const T0: &str = "2026-01-01T00:00:00Z";
+const T1: &str = "2026-01-01T00:00:30.5Z";
+const T2: &str = "2026-01-01T00:05:00Z";
+
+#[tokio::test]
+async fn migrations_run_on_an_empty_database_and_again_on_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    assert!(!dir.path().join("graydar.db").exists());
+    let store = Store::open(dir.path(), liveness()).await.expect("migrate an empty db");
+    assert_eq!(store.transition_count().await.expect("count"), 0);
+    assert!(store.agents().await.expect("agents").is_empty());
+    store.register(register_req("n1")).await.expect("register");
+    store.close().await;
+    // Reopening runs the (already applied) migrations again and keeps the data.
+    let store = Store::open(dir.path(), liveness()).await.expect("reopen");
+    assert_eq!(store.agents().await.expect("agents").len(), 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn health_needs_no_token_and_unknown_paths_are_json_404() {
+    let a = api().await;
+    let r = a.req("GET", "/healthz", None, None).await;
+    assert_eq!((r.status, r.text.as_str()), (StatusCode::OK, "ok\n"));
+    let r = a.req("GET", "/readyz", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        a.get("/api/v1/nothing", VIEWER).await.error(StatusCode::NOT_FOUND),
+        "not_found"
+    );
+    assert_eq!(
+        a.req("DELETE", "/api/v1/agents", Some(OPERATOR), None)
+            .await
+            .error(StatusCode::METHOD_NOT_ALLOWED),
+        "method_not_allowed"
+    );
+}
+
+#[tokio::test]
+async fn every_api_endpoint_needs_a_valid_token() {
+    let a = api().await;
+    let endpoints = [
+        ("POST", "/api/v1/agents/register"),
+        ("POST", "/api/v1/agents/n1/heartbeat"),
+        ("POST", "/api/v1/agents/n1/transitions"),
+        ("GET", "/api/v1/agents"),
+        ("GET", "/api/v1/agents/n1"),
+        ("GET", "/api/v1/findings"),
+        ("GET", "/api/v1/findings/0123456789abcdef"),
+        ("GET", "/api/v1/openapi.json"),
+        ("GET", "/metrics"),
+    ];
+    for (method, path) in endpoints {
+        let body = (method == "POST").then_some(("application/json", "{}"));
+        let r = a.req(method, path, None, body).await;
+        assert_eq!(
+            r.error(StatusCode::UNAUTHORIZED),
+            "unauthorized",
+            "{method} {path} without token"
+        );
+        assert_eq!(
+            r.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()),
+            Some("Bearer")
+        );
+        let r = a.req(method, path, Some("wrong-token-0123456789"), body).await;
+        assert_eq!(
+            r.error(StatusCode::UNAUTHORIZED),
+            "unauthorized",
+            "{method} {path} wrong token"
+        );
+        // Right token, wrong scheme.
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Basic {OPERATOR}"));
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let resp = a
+            .app
+            .clone()
+            .oneshot(req.body(Body::from(body.map_or("", |b| b.1))).expect("req"))
+            .await
+            .expect("router");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path} basic scheme");
+    }
+}
+
+#[tokio::test]
+async fn roles_are_enforced_with_403() {
+    let a = api().await;
+    let reg = serde_json::to_string(&register_req("n1")).expect("json");
+    // viewer cannot report
+    let r = a.post("/api/v1/agents/register", VIEWER, &reg).await;
+    assert_eq!(r.error(StatusCode::FORBIDDEN), "forbidden");
+    assert_eq!(
+        a.post("/api/v1/agents/n1/heartbeat", VIEWER, "{}")
+            .await
+            .error(StatusCode::FORBIDDEN),
+        "forbidden"
+    );
+    assert_eq!(
+        a.post("/api/v1/agents/n1/transitions", VIEWER, r#"{"transitions":[]}"#)
+            .await
+            .error(StatusCode::FORBIDDEN),
+        "forbidden"
+    );
+    // agent cannot read
+    for path in [
+        "/api/v1/agents",
+        "/api/v1/agents/n1",
+        "/api/v1/findings",
+        "/api/v1/findings/x",
+        "/metrics",
+    ] {
+        assert_eq!(
+            a.get(path, AGENT).await.error(StatusCode::FORBIDDEN),
+            "forbidden",
+            "{path}"
+        );
+    }
+    // operator can do both
+    assert_eq!(
+        a.post("/api/v1/agents/register", OPERATOR, &reg).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(a.get("/api/v1/agents", OPERATOR).await.status, StatusCode::OK);
+    // any valid token reads the OpenAPI document
+    assert_eq!(a.get("/api/v1/openapi.json", AGENT).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn register_list_and_get_agents() {
+    let a = api().await;
+    let r = a.register("n1").await;
+    assert_eq!(r.heartbeat_interval_seconds, 10);
+    assert_eq!(r.agent.hostname, "n1");
+    assert_eq!(r.agent.state, AgentState::Healthy);
+    assert!(r.agent.capabilities.ebpf);
+    // Re-registration is idempotent and keeps the first registration time.
+    let mut again = register_req("n1");
+    again.kernel_version = "6.19.0".into();
+    let r2: RegisterResponse = a.post_json("/api/v1/agents/register", AGENT, &again).await.typed();
+    assert_eq!(r2.agent.registered_at, r.agent.registered_at);
+    assert_eq!(r2.agent.kernel_version, "6.19.0");
+    a.register("n2").await;
+    let list: AgentList = a.get("/api/v1/agents", VIEWER).await.typed();
+    assert_eq!(
+        list.agents.iter().map(|x| x.hostname.as_str()).collect::<Vec<_>>(),
+        ["n1", "n2"]
+    );
+    let one: AgentInfo = a.get("/api/v1/agents/n1", VIEWER).await.typed();
+    assert_eq!(one.labels.get("rack").map(String::as_str), Some("r1"));
+    assert_eq!(one.firing_findings, 0);
+    assert_eq!(
+        a.get("/api/v1/agents/nope", VIEWER).await.error(StatusCode::NOT_FOUND),
+        "not_found"
+    );
+}
+
+#[tokio::test]
+async fn register_rejects_bad_bodies() {
+    let a = api().await;
+    let p = "/api/v1/agents/register";
+    assert_eq!(
+        a.post(p, AGENT, r#"{"hostname": "n1","#)
+            .await
+            .error(StatusCode::BAD_REQUEST),
+        "malformed_json"
+    );
+    let mut v = serde_json::to_value(register_req("n1")).expect("value");
+    v["colour"] = json!("blue");
+    assert_eq!(
+        a.post(p, AGENT, &v.to_string())
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid_body",
+        "unknown field"
+    );
+    let mut v = serde_json::to_value(register_req("n1")).expect("value");
+    v["addresses"] = json!("10.0.0.1");
+    assert_eq!(
+        a.post(p, AGENT, &v.to_string())
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid_body",
+        "wrong type"
+    );
+    let mut v = serde_json::to_value(register_req("n1")).expect("value");
+    v["capabilities"]["ebpf"] = json!("yes");
+    assert_eq!(
+        a.post(p, AGENT, &v.to_string()).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let v = json!({"hostname": "n1"});
+    assert_eq!(
+        a.post(p, AGENT, &v.to_string())
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid_body",
+        "missing fields"
+    );
+    assert_eq!(
+        a.post_json(p, AGENT, &register_req(""))
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid",
+        "empty hostname"
+    );
+    let r = a.req("POST", p, Some(AGENT), Some(("text/plain", "{}"))).await;
+    assert_eq!(r.error(StatusCode::UNSUPPORTED_MEDIA_TYPE), "unsupported_media_type");
+    let mut big = register_req("n1");
+    big.labels.insert("blob".into(), "x".repeat(DEFAULT_MAX_BODY + 1));
+    assert_eq!(
+        a.post_json(p, AGENT, &big).await.error(StatusCode::PAYLOAD_TOO_LARGE),
+        "payload_too_large"
+    );
+    assert!(
+        a.get("/api/v1/agents", VIEWER)
+            .await
+            .typed::<AgentList>()
+            .agents
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_of_known_and_unknown_agents() {
+    let a = api().await;
+    a.register("n1").await;
+    let r = a.post("/api/v1/agents/n1/heartbeat", AGENT, r#"{"firing": 2}"#).await;
+    assert_eq!(r.json()["state"], "healthy", "{}", r.text);
+    assert_eq!(
+        a.post("/api/v1/agents/n1/heartbeat", AGENT, "{}").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        a.post("/api/v1/agents/ghost/heartbeat", AGENT, "{}")
+            .await
+            .error(StatusCode::NOT_FOUND),
+        "not_found"
+    );
+    assert_eq!(
+        a.post("/api/v1/agents/n1/heartbeat", AGENT, "{")
+            .await
+            .error(StatusCode::BAD_REQUEST),
+        "malformed_json"
+    );
+    assert_eq!(
+        a.post("/api/v1/agents/n1/heartbeat", AGENT, r#"{"firing": "two"}"#)
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid_body"
+    );
+    assert_eq!(
+        a.post("/api/v1/agents/n1/heartbeat", AGENT, r#"{"load": 1}"#)
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid_body"
+    );
+    // Heartbeats are kept in memory and flushed in batches.
+    assert_eq!(a.state.store.flush().await.expect("flush"), 1);
+}
+
+#[tokio::test]
+async fn transitions_are_stored_and_redelivery_is_idempotent() {
+    let a = api().await;
+    a.register("n1").await;
+    let batch = [
+        fired("n1", "eth0", T0),
+        resolved("n1", "eth0", T0, T1),
+        fired("n1", "eth1", T1),
+    ];
+    let r: BatchResponse = a.push("n1", &batch).await.typed();
+    assert_eq!((r.accepted, r.duplicates), (3, 0));
+    // The same batch again (a reporter that never saw the answer): nothing changes.
+    let r: BatchResponse = a.push("n1", &batch).await.typed();
+    assert_eq!((r.accepted, r.duplicates), (0, 3));
+    // Partly new.
+    let r: BatchResponse = a
+        .push("n1", &[resolved("n1", "eth1", T1, T2), fired("n1", "eth1", T1)])
+        .await
+        .typed();
+    assert_eq!((r.accepted, r.duplicates), (1, 1));
+    assert_eq!(a.state.store.transition_count().await.expect("count"), 4);
+
+    let id = finding_id("n1", FindingKind::KernelDrops, "eth0");
+    let d: FindingDetail = a.get(&format!("/api/v1/findings/{id}"), VIEWER).await.typed();
+    assert_eq!(d.finding.state, FindingState::Resolved);
+    assert_eq!(d.finding.resolved_at.as_deref(), Some(T1));
+    assert_eq!(
+        d.history.iter().map(|h| h.transition).collect::<Vec<_>>(),
+        [TransitionKind::Fired, TransitionKind::Resolved]
+    );
+    assert_eq!(d.history[0].at, T0);
+
+    let m = a.get("/metrics", VIEWER).await;
+    assert!(
+        m.text
+            .contains("graydar_controller_transitions_ingested_total{result=\"accepted\"} 4"),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.text
+            .contains("graydar_controller_transitions_ingested_total{result=\"duplicate\"} 4")
+    );
+    assert!(m.text.contains("graydar_controller_agents{state=\"healthy\"} 1"));
+    assert!(
+        m.text
+            .contains("graydar_controller_http_request_duration_seconds_bucket")
+    );
+}
+
+#[tokio::test]
+async fn an_older_transition_never_overwrites_a_newer_state() {
+    let a = api().await;
+    a.register("n1").await;
+    // Resolved arrives first (its Fired was dropped by a full buffer, then
+    // re-sent by someone else): the finding exists, resolved.
+    let r: BatchResponse = a.push("n1", &[resolved("n1", "eth0", T0, T1)]).await.typed();
+    assert_eq!(r.accepted, 1);
+    let r: BatchResponse = a.push("n1", &[fired("n1", "eth0", T0)]).await.typed();
+    assert_eq!(r.accepted, 1);
+    let id = finding_id("n1", FindingKind::KernelDrops, "eth0");
+    let d: FindingDetail = a.get(&format!("/api/v1/findings/{id}"), VIEWER).await.typed();
+    assert_eq!(d.finding.state, FindingState::Resolved);
+    assert_eq!(d.history.len(), 2);
+}
+
+#[tokio::test]
+async fn transitions_reject_bad_batches() {
+    let a = api().await;
+    a.register("n1").await;
+    let p = "/api/v1/agents/n1/transitions";
+    assert_eq!(
+        a.push("ghost", &[fired("ghost", "eth0", T0)])
+            .await
+            .error(StatusCode::NOT_FOUND),
+        "not_found"
+    );
+    // Another host's finding.
+    assert_eq!(
+        a.push("n1", &[fired("n2", "eth0", T0)])
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid"
+    );
+    // Forged id.
+    let mut t = fired("n1", "eth0", T0);
+    t.finding.id = "0000000000000000".into();
+    assert_eq!(
+        a.push("n1", &[t]).await.error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid"
+    );
+    // Transition contradicting the state.
+    let mut t = fired("n1", "eth0", T0);
+    t.transition = TransitionKind::Resolved;
+    assert_eq!(
+        a.push("n1", &[t]).await.error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid"
+    );
+    // Not a time.
+    let mut t = fired("n1", "eth0", T0);
+    t.at = "yesterday".into();
+    assert_eq!(
+        a.push("n1", &[t]).await.error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid"
+    );
+    // Unknown field inside a finding; wrong type; unknown kind.
+    let mut v = serde_json::to_value(TransitionBatch {
+        transitions: vec![fired("n1", "eth0", T0)],
+    })
+    .expect("value");
+    v["transitions"][0]["finding"]["extra"] = json!(1);
+    assert_eq!(
+        a.post(p, AGENT, &v.to_string())
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid_body"
+    );
+    v["transitions"][0]["finding"]
+        .as_object_mut()
+        .map(|o| o.remove("extra"));
+    v["transitions"][0]["finding"]["kind"] = json!("alien_abduction");
+    assert_eq!(
+        a.post(p, AGENT, &v.to_string())
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid_body"
+    );
+    v["transitions"] = json!({"not": "a list"});
+    assert_eq!(
+        a.post(p, AGENT, &v.to_string())
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid_body"
+    );
+    assert_eq!(
+        a.post(p, AGENT, r#"{"transitions": ["#)
+            .await
+            .error(StatusCode::BAD_REQUEST),
+        "malformed_json"
+    );
+    // Too many transitions in one batch, and too many bytes.
+    let many: Vec<FindingTransition> = (0..=MAX_BATCH).map(|i| fired("n1", &format!("if{i}"), T0)).collect();
+    assert_eq!(
+        a.push("n1", &many).await.error(StatusCode::PAYLOAD_TOO_LARGE),
+        "payload_too_large"
+    );
+    let mut huge = fired("n1", "eth0", T0);
+    huge.finding.summary = "x".repeat(DEFAULT_MAX_BODY);
+    assert_eq!(
+        a.push("n1", &[huge]).await.error(StatusCode::PAYLOAD_TOO_LARGE),
+        "payload_too_large"
+    );
+    // None of it was stored.
+    assert_eq!(a.state.store.transition_count().await.expect("count"), 0);
+}
+
+#[tokio::test]
+async fn findings_list_filters() {
+    let a = api().await;
+    a.register("n1").await;
+    a.register("n2").await;
+    let mut crit = fired("n2", "eth9", T1);
+    crit.finding.severity = Severity::Critical;
+    let mut nic = fired("n2", "eth7", T0);
+    nic.finding.kind = FindingKind::NicDrops;
+    nic.finding.runbook = FindingKind::NicDrops.runbook();
+    nic.finding.id = finding_id("n2", FindingKind::NicDrops, "eth7");
+    a.push(
+        "n1",
+        &[
+            fired("n1", "eth0", T0),
+            resolved("n1", "eth0", T0, T1),
+            fired("n1", "eth1", T2),
+        ],
+    )
+    .await
+    .typed::<BatchResponse>();
+    a.push("n2", &[crit, nic]).await.typed::<BatchResponse>();
+
+    let ids = |l: FindingList| l.findings.into_iter().map(|f| (f.host, f.subject)).collect::<Vec<_>>();
+    let all: FindingList = a.get("/api/v1/findings", VIEWER).await.typed();
+    assert_eq!(all.findings.len(), 4);
+    // Firing first, newest first.
+    assert_eq!(all.findings[0].subject, "eth1");
+    assert_eq!(all.findings[3].state, FindingState::Resolved);
+    let firing: FindingList = a.get("/api/v1/findings?state=firing", VIEWER).await.typed();
+    assert_eq!(firing.findings.len(), 3);
+    assert_eq!(
+        ids(a.get("/api/v1/findings?agent=n1&state=resolved", VIEWER).await.typed()),
+        [("n1".to_owned(), "eth0".to_owned())]
+    );
+    assert_eq!(
+        ids(a.get("/api/v1/findings?severity=critical", VIEWER).await.typed()),
+        [("n2".to_owned(), "eth9".to_owned())]
+    );
+    assert_eq!(
+        ids(a.get("/api/v1/findings?kind=nic_drops", VIEWER).await.typed()),
+        [("n2".to_owned(), "eth7".to_owned())]
+    );
+    let since: FindingList = a
+        .get("/api/v1/findings?since=2026-01-01T00:00:30.5Z", VIEWER)
+        .await
+        .typed();
+    assert_eq!(since.findings.len(), 3, "eth0 (resolved at T1), eth9 (T1), eth1 (T2)");
+    let lim: FindingList = a.get("/api/v1/findings?limit=1", VIEWER).await.typed();
+    assert_eq!(lim.findings.len(), 1);
+    let agent: AgentInfo = a.get("/api/v1/agents/n2", VIEWER).await.typed();
+    assert_eq!(agent.firing_findings, 2);
+
+    for bad in [
+        "/api/v1/findings?kind=alien",
+        "/api/v1/findings?severity=meh",
+        "/api/v1/findings?state=sleeping",
+        "/api/v1/findings?since=yesterday",
+        "/api/v1/findings?limit=0",
+        "/api/v1/findings?limit=lots",
+        "/api/v1/findings?colour=blue",
+    ] {
+        assert_eq!(
+            a.get(bad, VIEWER).await.error(StatusCode::BAD_REQUEST),
+            "bad_query",
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        a.get("/api/v1/findings/0123456789abcdef", VIEWER)
+            .await
+            .error(StatusCode::NOT_FOUND),
+        "not_found"
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_lists_every_endpoint() {
+    let a = api().await;
+    let doc = a.get("/api/v1/openapi.json", VIEWER).await.json();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc}");
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/agents/register",
+        "/api/v1/agents/{hostname}/heartbeat",
+        "/api/v1/agents/{hostname}/transitions",
+        "/api/v1/agents",
+        "/api/v1/agents/{hostname}",
+        "/api/v1/findings",
+        "/api/v1/findings/{id}",
+        "/api/v1/openapi.json",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    for schema in ["Finding", "TransitionBatch", "RegisterRequest", "AgentInfo", "ApiError"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}

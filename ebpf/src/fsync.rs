@@ -1,0 +1,225 @@
+//! fsync / fdatasync latency per block device, as histograms in per-CPU maps.
+//!
+//! Attach points: the `syscalls:sys_enter_fsync`, `sys_enter_fdatasync` and
+//! matching `sys_exit_*` tracepoints (classic tracepoints, one per syscall).
+//! Not the raw `sys_enter`/`sys_exit` tracepoints: those run for *every*
+//! system call on the host, and a filter on the syscall number would still
+//! cost every read() and write() a program run. The offset of `fd` in the
+//! enter record comes from tracefs (`events/syscalls/sys_enter_fsync/format`),
+//! read by the agent at start.
+//!
+//! Attribution: at enter, the program walks
+//! `current->files->fdt->fd[fd]->f_inode->i_sb->s_dev` with
+//! bpf_probe_read_kernel (offsets from the running kernel's BTF; Rust eBPF
+//! has no CO-RE) and keys the observation by that block device. s_dev is the
+//! device the file system lives on (a partition, a dm device, a loop device),
+//! so fsyncs are attributed exactly to the device whose slowness they show.
+//! When s_dev is anonymous (major 0: btrfs, overlayfs, tmpfs, NFS) and the
+//! super block has a backing `s_bdev`, its `bd_dev` is used instead;
+//! otherwise the anonymous dev_t is kept and the agent labels it `_nodev`.
+//! The fd-table walk is safe against races: every load goes through
+//! bpf_probe_read_kernel (a freed table reads as garbage or fails, never
+//! faults) and `fd < max_fds` is checked first; a failed read attributes the
+//! fsync to device 0 (`_unknown`) and is counted.
+//!
+//! Hot path: enter does ≤ 9 kernel reads and one LRU-hash insert keyed by
+//! thread id; exit does one lookup+delete and one per-CPU histogram update.
+//! No per-event traffic to user space.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::TracePointContext,
+};
+use graydar_common::disk::{
+    FsyncInflight, FsyncOffsets, HIST_MAP_ENTRIES, Hist, HistKey, INFLIGHT_ENTRIES, dev_major, fsync_op, hist_slot,
+    stat,
+};
+
+/// Filled in by user space before load (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static FSYNC_OFFSETS: FsyncOffsets = FsyncOffsets {
+    tp_fd: 16,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_inode: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+    sb_bdev: u32::MAX,
+    bdev_dev: 0,
+};
+
+/// Calls in progress, by thread id. LRU: an entry whose exit never came
+/// (thread killed in a way that skips sys_exit) is evicted eventually.
+#[map]
+static FSYNC_INFLIGHT: LruHashMap<u32, FsyncInflight> = LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+
+#[map]
+static FSYNC_HIST: PerCpuHashMap<HistKey, Hist> = PerCpuHashMap::with_max_entries(HIST_MAP_ENTRIES, 0);
+
+#[map]
+static FSYNC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// One zeroed histogram, the template for new map entries (a `Hist` is too
+/// big for the 512-byte eBPF stack).
+#[map]
+static FSYNC_ZERO: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(p) = FSYNC_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address; failures are counted.
+    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(stat::READ_ERRORS);
+            None
+        }
+    }
+}
+
+/// Block device of the file behind `fd` of the current task, 0 when unknown.
+#[inline(always)]
+fn dev_of_fd(fd: u64, off: &FsyncOffsets) -> u32 {
+    // SAFETY: bpf_get_current_task has no preconditions; the pointer is only
+    // dereferenced through bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(files) = read::<u64>(task + off.task_files as u64) else {
+        return 0;
+    };
+    let Some(fdt) = read::<u64>(files + off.files_fdt as u64) else {
+        return 0;
+    };
+    let Some(max_fds) = read::<u32>(fdt + off.fdt_max_fds as u64) else {
+        return 0;
+    };
+    if fd >= max_fds as u64 {
+        return 0;
+    }
+    let Some(array) = read::<u64>(fdt + off.fdt_fd as u64) else {
+        return 0;
+    };
+    let Some(file) = read::<u64>(array + fd * 8) else {
+        return 0;
+    };
+    if file == 0 {
+        return 0;
+    }
+    let Some(inode) = read::<u64>(file + off.file_inode as u64) else {
+        return 0;
+    };
+    let Some(sb) = read::<u64>(inode + off.inode_sb as u64) else {
+        return 0;
+    };
+    let dev = read::<u32>(sb + off.sb_dev as u64).unwrap_or(0);
+    if dev_major(dev) == 0 && off.sb_bdev != u32::MAX {
+        if let Some(bdev) = read::<u64>(sb + off.sb_bdev as u64)
+            && bdev != 0
+            && let Some(bd_dev) = read::<u32>(bdev + off.bdev_dev as u64)
+        {
+            return bd_dev;
+        }
+    }
+    dev
+}
+
+#[inline(always)]
+fn enter(ctx: &TracePointContext, op: u32) {
+    // SAFETY: FSYNC_OFFSETS is a read-only global patched at load time; the
+    // volatile read keeps the compiler from constant-folding the defaults.
+    let off = unsafe { core::ptr::read_volatile(&FSYNC_OFFSETS) };
+    // SAFETY: reading the tracepoint record at the offset tracefs gave.
+    let fd: u64 = match unsafe { ctx.read_at::<u64>(off.tp_fd as usize) } {
+        Ok(fd) => fd & 0xffff_ffff,
+        Err(_) => {
+            bump(stat::READ_ERRORS);
+            return;
+        }
+    };
+    let dev = dev_of_fd(fd, &off);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let start_ns = unsafe { bpf_ktime_get_ns() };
+    if FSYNC_INFLIGHT
+        .insert(&tid, &FsyncInflight { start_ns, dev, op }, 0)
+        .is_err()
+    {
+        bump(stat::LOST);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_fsync")]
+pub fn fsync_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, fsync_op::FSYNC);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_fdatasync")]
+pub fn fdatasync_enter(ctx: TracePointContext) -> u32 {
+    enter(&ctx, fsync_op::FDATASYNC);
+    0
+}
+
+/// Attached to both sys_exit_fsync and sys_exit_fdatasync: the in-flight
+/// entry says which call it was.
+#[tracepoint]
+pub fn fsync_exit(_ctx: TracePointContext) -> u32 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(p) = FSYNC_INFLIGHT.get_ptr(tid) else {
+        bump(stat::NO_START);
+        return 0;
+    };
+    // SAFETY: valid map value pointer; copied before the entry is deleted.
+    let inflight = unsafe { *p };
+    let _ = FSYNC_INFLIGHT.remove(tid);
+    let key = HistKey {
+        dev: inflight.dev,
+        op: inflight.op,
+    };
+    record(&key, now.saturating_sub(inflight.start_ns));
+    0
+}
+
+#[inline(always)]
+fn record(key: &HistKey, ns: u64) {
+    let slot = hist_slot(ns);
+    let h = match FSYNC_HIST.get_ptr_mut(key) {
+        Some(h) => h,
+        None => {
+            let Some(zero) = FSYNC_ZERO.get_ptr(0) else {
+                bump(stat::LOST);
+                return;
+            };
+            // SAFETY: `zero` points to a map value, valid for the call.
+            if FSYNC_HIST.insert(key, unsafe { &*zero }, 0).is_err() {
+                bump(stat::LOST);
+                return;
+            }
+            match FSYNC_HIST.get_ptr_mut(key) {
+                Some(h) => h,
+                None => {
+                    bump(stat::LOST);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: per-CPU value, no concurrent writer on this CPU; `slot` is
+    // masked to the array's length by hist_slot.
+    unsafe {
+        (*h).slots[slot] += 1;
+        (*h).sum_ns += ns;
+    }
+}

@@ -1,0 +1,463 @@
+//! TCP incast signals: fan-in per receiving endpoint and retransmissions by kind.
+//!
+//! # Why a tc ingress program for fan-in
+//!
+//! Incast is "many senders deliver data to one endpoint at the same moment",
+//! so the signal must fire per *received data segment* at the receiver:
+//! - `tcp:tcp_probe` fires in `tcp_rcv_established` for every incoming segment,
+//!   but only while a socket is being probed and carries sender-side state
+//!   (cwnd, srtt): it is meant for ACK processing, not "who delivered data".
+//! - `tcp_rcv_established` / `tcp_v4_rcv` are plain functions: reachable with
+//!   kprobes (absent on these kernels) or fentry (refused with EPERM here).
+//! - `tcp:tcp_rcv_space_adjust` fires once per receive-buffer tuning round,
+//!   `sock:sock_rcvqueue_full` only when a buffer overflows: both too sparse.
+//! - A tc ingress (clsact / tcx) classifier sees every received packet on an
+//!   interface, costs one parse of the headers, works on every kernel since
+//!   4.x, needs no struct offsets, and sees segments *before* the socket,
+//!   so a segment the receiver later drops is still a sender that arrived.
+//!   It must be attached per interface; the agent attaches it to every
+//!   Ethernet and loopback interface of its namespace, to new ones as they
+//!   appear, and detaches on shutdown.
+//!
+//! The program is a pure observer: it returns `TC_ACT_UNSPEC` (`TCX_NEXT`),
+//! so later tcx programs and classic filters still run.
+//!
+//! # What it counts (per packet, small and bounded)
+//!
+//! Data segments only (payload > 0). Per (endpoint, sender address) an LRU
+//! entry remembers in which bucket of each grid the sender was last counted;
+//! the endpoint's distinct-sender count of a grid's bucket grows only when a
+//! sender shows up in it for the first time; the sender entry also keeps the
+//! earliest end of its current buckets, so the per-packet cost in the common
+//! case is two hash lookups, a clock read and a few compares and stores (the
+//! four bucket divisions run only when a bucket ends). See
+//! common/src/tcp.rs for grids, peaks, bursts and stalls.
+//!
+//! # Retransmissions
+//!
+//! `tcp:tcp_retransmit_skb` as a raw tracepoint (arguments are the
+//! TP_PROTO: `sk` first on every kernel), classified by the socket's
+//! `icsk_ca_state` (TCP_CA_Loss: the RTO fired; TCP_CA_Recovery: fast
+//! retransmit; otherwise a tail loss probe), with offsets from BTF.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{classifier, map, raw_tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{RawTracePointContext, TcContext},
+};
+use graydar_common::tcp::{
+    AF_INET, AF_INET6, EndpointKey, EndpointState, FANIN_ENDPOINT_ENTRIES, FANIN_SENDER_ENTRIES, FaninConfig,
+    FaninRuntime, GRIDS, HIST_BINS, RETRANS_ENTRIES, RetransKey, RetransOffsets, SENDER_LAST_PSH, SENDER_SEQ_VALID,
+    SenderKey, SenderState, fanin_stat, retrans_kind, retrans_stat,
+};
+
+/// `TC_ACT_UNSPEC` == `TCX_NEXT`: continue with the next program/filter.
+const TC_ACT_UNSPEC: i32 = -1;
+
+/// Patched by user space before load.
+#[unsafe(no_mangle)]
+static TCP_FANIN_CONFIG: FaninConfig = FaninConfig {
+    short_ns: 1_000_000,
+    long_ns: 10_000_000,
+    senders: 16,
+    _pad: 0,
+    stall_min_ns: 150_000_000,
+    stall_max_ns: 3_000_000_000,
+};
+
+/// Patched by user space before load.
+#[unsafe(no_mangle)]
+static TCP_RETRANS_OFFSETS: RetransOffsets = RetransOffsets {
+    skc_daddr: 0,
+    skc_v6_daddr: 0,
+    skc_family: 0,
+    skc_state: 0,
+    skc_net: u32::MAX,
+    net_ns_inum: 0,
+    icsk_ca_state: 0,
+    ca_state_shift: 0,
+    ca_state_mask: 0,
+};
+
+#[map]
+static FANIN_RUNTIME: Array<FaninRuntime> = Array::with_max_entries(1, 0);
+
+#[map]
+static FANIN_ENDPOINTS: HashMap<EndpointKey, EndpointState> = HashMap::with_max_entries(FANIN_ENDPOINT_ENTRIES, 0);
+
+#[map]
+static FANIN_SENDERS: LruHashMap<SenderKey, SenderState> = LruHashMap::with_max_entries(FANIN_SENDER_ENTRIES, 0);
+
+#[map]
+static FANIN_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fanin_stat::COUNT, 0);
+
+#[map]
+static RETRANS: PerCpuHashMap<RetransKey, u64> = PerCpuHashMap::with_max_entries(RETRANS_ENTRIES, 0);
+
+#[map]
+static RETRANS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(retrans_stat::COUNT, 0);
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(p) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn add64(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a map value that lives as long as the program
+    // runs; the atomic add (BPF_XADD, result unused) is safe on any kernel.
+    // core has no AtomicU64::fetch_add for the BPF target, hence the intrinsic.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+#[inline(always)]
+fn add32(p: *mut u32, v: u32) {
+    // SAFETY: as in add64.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+const TCP_FLAG_PSH: u8 = 0x08;
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+/// Headers of a data segment.
+struct Segment {
+    ep: EndpointKey,
+    saddr: [u32; 4],
+    sport: u16,
+    psh: bool,
+    seq: u32,
+    len: u32,
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext, rt: &FaninRuntime) -> Option<Segment> {
+    // SAFETY (all raw reads below): ptr_at checked that the bytes are inside
+    // the linear packet data.
+    let proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
+    let mut ep = EndpointKey::default();
+    let mut saddr = [0u32; 4];
+    let (l4, ip_payload): (usize, usize);
+    if proto == ETH_P_IP {
+        let vihl = unsafe { *ptr_at::<u8>(ctx, ETH_HLEN)? };
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if ihl < 20 {
+            return None;
+        }
+        let hdr = ptr_at::<[u32; 5]>(ctx, ETH_HLEN)?;
+        let w = unsafe { *hdr };
+        // tot_len in the first word's high half (network order), frag in the second word.
+        let b = unsafe { &*(hdr as *const [u8; 20]) };
+        if b[9] != IPPROTO_TCP {
+            return None;
+        }
+        // MF flag or a fragment offset: not a whole segment.
+        if (u16::from_be_bytes([b[6], b[7]]) & 0x3fff) != 0 {
+            return None;
+        }
+        let tot = u16::from_be_bytes([b[2], b[3]]) as usize;
+        // tot_len 0: a BIG TCP super-packet; size it from the skb.
+        let tot = if tot == 0 {
+            (ctx.len() as usize).saturating_sub(ETH_HLEN)
+        } else {
+            tot
+        };
+        saddr[0] = w[3];
+        ep.addr[0] = w[4];
+        ep.family = AF_INET;
+        l4 = ETH_HLEN + ihl;
+        ip_payload = tot.saturating_sub(ihl);
+    } else if proto == ETH_P_IPV6 {
+        let b = unsafe { &*ptr_at::<[u8; 8]>(ctx, ETH_HLEN)? };
+        if b[6] != IPPROTO_TCP {
+            return None;
+        }
+        let plen = u16::from_be_bytes([b[4], b[5]]) as usize;
+        let plen = if plen == 0 {
+            (ctx.len() as usize).saturating_sub(ETH_HLEN + 40)
+        } else {
+            plen
+        };
+        saddr = unsafe { *ptr_at::<[u32; 4]>(ctx, ETH_HLEN + 8)? };
+        ep.addr = unsafe { *ptr_at::<[u32; 4]>(ctx, ETH_HLEN + 24)? };
+        ep.family = AF_INET6;
+        l4 = ETH_HLEN + 40;
+        ip_payload = plen;
+    } else {
+        return None;
+    }
+    let th = unsafe { &*ptr_at::<[u8; 14]>(ctx, l4)? };
+    let doff = ((th[12] >> 4) as usize) * 4;
+    if ip_payload <= doff {
+        return None; // no payload: pure ACK, SYN, FIN, RST
+    }
+    let sport = u16::from_be_bytes([th[0], th[1]]);
+    let dport = u16::from_be_bytes([th[2], th[3]]);
+    ep.port = if dport >= rt.ephemeral_lo && dport <= rt.ephemeral_hi {
+        0
+    } else {
+        dport
+    };
+    Some(Segment {
+        ep,
+        saddr,
+        sport,
+        psh: th[13] & TCP_FLAG_PSH != 0,
+        seq: u32::from_be_bytes([th[4], th[5], th[6], th[7]]),
+        len: (ip_payload - doff) as u32,
+    })
+}
+
+#[classifier]
+pub fn tcp_fanin(ctx: TcContext) -> i32 {
+    fanin(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn hist_bin(c: u32) -> usize {
+    match c {
+        0..=1 => 0,
+        2 => 1,
+        3..=4 => 2,
+        5..=8 => 3,
+        9..=16 => 4,
+        17..=32 => 5,
+        33..=64 => 6,
+        _ => HIST_BINS - 1,
+    }
+}
+
+#[inline(always)]
+fn fanin(ctx: &TcContext) {
+    let Some(rt) = FANIN_RUNTIME.get(0) else { return };
+    let Some(seg) = parse(ctx, rt) else { return };
+    bump(&FANIN_STATS, fanin_stat::SEGMENTS);
+    // SAFETY: read-only global patched at load; volatile so the defaults are
+    // not constant-folded.
+    let cfg = unsafe { core::ptr::read_volatile(&TCP_FANIN_CONFIG) };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    let ep = match FANIN_ENDPOINTS.get_ptr_mut(&seg.ep) {
+        Some(p) => p,
+        None => {
+            let fresh = EndpointState {
+                bucket: [u32::MAX; GRIDS],
+                ..EndpointState::default()
+            };
+            if FANIN_ENDPOINTS.insert(&seg.ep, &fresh, 0).is_err() {
+                bump(&FANIN_STATS, fanin_stat::ENDPOINTS_FULL);
+                return;
+            }
+            match FANIN_ENDPOINTS.get_ptr_mut(&seg.ep) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    let skey = SenderKey {
+        ep: seg.ep,
+        saddr: seg.saddr,
+    };
+    let s = match FANIN_SENDERS.get_ptr_mut(&skey) {
+        Some(p) => p,
+        None => {
+            let fresh = SenderState {
+                bucket: [u32::MAX; GRIDS],
+                ..SenderState::default()
+            };
+            if FANIN_SENDERS.insert(&skey, &fresh, 0).is_err() {
+                bump(&FANIN_STATS, fanin_stat::SENDERS_FAILED);
+                return;
+            }
+            match FANIN_SENDERS.get_ptr_mut(&skey) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: map value pointers stay valid for this program run; fields
+    // another CPU may update concurrently are changed with atomic adds, the
+    // rest are plain stores whose races only blur an approximate count.
+    let (ep, s) = unsafe { (&mut *ep, &mut *s) };
+
+    // Stall: this sender's previous segment was mid-write (no PSH) and the
+    // flow then went quiet for an RTO-like time.
+    if s.last_ns != 0 && s.flags & SENDER_LAST_PSH == 0 && s.sport == seg.sport {
+        let gap = now.wrapping_sub(s.last_ns);
+        if gap >= cfg.stall_min_ns && gap <= cfg.stall_max_ns {
+            add64(&mut ep.stalls, 1);
+            add64(&mut ep.stall_ns, gap);
+            let near = cfg.stall_min_ns / 2;
+            let (b1, b2) = (ep.last_burst_ns, ep.prev_burst_ns);
+            if (b1 != 0 && s.last_ns.abs_diff(b1) <= near) || (b2 != 0 && s.last_ns.abs_diff(b2) <= near) {
+                add64(&mut ep.burst_stalls, 1);
+            }
+        }
+    }
+    // Losses upstream, seen from the receiver: a segment beyond the highest
+    // one seen leaves a hole; one below it is a retransmission.
+    let end = seg.seq.wrapping_add(seg.len);
+    let mut next = end;
+    if s.flags & SENDER_SEQ_VALID != 0 && s.sport == seg.sport {
+        let d = seg.seq.wrapping_sub(s.next_seq) as i32;
+        if d != 0 {
+            if d > 0 {
+                add64(&mut ep.holes, 1);
+            } else {
+                add64(&mut ep.rexmits, 1);
+            }
+            let (b1, b2) = (ep.last_burst_ns, ep.prev_burst_ns);
+            if (b1 != 0 && now.wrapping_sub(b1) <= cfg.stall_max_ns)
+                || (b2 != 0 && now.wrapping_sub(b2) <= cfg.stall_max_ns)
+            {
+                add64(&mut ep.burst_losses, 1);
+            }
+        }
+        if (end.wrapping_sub(s.next_seq) as i32) < 0 {
+            next = s.next_seq;
+        }
+    }
+    s.last_ns = now;
+    s.sport = seg.sport;
+    s.next_seq = next;
+    s.flags = SENDER_SEQ_VALID | if seg.psh { SENDER_LAST_PSH } else { 0 };
+
+    // Most segments of a flow arrive within the same buckets as the one
+    // before: skip the four divisions until the earliest bucket ends.
+    if now < s.next_ns {
+        return;
+    }
+    let slot = (rt.epoch & 1) as usize;
+    let mut next_ns = u64::MAX;
+    let mut g = 0;
+    while g < GRIDS {
+        let long = g >= 2;
+        let width = if long { cfg.long_ns } else { cfg.short_ns };
+        if width == 0 {
+            return;
+        }
+        let offset = if g & 1 == 1 { width / 2 } else { 0 };
+        let q = (now + offset) / width;
+        let end = (q + 1) * width - offset;
+        if end < next_ns {
+            next_ns = end;
+        }
+        let b = q as u32;
+        if s.bucket[g] != b {
+            s.bucket[g] = b;
+            let c = if ep.bucket[g] != b {
+                // The first sender of a new bucket closes the previous one.
+                if g == 2 && ep.bucket[g] != u32::MAX && ep.count[g] > 0 {
+                    add64(&mut ep.hist[hist_bin(ep.count[g]) & (HIST_BINS - 1)], 1);
+                }
+                ep.bucket[g] = b;
+                ep.count[g] = 1;
+                1
+            } else {
+                add32(&mut ep.count[g], 1);
+                ep.count[g]
+            };
+            if ep.peak_tag[slot] != rt.epoch {
+                ep.peak_tag[slot] = rt.epoch;
+                ep.peak[slot] = [0, 0];
+            }
+            let k = if long { 1 } else { 0 };
+            if c > ep.peak[slot][k] {
+                ep.peak[slot][k] = c;
+            }
+            if long && c >= cfg.senders && now.wrapping_sub(ep.last_burst_ns) > cfg.long_ns {
+                ep.prev_burst_ns = ep.last_burst_ns;
+                ep.last_burst_ns = now;
+                add64(&mut ep.bursts, 1);
+            }
+        }
+        g += 1;
+    }
+    s.next_ns = next_ns;
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(&RETRANS_STATS, retrans_stat::LOST);
+            None
+        }
+    }
+}
+
+const TCP_SYN_SENT: u8 = 2;
+const TCP_SYN_RECV: u8 = 3;
+/// enum tcp_ca_state values (include/net/tcp.h, unchanged since 2.6).
+const TCP_CA_RECOVERY: u8 = 3;
+const TCP_CA_LOSS: u8 = 4;
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit(ctx: RawTracePointContext) -> i32 {
+    // SAFETY: read-only global patched at load time.
+    let off = unsafe { core::ptr::read_volatile(&TCP_RETRANS_OFFSETS) };
+    let sk: u64 = ctx.arg(0);
+    if sk == 0 {
+        return 0;
+    }
+    let family = read::<u16>(sk + off.skc_family as u64).unwrap_or(0);
+    let mut key = RetransKey {
+        family,
+        ..RetransKey::default()
+    };
+    if family == AF_INET {
+        key.raddr[0] = read::<u32>(sk + off.skc_daddr as u64).unwrap_or(0);
+    } else if family == AF_INET6 {
+        key.raddr = read::<[u32; 4]>(sk + off.skc_v6_daddr as u64).unwrap_or([0; 4]);
+    }
+    if off.skc_net != u32::MAX
+        && let Some(net) = read::<u64>(sk + off.skc_net as u64)
+        && net != 0
+    {
+        key.netns = read::<u32>(net + off.net_ns_inum as u64).unwrap_or(0);
+    }
+    let state = read::<u8>(sk + off.skc_state as u64).unwrap_or(0);
+    let ca =
+        (read::<u8>(sk + off.icsk_ca_state as u64).unwrap_or(0) >> (off.ca_state_shift & 7)) & off.ca_state_mask as u8;
+    key.kind = if state == TCP_SYN_SENT || state == TCP_SYN_RECV {
+        retrans_kind::SYN
+    } else if ca == TCP_CA_LOSS {
+        retrans_kind::TIMEOUT
+    } else if ca == TCP_CA_RECOVERY {
+        retrans_kind::FAST
+    } else {
+        retrans_kind::PROBE
+    };
+    match RETRANS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value.
+        Some(p) => unsafe { *p += 1 },
+        None => {
+            if RETRANS.insert(&key, &1, 0).is_err() {
+                bump(&RETRANS_STATS, retrans_stat::LOST);
+            }
+        }
+    }
+    0
+}
