@@ -430,11 +430,13 @@ fn documented_user_overlay_with_tokens_renders() {
             .trim_start_matches('/')
     );
     std::fs::write(dir.path().join("tokens"), "agent:aaa\nviewer:bbb\noperator:ccc\n").expect("tokens");
+    std::fs::write(dir.path().join("token"), "aaa").expect("agent token");
     std::fs::write(
         dir.path().join("kustomization.yaml"),
         format!(
             "namespace: graydar\nbases:\n  - {base}\nsecretGenerator:\n  - name: graydar-controller-tokens\n    \
-             behavior: replace\n    files:\n      - tokens\nimages:\n  - name: registry.example.invalid/graydar\n    \
+             behavior: replace\n    files:\n      - tokens\n  - name: graydar-agent-token\n    \
+             behavior: replace\n    files:\n      - token\nimages:\n  - name: registry.example.invalid/graydar\n    \
              newName: registry.example.com/graydar\n    newTag: 0.1.0\n"
         ),
     )
@@ -453,6 +455,24 @@ fn documented_user_overlay_with_tokens_renders() {
         "the empty shipped tokens must be gone: {secret:?}"
     );
     assert!(rendered.contains("image: registry.example.com/graydar:0.1.0"));
+    // The agents report to this installation's controller with the agent token.
+    let agent_secret = named(&objs, "Secret", "graydar-agent-token");
+    assert_eq!(agent_secret["data"]["token"], "YWFh", "{agent_secret:?}");
+    let ds = named(&objs, "DaemonSet", "graydar-agent");
+    let env = seq(&ds["spec"]["template"]["spec"]["containers"][0]["env"]);
+    assert!(
+        env.iter().any(|e| e["name"] == "GRAYDAR_CONTROLLER_TOKEN"
+            && e["valueFrom"]["secretKeyRef"]["name"] == "graydar-agent-token"),
+        "{env:?}"
+    );
+    let cm = kind(&objs, "ConfigMap")
+        .into_iter()
+        .find(|c| s(&c["metadata"]["name"]).starts_with("graydar-agent-config"))
+        .expect("agent ConfigMap");
+    assert!(
+        s(&cm["data"]["agent.toml"]).contains("url = \"http://graydar-controller.graydar.svc:8477\""),
+        "{cm:?}"
+    );
 }
 
 #[test]
