@@ -21,7 +21,7 @@
 //! disk), not for the dm device itself; the fsync histogram covers those.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::bpf_ktime_get_ns,
     macros::{map, raw_tracepoint},
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
@@ -69,22 +69,12 @@ static BLOCK_ZERO: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn bump(index: u32) {
-    if let Some(p) = BLOCK_STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *p += 1 };
-    }
+    crate::util::bump(&BLOCK_STATS, index)
 }
 
 #[inline(always)]
 fn read<T>(addr: u64) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel validates the address; failures are counted.
-    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            bump(stat::READ_ERRORS);
-            None
-        }
-    }
+    crate::util::read(addr, &BLOCK_STATS, stat::READ_ERRORS)
 }
 
 #[raw_tracepoint(tracepoint = "block_rq_issue")]

@@ -27,7 +27,7 @@
 //! No per-event traffic to user space.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns},
     macros::{map, tracepoint},
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::TracePointContext,
@@ -70,22 +70,12 @@ static FSYNC_ZERO: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn bump(index: u32) {
-    if let Some(p) = FSYNC_STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *p += 1 };
-    }
+    crate::util::bump(&FSYNC_STATS, index)
 }
 
 #[inline(always)]
 fn read<T>(addr: u64) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel validates the address; failures are counted.
-    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            bump(stat::READ_ERRORS);
-            None
-        }
-    }
+    crate::util::read(addr, &FSYNC_STATS, stat::READ_ERRORS)
 }
 
 /// Block device of the file behind `fd` of the current task, 0 when unknown.

@@ -10,6 +10,7 @@ mod block_io;
 mod fsync;
 mod nic_drops;
 mod tcp;
+mod util;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -12,7 +12,6 @@
 //! traffic to user space and no event counter (user space derives it).
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -41,22 +40,12 @@ static NETNS_CACHE: PerCpuArray<NetnsCache> = PerCpuArray::with_max_entries(1, 0
 
 #[inline(always)]
 fn bump(index: u32) {
-    if let Some(p) = DROP_STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *p += 1 };
-    }
+    crate::util::bump(&DROP_STATS, index)
 }
 
 #[inline(always)]
 fn read<T>(addr: u64) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel validates the address; failures are counted.
-    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            bump(stat::READ_ERRORS);
-            None
-        }
-    }
+    crate::util::read(addr, &DROP_STATS, stat::READ_ERRORS)
 }
 
 #[inline(always)]

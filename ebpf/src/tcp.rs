@@ -42,8 +42,9 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
+use crate::util::bump;
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, map, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{RawTracePointContext, TcContext},
@@ -99,14 +100,6 @@ static RETRANS: PerCpuHashMap<RetransKey, u64> = PerCpuHashMap::with_max_entries
 
 #[map]
 static RETRANS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(retrans_stat::COUNT, 0);
-
-#[inline(always)]
-fn bump(map: &PerCpuArray<u64>, index: u32) {
-    if let Some(p) = map.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *p += 1 };
-    }
-}
 
 #[inline(always)]
 fn add64(p: *mut u64, v: u64) {
@@ -398,14 +391,7 @@ fn fanin(ctx: &TcContext) {
 
 #[inline(always)]
 fn read<T>(addr: u64) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel validates the address.
-    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            bump(&RETRANS_STATS, retrans_stat::LOST);
-            None
-        }
-    }
+    crate::util::read(addr, &RETRANS_STATS, retrans_stat::LOST)
 }
 
 const TCP_SYN_SENT: u8 = 2;

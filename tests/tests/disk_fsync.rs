@@ -149,8 +149,12 @@ fn canary_runs_and_exports_its_duration() {
     );
     let labels = [("directory", dir.as_str()), ("device", lo.name.as_str())];
     let start = Instant::now();
-    agent.wait_for(TIMEOUT, "5 canary observations", |a| {
-        prom::sum(&a.metrics(), "graydar_canary_duration_seconds_count", &labels) >= 5.0
+    // The canary's own metric updates at once; the fsync histogram is exported
+    // by the disk signal's sampling loop, so wait for both.
+    agent.wait_for(TIMEOUT, "5 canary observations, also in the fsync histogram", |a| {
+        let m = a.metrics();
+        prom::sum(&m, "graydar_canary_duration_seconds_count", &labels) >= 5.0
+            && count(&m, "graydar_fsync_duration_seconds_count", &lo.name, "fdatasync") >= 5.0
     });
     let m = agent.metrics();
     let n = prom::sum(&m, "graydar_canary_duration_seconds_count", &labels);
