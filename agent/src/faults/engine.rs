@@ -85,6 +85,30 @@ pub struct Recovered {
     pub result: Result<(), String>,
 }
 
+/// The journal record of a fault about to be applied: spec and prior state
+/// as JSON, lease from now.
+fn fault_record(
+    id: &str,
+    kind: &str,
+    target: &str,
+    spec: &impl serde::Serialize,
+    prior: &impl serde::Serialize,
+    lease: Duration,
+) -> Result<FaultRecord, FaultError> {
+    let record_err = |e: serde_json::Error| FaultError::Record {
+        id: id.to_owned(),
+        detail: e.to_string(),
+    };
+    Ok(FaultRecord {
+        id: id.to_owned(),
+        kind: kind.to_owned(),
+        target: target.to_owned(),
+        spec: serde_json::to_value(spec).map_err(record_err)?,
+        prior: serde_json::to_value(prior).map_err(record_err)?,
+        lease_expires_unix: unix_now().saturating_add(lease.as_secs().max(1)),
+    })
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -189,20 +213,7 @@ impl FaultEngine {
             .await?
             .ok_or_else(|| FaultError::UnknownInterface(f.interface.clone()))?;
         let prior = tc::snapshot(&self.netlink, ifindex).await?;
-        let record = FaultRecord {
-            id: f.id.clone(),
-            kind: "netem".into(),
-            target: f.interface.clone(),
-            spec: serde_json::to_value(&f.spec).map_err(|e| FaultError::Record {
-                id: f.id.clone(),
-                detail: e.to_string(),
-            })?,
-            prior: serde_json::to_value(&prior).map_err(|e| FaultError::Record {
-                id: f.id.clone(),
-                detail: e.to_string(),
-            })?,
-            lease_expires_unix: unix_now().saturating_add(f.lease.as_secs().max(1)),
-        };
+        let record = fault_record(&f.id, "netem", &f.interface, &f.spec, &prior, f.lease)?;
         self.journal.append(&Record::Intent { fault: record.clone() })?;
         if let Err(e) = tc::apply_netem(&self.netlink, ifindex, &f.spec).await {
             // Roll back whatever the kernel did, then record the failure.
@@ -246,20 +257,7 @@ impl FaultEngine {
         f.spec.validate()?;
         let h = dm::open()?;
         let prior = dm::snapshot(&h, &f.device)?;
-        let record = FaultRecord {
-            id: f.id.clone(),
-            kind: "dm".into(),
-            target: f.device.clone(),
-            spec: serde_json::to_value(&f.spec).map_err(|e| FaultError::Record {
-                id: f.id.clone(),
-                detail: e.to_string(),
-            })?,
-            prior: serde_json::to_value(&prior).map_err(|e| FaultError::Record {
-                id: f.id.clone(),
-                detail: e.to_string(),
-            })?,
-            lease_expires_unix: unix_now().saturating_add(f.lease.as_secs().max(1)),
-        };
+        let record = fault_record(&f.id, "dm", &f.device, &f.spec, &prior, f.lease)?;
         self.journal.append(&Record::Intent { fault: record.clone() })?;
         // swap_table resumes the device on its old table when the load fails.
         if let Err(e) = dm::swap_table(&h, &f.device, &f.spec.table(&prior)) {

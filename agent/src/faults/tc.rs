@@ -101,13 +101,7 @@ fn map_err(op: &'static str, ifindex: u32, e: rtnetlink::Error) -> TcError {
 }
 
 async fn dump(handle: &rtnetlink::Handle, ifindex: u32) -> Result<Vec<TcMessage>, TcError> {
-    let all: Vec<TcMessage> = handle
-        .qdisc()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| map_err("dump qdiscs", ifindex, e))?;
+    let all = collect(handle.qdisc().get().execute(), "dump qdiscs", ifindex).await?;
     Ok(all.into_iter().filter(|m| m.header.index as u32 == ifindex).collect())
 }
 
@@ -136,49 +130,38 @@ pub async fn snapshot(handle: &rtnetlink::Handle, ifindex: u32) -> Result<PriorR
         .iter()
         .filter(|m| m.header.parent != TcHandle::ROOT && m.header.parent != TcHandle::INGRESS)
         .count();
+    let refuse = |what: String| TcError::CannotRestore {
+        ifindex,
+        kind: kind.clone(),
+        handle: handle_str(root.header.handle),
+        what,
+    };
     if children > 0 {
-        return Err(TcError::CannotRestore {
-            ifindex,
-            kind,
-            handle: handle_str(root.header.handle),
-            what: format!("{children} child qdisc(s)"),
-        });
+        return Err(refuse(format!("{children} child qdisc(s)")));
     }
     // Classes the user created (htb, hfsc, ...) are a tree graydar would have
     // to rebuild; the implicit classes of tbf, prio, mq, multiq and mqprio
     // come back with the qdisc itself.
     if USER_CLASS_KINDS.contains(&kind.as_str()) {
-        let classes: Vec<TcMessage> = handle
-            .traffic_class(ifindex as i32)
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| map_err("dump classes", ifindex, e))?;
+        let classes = collect(
+            handle.traffic_class(ifindex as i32).get().execute(),
+            "dump classes",
+            ifindex,
+        )
+        .await?;
         if !classes.is_empty() {
-            return Err(TcError::CannotRestore {
-                ifindex,
-                kind,
-                handle: handle_str(root.header.handle),
-                what: format!("{} class(es)", classes.len()),
-            });
+            return Err(refuse(format!("{} class(es)", classes.len())));
         }
     }
     // Filters on the root qdisc (a dump with parent 0 lists the root's).
-    let filters: Vec<TcMessage> = handle
-        .traffic_filter(ifindex as i32)
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| map_err("dump filters", ifindex, e))?;
+    let filters = collect(
+        handle.traffic_filter(ifindex as i32).get().execute(),
+        "dump filters",
+        ifindex,
+    )
+    .await?;
     if !filters.is_empty() {
-        return Err(TcError::CannotRestore {
-            ifindex,
-            kind,
-            handle: handle_str(root.header.handle),
-            what: format!("{} filter(s)", filters.len()),
-        });
+        return Err(refuse(format!("{} filter(s)", filters.len())));
     }
     // Keep what re-creates the qdisc (kind, options); drop statistics.
     let mut m = TcMessage::default();
@@ -224,6 +207,14 @@ fn options_payload(opts: &[TcOption]) -> Vec<u8> {
         }
     }
     buf
+}
+
+async fn collect(
+    dump: impl futures_util::Stream<Item = Result<TcMessage, rtnetlink::Error>>,
+    op: &'static str,
+    ifindex: u32,
+) -> Result<Vec<TcMessage>, TcError> {
+    dump.try_collect().await.map_err(|e| map_err(op, ifindex, e))
 }
 
 fn netem_message(ifindex: u32, spec: &NetemSpec) -> TcMessage {
