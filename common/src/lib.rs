@@ -11,5 +11,8 @@ pub mod tcp;
 #[cfg(feature = "api")]
 pub mod api;
 
+#[cfg(feature = "api")]
+pub mod faults;
+
 #[cfg(feature = "client")]
 pub mod client;

@@ -4,36 +4,11 @@
 //! loads the original table back the same way.
 
 use devicemapper::{DM, DevId, DmFlags, DmName, DmNameBuf, DmOptions};
-use serde::{Deserialize, Serialize};
 
 /// One table line: start sector, length in sectors, target type, parameters.
 pub type TableLine = (u64, u64, String, String);
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum DmFaultSpec {
-    /// dm-delay: separate delays for reads, writes and flushes (ms).
-    Delay {
-        #[serde(default)]
-        read_ms: u32,
-        #[serde(default)]
-        write_ms: u32,
-        /// Flush delay; `None` keeps the write delay for flushes too.
-        #[serde(default)]
-        flush_ms: Option<u32>,
-    },
-    /// dm-flakey: healthy for `up_s`, then misbehaving for `down_s`, repeating.
-    Flakey { up_s: u32, down_s: u32, mode: FlakeyMode },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FlakeyMode {
-    /// Writes fail with EIO while down.
-    ErrorWrites,
-    /// Writes are silently dropped while down.
-    DropWrites,
-}
+pub use graydar_common::faults::{DmFaultSpec, FlakeyMode, SpecError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DmFaultError {
@@ -53,42 +28,15 @@ pub enum DmFaultError {
     },
 }
 
-impl DmFaultSpec {
-    pub fn validate(&self) -> Result<(), DmFaultError> {
-        match self {
-            DmFaultSpec::Delay {
-                read_ms,
-                write_ms,
-                flush_ms,
-            } => {
-                if *read_ms == 0 && *write_ms == 0 && flush_ms.unwrap_or(0) == 0 {
-                    return Err(DmFaultError::Invalid("a delay of 0 ms everywhere does nothing".into()));
-                }
-                for (what, v) in [
-                    ("read_ms", *read_ms),
-                    ("write_ms", *write_ms),
-                    ("flush_ms", flush_ms.unwrap_or(0)),
-                ] {
-                    if v > 60_000 {
-                        return Err(DmFaultError::Invalid(format!("{what} {v} is more than a minute")));
-                    }
-                }
-                Ok(())
-            }
-            DmFaultSpec::Flakey { up_s, down_s, .. } => {
-                if *down_s == 0 {
-                    return Err(DmFaultError::Invalid("flakey with down_s = 0 never misbehaves".into()));
-                }
-                if *up_s > 86_400 || *down_s > 86_400 {
-                    return Err(DmFaultError::Invalid("flakey intervals above a day".into()));
-                }
-                Ok(())
-            }
-        }
-    }
+/// The device-mapper table of a [`DmFaultSpec`] (an extension trait: the
+/// spec is a wire type in graydar-common).
+pub trait DmTable {
+    fn table(&self, prior: &[TableLine]) -> Vec<TableLine>;
+}
 
+impl DmTable for DmFaultSpec {
     /// The faulty table over the prior linear segments.
-    pub fn table(&self, prior: &[TableLine]) -> Vec<TableLine> {
+    fn table(&self, prior: &[TableLine]) -> Vec<TableLine> {
         prior
             .iter()
             .map(|(start, len, _linear, params)| {

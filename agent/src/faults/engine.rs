@@ -15,8 +15,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt as _;
+use graydar_common::faults::{Direction, FaultSpec};
 
-use super::dm::{self, DmFaultError, DmFaultSpec, TableLine};
+use super::dm::{self, DmFaultError, DmFaultSpec, DmTable as _, TableLine};
 use super::journal::{FaultRecord, Journal, JournalError, Record};
 use super::netem::{NetemSpec, SpecError};
 use super::tc::{self, PriorRoot, TcError};
@@ -39,6 +40,8 @@ pub enum FaultError {
     NotFound(String),
     #[error("journal record of {id}: {detail}")]
     Record { id: String, detail: String },
+    #[error("not supported by this agent: {0}")]
+    Unsupported(String),
 }
 
 /// A netem fault on a whole interface's egress.
@@ -191,6 +194,69 @@ impl FaultEngine {
                 id: rec.id.clone(),
                 detail: format!("unknown fault kind {other:?}"),
             }),
+        }
+    }
+
+    /// Applies any fault spec (the controller's and the CLI's entry point):
+    /// validates, then dispatches by kind.
+    pub async fn apply(&mut self, id: &str, spec: &FaultSpec, lease: Duration) -> Result<(), FaultError> {
+        spec.validate()?;
+        match spec {
+            FaultSpec::Netem {
+                interface,
+                direction: Direction::Egress,
+                scope,
+                netem,
+            } if scope.is_whole_interface() => {
+                self.apply_netem(NetemFault {
+                    id: id.to_owned(),
+                    interface: interface.clone(),
+                    spec: netem.clone(),
+                    lease,
+                })
+                .await
+            }
+            FaultSpec::Dm { device, dm } => self.apply_dm(DmFault {
+                id: id.to_owned(),
+                device: device.clone(),
+                spec: dm.clone(),
+                lease,
+            }),
+            FaultSpec::Netem { .. } => Err(FaultError::Unsupported(
+                "netem scoped to CIDRs/ports/protocol or on ingress".into(),
+            )),
+            FaultSpec::Blackhole { .. } => Err(FaultError::Unsupported("blackhole routes".into())),
+        }
+    }
+
+    /// The exact kernel operations [`FaultEngine::apply`] would perform (dry run).
+    pub async fn describe(&self, spec: &FaultSpec) -> Result<Vec<String>, FaultError> {
+        spec.validate()?;
+        match spec {
+            FaultSpec::Netem {
+                interface,
+                direction: Direction::Egress,
+                scope,
+                netem,
+            } if scope.is_whole_interface() => {
+                self.describe_netem(&NetemFault {
+                    id: String::new(),
+                    interface: interface.clone(),
+                    spec: netem.clone(),
+                    lease: Duration::ZERO,
+                })
+                .await
+            }
+            FaultSpec::Dm { device, dm } => self.describe_dm(&DmFault {
+                id: String::new(),
+                device: device.clone(),
+                spec: dm.clone(),
+                lease: Duration::ZERO,
+            }),
+            FaultSpec::Netem { .. } => Err(FaultError::Unsupported(
+                "netem scoped to CIDRs/ports/protocol or on ingress".into(),
+            )),
+            FaultSpec::Blackhole { .. } => Err(FaultError::Unsupported("blackhole routes".into())),
         }
     }
 

@@ -7,79 +7,9 @@
 //! that payload against linux/pkt_sched.h, and nothing else; the rest of the
 //! qdisc message goes through netlink-packet-route.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-/// What netem should do to matching packets. Percentages are 0..=100.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetemSpec {
-    /// Added delay in milliseconds.
-    #[serde(default)]
-    pub delay_ms: f64,
-    /// Random variation of the delay in milliseconds.
-    #[serde(default)]
-    pub jitter_ms: f64,
-    /// Correlation of successive delays, percent.
-    #[serde(default)]
-    pub delay_correlation: f64,
-    #[serde(default)]
-    pub loss: Option<Loss>,
-    /// Duplicate packets, percent.
-    #[serde(default)]
-    pub duplicate: f64,
-    #[serde(default)]
-    pub duplicate_correlation: f64,
-    /// Corrupt one bit in packets, percent.
-    #[serde(default)]
-    pub corrupt: f64,
-    #[serde(default)]
-    pub corrupt_correlation: f64,
-    /// Send this percentage of packets immediately (the rest delayed), which
-    /// reorders them; needs a delay.
-    #[serde(default)]
-    pub reorder: f64,
-    #[serde(default)]
-    pub reorder_correlation: f64,
-    /// Rate limit in bytes per second.
-    #[serde(default)]
-    pub rate_bytes_per_sec: Option<u64>,
-    /// Queue limit in packets; default sized so rate × delay fits (see [`NetemSpec::limit`]).
-    #[serde(default)]
-    pub limit: Option<u32>,
-}
-
-/// Loss models of netem.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "model", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Loss {
-    /// Independent (or correlated) random loss.
-    Random {
-        percent: f64,
-        #[serde(default)]
-        correlation: f64,
-    },
-    /// Gilbert-Elliott: p = P(good→bad), r = P(bad→good), loss in bad state
-    /// `1 - h`, loss in good state `1 - k`; all percent.
-    GilbertElliott {
-        p: f64,
-        r: f64,
-        #[serde(default = "hundred")]
-        one_minus_h: f64,
-        #[serde(default)]
-        one_minus_k: f64,
-    },
-}
-
-fn hundred() -> f64 {
-    100.0
-}
-
-#[derive(Debug, PartialEq, thiserror::Error)]
-#[error("netem: {0}")]
-pub struct SpecError(pub String);
+pub use graydar_common::faults::{Loss, NetemSpec, SpecError};
 
 // linux/pkt_sched.h
 const TCA_NETEM_CORR: u16 = 1;
@@ -92,95 +22,15 @@ const TCA_NETEM_LATENCY64: u16 = 10;
 const TCA_NETEM_JITTER64: u16 = 11;
 const NETEM_LOSS_GE: u16 = 2;
 const NLA_F_NESTED: u16 = 1 << 15;
-/// netem's own default limit (sch_netem.c: `q->limit = 1000` in tc's default).
-const DEFAULT_LIMIT: u32 = 1000;
+/// The kernel encoding of a [`NetemSpec`] (an extension trait: the spec
+/// itself is a wire type in graydar-common).
+pub trait NetemEncode {
+    fn encode_options(&self) -> Vec<u8>;
+}
 
-impl NetemSpec {
-    pub fn validate(&self) -> Result<(), SpecError> {
-        let pct = |name: &str, v: f64| {
-            if v.is_finite() && (0.0..=100.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(SpecError(format!(
-                    "{name} must be a percentage between 0 and 100, got {v}"
-                )))
-            }
-        };
-        for (name, v) in [("delay_ms", self.delay_ms), ("jitter_ms", self.jitter_ms)] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(SpecError(format!("{name} must be a duration >= 0 ms, got {v}")));
-            }
-            if v > 3_600_000.0 {
-                return Err(SpecError(format!("{name} {v} ms is more than an hour")));
-            }
-        }
-        if self.jitter_ms > self.delay_ms && self.delay_ms > 0.0 {
-            return Err(SpecError(format!(
-                "jitter_ms ({}) larger than delay_ms ({}) would need negative delays",
-                self.jitter_ms, self.delay_ms
-            )));
-        }
-        pct("delay_correlation", self.delay_correlation)?;
-        pct("duplicate", self.duplicate)?;
-        pct("duplicate_correlation", self.duplicate_correlation)?;
-        pct("corrupt", self.corrupt)?;
-        pct("corrupt_correlation", self.corrupt_correlation)?;
-        pct("reorder", self.reorder)?;
-        pct("reorder_correlation", self.reorder_correlation)?;
-        match &self.loss {
-            Some(Loss::Random { percent, correlation }) => {
-                pct("loss.percent", *percent)?;
-                pct("loss.correlation", *correlation)?;
-            }
-            Some(Loss::GilbertElliott {
-                p,
-                r,
-                one_minus_h,
-                one_minus_k,
-            }) => {
-                pct("loss.p", *p)?;
-                pct("loss.r", *r)?;
-                pct("loss.one_minus_h", *one_minus_h)?;
-                pct("loss.one_minus_k", *one_minus_k)?;
-            }
-            None => {}
-        }
-        if self.reorder > 0.0 && self.delay_ms == 0.0 {
-            return Err(SpecError(
-                "reorder needs a delay (packets not reordered are delayed)".into(),
-            ));
-        }
-        if self.rate_bytes_per_sec == Some(0) {
-            return Err(SpecError("rate_bytes_per_sec must be > 0".into()));
-        }
-        if self.limit == Some(0) {
-            return Err(SpecError("limit must be at least 1 packet".into()));
-        }
-        if self == &NetemSpec::default() {
-            return Err(SpecError(
-                "the spec does nothing: set a delay, loss, duplicate, corrupt, reorder or rate".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Queue limit in packets. netem holds every delayed packet in its queue,
-    /// so a limit below rate × delay would itself drop packets and add loss
-    /// nobody asked for. Without a rate, assume a 10 Gbit/s link of 1500-byte
-    /// packets at the full delay plus jitter, with 2x headroom; never below
-    /// netem's default of 1000.
-    pub fn limit(&self) -> u32 {
-        if let Some(l) = self.limit {
-            return l;
-        }
-        let delay_s = (self.delay_ms + self.jitter_ms) / 1000.0;
-        let bytes_per_s = self.rate_bytes_per_sec.map(|r| r as f64).unwrap_or(10e9 / 8.0);
-        let packets = bytes_per_s * delay_s / 1500.0 * 2.0;
-        (packets.ceil() as u64).clamp(u64::from(DEFAULT_LIMIT), 1_000_000) as u32
-    }
-
+impl NetemEncode for NetemSpec {
     /// The TCA_OPTIONS payload: `struct tc_netem_qopt` then TCA_NETEM_* attributes.
-    pub fn encode_options(&self) -> Vec<u8> {
+    fn encode_options(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
         let latency = Duration::from_secs_f64(self.delay_ms / 1000.0);
         let jitter = Duration::from_secs_f64(self.jitter_ms / 1000.0);
@@ -261,52 +111,6 @@ impl NetemSpec {
         out
     }
 
-    /// tc-like one-line rendering, for describe/dry-run and logs.
-    pub fn describe(&self) -> String {
-        let mut s = format!("netem limit {}", self.limit());
-        if self.delay_ms > 0.0 {
-            let _ = write!(s, " delay {}ms", self.delay_ms);
-            if self.jitter_ms > 0.0 {
-                let _ = write!(s, " {}ms", self.jitter_ms);
-            }
-            if self.delay_correlation > 0.0 {
-                let _ = write!(s, " {}%", self.delay_correlation);
-            }
-        }
-        match &self.loss {
-            Some(Loss::Random { percent, correlation }) => {
-                let _ = write!(s, " loss random {percent}%");
-                if *correlation > 0.0 {
-                    let _ = write!(s, " {correlation}%");
-                }
-            }
-            Some(Loss::GilbertElliott {
-                p,
-                r,
-                one_minus_h,
-                one_minus_k,
-            }) => {
-                let _ = write!(s, " loss gemodel {p}% {r}% {one_minus_h}% {one_minus_k}%");
-            }
-            None => {}
-        }
-        for (name, v, c) in [
-            ("duplicate", self.duplicate, self.duplicate_correlation),
-            ("corrupt", self.corrupt, self.corrupt_correlation),
-            ("reorder", self.reorder, self.reorder_correlation),
-        ] {
-            if v > 0.0 {
-                let _ = write!(s, " {name} {v}%");
-                if c > 0.0 {
-                    let _ = write!(s, " {c}%");
-                }
-            }
-        }
-        if let Some(r) = self.rate_bytes_per_sec {
-            let _ = write!(s, " rate {}bit", r.saturating_mul(8));
-        }
-        s
-    }
 }
 
 /// Percent → the kernel's u32 probability scale (0 = never, u32::MAX = always).

@@ -16,7 +16,7 @@ use rtnetlink::packet_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::netem::NetemSpec;
+use super::netem::{NetemEncode as _, NetemSpec};
 
 /// Classful qdiscs whose classes are created by the user.
 const USER_CLASS_KINDS: &[&str] = &["htb", "hfsc", "drr", "qfq", "cbq", "ets"];

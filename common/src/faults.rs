@@ -1,0 +1,581 @@
+//! Fault specifications: what an operator asks for (controller API, CLI) and
+//! what an agent applies. One definition for both sides; validation here is
+//! pure (no kernel), so the controller answers a bad spec with a 4xx before
+//! any agent sees it. The kernel-facing encodings live in the agent
+//! (agent/src/faults/{netem,tc,dm}.rs).
+
+use std::fmt;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A fault spec that cannot be applied as written; the message names the field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecError(pub String);
+
+impl SpecError {
+    fn dm(msg: impl Into<String>) -> SpecError {
+        SpecError(format!("dm: {}", msg.into()))
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// One fault, by kind. `kind` is the JSON tag.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultSpec {
+    /// tc/netem on an interface: the whole interface or only the traffic `scope` matches.
+    Netem {
+        interface: String,
+        #[serde(default)]
+        direction: Direction,
+        #[serde(default)]
+        scope: Scope,
+        netem: NetemSpec,
+    },
+    /// dm-delay / dm-flakey on a dm device with a linear table (`/dev/mapper/<device>`).
+    Dm { device: String, dm: DmFaultSpec },
+    /// A blackhole route for a prefix (packets to it are discarded).
+    Blackhole {
+        prefix: String,
+        /// Routing table; the main table when absent.
+        #[serde(default)]
+        table: Option<u32>,
+    },
+}
+
+/// Which packets of an interface netem sees.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Packets the interface sends (root qdisc).
+    #[default]
+    Egress,
+    /// Packets the interface receives (redirected through an ifb device).
+    Ingress,
+}
+
+/// Narrows a netem fault to matching traffic; empty = the whole interface.
+/// A packet matches when its destination is in one of `dst_cidrs` (any when
+/// empty), its destination port is one of `dst_ports` (any when empty) and
+/// its protocol is `protocol` (any when absent). The controller's address and
+/// the agent↔controller channel are always excluded, whatever the scope.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    #[serde(default)]
+    pub dst_cidrs: Vec<String>,
+    #[serde(default)]
+    pub dst_ports: Vec<u16>,
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl Protocol {
+    /// IP protocol number (IPv4; ICMPv6 is 58 on IPv6).
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Icmp => 1,
+        }
+    }
+}
+
+/// A parsed `address/prefix-length`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, SpecError> {
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| SpecError(format!("{s:?} is not an IP address or CIDR (e.g. 10.0.0.0/8, fd00::/64)")))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match l {
+            None => max,
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| SpecError(format!("{s:?}: prefix length must be 0..={max}")))?,
+        };
+        Ok(Cidr { addr, len })
+    }
+
+    /// Whether `ip` lies inside this prefix.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.len)) };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - u32::from(self.len)) };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl Scope {
+    pub fn is_whole_interface(&self) -> bool {
+        self.dst_cidrs.is_empty() && self.dst_ports.is_empty() && self.protocol.is_none()
+    }
+
+    pub fn cidrs(&self) -> Result<Vec<Cidr>, SpecError> {
+        self.dst_cidrs
+            .iter()
+            .map(|c| Cidr::parse(c).map_err(|e| SpecError(format!("scope.dst_cidrs: {e}"))))
+            .collect()
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        self.cidrs()?;
+        if self.dst_ports.contains(&0) {
+            return Err(SpecError("scope.dst_ports: port 0 is not a destination port".into()));
+        }
+        if !self.dst_ports.is_empty() && self.protocol == Some(Protocol::Icmp) {
+            return Err(SpecError("scope.dst_ports: ICMP has no ports".into()));
+        }
+        Ok(())
+    }
+}
+
+impl FaultSpec {
+    /// `netem`, `dm` or `blackhole`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultSpec::Netem { .. } => "netem",
+            FaultSpec::Dm { .. } => "dm",
+            FaultSpec::Blackhole { .. } => "blackhole",
+        }
+    }
+
+    /// What the fault acts on: interface, dm device or prefix.
+    pub fn target(&self) -> &str {
+        match self {
+            FaultSpec::Netem { interface, .. } => interface,
+            FaultSpec::Dm { device, .. } => device,
+            FaultSpec::Blackhole { prefix, .. } => prefix,
+        }
+    }
+
+    /// Everything that can be checked without a kernel.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match self {
+            FaultSpec::Netem {
+                interface, scope, netem, ..
+            } => {
+                if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
+                    return Err(SpecError(format!("interface {interface:?} is not a valid interface name")));
+                }
+                scope.validate()?;
+                netem.validate()
+            }
+            FaultSpec::Dm { device, dm } => {
+                if device.is_empty() || device.len() > 127 || device.contains('/') {
+                    return Err(SpecError::dm(format!("device {device:?} is not a valid dm device name")));
+                }
+                dm.validate()
+            }
+            FaultSpec::Blackhole { prefix, .. } => {
+                let c = Cidr::parse(prefix).map_err(|e| SpecError(format!("blackhole prefix: {e}")))?;
+                if c.len == 0 {
+                    return Err(SpecError(
+                        "blackhole prefix: a default route blackhole would cut the host off (refused)".into(),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Where a fault is on one agent.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultState {
+    /// Assigned, not applied yet.
+    Pending,
+    Active,
+    Reverted,
+    /// Could not be applied (the reason says why); nothing is left applied.
+    Failed,
+}
+
+impl FaultState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultState::Pending => "pending",
+            FaultState::Active => "active",
+            FaultState::Reverted => "reverted",
+            FaultState::Failed => "failed",
+        }
+    }
+}
+
+/// What netem should do to matching packets. Percentages are 0..=100.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetemSpec {
+    /// Added delay in milliseconds.
+    #[serde(default)]
+    pub delay_ms: f64,
+    /// Random variation of the delay in milliseconds.
+    #[serde(default)]
+    pub jitter_ms: f64,
+    /// Correlation of successive delays, percent.
+    #[serde(default)]
+    pub delay_correlation: f64,
+    #[serde(default)]
+    pub loss: Option<Loss>,
+    /// Duplicate packets, percent.
+    #[serde(default)]
+    pub duplicate: f64,
+    #[serde(default)]
+    pub duplicate_correlation: f64,
+    /// Corrupt one bit in packets, percent.
+    #[serde(default)]
+    pub corrupt: f64,
+    #[serde(default)]
+    pub corrupt_correlation: f64,
+    /// Send this percentage of packets immediately (the rest delayed), which
+    /// reorders them; needs a delay.
+    #[serde(default)]
+    pub reorder: f64,
+    #[serde(default)]
+    pub reorder_correlation: f64,
+    /// Rate limit in bytes per second.
+    #[serde(default)]
+    pub rate_bytes_per_sec: Option<u64>,
+    /// Queue limit in packets; default sized so rate × delay fits (see [`NetemSpec::limit`]).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Loss models of netem.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Loss {
+    /// Independent (or correlated) random loss.
+    Random {
+        percent: f64,
+        #[serde(default)]
+        correlation: f64,
+    },
+    /// Gilbert-Elliott: p = P(good→bad), r = P(bad→good), loss in bad state
+    /// `1 - h`, loss in good state `1 - k`; all percent.
+    GilbertElliott {
+        p: f64,
+        r: f64,
+        #[serde(default = "hundred")]
+        one_minus_h: f64,
+        #[serde(default)]
+        one_minus_k: f64,
+    },
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+
+/// netem's own default limit (sch_netem.c: `q->limit = 1000` in tc's default).
+const DEFAULT_LIMIT: u32 = 1000;
+
+impl NetemSpec {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let pct = |name: &str, v: f64| {
+            if v.is_finite() && (0.0..=100.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(SpecError(format!(
+                    "netem: {name} must be a percentage between 0 and 100, got {v}"
+                )))
+            }
+        };
+        for (name, v) in [("delay_ms", self.delay_ms), ("jitter_ms", self.jitter_ms)] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(SpecError(format!("netem: {name} must be a duration >= 0 ms, got {v}")));
+            }
+            if v > 3_600_000.0 {
+                return Err(SpecError(format!("netem: {name} {v} ms is more than an hour")));
+            }
+        }
+        if self.jitter_ms > self.delay_ms && self.delay_ms > 0.0 {
+            return Err(SpecError(format!(
+                "netem: jitter_ms ({}) larger than delay_ms ({}) would need negative delays",
+                self.jitter_ms, self.delay_ms
+            )));
+        }
+        pct("delay_correlation", self.delay_correlation)?;
+        pct("duplicate", self.duplicate)?;
+        pct("duplicate_correlation", self.duplicate_correlation)?;
+        pct("corrupt", self.corrupt)?;
+        pct("corrupt_correlation", self.corrupt_correlation)?;
+        pct("reorder", self.reorder)?;
+        pct("reorder_correlation", self.reorder_correlation)?;
+        match &self.loss {
+            Some(Loss::Random { percent, correlation }) => {
+                pct("loss.percent", *percent)?;
+                pct("loss.correlation", *correlation)?;
+            }
+            Some(Loss::GilbertElliott {
+                p,
+                r,
+                one_minus_h,
+                one_minus_k,
+            }) => {
+                pct("loss.p", *p)?;
+                pct("loss.r", *r)?;
+                pct("loss.one_minus_h", *one_minus_h)?;
+                pct("loss.one_minus_k", *one_minus_k)?;
+            }
+            None => {}
+        }
+        if self.reorder > 0.0 && self.delay_ms == 0.0 {
+            return Err(SpecError(
+                "netem: reorder needs a delay (packets not reordered are delayed)".into(),
+            ));
+        }
+        if self.rate_bytes_per_sec == Some(0) {
+            return Err(SpecError("netem: rate_bytes_per_sec must be > 0".into()));
+        }
+        if self.limit == Some(0) {
+            return Err(SpecError("netem: limit must be at least 1 packet".into()));
+        }
+        if self == &NetemSpec::default() {
+            return Err(SpecError(
+                "netem: the spec does nothing: set a delay, loss, duplicate, corrupt, reorder or rate".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Queue limit in packets. netem holds every delayed packet in its queue,
+    /// so a limit below rate × delay would itself drop packets and add loss
+    /// nobody asked for. Without a rate, assume a 10 Gbit/s link of 1500-byte
+    /// packets at the full delay plus jitter, with 2x headroom; never below
+    /// netem's default of 1000.
+    pub fn limit(&self) -> u32 {
+        if let Some(l) = self.limit {
+            return l;
+        }
+        let delay_s = (self.delay_ms + self.jitter_ms) / 1000.0;
+        let bytes_per_s = self.rate_bytes_per_sec.map(|r| r as f64).unwrap_or(10e9 / 8.0);
+        let packets = bytes_per_s * delay_s / 1500.0 * 2.0;
+        (packets.ceil() as u64).clamp(u64::from(DEFAULT_LIMIT), 1_000_000) as u32
+    }
+
+    /// tc-like one-line rendering, for describe/dry-run and logs.
+    pub fn describe(&self) -> String {
+        let mut s = format!("netem limit {}", self.limit());
+        if self.delay_ms > 0.0 {
+            let _ = write!(s, " delay {}ms", self.delay_ms);
+            if self.jitter_ms > 0.0 {
+                let _ = write!(s, " {}ms", self.jitter_ms);
+            }
+            if self.delay_correlation > 0.0 {
+                let _ = write!(s, " {}%", self.delay_correlation);
+            }
+        }
+        match &self.loss {
+            Some(Loss::Random { percent, correlation }) => {
+                let _ = write!(s, " loss random {percent}%");
+                if *correlation > 0.0 {
+                    let _ = write!(s, " {correlation}%");
+                }
+            }
+            Some(Loss::GilbertElliott {
+                p,
+                r,
+                one_minus_h,
+                one_minus_k,
+            }) => {
+                let _ = write!(s, " loss gemodel {p}% {r}% {one_minus_h}% {one_minus_k}%");
+            }
+            None => {}
+        }
+        for (name, v, c) in [
+            ("duplicate", self.duplicate, self.duplicate_correlation),
+            ("corrupt", self.corrupt, self.corrupt_correlation),
+            ("reorder", self.reorder, self.reorder_correlation),
+        ] {
+            if v > 0.0 {
+                let _ = write!(s, " {name} {v}%");
+                if c > 0.0 {
+                    let _ = write!(s, " {c}%");
+                }
+            }
+        }
+        if let Some(r) = self.rate_bytes_per_sec {
+            let _ = write!(s, " rate {}bit", r.saturating_mul(8));
+        }
+        s
+    }
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DmFaultSpec {
+    /// dm-delay: separate delays for reads, writes and flushes (ms).
+    Delay {
+        #[serde(default)]
+        read_ms: u32,
+        #[serde(default)]
+        write_ms: u32,
+        /// Flush delay; `None` keeps the write delay for flushes too.
+        #[serde(default)]
+        flush_ms: Option<u32>,
+    },
+    /// dm-flakey: healthy for `up_s`, then misbehaving for `down_s`, repeating.
+    Flakey { up_s: u32, down_s: u32, mode: FlakeyMode },
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlakeyMode {
+    /// Writes fail with EIO while down.
+    ErrorWrites,
+    /// Writes are silently dropped while down.
+    DropWrites,
+}
+
+impl DmFaultSpec {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match self {
+            DmFaultSpec::Delay {
+                read_ms,
+                write_ms,
+                flush_ms,
+            } => {
+                if *read_ms == 0 && *write_ms == 0 && flush_ms.unwrap_or(0) == 0 {
+                    return Err(SpecError::dm("a delay of 0 ms everywhere does nothing"));
+                }
+                for (what, v) in [
+                    ("read_ms", *read_ms),
+                    ("write_ms", *write_ms),
+                    ("flush_ms", flush_ms.unwrap_or(0)),
+                ] {
+                    if v > 60_000 {
+                        return Err(SpecError::dm(format!("{what} {v} is more than a minute")));
+                    }
+                }
+                Ok(())
+            }
+            DmFaultSpec::Flakey { up_s, down_s, .. } => {
+                if *down_s == 0 {
+                    return Err(SpecError::dm("flakey with down_s = 0 never misbehaves"));
+                }
+                if *up_s > 86_400 || *down_s > 86_400 {
+                    return Err(SpecError::dm("flakey intervals above a day"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<FaultSpec, String> {
+        serde_json::from_str::<FaultSpec>(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_scoped_netem_spec_parses_and_validates() {
+        let s = parse(
+            r#"{"kind":"netem","interface":"eth0","direction":"ingress",
+                "scope":{"dst_cidrs":["10.1.0.0/16","fd00::/64"],"dst_ports":[443],"protocol":"tcp"},
+                "netem":{"delay_ms":100,"loss":{"model":"random","percent":10}}}"#,
+        )
+        .expect("parses");
+        s.validate().expect("valid");
+        assert_eq!(s.kind(), "netem");
+        assert_eq!(s.target(), "eth0");
+    }
+
+    #[test]
+    fn invalid_specs_name_the_field() {
+        let cases = [
+            (r#"{"kind":"netem","interface":"eth0","netem":{"delay_ms":-5}}"#, "delay_ms"),
+            (
+                r#"{"kind":"netem","interface":"eth0","netem":{"loss":{"model":"random","percent":150}}}"#,
+                "loss.percent",
+            ),
+            (
+                r#"{"kind":"netem","interface":"eth0","scope":{"dst_cidrs":["10.0.0.0/33"]},"netem":{"delay_ms":1}}"#,
+                "prefix length",
+            ),
+            (
+                r#"{"kind":"netem","interface":"eth0","scope":{"dst_ports":[80],"protocol":"icmp"},"netem":{"delay_ms":1}}"#,
+                "ICMP has no ports",
+            ),
+            (r#"{"kind":"dm","device":"a/b","dm":{"type":"delay","read_ms":5}}"#, "device"),
+            (r#"{"kind":"blackhole","prefix":"0.0.0.0/0"}"#, "default route"),
+            (r#"{"kind":"netem","interface":"","netem":{"delay_ms":1}}"#, "interface"),
+        ];
+        for (json, want) in cases {
+            let err = parse(json).expect("parses").validate().expect_err(json);
+            assert!(err.0.contains(want), "{json}: {err} lacks {want:?}");
+        }
+        // Unknown fields are refused by the parser, not ignored.
+        let e = parse(r#"{"kind":"netem","interface":"eth0","netem":{"delay_ms":1,"dealy":2}}"#).expect_err("typo");
+        assert!(e.contains("dealy"), "{e}");
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c = Cidr::parse("10.1.0.0/16").expect("cidr");
+        assert!(c.contains("10.1.200.3".parse().expect("ip")));
+        assert!(!c.contains("10.2.0.1".parse().expect("ip")));
+        let c6 = Cidr::parse("fd00::/64").expect("cidr");
+        assert!(c6.contains("fd00::1".parse().expect("ip")));
+        assert!(!c6.contains("10.1.0.1".parse().expect("ip")));
+        assert_eq!(Cidr::parse("192.0.2.1").expect("host").len, 32);
+    }
+}
