@@ -26,9 +26,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
-use graydar_common::disk::{
-    BlockOffsets, HIST_MAP_ENTRIES, Hist, HistKey, INFLIGHT_ENTRIES, block_op, hist_slot, mkdev, stat,
-};
+use graydar_common::disk::{BlockOffsets, HIST_MAP_ENTRIES, Hist, HistKey, INFLIGHT_ENTRIES, block_op, mkdev, stat};
 
 /// Filled in by user space before load (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
@@ -172,32 +170,5 @@ pub fn block_rq_complete(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn record(key: &HistKey, ns: u64) {
-    let slot = hist_slot(ns);
-    let h = match BLOCK_HIST.get_ptr_mut(key) {
-        Some(h) => h,
-        None => {
-            let Some(zero) = BLOCK_ZERO.get_ptr(0) else {
-                bump(stat::LOST);
-                return;
-            };
-            // SAFETY: `zero` points to a map value, valid for the call.
-            if BLOCK_HIST.insert(key, unsafe { &*zero }, 0).is_err() {
-                bump(stat::LOST);
-                return;
-            }
-            match BLOCK_HIST.get_ptr_mut(key) {
-                Some(h) => h,
-                None => {
-                    bump(stat::LOST);
-                    return;
-                }
-            }
-        }
-    };
-    // SAFETY: per-CPU value, no concurrent writer on this CPU; `slot` is
-    // masked to the array's length by hist_slot.
-    unsafe {
-        (*h).slots[slot] += 1;
-        (*h).sum_ns += ns;
-    }
+    crate::util::hist_record(&BLOCK_HIST, &BLOCK_ZERO, key, ns, &BLOCK_STATS, stat::LOST)
 }

@@ -33,8 +33,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use graydar_common::disk::{
-    FsyncInflight, FsyncOffsets, HIST_MAP_ENTRIES, Hist, HistKey, INFLIGHT_ENTRIES, dev_major, fsync_op, hist_slot,
-    stat,
+    FsyncInflight, FsyncOffsets, HIST_MAP_ENTRIES, Hist, HistKey, INFLIGHT_ENTRIES, dev_major, fsync_op, stat,
 };
 
 /// Filled in by user space before load (`EbpfLoader::override_global`).
@@ -184,32 +183,5 @@ pub fn fsync_exit(_ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn record(key: &HistKey, ns: u64) {
-    let slot = hist_slot(ns);
-    let h = match FSYNC_HIST.get_ptr_mut(key) {
-        Some(h) => h,
-        None => {
-            let Some(zero) = FSYNC_ZERO.get_ptr(0) else {
-                bump(stat::LOST);
-                return;
-            };
-            // SAFETY: `zero` points to a map value, valid for the call.
-            if FSYNC_HIST.insert(key, unsafe { &*zero }, 0).is_err() {
-                bump(stat::LOST);
-                return;
-            }
-            match FSYNC_HIST.get_ptr_mut(key) {
-                Some(h) => h,
-                None => {
-                    bump(stat::LOST);
-                    return;
-                }
-            }
-        }
-    };
-    // SAFETY: per-CPU value, no concurrent writer on this CPU; `slot` is
-    // masked to the array's length by hist_slot.
-    unsafe {
-        (*h).slots[slot] += 1;
-        (*h).sum_ns += ns;
-    }
+    crate::util::hist_record(&FSYNC_HIST, &FSYNC_ZERO, key, ns, &FSYNC_STATS, stat::LOST)
 }
