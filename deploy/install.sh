@@ -47,6 +47,16 @@ if [ ! -e "$root/etc/graydar/tokens" ]; then
     )
     say "wrote new API tokens to /etc/graydar/tokens (root-only)"
 fi
+# The agent's controller token, root-only; the agent unit loads it as the
+# credential controller-token. This host's own controller's agent token by
+# default; on agent-only hosts replace it with your controller's. Never replaced.
+if [ ! -e "$root/etc/graydar/agent.token" ]; then
+    (
+        umask 077
+        sed -n 's/^agent://p' "$root/etc/graydar/tokens" | tr -d '\n' > "$root/etc/graydar/agent.token"
+    )
+    say "wrote /etc/graydar/agent.token (root-only) from the agent token in /etc/graydar/tokens"
+fi
 for f in "$here"/runbooks/*.md; do
     install -m 0644 "$f" "$root$prefix/share/doc/graydar/runbooks/"
 done

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::detect::drops::DropConfig;
 use crate::detect::incast::IncastConfig;
+use crate::detect::route_flap::RoutesConfig;
 use crate::disk::DiskConfig;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9477";
@@ -68,6 +69,12 @@ pub struct FileConfig {
     /// `[incast]`: TCP incast probes and detector.
     #[serde(default)]
     pub incast: IncastConfig,
+    /// `[paths]`: the path-probe mesh (agent/src/paths.rs).
+    #[serde(default)]
+    pub paths: crate::detect::paths::PathsConfig,
+    /// `[routes]`: route / link / neighbour churn and the route_flap detector.
+    #[serde(default)]
+    pub routes: RoutesConfig,
 }
 
 /// `[ebpf]`: how probes attach.
@@ -163,6 +170,8 @@ pub struct Config {
     pub incast: IncastConfig,
     pub disk: DiskConfig,
     pub controller: Option<ControllerSection>,
+    pub routes: RoutesConfig,
+    pub paths: crate::detect::paths::PathsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +196,10 @@ pub enum ConfigError {
     Controller(String),
     #[error("{0}")]
     Incast(#[from] crate::detect::incast::IncastConfigError),
+    #[error("{0}")]
+    Paths(String),
+    #[error("{0}")]
+    Routes(#[from] crate::detect::route_flap::RoutesConfigError),
 }
 
 impl Config {
@@ -240,6 +253,8 @@ impl Config {
             return Err(ConfigError::Interval(drops.interval));
         }
         file.incast.validate()?;
+        file.paths.validate().map_err(ConfigError::Paths)?;
+        file.routes.validate()?;
         file.disk.validate().map_err(ConfigError::Disk)?;
         let controller = file.controller.map(ControllerSection::validated).transpose()?;
         Ok(Config {
@@ -270,6 +285,8 @@ impl Config {
             incast: file.incast,
             disk: file.disk,
             controller,
+            routes: file.routes,
+            paths: file.paths,
         })
     }
 }
@@ -302,6 +319,13 @@ pub struct ControllerSection {
     /// Labels sent at registration (e.g. rack, zone).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Take fault assignments from the controller (long-poll; default true).
+    #[serde(default = "default_true")]
+    pub faults: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_report_interval() -> Duration {
@@ -321,6 +345,7 @@ impl std::fmt::Debug for ControllerSection {
             .field("report_interval", &self.report_interval)
             .field("buffer_size", &self.buffer_size)
             .field("labels", &self.labels)
+            .field("faults", &self.faults)
             .finish()
     }
 }
@@ -359,7 +384,50 @@ impl ControllerSection {
         }
         Ok(env.filter(|t| !t.is_empty()))
     }
+
+    /// The token as the agent process finds it, `env` looking up environment
+    /// variables (`std::env::var` in the agent, a map in tests): `token`, else
+    /// `token_file` (a `${CREDENTIALS_DIRECTORY}` in it is expanded), else
+    /// GRAYDAR_CONTROLLER_TOKEN, else the systemd credential
+    /// `$CREDENTIALS_DIRECTORY/controller-token` when the unit loaded one
+    /// (`LoadCredential=controller-token:/etc/graydar/agent.token` in
+    /// deploy/systemd/graydar-agent.service).
+    pub fn resolve_token_from(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
+        let creds = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty());
+        if let Some(p) = &self.token_file {
+            let text = p.to_string_lossy();
+            if text.contains("${CREDENTIALS_DIRECTORY}") {
+                let Some(dir) = &creds else {
+                    return Err(ConfigError::Controller(format!(
+                        "token_file {text}: CREDENTIALS_DIRECTORY is not set (only systemd's LoadCredential= sets it)"
+                    )));
+                };
+                let path = PathBuf::from(text.replace("${CREDENTIALS_DIRECTORY}", dir));
+                return std::fs::read_to_string(&path)
+                    .map(|t| Some(t.trim().to_owned()))
+                    .map_err(|e| ConfigError::Controller(format!("token_file {}: {e}", path.display())));
+            }
+        }
+        if self.token.is_some() || self.token_file.is_some() {
+            return self.resolve_token(None);
+        }
+        if let Some(t) = env("GRAYDAR_CONTROLLER_TOKEN").filter(|t| !t.is_empty()) {
+            return Ok(Some(t));
+        }
+        if let Some(dir) = creds {
+            let path = Path::new(&dir).join(TOKEN_CREDENTIAL);
+            match std::fs::read_to_string(&path) {
+                Ok(t) => return Ok(Some(t.trim().to_owned()).filter(|t| !t.is_empty())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ConfigError::Controller(format!("credential {}: {e}", path.display()))),
+            }
+        }
+        Ok(None)
+    }
 }
+
+/// The systemd credential the agent's controller token is loaded as.
+pub const TOKEN_CREDENTIAL: &str = "controller-token";
 
 #[cfg(test)]
 mod tests {
@@ -428,6 +496,16 @@ mod tests {
             IncastConfig::default(),
             "[incast] in the example must match the defaults"
         );
+        assert_eq!(
+            c.routes,
+            RoutesConfig::default(),
+            "[routes] in the example must match the defaults"
+        );
+        assert_eq!(
+            c.paths,
+            crate::detect::paths::PathsConfig::default(),
+            "[paths] in the example must match the defaults"
+        );
         let mut disk = DiskConfig::default();
         disk.canary_directories = c.disk.canary_directories.clone();
         assert_eq!(
@@ -452,6 +530,62 @@ mod tests {
         let err = parse("[controller]\nurl = \"http://c\"\ntokn = \"x\"\n").expect_err("unknown field");
         assert!(err.to_string().contains("tokn"), "{err}");
         assert!(parse("").expect("empty").controller.is_none());
+    }
+
+    #[test]
+    fn the_token_comes_from_the_systemd_credential_when_nothing_else_names_one() {
+        let creds = tempfile::tempdir().expect("temp dir");
+        std::fs::write(creds.path().join(TOKEN_CREDENTIAL), "cred-token\n").expect("write credential");
+        let dir = creds.path().to_string_lossy().into_owned();
+        let env = |vars: &'static [(&'static str, &'static str)], dir: String| {
+            move |k: &str| {
+                if k == "CREDENTIALS_DIRECTORY" && !dir.is_empty() {
+                    return Some(dir.clone());
+                }
+                vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let section = |extra: &str| {
+            parse(&format!("[controller]\nurl = \"http://c:8477\"\n{extra}"))
+                .expect("valid")
+                .controller
+                .expect("section")
+        };
+        // Started by the unit: only CREDENTIALS_DIRECTORY.
+        let s = section("");
+        assert_eq!(
+            s.resolve_token_from(&env(&[], dir.clone())).expect("ok").as_deref(),
+            Some("cred-token")
+        );
+        // Explicit settings win: token, token_file, the environment variable.
+        let t = section("token = \"inline\"");
+        assert_eq!(
+            t.resolve_token_from(&env(&[], dir.clone())).expect("ok").as_deref(),
+            Some("inline")
+        );
+        let env_var: &'static [(&'static str, &'static str)] = &[("GRAYDAR_CONTROLLER_TOKEN", "from-env")];
+        assert_eq!(
+            s.resolve_token_from(&env(env_var, dir.clone())).expect("ok").as_deref(),
+            Some("from-env")
+        );
+        // token_file naming the credential directory is expanded.
+        let f = section("token_file = \"${CREDENTIALS_DIRECTORY}/controller-token\"");
+        assert_eq!(
+            f.resolve_token_from(&env(&[], dir.clone())).expect("ok").as_deref(),
+            Some("cred-token")
+        );
+        let err = f
+            .resolve_token_from(&env(&[], String::new()))
+            .expect_err("no directory");
+        assert!(err.to_string().contains("CREDENTIALS_DIRECTORY"), "{err}");
+        // No credential loaded, nothing configured: no token (the reporter warns).
+        assert_eq!(s.resolve_token_from(&env(&[], String::new())).expect("ok"), None);
+        let empty = tempfile::tempdir().expect("temp dir");
+        assert_eq!(
+            s.resolve_token_from(&env(&[], empty.path().to_string_lossy().into_owned()))
+                .expect("ok"),
+            None
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod findings;
 pub mod http;
 pub mod incast;
 pub mod metrics;
+pub mod paths;
 pub mod probes;
 pub mod reporter;
+pub mod routes;
 pub mod sys;

@@ -104,6 +104,24 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     // Faults (issue 5): reverts what a previous run left applied, before anything else.
     let faults = graydar_agent::faults::runtime::FaultRuntime::start(&cfg.state_dir, netlink.clone()).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Fault assignments from the controller (long-poll; agent/src/faults/assign.rs).
+    let assign_task = match (&cfg.controller, &faults) {
+        (Some(section), Some(rt)) if section.faults => Some(tokio::spawn(
+            graydar_agent::faults::assign::Assigner::new(
+                &cfg,
+                section,
+                rt.engine.clone(),
+                &rt.recovered,
+                metrics.clone(),
+                stop_rx.clone(),
+            )
+            .context("fault assignments")?
+            .run(),
+        )),
+        _ => None,
+    };
+    // Subscribed before the agent reports ready (the drop sampler's first round).
+    let routes_probe = graydar_agent::routes::RouteSignal::start_probe(&cfg.routes, &metrics);
     let signal = DropSignal::new(cfg.clone(), metrics.clone(), findings.clone(), kernel, netlink);
     let sampler = tokio::spawn(signal.run(ready.clone(), stop_rx.clone()));
     let incast = IncastSignal::new(
@@ -114,6 +132,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let incast_task = tokio::spawn(incast.run(stop_rx.clone()));
     let disk_task = tokio::spawn(start_disk(&cfg, &metrics, &findings).run(stop_rx.clone()));
+    // Route churn (issue 6): rtnetlink route/link/neighbour events -> route_flap.
+    let routes_task = tokio::spawn(
+        graydar_agent::routes::RouteSignal::new(cfg.routes.clone(), metrics.clone(), findings.clone())
+            .run(routes_probe, stop_rx.clone()),
+    );
+
+    // Path-probe mesh (issue 6): UDP prober/responder, pair detectors, traceroute.
+    let paths_task = graydar_agent::paths::PathsSignal::start(&cfg, metrics.clone(), findings.clone())
+        .map(|s| tokio::spawn(s.run(stop_rx.clone())));
 
     let app = router(AppState {
         metrics,
@@ -133,6 +160,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    if let Some(t) = assign_task {
+        // It stops at once on the signal (an in-flight apply finishes first).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+    }
     if let Some(f) = faults {
         f.stop().await;
     }
@@ -143,6 +174,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = incast_task.await;
     let _ = disk_task.await;
+    let _ = routes_task.await;
+    if let Some(t) = paths_task {
+        let _ = t.await;
+    }
     match server.await {
         Ok(r) => r.context("http server")?,
         Err(e) => tracing::warn!(error = %e, "http task"),
@@ -181,9 +216,14 @@ fn start_kernel_drops(cfg: &Config, metrics: &Metrics) -> Option<KernelDropsProb
 /// `None` when disabled or when the kernel refuses them (logged).
 fn start_incast(cfg: &Config, metrics: &Metrics) -> Option<graydar_agent::probes::tcp_fanin::TcpProbe> {
     use graydar_agent::probes::tcp_fanin::{PROBE_FANIN, PROBE_RETRANS, TcpProbe};
+    // Disabled by configuration: no graydar_probe_up series at all (0 means
+    // "wanted but not working", which GraydarProbeDown alerts on).
+    if !cfg.incast.enabled {
+        return None;
+    }
     let up = metrics.probe_up.with_label_values(&[PROBE_FANIN]);
     let up_r = metrics.probe_up.with_label_values(&[PROBE_RETRANS]);
-    if !cfg.incast.enabled || !sys::can_load_bpf() {
+    if !sys::can_load_bpf() {
         up.set(0);
         up_r.set(0);
         return None;
@@ -244,7 +284,10 @@ fn start_disk(
     findings: &Arc<Mutex<FindingStore>>,
 ) -> graydar_agent::disk::DiskSignal {
     use graydar_agent::disk::{DiskSignal, start_ebpf};
-    let ebpf = if !cfg.disk.ebpf || !sys::can_load_bpf() {
+    // `[disk] ebpf = false`: no probe_up series (disabled, not down).
+    let ebpf = if !cfg.disk.ebpf {
+        None
+    } else if !sys::can_load_bpf() {
         for p in ["fsync", "block_io"] {
             metrics.probe_up.with_label_values(&[p]).set(0);
         }

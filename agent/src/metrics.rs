@@ -38,6 +38,8 @@ pub struct Metrics {
     pub disk: DiskMetrics,
     /// Controller reporter (agent/src/reporter.rs).
     pub reporter: ReporterMetrics,
+    /// Path-probe mesh (agent/src/paths.rs).
+    pub paths: PathMetrics,
     // TCP incast (agent/src/incast.rs). Labels: `port` is a listening port
     // (the busiest incast.max_ports), `other`, or `ephemeral` (client side).
     pub tcp_fanin_senders: prometheus::HistogramVec,
@@ -49,6 +51,16 @@ pub struct Metrics {
     pub tcp_retransmits: IntCounterVec,
     pub tcp_mib: IntCounterVec,
     pub incast_episodes: IntCounterVec,
+    /// Route churn (agent/src/routes.rs): `type` route|link|neigh, `family`
+    /// ipv4|ipv6 (`link` for link events). Never per prefix: prefixes are
+    /// unbounded and appear only in route_flap findings.
+    pub route_changes: IntCounterVec,
+    pub route_flapping_prefixes: IntGauge,
+    /// Faults assigned by the controller (agent/src/faults/assign.rs): `kind`
+    /// netem|dm|blackhole; `op` apply|revert|renew|describe|expire|revert_all,
+    /// `result` ok|error.
+    pub faults_active: IntGaugeVec,
+    pub fault_operations: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -113,7 +125,36 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(tcp_fanin_interfaces.clone()))
             .expect("metric registered once");
+        let route_flapping_prefixes = IntGauge::new(
+            "graydar_route_flapping_prefixes",
+            "Prefixes whose route_flap finding is firing now.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(route_flapping_prefixes.clone()))
+            .expect("metric registered once");
         let m = Metrics {
+            faults_active: gauge(
+                &r,
+                "graydar_faults_active",
+                "Faults applied on this host now (assigned by the controller), by kind.",
+                &["kind"],
+            ),
+            fault_operations: counter(
+                &r,
+                "graydar_fault_operations_total",
+                "Fault operations of the assignment loop by kind, op (apply, revert, renew, describe, expire, \
+                 revert_all) and result (ok, error).",
+                &["kind", "op", "result"],
+            ),
+            route_changes: counter(
+                &r,
+                "graydar_route_changes_total",
+                "Routing changes seen on rtnetlink: type=route (RTM_NEWROUTE/DELROUTE counted by the route_flap \
+                 detector, i.e. outside routes.ignore_tables/ignore_prefixes), link (operational state changes, \
+                 family=link), neigh (neighbour resolution FAILED/INCOMPLETE).",
+                &["type", "family"],
+            ),
+            route_flapping_prefixes,
             kernel_drops: counter(
                 &r,
                 "graydar_kernel_drops_total",
@@ -282,6 +323,7 @@ impl Metrics {
             ),
             disk: DiskMetrics::new(&r),
             reporter: ReporterMetrics::new(&r),
+            paths: PathMetrics::new(&r),
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -349,6 +391,101 @@ impl ReporterMetrics {
                 &["op", "result"],
             ),
             controller_up,
+        }
+    }
+}
+
+/// Metrics of the path-probe mesh. The `peer` label is the peer's name
+/// (static `name=` or its hostname from the controller); the mesh probes at
+/// most `paths.max_peers` peers (default 64), so each series has at most
+/// that many values, and a removed peer's series are deleted. `direction` is
+/// `outbound` (this host → peer, known from the peer's reports) or `inbound`.
+pub struct PathMetrics {
+    pub probes_sent: IntCounterVec,
+    pub delivered: IntCounterVec,
+    pub lost: IntCounterVec,
+    pub loss_ratio: GaugeVec,
+    pub rtt: prometheus::HistogramVec,
+    pub hops: IntGaugeVec,
+    pub owd_variation: GaugeVec,
+    pub peers: IntGauge,
+    pub bad_datagrams: IntCounterVec,
+    pub traceroutes: IntCounterVec,
+}
+
+/// RTT buckets (seconds): 50 µs … 2.5 s.
+pub const PATH_RTT_BUCKETS: [f64; 15] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+impl PathMetrics {
+    fn new(r: &Registry) -> PathMetrics {
+        let rtt = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "graydar_path_rtt_seconds",
+                "Round-trip time of path probes to the peer (kernel receive timestamp minus send time).",
+            )
+            .buckets(PATH_RTT_BUCKETS.to_vec()),
+            &["peer"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(rtt.clone())).expect("metric registered once");
+        let peers = IntGauge::new("graydar_path_peers", "Peers the path mesh probes (at most paths.max_peers).")
+            .expect("static metric definition");
+        r.register(Box::new(peers.clone())).expect("metric registered once");
+        PathMetrics {
+            probes_sent: counter(
+                r,
+                "graydar_path_probes_sent_total",
+                "Path probes sent to the peer.",
+                &["peer"],
+            ),
+            delivered: counter(
+                r,
+                "graydar_path_probes_delivered_total",
+                "Path probes that arrived, by direction (outbound: the peer reported them; inbound: the peer's                  probes that arrived here).",
+                &["peer", "direction"],
+            ),
+            lost: counter(
+                r,
+                "graydar_path_probes_lost_total",
+                "Path probes lost, by direction (sequence gaps older than paths.grace; outbound from the peer's                  reports). Probes whose fate is unknown (peer silent) are not counted.",
+                &["peer", "direction"],
+            ),
+            loss_ratio: gauge_f(
+                r,
+                "graydar_path_loss_ratio",
+                "lost / (delivered + lost) of path probes over paths.loss_window, by direction.",
+                &["peer", "direction"],
+            ),
+            rtt,
+            hops: gauge(
+                r,
+                "graydar_path_hops",
+                "Routers between this host and the peer, by direction (sent TTL minus received TTL).",
+                &["peer", "direction"],
+            ),
+            owd_variation: gauge_f(
+                r,
+                "graydar_path_owd_variation_seconds",
+                "Median one-way delay over paths.latency_window minus its baseline, by direction (a variation: \
+                 clock offsets cancel; never an absolute one-way delay).",
+                &["peer", "direction"],
+            ),
+            peers,
+            bad_datagrams: counter(
+                r,
+                "graydar_path_bad_datagrams_total",
+                "Datagrams on the path-mesh port that were ignored, by reason (short, magic, version, kind, id, \
+                 hops, trailing, truncated).",
+                &["reason"],
+            ),
+            traceroutes: counter(
+                r,
+                "graydar_path_traceroutes_total",
+                "Paris traceroutes run toward suspect peers, by result (ok, error).",
+                &["result"],
+            ),
         }
     }
 }

@@ -69,6 +69,27 @@ impl Backoff {
     }
 }
 
+/// Fault capabilities from the kernel probe of agent/src/faults/caps.rs.
+fn fault_caps(cfg: &Config) -> Capabilities {
+    use crate::faults::caps::{Piece, Roots, probe};
+    let k = probe(&Roots {
+        procfs: cfg.procfs_root.clone(),
+        sysfs: cfg.sysfs_root.clone(),
+        ..Roots::default()
+    });
+    Capabilities {
+        sch_netem: k.usable(Piece::Netem),
+        device_mapper: k.usable(Piece::DeviceMapper),
+        sch_prio: k.usable(Piece::Prio),
+        cls_flower: k.usable(Piece::Flower),
+        act_mirred: k.usable(Piece::Mirred),
+        ifb: k.usable(Piece::Ifb),
+        dm_delay: k.usable(Piece::DmDelay),
+        dm_flakey: k.usable(Piece::DmFlakey),
+        ..Capabilities::default()
+    }
+}
+
 /// What this host tells the controller at registration.
 pub fn register_request(cfg: &Config, section: &ControllerSection, ebpf: bool) -> RegisterRequest {
     let kernel_version = std::fs::read_to_string(cfg.procfs_root.join("sys/kernel/osrelease"))
@@ -97,12 +118,16 @@ pub fn register_request(cfg: &Config, section: &ControllerSection, ebpf: bool) -
                 || modules.lines().any(|l| l.starts_with("sch_netem "))
                 || module_file("sch_netem"),
             device_mapper: sys_module("dm_mod") || misc.lines().any(|l| l.trim_end().ends_with("device-mapper")),
+            // The rest from the fault engine's probe (agent/src/faults/caps.rs).
+            ..fault_caps(cfg)
         },
+        interfaces: crate::faults::inventory::interfaces(&cfg.sysfs_root),
+        dm_devices: crate::faults::inventory::dm_devices(),
     }
 }
 
 /// Non-loopback IPv4/IPv6 addresses of this network namespace.
-fn local_addresses() -> Vec<String> {
+pub fn local_addresses() -> Vec<String> {
     let mut out: Vec<String> = match nix::ifaddrs::getifaddrs() {
         Ok(addrs) => addrs
             .filter_map(|a| {
@@ -147,6 +172,8 @@ struct Worker {
     dropped_seen: u64,
     batch_limit: usize,
     backoff: Backoff,
+    /// For the fault inventory sent with each heartbeat.
+    sysfs_root: std::path::PathBuf,
 }
 
 enum Outcome {
@@ -167,9 +194,12 @@ impl Reporter {
         findings: Arc<Mutex<FindingStore>>,
         ebpf: bool,
     ) -> Result<Reporter, ConfigError> {
-        let token = section.resolve_token(std::env::var("GRAYDAR_CONTROLLER_TOKEN").ok())?;
+        let token = section.resolve_token_from(&|k| std::env::var(k).ok())?;
         if token.is_none() {
-            tracing::warn!("controller: no token configured (token, token_file or GRAYDAR_CONTROLLER_TOKEN)");
+            tracing::warn!(
+                "controller: no token configured (token, token_file, GRAYDAR_CONTROLLER_TOKEN or the systemd \
+                 credential controller-token)"
+            );
         }
         let ca_cert_pem = match &section.ca_cert {
             Some(p) => {
@@ -208,6 +238,7 @@ impl Reporter {
             dropped_seen: 0,
             batch_limit: MAX_BATCH,
             backoff: Backoff::new(Duration::from_millis(500).min(section.report_interval), MAX_BACKOFF),
+            sysfs_root: cfg.sysfs_root.clone(),
         };
         let (stop, stop_rx) = std::sync::mpsc::channel();
         tracing::info!(url = %section.url, interval = ?section.report_interval, buffer = section.buffer_size, "reporting to the controller");
@@ -349,6 +380,8 @@ impl Worker {
             .count();
         let req = HeartbeatRequest {
             firing: u64::try_from(firing).unwrap_or(u64::MAX),
+            interfaces: crate::faults::inventory::interfaces(&self.sysfs_root),
+            dm_devices: crate::faults::inventory::dm_devices(),
         };
         match self.client.heartbeat(&self.hostname, &req) {
             Ok(_) => {

@@ -204,6 +204,24 @@ pub struct Capabilities {
     /// device-mapper is available (dm-delay / dm-flakey disk faults).
     #[serde(default)]
     pub device_mapper: bool,
+    /// The prio qdisc (scoped netem faults and the controller exclusion).
+    #[serde(default)]
+    pub sch_prio: bool,
+    /// The flower classifier (scoped faults, controller exclusion, ingress redirect).
+    #[serde(default)]
+    pub cls_flower: bool,
+    /// The mirred action (ingress faults).
+    #[serde(default)]
+    pub act_mirred: bool,
+    /// ifb devices (ingress faults).
+    #[serde(default)]
+    pub ifb: bool,
+    /// The dm-delay target.
+    #[serde(default)]
+    pub dm_delay: bool,
+    /// The dm-flakey target.
+    #[serde(default)]
+    pub dm_flakey: bool,
 }
 
 /// `POST /api/v1/agents/register`.
@@ -221,6 +239,13 @@ pub struct RegisterRequest {
     pub agent_version: String,
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// Network interfaces of this host (fault targets); `None` from agents
+    /// that do not report them (then the controller cannot check names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Vec<String>>,
+    /// device-mapper devices (`/dev/mapper/<name>`) of this host (fault targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dm_devices: Option<Vec<String>>,
 }
 
 /// How recently an agent was heard from.
@@ -289,6 +314,12 @@ pub struct HeartbeatRequest {
     /// Findings firing on the agent right now (informational).
     #[serde(default)]
     pub firing: u64,
+    /// Current network interfaces (they come and go; see [`RegisterRequest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Vec<String>>,
+    /// Current device-mapper devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dm_devices: Option<Vec<String>>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

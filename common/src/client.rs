@@ -213,6 +213,39 @@ impl Client {
         self.finish(&url, res)
     }
 
+    /// `DELETE path`, decoded as `T`.
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.delete(&url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let res = req.call();
+        self.finish(&url, res)
+    }
+
+    /// `POST path` with a JSON body: the status and the decoded body (for
+    /// endpoints with more than one success status, e.g. 200 / 202).
+    pub fn post_with_status<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(u16, T), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let text = serde_json::to_string(body).map_err(|e| ClientError::Decode {
+            url: url.clone(),
+            status: 0,
+            message: format!("encoding the request: {e}"),
+        })?;
+        let mut req = self.http.post(&url).content_type("application/json");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let res = req.send(text);
+        let status = res.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+        self.finish(&url, res).map(|v| (status, v))
+    }
+
     pub fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
         self.post("/api/v1/agents/register", req)
     }

@@ -239,6 +239,8 @@ pub enum FaultState {
     Reverted,
     /// Could not be applied (the reason says why); nothing is left applied.
     Failed,
+    /// Dry run done: the agent listed the operations and applied nothing.
+    Described,
 }
 
 impl FaultState {
@@ -248,6 +250,7 @@ impl FaultState {
             FaultState::Active => "active",
             FaultState::Reverted => "reverted",
             FaultState::Failed => "failed",
+            FaultState::Described => "described",
         }
     }
 }

@@ -14,5 +14,14 @@ pub mod api;
 #[cfg(feature = "api")]
 pub mod faults;
 
+#[cfg(feature = "api")]
+pub mod fault_api;
+
+#[cfg(feature = "api")]
+pub mod paths;
+
 #[cfg(feature = "client")]
 pub mod client;
+
+#[cfg(feature = "client")]
+pub mod fault_client;

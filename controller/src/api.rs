@@ -38,6 +38,8 @@ pub struct AppState {
     pub tokens: Tokens,
     pub metrics: Metrics,
     pub heartbeat_interval_seconds: u64,
+    /// Faults (controller/src/faults/).
+    pub faults: crate::faults::FaultService,
 }
 
 type Shared = Arc<AppState>;
@@ -150,7 +152,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
 // ---------------------------------------------------------------------------
 // Middleware
 
-async fn require(State((app, perm)): State<(Shared, Permission)>, req: Request, next: Next) -> Response {
+pub(crate) async fn require(State((app, perm)): State<(Shared, Permission)>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -222,6 +224,8 @@ pub fn router(app: Shared, max_body: usize) -> Router {
         .merge(report)
         .merge(read)
         .merge(any)
+        .merge(crate::faults::api::routes(app.clone()))
+        .merge(crate::paths::api::routes(app.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -270,6 +274,13 @@ async fn metrics(State(app): State<Shared>) -> Response {
             .with_label_values(&[state])
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+    let (faults, assignments) = app.faults.counts();
+    for (state, n) in faults {
+        app.metrics.faults.with_label_values(&[state]).set(n);
+    }
+    for (state, n) in assignments {
+        app.metrics.fault_assignments.with_label_values(&[state]).set(n);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),
@@ -287,6 +298,8 @@ async fn register(
     Body(req): Body<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, Error> {
     let hostname = req.hostname.clone();
+    app.faults
+        .set_inventory(&hostname, req.interfaces.clone(), req.dm_devices.clone());
     let agent = app.store.register(req).await?;
     tracing::info!(agent = %hostname, "agent registered");
     Ok(Json(RegisterResponse {
@@ -308,6 +321,7 @@ async fn heartbeat(
 ) -> Result<Json<HeartbeatResponse>, Error> {
     match app.store.touch(&hostname) {
         Ok(state) => {
+            app.faults.set_inventory(&hostname, _req.interfaces, _req.dm_devices);
             app.metrics.heartbeats.with_label_values(&["ok"]).inc();
             Ok(Json(HeartbeatResponse { state }))
         }
@@ -449,7 +463,10 @@ async fn get_finding(
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "health", security(("bearer" = [])),
     responses((status = 200, description = "OpenAPI 3.1 document"), (status = 401, body = ApiError)))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::faults::api::FaultsDoc::openapi());
+    doc.merge(crate::paths::api::PathsDoc::openapi());
+    Json(doc)
 }
 
 struct BearerAuth;

@@ -31,6 +31,8 @@ pub enum Permission {
     Read,
     /// any valid token (the OpenAPI document).
     Any,
+    /// change things (faults): `operator` only.
+    Operate,
 }
 
 impl Permission {
@@ -39,6 +41,7 @@ impl Permission {
             Permission::Report => matches!(role, Role::Agent | Role::Operator),
             Permission::Read => matches!(role, Role::Viewer | Role::Operator),
             Permission::Any => true,
+            Permission::Operate => matches!(role, Role::Operator),
         }
     }
 }

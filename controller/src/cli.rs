@@ -64,8 +64,15 @@ pub enum Cmd {
         #[arg(long)]
         since: Option<String>,
     },
+    /// The path matrix: loss, RTT, hops and state per ordered pair of agents.
+    Paths,
     /// One finding with its history.
     Finding { id: String },
+    /// Faults: apply (with --dry-run), list, get, revert, revert-all.
+    Fault {
+        #[command(subcommand)]
+        cmd: crate::faults::cli::FaultCmd,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -230,6 +237,34 @@ pub fn finding_text(d: &FindingDetail) -> String {
     out
 }
 
+/// `graydar paths`: one row per ordered pair.
+pub fn paths_table(pairs: &[graydar_common::paths::PathPair]) -> String {
+    let opt_ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |s| format!("{:.2}ms", s * 1e3));
+    let rows: Vec<Vec<String>> = pairs
+        .iter()
+        .map(|p| {
+            vec![
+                p.src.clone(),
+                p.dst.clone(),
+                p.state.clone(),
+                p.loss_ratio.map_or_else(|| "-".to_owned(), |l| format!("{:.2}%", l * 100.0)),
+                format!("{}/{}", p.lost, p.delivered + p.lost),
+                opt_ms(p.rtt_p50_seconds),
+                opt_ms(p.rtt_p99_seconds),
+                p.hops.map_or_else(|| "-".to_owned(), |h| h.to_string()),
+                opt_ms(p.owd_variation_seconds),
+                if p.firing.is_empty() { "-".to_owned() } else { p.firing.join(",") },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SRC", "DST", "STATE", "LOSS", "LOST", "RTT P50", "RTT P99", "HOPS", "OWD VAR", "FIRING",
+        ],
+        &rows,
+    )
+}
+
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
@@ -267,6 +302,13 @@ pub fn run(cli: &Cli) -> Result<String, String> {
                 Output::Table => findings_table(&l.findings),
             }
         }
+        Cmd::Paths => {
+            let m = client.paths().map_err(e)?;
+            match cli.output {
+                Output::Json => json(&m),
+                Output::Table => paths_table(&m.pairs),
+            }
+        }
         Cmd::Finding { id } => {
             let d = client.finding(id).map_err(e)?;
             match cli.output {
@@ -274,6 +316,7 @@ pub fn run(cli: &Cli) -> Result<String, String> {
                 Output::Table => finding_text(&d),
             }
         }
+        Cmd::Fault { cmd } => crate::faults::cli::run(&client, cli.output, cmd)?,
     })
 }
 

@@ -65,6 +65,9 @@ pub struct FileConfig {
     pub lost_after: Option<Duration>,
     /// Largest request body (bytes) before 413 (default 1 MiB).
     pub max_body_bytes: Option<usize>,
+    /// `[faults]`: blast radius, maximum duration, lease TTL.
+    #[serde(default)]
+    pub faults: Option<crate::faults::FaultsSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +88,7 @@ pub struct Config {
     pub stale_after: Duration,
     pub lost_after: Duration,
     pub max_body_bytes: usize,
+    pub faults: crate::faults::FaultConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +180,11 @@ impl Config {
             stale_after,
             lost_after,
             max_body_bytes: file.max_body_bytes.unwrap_or(crate::api::DEFAULT_MAX_BODY),
+            faults: file
+                .faults
+                .unwrap_or_default()
+                .resolve()
+                .map_err(ConfigError::Invalid)?,
         })
     }
 }

@@ -4,6 +4,8 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod faults;
 pub mod metrics;
+pub mod paths;
 pub mod store;
 pub mod timefmt;

@@ -83,12 +83,17 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(t) => Some(tls_config(&t.cert, &t.key)?),
         None => None,
     };
+    let faults = graydar_controller::faults::FaultService::open(&store, cfg.faults)
+        .await
+        .context("loading faults")?;
     let app = Arc::new(AppState {
         store,
         tokens: cfg.tokens.clone(),
         metrics: Metrics::new(),
         heartbeat_interval_seconds: cfg.heartbeat_interval.as_secs(),
+        faults,
     });
+    let fault_expirer = graydar_controller::faults::service::spawn_expirer(Arc::downgrade(&app));
     let routes = router(app.clone(), cfg.max_body_bytes);
     let listener =
         std::net::TcpListener::bind(cfg.listen).with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
@@ -156,6 +161,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "http task"),
     }
     let _ = flusher.await;
+    fault_expirer.abort();
     app.store.close().await;
     tracing::info!("stopped");
     Ok(())

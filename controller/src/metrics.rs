@@ -8,6 +8,10 @@ pub struct Metrics {
     pub transitions_ingested: IntCounterVec,
     pub heartbeats: IntCounterVec,
     pub request_duration: HistogramVec,
+    /// Faults by status (running, dry_run, ended).
+    pub faults: IntGaugeVec,
+    /// (fault, agent) assignments of faults not ended, by the agent's state.
+    pub fault_assignments: IntGaugeVec,
 }
 
 impl Metrics {
@@ -45,11 +49,29 @@ impl Metrics {
             &["route", "method", "status"],
         )
         .expect("static metric definition");
+        let faults = IntGaugeVec::new(
+            Opts::new(
+                "graydar_controller_faults",
+                "Faults known to the controller by status (running, dry_run, ended).",
+            ),
+            &["state"],
+        )
+        .expect("static metric definition");
+        let fault_assignments = IntGaugeVec::new(
+            Opts::new(
+                "graydar_controller_fault_assignments",
+                "Agents of faults not ended, by the state the agent reported (pending, active, reverted, failed, described).",
+            ),
+            &["state"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(agents.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(transitions_ingested.clone()),
             Box::new(heartbeats.clone()),
             Box::new(request_duration.clone()),
+            Box::new(faults.clone()),
+            Box::new(fault_assignments.clone()),
         ] {
             r.register(c).expect("metric registered once");
         }
@@ -59,6 +81,8 @@ impl Metrics {
             transitions_ingested,
             heartbeats,
             request_duration,
+            faults,
+            fault_assignments,
         }
     }
 

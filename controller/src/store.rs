@@ -25,7 +25,10 @@ use crate::timefmt::{ms_to_rfc3339, now_ms, rfc3339_to_ms};
 
 /// The migrations, embedded in the binary in order (a test checks that every
 /// file of `controller/migrations/` is listed here).
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "faults", include_str!("../migrations/0002_faults.sql")),
+];
 
 pub fn migrator() -> Migrator {
     let migrations: Vec<Migration> = MIGRATIONS
@@ -118,6 +121,8 @@ pub struct Store {
     agents: Mutex<HashMap<String, AgentRow>>,
     dirty: Mutex<HashSet<String>>,
     liveness: Liveness,
+    /// The path matrix (in memory: live state, re-reported every interval).
+    paths: Mutex<crate::paths::Paths>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -189,6 +194,7 @@ impl Store {
             agents: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
             liveness,
+            paths: Mutex::new(crate::paths::Paths::default()),
         };
         store.load_agents().await?;
         Ok(store)
@@ -211,6 +217,9 @@ impl Store {
                     kernel_version: r.try_get("kernel_version")?,
                     agent_version: r.try_get("agent_version")?,
                     capabilities: parse_json("capabilities", &r.try_get::<String, _>("capabilities")?)?,
+                    // Not stored: the fault inventory is reported again by every heartbeat.
+                    interfaces: None,
+                    dm_devices: None,
                 },
                 registered_ms: r.try_get("registered_ms")?,
                 last_seen_ms: r.try_get("last_seen_ms")?,
@@ -226,6 +235,17 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         sqlx::query("SELECT 1").execute(&self.write).await?;
         Ok(())
+    }
+
+    /// The write (single-connection) and read pools, for modules with their
+    /// own tables (controller/src/faults/).
+    pub fn pools(&self) -> (&SqlitePool, &SqlitePool) {
+        (&self.write, &self.read)
+    }
+
+    /// The path matrix and mesh members (controller/src/paths/).
+    pub fn paths(&self) -> std::sync::MutexGuard<'_, crate::paths::Paths> {
+        lock(&self.paths)
     }
 
     pub fn liveness(&self) -> Liveness {

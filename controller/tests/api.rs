@@ -42,11 +42,15 @@ async fn api() -> Api {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), liveness()).await.expect("open store");
     let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
+    let faults = graydar_controller::faults::FaultService::open(&store, Default::default())
+        .await
+        .expect("fault service");
     let state = Arc::new(AppState {
         store,
         tokens,
         metrics: Metrics::new(),
         heartbeat_interval_seconds: 10,
+        faults,
     });
     Api {
         app: router(state.clone(), DEFAULT_MAX_BODY),
@@ -140,7 +144,10 @@ fn register_req(host: &str) -> RegisterRequest {
             ebpf: true,
             sch_netem: false,
             device_mapper: false,
+            ..Default::default()
         },
+        interfaces: None,
+        dm_devices: None,
     }
 }
 

@@ -23,3 +23,56 @@ pub fn with_netlink<R: Send>(ns: &NetNs, f: impl AsyncFnOnce(rtnetlink::Handle) 
 pub fn qdisc_tree(ns: &NetNs, ifname: &str) -> String {
     ns.exec_stdout("tc", ["-d", "qdisc", "show", "dev", ifname])
 }
+
+/// The qdiscs of `ifname` in `ns` from a netlink dump (RTM_GETQDISC), one
+/// line per qdisc: parent, handle, kind and the options' bytes (statistics
+/// left out). Equal before a fault and after its revert means the tree is
+/// exactly back.
+pub fn qdisc_dump(ns: &NetNs, ifname: &str) -> Vec<String> {
+    use futures_util::TryStreamExt as _;
+    use rtnetlink::packet_core::Nla as _;
+    use rtnetlink::packet_route::tc::TcAttribute;
+    let ifindex = ns.ifindex(ifname);
+    with_netlink(ns, async move |h| {
+        let all: Vec<_> = h.qdisc().get().execute().try_collect().await.expect("dump qdiscs");
+        all.into_iter()
+            .filter(|m| m.header.index as u32 == ifindex)
+            .map(|m| {
+                let mut line = format!("parent {:?} handle {:?}", m.header.parent, m.header.handle);
+                for a in &m.attributes {
+                    match a {
+                        TcAttribute::Kind(k) => line.push_str(&format!(" kind {k}")),
+                        TcAttribute::Options(_) => {
+                            let mut b = vec![0u8; a.value_len()];
+                            a.emit_value(&mut b);
+                            line.push_str(&format!(" options {b:02x?}"));
+                        }
+                        _ => {}
+                    }
+                }
+                line
+            })
+            .collect()
+    })
+}
+
+/// Names of the links in `ns` starting with `prefix` (e.g. graydar's `gd-ifb`).
+pub fn links_named(ns: &NetNs, prefix: &str) -> Vec<String> {
+    ns.exec_stdout("ip", ["-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// `tc filter show dev <ifname> ingress` inside `ns` (empty without clsact).
+pub fn ingress_filters(ns: &NetNs, ifname: &str) -> String {
+    ns.exec_stdout(
+        "sh",
+        [
+            "-c",
+            &format!("tc filter show dev {ifname} ingress 2>/dev/null || true"),
+        ],
+    )
+}

@@ -4,6 +4,8 @@ pub mod agent;
 pub mod blockdev;
 pub mod controller;
 pub mod deploy;
+pub mod fault_e2e;
 pub mod faults;
 pub mod netns;
 pub mod prom;
+pub mod topology;

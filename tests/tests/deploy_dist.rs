@@ -140,6 +140,17 @@ fn dist_tarball_installs_into_a_temp_root_and_runs() {
             "{role} token"
         );
     }
+    // The agent's controller token (LoadCredential=controller-token:/etc/graydar/agent.token
+    // in the agent unit): root-only, the agent token of `tokens`.
+    let agent_token = etc.join("agent.token");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&agent_token).expect("agent.token").permissions());
+    assert_eq!(mode & 0o777, 0o600, "agent.token must be root-only");
+    let agent_token_text = std::fs::read_to_string(&agent_token).expect("read agent.token");
+    assert!(
+        tokens_text.lines().any(|l| l == format!("agent:{agent_token_text}")),
+        "agent.token should hold the agent token of /etc/graydar/tokens"
+    );
     tool_ok(
         bin("graydar-controller"),
         [
@@ -178,6 +189,11 @@ fn dist_tarball_installs_into_a_temp_root_and_runs() {
         std::fs::read_to_string(&tokens).expect("read"),
         tokens_text,
         "tokens must not change"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&agent_token).expect("read"),
+        agent_token_text,
+        "agent.token must not change"
     );
 
     // The installed units against the installed binaries.

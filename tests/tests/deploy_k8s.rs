@@ -21,7 +21,7 @@ use serde_yaml::Value;
 const K8S_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
 /// Kinds kubernetes-validate has no schema for (Prometheus Operator CRDs);
 /// checked structurally below instead.
-const CRD_KINDS: &[&str] = &["PodMonitor", "ServiceMonitor"];
+const CRD_KINDS: &[&str] = &["PodMonitor", "ServiceMonitor", "PrometheusRule"];
 const OVERLAYS: &[&str] = &["default", "agent-only", "prometheus-operator", "legacy-kernel"];
 /// Capabilities the agent may be given, each for a named feature (see the
 /// comments in deploy/k8s/agent/daemonset.yaml).
@@ -131,6 +131,71 @@ fn every_overlay_renders_and_validates_offline() {
         validate(overlay, &rendered);
         check_consistency(overlay, &docs(&rendered));
     }
+}
+
+/// The PrometheusRule of the prometheus-operator overlay carries exactly the
+/// groups of deploy/prometheus/graydar.rules.yml (generated from it by
+/// generate-prometheusrule.sh), has the Prometheus Operator's structure (no
+/// schema offline: checked here), and `promtool check rules` accepts its
+/// groups as rendered.
+#[test]
+fn prometheus_rule_carries_the_rules_file() {
+    let rendered = render(&k8s_dir().join("overlays/prometheus-operator"));
+    let objs = docs(&rendered);
+    let rule = named(&objs, "PrometheusRule", "graydar");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    let rules_path = workspace().join("deploy/prometheus/graydar.rules.yml");
+    let text = std::fs::read_to_string(&rules_path).expect("read graydar.rules.yml");
+    let file: Value = serde_yaml::from_str(&text).expect("graydar.rules.yml is YAML");
+    assert!(
+        rule["spec"]["groups"] == file["groups"],
+        "the PrometheusRule's groups differ from deploy/prometheus/graydar.rules.yml: run \
+         deploy/k8s/overlays/prometheus-operator/generate-prometheusrule.sh"
+    );
+    // monitoring.coreos.com/v1 PrometheusRule: spec.groups[].{name, interval,
+    // rules[].{alert|record, expr, for, keep_firing_for, labels, annotations}}.
+    let spec = rule["spec"].as_mapping().expect("spec");
+    assert_eq!(spec.len(), 1, "spec has only groups: {spec:?}");
+    let mut names = BTreeSet::new();
+    for g in seq(&rule["spec"]["groups"]) {
+        for k in g.as_mapping().expect("group").keys() {
+            assert!(
+                ["name", "interval", "rules", "limit", "partial_response_strategy"].contains(&s(k).as_str()),
+                "unknown group field {k:?}"
+            );
+        }
+        assert!(names.insert(s(&g["name"])), "duplicate group {:?}", g["name"]);
+        for r in seq(&g["rules"]) {
+            let m = r.as_mapping().expect("rule");
+            for k in m.keys() {
+                assert!(
+                    [
+                        "alert",
+                        "record",
+                        "expr",
+                        "for",
+                        "keep_firing_for",
+                        "labels",
+                        "annotations"
+                    ]
+                    .contains(&s(k).as_str()),
+                    "unknown rule field {k:?} in {r:?}"
+                );
+            }
+            assert!(
+                r.get("alert").is_some() != r.get("record").is_some(),
+                "a rule is an alert or a record: {r:?}"
+            );
+            assert!(r["expr"].is_string(), "expr: {r:?}");
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let extracted = dir.path().join("rules.yml");
+    let mut doc = serde_yaml::Mapping::new();
+    doc.insert("groups".into(), rule["spec"]["groups"].clone());
+    std::fs::write(&extracted, serde_yaml::to_string(&doc).expect("to YAML")).expect("write rules");
+    let out = tool_ok("promtool", ["check", "rules", &extracted.to_string_lossy()], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"));
 }
 
 /// Negative control: the validator really rejects an unknown field.
@@ -252,6 +317,13 @@ fn check_consistency(overlay: &str, objs: &[Value]) {
         .into_iter()
         .find(|p| p["containerPort"] == 9477)
         .unwrap_or_else(|| panic!("{}", ctx("no port 9477")));
+    // The path-probe mesh's UDP port ([paths] port, default 9478) is declared.
+    let mesh = seq(&c["ports"])
+        .into_iter()
+        .find(|p| p["name"] == "path-mesh")
+        .unwrap_or_else(|| panic!("{}", ctx("no port named path-mesh")));
+    assert_eq!(mesh["containerPort"], 9478, "{}", ctx("path-mesh port"));
+    assert_eq!(mesh["protocol"], "UDP", "{}", ctx("path-mesh protocol"));
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(c[probe]["httpGet"]["path"], path, "{}", ctx(probe));
         assert_eq!(c[probe]["httpGet"]["port"], port["name"], "{}", ctx(probe));

@@ -169,6 +169,12 @@ fn units_run_the_paths_the_dist_tarball_installs() {
     assert_eq!(agent["ReadWritePaths"], "/var/lib/graydar");
     assert_eq!(agent["ProtectSystem"], "strict");
     assert_eq!(agent["CapabilityBoundingSet"], agent["AmbientCapabilities"]);
+    // The controller token as a credential, under the name the agent reads
+    // (agent/src/config.rs TOKEN_CREDENTIAL), from the file install.sh writes.
+    assert_eq!(
+        agent["LoadCredential"],
+        format!("{}:/etc/graydar/agent.token", graydar_agent::config::TOKEN_CREDENTIAL)
+    );
     let controller = unit_keys("graydar-controller.service");
     assert!(controller["ExecStart"].starts_with("/usr/local/bin/graydar-controller "));
     assert!(controller["ExecStart"].contains("--data-dir /var/lib/graydar-controller"));

@@ -235,3 +235,245 @@ fn the_engine_refuses_cleanly_and_leaves_nothing_pending() {
         rec.pending
     );
 }
+
+// ---------------------------------------------------------------------------
+// Scoped / ingress netem and blackhole routes on this kernel.
+
+use graydar_common::faults::{Direction, FaultSpec, Scope};
+use graydar_tests::faults::{links_named, qdisc_dump};
+
+fn scoped(direction: Direction, cidrs: &[&str]) -> FaultSpec {
+    FaultSpec::Netem {
+        interface: "va".into(),
+        direction,
+        scope: Scope {
+            dst_cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        },
+        netem: spec(),
+    }
+}
+
+/// This kernel lacks sch_netem, sch_prio and cls_flower: scoped and
+/// ingress faults fail naming the config options, before the journal or
+/// the kernel is touched; nothing is left (no ifb, qdiscs as before).
+#[test]
+fn scoped_and_ingress_netem_fail_naming_the_missing_options_and_leave_nothing() {
+    use graydar_agent::faults::engine::FaultEngine;
+    netns::require_root();
+    assert!(!host_has_netem(), "this test expects a kernel without sch_netem");
+    let a = NetNs::new("fsc");
+    let b = NetNs::new("fsd");
+    veth_pair(&a, "va", "10.203.15.1/24", &b, "vb", "10.203.15.2/24");
+    let before = qdisc_dump(&a, "va");
+    let state = tempfile::tempdir().expect("state dir");
+    let dir = state.path().to_owned();
+    let errors = with_netlink(&a, async move |h| {
+        let (mut engine, _) = FaultEngine::start(&dir, h).await.expect("engine");
+        let mut out = Vec::new();
+        for (id, s) in [
+            ("scoped", scoped(Direction::Egress, &["10.203.15.0/24"])),
+            ("ingress", scoped(Direction::Ingress, &[])),
+            ("scoped-ingress", scoped(Direction::Ingress, &["10.203.15.0/24"])),
+        ] {
+            let ops = engine.describe(&s).await.expect("describe works without the modules");
+            assert!(ops.last().is_some_and(|o| o.starts_with("would fail")), "{ops:?}");
+            out.push(
+                engine
+                    .apply(id, &s, std::time::Duration::from_secs(60))
+                    .await
+                    .expect_err(id)
+                    .to_string(),
+            );
+        }
+        // Whole interface with the controller protected: the prio tree too.
+        engine.set_protected(vec!["192.0.2.1:8477".parse().expect("addr")]);
+        let whole = scoped(Direction::Egress, &[]);
+        out.push(
+            engine
+                .apply("whole", &whole, std::time::Duration::from_secs(60))
+                .await
+                .expect_err("whole")
+                .to_string(),
+        );
+        assert!(engine.active_ids().is_empty());
+        out
+    });
+    for e in &errors {
+        assert!(e.contains("CONFIG_NET_SCH_NETEM"), "{e}");
+    }
+    assert!(
+        errors[0].contains("CONFIG_NET_SCH_PRIO") && errors[0].contains("CONFIG_NET_CLS_FLOWER"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[1].contains("CONFIG_NET_CLS_FLOWER"), "{}", errors[1]);
+    assert!(!errors[1].contains("CONFIG_IFB"), "this kernel has ifb: {}", errors[1]);
+    assert!(errors[3].contains("CONFIG_NET_SCH_PRIO"), "{}", errors[3]);
+    assert!(links_named(&a, "gd-ifb").is_empty(), "no ifb left");
+    assert_eq!(qdisc_dump(&a, "va"), before, "qdiscs unchanged");
+    let (_j, rec) = graydar_agent::faults::journal::Journal::open(state.path()).expect("journal");
+    assert!(rec.pending.is_empty(), "{:?}", rec.pending);
+}
+
+/// The kernel's own refusal, past the capability check: an ingress tree is
+/// built step by step (ifb, then prio on it, which this kernel refuses); the
+/// error names CONFIG_NET_SCH_PRIO and the rollback deletes the ifb.
+#[test]
+fn a_kernel_refusal_part_way_is_named_and_rolled_back() {
+    use graydar_agent::faults::tree::{self, IngressPrior, TreePrior};
+    netns::require_root();
+    let a = NetNs::new("frb");
+    let b = NetNs::new("frc");
+    veth_pair(&a, "va", "10.203.16.1/24", &b, "vb", "10.203.16.2/24");
+    let ifindex = a.ifindex("va");
+    let before = qdisc_dump(&a, "va");
+    let err = with_netlink(&a, async move |h| {
+        let prior = TreePrior {
+            root: None,
+            ingress: Some(IngressPrior {
+                ifb: tree::free_ifb_name(&h).await.expect("name"),
+                clsact_existed: false,
+                pref: tree::INGRESS_PREF,
+            }),
+        };
+        let plan = tree::plan(
+            "va",
+            Direction::Ingress,
+            &Scope {
+                dst_cidrs: vec!["10.203.16.0/24".into()],
+                ..Default::default()
+            },
+            &spec(),
+            &[],
+            prior.ingress.as_ref().map(|i| i.ifb.clone()),
+        )
+        .expect("plan");
+        let err = tree::apply(&h, ifindex, &plan, &prior).await.expect_err("no prio here");
+        tree::revert(&h, Some(ifindex), &prior).await.expect("rollback");
+        err
+    });
+    assert!(err.to_string().contains("CONFIG_NET_SCH_PRIO"), "{err}");
+    assert!(links_named(&a, "gd-ifb").is_empty(), "the ifb created first is gone");
+    assert_eq!(qdisc_dump(&a, "va"), before);
+}
+
+fn blackhole(prefix: &str) -> FaultSpec {
+    FaultSpec::Blackhole {
+        prefix: prefix.into(),
+        table: None,
+    }
+}
+
+/// b answers on 10.203.17.2 and on 10.204.17.{2,130}, routed through va.
+fn blackhole_pair(tag: &str) -> (NetNs, NetNs) {
+    let a = NetNs::new(&format!("{tag}a"));
+    let b = NetNs::new(&format!("{tag}b"));
+    veth_pair(&a, "va", "10.203.17.1/24", &b, "vb", "10.203.17.2/24");
+    b.ip(["addr", "add", "10.204.17.2/24", "dev", "vb"]);
+    b.ip(["addr", "add", "10.204.17.130/24", "dev", "vb"]);
+    a.ip(["route", "add", "10.204.17.0/24", "via", "10.203.17.2"]);
+    (a, b)
+}
+
+fn reachable(ns: &NetNs, dst: &str) -> bool {
+    netns::try_run("ip", ["netns", "exec", ns.name(), "ping", "-c", "1", "-W", "1", dst])
+        .status
+        .success()
+}
+
+#[test]
+fn a_blackhole_route_blocks_its_prefix_only_and_reverts_exactly() {
+    use graydar_agent::faults::engine::FaultEngine;
+    netns::require_root();
+    let (a, _b) = blackhole_pair("fbh");
+    let routes_before = a.exec_stdout("ip", ["route", "show", "table", "all"]);
+    assert!(reachable(&a, "10.204.17.130") && reachable(&a, "10.204.17.2"));
+    let state = tempfile::tempdir().expect("state");
+    let dir = state.path().to_owned();
+    let a2 = &a;
+    with_netlink(&a, async move |h| {
+        let (mut e, _) = FaultEngine::start(&dir, h).await.expect("engine");
+        let lease = std::time::Duration::from_secs(60);
+        let ops = e.describe(&blackhole("10.204.17.128/25")).await.expect("describe");
+        assert!(
+            ops[1].starts_with("RTM_NEWROUTE") && ops[1].contains("blackhole 10.204.17.128/25"),
+            "{ops:?}"
+        );
+        // The identical prefix exists (via b): refused, nothing changes.
+        let err = e
+            .apply("dup", &blackhole("10.204.17.0/24"), lease)
+            .await
+            .expect_err("exists");
+        assert!(err.to_string().contains("already has a route"), "{err}");
+        e.apply("bh-1", &blackhole("10.204.17.128/25"), lease)
+            .await
+            .expect("apply");
+        e.apply("bh-6", &blackhole("2001:db8:17::/48"), lease)
+            .await
+            .expect("apply ipv6");
+        let shown = a2.exec_stdout("ip", ["route", "show", "type", "blackhole"]);
+        assert!(
+            shown.contains("10.204.17.128/25") && shown.contains("proto 71"),
+            "{shown}"
+        );
+        assert!(
+            a2.exec_stdout("ip", ["-6", "route", "show", "type", "blackhole"])
+                .contains("2001:db8:17::/48")
+        );
+        assert!(!reachable(a2, "10.204.17.130"), "the blackholed prefix is cut");
+        assert!(reachable(a2, "10.204.17.2"), "the rest of the /24 is not");
+        assert!(reachable(a2, "10.203.17.2"));
+        e.revert("bh-1").await.expect("revert");
+        e.revert("bh-6").await.expect("revert ipv6");
+    });
+    assert!(reachable(&a, "10.204.17.130"));
+    assert_eq!(a.exec_stdout("ip", ["route", "show", "table", "all"]), routes_before);
+}
+
+/// A blackhole left by a killed agent (engine gone without revert, as on
+/// SIGKILL; the agent binary cannot be handed a fault without a controller
+/// here) is removed by the real agent binary at its next start.
+#[test]
+fn a_blackhole_left_by_a_killed_agent_is_removed_at_restart() {
+    use graydar_agent::faults::engine::FaultEngine;
+    netns::require_root();
+    let (a, _b) = blackhole_pair("fbk");
+    let routes_before = a.exec_stdout("ip", ["route", "show", "table", "all"]);
+    let state = tempfile::tempdir().expect("state");
+    let dir = state.path().to_owned();
+    with_netlink(&a, async move |h| {
+        let (mut e, _) = FaultEngine::start(&dir, h).await.expect("engine");
+        e.apply(
+            "bh-k",
+            &blackhole("10.204.17.128/25"),
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .expect("apply");
+        std::mem::forget(e);
+    });
+    assert!(!reachable(&a, "10.204.17.130"));
+    let bin = graydar_tests::agent::agent_bin();
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", a.name()])
+        .arg(&bin)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--listen", "127.0.0.1:19479"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while a.exec_stdout("ip", ["route", "show", "table", "all"]) != routes_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not remove the blackhole"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(reachable(&a, "10.204.17.130"));
+    assert_eq!(a.exec_stdout("ip", ["route", "show", "table", "all"]), routes_before);
+}

@@ -390,7 +390,7 @@ fn fsync_secs(dir: &std::path::Path) -> f64 {
 #[test]
 #[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
 fn dm_delay_slows_fsync_by_its_delay_and_revert_restores_table_and_latency() {
-    use graydar_agent::faults::dm::{self, DmFaultSpec};
+    use graydar_agent::faults::dm::{self, DmFaultSpec, DmTable as _};
     require_vm();
     let dev = LinearOnLoop::new("gd-delay", 64);
     let mnt = tempfile::tempdir().expect("mountpoint");
@@ -440,7 +440,7 @@ fn dm_delay_slows_fsync_by_its_delay_and_revert_restores_table_and_latency() {
 #[test]
 #[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
 fn dm_flakey_error_writes_gives_eio_and_revert_heals() {
-    use graydar_agent::faults::dm::{self, DmFaultSpec, FlakeyMode};
+    use graydar_agent::faults::dm::{self, DmFaultSpec, DmTable as _, FlakeyMode};
     use std::io::{Seek as _, Write as _};
     require_vm();
     let dev = LinearOnLoop::new("gd-flakey", 16);
@@ -510,4 +510,516 @@ fn a_dm_fault_left_by_a_crash_is_reverted_at_the_next_start() {
         prior,
         "the original table is back"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Scoped, ingress and controller-excluding netem (agent/src/faults/tree.rs),
+// through the engine's one entry point (`FaultEngine::apply(id, &FaultSpec, lease)`).
+
+use graydar_common::faults::{Direction, FaultSpec, Scope};
+use graydar_tests::faults::{ingress_filters, links_named, qdisc_dump};
+
+fn netem_spec(iface: &str, direction: Direction, cidrs: &[&str], netem: NetemSpec) -> FaultSpec {
+    FaultSpec::Netem {
+        interface: iface.into(),
+        direction,
+        scope: Scope {
+            dst_cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        },
+        netem,
+    }
+}
+
+fn delay_ms(ms: f64) -> NetemSpec {
+    NetemSpec {
+        delay_ms: ms,
+        ..Default::default()
+    }
+}
+
+/// Packets lost of `count` pings (`ping -c N -i 0.05`).
+fn ping_loss(ns: &NetNs, dst: &str, count: u32) -> u32 {
+    let out = ns.exec_stdout(
+        "sh",
+        ["-c", &format!("ping -q -n -c {count} -i 0.05 -W 1 {dst} || true")],
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("received"))
+        .unwrap_or_else(|| panic!("no summary in:\n{out}"));
+    let received: u32 = line
+        .split(", ")
+        .nth(1)
+        .and_then(|p| p.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad summary {line}"));
+    count - received
+}
+
+/// a (va) ↔ b (vb) with b holding a second prefix routed through va.
+fn two_destinations(tag: &str, net: u8) -> (NetNs, NetNs) {
+    let (a, b, _) = pair(tag, net);
+    b.ip(["addr", "add", &format!("10.204.{net}.2/24"), "dev", "vb"]);
+    a.ip([
+        "route",
+        "add",
+        &format!("10.204.{net}.0/24"),
+        "via",
+        &format!("10.203.{net}.2"),
+    ]);
+    (a, b)
+}
+
+/// Runs `f` with a fresh engine (state in `dir`) in `ns`; the engine is
+/// dropped without reverting (a crash) unless `f` reverts.
+fn with_engine<R: Send>(
+    ns: &NetNs,
+    dir: &std::path::Path,
+    f: impl AsyncFnOnce(&mut graydar_agent::faults::engine::FaultEngine) -> R + Send,
+) -> R {
+    let dir = dir.to_owned();
+    with_netlink(ns, async move |h| {
+        let (mut engine, _) = graydar_agent::faults::engine::FaultEngine::start(&dir, h)
+            .await
+            .expect("engine");
+        let r = f(&mut engine).await;
+        std::mem::forget(engine);
+        r
+    })
+}
+
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn a_fault_scoped_to_one_cidr_leaves_the_other_destination_untouched() {
+    require_vm();
+    let (a, _b) = two_destinations("vs", 50);
+    let (scoped, other) = ("10.204.50.2", "10.203.50.2");
+    let before = qdisc_dump(&a, "va");
+    let before_tc = qdisc_tree(&a, "va");
+    let (base_s, base_o) = (ping_avg_ms(&a, scoped, 20), ping_avg_ms(&a, other, 20));
+    let state = tempfile::tempdir().expect("state");
+    let spec = netem_spec("va", Direction::Egress, &["10.204.50.0/24"], delay_ms(100.0));
+    let ops = with_engine(&a, state.path(), async |e| {
+        let ops = e.describe(&spec).await.expect("describe");
+        e.apply("scoped-1", &spec, Duration::from_secs(600))
+            .await
+            .expect("apply");
+        ops
+    });
+    eprintln!("describe:\n  {}", ops.join("\n  "));
+    let tree = qdisc_tree(&a, "va");
+    assert!(tree.contains("prio") && tree.contains("netem"), "{tree}");
+    let (s, o) = (ping_avg_ms(&a, scoped, 20), ping_avg_ms(&a, other, 20));
+    let lost_other = ping_loss(&a, other, 100);
+    eprintln!("scoped {base_s:.2} -> {s:.2} ms; other {base_o:.2} -> {o:.2} ms, {lost_other}/100 lost");
+    assert!(
+        (90.0..=110.0).contains(&(s - base_s)),
+        "scoped RTT +{:.2} ms",
+        s - base_s
+    );
+    assert!(
+        o - base_o < 10.0,
+        "the other destination's RTT rose by {:.2} ms",
+        o - base_o
+    );
+    assert_eq!(lost_other, 0, "no loss to the other destination");
+    with_engine(&a, state.path(), async |_| ()); // restart: the journal reverts it
+    assert_eq!(qdisc_dump(&a, "va"), before, "netlink dump equal after revert");
+    assert_eq!(qdisc_tree(&a, "va"), before_tc);
+}
+
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn ingress_delay_goes_through_an_ifb_and_revert_removes_it() {
+    require_vm();
+    let (a, _b, _) = pair("vi", 51);
+    let dst = "10.203.51.2";
+    let before = qdisc_dump(&a, "va");
+    let base = ping_avg_ms(&a, dst, 20);
+    let state = tempfile::tempdir().expect("state");
+    let spec = netem_spec("va", Direction::Ingress, &[], delay_ms(100.0));
+    with_netlink(&a, async |h| {
+        let (mut e, _) = graydar_agent::faults::engine::FaultEngine::start(state.path(), h)
+            .await
+            .expect("engine");
+        e.apply("in-1", &spec, Duration::from_secs(600))
+            .await
+            .expect("apply ingress");
+        let ifbs = links_named(&a, "gd-ifb");
+        assert_eq!(ifbs, ["gd-ifb0"]);
+        assert!(
+            ingress_filters(&a, "va").contains("mirred"),
+            "{}",
+            ingress_filters(&a, "va")
+        );
+        let delayed = ping_avg_ms(&a, dst, 20);
+        eprintln!("ingress delay: rtt {base:.2} -> {delayed:.2} ms");
+        assert!((90.0..=110.0).contains(&(delayed - base)), "+{:.2} ms", delayed - base);
+        e.revert("in-1").await.expect("revert");
+    });
+    assert!(links_named(&a, "gd-ifb").is_empty(), "no ifb left");
+    assert_eq!(qdisc_dump(&a, "va"), before, "no clsact, root as before");
+    let after = ping_avg_ms(&a, dst, 20);
+    assert!(after < base + 10.0, "rtt {after:.2} after revert");
+}
+
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn ipv6_scoped_delay_hits_only_its_prefix() {
+    require_vm();
+    let (a, b, _) = pair("v6", 52);
+    // NetNs disables IPv6 namespace-wide; turn it on for the two veth ends.
+    for (ns, dev) in [(&a, "va"), (&b, "vb")] {
+        let path = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
+        ns.run_in(|| std::fs::write(&path, "0")).expect("enable ipv6");
+    }
+    a.ip(["-6", "addr", "add", "fd00:203:52::1/64", "dev", "va", "nodad"]);
+    b.ip(["-6", "addr", "add", "fd00:203:52::2/64", "dev", "vb", "nodad"]);
+    b.ip(["-6", "addr", "add", "fd00:204:52::2/64", "dev", "vb", "nodad"]);
+    a.ip(["-6", "route", "add", "fd00:204:52::/64", "via", "fd00:203:52::2"]);
+    let (scoped, other) = ("fd00:204:52::2", "fd00:203:52::2");
+    let before = qdisc_dump(&a, "va");
+    let (base_s, base_o) = (ping_avg_ms(&a, scoped, 20), ping_avg_ms(&a, other, 20));
+    let state = tempfile::tempdir().expect("state");
+    let spec = netem_spec("va", Direction::Egress, &["fd00:204:52::/64"], delay_ms(100.0));
+    with_netlink(&a, async |h| {
+        let (mut e, _) = graydar_agent::faults::engine::FaultEngine::start(state.path(), h)
+            .await
+            .expect("engine");
+        e.apply("v6-1", &spec, Duration::from_secs(600)).await.expect("apply");
+        let (s, o) = (ping_avg_ms(&a, scoped, 20), ping_avg_ms(&a, other, 20));
+        eprintln!("ipv6: scoped {base_s:.2} -> {s:.2} ms, other {base_o:.2} -> {o:.2} ms");
+        assert!((90.0..=110.0).contains(&(s - base_s)), "scoped +{:.2} ms", s - base_s);
+        assert!(o - base_o < 10.0, "other +{:.2} ms", o - base_o);
+        e.revert("v6-1").await.expect("revert");
+    });
+    assert_eq!(qdisc_dump(&a, "va"), before);
+}
+
+/// 100 % loss on the whole interface; the protected endpoint (the
+/// controller) still answers over TCP and UDP, everything else is lost.
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn the_controller_is_excluded_from_a_whole_interface_loss_fault() {
+    use std::io::{Read as _, Write as _};
+    require_vm();
+    let (a, b) = two_destinations("vx", 53);
+    let controller: std::net::SocketAddr = "10.204.53.2:18477".parse().expect("addr");
+    let before = qdisc_dump(&a, "va");
+    let listener = b.run_in(|| std::net::TcpListener::bind(controller).expect("bind tcp"));
+    let udp = b.run_in(|| UdpSocket::bind(controller).expect("bind udp"));
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).expect("read");
+            s.write_all(&buf).expect("echo");
+        }
+    });
+    let udp_echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        udp.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        if let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&buf[..n], from);
+        }
+    });
+    // Neighbours resolved before the fault.
+    a.exec("ping", ["-c", "1", "-W", "2", "10.204.53.2"]);
+    let state = tempfile::tempdir().expect("state");
+    let spec = netem_spec(
+        "va",
+        Direction::Egress,
+        &[],
+        NetemSpec {
+            loss: Some(Loss::Random {
+                percent: 100.0,
+                correlation: 0.0,
+            }),
+            ..Default::default()
+        },
+    );
+    with_netlink(&a, async |h| {
+        let (mut e, _) = graydar_agent::faults::engine::FaultEngine::start(state.path(), h)
+            .await
+            .expect("engine");
+        e.set_protected(vec![controller]);
+        eprintln!(
+            "describe:\n  {}",
+            e.describe(&spec).await.expect("describe").join("\n  ")
+        );
+        e.apply("cut-1", &spec, Duration::from_secs(600)).await.expect("apply");
+        e.revert_all().await;
+        e.apply("cut-2", &spec, Duration::from_secs(600))
+            .await
+            .expect("apply again");
+    });
+    let lost_other = ping_loss(&a, "10.203.53.2", 20);
+    let lost_ctl = ping_loss(&a, "10.204.53.2", 20);
+    let tcp = a.run_in(move || -> std::io::Result<Vec<u8>> {
+        let mut s = std::net::TcpStream::connect_timeout(&controller, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"hello")?;
+        let mut buf = vec![0u8; 5];
+        s.read_exact(&mut buf)?;
+        Ok(buf)
+    });
+    let udp_reply = a.run_in(move || -> std::io::Result<Vec<u8>> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.send_to(b"ping", controller)?;
+        let mut buf = [0u8; 16];
+        let n = s.recv(&mut buf)?;
+        Ok(buf[..n].to_vec())
+    });
+    let blocked_tcp = a.run_in(|| {
+        std::net::TcpStream::connect_timeout(&"10.203.53.2:18477".parse().expect("a"), Duration::from_secs(2))
+    });
+    eprintln!("other: {lost_other}/20 lost; controller: {lost_ctl}/20 lost; tcp {tcp:?}; udp {udp_reply:?}");
+    with_engine(&a, state.path(), async |_| ()); // restart reverts
+    assert_eq!(lost_other, 20, "all other traffic is lost");
+    assert_eq!(lost_ctl, 0, "the controller's address is never impaired");
+    assert_eq!(tcp.expect("tcp to the controller"), b"hello");
+    assert_eq!(udp_reply.expect("udp to the controller"), b"ping");
+    assert!(blocked_tcp.is_err(), "tcp elsewhere must not get through");
+    assert_eq!(qdisc_dump(&a, "va"), before);
+    // Second connection so the server thread ends.
+    let _ = a.run_in(move || std::net::TcpStream::connect(controller).and_then(|mut s| s.write_all(b"bye!!")));
+    let _ = server.join();
+    let _ = udp_echo.join();
+}
+
+/// A scoped ingress fault left by a killed agent (the engine vanishes
+/// without reverting, as on SIGKILL): the real agent binary, started on the
+/// same state directory, removes the redirect, the clsact, the ifb and the
+/// tree before it serves anything.
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn a_scoped_ingress_fault_left_by_a_killed_agent_is_gone_after_restart() {
+    require_vm();
+    let (a, _b, _) = pair("vk2", 54);
+    let before = qdisc_dump(&a, "va");
+    let state = tempfile::tempdir().expect("state");
+    let spec = netem_spec("va", Direction::Ingress, &["10.203.54.0/24"], delay_ms(50.0));
+    with_engine(&a, state.path(), async |e| {
+        e.set_protected(vec!["192.0.2.1:8477".parse().expect("addr")]);
+        e.apply("kill-in-1", &spec, Duration::from_secs(3600))
+            .await
+            .expect("apply");
+    });
+    assert_eq!(links_named(&a, "gd-ifb"), ["gd-ifb0"]);
+    assert_ne!(qdisc_dump(&a, "va"), before, "clsact added");
+    let agent = std::env::var_os("GRAYDAR_AGENT_BIN").expect("GRAYDAR_AGENT_BIN");
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", a.name()])
+        .arg(&agent)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--listen", "127.0.0.1:19478"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start agent");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !links_named(&a, "gd-ifb").is_empty() || qdisc_dump(&a, "va") != before {
+        assert!(Instant::now() < deadline, "the agent did not clean up within 120 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SIGKILL this one too: nothing of the fault may come back.
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(links_named(&a, "gd-ifb").is_empty());
+    assert_eq!(qdisc_dump(&a, "va"), before);
+    assert!(!ingress_filters(&a, "va").contains("mirred"));
+}
+
+// ---------------------------------------------------------------------------
+// Measurement for `cargo xtask bench --only faults` (xtask/src/bench_fault_latency.rs):
+// prints figures, asserts nothing about time. A no-op unless GRAYDAR_BENCH=1.
+
+fn median_max(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn bench_fault_apply_revert_latency() {
+    use graydar_agent::faults::dm::{self, DmFaultSpec};
+    use graydar_agent::faults::engine::{DmFault, FaultEngine};
+    require_vm();
+    if std::env::var("GRAYDAR_BENCH").as_deref() != Ok("1") {
+        eprintln!("skipped: set GRAYDAR_BENCH=1 (cargo xtask bench --only faults)");
+        return;
+    }
+    const N: usize = 20;
+    let (a, _b, ifindex) = pair("vbn", 55);
+    let state = tempfile::tempdir().expect("state");
+    let dir = state.path().to_owned();
+    let mut lines = Vec::new();
+    let netem = with_netlink(&a, async move |h| {
+        let mut out = Vec::new();
+        let mut base = Vec::new();
+        for _ in 0..N {
+            let t = Instant::now();
+            tc::root_of(&h, ifindex).await.expect("dump");
+            base.push(ms_since(t));
+        }
+        out.push((
+            "baseline: RTM_GETQDISC dump round trip".to_owned(),
+            median_max(base),
+            (0.0, 0.0),
+        ));
+        let (mut e, _) = FaultEngine::start(&dir, h).await.expect("engine");
+        for (name, spec, protected) in [
+            (
+                "netem whole interface (bare netem root)",
+                netem_spec("va", Direction::Egress, &[], delay_ms(10.0)),
+                false,
+            ),
+            (
+                "netem whole interface, controller excluded (prio + netem + 1 flower)",
+                netem_spec("va", Direction::Egress, &[], delay_ms(10.0)),
+                true,
+            ),
+            (
+                "netem scoped to 2 CIDRs (prio + netem + 2 flower)",
+                netem_spec("va", Direction::Egress, &["10.1.0.0/16", "fd00::/64"], delay_ms(10.0)),
+                false,
+            ),
+            (
+                "netem ingress (ifb + netem + clsact + mirred redirect)",
+                netem_spec("va", Direction::Ingress, &[], delay_ms(10.0)),
+                false,
+            ),
+        ] {
+            e.set_protected(if protected {
+                vec!["192.0.2.1:8477".parse().expect("addr")]
+            } else {
+                vec![]
+            });
+            let (mut ap, mut rv) = (Vec::new(), Vec::new());
+            for i in 0..N {
+                let id = format!("b{i}");
+                let t = Instant::now();
+                e.apply(&id, &spec, Duration::from_secs(600)).await.expect("apply");
+                ap.push(ms_since(t));
+                let t = Instant::now();
+                e.revert(&id).await.expect("revert");
+                rv.push(ms_since(t));
+            }
+            out.push((name.to_owned(), median_max(ap), median_max(rv)));
+        }
+        out
+    });
+    lines.extend(netem);
+    // dm: a dm-linear device over a loop file, ext4 mounted on it.
+    let dev = LinearOnLoop::new("gd-bench", 64);
+    let mnt = tempfile::tempdir().expect("mnt");
+    for (cmd, args) in [
+        ("mkfs.ext4", vec!["-q", "-F", &dev.dev()[..]]),
+        ("mount", vec![&dev.dev()[..], mnt.path().to_str().expect("utf-8")]),
+    ] {
+        assert!(
+            std::process::Command::new(cmd)
+                .args(&args)
+                .status()
+                .expect(cmd)
+                .success()
+        );
+    }
+    let dmh = dm::open().expect("dm");
+    let mut base = Vec::new();
+    for _ in 0..N {
+        let t = Instant::now();
+        dmh.version().expect("DM_VERSION");
+        base.push(ms_since(t));
+    }
+    lines.push(("baseline: DM_VERSION ioctl".to_owned(), median_max(base), (0.0, 0.0)));
+    let dirty = |mnt: &std::path::Path| {
+        // 4 MiB of dirty page cache, not synced: what a lockfs freeze would flush.
+        std::fs::write(mnt.join("dirty"), vec![7u8; 4 << 20]).expect("write");
+    };
+    let ns = NetNs::new("vbd");
+    let dir2 = tempfile::tempdir().expect("state");
+    let d2 = dir2.path().to_owned();
+    let mpath = mnt.path().to_owned();
+    let dm_lines = with_netlink(&ns, async move |h| {
+        let (mut e, _) = FaultEngine::start(&d2, h).await.expect("engine");
+        let mut out = Vec::new();
+        for (name, with_dirty) in [
+            ("dm-delay 100 ms, idle", false),
+            ("dm-delay 100 ms, 4 MiB dirty on ext4", true),
+        ] {
+            let (mut ap, mut rv) = (Vec::new(), Vec::new());
+            for i in 0..N / 2 {
+                let id = format!("d{i}");
+                if with_dirty {
+                    dirty(&mpath);
+                }
+                let t = Instant::now();
+                e.apply_dm(DmFault {
+                    id: id.clone(),
+                    device: "gd-bench".into(),
+                    spec: DmFaultSpec::Delay {
+                        read_ms: 100,
+                        write_ms: 100,
+                        flush_ms: Some(100),
+                    },
+                    lease: Duration::from_secs(600),
+                })
+                .expect("apply dm");
+                ap.push(ms_since(t));
+                if with_dirty {
+                    dirty(&mpath);
+                }
+                let t = Instant::now();
+                e.revert(&id).await.expect("revert dm");
+                rv.push(ms_since(t));
+            }
+            out.push((name.to_owned(), median_max(ap), median_max(rv)));
+        }
+        out
+    });
+    lines.extend(dm_lines);
+    // The cause of the earlier 507 ms: a suspend that freezes the filesystem (lockfs).
+    for (name, flag) in [
+        ("dmsetup suspend+resume (lockfs), 4 MiB dirty", ""),
+        ("dmsetup suspend --nolockfs+resume, 4 MiB dirty", "--nolockfs"),
+    ] {
+        let mut v = Vec::new();
+        for _ in 0..N / 2 {
+            dirty(mnt.path());
+            let t = Instant::now();
+            let s = std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    &format!(
+                        "DM_DISABLE_UDEV=1 dmsetup suspend {flag} gd-bench && DM_DISABLE_UDEV=1 dmsetup resume gd-bench"
+                    ),
+                ])
+                .status()
+                .expect("dmsetup");
+            v.push(ms_since(t));
+            assert!(s.success());
+        }
+        lines.push((name.to_owned(), median_max(v), (0.0, 0.0)));
+    }
+    let _ = std::process::Command::new("umount").arg(mnt.path()).status();
+    println!(
+        "GRAYDAR_BENCH fault latency (QEMU TCG software emulation, Debian {}; median / max ms)",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    for (name, (am, ax), (rm, rx)) in lines {
+        if rm == 0.0 && rx == 0.0 {
+            println!("  {name:<72} {am:>8.2} / {ax:>8.2}");
+        } else {
+            println!("  {name:<72} apply {am:>7.2} / {ax:>7.2}   revert {rm:>7.2} / {rx:>7.2}");
+        }
+    }
 }

@@ -180,9 +180,23 @@ pub fn run(ws: &Path, idle_seconds: u64, only: &[String]) -> Result<()> {
     let want = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     if let Some(bad) = only
         .iter()
-        .find(|o| !["drops", "idle", "fsync", "incast"].contains(&o.as_str()))
+        .find(|o| !["drops", "idle", "fsync", "incast", "faults", "fault-latency"].contains(&o.as_str()))
     {
-        bail!("unknown benchmark part {bad:?}: the parts are drops, idle, fsync, incast");
+        bail!("unknown benchmark part {bad:?}: the parts are drops, idle, fsync, incast, faults, fault-latency");
+    }
+    // Fault apply/revert latency in the VM (xtask/src/bench_fault_latency.rs).
+    if want("fault-latency") {
+        crate::bench_fault_latency::run(ws)?;
+        if !only.is_empty() && only.iter().all(|o| o == "fault-latency") {
+            return Ok(());
+        }
+    }
+    // Revert-all fan-out to 100 simulated agents (xtask/src/bench_faults.rs).
+    if want("faults") {
+        crate::bench_faults::run(ws)?;
+        if !only.is_empty() && only.iter().all(|o| o == "faults" || o == "fault-latency") {
+            return Ok(());
+        }
     }
     if !want("drops") && !want("idle") {
         if want("fsync") {

@@ -182,6 +182,8 @@ fn one(ws: &Path, n: usize, seconds: u64) -> Result<Figures> {
                         kernel_version: "6.18.0".into(),
                         agent_version: "bench".into(),
                         capabilities: Capabilities::default(),
+                        interfaces: None,
+                        dm_devices: None,
                     })?;
                 }
                 Ok(())
@@ -225,7 +227,11 @@ fn one(ws: &Path, n: usize, seconds: u64) -> Result<Figures> {
                             std::thread::sleep(due - now);
                         }
                         let host = format!("sim-{i:05}");
-                        match c.heartbeat(&host, &HeartbeatRequest { firing: 1 }) {
+                        let req = HeartbeatRequest {
+                            firing: 1,
+                            ..Default::default()
+                        };
+                        match c.heartbeat(&host, &req) {
                             Ok(_) => hb.push(due.elapsed().as_secs_f64()),
                             Err(_) => {
                                 errors.fetch_add(1, Ordering::Relaxed);

@@ -2,6 +2,8 @@
 
 mod bench;
 mod bench_controller;
+mod bench_fault_latency;
+mod bench_faults;
 mod dist;
 mod run;
 mod vm;
@@ -46,7 +48,7 @@ enum Cmd {
         /// Seconds of idle measurement for the agent's CPU and memory.
         #[arg(long, default_value_t = 60)]
         idle_seconds: u64,
-        /// Run only these parts (drops, idle, fsync); default all.
+        /// Run only these parts (drops, idle, fsync, incast, faults, fault-latency); default all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Controller load test instead: simulated agent counts, e.g. 1000,10000.

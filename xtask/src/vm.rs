@@ -108,7 +108,7 @@ pub fn run_command(workspace: &Path, cache: &Path, cmd: &str) -> Result<()> {
 }
 
 /// Test targets of graydar-tests that run inside the VM (all `#[ignore]`d on the host).
-const VM_TEST_TARGETS: &[&str] = &["vm", "vm_faults"];
+const VM_TEST_TARGETS: &[&str] = &["vm", "vm_faults", "vm_fault_safety", "vm_paths"];
 
 /// Builds the guest tests (`VM_TEST_TARGETS`) and the agent, boots the VM and
 /// runs the tests inside with `GRAYDAR_VM=1` and `GRAYDAR_AGENT_BIN` set.
@@ -144,11 +144,35 @@ pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
         .collect::<Vec<_>>()
         .join("\n");
     let agent = agent_bin.to_string_lossy().into_owned();
+    // The controller and the `graydar` CLI (vm_fault_safety runs them in the guest).
+    let ctl_args = [
+        "build",
+        "-p",
+        "graydar-controller",
+        "--bin",
+        "graydar-controller",
+        "--bin",
+        "graydar",
+    ];
+    let ctl_bins = cargo_executables(&workspace, &ctl_args)?;
+    let find_bin = |name: &str| {
+        ctl_bins
+            .iter()
+            .find(|p| p.file_name().is_some_and(|n| n == name))
+            .map(|p| p.to_string_lossy().into_owned())
+            .with_context(|| format!("cargo built no {name} executable (got {ctl_bins:?})"))
+    };
+    let (controller, cli) = (find_bin("graydar-controller")?, find_bin("graydar")?);
     let result = boot(
         &assets,
         &workspace,
         &cmd,
-        &[("GRAYDAR_VM", "1"), ("GRAYDAR_AGENT_BIN", &agent)],
+        &[
+            ("GRAYDAR_VM", "1"),
+            ("GRAYDAR_AGENT_BIN", &agent),
+            ("GRAYDAR_CONTROLLER_BIN", &controller),
+            ("GRAYDAR_CLI_BIN", &cli),
+        ],
     );
     eprintln!("vm: tier finished in {:.1}s", started.elapsed().as_secs_f64());
     result
@@ -696,7 +720,7 @@ fn stream_console(stdout: impl Read, seen: &Mutex<Seen>, started: Instant) {
 // Helpers
 
 /// Runs cargo with `--message-format=json` and returns the executables it built.
-fn cargo_executables(workspace: &Path, args: &[&str]) -> Result<Vec<PathBuf>> {
+pub(crate) fn cargo_executables(workspace: &Path, args: &[&str]) -> Result<Vec<PathBuf>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(&cargo)
         .args(args)

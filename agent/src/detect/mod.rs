@@ -3,3 +3,5 @@ pub mod disk_slow;
 pub mod drops;
 pub mod fsync_latency;
 pub mod incast;
+pub mod paths;
+pub mod route_flap;

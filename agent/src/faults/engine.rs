@@ -11,16 +11,20 @@
 //! lists, so a crash at any step leaves nothing applied after restart.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt as _;
-use graydar_common::faults::{Direction, FaultSpec};
+use graydar_common::faults::{Cidr, Direction, FaultSpec, Scope};
 
+use super::caps::{self, KernelCaps, Missing, Piece};
 use super::dm::{self, DmFaultError, DmFaultSpec, DmTable as _, TableLine};
 use super::journal::{FaultRecord, Journal, JournalError, Record};
 use super::netem::{NetemSpec, SpecError};
+use super::route::{self, RouteError, RoutePrior};
 use super::tc::{self, PriorRoot, TcError};
+use super::tree::{self, IngressPrior, TreePrior};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
@@ -42,6 +46,11 @@ pub enum FaultError {
     Record { id: String, detail: String },
     #[error("not supported by this agent: {0}")]
     Unsupported(String),
+    /// The kernel lacks what the fault needs (named with its config option).
+    #[error(transparent)]
+    Missing(#[from] Missing),
+    #[error(transparent)]
+    Route(#[from] RouteError),
 }
 
 /// A netem fault on a whole interface's egress.
@@ -64,8 +73,14 @@ pub struct DmFault {
 }
 
 enum Prior {
-    Qdisc { ifindex: u32, root: PriorRoot },
+    Qdisc {
+        ifindex: u32,
+        root: PriorRoot,
+    },
     DmTable(Vec<TableLine>),
+    /// Scoped / ingress / controller-excluding netem (tree.rs).
+    Tree(TreePrior),
+    Route(RoutePrior),
 }
 
 struct Active {
@@ -77,6 +92,9 @@ pub struct FaultEngine {
     journal: Journal,
     netlink: rtnetlink::Handle,
     active: BTreeMap<String, Active>,
+    /// Never impaired by a netem fault: the controller's addresses.
+    protected: Vec<SocketAddr>,
+    caps: KernelCaps,
 }
 
 /// What start-up recovery did with one journaled fault.
@@ -133,6 +151,11 @@ async fn ifindex_of(netlink: &rtnetlink::Handle, name: &str) -> Result<Option<u3
     }
 }
 
+async fn revert_route(netlink: &rtnetlink::Handle, prior: &RoutePrior) -> Result<(), FaultError> {
+    let cidr = Cidr::parse(&prior.prefix)?;
+    Ok(route::del_blackhole(netlink, &cidr, prior.table).await?)
+}
+
 impl FaultEngine {
     /// Opens the journal in `state_dir` and reverts every fault it still
     /// lists (left by a crash or a kill).
@@ -145,6 +168,8 @@ impl FaultEngine {
             journal,
             netlink,
             active: BTreeMap::new(),
+            protected: Vec::new(),
+            caps: caps::probe(&caps::Roots::default()),
         };
         let mut out = Vec::new();
         for rec in recovery.pending {
@@ -159,7 +184,56 @@ impl FaultEngine {
                 result: result.map_err(|e| e.to_string()),
             });
         }
+        // Safety net: ifb devices (and redirects to them) the journal did not list.
+        match tree::sweep(&engine.netlink).await {
+            Ok(removed) => out.extend(removed.into_iter().map(|what| Recovered {
+                id: "(sweep)".into(),
+                kind: "ifb".into(),
+                target: what,
+                result: Ok(()),
+            })),
+            Err(e) => out.push(Recovered {
+                id: "(sweep)".into(),
+                kind: "ifb".into(),
+                target: tree::IFB_PREFIX.into(),
+                result: Err(e.to_string()),
+            }),
+        }
         Ok((engine, out))
+    }
+
+    /// Endpoints no netem fault may impair (the controller's resolved
+    /// addresses and port): traffic to (egress) or from (ingress) these
+    /// addresses, any port, bypasses netem. Applies to faults applied after
+    /// the call.
+    pub fn set_protected(&mut self, endpoints: Vec<SocketAddr>) {
+        self.protected = endpoints;
+    }
+
+    pub fn protected(&self) -> &[SocketAddr] {
+        &self.protected
+    }
+
+    /// What this kernel can do (probed at start).
+    pub fn caps(&self) -> &KernelCaps {
+        &self.caps
+    }
+
+    fn protected_ips(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self.protected.iter().map(|s| s.ip()).collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    }
+
+    /// Fails before anything is journaled or changed when the capability
+    /// probe knows the kernel lacks a piece (without any readable source the
+    /// kernel's own refusal, mapped the same way, decides).
+    fn require(&self, pieces: &[Piece]) -> Result<(), FaultError> {
+        if self.caps.sources.is_empty() {
+            return Ok(());
+        }
+        Ok(self.caps.require(pieces)?)
     }
 
     async fn revert_record(&self, rec: &FaultRecord) -> Result<(), FaultError> {
@@ -190,6 +264,21 @@ impl FaultEngine {
                     Ok(_) => Ok(dm::swap_table(&h, &rec.target, &table)?),
                 }
             }
+            "netem_tree" => {
+                let prior: TreePrior = serde_json::from_value(rec.prior.clone()).map_err(|e| FaultError::Record {
+                    id: rec.id.clone(),
+                    detail: e.to_string(),
+                })?;
+                let ifindex = ifindex_of(&self.netlink, &rec.target).await?;
+                Ok(tree::revert(&self.netlink, ifindex, &prior).await?)
+            }
+            "blackhole" => {
+                let prior: RoutePrior = serde_json::from_value(rec.prior.clone()).map_err(|e| FaultError::Record {
+                    id: rec.id.clone(),
+                    detail: e.to_string(),
+                })?;
+                Ok(revert_route(&self.netlink, &prior).await?)
+            }
             other => Err(FaultError::Record {
                 id: rec.id.clone(),
                 detail: format!("unknown fault kind {other:?}"),
@@ -207,7 +296,7 @@ impl FaultEngine {
                 direction: Direction::Egress,
                 scope,
                 netem,
-            } if scope.is_whole_interface() => {
+            } if scope.is_whole_interface() && self.protected.is_empty() => {
                 self.apply_netem(NetemFault {
                     id: id.to_owned(),
                     interface: interface.clone(),
@@ -222,11 +311,137 @@ impl FaultEngine {
                 spec: dm.clone(),
                 lease,
             }),
-            FaultSpec::Netem { .. } => Err(FaultError::Unsupported(
-                "netem scoped to CIDRs/ports/protocol or on ingress".into(),
-            )),
-            FaultSpec::Blackhole { .. } => Err(FaultError::Unsupported("blackhole routes".into())),
+            FaultSpec::Netem {
+                interface,
+                direction,
+                scope,
+                netem,
+            } => {
+                self.apply_tree(id, spec, interface, *direction, scope, netem, lease)
+                    .await
+            }
+            FaultSpec::Blackhole { prefix, table } => self.apply_blackhole(id, spec, prefix, *table, lease).await,
         }
+    }
+
+    /// Resolves and snapshots a scoped / ingress / excluding netem fault.
+    /// Changes nothing.
+    async fn prepare_tree(
+        &self,
+        interface: &str,
+        direction: Direction,
+        scope: &Scope,
+        netem: &NetemSpec,
+    ) -> Result<(u32, tree::Plan, TreePrior), FaultError> {
+        let ifindex = ifindex_of(&self.netlink, interface)
+            .await?
+            .ok_or_else(|| FaultError::UnknownInterface(interface.to_owned()))?;
+        let (ifb, prior) = match direction {
+            Direction::Egress => (
+                None,
+                TreePrior {
+                    root: Some(tc::snapshot(&self.netlink, ifindex).await?),
+                    ingress: None,
+                },
+            ),
+            Direction::Ingress => {
+                tree::ingress_pref_free(&self.netlink, ifindex, tree::INGRESS_PREF).await?;
+                let ifb = tree::free_ifb_name(&self.netlink).await?;
+                let prior = TreePrior {
+                    root: None,
+                    ingress: Some(IngressPrior {
+                        ifb: ifb.clone(),
+                        clsact_existed: tree::has_ingress_qdisc(&self.netlink, ifindex).await?,
+                        pref: tree::INGRESS_PREF,
+                    }),
+                };
+                (Some(ifb), prior)
+            }
+        };
+        let plan = tree::plan(interface, direction, scope, netem, &self.protected_ips(), ifb)?;
+        Ok((ifindex, plan, prior))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_tree(
+        &mut self,
+        id: &str,
+        spec: &FaultSpec,
+        interface: &str,
+        direction: Direction,
+        scope: &Scope,
+        netem: &NetemSpec,
+        lease: Duration,
+    ) -> Result<(), FaultError> {
+        if self.active.contains_key(id) {
+            return Err(FaultError::Duplicate(id.to_owned()));
+        }
+        let (ifindex, plan, prior) = self.prepare_tree(interface, direction, scope, netem).await?;
+        self.require(&plan.required())?;
+        let record = fault_record(id, "netem_tree", interface, spec, &prior, lease)?;
+        self.journal.append(&Record::Intent { fault: record.clone() })?;
+        if let Err(e) = tree::apply(&self.netlink, ifindex, &plan, &prior).await {
+            if let Err(re) = tree::revert(&self.netlink, Some(ifindex), &prior).await {
+                // Keep it pending: the next start retries the revert.
+                tracing::error!(id, error = %re, "rollback of a failed netem fault failed");
+                return Err(e.into());
+            }
+            self.journal.append(&Record::Failed {
+                id: id.to_owned(),
+                reason: e.to_string(),
+            })?;
+            return Err(e.into());
+        }
+        self.journal.append(&Record::Applied { id: id.to_owned() })?;
+        tracing::info!(id, interface, ?direction, spec = %netem.describe(), "fault applied");
+        self.active.insert(
+            id.to_owned(),
+            Active {
+                record,
+                prior: Prior::Tree(prior),
+            },
+        );
+        Ok(())
+    }
+
+    async fn apply_blackhole(
+        &mut self,
+        id: &str,
+        spec: &FaultSpec,
+        prefix: &str,
+        table: Option<u32>,
+        lease: Duration,
+    ) -> Result<(), FaultError> {
+        if self.active.contains_key(id) {
+            return Err(FaultError::Duplicate(id.to_owned()));
+        }
+        let cidr = Cidr::parse(prefix)?;
+        let table = table.unwrap_or(route::RT_TABLE_MAIN);
+        route::check_free(&self.netlink, &cidr, table).await?;
+        let prior = RoutePrior {
+            prefix: cidr.to_string(),
+            table,
+        };
+        let record = fault_record(id, "blackhole", &prior.prefix, spec, &prior, lease)?;
+        self.journal.append(&Record::Intent { fault: record.clone() })?;
+        if let Err(e) = route::add_blackhole(&self.netlink, &cidr, table).await {
+            let _ = route::del_blackhole(&self.netlink, &cidr, table).await;
+            self.journal.append(&Record::Failed {
+                id: id.to_owned(),
+                reason: e.to_string(),
+            })?;
+            return Err(e.into());
+        }
+        self.journal.append(&Record::Applied { id: id.to_owned() })?;
+        tracing::info!(id, prefix = %cidr, table, "blackhole route applied");
+        self.active.insert(
+            id.to_owned(),
+            Active {
+                record,
+                prior: Prior::Route(prior),
+            },
+        );
+        Ok(())
     }
 
     /// The exact kernel operations [`FaultEngine::apply`] would perform (dry run).
@@ -238,7 +453,7 @@ impl FaultEngine {
                 direction: Direction::Egress,
                 scope,
                 netem,
-            } if scope.is_whole_interface() => {
+            } if scope.is_whole_interface() && self.protected.is_empty() => {
                 self.describe_netem(&NetemFault {
                     id: String::new(),
                     interface: interface.clone(),
@@ -253,10 +468,28 @@ impl FaultEngine {
                 spec: dm.clone(),
                 lease: Duration::ZERO,
             }),
-            FaultSpec::Netem { .. } => Err(FaultError::Unsupported(
-                "netem scoped to CIDRs/ports/protocol or on ingress".into(),
-            )),
-            FaultSpec::Blackhole { .. } => Err(FaultError::Unsupported("blackhole routes".into())),
+            FaultSpec::Netem {
+                interface,
+                direction,
+                scope,
+                netem,
+            } => {
+                let (ifindex, plan, prior) = self.prepare_tree(interface, *direction, scope, netem).await?;
+                let mut ops = tree::describe(&plan, ifindex, &prior);
+                if let Err(m) = self.require(&plan.required()) {
+                    ops.push(format!("would fail: {m}"));
+                }
+                Ok(ops)
+            }
+            FaultSpec::Blackhole { prefix, table } => {
+                let cidr = Cidr::parse(prefix)?;
+                let table = table.unwrap_or(route::RT_TABLE_MAIN);
+                let mut ops = route::describe(&cidr, table);
+                if let Err(e) = route::check_free(&self.netlink, &cidr, table).await {
+                    ops.push(format!("would fail: {e}"));
+                }
+                Ok(ops)
+            }
         }
     }
 
@@ -278,6 +511,7 @@ impl FaultEngine {
         let ifindex = ifindex_of(&self.netlink, &f.interface)
             .await?
             .ok_or_else(|| FaultError::UnknownInterface(f.interface.clone()))?;
+        self.require(&[Piece::Netem])?;
         let prior = tc::snapshot(&self.netlink, ifindex).await?;
         let record = fault_record(&f.id, "netem", &f.interface, &f.spec, &prior, f.lease)?;
         self.journal.append(&Record::Intent { fault: record.clone() })?;
@@ -323,6 +557,7 @@ impl FaultEngine {
         f.spec.validate()?;
         let h = dm::open()?;
         let prior = dm::snapshot(&h, &f.device)?;
+        self.require(&[Piece::DeviceMapper, dm::target_piece(&f.spec)])?;
         let record = fault_record(&f.id, "dm", &f.device, &f.spec, &prior, f.lease)?;
         self.journal.append(&Record::Intent { fault: record.clone() })?;
         // swap_table resumes the device on its old table when the load fails.
@@ -350,6 +585,11 @@ impl FaultEngine {
         match &a.prior {
             Prior::Qdisc { ifindex, root } => tc::revert_netem(&self.netlink, *ifindex, root).await?,
             Prior::DmTable(table) => dm::swap_table(&dm::open()?, &a.record.target, table)?,
+            Prior::Tree(prior) => {
+                let ifindex = ifindex_of(&self.netlink, &a.record.target).await?;
+                tree::revert(&self.netlink, ifindex, prior).await?
+            }
+            Prior::Route(prior) => revert_route(&self.netlink, prior).await?,
         }
         self.journal.append(&Record::Reverted { id: id.to_owned() })?;
         tracing::info!(id, "fault reverted");

@@ -4,8 +4,9 @@
 //! is not a plain attribute list: it is a `struct tc_netem_qopt` followed by
 //! nested TCA_NETEM_* attributes (the kernel parses it with
 //! `parse_attr(..., sizeof(struct tc_netem_qopt))`). This file builds exactly
-//! that payload against linux/pkt_sched.h, and nothing else; the rest of the
-//! qdisc message goes through netlink-packet-route.
+//! that payload against linux/pkt_sched.h, and prio's (scoped faults, see
+//! [`prio_options`]), and nothing else; the rest of the qdisc, filter and
+//! action messages go through netlink-packet-route's types.
 
 use std::time::Duration;
 
@@ -110,7 +111,18 @@ impl NetemEncode for NetemSpec {
         }
         out
     }
+}
 
+/// The TCA_OPTIONS payload of a `prio` qdisc: `struct tc_prio_qopt { int
+/// bands; __u8 priomap[16]; }` (linux/pkt_sched.h), a bare struct like
+/// netem's. netlink-packet-route has no typed prio either, so it is encoded
+/// here with netem's, and nowhere else. Every priority maps to `default_band`
+/// (0-based), so only filters send packets elsewhere.
+pub fn prio_options(bands: u8, default_band: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    out.extend_from_slice(&i32::from(bands).to_ne_bytes());
+    out.extend_from_slice(&[default_band; 16]);
+    out
 }
 
 /// Percent → the kernel's u32 probability scale (0 = never, u32::MAX = always).
@@ -190,6 +202,14 @@ mod tests {
             i64::from_ne_bytes(a[1].1.clone().try_into().expect("8 bytes")),
             10_000_000
         );
+    }
+
+    #[test]
+    fn prio_options_are_a_bare_tc_prio_qopt() {
+        let b = prio_options(2, 1);
+        assert_eq!(b.len(), 20);
+        assert_eq!(u32_at(&b, 0), 2);
+        assert!(b[4..].iter().all(|x| *x == 1));
     }
 
     #[test]

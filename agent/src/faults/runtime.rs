@@ -13,6 +13,9 @@ use super::engine::{FaultEngine, unix_now};
 pub struct FaultRuntime {
     pub engine: Arc<Mutex<FaultEngine>>,
     ticker: tokio::task::JoinHandle<()>,
+    /// What start-up recovery reverted (reported to the controller by the
+    /// assignment loop, agent/src/faults/assign.rs).
+    pub recovered: Vec<super::engine::Recovered>,
 }
 
 impl FaultRuntime {
@@ -54,7 +57,11 @@ impl FaultRuntime {
                 }
             })
         };
-        Some(FaultRuntime { engine, ticker })
+        Some(FaultRuntime {
+            engine,
+            ticker,
+            recovered,
+        })
     }
 
     /// Reverts every active fault (SIGTERM).

@@ -23,7 +23,7 @@ const USER_CLASS_KINDS: &[&str] = &["htb", "hfsc", "drr", "qfq", "cbq", "ets"];
 
 /// Handle major of graydar's qdiscs ("GD").
 pub const GRAYDAR_MAJOR: u16 = 0x4744;
-const TCA_OPTIONS: u16 = 2;
+pub(crate) const TCA_OPTIONS: u16 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TcError {
@@ -48,6 +48,11 @@ pub enum TcError {
     },
     #[error("netlink {op}: {detail}")]
     Netlink { op: &'static str, detail: String },
+    /// The kernel refused an operation for lack of a feature (qdisc, classifier, action, ifb).
+    #[error(transparent)]
+    Missing(#[from] super::caps::Missing),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The root qdisc as it was before the fault.
@@ -64,7 +69,7 @@ pub enum PriorRoot {
     },
 }
 
-fn handle_str(h: TcHandle) -> String {
+pub(crate) fn handle_str(h: TcHandle) -> String {
     format!(
         "{:x}:{}",
         h.major,
@@ -76,7 +81,7 @@ fn handle_str(h: TcHandle) -> String {
     )
 }
 
-fn kind_of(m: &TcMessage) -> String {
+pub(crate) fn kind_of(m: &TcMessage) -> String {
     m.attributes
         .iter()
         .find_map(|a| match a {
@@ -86,7 +91,7 @@ fn kind_of(m: &TcMessage) -> String {
         .unwrap_or_default()
 }
 
-fn map_err(op: &'static str, ifindex: u32, e: rtnetlink::Error) -> TcError {
+pub(crate) fn map_err(op: &'static str, ifindex: u32, e: rtnetlink::Error) -> TcError {
     if let rtnetlink::Error::NetlinkError(m) = &e {
         match m.code.map(|c| -c.get()) {
             Some(libc::EPERM) => return TcError::NotPermitted,
@@ -100,7 +105,7 @@ fn map_err(op: &'static str, ifindex: u32, e: rtnetlink::Error) -> TcError {
     }
 }
 
-async fn dump(handle: &rtnetlink::Handle, ifindex: u32) -> Result<Vec<TcMessage>, TcError> {
+pub(crate) async fn dump(handle: &rtnetlink::Handle, ifindex: u32) -> Result<Vec<TcMessage>, TcError> {
     let all = collect(handle.qdisc().get().execute(), "dump qdiscs", ifindex).await?;
     Ok(all.into_iter().filter(|m| m.header.index as u32 == ifindex).collect())
 }
@@ -209,7 +214,7 @@ fn options_payload(opts: &[TcOption]) -> Vec<u8> {
     buf
 }
 
-async fn collect(
+pub(crate) async fn collect(
     dump: impl futures_util::Stream<Item = Result<TcMessage, rtnetlink::Error>>,
     op: &'static str,
     ifindex: u32,
@@ -218,20 +223,26 @@ async fn collect(
 }
 
 fn netem_message(ifindex: u32, spec: &NetemSpec) -> TcMessage {
+    netem_message_at(ifindex, TcHandle::ROOT, GRAYDAR_MAJOR, spec)
+}
+
+/// A netem qdisc with handle `major:` under `parent`.
+pub(crate) fn netem_message_at(ifindex: u32, parent: TcHandle, major: u16, spec: &NetemSpec) -> TcMessage {
     let mut m = TcMessage::default();
     m.header.index = ifindex as i32;
-    m.header.parent = TcHandle::ROOT;
-    m.header.handle = TcHandle {
-        major: GRAYDAR_MAJOR,
-        minor: 0,
-    };
+    m.header.parent = parent;
+    m.header.handle = TcHandle { major, minor: 0 };
     m.attributes.push(TcAttribute::Kind("netem".into()));
     m.attributes
         .push(TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, spec.encode_options())));
     m
 }
 
-async fn send(handle: &rtnetlink::Handle, msg: RouteNetlinkMessage, flags: u16) -> Result<(), rtnetlink::Error> {
+pub(crate) async fn send(
+    handle: &rtnetlink::Handle,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<(), rtnetlink::Error> {
     let mut req = NetlinkMessage::from(msg);
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
     let mut h = handle.clone();
@@ -289,9 +300,12 @@ pub async fn revert_netem(handle: &rtnetlink::Handle, ifindex: u32, prior: &Prio
         Err(TcError::NoInterface(_)) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let ours = msgs
-        .iter()
-        .any(|m| m.header.parent == TcHandle::ROOT && m.header.handle.major == GRAYDAR_MAJOR && kind_of(m) == "netem");
+    // Ours: the plain netem root, or the prio root of a scoped tree (tree.rs).
+    let ours = msgs.iter().any(|m| {
+        m.header.parent == TcHandle::ROOT
+            && m.header.handle.major == GRAYDAR_MAJOR
+            && matches!(kind_of(m).as_str(), "netem" | "prio")
+    });
     if !ours {
         return Ok(());
     }

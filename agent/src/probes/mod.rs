@@ -7,9 +7,12 @@ pub mod fsync;
 pub mod kernel_drops;
 pub mod netstat;
 pub mod nic;
+pub mod path_mesh;
 pub mod qdisc;
+pub mod route_churn;
 pub mod softnet;
 pub mod tcp_fanin;
+pub mod traceroute;
 
 /// Error of a collector. Never panics on kernel or file data.
 #[derive(Debug, thiserror::Error)]

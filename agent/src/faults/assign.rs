@@ -1,0 +1,517 @@
+//! Fault assignments from the controller: a loop that long-polls this
+//! agent's desired set (`GET /api/v1/agents/{hostname}/faults`; the agent
+//! always dials out, so it works from behind NAT) and reconciles it with the
+//! engine's active faults, kube-runtime style:
+//!
+//! - desired and not active: `apply` with the lease the controller gave
+//!   (a fault that failed is not retried: its failure is reported);
+//! - active and no longer desired: `revert`;
+//! - active and still desired: `renew` the lease;
+//! - dry run: `describe`, report the operations, never apply;
+//! - the revert-all epoch grew: `revert_all` (everything the engine has
+//!   active, known to the controller or not).
+//!
+//! Leases are short (the controller's `faults.lease`, 20 s by default) and
+//! renewed at every answer (the controller answers at least every lease/3),
+//! so a fault lives while the controller wants it and the engine's own 1 s
+//! lease timer reverts it within a lease once the controller is gone or
+//! unreachable. States (active, reverted, failed with the reason, described
+//! with the operations) are posted to `/api/v1/agents/{hostname}/faults/status`
+//! after every change, and again until the controller has them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use graydar_common::client::{Client, ClientConfig};
+use graydar_common::fault_api::{DesiredFault, DesiredFaults, FaultStatusReport, FaultStatusUpdate};
+use graydar_common::faults::FaultState;
+use tokio::sync::{Mutex, watch};
+
+use super::engine::FaultEngine;
+use crate::config::{Config, ConfigError, ControllerSection};
+use crate::metrics::Metrics;
+use crate::reporter::Backoff;
+
+/// Longest long-poll asked for (the controller caps it at lease / 3).
+pub const POLL_WAIT: Duration = Duration::from_secs(10);
+/// Added to the poll's wait for the request timeout.
+const POLL_SLACK: Duration = Duration::from_secs(10);
+const KINDS: [&str; 3] = ["netem", "dm", "blackhole"];
+
+#[derive(Debug, Clone)]
+struct Local {
+    kind: &'static str,
+    state: FaultState,
+    reason: Option<String>,
+    operations: Vec<String>,
+    /// Not yet acknowledged by the controller.
+    dirty: bool,
+}
+
+impl Local {
+    fn set(&mut self, state: FaultState, reason: Option<String>) {
+        if self.state != state || self.reason != reason {
+            self.state = state;
+            self.reason = reason;
+            self.dirty = true;
+        }
+    }
+}
+
+pub struct Assigner {
+    client: Arc<Client>,
+    hostname: String,
+    engine: Arc<Mutex<FaultEngine>>,
+    metrics: Arc<Metrics>,
+    local: BTreeMap<String, Local>,
+    epoch: Option<u64>,
+    stop: watch::Receiver<bool>,
+    /// When the protected endpoints were last resolved and handed to the engine.
+    protected_at: Option<std::time::Instant>,
+    protected_ok: bool,
+}
+
+/// Runs a blocking HTTP call on its own detached thread: unlike
+/// `spawn_blocking`, a long-poll in flight never delays the runtime's
+/// shutdown (SIGTERM) by its wait.
+fn off_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> tokio::sync::oneshot::Receiver<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("fault-poll".into()).spawn(move || {
+        let _ = tx.send(f());
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "starting a fault-poll thread");
+    }
+    rx
+}
+
+/// `host:port` of an `http(s)://host[:port][/...]` URL (IPv6 in brackets).
+pub fn url_authority(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let auth = rest.split(['/', '?', '#']).next()?;
+    let auth = auth.rsplit_once('@').map_or(auth, |(_, a)| a);
+    if let Some(v6) = auth.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None => default_port,
+        };
+        return Some((host.to_owned(), port));
+    }
+    match auth.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_owned(), p.parse().ok()?)),
+        None if !auth.is_empty() => Some((auth.to_owned(), default_port)),
+        None => None,
+    }
+}
+
+/// The controller's resolved addresses (what the engine must never impair).
+fn controller_endpoints(url: &str) -> Vec<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    let Some((host, port)) = url_authority(url) else {
+        return Vec::new();
+    };
+    match (host.as_str(), port).to_socket_addrs() {
+        Ok(a) => {
+            let mut v: Vec<_> = a.collect();
+            v.sort();
+            v.dedup();
+            v
+        }
+        Err(e) => {
+            tracing::warn!(host, error = %e, "resolving the controller's address");
+            Vec::new()
+        }
+    }
+}
+
+/// How often the controller's name is resolved again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(60);
+
+fn kind_of(spec: &graydar_common::faults::FaultSpec) -> &'static str {
+    spec.kind()
+}
+
+impl Assigner {
+    /// The loop, ready to [`Assigner::run`]; same controller URL, token and
+    /// CA as the reporter.
+    pub fn new(
+        cfg: &Config,
+        section: &ControllerSection,
+        engine: Arc<Mutex<FaultEngine>>,
+        recovered: &[super::engine::Recovered],
+        metrics: Arc<Metrics>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Assigner, ConfigError> {
+        let token = section.resolve_token(std::env::var("GRAYDAR_CONTROLLER_TOKEN").ok())?;
+        let ca_cert_pem = match &section.ca_cert {
+            Some(p) => {
+                Some(std::fs::read(p).map_err(|e| ConfigError::Controller(format!("ca_cert {}: {e}", p.display())))?)
+            }
+            None => None,
+        };
+        let client = Client::new(ClientConfig {
+            url: section.url.clone(),
+            token,
+            ca_cert_pem,
+            timeout: POLL_WAIT + POLL_SLACK,
+        })
+        .map_err(|e| ConfigError::Controller(e.to_string()))?;
+        for k in KINDS {
+            metrics.faults_active.with_label_values(&[k]).set(0);
+        }
+        // Faults a previous run left applied and start-up reverted: the
+        // controller still shows them active until told.
+        let local = recovered
+            .iter()
+            .map(|r| {
+                let (state, reason) = match &r.result {
+                    Ok(()) => (
+                        FaultState::Reverted,
+                        "reverted at agent start (left applied by the previous run)".to_owned(),
+                    ),
+                    Err(e) => (FaultState::Failed, format!("could not be reverted at agent start: {e}")),
+                };
+                let kind = KINDS.iter().copied().find(|k| *k == r.kind).unwrap_or("netem");
+                (
+                    r.id.clone(),
+                    Local {
+                        kind,
+                        state,
+                        reason: Some(reason),
+                        operations: Vec::new(),
+                        dirty: true,
+                    },
+                )
+            })
+            .collect();
+        Ok(Assigner {
+            client: Arc::new(client),
+            hostname: cfg.hostname.clone(),
+            engine,
+            metrics,
+            local,
+            epoch: None,
+            stop,
+            protected_at: None,
+            protected_ok: false,
+        })
+    }
+
+    fn count(&self, kind: &str, op: &str, ok: bool) {
+        self.metrics
+            .fault_operations
+            .with_label_values(&[kind, op, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Polls and reconciles until the agent stops (the fault runtime then
+    /// reverts everything at shutdown).
+    pub async fn run(mut self) {
+        tracing::info!(
+            url = self.client.base_url(),
+            "taking fault assignments from the controller"
+        );
+        let mut version: Option<u64> = None;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+        let mut failures = 0u32;
+        while !self.stopped() {
+            let (c, h, v) = (self.client.clone(), self.hostname.clone(), version);
+            let poll = off_thread(move || c.desired_faults(&h, POLL_WAIT, v));
+            let mut stop = self.stop.clone();
+            let res = tokio::select! {
+                r = poll => r,
+                _ = stop.changed() => break,
+            };
+            match res {
+                Ok(Ok(d)) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "fault assignments: controller reachable again");
+                    }
+                    failures = 0;
+                    backoff.reset();
+                    version = Some(d.version);
+                    self.protect_controller().await;
+                    self.reconcile(&d).await;
+                    self.report().await;
+                }
+                Ok(Err(e)) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(20) {
+                        tracing::warn!(error = %e, failures, "fault assignments: polling the controller failed; \
+                            active faults expire on their leases unless renewed");
+                    }
+                    version = None;
+                    // Leases run out on the engine's own timer; keep local
+                    // states and metrics true meanwhile.
+                    self.note_expired().await;
+                    let delay = backoff.next_delay();
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "fault assignment poll task");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tracing::info!("fault assignments stopped");
+    }
+
+    /// Hands the controller's resolved addresses to the engine (netem faults
+    /// then exclude traffic to / from them), at start and every minute.
+    async fn protect_controller(&mut self) {
+        if self.protected_at.is_some_and(|t| t.elapsed() < RESOLVE_EVERY) {
+            return;
+        }
+        let url = self.client.base_url().to_owned();
+        let endpoints = off_thread(move || controller_endpoints(&url)).await.unwrap_or_default();
+        self.protected_at = Some(std::time::Instant::now());
+        if endpoints.is_empty() {
+            // Keep what the engine had (a failed lookup must not unprotect).
+            if !self.protected_ok {
+                tracing::warn!("cannot resolve the controller's address: new faults are not applied until it resolves");
+            }
+            return;
+        }
+        let mut eng = self.engine.lock().await;
+        if eng.protected() != endpoints.as_slice() {
+            tracing::info!(?endpoints, "faults exclude the controller");
+            eng.set_protected(endpoints);
+        }
+        self.protected_ok = true;
+    }
+
+    /// Faults the engine's lease timer reverted on its own.
+    async fn note_expired(&mut self) {
+        let active: BTreeSet<String> = self.engine.lock().await.active_ids().into_iter().collect();
+        self.mark_expired(&active);
+        self.update_gauges();
+    }
+
+    fn mark_expired(&mut self, active: &BTreeSet<String>) {
+        let mut expired = Vec::new();
+        for (id, l) in &mut self.local {
+            if l.state == FaultState::Active && !active.contains(id) {
+                l.set(
+                    FaultState::Reverted,
+                    Some("lease expired: reverted by the agent".into()),
+                );
+                expired.push(l.kind);
+            }
+        }
+        for k in expired {
+            self.count(k, "expire", true);
+        }
+    }
+
+    fn update_gauges(&self) {
+        for k in KINDS {
+            let n = self
+                .local
+                .values()
+                .filter(|l| l.kind == k && l.state == FaultState::Active)
+                .count();
+            self.metrics
+                .faults_active
+                .with_label_values(&[k])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn entry(&mut self, f: &DesiredFault) -> &mut Local {
+        self.local.entry(f.id.clone()).or_insert_with(|| Local {
+            kind: kind_of(&f.spec),
+            state: FaultState::Pending,
+            reason: None,
+            operations: Vec::new(),
+            dirty: true,
+        })
+    }
+
+    /// Makes the engine match `d`.
+    pub async fn reconcile(&mut self, d: &DesiredFaults) {
+        let engine = self.engine.clone();
+        let mut eng = engine.lock().await;
+        // The agent is shutting down: the runtime reverts everything; apply nothing.
+        if self.stopped() {
+            return;
+        }
+        if let Some(prev) = self.epoch
+            && d.revert_all_epoch != prev
+        {
+            let ids = eng.active_ids();
+            let failures = eng.revert_all().await;
+            tracing::warn!(
+                reverted = ids.len() - failures.len(),
+                failed = failures.len(),
+                "revert-all from the controller"
+            );
+            for id in &ids {
+                let failed = failures.iter().find(|(f, _)| f == id).map(|(_, e)| e.to_string());
+                let kind = self.local.get(id).map_or("netem", |l| l.kind);
+                self.count(kind, "revert_all", failed.is_none());
+                if let Some(l) = self.local.get_mut(id) {
+                    match failed {
+                        None => l.set(FaultState::Reverted, Some("revert-all".into())),
+                        Some(e) => l.set(FaultState::Active, Some(format!("revert-all failed: {e}"))),
+                    }
+                }
+            }
+        }
+        self.epoch = Some(d.revert_all_epoch);
+        let desired: BTreeMap<&str, &DesiredFault> = d.faults.iter().map(|f| (f.id.as_str(), f)).collect();
+        let mut active: BTreeSet<String> = eng.active_ids().into_iter().collect();
+        self.mark_expired(&active);
+        // Revert what the controller no longer wants (or never knew).
+        for id in active.clone() {
+            if desired.get(id.as_str()).is_some_and(|f| !f.dry_run) {
+                continue;
+            }
+            let kind = self.local.get(&id).map_or("netem", |l| l.kind);
+            match eng.revert(&id).await {
+                Ok(()) => {
+                    self.count(kind, "revert", true);
+                    active.remove(&id);
+                    if let Some(l) = self.local.get_mut(&id) {
+                        l.set(FaultState::Reverted, Some("no longer wanted by the controller".into()));
+                    }
+                }
+                Err(e) => {
+                    self.count(kind, "revert", false);
+                    tracing::error!(id, error = %e, "revert failed; the lease timer retries");
+                    if let Some(l) = self.local.get_mut(&id) {
+                        l.set(FaultState::Active, Some(format!("revert failed: {e}")));
+                    }
+                }
+            }
+        }
+        for f in &d.faults {
+            let lease = Duration::from_secs(f.lease_seconds.max(1));
+            let kind = kind_of(&f.spec);
+            if f.dry_run {
+                if matches!(
+                    self.local.get(&f.id).map(|l| l.state),
+                    Some(FaultState::Described | FaultState::Failed)
+                ) {
+                    continue;
+                }
+                let r = eng.describe(&f.spec).await;
+                self.count(kind, "describe", r.is_ok());
+                let l = self.entry(f);
+                match r {
+                    Ok(ops) => {
+                        l.operations = ops;
+                        l.set(FaultState::Described, None);
+                        l.dirty = true;
+                    }
+                    Err(e) => l.set(FaultState::Failed, Some(e.to_string())),
+                }
+                continue;
+            }
+            if active.contains(&f.id) {
+                let r = eng.renew(&f.id, lease);
+                self.count(kind, "renew", r.is_ok());
+                let l = self.entry(f);
+                if l.state != FaultState::Active {
+                    l.set(FaultState::Active, None);
+                }
+                continue;
+            }
+            if self.local.get(&f.id).is_some_and(|l| l.state == FaultState::Failed) {
+                continue;
+            }
+            if !self.protected_ok {
+                // Invariant: never impair the channel to the controller. Try again next poll.
+                self.protected_at = None;
+                continue;
+            }
+            let r = eng.apply(&f.id, &f.spec, lease).await;
+            self.count(kind, "apply", r.is_ok());
+            let l = self.entry(f);
+            match r {
+                Ok(()) => {
+                    tracing::info!(id = %f.id, kind, target = f.spec.target(), lease_s = f.lease_seconds, "fault applied for the controller");
+                    l.set(FaultState::Active, None);
+                }
+                Err(e) => {
+                    tracing::warn!(id = %f.id, kind, target = f.spec.target(), error = %e, "fault from the controller failed");
+                    l.set(FaultState::Failed, Some(e.to_string()));
+                }
+            }
+        }
+        drop(eng);
+        // Forget what is settled, reported and no longer assigned.
+        self.local
+            .retain(|id, l| l.dirty || l.state == FaultState::Active || desired.contains_key(id.as_str()));
+        self.update_gauges();
+    }
+
+    /// Posts the states the controller has not acknowledged.
+    async fn report(&mut self) {
+        let statuses: Vec<FaultStatusUpdate> = self
+            .local
+            .iter()
+            .filter(|(_, l)| l.dirty)
+            .map(|(id, l)| FaultStatusUpdate {
+                id: id.clone(),
+                state: l.state,
+                reason: l.reason.clone(),
+                operations: l.operations.clone(),
+            })
+            .collect();
+        if statuses.is_empty() {
+            return;
+        }
+        let sent: Vec<(String, FaultState)> = statuses.iter().map(|s| (s.id.clone(), s.state)).collect();
+        let (c, h) = (self.client.clone(), self.hostname.clone());
+        let report = FaultStatusReport { statuses };
+        match off_thread(move || c.report_fault_status(&h, &report)).await {
+            Ok(Ok(_)) => {
+                for (id, state) in sent {
+                    if let Some(l) = self.local.get_mut(&id)
+                        && l.state == state
+                    {
+                        l.dirty = false;
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "reporting fault states; retried after the next poll"),
+            Err(e) => tracing::error!(error = %e, "fault status task"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_of_controller_urls() {
+        assert_eq!(url_authority("http://10.0.0.1:8477"), Some(("10.0.0.1".into(), 8477)));
+        assert_eq!(
+            url_authority("https://ctl.example/api"),
+            Some(("ctl.example".into(), 443))
+        );
+        assert_eq!(url_authority("http://[fd00::1]:8477/"), Some(("fd00::1".into(), 8477)));
+        assert_eq!(url_authority("http://[fd00::1]"), Some(("fd00::1".into(), 80)));
+        assert_eq!(url_authority("ftp://x"), None);
+        assert_eq!(
+            controller_endpoints("http://127.0.0.1:8477"),
+            vec!["127.0.0.1:8477".parse().expect("addr")]
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! The fault endpoints of the controller API on [`Client`] (CLI, agent,
+//! tests, benchmark).
+
+use std::time::Duration;
+
+use crate::client::{Client, ClientConfig, ClientError, encode_segment};
+use crate::fault_api::{
+    CreateFaultRequest, DesiredFaults, FaultInfo, FaultList, FaultStatusReport, FaultStatusResponse, RevertAllResponse,
+};
+
+/// Default bound on how long `POST /api/v1/faults` waits for dry-run answers.
+pub const DRY_RUN_WAIT: Duration = Duration::from_secs(10);
+
+impl Client {
+    /// `POST /api/v1/faults`: the HTTP status (201 created, 200 dry run
+    /// answered by every target, 202 dry run still pending) and the fault.
+    pub fn create_fault(&self, req: &CreateFaultRequest) -> Result<(u16, FaultInfo), ClientError> {
+        self.post_with_status("/api/v1/faults", req)
+    }
+
+    pub fn faults(&self) -> Result<FaultList, ClientError> {
+        self.get("/api/v1/faults")
+    }
+
+    pub fn fault(&self, id: &str) -> Result<FaultInfo, ClientError> {
+        self.get(&format!("/api/v1/faults/{}", encode_segment(id)))
+    }
+
+    /// `DELETE /api/v1/faults/{id}`: revert now.
+    pub fn revert_fault(&self, id: &str) -> Result<FaultInfo, ClientError> {
+        self.delete(&format!("/api/v1/faults/{}", encode_segment(id)))
+    }
+
+    /// `POST /api/v1/faults/revert-all`: the kill switch.
+    pub fn revert_all_faults(&self) -> Result<RevertAllResponse, ClientError> {
+        self.post("/api/v1/faults/revert-all", &serde_json::json!({}))
+    }
+
+    /// Long-poll of this agent's desired faults: answers at once when the
+    /// controller's `version` differs from `version`, else at the next change
+    /// or after `wait`. The client's timeout must exceed `wait`.
+    pub fn desired_faults(
+        &self,
+        hostname: &str,
+        wait: Duration,
+        version: Option<u64>,
+    ) -> Result<DesiredFaults, ClientError> {
+        let mut path = format!(
+            "/api/v1/agents/{}/faults?wait={}",
+            encode_segment(hostname),
+            wait.as_secs()
+        );
+        if let Some(v) = version {
+            path.push_str(&format!("&version={v}"));
+        }
+        self.get(&path)
+    }
+
+    pub fn report_fault_status(
+        &self,
+        hostname: &str,
+        report: &FaultStatusReport,
+    ) -> Result<FaultStatusResponse, ClientError> {
+        self.post(
+            &format!("/api/v1/agents/{}/faults/status", encode_segment(hostname)),
+            report,
+        )
+    }
+}
+
+/// A client whose timeout covers a long-poll of `wait` plus `slack`.
+pub fn long_poll_client(cfg: &ClientConfig, wait: Duration, slack: Duration) -> Result<Client, ClientError> {
+    Client::new(ClientConfig {
+        timeout: wait + slack,
+        ..cfg.clone()
+    })
+}

@@ -1,0 +1,249 @@
+//! Fault endpoints: operators create / list / get / delete faults and pull
+//! the kill switch; agents long-poll their desired set and report states.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use graydar_common::api::ApiError;
+use graydar_common::fault_api::{
+    AgentFaultStatus, CreateFaultRequest, DesiredFault, DesiredFaults, FaultInfo, FaultList, FaultStatusReport,
+    FaultStatusResponse, FaultStatusUpdate, FaultTargets, RevertAllResponse,
+};
+use graydar_common::faults::{
+    Direction, DmFaultSpec, FaultSpec, FaultState, FlakeyMode, Loss, NetemSpec, Protocol, Scope,
+};
+use serde::Deserialize;
+use utoipa::OpenApi;
+
+use super::FaultError;
+use crate::api::{AppState, Body, Error, Params, PathParam, require};
+use crate::auth::Permission;
+
+type Shared = Arc<AppState>;
+
+/// Longest long-poll an agent may ask for (seconds).
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+impl From<FaultError> for Error {
+    fn from(e: FaultError) -> Self {
+        match e {
+            FaultError::Invalid(d) => Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_fault", d),
+            FaultError::BlastRadius(d) => Error::new(StatusCode::CONFLICT, "blast_radius", d),
+            FaultError::NotFound(d) => Error::new(StatusCode::NOT_FOUND, "not_found", d),
+            FaultError::Store(s) => s.into(),
+        }
+    }
+}
+
+/// The fault routes, each behind the role it needs.
+pub fn routes(app: Shared) -> Router<Shared> {
+    let operate = Router::new()
+        .route("/api/v1/faults", post(create_fault))
+        .route("/api/v1/faults/{id}", axum::routing::delete(delete_fault))
+        .route("/api/v1/faults/revert-all", post(revert_all))
+        .route_layer(middleware::from_fn_with_state(
+            (app.clone(), Permission::Operate),
+            require,
+        ));
+    let read = Router::new()
+        .route("/api/v1/faults", get(list_faults))
+        .route("/api/v1/faults/{id}", get(get_fault))
+        .route_layer(middleware::from_fn_with_state((app.clone(), Permission::Read), require));
+    let agent = Router::new()
+        .route("/api/v1/agents/{hostname}/faults", get(desired_faults))
+        .route("/api/v1/agents/{hostname}/faults/status", post(fault_status))
+        .route_layer(middleware::from_fn_with_state((app, Permission::Report), require));
+    operate.merge(read).merge(agent)
+}
+
+/// Query of `POST /api/v1/faults`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CreateQuery {
+    /// Dry run: seconds to wait for the agents' operations (default
+    /// `faults.dry_run_wait`, 10 s; at most 60).
+    pub wait: Option<u64>,
+}
+
+/// Creates a fault on the agents named by `targets` (operator). A dry run
+/// waits up to `wait` seconds for every agent's operations: 200 when all
+/// answered, 202 with what is known so far otherwise (poll `GET /api/v1/faults/{id}`).
+#[utoipa::path(post, path = "/api/v1/faults", tag = "faults", security(("bearer" = [])),
+    params(CreateQuery), request_body = CreateFaultRequest,
+    responses((status = 201, body = FaultInfo, description = "created; agents apply it within one poll"),
+        (status = 200, body = FaultInfo, description = "dry run: every agent listed its operations"),
+        (status = 202, body = FaultInfo, description = "dry run: some agents have not answered yet"),
+        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError),
+        (status = 409, body = ApiError, description = "refused by the blast-radius limit (pass force)"),
+        (status = 422, body = ApiError, description = "invalid spec, duration or targets: the detail says what")))]
+async fn create_fault(
+    axum::extract::State(app): axum::extract::State<Shared>,
+    Params(q): Params<CreateQuery>,
+    Body(req): Body<CreateFaultRequest>,
+) -> Result<Response, Error> {
+    let agents = app.store.agents().await?;
+    let dry_run = req.dry_run;
+    let info = app.faults.create(req, &agents).await?;
+    if !dry_run {
+        return Ok((StatusCode::CREATED, axum::Json(info)).into_response());
+    }
+    let wait = q.wait.map_or(app.faults.config().dry_run_wait, |s| {
+        Duration::from_secs(s.min(MAX_WAIT_SECONDS))
+    });
+    let mut rx = app.faults.subscribe_status();
+    let deadline = tokio::time::Instant::now() + wait;
+    while !app.faults.dry_run_done(&info.id) {
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            break;
+        }
+    }
+    let info = app.faults.get(&info.id)?;
+    let status = if app.faults.dry_run_done(&info.id) {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, axum::Json(info)).into_response())
+}
+
+/// Every fault, newest first, with per-agent states.
+#[utoipa::path(get, path = "/api/v1/faults", tag = "faults", security(("bearer" = [])),
+    responses((status = 200, body = FaultList), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn list_faults(axum::extract::State(app): axum::extract::State<Shared>) -> axum::Json<FaultList> {
+    axum::Json(FaultList {
+        faults: app.faults.list(),
+    })
+}
+
+/// One fault with per-agent state (pending, active, reverted, failed with
+/// the reason, described with the dry-run operations).
+#[utoipa::path(get, path = "/api/v1/faults/{id}", tag = "faults", security(("bearer" = [])),
+    params(("id" = String, Path, description = "fault id")),
+    responses((status = 200, body = FaultInfo), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn get_fault(
+    axum::extract::State(app): axum::extract::State<Shared>,
+    PathParam(id): PathParam<String>,
+) -> Result<axum::Json<FaultInfo>, Error> {
+    Ok(axum::Json(app.faults.get(&id)?))
+}
+
+/// Reverts a fault now (operator): its agents are woken and revert it.
+/// Idempotent.
+#[utoipa::path(delete, path = "/api/v1/faults/{id}", tag = "faults", security(("bearer" = [])),
+    params(("id" = String, Path, description = "fault id")),
+    responses((status = 200, body = FaultInfo), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn delete_fault(
+    axum::extract::State(app): axum::extract::State<Shared>,
+    PathParam(id): PathParam<String>,
+) -> Result<axum::Json<FaultInfo>, Error> {
+    Ok(axum::Json(app.faults.end(&id).await?))
+}
+
+/// The kill switch (operator): ends every fault and makes every agent revert
+/// every fault it has active, including ones this controller does not know.
+#[utoipa::path(post, path = "/api/v1/faults/revert-all", tag = "faults", security(("bearer" = [])),
+    responses((status = 200, body = RevertAllResponse), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn revert_all(
+    axum::extract::State(app): axum::extract::State<Shared>,
+) -> Result<axum::Json<RevertAllResponse>, Error> {
+    Ok(axum::Json(app.faults.revert_all().await?))
+}
+
+/// Query of the agents' long-poll.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PollQuery {
+    /// Seconds to wait for a change (capped at a third of the lease and at 60).
+    pub wait: Option<u64>,
+    /// The `version` of the agent's last answer: answer at once when it differs.
+    pub version: Option<u64>,
+}
+
+/// Long-poll of an agent's desired faults: answers at once when `version`
+/// differs from the current one, else at the next change or after `wait`.
+/// Counts as a heartbeat of a registered agent.
+#[utoipa::path(get, path = "/api/v1/agents/{hostname}/faults", tag = "faults", security(("bearer" = [])),
+    params(("hostname" = String, Path, description = "agent hostname"), PollQuery),
+    responses((status = 200, body = DesiredFaults), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn desired_faults(
+    axum::extract::State(app): axum::extract::State<Shared>,
+    PathParam(hostname): PathParam<String>,
+    Params(q): Params<PollQuery>,
+) -> axum::Json<DesiredFaults> {
+    let _ = app.store.touch(&hostname);
+    let max_wait = (app.faults.config().lease.as_secs() / 3).clamp(1, MAX_WAIT_SECONDS);
+    let wait = Duration::from_secs(q.wait.unwrap_or(max_wait).min(max_wait));
+    let mut rx = app.faults.subscribe(&hostname);
+    let counter = *rx.borrow_and_update();
+    if q.version == Some(app.faults.version_of(counter)) && !wait.is_zero() {
+        let _ = tokio::time::timeout(wait, rx.changed()).await;
+    }
+    let counter = *rx.borrow_and_update();
+    axum::Json(app.faults.desired(&hostname, counter))
+}
+
+/// An agent reports the state of its faults.
+#[utoipa::path(post, path = "/api/v1/agents/{hostname}/faults/status", tag = "faults", security(("bearer" = [])),
+    params(("hostname" = String, Path, description = "agent hostname")),
+    request_body = FaultStatusReport,
+    responses((status = 200, body = FaultStatusResponse), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 413, body = ApiError), (status = 422, body = ApiError)))]
+async fn fault_status(
+    axum::extract::State(app): axum::extract::State<Shared>,
+    PathParam(hostname): PathParam<String>,
+    Body(report): Body<FaultStatusReport>,
+) -> Result<axum::Json<FaultStatusResponse>, Error> {
+    if report.statuses.len() > crate::api::MAX_BATCH {
+        return Err(Error::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("at most {} statuses per report", crate::api::MAX_BATCH),
+        ));
+    }
+    let _ = app.store.touch(&hostname);
+    let (accepted, ignored) = app.faults.report(&hostname, report.statuses).await?;
+    Ok(axum::Json(FaultStatusResponse { accepted, ignored }))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        create_fault,
+        list_faults,
+        get_fault,
+        delete_fault,
+        revert_all,
+        desired_faults,
+        fault_status
+    ),
+    components(schemas(
+        CreateFaultRequest,
+        FaultTargets,
+        FaultInfo,
+        FaultList,
+        AgentFaultStatus,
+        RevertAllResponse,
+        DesiredFault,
+        DesiredFaults,
+        FaultStatusReport,
+        FaultStatusUpdate,
+        FaultStatusResponse,
+        FaultSpec,
+        FaultState,
+        Direction,
+        Scope,
+        Protocol,
+        NetemSpec,
+        Loss,
+        DmFaultSpec,
+        FlakeyMode
+    ))
+)]
+pub struct FaultsDoc;

@@ -1,0 +1,406 @@
+//! `graydar fault apply|list|get|revert|revert-all`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use graydar_common::client::{Client, ClientError};
+use graydar_common::fault_api::{CreateFaultRequest, FaultInfo, FaultTargets};
+use graydar_common::faults::{Direction, FaultSpec, Loss, NetemSpec, Protocol, Scope};
+
+use crate::cli::{Output, table};
+
+#[derive(Debug, Subcommand)]
+pub enum FaultCmd {
+    /// Inject a fault on agents (operator token). Give the spec as JSON
+    /// (--spec-file) or as netem flags (--interface with --netem-delay/--loss/...),
+    /// or --blackhole PREFIX.
+    Apply(Box<ApplyArgs>),
+    /// Every fault, newest first.
+    List,
+    /// One fault with per-agent state (and dry-run operations).
+    Get { id: String },
+    /// Revert one fault now.
+    Revert { id: String },
+    /// Kill switch: every agent reverts every fault it has active.
+    RevertAll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    Egress,
+    Ingress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Target agent (hostname); repeat for several.
+    #[arg(long = "agent")]
+    pub agents: Vec<String>,
+    /// Target every agent with this label (k=v); repeat to require several.
+    #[arg(long = "selector", value_parser = parse_kv)]
+    pub selector: Vec<(String, String)>,
+    /// The fault spec as JSON (a FaultSpec: {"kind":"netem",...}, {"kind":"dm",...}, {"kind":"blackhole",...}).
+    #[arg(long, conflicts_with_all = ["interface", "blackhole"])]
+    pub spec_file: Option<PathBuf>,
+    /// netem: the interface.
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// netem: direction (ingress goes through an ifb device).
+    #[arg(long, value_enum, default_value_t = DirectionArg::Egress)]
+    pub direction: DirectionArg,
+    /// netem: added delay, e.g. 100ms.
+    #[arg(long = "netem-delay", alias = "delay", value_parser = parse_ms)]
+    pub delay: Option<f64>,
+    /// netem: delay jitter, e.g. 10ms.
+    #[arg(long, value_parser = parse_ms)]
+    pub jitter: Option<f64>,
+    /// netem: random loss, e.g. 10%.
+    #[arg(long, value_parser = parse_pct)]
+    pub loss: Option<f64>,
+    /// netem: duplicate packets, e.g. 1%.
+    #[arg(long, value_parser = parse_pct)]
+    pub duplicate: Option<f64>,
+    /// netem: corrupt packets, e.g. 0.1%.
+    #[arg(long, value_parser = parse_pct)]
+    pub corrupt: Option<f64>,
+    /// netem: reorder (send this share immediately; needs a delay), e.g. 25%.
+    #[arg(long, value_parser = parse_pct)]
+    pub reorder: Option<f64>,
+    /// netem: rate limit in bytes per second.
+    #[arg(long)]
+    pub rate_bytes_per_sec: Option<u64>,
+    /// netem scope: only traffic to this CIDR; repeat for several.
+    #[arg(long = "dst-cidr")]
+    pub dst_cidrs: Vec<String>,
+    /// netem scope: only traffic to this port; repeat for several.
+    #[arg(long = "dst-port")]
+    pub dst_ports: Vec<u16>,
+    /// netem scope: only this protocol.
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolArg>,
+    /// A blackhole route for this prefix.
+    #[arg(long)]
+    pub blackhole: Option<String>,
+    /// How long the fault stays, e.g. 60s, 5m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Only show the exact operations each agent would perform.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply even above the blast-radius limit.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?}: expected key=value"))
+}
+
+fn parse_ms(s: &str) -> Result<f64, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e} (e.g. 100ms)"))?;
+    Ok(d.as_secs_f64() * 1000.0)
+}
+
+fn parse_pct(s: &str) -> Result<f64, String> {
+    s.trim()
+        .trim_end_matches('%')
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| format!("{s:?}: expected a percentage like 10%"))
+}
+
+impl ApplyArgs {
+    /// The request the flags describe (the controller validates it).
+    pub fn request(&self) -> Result<CreateFaultRequest, String> {
+        let spec = if let Some(p) = &self.spec_file {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+            serde_json::from_str::<FaultSpec>(&text).map_err(|e| format!("{}: not a fault spec: {e}", p.display()))?
+        } else if let Some(prefix) = &self.blackhole {
+            FaultSpec::Blackhole {
+                prefix: prefix.clone(),
+                table: None,
+            }
+        } else if let Some(interface) = &self.interface {
+            FaultSpec::Netem {
+                interface: interface.clone(),
+                direction: match self.direction {
+                    DirectionArg::Egress => Direction::Egress,
+                    DirectionArg::Ingress => Direction::Ingress,
+                },
+                scope: Scope {
+                    dst_cidrs: self.dst_cidrs.clone(),
+                    dst_ports: self.dst_ports.clone(),
+                    protocol: self.protocol.map(|p| match p {
+                        ProtocolArg::Tcp => Protocol::Tcp,
+                        ProtocolArg::Udp => Protocol::Udp,
+                        ProtocolArg::Icmp => Protocol::Icmp,
+                    }),
+                },
+                netem: NetemSpec {
+                    delay_ms: self.delay.unwrap_or(0.0),
+                    jitter_ms: self.jitter.unwrap_or(0.0),
+                    loss: self.loss.map(|percent| Loss::Random {
+                        percent,
+                        correlation: 0.0,
+                    }),
+                    duplicate: self.duplicate.unwrap_or(0.0),
+                    corrupt: self.corrupt.unwrap_or(0.0),
+                    reorder: self.reorder.unwrap_or(0.0),
+                    rate_bytes_per_sec: self.rate_bytes_per_sec,
+                    ..NetemSpec::default()
+                },
+            }
+        } else {
+            return Err(
+                "give the fault: --spec-file FILE, --interface IF with netem flags, or --blackhole PREFIX".into(),
+            );
+        };
+        if !self.dry_run && self.duration.is_none() {
+            return Err("--duration is required (e.g. --duration 60s), except with --dry-run".into());
+        }
+        Ok(CreateFaultRequest {
+            targets: FaultTargets {
+                agents: self.agents.clone(),
+                selector: self.selector.iter().cloned().collect::<BTreeMap<_, _>>(),
+            },
+            spec,
+            duration_seconds: self.duration.map_or(0, |d| {
+                i64::try_from(d.as_secs().max(u64::from(d.subsec_nanos() > 0))).unwrap_or(i64::MAX)
+            }),
+            dry_run: self.dry_run,
+            force: self.force,
+        })
+    }
+}
+
+fn spec_line(spec: &FaultSpec) -> String {
+    match spec {
+        FaultSpec::Netem {
+            interface,
+            direction,
+            scope,
+            netem,
+        } => {
+            let dir = match direction {
+                Direction::Egress => "egress",
+                Direction::Ingress => "ingress",
+            };
+            let mut s = format!("netem {interface} {dir}: {}", netem.describe());
+            if !scope.is_whole_interface() {
+                s.push_str(&format!(
+                    " (to {:?} ports {:?} {:?})",
+                    scope.dst_cidrs, scope.dst_ports, scope.protocol
+                ));
+            }
+            s
+        }
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
+}
+
+pub fn faults_table(faults: &[FaultInfo]) -> String {
+    let rows: Vec<Vec<String>> = faults
+        .iter()
+        .map(|f| {
+            let mut states: BTreeMap<&str, usize> = BTreeMap::new();
+            for a in &f.agents {
+                *states.entry(a.state.as_str()).or_default() += 1;
+            }
+            vec![
+                f.id.clone(),
+                f.status.clone(),
+                f.spec.kind().to_owned(),
+                f.spec.target().to_owned(),
+                f.agents.len().to_string(),
+                states
+                    .iter()
+                    .map(|(s, n)| format!("{s}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                f.created_at.clone(),
+                f.expires_at.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "STATUS", "KIND", "TARGET", "AGENTS", "STATES", "CREATED", "EXPIRES",
+        ],
+        &rows,
+    )
+}
+
+pub fn fault_text(f: &FaultInfo) -> String {
+    let mut out = String::new();
+    for (k, v) in [
+        ("id", f.id.clone()),
+        ("status", f.status.clone()),
+        ("spec", spec_line(&f.spec)),
+        ("dry_run", f.dry_run.to_string()),
+        ("forced", f.forced.to_string()),
+        ("duration", format!("{}s", f.duration_seconds)),
+        ("created_at", f.created_at.clone()),
+        ("expires_at", f.expires_at.clone()),
+        ("ended_at", f.ended_at.clone().unwrap_or_else(|| "-".into())),
+        ("end_reason", f.end_reason.clone().unwrap_or_else(|| "-".into())),
+    ] {
+        out.push_str(&format!("{k:<12} {v}\n"));
+    }
+    out.push_str("\nagents:\n");
+    let rows: Vec<Vec<String>> = f
+        .agents
+        .iter()
+        .map(|a| {
+            vec![
+                a.agent.clone(),
+                a.state.as_str().to_owned(),
+                a.updated_at.clone(),
+                a.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    for l in table(&["AGENT", "STATE", "UPDATED", "REASON"], &rows).lines() {
+        out.push_str(&format!("  {l}\n"));
+    }
+    for a in f.agents.iter().filter(|a| !a.operations.is_empty()) {
+        out.push_str(&format!("\noperations on {}:\n", a.agent));
+        for op in &a.operations {
+            out.push_str(&format!("  {op}\n"));
+        }
+    }
+    out
+}
+
+/// An API error as the API's own message.
+pub fn api_message(e: ClientError) -> String {
+    match e {
+        ClientError::Api {
+            status, error, detail, ..
+        } => format!("{detail} (HTTP {status} {error})"),
+        other => other.to_string(),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+pub fn run(client: &Client, output: Output, cmd: &FaultCmd) -> Result<String, String> {
+    let show = |f: &FaultInfo| match output {
+        Output::Json => json(f),
+        Output::Table => fault_text(f),
+    };
+    Ok(match cmd {
+        FaultCmd::Apply(args) => {
+            let req = args.request()?;
+            let (status, f) = client.create_fault(&req).map_err(api_message)?;
+            let mut out = show(&f);
+            if status == 202 && output == Output::Table {
+                out.push_str(&format!(
+                    "\nsome agents have not answered the dry run yet: graydar fault get {}\n",
+                    f.id
+                ));
+            }
+            out
+        }
+        FaultCmd::List => {
+            let l = client.faults().map_err(api_message)?;
+            match output {
+                Output::Json => json(&l),
+                Output::Table => faults_table(&l.faults),
+            }
+        }
+        FaultCmd::Get { id } => show(&client.fault(id).map_err(api_message)?),
+        FaultCmd::Revert { id } => show(&client.revert_fault(id).map_err(api_message)?),
+        FaultCmd::RevertAll => {
+            let r = client.revert_all_faults().map_err(api_message)?;
+            match output {
+                Output::Json => json(&r),
+                Output::Table => format!(
+                    "revert-all: {} faults ended, {} agents notified (epoch {})\n",
+                    r.faults_ended, r.agents_notified, r.revert_all_epoch
+                ),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn netem_flags_make_a_request() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "graydar",
+            "fault",
+            "apply",
+            "--agent",
+            "a1",
+            "--agent",
+            "a2",
+            "--interface",
+            "eth0",
+            "--netem-delay",
+            "100ms",
+            "--loss",
+            "10%",
+            "--duration",
+            "60s",
+            "--dry-run",
+        ])
+        .expect("parse");
+        let crate::cli::Cmd::Fault {
+            cmd: FaultCmd::Apply(a),
+        } = cli.cmd
+        else {
+            panic!("not fault apply");
+        };
+        let r = a.request().expect("request");
+        assert_eq!(r.targets.agents, ["a1", "a2"]);
+        assert_eq!(r.duration_seconds, 60);
+        assert!(r.dry_run);
+        let FaultSpec::Netem { interface, netem, .. } = &r.spec else {
+            panic!("not netem");
+        };
+        assert_eq!(interface, "eth0");
+        assert_eq!(netem.delay_ms, 100.0);
+        assert_eq!(
+            netem.loss,
+            Some(Loss::Random {
+                percent: 10.0,
+                correlation: 0.0
+            })
+        );
+        let cli = crate::cli::Cli::try_parse_from([
+            "graydar",
+            "fault",
+            "apply",
+            "--selector",
+            "rack=r1",
+            "--blackhole",
+            "10.9.0.0/16",
+        ])
+        .expect("parse");
+        let crate::cli::Cmd::Fault {
+            cmd: FaultCmd::Apply(a),
+        } = cli.cmd
+        else {
+            panic!("not fault apply");
+        };
+        assert!(a.request().expect_err("no duration").contains("--duration"));
+    }
+}

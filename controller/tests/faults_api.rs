@@ -1,0 +1,497 @@
+//! In-process tests of the fault endpoints: the real router and a real
+//! SQLite database in a temp dir, requests through `tower::ServiceExt::oneshot`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use graydar_common::api::{Capabilities, HeartbeatRequest, RegisterRequest};
+use graydar_common::fault_api::{
+    DesiredFaults, FaultInfo, FaultList, FaultStatusReport, FaultStatusUpdate, RevertAllResponse,
+};
+use graydar_common::faults::FaultState;
+use graydar_controller::api::{AppState, DEFAULT_MAX_BODY, router};
+use graydar_controller::auth::Tokens;
+use graydar_controller::faults::{FaultConfig, FaultService};
+use graydar_controller::metrics::Metrics;
+use graydar_controller::store::{Liveness, Store};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+const AGENT: &str = "agent-token-0123456789";
+const VIEWER: &str = "viewer-token-0123456789";
+const OPERATOR: &str = "operator-token-0123456789";
+
+struct Api {
+    app: Router,
+    _state: Arc<AppState>,
+    _dir: tempfile::TempDir,
+}
+
+struct Resp {
+    status: StatusCode,
+    text: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    fn typed<T: serde::de::DeserializeOwned>(&self) -> T {
+        assert!(self.status.is_success(), "HTTP {}: {}", self.status, self.text);
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("unexpected body ({e}): {}", self.text))
+    }
+    /// The `detail` of an error response with `status`.
+    fn error(&self, status: StatusCode) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        self.json()["detail"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+async fn api() -> Api {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(
+        dir.path(),
+        Liveness {
+            stale_after: Duration::from_secs(30),
+            lost_after: Duration::from_secs(300),
+        },
+    )
+    .await
+    .expect("open store");
+    let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
+    let faults = FaultService::open(&store, FaultConfig::default())
+        .await
+        .expect("fault service");
+    let state = Arc::new(AppState {
+        store,
+        tokens,
+        metrics: Metrics::new(),
+        heartbeat_interval_seconds: 10,
+        faults,
+    });
+    Api {
+        app: router(state.clone(), DEFAULT_MAX_BODY),
+        _state: state,
+        _dir: dir,
+    }
+}
+
+impl Api {
+    async fn req(&self, method: &str, path: &str, token: &str, body: Option<String>) -> Resp {
+        let b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let req = match body {
+            Some(text) => b
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(text))
+                .expect("request"),
+            None => b.body(Body::empty()).expect("request"),
+        };
+        let resp = self.app.clone().oneshot(req).await.expect("infallible router");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        Resp {
+            status,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+    async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.req("POST", path, token, Some(body.to_string())).await
+    }
+    async fn register(&self, host: &str, rack: &str, interfaces: Option<&[&str]>) {
+        let r = RegisterRequest {
+            hostname: host.to_owned(),
+            addresses: vec![],
+            labels: BTreeMap::from([("rack".to_owned(), rack.to_owned())]),
+            kernel_version: "6.18.0".into(),
+            agent_version: "0.1.0".into(),
+            capabilities: Capabilities::default(),
+            interfaces: interfaces.map(|l| l.iter().map(|s| (*s).to_owned()).collect()),
+            dm_devices: Some(vec![]),
+        };
+        let resp = self
+            .req(
+                "POST",
+                "/api/v1/agents/register",
+                AGENT,
+                Some(serde_json::to_string(&r).expect("encode")),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+    }
+    async fn create(&self, body: Value) -> Resp {
+        self.post("/api/v1/faults", OPERATOR, body).await
+    }
+    async fn poll(&self, host: &str, query: &str) -> DesiredFaults {
+        self.req("GET", &format!("/api/v1/agents/{host}/faults{query}"), AGENT, None)
+            .await
+            .typed()
+    }
+    async fn report(&self, host: &str, id: &str, state: FaultState, reason: Option<&str>, ops: &[&str]) {
+        let r = FaultStatusReport {
+            statuses: vec![FaultStatusUpdate {
+                id: id.to_owned(),
+                state,
+                reason: reason.map(str::to_owned),
+                operations: ops.iter().map(|s| (*s).to_owned()).collect(),
+            }],
+        };
+        let resp = self
+            .req(
+                "POST",
+                &format!("/api/v1/agents/{host}/faults/status"),
+                AGENT,
+                Some(serde_json::to_string(&r).expect("encode")),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+        assert_eq!(resp.json()["accepted"], 1, "{}", resp.text);
+    }
+}
+
+fn netem(iface: &str) -> Value {
+    json!({"kind": "netem", "interface": iface, "netem": {"delay_ms": 100}})
+}
+
+/// Four agents: a1, a2 in rack r1 (a1 reports eth0 and lo), a3 in r2, a4 in r3.
+async fn fleet() -> Api {
+    let a = api().await;
+    a.register("a1", "r1", Some(&["eth0", "lo"])).await;
+    a.register("a2", "r1", None).await;
+    a.register("a3", "r2", None).await;
+    a.register("a4", "r3", None).await;
+    a
+}
+
+#[tokio::test]
+async fn invalid_faults_get_a_4xx_that_says_what_is_wrong() {
+    let a = fleet().await;
+    let cases = [
+        (
+            json!({"targets": {"agents": ["a1"]}, "spec": {"kind": "netem", "interface": "eth0",
+                "netem": {"loss": {"model": "random", "percent": 150}}}, "duration_seconds": 60}),
+            "loss.percent must be a percentage between 0 and 100, got 150",
+        ),
+        (
+            json!({"targets": {"agents": ["a1"]}, "spec": {"kind": "netem", "interface": "eth0",
+                "netem": {"delay_ms": -5}}, "duration_seconds": 60}),
+            "delay_ms must be a duration >= 0 ms, got -5",
+        ),
+        (
+            json!({"targets": {"agents": ["a1", "ghost"]}, "spec": netem("eth0"), "duration_seconds": 60}),
+            "unknown agent \"ghost\" (registered: a1, a2, a3, a4)",
+        ),
+        (
+            json!({"targets": {}, "spec": netem("eth0"), "duration_seconds": 60}),
+            "targets: empty",
+        ),
+        (
+            json!({"targets": {"agents": ["a1"], "selector": {"rack": "r1"}}, "spec": netem("eth0"), "duration_seconds": 60}),
+            "not both",
+        ),
+        (
+            json!({"targets": {"selector": {"rack": "r9"}}, "spec": netem("eth0"), "duration_seconds": 60}),
+            "selector rack=r9 matches no registered agent",
+        ),
+        (
+            json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 0}),
+            "duration_seconds must be > 0, got 0",
+        ),
+        (
+            json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": -3}),
+            "duration_seconds must be > 0, got -3",
+        ),
+        (
+            json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 7200}),
+            "duration_seconds 7200 is above the maximum of 3600",
+        ),
+        (
+            json!({"targets": {"agents": ["a1"]}, "spec": netem("eth9"), "duration_seconds": 60}),
+            "interface \"eth9\" does not exist on agent \"a1\" (it has eth0, lo)",
+        ),
+        (
+            json!({"targets": {"agents": ["a1"]}, "spec": {"kind": "dm", "device": "slow",
+                "dm": {"type": "delay", "read_ms": 50}}, "duration_seconds": 60}),
+            "dm device \"slow\" does not exist on agent \"a1\" (it has none)",
+        ),
+    ];
+    for (body, want) in cases {
+        let detail = a.create(body.clone()).await.error(StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(detail.contains(want), "{body}: {detail:?} lacks {want:?}");
+    }
+    // A typo in the spec is named by the parser (422 invalid_body).
+    let r = a
+        .create(
+            json!({"targets": {"agents": ["a1"]}, "spec": {"kind": "netem", "interface": "eth0",
+            "netem": {"dealy_ms": 5}}, "duration_seconds": 60}),
+        )
+        .await;
+    assert!(
+        r.error(StatusCode::UNPROCESSABLE_ENTITY).contains("dealy_ms"),
+        "{}",
+        r.text
+    );
+    // Viewers and agents may not create, delete or revert-all.
+    let body = json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 60});
+    for token in [VIEWER, AGENT] {
+        assert_eq!(
+            a.post("/api/v1/faults", token, body.clone()).await.status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            a.post("/api/v1/faults/revert-all", token, json!({})).await.status,
+            StatusCode::FORBIDDEN
+        );
+    }
+    // Nothing was created.
+    let l: FaultList = a.req("GET", "/api/v1/faults", VIEWER, None).await.typed();
+    assert!(l.faults.is_empty(), "{l:?}");
+}
+
+#[tokio::test]
+async fn blast_radius_refuses_above_the_share_unless_forced_and_selectors_resolve() {
+    let a = fleet().await;
+    let three = json!({"targets": {"agents": ["a1", "a2", "a3"]}, "spec": netem("eth0"), "duration_seconds": 60});
+    let detail = a.create(three.clone()).await.error(StatusCode::CONFLICT);
+    assert!(
+        detail.contains("targets 3 of 4 registered agents (75%), above the limit of 50%"),
+        "{detail}"
+    );
+    let mut forced = three;
+    forced["force"] = json!(true);
+    let r = a.create(forced).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let f: FaultInfo = r.typed();
+    assert!(f.forced);
+    assert_eq!(f.agents.len(), 3);
+    // rack=r1 is 2 of 4: exactly at the limit, allowed; resolved to a1, a2.
+    let r = a
+        .create(json!({"targets": {"selector": {"rack": "r1"}}, "spec": netem("eth0"), "duration_seconds": 60}))
+        .await;
+    let f: FaultInfo = r.typed();
+    let names: Vec<&str> = f.agents.iter().map(|s| s.agent.as_str()).collect();
+    assert_eq!(names, ["a1", "a2"]);
+    assert!(f.agents.iter().all(|s| s.state == FaultState::Pending));
+    assert_eq!(f.selector.get("rack").map(String::as_str), Some("r1"));
+    assert_eq!(f.status, "running");
+}
+
+#[tokio::test]
+async fn agents_long_poll_their_desired_set_and_report_states() {
+    let a = fleet().await;
+    let first = a.poll("a2", "?wait=0").await;
+    assert!(first.faults.is_empty());
+    assert_eq!(first.lease_seconds, 20);
+    // A waiting poll is woken by the creation, well before its wait.
+    let started = Instant::now();
+    let app = a.app.clone();
+    let version = first.version;
+    let waiter = tokio::spawn(async move {
+        let req = Request::builder()
+            .uri(format!("/api/v1/agents/a2/faults?wait=6&version={version}"))
+            .header(header::AUTHORIZATION, format!("Bearer {AGENT}"))
+            .body(Body::empty())
+            .expect("request");
+        let resp = app.oneshot(req).await.expect("router");
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        serde_json::from_slice::<DesiredFaults>(&bytes).expect("desired")
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let f: FaultInfo = a
+        .create(json!({"targets": {"agents": ["a2"]}, "spec": netem("eth0"), "duration_seconds": 60}))
+        .await
+        .typed();
+    let woke = waiter.await.expect("waiter");
+    assert!(started.elapsed() < Duration::from_secs(5), "the poll was not woken");
+    assert_eq!(woke.faults.len(), 1);
+    assert_eq!(woke.faults[0].id, f.id);
+    assert_eq!(woke.faults[0].lease_seconds, 20, "lease = min(TTL, remaining)");
+    assert_ne!(woke.version, version);
+    // Other agents are not assigned it.
+    assert!(a.poll("a3", "?wait=0").await.faults.is_empty());
+    // States reach GET.
+    a.report(
+        "a2",
+        &f.id,
+        FaultState::Failed,
+        Some("kernel lacks CONFIG_NET_SCH_NETEM"),
+        &[],
+    )
+    .await;
+    let got: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", f.id), VIEWER, None)
+        .await
+        .typed();
+    assert_eq!(got.agents[0].state, FaultState::Failed);
+    assert_eq!(
+        got.agents[0].reason.as_deref(),
+        Some("kernel lacks CONFIG_NET_SCH_NETEM")
+    );
+    // A report for a fault not assigned to the agent is ignored.
+    let r = a
+        .post(
+            "/api/v1/agents/a3/faults/status",
+            AGENT,
+            json!({"statuses": [{"id": f.id, "state": "active"}]}),
+        )
+        .await;
+    assert_eq!(r.json()["ignored"], 1, "{}", r.text);
+    // DELETE ends it: the desired set is empty again.
+    let ended: FaultInfo = a
+        .req("DELETE", &format!("/api/v1/faults/{}", f.id), OPERATOR, None)
+        .await
+        .typed();
+    assert_eq!(ended.status, "ended");
+    assert_eq!(ended.end_reason.as_deref(), Some("deleted"));
+    assert!(a.poll("a2", "?wait=0").await.faults.is_empty());
+    assert_eq!(
+        a.req("DELETE", "/api/v1/faults/nope", OPERATOR, None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Heartbeats update the inventory the checks use.
+    let hb = HeartbeatRequest {
+        firing: 0,
+        interfaces: Some(vec!["lo".into()]),
+        dm_devices: None,
+    };
+    let r = a
+        .req(
+            "POST",
+            "/api/v1/agents/a1/heartbeat",
+            AGENT,
+            Some(serde_json::to_string(&hb).expect("encode")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let detail = a
+        .create(json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 60}))
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(detail.contains("(it has lo)"), "{detail}");
+}
+
+#[tokio::test]
+async fn revert_all_ends_every_fault_and_bumps_the_epoch() {
+    let a = fleet().await;
+    let before = a.poll("a1", "?wait=0").await;
+    let mut ids = Vec::new();
+    for host in ["a1", "a2"] {
+        let f: FaultInfo = a
+            .create(json!({"targets": {"agents": [host]}, "spec": netem("eth0"), "duration_seconds": 600}))
+            .await
+            .typed();
+        ids.push(f.id);
+    }
+    assert_eq!(a.poll("a1", "?wait=0").await.faults.len(), 1);
+    let r: RevertAllResponse = a.post("/api/v1/faults/revert-all", OPERATOR, json!({})).await.typed();
+    assert_eq!(r.faults_ended, 2);
+    assert_eq!(r.revert_all_epoch, before.revert_all_epoch + 1);
+    let l: FaultList = a.req("GET", "/api/v1/faults", VIEWER, None).await.typed();
+    assert_eq!(l.faults.len(), 2);
+    for f in &l.faults {
+        assert_eq!(f.status, "ended", "{f:?}");
+        assert_eq!(f.end_reason.as_deref(), Some("revert_all"));
+    }
+    for host in ["a1", "a2", "a3"] {
+        let d = a.poll(host, "?wait=0").await;
+        assert!(d.faults.is_empty(), "{host}: {d:?}");
+        assert_eq!(d.revert_all_epoch, r.revert_all_epoch);
+    }
+    let metrics = a.req("GET", "/metrics", VIEWER, None).await.text;
+    assert!(
+        metrics.contains("graydar_controller_faults{state=\"ended\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_returns_the_agents_operations() {
+    let a = fleet().await;
+    // No agent answers: 202 after the wait, the id to poll.
+    let r = a
+        .post(
+            "/api/v1/faults?wait=1",
+            OPERATOR,
+            json!({"targets": {"agents": ["a1", "a2", "a3"]}, "spec": netem("eth0"), "dry_run": true}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::ACCEPTED,
+        "a dry run is exempt from the blast radius: {}",
+        r.text
+    );
+    let f: FaultInfo = r.typed();
+    assert_eq!(f.status, "dry_run");
+    let d = a.poll("a1", "?wait=0").await;
+    assert!(d.faults.iter().any(|x| x.id == f.id && x.dry_run));
+    a.report(
+        "a1",
+        &f.id,
+        FaultState::Described,
+        None,
+        &["RTM_NEWQDISC dev eth0 root netem delay 100ms"],
+    )
+    .await;
+    // Once described it leaves the agent's desired set.
+    assert!(a.poll("a1", "?wait=0").await.faults.is_empty());
+    let got: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", f.id), VIEWER, None)
+        .await
+        .typed();
+    assert_eq!(
+        got.agents[0].operations,
+        ["RTM_NEWQDISC dev eth0 root netem delay 100ms"]
+    );
+    // Answers that arrive while the POST waits make it a 200.
+    let app = a.app.clone();
+    let creator = tokio::spawn(async move {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/api/v1/faults?wait=10")
+            .header(header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                json!({"targets": {"agents": ["a4"]}, "spec": netem("eth0"), "dry_run": true}).to_string(),
+            ))
+            .expect("request");
+        let resp = app.oneshot(req).await.expect("router");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice::<FaultInfo>(&bytes).expect("fault"))
+    });
+    let id = loop {
+        if let Some(x) = a.poll("a4", "?wait=0").await.faults.first() {
+            break x.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    a.report("a4", &id, FaultState::Described, None, &["op 1", "op 2"])
+        .await;
+    let (status, f) = creator.await.expect("creator");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(f.agents[0].state, FaultState::Described);
+    assert_eq!(f.agents[0].operations, ["op 1", "op 2"]);
+}
+
+#[tokio::test]
+async fn openapi_lists_the_fault_endpoints() {
+    let a = api().await;
+    let doc = a.req("GET", "/api/v1/openapi.json", VIEWER, None).await.json();
+    for p in [
+        "/api/v1/faults",
+        "/api/v1/faults/{id}",
+        "/api/v1/faults/revert-all",
+        "/api/v1/agents/{hostname}/faults",
+        "/api/v1/agents/{hostname}/faults/status",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p} missing from the OpenAPI document");
+    }
+}

@@ -1,0 +1,148 @@
+//! Root/netns tier for faults through the controller: the real controller
+//! in one namespace, a real agent in another (reaching it over a veth), the
+//! real `graydar fault` CLI. This host's kernel has no sch_netem, so a netem
+//! fault must end `failed` with a reason naming CONFIG_NET_SCH_NETEM and leave
+//! the qdisc tree as it was; a dry run still lists the operations.
+
+use std::time::Duration;
+
+use graydar_common::faults::FaultState;
+use graydar_tests::agent::AgentProcess;
+use graydar_tests::controller::{ControllerProcess, Tokens};
+use graydar_tests::fault_e2e::{agent_config, fault_cli, fault_cli_err, orphans, wait_state, wait_until};
+use graydar_tests::netns::{self, NetNs, veth_pair};
+use graydar_tests::prom;
+
+const STATE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[test]
+fn netem_without_sch_netem_fails_loudly_leaves_nothing_and_dry_run_lists_operations() {
+    netns::require_root();
+    let c = NetNs::new("fctl");
+    let n = NetNs::new("fag");
+    veth_pair(&c, "fc1", "10.205.1.1/24", &n, "fe1", "10.205.1.2/24");
+    let data = tempfile::tempdir().expect("controller data dir");
+    let tokens = Tokens::random();
+    let ctl = ControllerProcess::start(Some(&c), data.path(), &tokens);
+    let host = n.name().to_owned();
+    let agent = AgentProcess::start(Some(&n), &agent_config(&host, "http://10.205.1.1:8477", &tokens.agent));
+    wait_until(Duration::from_secs(15), "the agent registered", || {
+        let v = ctl.cli_json(&tokens.viewer, &["agents"]);
+        v["agents"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["hostname"] == host.as_str()))
+            .then_some(())
+    });
+    let qdiscs_before = n.exec_stdout("tc", ["qdisc", "show"]);
+    let links_before = String::from_utf8_lossy(&n.ip(["-o", "link", "show"]).stdout).into_owned();
+
+    // 1 agent of 1 is 100 % of the fleet: refused without --force, with the numbers.
+    let netem_args = [
+        "--agent",
+        &host,
+        "--interface",
+        "fe1",
+        "--netem-delay",
+        "100ms",
+        "--loss",
+        "10%",
+    ];
+    let mut args = vec!["apply"];
+    args.extend_from_slice(&netem_args);
+    args.extend(["--duration", "60s"]);
+    let err = fault_cli_err(&ctl, &tokens.operator, &args);
+    assert!(
+        err.contains("targets 1 of 1 registered agents (100%), above the limit of 50%") && err.contains("409"),
+        "{err}"
+    );
+    // An interface the agent does not have: 422 naming the ones it has.
+    let err = fault_cli_err(
+        &ctl,
+        &tokens.operator,
+        &[
+            "apply",
+            "--agent",
+            &host,
+            "--interface",
+            "eth9",
+            "--netem-delay",
+            "100ms",
+            "--duration",
+            "60s",
+            "--force",
+        ],
+    );
+    assert!(
+        err.contains(&format!(
+            "interface \"eth9\" does not exist on agent \"{host}\" (it has fe1, lo)"
+        )),
+        "{err}"
+    );
+    // A viewer may not apply.
+    let err = fault_cli_err(&ctl, &tokens.viewer, &args);
+    assert!(err.contains("403"), "{err}");
+
+    // Forced: the agent gets it over the long-poll, cannot apply it, says why.
+    args.push("--force");
+    let f = fault_cli(&ctl, &tokens.operator, &args);
+    assert!(f.forced);
+    let f = wait_state(&ctl, &tokens.viewer, &f.id, &host, FaultState::Failed, STATE_TIMEOUT);
+    let reason = f.agents[0].reason.clone().unwrap_or_default();
+    eprintln!("agent's reason: {reason}");
+    assert!(reason.contains("CONFIG_NET_SCH_NETEM"), "reason: {reason}");
+    assert_eq!(
+        n.exec_stdout("tc", ["qdisc", "show"]),
+        qdiscs_before,
+        "a failed fault left qdiscs behind"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&n.ip(["-o", "link", "show"]).stdout),
+        links_before,
+        "a failed fault left links behind"
+    );
+    assert!(orphans(&n).is_empty(), "{:?}", orphans(&n));
+    // The failure is counted on the agent and not retried.
+    let m = agent.metrics();
+    assert_eq!(
+        prom::sum(
+            &m,
+            "graydar_fault_operations_total",
+            &[("op", "apply"), ("result", "error")]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(prom::sum(&m, "graydar_faults_active", &[]), 0.0);
+
+    // Dry run: the operations, nothing applied.
+    let mut dry = vec!["apply"];
+    dry.extend_from_slice(&netem_args);
+    dry.push("--dry-run");
+    let d = fault_cli(&ctl, &tokens.operator, &dry);
+    assert!(d.dry_run);
+    let a = &d.agents[0];
+    eprintln!(
+        "dry run on {}: {:?} {:?}\n{}",
+        a.agent,
+        a.state,
+        a.reason,
+        a.operations.join("\n")
+    );
+    assert_eq!(a.state, FaultState::Described, "{d:#?}");
+    assert!(
+        !a.operations.is_empty() && a.operations.iter().any(|o| o.contains("netem")),
+        "{d:#?}"
+    );
+    assert_eq!(n.exec_stdout("tc", ["qdisc", "show"]), qdiscs_before);
+
+    // The kill switch answers and lists nothing running afterwards.
+    let out = ctl.cli(&tokens.operator, &["fault", "revert-all"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = ctl.cli_json(&tokens.viewer, &["fault", "list"]);
+    let faults = list["faults"].as_array().expect("faults");
+    assert_eq!(faults.len(), 2);
+    assert!(faults.iter().all(|f| f["status"] == "ended"), "{list}");
+    let table = ctl.cli(&tokens.viewer, &["fault", "list"]);
+    assert!(String::from_utf8_lossy(&table.stdout).starts_with("ID"), "{table:?}");
+    assert!(orphans(&n).is_empty(), "{:?}", orphans(&n));
+}
