@@ -430,8 +430,11 @@ impl PathMetrics {
         )
         .expect("static metric definition");
         r.register(Box::new(rtt.clone())).expect("metric registered once");
-        let peers = IntGauge::new("graydar_path_peers", "Peers the path mesh probes (at most paths.max_peers).")
-            .expect("static metric definition");
+        let peers = IntGauge::new(
+            "graydar_path_peers",
+            "Peers the path mesh probes (at most paths.max_peers).",
+        )
+        .expect("static metric definition");
         r.register(Box::new(peers.clone())).expect("metric registered once");
         PathMetrics {
             probes_sent: counter(

@@ -115,10 +115,11 @@ impl Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| SpecError(format!("{s:?} is not an IP address or CIDR (e.g. 10.0.0.0/8, fd00::/64)")))?;
+        let addr: IpAddr = a.trim().parse().map_err(|_| {
+            SpecError(format!(
+                "{s:?} is not an IP address or CIDR (e.g. 10.0.0.0/8, fd00::/64)"
+            ))
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match l {
             None => max,
@@ -136,11 +137,19 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.len)) };
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.len))
+                };
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - u32::from(self.len)) };
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.len))
+                };
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -201,17 +210,24 @@ impl FaultSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         match self {
             FaultSpec::Netem {
-                interface, scope, netem, ..
+                interface,
+                scope,
+                netem,
+                ..
             } => {
                 if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
-                    return Err(SpecError(format!("interface {interface:?} is not a valid interface name")));
+                    return Err(SpecError(format!(
+                        "interface {interface:?} is not a valid interface name"
+                    )));
                 }
                 scope.validate()?;
                 netem.validate()
             }
             FaultSpec::Dm { device, dm } => {
                 if device.is_empty() || device.len() > 127 || device.contains('/') {
-                    return Err(SpecError::dm(format!("device {device:?} is not a valid dm device name")));
+                    return Err(SpecError::dm(format!(
+                        "device {device:?} is not a valid dm device name"
+                    )));
                 }
                 dm.validate()
             }
@@ -518,7 +534,6 @@ impl DmFaultSpec {
             }
         }
     }
-
 }
 
 #[cfg(test)]
@@ -545,7 +560,10 @@ mod tests {
     #[test]
     fn invalid_specs_name_the_field() {
         let cases = [
-            (r#"{"kind":"netem","interface":"eth0","netem":{"delay_ms":-5}}"#, "delay_ms"),
+            (
+                r#"{"kind":"netem","interface":"eth0","netem":{"delay_ms":-5}}"#,
+                "delay_ms",
+            ),
             (
                 r#"{"kind":"netem","interface":"eth0","netem":{"loss":{"model":"random","percent":150}}}"#,
                 "loss.percent",
@@ -558,7 +576,10 @@ mod tests {
                 r#"{"kind":"netem","interface":"eth0","scope":{"dst_ports":[80],"protocol":"icmp"},"netem":{"delay_ms":1}}"#,
                 "ICMP has no ports",
             ),
-            (r#"{"kind":"dm","device":"a/b","dm":{"type":"delay","read_ms":5}}"#, "device"),
+            (
+                r#"{"kind":"dm","device":"a/b","dm":{"type":"delay","read_ms":5}}"#,
+                "device",
+            ),
             (r#"{"kind":"blackhole","prefix":"0.0.0.0/0"}"#, "default route"),
             (r#"{"kind":"netem","interface":"","netem":{"delay_ms":1}}"#, "interface"),
         ];

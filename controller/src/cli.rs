@@ -247,13 +247,18 @@ pub fn paths_table(pairs: &[graydar_common::paths::PathPair]) -> String {
                 p.src.clone(),
                 p.dst.clone(),
                 p.state.clone(),
-                p.loss_ratio.map_or_else(|| "-".to_owned(), |l| format!("{:.2}%", l * 100.0)),
+                p.loss_ratio
+                    .map_or_else(|| "-".to_owned(), |l| format!("{:.2}%", l * 100.0)),
                 format!("{}/{}", p.lost, p.delivered + p.lost),
                 opt_ms(p.rtt_p50_seconds),
                 opt_ms(p.rtt_p99_seconds),
                 p.hops.map_or_else(|| "-".to_owned(), |h| h.to_string()),
                 opt_ms(p.owd_variation_seconds),
-                if p.firing.is_empty() { "-".to_owned() } else { p.firing.join(",") },
+                if p.firing.is_empty() {
+                    "-".to_owned()
+                } else {
+                    p.firing.join(",")
+                },
             ]
         })
         .collect();

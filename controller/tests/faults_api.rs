@@ -53,6 +53,10 @@ impl Resp {
 }
 
 async fn api() -> Api {
+    api_with(FaultConfig::default()).await
+}
+
+async fn api_with(cfg: FaultConfig) -> Api {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(
         dir.path(),
@@ -64,9 +68,7 @@ async fn api() -> Api {
     .await
     .expect("open store");
     let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
-    let faults = FaultService::open(&store, FaultConfig::default())
-        .await
-        .expect("fault service");
+    let faults = FaultService::open(&store, cfg).await.expect("fault service");
     let state = Arc::new(AppState {
         store,
         tokens,
@@ -271,9 +273,10 @@ async fn blast_radius_refuses_above_the_share_unless_forced_and_selectors_resolv
     let f: FaultInfo = r.typed();
     assert!(f.forced);
     assert_eq!(f.agents.len(), 3);
-    // rack=r1 is 2 of 4: exactly at the limit, allowed; resolved to a1, a2.
+    // rack=r1 is 2 of 4: exactly at the limit, allowed; resolved to a1, a2
+    // (on lo: eth0 of a1 and a2 is taken by the forced fault above).
     let r = a
-        .create(json!({"targets": {"selector": {"rack": "r1"}}, "spec": netem("eth0"), "duration_seconds": 60}))
+        .create(json!({"targets": {"selector": {"rack": "r1"}}, "spec": netem("lo"), "duration_seconds": 60}))
         .await;
     let f: FaultInfo = r.typed();
     let names: Vec<&str> = f.agents.iter().map(|s| s.agent.as_str()).collect();
@@ -494,4 +497,89 @@ async fn openapi_lists_the_fault_endpoints() {
     ] {
         assert!(doc["paths"][p].is_object(), "{p} missing from the OpenAPI document");
     }
+}
+
+#[tokio::test]
+async fn a_second_fault_on_the_same_target_of_an_agent_is_a_conflict() {
+    let a = fleet().await;
+    let first: FaultInfo = a
+        .create(json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 600}))
+        .await
+        .typed();
+    // Same agent, same interface and direction: 409 naming the running fault.
+    let e = a
+        .create(json!({"targets": {"agents": ["a1", "a2"]}, "spec": netem("eth0"), "duration_seconds": 60}))
+        .await
+        .error(StatusCode::CONFLICT);
+    assert!(e.contains("\"a1\"") && e.contains(&first.id), "{e}");
+    // Another interface, the other direction, or another agent: fine.
+    for body in [
+        json!({"targets": {"agents": ["a1"]}, "spec": netem("lo"), "duration_seconds": 60}),
+        json!({"targets": {"agents": ["a1"]}, "spec": {"kind": "netem", "interface": "eth0", "direction": "ingress",
+            "netem": {"delay_ms": 5}}, "duration_seconds": 60}),
+        json!({"targets": {"agents": ["a2"]}, "spec": netem("eth0"), "duration_seconds": 60}),
+    ] {
+        let r = a.create(body.clone()).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{body}: {}", r.text);
+    }
+    // Once the first one is reverted, the target is free again.
+    let d = a
+        .req("DELETE", &format!("/api/v1/faults/{}", first.id), OPERATOR, None)
+        .await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.text);
+    let r = a
+        .create(json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 60}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}
+
+#[tokio::test]
+async fn states_nobody_confirmed_settle_once_a_lease_has_passed_after_the_end() {
+    let a = api_with(FaultConfig {
+        lease: Duration::from_millis(800),
+        max_target_share: 1.0,
+        ..FaultConfig::default()
+    })
+    .await;
+    a.register("a1", "r1", None).await;
+    a.register("a2", "r1", None).await;
+    let f: FaultInfo = a
+        .create(json!({"targets": {"agents": ["a1", "a2"]}, "spec": netem("eth0"), "duration_seconds": 600}))
+        .await
+        .typed();
+    a.report("a1", &f.id, FaultState::Active, None, &[]).await;
+    let d = a
+        .req("DELETE", &format!("/api/v1/faults/{}", f.id), OPERATOR, None)
+        .await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.text);
+    let state_of = |info: &FaultInfo, host: &str| {
+        let s = info.agents.iter().find(|s| s.agent == host).expect("agent listed");
+        (s.state, s.reason.clone().unwrap_or_default())
+    };
+    // Within the lease the controller shows what the agents last said.
+    let now: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", f.id), VIEWER, None)
+        .await
+        .typed();
+    assert_eq!(state_of(&now, "a1").0, FaultState::Active);
+    assert_eq!(state_of(&now, "a2").0, FaultState::Pending);
+    // A lease later, silence means the agent's own timer reverted it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let later: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", f.id), VIEWER, None)
+        .await
+        .typed();
+    let (s1, r1) = state_of(&later, "a1");
+    assert_eq!(s1, FaultState::Reverted, "{later:?}");
+    assert!(r1.contains("not confirmed"), "{r1}");
+    let (s2, r2) = state_of(&later, "a2");
+    assert_eq!(s2, FaultState::Reverted, "{later:?}");
+    assert!(r2.contains("never applied"), "{r2}");
+    // A confirmed state is never rewritten.
+    a.report("a1", &f.id, FaultState::Reverted, None, &[]).await;
+    let fin: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", f.id), VIEWER, None)
+        .await
+        .typed();
+    assert_eq!(state_of(&fin, "a1"), (FaultState::Reverted, String::new()));
 }

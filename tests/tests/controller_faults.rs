@@ -146,3 +146,56 @@ fn netem_without_sch_netem_fails_loudly_leaves_nothing_and_dry_run_lists_operati
     assert!(String::from_utf8_lossy(&table.stdout).starts_with("ID"), "{table:?}");
     assert!(orphans(&n).is_empty(), "{:?}", orphans(&n));
 }
+
+fn blackholes(ns: &NetNs) -> String {
+    String::from_utf8_lossy(&ns.ip(["route", "show", "type", "blackhole"]).stdout).into_owned()
+}
+
+/// Blackhole routes need nothing this kernel lacks: the whole path through
+/// the controller — apply, active, DELETE → reverted, and a SIGTERM'd agent
+/// that reverts and says so.
+#[test]
+fn a_blackhole_fault_is_applied_reverted_on_delete_and_on_agent_shutdown() {
+    netns::require_root();
+    let c = NetNs::new("fbc");
+    let n = NetNs::new("fba");
+    veth_pair(&c, "fc2", "10.205.2.1/24", &n, "fe2", "10.205.2.2/24");
+    let data = tempfile::tempdir().expect("controller data dir");
+    let tokens = Tokens::random();
+    let ctl = ControllerProcess::start(Some(&c), data.path(), &tokens);
+    let host = n.name().to_owned();
+    let agent = AgentProcess::start(Some(&n), &agent_config(&host, "http://10.205.2.1:8477", &tokens.agent));
+    let prefix = "10.205.98.0/24";
+    let apply = [
+        "apply",
+        "--agent",
+        &host,
+        "--blackhole",
+        prefix,
+        "--duration",
+        "120s",
+        "--force",
+    ];
+    let f = fault_cli(&ctl, &tokens.operator, &apply);
+    wait_state(&ctl, &tokens.viewer, &f.id, &host, FaultState::Active, STATE_TIMEOUT);
+    assert!(blackholes(&n).contains("10.205.98.0/24"), "{}", blackholes(&n));
+    assert_eq!(
+        prom::sum(&agent.metrics(), "graydar_faults_active", &[("kind", "blackhole")]),
+        1.0
+    );
+    // DELETE: the agent is woken and reverts.
+    let ended = fault_cli(&ctl, &tokens.operator, &["revert", &f.id]);
+    assert_eq!(ended.status, "ended");
+    let f = wait_state(&ctl, &tokens.viewer, &f.id, &host, FaultState::Reverted, STATE_TIMEOUT);
+    eprintln!("after DELETE: {:?}", f.agents[0].reason);
+    assert!(!blackholes(&n).contains("10.205.98.0/24"), "{}", blackholes(&n));
+    // SIGTERM: the agent reverts everything and reports it before exiting.
+    let g = fault_cli(&ctl, &tokens.operator, &apply);
+    wait_state(&ctl, &tokens.viewer, &g.id, &host, FaultState::Active, STATE_TIMEOUT);
+    assert!(blackholes(&n).contains("10.205.98.0/24"));
+    drop(agent);
+    let g = fault_cli(&ctl, &tokens.viewer, &["get", &g.id]);
+    assert_eq!(g.agents[0].state, FaultState::Reverted, "{g:#?}");
+    assert_eq!(g.agents[0].reason.as_deref(), Some("agent shutting down"));
+    assert!(!blackholes(&n).contains("10.205.98.0/24"), "{}", blackholes(&n));
+}

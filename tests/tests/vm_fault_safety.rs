@@ -339,14 +339,23 @@ fn fifty_randomized_kill_and_partition_trials_leave_no_orphans() {
     ];
     let mut actions: std::collections::BTreeMap<&str, u32> = Default::default();
     let started = Instant::now();
+    let mut previous: Option<String> = None;
     for trial in 0..TRIALS {
         let trial_start = Instant::now();
         let c = ctl.get_or_insert_with(|| start_controller(&t.ctl, &ctl_dir, &tokens));
+        // The controller refuses a second fault on the same interface and
+        // direction (409): end the previous trial's fault first (a revert
+        // in flight while the next apply arrives is one more interleaving).
+        if let Some(id) = previous.take() {
+            let out = c.cli(&tokens.operator, &["fault", "revert", &id]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
         let mut args = vec!["apply", "--agent", &host];
         args.extend_from_slice(specs[rng.below(3) as usize]);
         let dur = format!("{}s", 5 + rng.below(40));
         args.extend(["--duration", &dur]);
         let f = fault_cli(c, &tokens.operator, &args);
+        previous = Some(f.id.clone());
         // A random point: right after the POST (apply in flight), while
         // active, or just after a DELETE (revert in flight).
         let phase = rng.below(3);

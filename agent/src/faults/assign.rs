@@ -131,6 +131,9 @@ fn controller_endpoints(url: &str) -> Vec<std::net::SocketAddr> {
     }
 }
 
+/// Longest wait for the final status report at shutdown.
+const SHUTDOWN_REPORT: Duration = Duration::from_secs(2);
+
 /// How often the controller's name is resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(60);
 
@@ -268,7 +271,30 @@ impl Assigner {
                 }
             }
         }
+        self.shutdown().await;
         tracing::info!("fault assignments stopped");
+    }
+
+    /// At shutdown: reverts everything (the runtime would too) and tells the
+    /// controller, waiting at most [`SHUTDOWN_REPORT`] for it.
+    async fn shutdown(&mut self) {
+        let mut eng = self.engine.lock().await;
+        let ids = eng.active_ids();
+        let failures = eng.revert_all().await;
+        drop(eng);
+        for id in ids {
+            let failed = failures.iter().find(|(f, _)| *f == id).map(|(_, e)| e.to_string());
+            if let Some(l) = self.local.get_mut(&id) {
+                match failed {
+                    None => l.set(FaultState::Reverted, Some("agent shutting down".into())),
+                    Some(e) => l.set(FaultState::Active, Some(format!("revert at shutdown failed: {e}"))),
+                }
+            }
+        }
+        self.update_gauges();
+        if tokio::time::timeout(SHUTDOWN_REPORT, self.report()).await.is_err() {
+            tracing::debug!("controller did not take the final fault states in time");
+        }
     }
 
     /// Hands the controller's resolved addresses to the engine (netem faults

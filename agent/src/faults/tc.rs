@@ -106,8 +106,22 @@ pub(crate) fn map_err(op: &'static str, ifindex: u32, e: rtnetlink::Error) -> Tc
 }
 
 pub(crate) async fn dump(handle: &rtnetlink::Handle, ifindex: u32) -> Result<Vec<TcMessage>, TcError> {
-    let all = collect(handle.qdisc().get().execute(), "dump qdiscs", ifindex).await?;
-    Ok(all.into_iter().filter(|m| m.header.index as u32 == ifindex).collect())
+    // A dump that races a concurrent qdisc change can be refused with EBUSY
+    // (seen in the randomized kill/partition trials): a snapshot must not
+    // fail a fault for that, so retry a few times before giving up.
+    let mut attempt = 0u64;
+    loop {
+        match handle.qdisc().get().execute().try_collect::<Vec<_>>().await {
+            Ok(all) => return Ok(all.into_iter().filter(|m| m.header.index as u32 == ifindex).collect()),
+            Err(rtnetlink::Error::NetlinkError(ref m))
+                if m.code.map(|c| -c.get()) == Some(libc::EBUSY) && attempt < 4 =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+            }
+            Err(e) => return Err(map_err("dump qdiscs", ifindex, e)),
+        }
+    }
 }
 
 /// The root qdisc of `ifindex` (kind, handle, parent), for comparisons.

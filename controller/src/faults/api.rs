@@ -34,6 +34,7 @@ impl From<FaultError> for Error {
         match e {
             FaultError::Invalid(d) => Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_fault", d),
             FaultError::BlastRadius(d) => Error::new(StatusCode::CONFLICT, "blast_radius", d),
+            FaultError::Conflict(d) => Error::new(StatusCode::CONFLICT, "conflict", d),
             FaultError::NotFound(d) => Error::new(StatusCode::NOT_FOUND, "not_found", d),
             FaultError::Store(s) => s.into(),
         }

@@ -36,6 +36,9 @@ pub enum FaultError {
     /// Refused by the blast-radius rule (409).
     #[error("{0}")]
     BlastRadius(String),
+    /// An agent already has a running fault on the same target (409).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
@@ -83,7 +86,45 @@ impl Fault {
         self.ended_ms.is_none() && now < self.expires_ms
     }
 
+    /// What the fault acts on, for overlap checks: two faults with the same
+    /// key on one agent would fight over the same qdisc, table or route.
+    fn key(spec: &FaultSpec) -> String {
+        match spec {
+            FaultSpec::Netem {
+                interface, direction, ..
+            } => format!("netem {interface} {direction:?}"),
+            other => format!("{} {}", other.kind(), other.target()),
+        }
+    }
+
+    /// The agent state as it can be told now. Once the fault has ended and
+    /// a whole lease has passed, an agent that never confirmed has reverted
+    /// anyway (the lease runs on the agent's own clock; a restart reverts
+    /// from the journal), so `active` and `pending` are settled as
+    /// `reverted` with a reason saying it was not confirmed.
+    fn settled(&self, s: &AgentStatus, now: i64, lease_ms: i64) -> (FaultState, Option<String>) {
+        let end = self.ended_ms.unwrap_or(self.expires_ms).min(self.expires_ms);
+        if self.dry_run || now < end.saturating_add(lease_ms) {
+            return (s.state, s.reason.clone());
+        }
+        match s.state {
+            FaultState::Active => (
+                FaultState::Reverted,
+                Some("lease expired: reverted by the agent's own lease timer (not confirmed by the agent)".into()),
+            ),
+            FaultState::Pending => (
+                FaultState::Reverted,
+                Some("ended before the agent picked it up: never applied".into()),
+            ),
+            st => (st, s.reason.clone()),
+        }
+    }
+
     fn info(&self) -> FaultInfo {
+        self.info_at(i64::MIN, 0)
+    }
+
+    fn info_at(&self, now: i64, lease_ms: i64) -> FaultInfo {
         FaultInfo {
             id: self.id.clone(),
             spec: self.spec.clone(),
@@ -106,12 +147,15 @@ impl Fault {
             agents: self
                 .agents
                 .iter()
-                .map(|(a, s)| AgentFaultStatus {
-                    agent: a.clone(),
-                    state: s.state,
-                    reason: s.reason.clone(),
-                    operations: s.operations.clone(),
-                    updated_at: ms_to_rfc3339(s.updated_ms),
+                .map(|(a, s)| {
+                    let (state, reason) = self.settled(s, now, lease_ms);
+                    AgentFaultStatus {
+                        agent: a.clone(),
+                        state,
+                        reason,
+                        operations: s.operations.clone(),
+                        updated_at: ms_to_rfc3339(s.updated_ms),
+                    }
                 })
                 .collect(),
         }
@@ -403,6 +447,28 @@ impl FaultService {
             resolve_targets(&req, agents, &inv, &self.cfg)?
         };
         let now = now_ms();
+        if !req.dry_run {
+            let key = Fault::key(&req.spec);
+            let inner = lock(&self.inner);
+            if let Some((f, host)) = inner
+                .faults
+                .values()
+                .filter(|f| !f.dry_run && f.wanted(now))
+                .find_map(|f| {
+                    (Fault::key(&f.spec) == key)
+                        .then(|| targets.iter().find(|t| f.agents.contains_key(*t)).map(|h| (f, h)))
+                        .flatten()
+                })
+            {
+                return Err(FaultError::Conflict(format!(
+                    "agent {host:?} already has fault {} on {} (until {}); revert it first (DELETE /api/v1/faults/{})",
+                    f.id,
+                    f.spec.target(),
+                    ms_to_rfc3339(f.expires_ms),
+                    f.id
+                )));
+            }
+        }
         let duration_ms = if req.dry_run {
             // A dry run is wanted until every agent answered (or this passes).
             i64::try_from(self.cfg.dry_run_wait.max(Duration::from_secs(10)).as_millis() * 6).unwrap_or(60_000)
@@ -470,11 +536,16 @@ impl FaultService {
         Ok(info)
     }
 
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.cfg.lease.as_millis()).unwrap_or(i64::MAX)
+    }
+
     pub fn get(&self, id: &str) -> Result<FaultInfo, FaultError> {
+        let (now, lease) = (now_ms(), self.lease_ms());
         lock(&self.inner)
             .faults
             .get(id)
-            .map(Fault::info)
+            .map(|f| f.info_at(now, lease))
             .ok_or_else(|| FaultError::NotFound(format!("no fault {id:?}")))
     }
 
@@ -483,7 +554,8 @@ impl FaultService {
         let inner = lock(&self.inner);
         let mut v: Vec<&Fault> = inner.faults.values().collect();
         v.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
-        v.into_iter().map(Fault::info).collect()
+        let (now, lease) = (now_ms(), self.lease_ms());
+        v.into_iter().map(|f| f.info_at(now, lease)).collect()
     }
 
     /// Whether every agent of a dry run has answered.
