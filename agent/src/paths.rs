@@ -245,7 +245,7 @@ impl Mesh {
         if hdr.report.epoch == epoch && hdr.report.hops != HOPS_UNKNOWN {
             peer.fwd_hops = Some(hdr.report.hops);
         }
-        peer.out.on_report(epoch, hdr.report, now);
+        peer.out.on_report(epoch, hdr.epoch, hdr.report, now);
         if hdr.flags & FLAG_TRACE_REQUEST != 0 {
             peer.trace_requested = true;
         }

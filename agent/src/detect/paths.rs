@@ -229,6 +229,10 @@ pub struct OutTracker {
     sent: VecDeque<Sent>,
     /// Arrival of the peer's last datagram and its report.
     last: Option<(Duration, RxReport)>,
+    /// The peer's run (its epoch) and when its first datagram arrived.
+    /// Probes sent before that may have met a peer that was not listening
+    /// yet (agent starting or restarting): unknown, never lost.
+    peer_run: Option<(u32, Duration)>,
 }
 
 const MAX_PENDING: usize = 8192;
@@ -246,8 +250,12 @@ impl OutTracker {
         });
     }
 
-    /// A datagram from the peer arrived at `at` with `report` about my probes.
-    pub fn on_report(&mut self, my_epoch: u32, report: RxReport, at: Duration) {
+    /// A datagram of the peer's run `peer_epoch` arrived at `at` with
+    /// `report` about my probes.
+    pub fn on_report(&mut self, my_epoch: u32, peer_epoch: u32, report: RxReport, at: Duration) {
+        if self.peer_run.is_none_or(|(e, _)| e != peer_epoch) {
+            self.peer_run = Some((peer_epoch, at));
+        }
         if report.epoch == my_epoch {
             for s in self.sent.iter_mut().filter(|s| !s.delivered) {
                 if report_covers(&report, s.seq) == Some(true) {
@@ -280,10 +288,17 @@ impl OutTracker {
             } else if age < grace {
                 break;
             } else {
+                let heard_since = self.peer_run.map(|(_, t)| t);
                 let verdict = match self.last {
+                    // The peer started tracking us after this probe.
                     Some((_, r)) if r.epoch == my_epoch && s.seq < r.base => Some(false),
-                    Some((t, _)) if t >= s.at + grace => Some(true),
+                    // The peer tracked later probes of ours, not this one.
                     Some((_, r)) if r.epoch == my_epoch && r.max_seq > s.seq => Some(true),
+                    // Sent before this run of the peer was first heard
+                    // from: it may not have been listening yet.
+                    _ if heard_since.is_some_and(|h| s.at < h) => Some(false),
+                    // The peer keeps talking and has not heard it.
+                    Some((t, _)) if t >= s.at + grace => Some(true),
                     _ => None,
                 };
                 match verdict {
@@ -1202,6 +1217,7 @@ mod tests {
         // Peer got 1, 2, 4, 5 (not 3); its report arrives at 600 ms.
         o.on_report(
             7,
+            3,
             RxReport {
                 epoch: 7,
                 base: 1,
@@ -1228,6 +1244,7 @@ mod tests {
         }
         o.on_report(
             7,
+            3,
             RxReport {
                 epoch: 7,
                 base: 1,
@@ -1249,6 +1266,7 @@ mod tests {
         }
         o.on_report(
             7,
+            3,
             RxReport {
                 epoch: 7,
                 base: 8,
@@ -1266,6 +1284,66 @@ mod tests {
                 unknown: 7
             }
         );
+    }
+
+    #[test]
+    fn probes_sent_before_the_peer_was_heard_from_are_unknown_not_lost() {
+        let ms = Duration::from_millis;
+        let (grace, unknown) = (ms(500), s(3));
+        let mut o = OutTracker::default();
+        // The peer's agent is not up yet: 1..=10 go nowhere.
+        for seq in 1..=10 {
+            o.on_sent(seq, seq, ms(seq * 100));
+        }
+        // It starts: its first datagram has heard nothing of ours yet
+        // (an unstarted report), then it tracks us from probe 11 on.
+        o.on_report(7, 5, RxReport::default(), ms(1050));
+        for seq in 11..=13 {
+            o.on_sent(seq, seq, ms(seq * 100));
+        }
+        o.on_report(
+            7,
+            5,
+            RxReport {
+                epoch: 7,
+                base: 11,
+                max_seq: 13,
+                bitmap: 0b111,
+                hops: 1,
+            },
+            ms(1400),
+        );
+        assert_eq!(
+            o.take(7, ms(2000), grace, unknown),
+            OutOutcome {
+                delivered: 3,
+                lost: 0,
+                unknown: 10
+            }
+        );
+        // The peer keeps talking without hearing us: a one-way blackout, lost.
+        for seq in 14..=16 {
+            o.on_sent(seq, seq, ms(seq * 100 + 1000));
+        }
+        o.on_report(
+            7,
+            5,
+            RxReport {
+                epoch: 7,
+                base: 11,
+                max_seq: 13,
+                bitmap: 0b111,
+                hops: 1,
+            },
+            ms(3500),
+        );
+        assert_eq!(o.take(7, ms(3500), grace, unknown).lost, 3);
+        // The peer restarts (new run): what we sent while it was down is unknown.
+        for seq in 17..=18 {
+            o.on_sent(seq, seq, ms(seq * 100 + 2000));
+        }
+        o.on_report(7, 6, RxReport::default(), ms(4500));
+        assert_eq!(o.take(7, ms(4500), grace, unknown).unknown, 2);
     }
 
     #[test]
