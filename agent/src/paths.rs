@@ -955,7 +955,7 @@ impl PathsSignal {
     /// Pushes the report to the controller and takes its peer list, every
     /// report interval, until `stop` disconnects.
     fn controller_sync(&self, section: &crate::config::ControllerSection, stop: std::sync::mpsc::Receiver<()>) {
-        let client = match client_for(section) {
+        let client = match section.client(crate::reporter::request_timeout(section)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "path mesh: no controller client; static peers only");
@@ -989,29 +989,6 @@ impl PathsSignal {
             }
         }
     }
-}
-
-/// A controller client for the `[controller]` section (token and CA as the reporter resolves them).
-fn client_for(
-    section: &crate::config::ControllerSection,
-) -> Result<graydar_common::client::Client, crate::config::ConfigError> {
-    use crate::config::ConfigError;
-    let token = section.resolve_token(std::env::var("GRAYDAR_CONTROLLER_TOKEN").ok())?;
-    let ca_cert_pem = match &section.ca_cert {
-        Some(p) => {
-            Some(std::fs::read(p).map_err(|e| ConfigError::Controller(format!("ca_cert {}: {e}", p.display())))?)
-        }
-        None => None,
-    };
-    graydar_common::client::Client::new(graydar_common::client::ClientConfig {
-        url: section.url.clone(),
-        token,
-        ca_cert_pem,
-        timeout: Duration::from_secs(10)
-            .min(section.report_interval * 4)
-            .max(Duration::from_secs(2)),
-    })
-    .map_err(|e| ConfigError::Controller(e.to_string()))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use graydar_common::api::{Capabilities, FindingState, HeartbeatRequest, RegisterRequest, TransitionBatch};
-use graydar_common::client::{Client, ClientConfig, ClientError};
+use graydar_common::client::{Client, ClientError};
 
 use crate::config::{Config, ConfigError, ControllerSection};
 use crate::findings::FindingStore;
@@ -27,6 +27,13 @@ pub const MAX_BATCH: usize = 500;
 /// Longest wait between retries.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-request timeout of the reporter's (and the path mesh's) requests.
+pub fn request_timeout(section: &ControllerSection) -> Duration {
+    REQUEST_TIMEOUT
+        .min(section.report_interval * 4)
+        .max(Duration::from_secs(2))
+}
 /// How often the buffer gauges are refreshed while waiting.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
@@ -194,28 +201,7 @@ impl Reporter {
         findings: Arc<Mutex<FindingStore>>,
         ebpf: bool,
     ) -> Result<Reporter, ConfigError> {
-        let token = section.resolve_token_from(&|k| std::env::var(k).ok())?;
-        if token.is_none() {
-            tracing::warn!(
-                "controller: no token configured (token, token_file, GRAYDAR_CONTROLLER_TOKEN or the systemd \
-                 credential controller-token)"
-            );
-        }
-        let ca_cert_pem = match &section.ca_cert {
-            Some(p) => {
-                Some(std::fs::read(p).map_err(|e| ConfigError::Controller(format!("ca_cert {}: {e}", p.display())))?)
-            }
-            None => None,
-        };
-        let client = Client::new(ClientConfig {
-            url: section.url.clone(),
-            token,
-            ca_cert_pem,
-            timeout: REQUEST_TIMEOUT
-                .min(section.report_interval * 4)
-                .max(Duration::from_secs(2)),
-        })
-        .map_err(|e| ConfigError::Controller(e.to_string()))?;
+        let client = section.client(request_timeout(section))?;
         // Series that exist from the start, so 0 is visible.
         for reason in ["buffer_full", "rejected"] {
             metrics.reporter.transitions_dropped.with_label_values(&[reason]);

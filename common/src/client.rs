@@ -189,37 +189,28 @@ impl Client {
     /// `GET path` (path starts with `/`), decoded as `T`.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.get(&url);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
+        let req = self.authed(self.http.get(&url));
         let res = req.call();
         self.finish(&url, res)
     }
 
+    /// `req` with the bearer token, when there is one.
+    fn authed<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
     /// `POST path` with a JSON body, decoded as `T`.
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let text = serde_json::to_string(body).map_err(|e| ClientError::Decode {
-            url: url.clone(),
-            status: 0,
-            message: format!("encoding the request: {e}"),
-        })?;
-        let mut req = self.http.post(&url).content_type("application/json");
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        let res = req.send(text);
-        self.finish(&url, res)
+        self.post_with_status(path, body).map(|(_, v)| v)
     }
 
     /// `DELETE path`, decoded as `T`.
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.delete(&url);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
+        let req = self.authed(self.http.delete(&url));
         let res = req.call();
         self.finish(&url, res)
     }
@@ -237,10 +228,7 @@ impl Client {
             status: 0,
             message: format!("encoding the request: {e}"),
         })?;
-        let mut req = self.http.post(&url).content_type("application/json");
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
+        let req = self.authed(self.http.post(&url).content_type("application/json"));
         let res = req.send(text);
         let status = res.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
         self.finish(&url, res).map(|v| (status, v))

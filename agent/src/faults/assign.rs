@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use graydar_common::client::{Client, ClientConfig};
+use graydar_common::client::Client;
 use graydar_common::fault_api::{DesiredFault, DesiredFaults, FaultStatusReport, FaultStatusUpdate};
 use graydar_common::faults::FaultState;
 use tokio::sync::{Mutex, watch};
@@ -152,20 +152,7 @@ impl Assigner {
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
     ) -> Result<Assigner, ConfigError> {
-        let token = section.resolve_token(std::env::var("GRAYDAR_CONTROLLER_TOKEN").ok())?;
-        let ca_cert_pem = match &section.ca_cert {
-            Some(p) => {
-                Some(std::fs::read(p).map_err(|e| ConfigError::Controller(format!("ca_cert {}: {e}", p.display())))?)
-            }
-            None => None,
-        };
-        let client = Client::new(ClientConfig {
-            url: section.url.clone(),
-            token,
-            ca_cert_pem,
-            timeout: POLL_WAIT + POLL_SLACK,
-        })
-        .map_err(|e| ConfigError::Controller(e.to_string()))?;
+        let client = section.client(POLL_WAIT + POLL_SLACK)?;
         for k in KINDS {
             metrics.faults_active.with_label_values(&[k]).set(0);
         }
