@@ -79,6 +79,7 @@ fn main() -> Result<()> {
             run(&ws, &args)
         }
         Cmd::Test { tier } => {
+            check_disk(&ws, TEST_DISK_GIB)?;
             setup(false)?;
             test(&ws, &tier)
         }
@@ -227,6 +228,43 @@ fn setup(verbose: bool) -> Result<()> {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// What a clean run of all three tiers writes (target dir incl. the VM image
+/// cache, plus the apt cache), measured from a fresh clone, with headroom.
+const TEST_DISK_GIB: u64 = 12;
+
+/// Fails before anything is built when the target directory's file system has
+/// less free space than a run needs: running out half-way fails with
+/// compiler or apt write errors that do not say what is wrong.
+fn check_disk(ws: &Path, need_gib: u64) -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| ws.join("target"), PathBuf::from);
+    let probe = if target.exists() { target.clone() } else { ws.to_path_buf() };
+    let free = free_bytes(&probe).with_context(|| format!("statvfs {}", probe.display()))?;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if free < need_gib << 30 {
+        bail!(
+            "only {:.1} GiB free on the file system of {} (needs about {need_gib} GiB for the build, \
+             the VM image and the test tiers): free disk space (old checkouts' target/ directories, \
+             `cargo clean`) or point CARGO_TARGET_DIR at a larger file system, then rerun",
+            gib(free),
+            probe.display()
+        );
+    }
+    println!("disk: {:.1} GiB free on the file system of {}", gib(free), probe.display());
+    Ok(())
+}
+
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn cargo() -> Command {
