@@ -18,8 +18,21 @@ impl Client {
         self.post_with_status("/api/v1/faults", req)
     }
 
-    pub fn faults(&self) -> Result<FaultList, ClientError> {
-        self.get("/api/v1/faults")
+    /// `GET /api/v1/faults`: newest first, optionally only one `status`
+    /// (`running`, `dry_run`, `ended`), at most `limit` (server default 500).
+    pub fn faults(&self, status: Option<&str>, limit: Option<u32>) -> Result<FaultList, ClientError> {
+        let mut query = Vec::new();
+        if let Some(s) = status {
+            query.push(format!("status={}", encode_segment(s)));
+        }
+        if let Some(l) = limit {
+            query.push(format!("limit={l}"));
+        }
+        if query.is_empty() {
+            self.get("/api/v1/faults")
+        } else {
+            self.get(&format!("/api/v1/faults?{}", query.join("&")))
+        }
     }
 
     pub fn fault(&self, id: &str) -> Result<FaultInfo, ClientError> {

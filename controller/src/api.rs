@@ -274,12 +274,17 @@ async fn metrics(State(app): State<Shared>) -> Response {
             .with_label_values(&[state])
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
-    let (faults, assignments) = app.faults.counts();
-    for (state, n) in faults {
-        app.metrics.faults.with_label_values(&[state]).set(n);
-    }
-    for (state, n) in assignments {
-        app.metrics.fault_assignments.with_label_values(&[state]).set(n);
+    match app.faults.counts().await {
+        Ok((faults, assignments)) => {
+            for (state, n) in faults {
+                app.metrics.faults.with_label_values(&[state]).set(n);
+            }
+            for (state, n) in assignments {
+                app.metrics.fault_assignments.with_label_values(&[state]).set(n);
+            }
+        }
+        // The previous values stay; the scrape itself must not fail.
+        Err(e) => tracing::warn!(error = %e, "counting faults for /metrics"),
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

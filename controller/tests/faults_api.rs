@@ -583,3 +583,142 @@ async fn states_nobody_confirmed_settle_once_a_lease_has_passed_after_the_end() 
         .typed();
     assert_eq!(state_of(&fin, "a1"), (FaultState::Reverted, String::new()));
 }
+
+#[tokio::test]
+async fn settled_faults_leave_memory_and_stay_in_the_history() {
+    let a = api_with(FaultConfig {
+        lease: Duration::from_millis(600),
+        max_target_share: 1.0,
+        ..FaultConfig::default()
+    })
+    .await;
+    a.register("a1", "r1", None).await;
+    a.register("a2", "r1", None).await;
+    let mut ids = Vec::new();
+    for iface in ["eth0", "eth1", "eth2"] {
+        let f: FaultInfo = a
+            .create(json!({"targets": {"agents": ["a1"]}, "spec": netem(iface), "duration_seconds": 600}))
+            .await
+            .typed();
+        ids.push(f.id);
+        tokio::time::sleep(Duration::from_millis(5)).await; // distinct created_ms
+    }
+    a.report("a1", &ids[0], FaultState::Active, None, &[]).await;
+    for id in &ids[..2] {
+        let d = a.req("DELETE", &format!("/api/v1/faults/{id}"), OPERATOR, None).await;
+        assert_eq!(d.status, StatusCode::OK, "{}", d.text);
+    }
+    let faults = &a._state.faults;
+    faults.expire().await.expect("expire");
+    assert_eq!(faults.live_faults(), 3, "ended less than a lease ago: still live");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    faults.expire().await.expect("expire");
+    assert_eq!(
+        faults.live_faults(),
+        1,
+        "a lease after the end the two deleted faults leave memory"
+    );
+
+    // The history is still there, newest first, from the database.
+    let list = |q: &'static str| {
+        let a = &a;
+        async move {
+            let l: FaultList = a.req("GET", &format!("/api/v1/faults{q}"), VIEWER, None).await.typed();
+            l.faults.iter().map(|f| f.id.clone()).collect::<Vec<_>>()
+        }
+    };
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(list("").await, newest_first);
+    assert_eq!(list("?status=running").await, [ids[2].clone()]);
+    assert_eq!(list("?status=ended").await, [ids[1].clone(), ids[0].clone()]);
+    assert_eq!(list("?limit=1").await, [ids[2].clone()]);
+    assert_eq!(list("?status=ended&limit=1").await, [ids[1].clone()]);
+    let e = a.req("GET", "/api/v1/faults?limit=0", VIEWER, None).await;
+    assert!(
+        e.error(StatusCode::BAD_REQUEST)
+            .contains("limit must be 1..=10000, got 0"),
+        "{}",
+        e.text
+    );
+    let e = a.req("GET", "/api/v1/faults?status=gone", VIEWER, None).await;
+    assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.text);
+    assert!(e.text.contains("gone"), "{}", e.text);
+
+    // One out of memory: read back with its settled state.
+    let old: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", ids[0]), VIEWER, None)
+        .await
+        .typed();
+    assert_eq!(old.status, "ended");
+    assert_eq!(old.end_reason.as_deref(), Some("deleted"));
+    let a1 = old.agents.iter().find(|s| s.agent == "a1").expect("a1");
+    assert_eq!(a1.state, FaultState::Reverted);
+    assert!(
+        a1.reason.as_deref().unwrap_or_default().contains("not confirmed"),
+        "{a1:?}"
+    );
+    // Deleting it again changes nothing (idempotent, also out of memory).
+    let d: FaultInfo = a
+        .req("DELETE", &format!("/api/v1/faults/{}", ids[0]), OPERATOR, None)
+        .await
+        .typed();
+    assert_eq!((d.status.as_str(), d.ended_at.clone()), ("ended", old.ended_at.clone()));
+    let e = a.req("DELETE", "/api/v1/faults/flt-000000000000", OPERATOR, None).await;
+    assert_eq!(e.status, StatusCode::NOT_FOUND, "{}", e.text);
+    // A late confirmation still lands in the history; another agent's does not.
+    a.report("a1", &ids[0], FaultState::Reverted, None, &[]).await;
+    let old: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", ids[0]), VIEWER, None)
+        .await
+        .typed();
+    let a1 = old.agents.iter().find(|s| s.agent == "a1").expect("a1");
+    assert_eq!((a1.state, a1.reason.as_deref()), (FaultState::Reverted, None));
+    let stray = FaultStatusReport {
+        statuses: vec![FaultStatusUpdate {
+            id: ids[0].clone(),
+            state: FaultState::Reverted,
+            reason: None,
+            operations: vec![],
+        }],
+    };
+    let r = a
+        .req(
+            "POST",
+            "/api/v1/agents/a2/faults/status",
+            AGENT,
+            Some(serde_json::to_string(&stray).expect("encode")),
+        )
+        .await;
+    assert_eq!(
+        (r.json()["accepted"].as_u64(), r.json()["ignored"].as_u64()),
+        (Some(0), Some(1)),
+        "{}",
+        r.text
+    );
+    let e = a.req("GET", "/api/v1/faults/flt-000000000000", VIEWER, None).await;
+    assert_eq!(e.status, StatusCode::NOT_FOUND, "{}", e.text);
+
+    // A restarted controller loads only the live fault, and lists them all.
+    let cfg = FaultConfig {
+        lease: Duration::from_millis(600),
+        max_target_share: 1.0,
+        ..FaultConfig::default()
+    };
+    let reopened = FaultService::open(&a._state.store, cfg).await.expect("reopen");
+    assert_eq!(reopened.live_faults(), 1);
+    let all = reopened.list(None, 10).await.expect("list");
+    assert_eq!(all.iter().map(|f| f.id.clone()).collect::<Vec<_>>(), newest_first);
+
+    // Metrics count the whole history.
+    let m = a.req("GET", "/metrics", VIEWER, None).await;
+    assert!(
+        m.text.contains("graydar_controller_faults{state=\"ended\"} 2"),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.text.contains("graydar_controller_faults{state=\"running\"} 1"),
+        "{}",
+        m.text
+    );
+}

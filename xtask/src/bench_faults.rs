@@ -89,7 +89,7 @@ pub fn run(ws: &Path) -> Result<()> {
     let _ctl = Controller(child);
     let op = Client::new(ClientConfig::new(&url, Some(op_tok.clone())))?;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while op.faults().is_err() {
+    while op.faults(None, Some(1)).is_err() {
         if Instant::now() > deadline {
             bail!("controller not answering at {url}");
         }
@@ -114,7 +114,7 @@ pub fn run(ws: &Path) -> Result<()> {
     let mut base = Vec::with_capacity(BASELINE_GETS);
     for _ in 0..BASELINE_GETS {
         let t = Instant::now();
-        op.faults()?;
+        op.faults(None, Some(1))?;
         base.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let base_ms = median(base);

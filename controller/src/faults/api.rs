@@ -21,7 +21,8 @@ use serde::Deserialize;
 use utoipa::OpenApi;
 
 use super::FaultError;
-use crate::api::{AppState, Body, Error, Params, PathParam, require};
+use super::service::ListStatus;
+use crate::api::{AppState, Body, DEFAULT_LIMIT, Error, MAX_LIMIT, Params, PathParam, require};
 use crate::auth::Permission;
 
 type Shared = Arc<AppState>;
@@ -104,7 +105,7 @@ async fn create_fault(
             break;
         }
     }
-    let info = app.faults.get(&info.id)?;
+    let info = app.faults.get(&info.id).await?;
     let status = if app.faults.dry_run_done(&info.id) {
         StatusCode::OK
     } else {
@@ -113,13 +114,40 @@ async fn create_fault(
     Ok((status, axum::Json(info)).into_response())
 }
 
-/// Every fault, newest first, with per-agent states.
+/// Query of `GET /api/v1/faults`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only faults with this status: `running`, `dry_run` or `ended`.
+    pub status: Option<ListStatus>,
+    /// At most this many, newest first (default 500, max 10000).
+    pub limit: Option<u32>,
+}
+
+/// Faults newest first (the whole history, from the database), with
+/// per-agent states.
 #[utoipa::path(get, path = "/api/v1/faults", tag = "faults", security(("bearer" = [])),
-    responses((status = 200, body = FaultList), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn list_faults(axum::extract::State(app): axum::extract::State<Shared>) -> axum::Json<FaultList> {
-    axum::Json(FaultList {
-        faults: app.faults.list(),
-    })
+    params(ListQuery),
+    responses((status = 200, body = FaultList), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn list_faults(
+    axum::extract::State(app): axum::extract::State<Shared>,
+    Params(q): Params<ListQuery>,
+) -> Result<axum::Json<FaultList>, Error> {
+    let limit = match q.limit {
+        None => DEFAULT_LIMIT,
+        Some(l) if (1..=MAX_LIMIT).contains(&l) => l,
+        Some(l) => {
+            return Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("limit must be 1..={MAX_LIMIT}, got {l}"),
+            ));
+        }
+    };
+    Ok(axum::Json(FaultList {
+        faults: app.faults.list(q.status, limit).await?,
+    }))
 }
 
 /// One fault with per-agent state (pending, active, reverted, failed with
@@ -131,7 +159,7 @@ async fn get_fault(
     axum::extract::State(app): axum::extract::State<Shared>,
     PathParam(id): PathParam<String>,
 ) -> Result<axum::Json<FaultInfo>, Error> {
-    Ok(axum::Json(app.faults.get(&id)?))
+    Ok(axum::Json(app.faults.get(&id).await?))
 }
 
 /// Reverts a fault now (operator): its agents are woken and revert it.
@@ -244,7 +272,8 @@ async fn fault_status(
         NetemSpec,
         Loss,
         DmFaultSpec,
-        FlakeyMode
+        FlakeyMode,
+        ListStatus
     ))
 )]
 pub struct FaultsDoc;

@@ -17,8 +17,15 @@ pub enum FaultCmd {
     /// (--spec-file) or as netem flags (--interface with --netem-delay/--loss/...),
     /// or --blackhole PREFIX.
     Apply(Box<ApplyArgs>),
-    /// Every fault, newest first.
-    List,
+    /// Faults newest first (the whole history).
+    List {
+        /// Only faults with this status.
+        #[arg(long, value_parser = ["running", "dry_run", "ended"])]
+        status: Option<String>,
+        /// At most this many (default 500, max 10000).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
     /// One fault with per-agent state (and dry-run operations).
     Get { id: String },
     /// Revert one fault now.
@@ -315,8 +322,8 @@ pub fn run(client: &Client, output: Output, cmd: &FaultCmd) -> Result<String, St
             }
             out
         }
-        FaultCmd::List => {
-            let l = client.faults().map_err(api_message)?;
+        FaultCmd::List { status, limit } => {
+            let l = client.faults(status.as_deref(), *limit).map_err(api_message)?;
             match output {
                 Output::Json => json(&l),
                 Output::Table => faults_table(&l.faults),

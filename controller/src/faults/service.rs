@@ -1,5 +1,5 @@
-//! The controller's fault bookkeeping: faults and per-agent states in memory
-//! (written through to SQLite), target resolution and validation, the
+//! The controller's fault bookkeeping: live faults and per-agent states in
+//! memory (written through to SQLite), target resolution and validation, the
 //! blast-radius rule, per-agent change notification for the long-poll, and
 //! the revert-all epoch.
 //!
@@ -10,6 +10,11 @@
 //! that agent is created, deleted, expires, or on revert-all. The agent
 //! applies what is new, reverts what is no longer listed, renews the leases of
 //! the rest and posts each fault's state back.
+//!
+//! Memory holds only live faults: a fault leaves it once it has ended and a
+//! whole lease has passed (its states are settled, see [`Fault::settled`]).
+//! History (`get`, `list`) is read from SQLite, so a controller that ran game
+//! days for years holds no more than what is running.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -20,8 +25,9 @@ use graydar_common::fault_api::{
     AgentFaultStatus, CreateFaultRequest, DesiredFault, DesiredFaults, FaultInfo, FaultStatusUpdate, RevertAllResponse,
 };
 use graydar_common::faults::{FaultSpec, FaultState};
+use sqlx::QueryBuilder;
 use sqlx::Row as _;
-use sqlx::sqlite::SqlitePool;
+use sqlx::sqlite::{Sqlite, SqlitePool};
 use tokio::sync::watch;
 
 use super::FaultConfig;
@@ -86,6 +92,18 @@ impl Fault {
         self.ended_ms.is_none() && now < self.expires_ms
     }
 
+    /// When the fault stopped being wanted (ended or expired, whichever first).
+    fn end_ms(&self) -> i64 {
+        self.ended_ms.unwrap_or(self.expires_ms).min(self.expires_ms)
+    }
+
+    /// Whether the fault can leave memory at `now`: ended (and the end
+    /// persisted: `ended_ms` is written before this is asked) and a whole
+    /// lease past its end, so every agent has reverted it by its own timer.
+    fn settled_at(&self, now: i64, lease_ms: i64) -> bool {
+        self.ended_ms.is_some() && now >= self.end_ms().saturating_add(lease_ms)
+    }
+
     /// What the fault acts on, for overlap checks: two faults with the same
     /// key on one agent would fight over the same qdisc, table or route.
     fn key(spec: &FaultSpec) -> String {
@@ -103,8 +121,7 @@ impl Fault {
     /// from the journal), so `active` and `pending` are settled as
     /// `reverted` with a reason saying it was not confirmed.
     fn settled(&self, s: &AgentStatus, now: i64, lease_ms: i64) -> (FaultState, Option<String>) {
-        let end = self.ended_ms.unwrap_or(self.expires_ms).min(self.expires_ms);
-        if self.dry_run || now < end.saturating_add(lease_ms) {
+        if self.dry_run || now < self.end_ms().saturating_add(lease_ms) {
             return (s.state, s.reason.clone());
         }
         match s.state {
@@ -170,6 +187,7 @@ struct Inner {
 pub struct FaultService {
     cfg: FaultConfig,
     write: SqlitePool,
+    read: SqlitePool,
     inner: Mutex<Inner>,
     /// Per agent: bumped whenever its desired set changes.
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
@@ -195,6 +213,76 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> FaultError {
 
 fn state_from_str(s: &str) -> Result<FaultState, FaultError> {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| corrupt("fault state", e))
+}
+
+/// `status` filter of the fault list (`GET /api/v1/faults?status=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListStatus {
+    Running,
+    DryRun,
+    Ended,
+}
+
+/// The faults whose row satisfies the condition `cond` writes after
+/// `WHERE` (it may end with `ORDER BY` and `LIMIT`), in that order, each
+/// with its per-agent rows. `cond` is written twice: once for the faults,
+/// once for their agents, both in one read transaction (one snapshot).
+async fn load_faults(read: &SqlitePool, cond: impl Fn(&mut QueryBuilder<Sqlite>)) -> Result<Vec<Fault>, FaultError> {
+    let mut q = QueryBuilder::new(
+        "SELECT id, spec, selector, dry_run, forced, duration_seconds, created_ms, expires_ms, ended_ms, end_reason \
+         FROM faults WHERE ",
+    );
+    cond(&mut q);
+    let mut tx = read.begin().await?;
+    let mut faults = Vec::new();
+    let mut index = HashMap::new();
+    for r in q.build().fetch_all(&mut *tx).await? {
+        let id: String = r.try_get("id")?;
+        let spec: FaultSpec =
+            serde_json::from_str(&r.try_get::<String, _>("spec")?).map_err(|e| corrupt("fault spec", e))?;
+        let selector =
+            serde_json::from_str(&r.try_get::<String, _>("selector")?).map_err(|e| corrupt("fault selector", e))?;
+        index.insert(id.clone(), faults.len());
+        faults.push(Fault {
+            id,
+            spec,
+            selector,
+            dry_run: r.try_get::<i64, _>("dry_run")? != 0,
+            forced: r.try_get::<i64, _>("forced")? != 0,
+            duration_seconds: r.try_get("duration_seconds")?,
+            created_ms: r.try_get("created_ms")?,
+            expires_ms: r.try_get("expires_ms")?,
+            ended_ms: r.try_get("ended_ms")?,
+            end_reason: r.try_get("end_reason")?,
+            agents: BTreeMap::new(),
+        });
+    }
+    if faults.is_empty() {
+        return Ok(faults);
+    }
+    let mut q = QueryBuilder::new(
+        "SELECT fault_id, agent, state, reason, operations, updated_ms FROM fault_agents \
+         WHERE fault_id IN (SELECT id FROM faults WHERE ",
+    );
+    cond(&mut q);
+    q.push(")");
+    for r in q.build().fetch_all(&mut *tx).await? {
+        let fid: String = r.try_get("fault_id")?;
+        if let Some(f) = index.get(&fid).and_then(|&i| faults.get_mut(i)) {
+            f.agents.insert(
+                r.try_get("agent")?,
+                AgentStatus {
+                    state: state_from_str(&r.try_get::<String, _>("state")?)?,
+                    reason: r.try_get("reason")?,
+                    operations: serde_json::from_str(&r.try_get::<String, _>("operations")?)
+                        .map_err(|e| corrupt("fault operations", e))?,
+                    updated_ms: r.try_get("updated_ms")?,
+                },
+            );
+        }
+    }
+    Ok(faults)
 }
 
 /// "a, b, c" (at most `max` names, then "and N more").
@@ -325,53 +413,20 @@ impl FaultService {
     /// Loads the faults stored in `store`'s database (the migrations already ran).
     pub async fn open(store: &Store, cfg: FaultConfig) -> Result<FaultService, FaultError> {
         let (write, read) = store.pools();
-        let mut faults = BTreeMap::new();
-        for r in sqlx::query(
-            "SELECT id, spec, selector, dry_run, forced, duration_seconds, created_ms, expires_ms, ended_ms, end_reason FROM faults",
-        )
-        .fetch_all(read)
+        let lease_ms = i64::try_from(cfg.lease.as_millis()).unwrap_or(i64::MAX);
+        // Live faults only: not ended, or ended less than a lease ago (one
+        // `now` for both of load_faults' queries).
+        let now = now_ms();
+        let faults = load_faults(read, |q| {
+            q.push("ended_ms IS NULL OR MIN(ended_ms, expires_ms) + ")
+                .push_bind(lease_ms)
+                .push(" > ")
+                .push_bind(now);
+        })
         .await?
-        {
-            let id: String = r.try_get("id")?;
-            let spec: FaultSpec =
-                serde_json::from_str(&r.try_get::<String, _>("spec")?).map_err(|e| corrupt("fault spec", e))?;
-            let selector = serde_json::from_str(&r.try_get::<String, _>("selector")?)
-                .map_err(|e| corrupt("fault selector", e))?;
-            faults.insert(
-                id.clone(),
-                Fault {
-                    id,
-                    spec,
-                    selector,
-                    dry_run: r.try_get::<i64, _>("dry_run")? != 0,
-                    forced: r.try_get::<i64, _>("forced")? != 0,
-                    duration_seconds: r.try_get("duration_seconds")?,
-                    created_ms: r.try_get("created_ms")?,
-                    expires_ms: r.try_get("expires_ms")?,
-                    ended_ms: r.try_get("ended_ms")?,
-                    end_reason: r.try_get("end_reason")?,
-                    agents: BTreeMap::new(),
-                },
-            );
-        }
-        for r in sqlx::query("SELECT fault_id, agent, state, reason, operations, updated_ms FROM fault_agents")
-            .fetch_all(read)
-            .await?
-        {
-            let fid: String = r.try_get("fault_id")?;
-            if let Some(f) = faults.get_mut(&fid) {
-                f.agents.insert(
-                    r.try_get("agent")?,
-                    AgentStatus {
-                        state: state_from_str(&r.try_get::<String, _>("state")?)?,
-                        reason: r.try_get("reason")?,
-                        operations: serde_json::from_str(&r.try_get::<String, _>("operations")?)
-                            .map_err(|e| corrupt("fault operations", e))?,
-                        updated_ms: r.try_get("updated_ms")?,
-                    },
-                );
-            }
-        }
+        .into_iter()
+        .map(|f| (f.id.clone(), f))
+        .collect();
         let epoch: Option<i64> = sqlx::query("SELECT value FROM fault_meta WHERE name = 'revert_all_epoch'")
             .fetch_optional(read)
             .await?
@@ -381,6 +436,7 @@ impl FaultService {
         Ok(FaultService {
             cfg,
             write: write.clone(),
+            read: read.clone(),
             inner: Mutex::new(Inner {
                 faults,
                 revert_all_epoch: u64::try_from(epoch.unwrap_or(0)).unwrap_or(0),
@@ -540,22 +596,44 @@ impl FaultService {
         i64::try_from(self.cfg.lease.as_millis()).unwrap_or(i64::MAX)
     }
 
-    pub fn get(&self, id: &str) -> Result<FaultInfo, FaultError> {
+    /// One fault: from memory while live, else from the database.
+    pub async fn get(&self, id: &str) -> Result<FaultInfo, FaultError> {
         let (now, lease) = (now_ms(), self.lease_ms());
-        lock(&self.inner)
-            .faults
-            .get(id)
-            .map(|f| f.info_at(now, lease))
-            .ok_or_else(|| FaultError::NotFound(format!("no fault {id:?}")))
+        if let Some(info) = lock(&self.inner).faults.get(id).map(|f| f.info_at(now, lease)) {
+            return Ok(info);
+        }
+        load_faults(&self.read, |q| {
+            q.push("id = ").push_bind(id.to_owned());
+        })
+        .await?
+        .first()
+        .map(|f| f.info_at(now, lease))
+        .ok_or_else(|| FaultError::NotFound(format!("no fault {id:?}")))
     }
 
-    /// Every fault, newest first.
-    pub fn list(&self) -> Vec<FaultInfo> {
-        let inner = lock(&self.inner);
-        let mut v: Vec<&Fault> = inner.faults.values().collect();
-        v.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
+    /// Faults newest first, at most `limit`, optionally only those whose
+    /// status is `status` (`running`, `dry_run` or `ended`). Read from the
+    /// database (the whole history); a live fault is shown as memory has it.
+    pub async fn list(&self, status: Option<ListStatus>, limit: u32) -> Result<Vec<FaultInfo>, FaultError> {
+        let mut v = load_faults(&self.read, |q| {
+            q.push(match status {
+                None => "1 = 1",
+                Some(ListStatus::Running) => "ended_ms IS NULL AND dry_run = 0",
+                Some(ListStatus::DryRun) => "ended_ms IS NULL AND dry_run <> 0",
+                Some(ListStatus::Ended) => "ended_ms IS NOT NULL",
+            })
+            .push(" ORDER BY created_ms DESC, id LIMIT ")
+            .push_bind(i64::from(limit));
+        })
+        .await?;
         let (now, lease) = (now_ms(), self.lease_ms());
-        v.into_iter().map(|f| f.info_at(now, lease)).collect()
+        let inner = lock(&self.inner);
+        for f in &mut v {
+            if let Some(live) = inner.faults.get(&f.id) {
+                f.clone_from(live);
+            }
+        }
+        Ok(v.iter().map(|f| f.info_at(now, lease)).collect())
     }
 
     /// Whether every agent of a dry run has answered.
@@ -587,18 +665,20 @@ impl FaultService {
     /// Ending an ended fault changes nothing.
     pub async fn end(&self, id: &str) -> Result<FaultInfo, FaultError> {
         let now = now_ms();
-        let (info, targets, changed) = {
+        let live = {
             let mut inner = lock(&self.inner);
-            let f = inner
-                .faults
-                .get_mut(id)
-                .ok_or_else(|| FaultError::NotFound(format!("no fault {id:?}")))?;
-            let changed = f.ended_ms.is_none();
-            if changed {
-                f.ended_ms = Some(now);
-                f.end_reason = Some(if now >= f.expires_ms { "expired" } else { "deleted" }.to_owned());
-            }
-            (f.info(), f.agents.keys().cloned().collect::<Vec<_>>(), changed)
+            inner.faults.get_mut(id).map(|f| {
+                let changed = f.ended_ms.is_none();
+                if changed {
+                    f.ended_ms = Some(now);
+                    f.end_reason = Some(if now >= f.expires_ms { "expired" } else { "deleted" }.to_owned());
+                }
+                (f.info(), f.agents.keys().cloned().collect::<Vec<_>>(), changed)
+            })
+        };
+        // Out of memory means settled: ended long ago, nothing to do.
+        let Some((info, targets, changed)) = live else {
+            return self.get(id).await;
         };
         if changed {
             self.persist_end(&[id.to_owned()], now, info.end_reason.as_deref().unwrap_or("deleted"))
@@ -667,7 +747,24 @@ impl FaultService {
         };
         self.bump(&hosts);
         self.persist_end(&ids, now, "expired").await?;
+        self.prune(now);
         Ok(ids.len())
+    }
+
+    /// How many faults memory holds (the live ones).
+    pub fn live_faults(&self) -> usize {
+        lock(&self.inner).faults.len()
+    }
+
+    /// Drops settled faults from memory (their end is in the database:
+    /// every path that sets `ended_ms` persists it before returning, and
+    /// a fault settles only a whole lease later).
+    fn prune(&self, now: i64) -> usize {
+        let lease = self.lease_ms();
+        let mut inner = lock(&self.inner);
+        let before = inner.faults.len();
+        inner.faults.retain(|_, f| !f.settled_at(now, lease));
+        before - inner.faults.len()
     }
 
     /// The desired set of `host` right now, with version `counter`.
@@ -715,22 +812,28 @@ impl FaultService {
         {
             let mut inner = lock(&self.inner);
             for u in updates {
-                match inner.faults.get_mut(&u.id).and_then(|f| f.agents.get_mut(host)) {
-                    Some(st) => {
-                        st.state = u.state;
-                        st.reason = u.reason.clone();
-                        st.operations = u.operations.clone();
-                        st.updated_ms = now;
-                        accepted.push(u);
-                    }
-                    None => ignored += 1,
+                match inner.faults.get_mut(&u.id) {
+                    Some(f) => match f.agents.get_mut(host) {
+                        Some(st) => {
+                            st.state = u.state;
+                            st.reason = u.reason.clone();
+                            st.operations = u.operations.clone();
+                            st.updated_ms = now;
+                            accepted.push(u);
+                        }
+                        None => ignored += 1,
+                    },
+                    // Settled and out of memory (or unknown): a late
+                    // confirmation still belongs in the history.
+                    None => accepted.push(u),
                 }
             }
         }
         if !accepted.is_empty() {
             let mut tx = self.write.begin().await?;
+            let mut stored = 0;
             for u in &accepted {
-                sqlx::query(
+                stored += sqlx::query(
                     "UPDATE fault_agents SET state = ?, reason = ?, operations = ?, updated_ms = ? WHERE fault_id = ? AND agent = ?",
                 )
                 .bind(u.state.as_str())
@@ -740,17 +843,28 @@ impl FaultService {
                 .bind(&u.id)
                 .bind(host)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
             }
             tx.commit().await?;
             self.status_tx.send_modify(|v| *v = v.wrapping_add(1));
+            // Rows that matched nothing (no such fault, or not this agent's).
+            ignored += u64::try_from(accepted.len()).unwrap_or(0).saturating_sub(stored);
+            return Ok((stored, ignored));
         }
-        Ok((u64::try_from(accepted.len()).unwrap_or(0), ignored))
+        Ok((0, ignored))
     }
 
-    /// `(faults by status, assignments of wanted faults by per-agent state)`, for /metrics.
-    pub fn counts(&self) -> (BTreeMap<&'static str, i64>, BTreeMap<&'static str, i64>) {
+    /// `(faults by status, assignments of wanted faults by per-agent state)`,
+    /// for /metrics. Ended faults are counted in the database (memory holds
+    /// only the live ones).
+    pub async fn counts(&self) -> Result<(BTreeMap<&'static str, i64>, BTreeMap<&'static str, i64>), FaultError> {
         let now = now_ms();
+        let ended: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM faults WHERE ended_ms IS NOT NULL OR expires_ms <= ?")
+                .bind(now)
+                .fetch_one(&self.read)
+                .await?;
         let mut by_status: BTreeMap<&'static str, i64> = [("running", 0), ("dry_run", 0), ("ended", 0)].into();
         let mut by_state: BTreeMap<&'static str, i64> = [
             FaultState::Pending,
@@ -770,14 +884,16 @@ impl FaultService {
             } else {
                 "running"
             };
+            if status == "ended" {
+                continue;
+            }
             *by_status.entry(status).or_default() += 1;
-            if status != "ended" {
-                for s in f.agents.values() {
-                    *by_state.entry(s.state.as_str()).or_default() += 1;
-                }
+            for s in f.agents.values() {
+                *by_state.entry(s.state.as_str()).or_default() += 1;
             }
         }
-        (by_status, by_state)
+        by_status.insert("ended", ended);
+        Ok((by_status, by_state))
     }
 }
 
