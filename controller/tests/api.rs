@@ -709,3 +709,32 @@ async fn openapi_document_lists_every_endpoint() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[tokio::test]
+async fn concurrent_batches_keep_their_own_counts() {
+    let a = api().await;
+    a.register("n1").await;
+    // 2 + 700 rows: more than one multi-row statement (500 rows each).
+    let mut first = vec![fired("n1", "eth0", T0), fired("n1", "eth0", T0)];
+    first.extend((0..700).map(|i| fired("n1", &format!("x{i}"), T0)));
+    // The same fired as the first batch, then its resolve.
+    let second = vec![fired("n1", "eth0", T0), resolved("n1", "eth0", T0, T1)];
+    // Both are queued before the writer task runs (current-thread runtime),
+    // so they are stored in one group.
+    let (r1, r2) = tokio::join!(a.state.store.ingest("n1", first), a.state.store.ingest("n1", second));
+    let (r1, r2) = (r1.expect("first"), r2.expect("second"));
+    assert_eq!(
+        (r1.accepted, r1.duplicates),
+        (701, 1),
+        "the first carrier of a transition gets it"
+    );
+    assert_eq!((r2.accepted, r2.duplicates), (1, 1));
+    assert_eq!(a.state.store.transition_count().await.expect("count"), 702);
+    let id = finding_id("n1", FindingKind::KernelDrops, "eth0");
+    let d: FindingDetail = a.get(&format!("/api/v1/findings/{id}"), VIEWER).await.typed();
+    assert_eq!(d.finding.state, FindingState::Resolved, "the newest transition wins");
+    assert_eq!(d.history.len(), 2);
+    let x = finding_id("n1", FindingKind::KernelDrops, "x699");
+    let d: FindingDetail = a.get(&format!("/api/v1/findings/{x}"), VIEWER).await.typed();
+    assert_eq!(d.finding.state, FindingState::Firing);
+}
