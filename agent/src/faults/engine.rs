@@ -88,6 +88,30 @@ struct Active {
     prior: Prior,
 }
 
+/// The mechanism a [`FaultSpec`] is carried out with ([`FaultEngine::how`]).
+enum How<'a> {
+    /// A netem root qdisc replacing the interface's root.
+    BareNetem {
+        interface: &'a str,
+        netem: &'a NetemSpec,
+    },
+    /// prio root + netem child + flower filters; ingress through an ifb.
+    NetemTree {
+        interface: &'a str,
+        direction: Direction,
+        scope: &'a Scope,
+        netem: &'a NetemSpec,
+    },
+    Dm {
+        device: &'a str,
+        dm: &'a DmFaultSpec,
+    },
+    Blackhole {
+        prefix: &'a str,
+        table: Option<u32>,
+    },
+}
+
 pub struct FaultEngine {
     journal: Journal,
     netlink: rtnetlink::Handle,
@@ -290,37 +314,60 @@ impl FaultEngine {
     /// validates, then dispatches by kind.
     pub async fn apply(&mut self, id: &str, spec: &FaultSpec, lease: Duration) -> Result<(), FaultError> {
         spec.validate()?;
+        match self.how(spec) {
+            How::BareNetem { interface, netem } => {
+                self.apply_netem(NetemFault {
+                    id: id.to_owned(),
+                    interface: interface.to_owned(),
+                    spec: netem.clone(),
+                    lease,
+                })
+                .await
+            }
+            How::NetemTree {
+                interface,
+                direction,
+                scope,
+                netem,
+            } => {
+                self.apply_tree(id, spec, interface, direction, scope, netem, lease)
+                    .await
+            }
+            How::Dm { device, dm } => self.apply_dm(DmFault {
+                id: id.to_owned(),
+                device: device.to_owned(),
+                spec: dm.clone(),
+                lease,
+            }),
+            How::Blackhole { prefix, table } => self.apply_blackhole(id, spec, prefix, table, lease).await,
+        }
+    }
+
+    /// How a spec is carried out: the one place that decides, so
+    /// [`FaultEngine::describe`] always shows what [`FaultEngine::apply`]
+    /// does. A plain root netem only for a whole interface on egress with
+    /// nothing to protect; anything else gets the prio tree (tree.rs).
+    fn how<'a>(&self, spec: &'a FaultSpec) -> How<'a> {
         match spec {
             FaultSpec::Netem {
                 interface,
                 direction: Direction::Egress,
                 scope,
                 netem,
-            } if scope.is_whole_interface() && self.protected.is_empty() => {
-                self.apply_netem(NetemFault {
-                    id: id.to_owned(),
-                    interface: interface.clone(),
-                    spec: netem.clone(),
-                    lease,
-                })
-                .await
-            }
-            FaultSpec::Dm { device, dm } => self.apply_dm(DmFault {
-                id: id.to_owned(),
-                device: device.clone(),
-                spec: dm.clone(),
-                lease,
-            }),
+            } if scope.is_whole_interface() && self.protected.is_empty() => How::BareNetem { interface, netem },
             FaultSpec::Netem {
                 interface,
                 direction,
                 scope,
                 netem,
-            } => {
-                self.apply_tree(id, spec, interface, *direction, scope, netem, lease)
-                    .await
-            }
-            FaultSpec::Blackhole { prefix, table } => self.apply_blackhole(id, spec, prefix, *table, lease).await,
+            } => How::NetemTree {
+                interface,
+                direction: *direction,
+                scope,
+                netem,
+            },
+            FaultSpec::Dm { device, dm } => How::Dm { device, dm },
+            FaultSpec::Blackhole { prefix, table } => How::Blackhole { prefix, table: *table },
         }
     }
 
@@ -447,41 +494,36 @@ impl FaultEngine {
     /// The exact kernel operations [`FaultEngine::apply`] would perform (dry run).
     pub async fn describe(&self, spec: &FaultSpec) -> Result<Vec<String>, FaultError> {
         spec.validate()?;
-        match spec {
-            FaultSpec::Netem {
-                interface,
-                direction: Direction::Egress,
-                scope,
-                netem,
-            } if scope.is_whole_interface() && self.protected.is_empty() => {
+        match self.how(spec) {
+            How::BareNetem { interface, netem } => {
                 self.describe_netem(&NetemFault {
                     id: String::new(),
-                    interface: interface.clone(),
+                    interface: interface.to_owned(),
                     spec: netem.clone(),
                     lease: Duration::ZERO,
                 })
                 .await
             }
-            FaultSpec::Dm { device, dm } => self.describe_dm(&DmFault {
-                id: String::new(),
-                device: device.clone(),
-                spec: dm.clone(),
-                lease: Duration::ZERO,
-            }),
-            FaultSpec::Netem {
+            How::NetemTree {
                 interface,
                 direction,
                 scope,
                 netem,
             } => {
-                let (ifindex, plan, prior) = self.prepare_tree(interface, *direction, scope, netem).await?;
+                let (ifindex, plan, prior) = self.prepare_tree(interface, direction, scope, netem).await?;
                 let mut ops = tree::describe(&plan, ifindex, &prior);
                 if let Err(m) = self.require(&plan.required()) {
                     ops.push(format!("would fail: {m}"));
                 }
                 Ok(ops)
             }
-            FaultSpec::Blackhole { prefix, table } => {
+            How::Dm { device, dm } => self.describe_dm(&DmFault {
+                id: String::new(),
+                device: device.to_owned(),
+                spec: dm.clone(),
+                lease: Duration::ZERO,
+            }),
+            How::Blackhole { prefix, table } => {
                 let cidr = Cidr::parse(prefix)?;
                 let table = table.unwrap_or(route::RT_TABLE_MAIN);
                 let mut ops = route::describe(&cidr, table);
