@@ -2,10 +2,7 @@
 //! database in a temp dir, requests through `tower::ServiceExt::oneshot`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use graydar_common::api::{
@@ -13,97 +10,30 @@ use graydar_common::api::{
     FindingList, FindingState, FindingTransition, RegisterRequest, RegisterResponse, Severity, TransitionBatch,
     TransitionKind, finding_id,
 };
-use graydar_controller::api::{AppState, DEFAULT_MAX_BODY, MAX_BATCH, router};
-use graydar_controller::auth::Tokens;
-use graydar_controller::metrics::Metrics;
-use graydar_controller::store::{Liveness, Store};
-use http_body_util::BodyExt as _;
-use serde_json::{Value, json};
+use graydar_controller::api::{DEFAULT_MAX_BODY, MAX_BATCH};
+use graydar_controller::store::Store;
+use serde_json::json;
 use tower::ServiceExt as _;
 
-const AGENT: &str = "agent-token-0123456789";
-const VIEWER: &str = "viewer-token-0123456789";
-const OPERATOR: &str = "operator-token-0123456789";
-
-struct Api {
-    app: Router,
-    state: Arc<AppState>,
-    _dir: tempfile::TempDir,
-}
-
-fn liveness() -> Liveness {
-    Liveness {
-        stale_after: Duration::from_secs(30),
-        lost_after: Duration::from_secs(300),
-    }
-}
+mod common;
+use common::{AGENT, Api, OPERATOR, Resp, VIEWER, liveness};
 
 async fn api() -> Api {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(dir.path(), liveness()).await.expect("open store");
-    let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
-    let faults = graydar_controller::faults::FaultService::open(&store, Default::default())
-        .await
-        .expect("fault service");
-    let state = Arc::new(AppState {
-        store,
-        tokens,
-        metrics: Metrics::new(),
-        heartbeat_interval_seconds: 10,
-        faults,
-    });
-    Api {
-        app: router(state.clone(), DEFAULT_MAX_BODY),
-        state,
-        _dir: dir,
-    }
-}
-
-struct Resp {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    text: String,
+    Api::new().await
 }
 
 impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
-    }
-    fn typed<T: serde::de::DeserializeOwned>(&self) -> T {
-        assert!(self.status.is_success(), "HTTP {}: {}", self.status, self.text);
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("unexpected body ({e}): {}", self.text))
-    }
-    /// Asserts an error response with the JSON shape and the given status.
+    /// Asserts an error response with the JSON shape and the given status;
+    /// returns the error code.
     fn error(&self, status: StatusCode) -> String {
-        assert_eq!(self.status, status, "body: {}", self.text);
-        let v = self.json();
-        assert!(v["error"].is_string() && v["detail"].is_string(), "error shape: {v}");
-        v["error"].as_str().unwrap_or_default().to_owned()
+        self.error_parts(status).0
     }
 }
 
 impl Api {
     async fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<(&str, &str)>) -> Resp {
-        let mut b = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some((ctype, text)) => b
-                .header(header::CONTENT_TYPE, ctype)
-                .body(Body::from(text.to_owned()))
-                .expect("request"),
-            None => b.body(Body::empty()).expect("request"),
-        };
-        let resp = self.app.clone().oneshot(req).await.expect("infallible router");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        Resp {
-            status,
-            headers,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        self.send(method, path, token, body.map(|(c, t)| (c, t.to_owned())))
+            .await
     }
     async fn get(&self, path: &str, token: &str) -> Resp {
         self.req("GET", path, Some(token), None).await

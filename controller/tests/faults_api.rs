@@ -2,10 +2,8 @@
 //! SQLite database in a temp dir, requests through `tower::ServiceExt::oneshot`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use graydar_common::api::{Capabilities, HeartbeatRequest, RegisterRequest};
@@ -13,96 +11,33 @@ use graydar_common::fault_api::{
     DesiredFaults, FaultInfo, FaultList, FaultStatusReport, FaultStatusUpdate, RevertAllResponse,
 };
 use graydar_common::faults::FaultState;
-use graydar_controller::api::{AppState, DEFAULT_MAX_BODY, router};
-use graydar_controller::auth::Tokens;
 use graydar_controller::faults::{FaultConfig, FaultService};
-use graydar_controller::metrics::Metrics;
-use graydar_controller::store::{Liveness, Store};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-const AGENT: &str = "agent-token-0123456789";
-const VIEWER: &str = "viewer-token-0123456789";
-const OPERATOR: &str = "operator-token-0123456789";
-
-struct Api {
-    app: Router,
-    _state: Arc<AppState>,
-    _dir: tempfile::TempDir,
-}
-
-struct Resp {
-    status: StatusCode,
-    text: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
-    }
-    fn typed<T: serde::de::DeserializeOwned>(&self) -> T {
-        assert!(self.status.is_success(), "HTTP {}: {}", self.status, self.text);
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("unexpected body ({e}): {}", self.text))
-    }
-    /// The `detail` of an error response with `status`.
-    fn error(&self, status: StatusCode) -> String {
-        assert_eq!(self.status, status, "body: {}", self.text);
-        self.json()["detail"].as_str().unwrap_or_default().to_owned()
-    }
-}
+mod common;
+use common::{AGENT, Api, OPERATOR, Resp, VIEWER};
 
 async fn api() -> Api {
-    api_with(FaultConfig::default()).await
+    Api::new().await
 }
 
 async fn api_with(cfg: FaultConfig) -> Api {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(
-        dir.path(),
-        Liveness {
-            stale_after: Duration::from_secs(30),
-            lost_after: Duration::from_secs(300),
-        },
-    )
-    .await
-    .expect("open store");
-    let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
-    let faults = FaultService::open(&store, cfg).await.expect("fault service");
-    let state = Arc::new(AppState {
-        store,
-        tokens,
-        metrics: Metrics::new(),
-        heartbeat_interval_seconds: 10,
-        faults,
-    });
-    Api {
-        app: router(state.clone(), DEFAULT_MAX_BODY),
-        _state: state,
-        _dir: dir,
+    Api::with_faults(cfg).await
+}
+
+impl Resp {
+    /// The `detail` of an error response with `status`.
+    fn error(&self, status: StatusCode) -> String {
+        self.error_parts(status).1
     }
 }
 
 impl Api {
     async fn req(&self, method: &str, path: &str, token: &str, body: Option<String>) -> Resp {
-        let b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"));
-        let req = match body {
-            Some(text) => b
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(text))
-                .expect("request"),
-            None => b.body(Body::empty()).expect("request"),
-        };
-        let resp = self.app.clone().oneshot(req).await.expect("infallible router");
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        Resp {
-            status,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        self.send(method, path, Some(token), body.map(|t| ("application/json", t)))
+            .await
     }
     async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
         self.req("POST", path, token, Some(body.to_string())).await
@@ -608,7 +543,7 @@ async fn settled_faults_leave_memory_and_stay_in_the_history() {
         let d = a.req("DELETE", &format!("/api/v1/faults/{id}"), OPERATOR, None).await;
         assert_eq!(d.status, StatusCode::OK, "{}", d.text);
     }
-    let faults = &a._state.faults;
+    let faults = &a.state.faults;
     faults.expire().await.expect("expire");
     assert_eq!(faults.live_faults(), 3, "ended less than a lease ago: still live");
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -704,7 +639,7 @@ async fn settled_faults_leave_memory_and_stay_in_the_history() {
         max_target_share: 1.0,
         ..FaultConfig::default()
     };
-    let reopened = FaultService::open(&a._state.store, cfg).await.expect("reopen");
+    let reopened = FaultService::open(&a.state.store, cfg).await.expect("reopen");
     assert_eq!(reopened.live_faults(), 1);
     let all = reopened.list(None, 10).await.expect("list");
     assert_eq!(all.iter().map(|f| f.id.clone()).collect::<Vec<_>>(), newest_first);

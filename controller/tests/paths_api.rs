@@ -5,103 +5,32 @@
 //! through `tower::ServiceExt::oneshot`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use graydar_common::api::{Capabilities, RegisterRequest};
 use graydar_common::paths::{DirectionStats, PathMatrix, PathReport, PathReportResponse, PeerObservation, PeerTarget};
-use graydar_controller::api::{AppState, DEFAULT_MAX_BODY, router};
-use graydar_controller::auth::Tokens;
-use graydar_controller::metrics::Metrics;
-use graydar_controller::store::{Liveness, Store};
-use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
-const AGENT: &str = "agent-token-0123456789";
-const VIEWER: &str = "viewer-token-0123456789";
-const OPERATOR: &str = "operator-token-0123456789";
-
-struct Api {
-    app: Router,
-    _state: Arc<AppState>,
-    _dir: tempfile::TempDir,
-}
+mod common;
+use common::{AGENT, Api, OPERATOR, Resp, VIEWER};
 
 async fn api() -> Api {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(
-        dir.path(),
-        Liveness {
-            stale_after: Duration::from_secs(30),
-            lost_after: Duration::from_secs(300),
-        },
-    )
-    .await
-    .expect("open store");
-    let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
-    let faults = graydar_controller::faults::FaultService::open(&store, Default::default())
-        .await
-        .expect("fault service");
-    let state = Arc::new(AppState {
-        store,
-        tokens,
-        metrics: Metrics::new(),
-        heartbeat_interval_seconds: 10,
-        faults,
-    });
-    Api {
-        app: router(state.clone(), DEFAULT_MAX_BODY),
-        _state: state,
-        _dir: dir,
-    }
-}
-
-struct Resp {
-    status: StatusCode,
-    text: String,
+    Api::new().await
 }
 
 impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
-    }
-    fn typed<T: serde::de::DeserializeOwned>(&self) -> T {
-        assert!(self.status.is_success(), "HTTP {}: {}", self.status, self.text);
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("unexpected body ({e}): {}", self.text))
-    }
     /// Asserts an API error with `status` and `code`; returns its detail.
     fn error(&self, status: StatusCode, code: &str) -> String {
-        assert_eq!(self.status, status, "body: {}", self.text);
-        let v = self.json();
-        assert_eq!(v["error"].as_str(), Some(code), "error shape: {v}");
-        v["detail"].as_str().expect("detail").to_owned()
+        let (c, detail) = self.error_parts(status);
+        assert_eq!(c, code, "body: {}", self.text);
+        detail
     }
 }
 
 impl Api {
     async fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Resp {
-        let mut b = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some(text) => b
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(text.to_owned()))
-                .expect("request"),
-            None => b.body(Body::empty()).expect("request"),
-        };
-        let resp = self.app.clone().oneshot(req).await.expect("infallible router");
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        Resp {
-            status,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        self.send(method, path, token, body.map(|t| ("application/json", t.to_owned())))
+            .await
     }
 
     async fn register(&self, host: &str, address: &str) {

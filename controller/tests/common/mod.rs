@@ -1,0 +1,118 @@
+//! The in-process controller the API tests share (api.rs, faults_api.rs,
+//! paths_api.rs): the real router and a real SQLite database in a temp dir,
+//! requests through `tower::ServiceExt::oneshot`. Each test file adds its
+//! own request helpers and error assertions on top.
+
+#![allow(dead_code)] // every test file uses its own part of this
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use graydar_controller::api::{AppState, DEFAULT_MAX_BODY, router};
+use graydar_controller::auth::Tokens;
+use graydar_controller::faults::{FaultConfig, FaultService};
+use graydar_controller::metrics::Metrics;
+use graydar_controller::store::{Liveness, Store};
+use http_body_util::BodyExt as _;
+use serde_json::Value;
+use tower::ServiceExt as _;
+
+pub const AGENT: &str = "agent-token-0123456789";
+pub const VIEWER: &str = "viewer-token-0123456789";
+pub const OPERATOR: &str = "operator-token-0123456789";
+
+pub fn liveness() -> Liveness {
+    Liveness {
+        stale_after: Duration::from_secs(30),
+        lost_after: Duration::from_secs(300),
+    }
+}
+
+pub struct Api {
+    pub app: Router,
+    pub state: Arc<AppState>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> T {
+        assert!(self.status.is_success(), "HTTP {}: {}", self.status, self.text);
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("unexpected body ({e}): {}", self.text))
+    }
+
+    /// Asserts an API error with `status` and the JSON error shape;
+    /// returns `(error code, detail)`.
+    pub fn error_parts(&self, status: StatusCode) -> (String, String) {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        let v = self.json();
+        assert!(v["error"].is_string() && v["detail"].is_string(), "error shape: {v}");
+        (
+            v["error"].as_str().unwrap_or_default().to_owned(),
+            v["detail"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+}
+
+impl Api {
+    /// A controller with the default fault settings.
+    pub async fn new() -> Api {
+        Api::with_faults(FaultConfig::default()).await
+    }
+
+    pub async fn with_faults(cfg: FaultConfig) -> Api {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), liveness()).await.expect("open store");
+        let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
+        let faults = FaultService::open(&store, cfg).await.expect("fault service");
+        let state = Arc::new(AppState {
+            store,
+            tokens,
+            metrics: Metrics::new(),
+            heartbeat_interval_seconds: 10,
+            faults,
+        });
+        Api {
+            app: router(state.clone(), DEFAULT_MAX_BODY),
+            state,
+            _dir: dir,
+        }
+    }
+
+    /// One request: an optional bearer token, an optional body with its
+    /// content type.
+    pub async fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<(&str, String)>) -> Resp {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some((ctype, text)) => b
+                .header(header::CONTENT_TYPE, ctype)
+                .body(Body::from(text))
+                .expect("request"),
+            None => b.body(Body::empty()).expect("request"),
+        };
+        let resp = self.app.clone().oneshot(req).await.expect("infallible router");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        Resp {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+}
