@@ -410,15 +410,18 @@ fn fifty_randomized_kill_and_partition_trials_leave_no_orphans() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let left = orphans(&t.ag);
-    eprintln!(
-        "{TRIALS} trials in {:.0} s ({actions:?}); orphans after settling ({:.1} s): {}",
+    // Written to stderr directly: the test harness captures `eprintln!` of
+    // a passing test, and the count belongs in every run's output.
+    let mut report = format!(
+        "{TRIALS} trials in {:.0} s ({actions:?}); orphans after settling ({:.1} s): {}\n",
         started.elapsed().as_secs_f64(),
         settle.elapsed().as_secs_f64(),
         left.len()
     );
     for o in &left {
-        eprintln!("  orphan: {o}");
+        report.push_str(&format!("  orphan: {o}\n"));
     }
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), report.as_bytes());
     assert!(left.is_empty(), "{} orphans: {left:?}", left.len());
     // The agent is alive and the controller's view is consistent: no fault
     // is still wanted.
