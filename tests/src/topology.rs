@@ -15,7 +15,44 @@
 //! (the detour enters R1 from R2 with B's address). All addresses are inside
 //! the namespaces the topology creates.
 
+use graydar_common::api::{Evidence, Finding, FindingKind};
+
+use crate::agent::AgentProcess;
 use crate::netns::{NetNs, veth_pair};
+
+/// A finding's evidence `key` as text (numbers formatted; "" when absent).
+pub fn evidence_text(f: &Finding, key: &str) -> String {
+    match f.evidence.get(key) {
+        Some(Evidence::Text(s)) => s.clone(),
+        Some(Evidence::Number(n)) => n.to_string(),
+        None => String::new(),
+    }
+}
+
+/// A finding's evidence `key` when it is a number.
+pub fn evidence_number(f: &Finding, key: &str) -> Option<f64> {
+    match f.evidence.get(key) {
+        Some(Evidence::Number(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+/// The agent's findings of the four path kinds.
+pub fn path_findings(ag: &AgentProcess) -> Vec<Finding> {
+    ag.findings()
+        .findings
+        .into_iter()
+        .filter(|f| {
+            matches!(
+                f.kind,
+                FindingKind::OneWayLoss
+                    | FindingKind::AsymmetricConnectivity
+                    | FindingKind::AsymmetricRoute
+                    | FindingKind::LatencyAsymmetry
+            )
+        })
+        .collect()
+}
 
 pub const A_ADDR: &str = "10.206.1.2";
 pub const B_ADDR: &str = "10.206.2.2";

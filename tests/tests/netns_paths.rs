@@ -11,13 +11,14 @@
 
 use std::time::{Duration, Instant};
 
-use graydar_common::api::{Evidence, Finding, FindingKind, FindingState};
+use graydar_common::api::{Finding, FindingKind, FindingState};
 use graydar_common::paths::PathMatrix;
 use graydar_tests::agent::AgentProcess;
 use graydar_tests::controller::{ControllerProcess, Tokens};
 use graydar_tests::netns::{self, NetNs, veth_pair};
 use graydar_tests::prom;
 use graydar_tests::topology::{A_ADDR, A6_ADDR, B_ADDR, B6_ADDR, PathTopology, PathTopology6};
+use graydar_tests::topology::{evidence_number as number, evidence_text as text, path_findings};
 
 const FIRE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The bound for asymmetric_connectivity.
@@ -79,35 +80,24 @@ fn wait_mesh_up(a: &AgentProcess, b: &AgentProcess, peer_of_a: &str, peer_of_b: 
     }
 }
 
-fn text(f: &Finding, key: &str) -> String {
-    match f.evidence.get(key) {
-        Some(Evidence::Text(s)) => s.clone(),
-        Some(Evidence::Number(n)) => n.to_string(),
-        None => String::new(),
-    }
-}
-
-fn number(f: &Finding, key: &str) -> Option<f64> {
-    match f.evidence.get(key) {
-        Some(Evidence::Number(n)) => Some(*n),
-        _ => None,
-    }
-}
-
-fn path_findings(ag: &AgentProcess) -> Vec<Finding> {
-    ag.findings()
-        .findings
-        .into_iter()
-        .filter(|f| {
-            matches!(
-                f.kind,
-                FindingKind::OneWayLoss
-                    | FindingKind::AsymmetricConnectivity
-                    | FindingKind::AsymmetricRoute
-                    | FindingKind::LatencyAsymmetry
-            )
-        })
-        .collect()
+/// Waits until `ag` has a firing asymmetric_route toward `peer` carrying
+/// both traceroutes, and returns it.
+fn wait_asymmetric_route(ag: &AgentProcess, peer: &str, what: &str) -> Finding {
+    let subject = format!("peer {peer}");
+    let mut found = None;
+    ag.wait_for(FIRE_TIMEOUT, what, |ag| {
+        let f = ag.finding(FindingKind::AsymmetricRoute, &subject);
+        let ok = f.as_ref().is_some_and(|f| {
+            f.state == FindingState::Firing
+                && !text(f, "traceroute_fwd").is_empty()
+                && !text(f, "traceroute_rev").is_empty()
+        });
+        if ok {
+            found = f;
+        }
+        ok
+    });
+    found.expect("finding")
 }
 
 #[test]
@@ -129,25 +119,11 @@ fn route_detour_one_way_is_an_asymmetric_route_with_both_hop_lists() {
     assert!(path_findings(&a).is_empty() && path_findings(&b).is_empty());
 
     t.route_b_to_a_via_r2();
-    let subject = format!("peer {na}");
-    let mut found = None;
-    b.wait_for(
-        FIRE_TIMEOUT,
+    let f = wait_asymmetric_route(
+        &b,
+        &na,
         "asymmetric_route on B with both hop counts and both traceroutes",
-        |ag| {
-            let f = ag.finding(FindingKind::AsymmetricRoute, &subject);
-            let ok = f.as_ref().is_some_and(|f| {
-                f.state == FindingState::Firing
-                    && !text(f, "traceroute_fwd").is_empty()
-                    && !text(f, "traceroute_rev").is_empty()
-            });
-            if ok {
-                found = f;
-            }
-            ok
-        },
     );
-    let f = found.expect("finding");
     eprintln!("finding: {} | evidence {:?}", f.summary, f.evidence);
     assert_eq!(number(&f, "hops_fwd"), Some(2.0), "B -> A: R2 and R1");
     assert_eq!(number(&f, "hops_rev"), Some(1.0), "A -> B: R1");
@@ -413,25 +389,11 @@ fn ipv6_mesh_measures_rtt_and_hop_counts_per_direction_and_sees_a_detour() {
     assert!(path_findings(&a).is_empty() && path_findings(&b).is_empty());
 
     t.route_b_to_a_via_r2();
-    let subject = format!("peer {na}");
-    let mut found = None;
-    b.wait_for(
-        FIRE_TIMEOUT,
+    let f = wait_asymmetric_route(
+        &b,
+        &na,
         "IPv6 asymmetric_route on B with both hop counts and both traceroutes",
-        |ag| {
-            let f = ag.finding(FindingKind::AsymmetricRoute, &subject);
-            let ok = f.as_ref().is_some_and(|f| {
-                f.state == FindingState::Firing
-                    && !text(f, "traceroute_fwd").is_empty()
-                    && !text(f, "traceroute_rev").is_empty()
-            });
-            if ok {
-                found = f;
-            }
-            ok
-        },
     );
-    let f = found.expect("finding");
     eprintln!("IPv6 finding: {} | evidence {:?}", f.summary, f.evidence);
     assert_eq!(number(&f, "hops_fwd"), Some(2.0), "B -> A: R2 and R1");
     assert_eq!(number(&f, "hops_rev"), Some(1.0), "A -> B: R1");

@@ -10,10 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use graydar_common::api::{Evidence, Finding, FindingKind, FindingState};
+use graydar_common::api::{Finding, FindingKind, FindingState};
 use graydar_tests::agent::AgentProcess;
 use graydar_tests::netns::{NetNs, veth_pair};
 use graydar_tests::prom;
+use graydar_tests::topology::{evidence_number as number, evidence_text as text, path_findings};
 
 fn require_vm() {
     assert_eq!(
@@ -99,37 +100,6 @@ fn agents<'t>(p: &'t Pair, net: u8) -> (AgentProcess<'t>, AgentProcess<'t>) {
 
 fn metric(agent: &AgentProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
     prom::sum(&agent.metrics(), name, labels)
-}
-
-fn number(f: &Finding, key: &str) -> Option<f64> {
-    match f.evidence.get(key) {
-        Some(Evidence::Number(n)) => Some(*n),
-        _ => None,
-    }
-}
-
-fn text(f: &Finding, key: &str) -> String {
-    match f.evidence.get(key) {
-        Some(Evidence::Text(s)) => s.clone(),
-        Some(Evidence::Number(n)) => n.to_string(),
-        None => String::new(),
-    }
-}
-
-fn path_findings(ag: &AgentProcess) -> Vec<Finding> {
-    ag.findings()
-        .findings
-        .into_iter()
-        .filter(|f| {
-            matches!(
-                f.kind,
-                FindingKind::OneWayLoss
-                    | FindingKind::AsymmetricConnectivity
-                    | FindingKind::AsymmetricRoute
-                    | FindingKind::LatencyAsymmetry
-            )
-        })
-        .collect()
 }
 
 /// Mean RTT (s) from the RTT histogram so far, and the reply count.
