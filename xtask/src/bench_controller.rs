@@ -20,16 +20,10 @@ use graydar_common::api::{
 };
 use graydar_common::client::{Client, ClientConfig};
 
-use crate::{cargo, ok};
+use crate::{cargo, ok, token};
 
 const PERIOD: Duration = Duration::from_secs(5);
 const THREADS: usize = 48;
-
-fn token() -> Result<String> {
-    let mut buf = [0u8; 16];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
 
 fn cpu_ticks(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -109,7 +103,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-struct Controller(Child);
+/// A release controller started by a benchmark; SIGTERM and reaped on drop.
+pub struct Controller(pub Child);
 
 impl Drop for Controller {
     fn drop(&mut self) {
@@ -119,6 +114,28 @@ impl Drop for Controller {
         }
         let _ = self.0.wait();
     }
+}
+
+/// Starts the release controller on a free loopback port with its data
+/// under `dir` and the tokens of `dir/tokens` (the caller writes them), and
+/// `config` if given; returns it and its URL.
+pub fn start_controller(ws: &Path, dir: &Path, config: Option<&Path>) -> Result<(Controller, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut cmd = Command::new(ws.join("target/release/graydar-controller"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--log-level", "warn"]);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let child = cmd
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--tokens-file")
+        .arg(dir.join("tokens"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting graydar-controller")?;
+    Ok((Controller(child), format!("http://127.0.0.1:{port}")))
 }
 
 struct Figures {
@@ -138,24 +155,7 @@ fn one(ws: &Path, n: usize, seconds: u64) -> Result<Figures> {
     std::fs::create_dir_all(&dir)?;
     let (agent_tok, viewer_tok) = (token()?, token()?);
     std::fs::write(dir.join("tokens"), format!("agent:{agent_tok}\nviewer:{viewer_tok}\n"))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let url = format!("http://127.0.0.1:{port}");
-    let child = Command::new(ws.join("target/release/graydar-controller"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-level",
-            "warn",
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .arg("--tokens-file")
-        .arg(dir.join("tokens"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting graydar-controller")?;
-    let ctl = Controller(child);
+    let (ctl, url) = start_controller(ws, &dir, None)?;
     let pid = ctl.0.id();
     let probe = Client::new(ClientConfig::new(&url, Some(viewer_tok.clone())))?;
     let start = Instant::now();

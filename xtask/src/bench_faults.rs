@@ -8,7 +8,6 @@
 //! is also given as a ratio.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -20,31 +19,14 @@ use graydar_common::client::{Client, ClientConfig};
 use graydar_common::fault_api::{CreateFaultRequest, FaultTargets};
 use graydar_common::faults::{FaultSpec, NetemSpec};
 
-use crate::{cargo, ok};
+use crate::bench_controller::start_controller;
+use crate::{cargo, ok, token};
 
 const AGENTS: usize = 100;
 const ROUNDS: usize = 7;
 const BASELINE_GETS: usize = 300;
 /// The controller's lease (its poll wait is a third of it).
 const LEASE_S: u64 = 30;
-
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn token() -> Result<String> {
-    let mut buf = [0u8; 16];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -67,26 +49,7 @@ pub fn run(ws: &Path) -> Result<()> {
         dir.join("controller.toml"),
         format!("[faults]\nlease = \"{LEASE_S}s\"\nmax_target_share = 1.0\n"),
     )?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let url = format!("http://127.0.0.1:{port}");
-    let child = Command::new(ws.join("target/release/graydar-controller"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-level",
-            "warn",
-            "--config",
-        ])
-        .arg(dir.join("controller.toml"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--tokens-file")
-        .arg(dir.join("tokens"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting graydar-controller")?;
-    let _ctl = Controller(child);
+    let (_ctl, url) = start_controller(ws, &dir, Some(&dir.join("controller.toml")))?;
     let op = Client::new(ClientConfig::new(&url, Some(op_tok.clone())))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while op.faults(None, Some(1)).is_err() {

@@ -7,15 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use crate::{cargo, is_root, ok};
+use crate::{cargo, is_root, ok, token};
 
 const CONTROLLER_LISTEN: &str = "127.0.0.1:8477";
-
-fn token() -> Result<String> {
-    let mut buf = [0u8; 16];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
 
 struct Guard(Vec<(&'static str, Child)>);
 
