@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use graydar_common::api::{AgentList, FindingDetail, FindingKind, FindingList, FindingState, TransitionKind};
 use graydar_tests::agent::AgentProcess;
 use graydar_tests::controller::{ControllerProcess, Tokens};
+use graydar_tests::fault_e2e::wait_until;
 use graydar_tests::netns::{self, NetNs, veth_pair};
 use graydar_tests::prom;
 
@@ -97,20 +98,6 @@ report_interval = "{}ms"
         ns.name(),
         REPORT_INTERVAL.as_millis()
     )
-}
-
-fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn findings(ctl: &ControllerProcess, tokens: &Tokens, args: &[&str]) -> FindingList {
