@@ -7,6 +7,8 @@ mod bench_faults;
 mod dist;
 mod run;
 mod vm;
+#[cfg(test)]
+mod layers;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
