@@ -180,9 +180,18 @@ pub fn run(ws: &Path, idle_seconds: u64, only: &[String]) -> Result<()> {
     let want = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     if let Some(bad) = only
         .iter()
-        .find(|o| !["drops", "idle", "fsync", "incast", "faults", "fault-latency"].contains(&o.as_str()))
+        .find(|o| !["drops", "idle", "idle-cpus", "fsync", "incast", "faults", "fault-latency"].contains(&o.as_str()))
     {
-        bail!("unknown benchmark part {bad:?}: the parts are drops, idle, fsync, incast, faults, fault-latency");
+        bail!(
+            "unknown benchmark part {bad:?}: the parts are drops, idle, idle-cpus, fsync, incast, faults, fault-latency"
+        );
+    }
+    // Idle RSS against the CPU count, in the VM (xtask/src/bench_idle_cpus.rs).
+    if want("idle-cpus") {
+        crate::bench_idle_cpus::run(ws, &bin, idle_seconds)?;
+        if !only.is_empty() && only.iter().all(|o| o == "idle-cpus") {
+            return Ok(());
+        }
     }
     // Fault apply/revert latency in the VM (xtask/src/bench_fault_latency.rs).
     if want("fault-latency") {
@@ -305,7 +314,11 @@ pub fn run(ws: &Path, idle_seconds: u64, only: &[String]) -> Result<()> {
     let rss = status_kib(pid, "VmRSS:")? as f64 / 1024.0;
     let hwm = status_kib(pid, "VmHWM:")? as f64 / 1024.0;
     drop(agent);
-    println!("  CPU {cpu:.2} % of one core (goal <= 0.5 %), RSS {rss:.1} MiB, peak RSS {hwm:.1} MiB (goal <= 32 MiB)");
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "  CPU {cpu:.2} % of one core (goal <= 0.5 %), RSS {rss:.1} MiB, peak RSS {hwm:.1} MiB (goal <= 32 MiB) \
+         on {cpus} CPUs"
+    );
     if want("fsync") {
         fsync_cost(&bin)?;
     }

@@ -25,5 +25,6 @@ pub fn run(ws: &Path) -> Result<()> {
              bench_fault_apply_revert_latency",
             bin.display()
         ),
+        crate::vm::DEFAULT_CPUS,
     )
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_controller;
 mod bench_fault_latency;
+mod bench_idle_cpus;
 mod bench_faults;
 mod dist;
 mod run;
@@ -44,13 +45,16 @@ enum Cmd {
         /// Shell command to run in the guest; default: the VM test tier.
         #[arg(long)]
         cmd: Option<String>,
+        /// Virtual CPUs of the guest for `--cmd` (the test tier always uses 2).
+        #[arg(long, default_value_t = vm::DEFAULT_CPUS, requires = "cmd")]
+        cpus: u32,
     },
     /// Benchmarks (figures as ratios against a baseline measured in the same run).
     Bench {
         /// Seconds of idle measurement for the agent's CPU and memory.
         #[arg(long, default_value_t = 60)]
         idle_seconds: u64,
-        /// Run only these parts (drops, idle, fsync, incast, faults, fault-latency); default all.
+        /// Run only these parts (drops, idle, idle-cpus, fsync, incast, faults, fault-latency); default all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Controller load test instead: simulated agent counts, e.g. 1000,10000.
@@ -85,11 +89,11 @@ fn main() -> Result<()> {
             setup(false)?;
             test(&ws, &tier)
         }
-        Cmd::Vm { cmd } => {
+        Cmd::Vm { cmd, cpus } => {
             setup(false)?;
             let cache = vm::default_cache(&ws);
             match cmd {
-                Some(c) => vm::run_command(&ws, &cache, &c),
+                Some(c) => vm::run_command(&ws, &cache, &c, cpus),
                 None => vm::run_tests(&ws, &cache),
             }
         }

@@ -103,11 +103,22 @@ pub fn prepare(cache: &Path) -> Result<VmAssets> {
 
 /// Boots the VM and runs `cmd` with `/bin/sh` inside the chroot of the host root,
 /// from the workspace directory. Fails when the command exits non-zero.
-pub fn run_command(workspace: &Path, cache: &Path, cmd: &str) -> Result<()> {
+pub fn run_command(workspace: &Path, cache: &Path, cmd: &str, cpus: u32) -> Result<()> {
+    run_command_results(workspace, cache, cmd, cpus).map(drop)
+}
+
+/// As [`run_command`], and returns what the guest printed on lines that start
+/// with `GRAYDAR_RESULT ` (marker removed): how a benchmark in the guest hands
+/// its figures back to the host.
+pub fn run_command_results(workspace: &Path, cache: &Path, cmd: &str, cpus: u32) -> Result<Vec<String>> {
     let assets = prepare(cache)?;
     let workspace = fs::canonicalize(workspace).with_context(|| format!("resolving {}", workspace.display()))?;
-    boot(&assets, &workspace, cmd, &[])
+    boot(&assets, &workspace, cmd, &[], cpus)
 }
+
+/// Virtual CPUs of the guest unless a caller asks for more (`--cpus`): as many
+/// as this project's machines have.
+pub const DEFAULT_CPUS: u32 = 2;
 
 /// Test targets of graydar-tests that run inside the VM (all `#[ignore]`d on the host).
 const VM_TEST_TARGETS: &[&str] = &["vm", "vm_faults", "vm_fault_safety", "vm_paths"];
@@ -175,9 +186,10 @@ pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
             ("GRAYDAR_CONTROLLER_BIN", &controller),
             ("GRAYDAR_CLI_BIN", &cli),
         ],
+        DEFAULT_CPUS,
     );
     eprintln!("vm: tier finished in {:.1}s", started.elapsed().as_secs_f64());
-    result
+    result.map(drop)
 }
 
 // ---------------------------------------------------------------------------
@@ -584,7 +596,7 @@ impl Cpio {
 
 /// Boots the guest, runs `cmd` in the chroot from `workdir` with `env`, streams
 /// the serial console to stdout and checks the exit marker.
-fn boot(assets: &VmAssets, workdir: &Path, cmd: &str, env: &[(&str, &str)]) -> Result<()> {
+fn boot(assets: &VmAssets, workdir: &Path, cmd: &str, env: &[(&str, &str)], cpus: u32) -> Result<Vec<String>> {
     // The script lives on the host: the guest reads it through the shared root.
     let cache = assets.initramfs.parent().context("initramfs has no parent directory")?;
     let runs = cache.join("runs");
@@ -601,12 +613,12 @@ fn boot(assets: &VmAssets, workdir: &Path, cmd: &str, env: &[(&str, &str)]) -> R
     text.push_str(cmd);
     text.push('\n');
     fs::write(&script, text).with_context(|| format!("writing {}", script.display()))?;
-    let result = boot_script(assets, &script);
+    let result = boot_script(assets, &script, cpus);
     let _ = fs::remove_file(&script);
     result
 }
 
-fn boot_script(assets: &VmAssets, script: &Path) -> Result<()> {
+fn boot_script(assets: &VmAssets, script: &Path, cpus: u32) -> Result<Vec<String>> {
     for (what, path) in [("kernel", &assets.kernel), ("initramfs", &assets.initramfs)] {
         ensure!(path.is_file(), "{what} {} is missing: run prepare", path.display());
     }
@@ -624,7 +636,8 @@ fn boot_script(assets: &VmAssets, script: &Path) -> Result<()> {
         path_arg(&assets.modules_dir)?,
     );
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2G", "-smp", "2"])
+    qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2G", "-smp"])
+        .arg(cpus.to_string())
         .args([
             "-nodefaults",
             "-no-user-config",
@@ -679,7 +692,7 @@ fn boot_script(assets: &VmAssets, script: &Path) -> Result<()> {
         seen.kernel.as_deref().unwrap_or("unknown")
     );
     match seen.exit {
-        Some(0) => Ok(()),
+        Some(0) => Ok(seen.results),
         Some(code) => bail!("vm: guest command failed with exit status {code}"),
         None => bail!("vm: guest printed no {EXIT_MARKER} line (qemu: {status}); see the console output above"),
     }
@@ -689,7 +702,11 @@ fn boot_script(assets: &VmAssets, script: &Path) -> Result<()> {
 struct Seen {
     kernel: Option<String>,
     exit: Option<i32>,
+    results: Vec<String>,
 }
+
+/// Prefix of the lines a guest command prints to hand results to the host.
+pub const RESULT_MARKER: &str = "GRAYDAR_RESULT ";
 
 fn stream_console(stdout: impl Read, seen: &Mutex<Seen>, started: Instant) {
     let mut reader = BufReader::new(stdout);
@@ -714,6 +731,8 @@ fn stream_console(stdout: impl Read, seen: &Mutex<Seen>, started: Instant) {
             seen.kernel = Some(v.trim().to_owned());
         } else if let Some(v) = text.trim().strip_prefix(EXIT_MARKER) {
             seen.exit = v.trim().parse().ok();
+        } else if let Some(v) = text.trim_start().strip_prefix(RESULT_MARKER) {
+            seen.results.push(v.trim().to_owned());
         }
     }
 }
