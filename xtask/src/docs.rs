@@ -10,6 +10,10 @@
 //!   `../../deploy/` means the same from both) must name an existing file or
 //!   directory of the repository;
 //! - no `{{#include ...}}` may be left unexpanded.
+//!
+//! The repository's own markdown pages read outside the book (README.md,
+//! deploy/README.md) are checked too: every relative link names an existing
+//! file or directory.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -19,6 +23,10 @@ use anyhow::{Context as _, Result, bail};
 
 /// The mdBook version `cargo xtask setup` installs and the docs build expects.
 pub const MDBOOK_VERSION: &str = "0.5.4";
+
+/// Markdown pages of the repository that are read where they are (on a
+/// forge, in the dist tarball), not through the book.
+const REPO_PAGES: &[&str] = &["README.md", "deploy/README.md"];
 
 /// Pages mdBook generates around the chapters: their links are mdBook's own
 /// (the print page repeats every chapter, 404 uses the site root).
@@ -92,11 +100,15 @@ pub fn build_and_check(ws: &Path) -> Result<()> {
     if !errors.is_empty() {
         bail!("mdbook build docs reported problems:\n{}", errors.join("\n"));
     }
-    let broken = check_book(&book, ws)?;
+    let mut broken = check_book(&book, ws)?;
+    for page in REPO_PAGES {
+        broken.extend(check_markdown(ws, &ws.join(page))?);
+    }
     if !broken.is_empty() {
         bail!(
-            "{} broken link(s) in the book (pages of docs/src):\n  {}",
+            "{} broken link(s) (pages of docs/src, or {}):\n  {}",
             broken.len(),
+            REPO_PAGES.join(", "),
             broken.join("\n  ")
         );
     }
@@ -127,6 +139,43 @@ pub fn check_book(book: &Path, repo: &Path) -> Result<Vec<String>> {
         for link in attr_values(main, "href").into_iter().chain(attr_values(main, "src")) {
             if let Err(why) = check_link(book, repo, page, &link, &mut ids) {
                 broken.push(format!("{rel}: {link}: {why}"));
+            }
+        }
+    }
+    Ok(broken)
+}
+
+/// Every relative link `[text](target)` of the markdown file `page` whose
+/// target does not exist, as `page: link: why` (fenced code is skipped).
+pub fn check_markdown(repo: &Path, page: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(page).with_context(|| format!("reading {}", page.display()))?;
+    let rel = page.strip_prefix(repo).unwrap_or(page).display().to_string();
+    let dir = page.parent().unwrap_or(repo);
+    let mut broken = Vec::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            let link = rest[..end].split_whitespace().next().unwrap_or_default();
+            rest = &rest[end..];
+            let path = link.split('#').next().unwrap_or_default();
+            if link.is_empty() || is_external(link) || path.is_empty() {
+                continue;
+            }
+            let target = normalize(&dir.join(percent_decode(path)));
+            if !target.starts_with(repo) {
+                broken.push(format!("{rel}: {link}: leaves the repository"));
+            } else if !target.exists() {
+                broken.push(format!("{rel}: {link}: {} does not exist", target.display()));
             }
         }
     }
@@ -384,6 +433,23 @@ mod tests {
         has("img/none.png", "no such page");
         has("index.md", "was not expanded");
         assert_eq!(broken.len(), 8, "{broken:#?}");
+    }
+
+    #[test]
+    fn markdown_pages_name_existing_files() {
+        let f = Fixture::new("markdown");
+        let page = f.root.join("README.md");
+        std::fs::write(
+            &page,
+            "See [the book](docs/book/) and [deploy](deploy/agent.example.toml#L1), [web](https://x.org/a),\n\
+             [top](#graydar), [gone](docs/src/gone.md) and [out](../../../../../../../x).\n\
+             ```\n[not a link](in/code.md)\n```\n",
+        )
+        .expect("write README");
+        let broken = check_markdown(&f.root, &page).expect("check");
+        assert_eq!(broken.len(), 2, "{broken:#?}");
+        assert!(broken[0].contains("docs/src/gone.md") && broken[0].contains("does not exist"));
+        assert!(broken[1].contains("leaves the repository"));
     }
 
     #[test]
