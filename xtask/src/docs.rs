@@ -51,7 +51,7 @@ pub fn setup() -> Result<Option<String>> {
     if installed_version().is_some_and(|v| has_pinned_version(&v)) {
         return Ok(None);
     }
-    println!("xtask setup: installing mdbook {MDBOOK_VERSION} (about 3 minutes)...");
+    println!("xtask setup: installing mdbook {MDBOOK_VERSION} (about 2 minutes)...");
     crate::ok(Command::new("cargo").args([
         "install",
         "mdbook",
