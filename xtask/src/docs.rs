@@ -127,7 +127,12 @@ pub fn check_book(book: &Path, repo: &Path) -> Result<Vec<String>> {
     for page in &pages {
         let name = page.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         // Named as its source: `findings/x.html` comes from `docs/src/findings/x.md`.
-        let rel = page.strip_prefix(book).unwrap_or(page).with_extension("md").display().to_string();
+        let rel = page
+            .strip_prefix(book)
+            .unwrap_or(page)
+            .with_extension("md")
+            .display()
+            .to_string();
         if page.parent() == Some(book) && GENERATED_PAGES.contains(&name) {
             continue;
         }
@@ -395,7 +400,10 @@ mod tests {
              <a href=\"mailto:a@b\">g</a>\
              <a href=\"findings/\">h</a>",
         );
-        f.page("findings/nic_drops.html", "<h2 id=\"evidence\">e</h2><a href=\"../index.html#intro\">up</a>");
+        f.page(
+            "findings/nic_drops.html",
+            "<h2 id=\"evidence\">e</h2><a href=\"../index.html#intro\">up</a>",
+        );
         f.page("findings/index.html", "");
         // mdBook's own pages are not checked.
         f.page("print.html", "<a href=\"gone.html\">x</a>");
