@@ -1,4 +1,4 @@
-//! `cargo xtask`: set up a machine, run graydar, test every tier, benchmark.
+//! `cargo xtask`: set up a machine, run graydar, test every tier, build the docs, benchmark.
 
 mod bench;
 mod bench_controller;
