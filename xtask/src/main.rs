@@ -1,4 +1,4 @@
-//! `cargo xtask`: set up a machine, run graydar, test every tier, benchmark.
+//! `cargo xtask`: set up a machine, run graydar, test every tier, build the docs, benchmark.
 
 mod bench;
 mod bench_controller;
@@ -6,6 +6,7 @@ mod bench_fault_latency;
 mod bench_idle_cpus;
 mod bench_faults;
 mod dist;
+mod docs;
 mod run;
 mod vm;
 #[cfg(test)]
@@ -26,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what this machine lacks (idempotent): nightly rust-src, bpf-linker 0.10.4, Debian packages.
+    /// Install what this machine lacks (idempotent): nightly rust-src, bpf-linker 0.10.4, mdBook, Debian packages.
     Setup,
     /// Build and start the controller and the agent (registered, reporting) on this host; Ctrl-C stops both.
     Run {
@@ -40,6 +41,8 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         tier: Vec<String>,
     },
+    /// Build the user documentation (docs/, mdBook) into docs/book and check every link.
+    Docs,
     /// Boot the test VM and run a shell command inside it (debugging aid).
     Vm {
         /// Shell command to run in the guest; default: the VM test tier.
@@ -89,6 +92,7 @@ fn main() -> Result<()> {
             setup(false)?;
             test(&ws, &tier)
         }
+        Cmd::Docs => docs::build_and_check(&ws),
         Cmd::Vm { cmd, cpus } => {
             setup(false)?;
             let cache = vm::default_cache(&ws);
@@ -194,7 +198,9 @@ fn setup(verbose: bool) -> Result<()> {
         ok(Command::new("cargo").args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"]))?;
         did.push(format!("installed bpf-linker {BPF_LINKER_VERSION}"));
     }
-    // 3. Debian packages.
+    // 3. mdBook for the user documentation (docs/).
+    did.extend(docs::setup()?);
+    // 4. Debian packages.
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
@@ -214,12 +220,14 @@ fn setup(verbose: bool) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
         did.push(format!("installed Debian packages: {}", missing.join(" ")));
     }
-    // 4. Deployment checks: Debian's kubectl (unpacked), kubernetes-validate (pip).
+    // 5. Deployment checks: Debian's kubectl (unpacked), kubernetes-validate (pip).
     did.extend(dist::setup_tools(&workspace_root()?)?);
     if did.is_empty() {
         if verbose {
             println!(
-                "xtask setup: everything is already installed (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, {})",
+                "xtask setup: everything is already installed (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, \
+                 mdbook {}, {})",
+                docs::MDBOOK_VERSION,
                 APT_PACKAGES.join(", ")
             );
         }
@@ -314,7 +322,8 @@ fn test(ws: &Path, only: &[String]) -> Result<()> {
             "xtask",
             "--all-features",
         ]))
-        .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--lib"])));
+        .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--lib"])))
+        .and_then(|()| docs::build_and_check(ws));
         results.push(("unit", r));
     }
     if want("netns") {
