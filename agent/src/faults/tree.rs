@@ -573,10 +573,7 @@ pub async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Result<Option
         Ok(Some(l)) => Ok(Some(l.header.index)),
         Ok(None) => Ok(None),
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(TcError::Netlink {
-            op: "get link",
-            detail: e.to_string(),
-        }),
+        Err(e) => Err(TcError::Netlink { op: "get link", source: e }),
     }
 }
 
@@ -588,10 +585,7 @@ pub async fn links(handle: &rtnetlink::Handle) -> Result<Vec<(u32, String)>, TcE
         .execute()
         .try_collect()
         .await
-        .map_err(|e| TcError::Netlink {
-            op: "dump links",
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| TcError::Netlink { op: "dump links", source: e })?;
     Ok(all
         .into_iter()
         .filter_map(|l| {
@@ -847,10 +841,7 @@ pub async fn revert(handle: &rtnetlink::Handle, ifindex: Option<u32>, prior: &Tr
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(libc::ENODEV) => {}
                 Err(e) => {
-                    return Err(TcError::Netlink {
-                        op: "delete ifb",
-                        detail: e.to_string(),
-                    });
+                    return Err(TcError::Netlink { op: "delete ifb", source: e });
                 }
             }
         }
@@ -886,10 +877,7 @@ pub async fn sweep(handle: &rtnetlink::Handle) -> Result<Vec<String>, TcError> {
             Ok(()) => removed.push(format!("link {name}")),
             Err(e) if errno(&e) == Some(libc::ENODEV) => {}
             Err(e) => {
-                return Err(TcError::Netlink {
-                    op: "delete ifb",
-                    detail: e.to_string(),
-                });
+                return Err(TcError::Netlink { op: "delete ifb", source: e });
             }
         }
     }
