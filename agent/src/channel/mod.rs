@@ -369,4 +369,85 @@ mod tests {
             .expect_err("newline in the token");
         assert!(matches!(e, SetupError::TokenNotAHeader(_)), "{e}");
     }
+
+    /// A stand-in controller on loopback: the long-poll echoes the host,
+    /// the query and the token back; heartbeats are unknown agents (404
+    /// with the API's error body); registration fails with a bare 502.
+    async fn stand_in() -> String {
+        use axum::extract::{Path, RawQuery};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, post};
+
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/agents/{host}/faults",
+                get(|Path(host): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap| async move {
+                    let token = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    axum::Json(serde_json::json!({
+                        "version": 7,
+                        "revert_all_epoch": 0,
+                        "lease_seconds": 20,
+                        "faults": [{"id": format!("{host}|{}|{token}", q.unwrap_or_default()),
+                                    "spec": {"kind": "blackhole", "prefix": "192.0.2.0/24"},
+                                    "lease_seconds": 20}],
+                    }))
+                }),
+            )
+            .route(
+                "/api/v1/agents/{host}/heartbeat",
+                post(|| async {
+                    (
+                        StatusCode::NOT_FOUND,
+                        axum::Json(serde_json::json!({"error": "not_found", "detail": "register first"})),
+                    )
+                }),
+            )
+            .route(
+                "/api/v1/agents/register",
+                post(|| async { (StatusCode::BAD_GATEWAY, "upstream gone") }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn requests_carry_the_token_and_errors_keep_the_status_and_the_body() {
+        let url = stand_in().await;
+        let c = Channel::build(&url, Some("s3cret"), None, Duration::from_secs(5)).expect("channel");
+        let d = c
+            .desired_faults("node 1", Duration::from_secs(3), Some(6))
+            .await
+            .expect("desired faults");
+        assert_eq!(d.version, 7);
+        assert_eq!(d.faults[0].id, "node 1|wait=3&version=6|Bearer s3cret");
+        assert_eq!(d.faults[0].spec.kind(), graydar_common::faults::FaultKind::Blackhole);
+        let e = c
+            .heartbeat("node 1", &HeartbeatRequest::default())
+            .await
+            .expect_err("unknown agent");
+        assert_eq!(e.status(), Some(404));
+        assert!(
+            matches!(&e, ChannelError::Api { error, detail, .. } if error == "not_found" && detail == "register first"),
+            "{e}"
+        );
+        let reg = RegisterRequest {
+            hostname: "node 1".into(),
+            addresses: Vec::new(),
+            labels: Default::default(),
+            kernel_version: String::new(),
+            agent_version: String::new(),
+            capabilities: Default::default(),
+            interfaces: None,
+            dm_devices: None,
+        };
+        let e = c.register(&reg).await.expect_err("bad gateway");
+        assert_eq!(e.status(), Some(502));
+        assert!(e.to_string().ends_with("HTTP 502: http_error: upstream gone"), "{e}");
+    }
 }
