@@ -1,5 +1,6 @@
-//! Blocking client of the controller's `/api/v1` (the agent's reporter, the
-//! `graydar` CLI and the tests use it), over HTTP or HTTPS (rustls).
+//! Blocking client of the controller's `/api/v1` (the `graydar` CLI, the
+//! tests and the benchmarks use it; the agent talks through its async
+//! channel, agent/src/channel/), over HTTP or HTTPS (rustls).
 
 use std::sync::Arc;
 use std::time::Duration;
