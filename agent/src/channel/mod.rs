@@ -46,8 +46,9 @@ pub fn request_timeout(section: &ControllerSection) -> Duration {
 /// The channel cannot be set up from the `[controller]` section.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("controller token: {0}")]
-    Token(#[source] ConfigError),
+    /// The token could not be read (`token_file`, the systemd credential).
+    #[error(transparent)]
+    Token(ConfigError),
     #[error("controller token: not usable in an HTTP header")]
     TokenNotAHeader(#[source] reqwest::header::InvalidHeaderValue),
     #[error("ca_cert {path}: {source}")]
