@@ -73,7 +73,7 @@ pub enum SetupError {
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
     /// The controller could not be reached (refused, timeout, TLS, reset).
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", causes(source))]
     Transport {
         url: String,
         #[source]
@@ -103,6 +103,22 @@ pub enum ChannelError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// `e` and its causes, `: `-separated (reqwest's own message hides why a
+/// request failed, e.g. "connection refused", in its source).
+fn causes(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 impl ChannelError {
@@ -251,9 +267,9 @@ impl Channel {
         if let Some(auth) = &self.inner.auth {
             req = req.header(AUTHORIZATION, auth.clone());
         }
-        let transport = |source| ChannelError::Transport {
+        let transport = |source: reqwest::Error| ChannelError::Transport {
             url: url.clone(),
-            source,
+            source: source.without_url(),
         };
         let mut resp = req.timeout(timeout).send().await.map_err(transport)?;
         let status = resp.status().as_u16();
@@ -350,6 +366,7 @@ mod tests {
             e.to_string().starts_with("http://127.0.0.1:1/api/v1/agents/node%201/heartbeat: "),
             "{e}"
         );
+        assert!(e.to_string().to_lowercase().contains("refused"), "the cause is named: {e}");
     }
 
     #[test]
