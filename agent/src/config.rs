@@ -351,33 +351,6 @@ impl std::fmt::Debug for ControllerSection {
 }
 
 impl ControllerSection {
-    /// The controller client every agent loop uses (reporter, fault
-    /// assignment, path mesh): the token as [`Self::resolve_token_from`]
-    /// finds it in the process environment (so the systemd credential works
-    /// for all of them), the CA certificate, and `timeout` per request.
-    pub fn client(&self, timeout: Duration) -> Result<graydar_common::client::Client, ConfigError> {
-        let token = self.resolve_token_from(&|k| std::env::var(k).ok())?;
-        if token.is_none() {
-            tracing::warn!(
-                "controller: no token configured (token, token_file, GRAYDAR_CONTROLLER_TOKEN or the systemd \
-                 credential controller-token)"
-            );
-        }
-        let ca_cert_pem = match &self.ca_cert {
-            Some(p) => {
-                Some(std::fs::read(p).map_err(|e| ConfigError::Controller(format!("ca_cert {}: {e}", p.display())))?)
-            }
-            None => None,
-        };
-        graydar_common::client::Client::new(graydar_common::client::ClientConfig {
-            url: self.url.clone(),
-            token,
-            ca_cert_pem,
-            timeout,
-        })
-        .map_err(|e| ConfigError::Controller(e.to_string()))
-    }
-
     fn validated(self) -> Result<ControllerSection, ConfigError> {
         let err = |m: String| Err(ConfigError::Controller(m));
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {

@@ -1,5 +1,6 @@
 //! graydar-agent library: probes, detectors, metrics and the HTTP server.
 pub mod btf;
+pub mod channel;
 pub mod config;
 pub mod detect;
 pub mod disk;

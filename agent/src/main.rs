@@ -72,19 +72,22 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
 
     let kernel = start_kernel_drops(&cfg, &metrics);
-    // Controller reporter (issue 4): only with a [controller] section.
-    let reporter = match &cfg.controller {
-        Some(section) => Some(
-            graydar_agent::reporter::Reporter::start(
-                &cfg,
-                section,
-                metrics.clone(),
-                findings.clone(),
-                kernel.is_some(),
-            )
-            .context("controller reporter")?,
-        ),
+    // The controller channel (agent/src/channel/), shared by the reporter,
+    // fault assignments and the path mesh: only with a [controller] section.
+    let channel = match &cfg.controller {
+        Some(section) => Some(graydar_agent::channel::Channel::new(section).context("controller channel")?),
         None => None,
+    };
+    let reporter = match (&cfg.controller, &channel) {
+        (Some(section), Some(channel)) => Some(graydar_agent::reporter::Reporter::start(
+            &cfg,
+            section,
+            channel.clone(),
+            metrics.clone(),
+            findings.clone(),
+            kernel.is_some(),
+        )),
+        _ => None,
     };
     let netlink = match rtnetlink::new_connection() {
         Ok((conn, handle, _)) => {
@@ -105,17 +108,16 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let faults = graydar_agent::faults::runtime::FaultRuntime::start(&cfg.state_dir, netlink.clone()).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Fault assignments from the controller (long-poll; agent/src/faults/assign.rs).
-    let assign_task = match (&cfg.controller, &faults) {
-        (Some(section), Some(rt)) if section.faults => Some(tokio::spawn(
+    let assign_task = match (&cfg.controller, &channel, &faults) {
+        (Some(section), Some(channel), Some(rt)) if section.faults => Some(tokio::spawn(
             graydar_agent::faults::assign::Assigner::new(
                 &cfg,
-                section,
+                channel.clone(),
                 rt.engine.clone(),
                 &rt.recovered,
                 metrics.clone(),
                 stop_rx.clone(),
             )
-            .context("fault assignments")?
             .run(),
         )),
         _ => None,
@@ -140,7 +142,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Path-probe mesh (issue 6): UDP prober/responder, pair detectors, traceroute.
     let paths_task = graydar_agent::paths::PathsSignal::start(&cfg, metrics.clone(), findings.clone())
-        .map(|s| tokio::spawn(s.run(stop_rx.clone())));
+        .map(|s| tokio::spawn(s.with_channel(channel.clone()).run(stop_rx.clone())));
 
     let app = router(AppState {
         metrics,
@@ -169,8 +171,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = sampler.await;
     if let Some(r) = reporter {
-        // Blocking join (one last delivery, bounded by the request timeout).
-        let _ = tokio::task::spawn_blocking(move || r.stop()).await;
+        // One last delivery, bounded by the request timeout.
+        r.stop().await;
     }
     let _ = incast_task.await;
     let _ = disk_task.await;

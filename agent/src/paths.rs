@@ -485,6 +485,8 @@ pub struct PathsSignal {
     cfg: Config,
     /// One traceroute at a time (they share the mesh sockets' error queues).
     trace_lock: Mutex<()>,
+    /// The controller channel the path report goes through (with a `[controller]`).
+    channel: Option<crate::channel::Channel>,
 }
 
 /// Sends on a mesh socket, once more when the first attempt fails with an
@@ -558,7 +560,14 @@ impl PathsSignal {
             findings,
             cfg: cfg.clone(),
             trace_lock: Mutex::new(()),
+            channel: None,
         })
+    }
+
+    /// Reports to the controller through `channel` (with a `[controller]`).
+    pub fn with_channel(mut self, channel: Option<crate::channel::Channel>) -> PathsSignal {
+        self.channel = channel;
+        self
     }
 
     fn socket_for(&self, a: &SocketAddr) -> Option<Arc<UdpSocket>> {
@@ -581,16 +590,14 @@ impl PathsSignal {
                 }
             }));
         }
-        let controller = this.cfg.controller.clone().and_then(|section| {
-            let t = this.clone();
-            let (tx, rx) = std::sync::mpsc::channel::<()>();
-            let h = std::thread::Builder::new()
-                .name("paths-sync".into())
-                .spawn(move || t.controller_sync(&section, rx))
-                .map_err(|e| tracing::warn!(error = %e, "path mesh: controller sync thread"))
-                .ok()?;
-            Some((tx, h))
-        });
+        let controller = match (&this.cfg.controller, &this.channel) {
+            (Some(section), Some(channel)) => Some(tokio::spawn(this.clone().controller_sync(
+                channel.clone(),
+                section.report_interval,
+                stop.clone(),
+            ))),
+            _ => None,
+        };
         let mut probe_tick = tokio::time::interval(this.cfg.paths.interval);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut eval_tick = tokio::time::interval(EVAL_EVERY);
@@ -602,9 +609,8 @@ impl PathsSignal {
                 _ = stop.changed() => break,
             }
         }
-        if let Some((tx, h)) = controller {
-            drop(tx);
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        if let Some(h) = controller {
+            let _ = h.await;
         }
         for t in tasks {
             let _ = t.await;
@@ -953,23 +959,21 @@ impl PathsSignal {
     }
 
     /// Pushes the report to the controller and takes its peer list, every
-    /// report interval, until `stop` disconnects.
-    fn controller_sync(&self, section: &crate::config::ControllerSection, stop: std::sync::mpsc::Receiver<()>) {
-        let client = match section.client(crate::reporter::request_timeout(section)) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "path mesh: no controller client; static peers only");
-                return;
-            }
-        };
-        let every = section.report_interval.max(Duration::from_secs(1));
+    /// report interval, until `stop`.
+    async fn controller_sync(
+        self: Arc<Self>,
+        channel: crate::channel::Channel,
+        report_interval: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let every = report_interval.max(Duration::from_secs(1));
         loop {
-            match stop.recv_timeout(every) {
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                _ => return,
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
             }
             let report = self.report();
-            match client.push_paths(&self.cfg.hostname, &report) {
+            match channel.push_paths(&self.cfg.hostname, &report).await {
                 Ok(resp) => {
                     let peers = resp
                         .peers
@@ -982,7 +986,7 @@ impl PathsSignal {
                     lock(&self.mesh).controller_peers = peers;
                 }
                 // Refused (4xx but "register first"): a bug or a bad `advertise`; say so.
-                Err(e @ graydar_common::client::ClientError::Api { status, .. }) if status != 404 && status < 500 => {
+                Err(e @ crate::channel::ChannelError::Api { status, .. }) if status != 404 && status < 500 => {
                     tracing::warn!(error = %e, "path mesh: the controller refused the path report")
                 }
                 Err(e) => tracing::debug!(error = %e, "path mesh: report to the controller"),

@@ -8,17 +8,18 @@
 //! with jitter. Delivery is at-least-once: the controller deduplicates by
 //! (finding id, transition, time).
 //!
-//! The client is blocking (ureq), so the reporter runs on its own thread.
+//! A task on the agent's runtime, speaking through the controller
+//! [`Channel`] (agent/src/channel/).
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use graydar_common::api::{Capabilities, FindingState, HeartbeatRequest, RegisterRequest, TransitionBatch};
-use graydar_common::client::{Client, ClientError};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigError, ControllerSection};
+use crate::channel::{Backoff, Channel, ChannelError};
+use crate::config::{Config, ControllerSection};
 use crate::findings::FindingStore;
 use crate::metrics::Metrics;
 
@@ -26,107 +27,25 @@ use crate::metrics::Metrics;
 pub const MAX_BATCH: usize = 500;
 /// Longest wait between retries.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Per-request timeout of the reporter's (and the path mesh's) requests.
-pub fn request_timeout(section: &ControllerSection) -> Duration {
-    REQUEST_TIMEOUT
-        .min(section.report_interval * 4)
-        .max(Duration::from_secs(2))
-}
 /// How often the buffer gauges are refreshed while waiting.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
-/// Exponential backoff with "equal jitter": the n-th consecutive failure
-/// waits between half and all of `min(max, base * 2^n)`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Backoff {
-        Backoff {
-            base,
-            max: max.max(base),
-            failures: 0,
-        }
-    }
-
-    /// The next delay; `unit` is a random number in [0, 1).
-    pub fn next_with(&mut self, unit: f64) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.failures.min(20));
-        let cap = exp.min(self.max);
-        self.failures = self.failures.saturating_add(1);
-        cap / 2 + cap.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        self.next_with(fastrand::f64())
-    }
-
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-}
-
-/// Fault capabilities from the kernel probe of agent/src/faults/caps.rs.
-fn fault_caps(cfg: &Config) -> Capabilities {
-    use crate::faults::caps::{Piece, Roots, probe};
-    let k = probe(&Roots {
-        procfs: cfg.procfs_root.clone(),
-        sysfs: cfg.sysfs_root.clone(),
-        ..Roots::default()
-    });
-    Capabilities {
-        sch_netem: k.usable(Piece::Netem),
-        device_mapper: k.usable(Piece::DeviceMapper),
-        sch_prio: k.usable(Piece::Prio),
-        cls_flower: k.usable(Piece::Flower),
-        act_mirred: k.usable(Piece::Mirred),
-        ifb: k.usable(Piece::Ifb),
-        dm_delay: k.usable(Piece::DmDelay),
-        dm_flakey: k.usable(Piece::DmFlakey),
-        ..Capabilities::default()
-    }
-}
-
 /// What this host tells the controller at registration.
 pub fn register_request(cfg: &Config, section: &ControllerSection, ebpf: bool) -> RegisterRequest {
-    let kernel_version = std::fs::read_to_string(cfg.procfs_root.join("sys/kernel/osrelease"))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    let sys_module = |m: &str| cfg.sysfs_root.join("module").join(m).exists();
-    let modules = std::fs::read_to_string(cfg.procfs_root.join("modules")).unwrap_or_default();
-    let module_file = |name: &str| {
-        ["", ".xz", ".zst", ".gz"].iter().any(|ext| {
-            std::path::Path::new("/lib/modules")
-                .join(&kernel_version)
-                .join(format!("kernel/net/sched/{name}.ko{ext}"))
-                .exists()
-        })
-    };
-    let misc = std::fs::read_to_string(cfg.procfs_root.join("misc")).unwrap_or_default();
+    let kernel = crate::faults::caps::probe(&crate::faults::caps::Roots {
+        procfs: cfg.procfs_root.clone(),
+        sysfs: cfg.sysfs_root.clone(),
+        ..crate::faults::caps::Roots::default()
+    });
     RegisterRequest {
         hostname: cfg.hostname.clone(),
         addresses: local_addresses(),
         labels: section.labels.clone(),
-        kernel_version: kernel_version.clone(),
+        kernel_version: kernel.release.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         capabilities: Capabilities {
             ebpf,
-            sch_netem: sys_module("sch_netem")
-                || modules.lines().any(|l| l.starts_with("sch_netem "))
-                || module_file("sch_netem"),
-            device_mapper: sys_module("dm_mod") || misc.lines().any(|l| l.trim_end().ends_with("device-mapper")),
-            // The rest from the fault engine's probe (agent/src/faults/caps.rs).
-            ..fault_caps(cfg)
+            ..kernel.capabilities()
         },
         interfaces: crate::faults::inventory::interfaces(&cfg.sysfs_root),
         dm_devices: crate::faults::inventory::dm_devices(),
@@ -160,14 +79,14 @@ pub fn local_addresses() -> Vec<String> {
     out
 }
 
-/// The running reporter thread.
+/// The running reporter task.
 pub struct Reporter {
-    stop: Sender<()>,
-    handle: Option<JoinHandle<()>>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
 }
 
 struct Worker {
-    client: Client,
+    channel: Channel,
     hostname: String,
     register: RegisterRequest,
     interval: Duration,
@@ -193,15 +112,16 @@ enum Outcome {
 }
 
 impl Reporter {
-    /// Enables the store's transition log and starts reporting.
+    /// Enables the store's transition log and starts reporting on the
+    /// current runtime.
     pub fn start(
         cfg: &Config,
         section: &ControllerSection,
+        channel: Channel,
         metrics: Arc<Metrics>,
         findings: Arc<Mutex<FindingStore>>,
         ebpf: bool,
-    ) -> Result<Reporter, ConfigError> {
-        let client = section.client(request_timeout(section))?;
+    ) -> Reporter {
         // Series that exist from the start, so 0 is visible.
         for reason in ["buffer_full", "rejected"] {
             metrics.reporter.transitions_dropped.with_label_values(&[reason]);
@@ -211,8 +131,8 @@ impl Reporter {
             Ok(mut s) => s.enable_transition_log(section.buffer_size),
             Err(p) => p.into_inner().enable_transition_log(section.buffer_size),
         }
-        let mut w = Worker {
-            client,
+        let w = Worker {
+            channel,
             hostname: cfg.hostname.clone(),
             register: register_request(cfg, section, ebpf),
             interval: section.report_interval,
@@ -226,25 +146,19 @@ impl Reporter {
             backoff: Backoff::new(Duration::from_millis(500).min(section.report_interval), MAX_BACKOFF),
             sysfs_root: cfg.sysfs_root.clone(),
         };
-        let (stop, stop_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = oneshot::channel();
         tracing::info!(url = %section.url, interval = ?section.report_interval, buffer = section.buffer_size, "reporting to the controller");
-        let handle = std::thread::Builder::new()
-            .name("reporter".into())
-            .spawn(move || w.run(stop_rx))
-            .map_err(|e| ConfigError::Controller(format!("starting the reporter thread: {e}")))?;
-        Ok(Reporter {
+        Reporter {
             stop,
-            handle: Some(handle),
-        })
+            task: tokio::spawn(w.run(stop_rx)),
+        }
     }
 
     /// Stops after one last delivery attempt.
-    pub fn stop(mut self) {
+    pub async fn stop(self) {
         let _ = self.stop.send(());
-        if let Some(h) = self.handle.take()
-            && h.join().is_err()
-        {
-            tracing::warn!("reporter thread panicked");
+        if self.task.await.is_err() {
+            tracing::warn!("reporter task panicked");
         }
     }
 }
@@ -254,7 +168,7 @@ impl Worker {
         self.findings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn request_done(&self, op: &str, r: &Result<(), &ClientError>) {
+    fn request_done(&self, op: &str, r: &Result<(), &ChannelError>) {
         let (result, up) = match r {
             Ok(()) => ("ok", 1),
             Err(_) => ("error", 0),
@@ -278,7 +192,7 @@ impl Worker {
         m.buffered.set(i64::try_from(buffered).unwrap_or(i64::MAX));
     }
 
-    fn log_error(&self, op: &str, e: &ClientError) {
+    fn log_error(&self, op: &str, e: &ChannelError) {
         if self.backoff.failures() <= 1 || self.backoff.failures().is_multiple_of(10) {
             tracing::warn!(op, error = %e, failures = self.backoff.failures(), "controller request failed");
         } else {
@@ -286,11 +200,11 @@ impl Worker {
         }
     }
 
-    fn register(&mut self) -> Outcome {
-        match self.client.register(&self.register) {
+    async fn register(&mut self) -> Outcome {
+        match self.channel.register(&self.register).await {
             Ok(r) => {
                 self.request_done("register", &Ok(()));
-                tracing::info!(url = self.client.base_url(), state = %r.agent.state, "registered with the controller");
+                tracing::info!(url = self.channel.base_url(), state = %r.agent.state, "registered with the controller");
                 self.registered = true;
                 self.heartbeat_every = Duration::from_secs(r.heartbeat_interval_seconds.clamp(1, 3600));
                 self.last_heartbeat = Some(Instant::now());
@@ -305,7 +219,7 @@ impl Worker {
     }
 
     /// Delivers pending transitions in order, batch by batch.
-    fn push(&mut self) -> Outcome {
+    async fn push(&mut self) -> Outcome {
         loop {
             let pending = self.store().pending_transitions(self.batch_limit);
             let Some(last_seq) = pending.last().map(|(s, _)| *s) else {
@@ -315,7 +229,7 @@ impl Worker {
             let batch = TransitionBatch {
                 transitions: pending.into_iter().map(|(_, t)| t).collect(),
             };
-            match self.client.push_transitions(&self.hostname, &batch) {
+            match self.channel.push_transitions(&self.hostname, &batch).await {
                 Ok(r) => {
                     self.request_done("transitions", &Ok(()));
                     self.store().ack_transitions(last_seq);
@@ -357,7 +271,7 @@ impl Worker {
         }
     }
 
-    fn heartbeat(&mut self) -> Outcome {
+    async fn heartbeat(&mut self) -> Outcome {
         let firing = self
             .store()
             .list(SystemTime::now())
@@ -369,7 +283,7 @@ impl Worker {
             interfaces: crate::faults::inventory::interfaces(&self.sysfs_root),
             dm_devices: crate::faults::inventory::dm_devices(),
         };
-        match self.client.heartbeat(&self.hostname, &req) {
+        match self.channel.heartbeat(&self.hostname, &req).await {
             Ok(_) => {
                 self.request_done("heartbeat", &Ok(()));
                 self.last_heartbeat = Some(Instant::now());
@@ -387,26 +301,28 @@ impl Worker {
     }
 
     /// One round: register if needed, deliver transitions, heartbeat if due.
-    fn round(&mut self) -> Outcome {
+    async fn round(&mut self) -> Outcome {
         if !self.registered
-            && let o @ (Outcome::Retry | Outcome::Reregister) = self.register()
+            && let o @ (Outcome::Retry | Outcome::Reregister) = self.register().await
         {
             return o;
         }
-        match self.push() {
+        match self.push().await {
             Outcome::Done => {}
             other => return other,
         }
         if self.last_heartbeat.is_none_or(|t| t.elapsed() >= self.heartbeat_every) {
-            return self.heartbeat();
+            return self.heartbeat().await;
         }
         Outcome::Done
     }
 
-    fn run(&mut self, stop: Receiver<()>) {
+    /// Rounds until `stop` fires (or its sender is dropped). A round in
+    /// flight finishes first, bounded by the request timeout.
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         loop {
             self.sync_gauges();
-            let wait = match self.round() {
+            let wait = match self.round().await {
                 Outcome::Done => {
                     self.backoff.reset();
                     self.interval
@@ -424,10 +340,14 @@ impl Worker {
             let until = Instant::now() + wait;
             let stopped = loop {
                 let left = until.saturating_duration_since(Instant::now());
-                match stop.recv_timeout(left.min(GAUGE_REFRESH)) {
-                    Err(RecvTimeoutError::Timeout) if left <= GAUGE_REFRESH => break false,
-                    Err(RecvTimeoutError::Timeout) => self.sync_gauges(),
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break true,
+                tokio::select! {
+                    _ = tokio::time::sleep(left.min(GAUGE_REFRESH)) => {
+                        if left <= GAUGE_REFRESH {
+                            break false;
+                        }
+                        self.sync_gauges();
+                    }
+                    _ = &mut stop => break true,
                 }
             };
             if stopped {
@@ -438,37 +358,10 @@ impl Worker {
                     && self.metrics.reporter.controller_up.get() == 1
                     && self.store().transitions_buffered() > 0
                 {
-                    let _ = self.push();
+                    let _ = self.push().await;
                 }
                 return;
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-        assert_eq!(b.next_with(0.0), Duration::from_millis(250));
-        assert_eq!(b.next_with(0.999_999).as_millis(), 999);
-        assert_eq!(b.next_with(0.5), Duration::from_millis(1500));
-        for _ in 0..20 {
-            b.next_with(0.5);
-        }
-        assert_eq!(b.next_with(0.0), Duration::from_secs(30));
-        assert!(b.next_with(1.0) <= Duration::from_secs(60));
-        b.reset();
-        assert_eq!(b.next_with(0.0), Duration::from_millis(250));
-        // Random jitter stays within [cap/2, cap].
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        for n in 0..8u32 {
-            let cap = (Duration::from_secs(1) * (1 << n)).min(Duration::from_secs(60));
-            let d = b.next_delay();
-            assert!(d >= cap / 2 && d <= cap, "{n}: {d:?}");
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Blocking client of the controller's `/api/v1` (the agent's reporter, the
-//! `graydar` CLI and the tests use it), over HTTP or HTTPS (rustls).
+//! Blocking client of the controller's `/api/v1` (the `graydar` CLI, the
+//! tests and the benchmarks use it; the agent talks through its async
+//! channel, agent/src/channel/), over HTTP or HTTPS (rustls).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,18 +85,7 @@ pub struct Client {
     token: Option<String>,
 }
 
-/// Percent-encodes one path segment (hostnames and ids are usually safe).
-pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use crate::url::encode_segment;
 
 /// Filters of `GET /api/v1/findings`.
 #[derive(Clone, Debug, Default)]

@@ -55,7 +55,7 @@ pub enum FaultSpec {
 
 /// Which packets of an interface netem sees.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Packets the interface sends (root qdisc).
@@ -187,13 +187,83 @@ impl Scope {
     }
 }
 
-impl FaultSpec {
-    /// `netem`, `dm` or `blackhole`.
-    pub fn kind(&self) -> &'static str {
+/// The kinds of fault: the `kind` tag of a [`FaultSpec`], the `kind` label of
+/// the agent's fault metrics and the `kind` column of the controller's
+/// faults. Spelled `netem`, `dm`, `blackhole` everywhere.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    Netem,
+    Dm,
+    Blackhole,
+}
+
+/// A fault kind that is not one of [`FaultKind::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown fault kind {0:?} (expected netem, dm or blackhole)")]
+pub struct UnknownFaultKind(pub String);
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 3] = [FaultKind::Netem, FaultKind::Dm, FaultKind::Blackhole];
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            FaultSpec::Netem { .. } => "netem",
-            FaultSpec::Dm { .. } => "dm",
-            FaultSpec::Blackhole { .. } => "blackhole",
+            FaultKind::Netem => "netem",
+            FaultKind::Dm => "dm",
+            FaultKind::Blackhole => "blackhole",
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = UnknownFaultKind;
+
+    fn from_str(s: &str) -> Result<FaultKind, UnknownFaultKind> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownFaultKind(s.to_owned()))
+    }
+}
+
+/// What a fault acts on, for overlap checks: two faults with the same key
+/// on one agent would fight over the same qdisc tree, dm table or route.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FaultKey {
+    /// One netem tree per interface and direction.
+    Netem { interface: String, direction: Direction },
+    Dm { device: String },
+    /// The prefix as written (the table is not part of the key).
+    Blackhole { prefix: String },
+}
+
+impl FaultSpec {
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            FaultSpec::Netem { .. } => FaultKind::Netem,
+            FaultSpec::Dm { .. } => FaultKind::Dm,
+            FaultSpec::Blackhole { .. } => FaultKind::Blackhole,
+        }
+    }
+
+    /// What the fault acts on, for overlap checks.
+    pub fn key(&self) -> FaultKey {
+        match self {
+            FaultSpec::Netem {
+                interface, direction, ..
+            } => FaultKey::Netem {
+                interface: interface.clone(),
+                direction: *direction,
+            },
+            FaultSpec::Dm { device, .. } => FaultKey::Dm { device: device.clone() },
+            FaultSpec::Blackhole { prefix, .. } => FaultKey::Blackhole { prefix: prefix.clone() },
         }
     }
 
@@ -553,7 +623,7 @@ mod tests {
         )
         .expect("parses");
         s.validate().expect("valid");
-        assert_eq!(s.kind(), "netem");
+        assert_eq!(s.kind(), FaultKind::Netem);
         assert_eq!(s.target(), "eth0");
     }
 
@@ -601,5 +671,41 @@ mod tests {
         assert!(c6.contains("fd00::1".parse().expect("ip")));
         assert!(!c6.contains("10.1.0.1".parse().expect("ip")));
         assert_eq!(Cidr::parse("192.0.2.1").expect("host").len, 32);
+    }
+
+    #[test]
+    fn fault_kinds_are_spelled_as_on_the_wire_and_unknown_ones_refused() {
+        for k in FaultKind::ALL {
+            assert_eq!(serde_json::to_string(&k).expect("json"), format!("\"{k}\""));
+            assert_eq!(k.as_str().parse::<FaultKind>(), Ok(k));
+        }
+        let e = "netem_tree".parse::<FaultKind>().expect_err("not a kind");
+        assert!(e.to_string().contains("netem_tree"), "{e}");
+        assert!(serde_json::from_str::<FaultKind>("\"tc\"").is_err());
+        let spec = parse(r#"{"kind":"blackhole","prefix":"10.0.0.0/8"}"#).expect("parses");
+        assert_eq!(spec.kind(), FaultKind::Blackhole);
+        assert!(parse(r#"{"kind":"tc","interface":"eth0"}"#).is_err(), "unknown kinds are refused");
+    }
+
+    #[test]
+    fn fault_keys_tell_what_two_faults_would_fight_over() {
+        let netem = |dir: &str, scope: &str| {
+            parse(&format!(
+                r#"{{"kind":"netem","interface":"eth0","direction":"{dir}","scope":{scope},"netem":{{"delay_ms":1}}}}"#
+            ))
+            .expect("parses")
+            .key()
+        };
+        assert_eq!(netem("egress", "{}"), netem("egress", r#"{"dst_ports":[443]}"#));
+        assert_ne!(netem("egress", "{}"), netem("ingress", "{}"));
+        let bh = |json: &str| parse(json).expect("parses").key();
+        assert_eq!(
+            bh(r#"{"kind":"blackhole","prefix":"10.0.0.0/8"}"#),
+            bh(r#"{"kind":"blackhole","prefix":"10.0.0.0/8","table":100}"#)
+        );
+        assert_ne!(
+            bh(r#"{"kind":"dm","device":"a","dm":{"type":"delay","read_ms":5}}"#),
+            bh(r#"{"kind":"blackhole","prefix":"a"}"#)
+        );
     }
 }

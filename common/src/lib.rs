@@ -20,6 +20,9 @@ pub mod fault_api;
 #[cfg(feature = "api")]
 pub mod paths;
 
+#[cfg(feature = "api")]
+pub mod url;
+
 #[cfg(feature = "client")]
 pub mod client;
 

@@ -23,25 +23,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use graydar_common::client::Client;
 use graydar_common::fault_api::{DesiredFault, DesiredFaults, FaultStatusReport, FaultStatusUpdate};
-use graydar_common::faults::FaultState;
+use graydar_common::faults::{FaultKind, FaultState};
 use tokio::sync::{Mutex, watch};
 
 use super::engine::FaultEngine;
-use crate::config::{Config, ConfigError, ControllerSection};
+use crate::channel::{Backoff, Channel};
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::reporter::Backoff;
 
 /// Longest long-poll asked for (the controller caps it at lease / 3).
 pub const POLL_WAIT: Duration = Duration::from_secs(10);
-/// Added to the poll's wait for the request timeout.
-const POLL_SLACK: Duration = Duration::from_secs(10);
-const KINDS: [&str; 3] = ["netem", "dm", "blackhole"];
 
 #[derive(Debug, Clone)]
 struct Local {
-    kind: &'static str,
+    /// `None` for what start-up recovery reverted that is no fault of a
+    /// known kind (an ifb sweep, a journal record of an unknown kind).
+    kind: Option<FaultKind>,
     state: FaultState,
     reason: Option<String>,
     operations: Vec<String>,
@@ -60,7 +58,7 @@ impl Local {
 }
 
 pub struct Assigner {
-    client: Arc<Client>,
+    channel: Channel,
     hostname: String,
     engine: Arc<Mutex<FaultEngine>>,
     metrics: Arc<Metrics>,
@@ -70,20 +68,6 @@ pub struct Assigner {
     /// When the protected endpoints were last resolved and handed to the engine.
     protected_at: Option<std::time::Instant>,
     protected_ok: bool,
-}
-
-/// Runs a blocking HTTP call on its own detached thread: unlike
-/// `spawn_blocking`, a long-poll in flight never delays the runtime's
-/// shutdown (SIGTERM) by its wait.
-fn off_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> tokio::sync::oneshot::Receiver<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new().name("fault-poll".into()).spawn(move || {
-        let _ = tx.send(f());
-    });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "starting a fault-poll thread");
-    }
-    rx
 }
 
 /// `host:port` of an `http(s)://host[:port][/...]` URL (IPv6 in brackets).
@@ -112,12 +96,11 @@ pub fn url_authority(url: &str) -> Option<(String, u16)> {
 }
 
 /// The controller's resolved addresses (what the engine must never impair).
-fn controller_endpoints(url: &str) -> Vec<std::net::SocketAddr> {
-    use std::net::ToSocketAddrs as _;
+async fn controller_endpoints(url: &str) -> Vec<std::net::SocketAddr> {
     let Some((host, port)) = url_authority(url) else {
         return Vec::new();
     };
-    match (host.as_str(), port).to_socket_addrs() {
+    match tokio::net::lookup_host((host.as_str(), port)).await {
         Ok(a) => {
             let mut v: Vec<_> = a.collect();
             v.sort();
@@ -137,24 +120,18 @@ const SHUTDOWN_REPORT: Duration = Duration::from_secs(2);
 /// How often the controller's name is resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(60);
 
-fn kind_of(spec: &graydar_common::faults::FaultSpec) -> &'static str {
-    spec.kind()
-}
-
 impl Assigner {
-    /// The loop, ready to [`Assigner::run`]; same controller URL, token and
-    /// CA as the reporter.
+    /// The loop, ready to [`Assigner::run`], on the agent's controller channel.
     pub fn new(
         cfg: &Config,
-        section: &ControllerSection,
+        channel: Channel,
         engine: Arc<Mutex<FaultEngine>>,
         recovered: &[super::engine::Recovered],
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
-    ) -> Result<Assigner, ConfigError> {
-        let client = section.client(POLL_WAIT + POLL_SLACK)?;
-        for k in KINDS {
-            metrics.faults_active.with_label_values(&[k]).set(0);
+    ) -> Assigner {
+        for k in FaultKind::ALL {
+            metrics.faults_active.with_label_values(&[k.as_str()]).set(0);
         }
         // Faults a previous run left applied and start-up reverted: the
         // controller still shows them active until told.
@@ -168,11 +145,10 @@ impl Assigner {
                     ),
                     Err(e) => (FaultState::Failed, format!("could not be reverted at agent start: {e}")),
                 };
-                let kind = KINDS.iter().copied().find(|k| *k == r.kind).unwrap_or("netem");
                 (
                     r.id.clone(),
                     Local {
-                        kind,
+                        kind: r.kind.fault_kind(),
                         state,
                         reason: Some(reason),
                         operations: Vec::new(),
@@ -181,8 +157,8 @@ impl Assigner {
                 )
             })
             .collect();
-        Ok(Assigner {
-            client: Arc::new(client),
+        Assigner {
+            channel,
             hostname: cfg.hostname.clone(),
             engine,
             metrics,
@@ -191,13 +167,13 @@ impl Assigner {
             stop,
             protected_at: None,
             protected_ok: false,
-        })
+        }
     }
 
-    fn count(&self, kind: &str, op: &str, ok: bool) {
+    fn count(&self, kind: FaultKind, op: &str, ok: bool) {
         self.metrics
             .fault_operations
-            .with_label_values(&[kind, op, if ok { "ok" } else { "error" }])
+            .with_label_values(&[kind.as_str(), op, if ok { "ok" } else { "error" }])
             .inc();
     }
 
@@ -209,22 +185,21 @@ impl Assigner {
     /// reverts everything at shutdown).
     pub async fn run(mut self) {
         tracing::info!(
-            url = self.client.base_url(),
+            url = self.channel.base_url(),
             "taking fault assignments from the controller"
         );
         let mut version: Option<u64> = None;
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
         let mut failures = 0u32;
         while !self.stopped() {
-            let (c, h, v) = (self.client.clone(), self.hostname.clone(), version);
-            let poll = off_thread(move || c.desired_faults(&h, POLL_WAIT, v));
             let mut stop = self.stop.clone();
+            // Dropping the poll on stop abandons the request at once.
             let res = tokio::select! {
-                r = poll => r,
+                r = self.channel.desired_faults(&self.hostname, POLL_WAIT, version) => r,
                 _ = stop.changed() => break,
             };
             match res {
-                Ok(Ok(d)) => {
+                Ok(d) => {
                     if failures > 0 {
                         tracing::info!(failures, "fault assignments: controller reachable again");
                     }
@@ -235,7 +210,7 @@ impl Assigner {
                     self.reconcile(&d).await;
                     self.report().await;
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(20) {
                         tracing::warn!(error = %e, failures, "fault assignments: polling the controller failed; \
@@ -251,10 +226,6 @@ impl Assigner {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.changed() => break,
                     }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "fault assignment poll task");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
@@ -290,8 +261,7 @@ impl Assigner {
         if self.protected_at.is_some_and(|t| t.elapsed() < RESOLVE_EVERY) {
             return;
         }
-        let url = self.client.base_url().to_owned();
-        let endpoints = off_thread(move || controller_endpoints(&url)).await.unwrap_or_default();
+        let endpoints = controller_endpoints(self.channel.base_url()).await;
         self.protected_at = Some(std::time::Instant::now());
         if endpoints.is_empty() {
             // Keep what the engine had (a failed lookup must not unprotect).
@@ -323,7 +293,7 @@ impl Assigner {
                     FaultState::Reverted,
                     Some("lease expired: reverted by the agent".into()),
                 );
-                expired.push(l.kind);
+                expired.extend(l.kind);
             }
         }
         for k in expired {
@@ -332,22 +302,22 @@ impl Assigner {
     }
 
     fn update_gauges(&self) {
-        for k in KINDS {
+        for k in FaultKind::ALL {
             let n = self
                 .local
                 .values()
-                .filter(|l| l.kind == k && l.state == FaultState::Active)
+                .filter(|l| l.kind == Some(k) && l.state == FaultState::Active)
                 .count();
             self.metrics
                 .faults_active
-                .with_label_values(&[k])
+                .with_label_values(&[k.as_str()])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
     fn entry(&mut self, f: &DesiredFault) -> &mut Local {
         self.local.entry(f.id.clone()).or_insert_with(|| Local {
-            kind: kind_of(&f.spec),
+            kind: Some(f.spec.kind()),
             state: FaultState::Pending,
             reason: None,
             operations: Vec::new(),
@@ -366,17 +336,22 @@ impl Assigner {
         if let Some(prev) = self.epoch
             && d.revert_all_epoch != prev
         {
-            let ids = eng.active_ids();
+            let ids: Vec<(String, Option<FaultKind>)> =
+                eng.active_ids().into_iter().map(|id| {
+                    let kind = eng.kind_of(&id);
+                    (id, kind)
+                }).collect();
             let failures = eng.revert_all().await;
             tracing::warn!(
                 reverted = ids.len() - failures.len(),
                 failed = failures.len(),
                 "revert-all from the controller"
             );
-            for id in &ids {
+            for (id, kind) in &ids {
                 let failed = failures.iter().find(|(f, _)| f == id).map(|(_, e)| e.to_string());
-                let kind = self.local.get(id).map_or("netem", |l| l.kind);
-                self.count(kind, "revert_all", failed.is_none());
+                if let Some(kind) = *kind {
+                    self.count(kind, "revert_all", failed.is_none());
+                }
                 if let Some(l) = self.local.get_mut(id) {
                     match failed {
                         None => l.set(FaultState::Reverted, Some("revert-all".into())),
@@ -394,17 +369,17 @@ impl Assigner {
             if desired.get(id.as_str()).is_some_and(|f| !f.dry_run) {
                 continue;
             }
-            let kind = self.local.get(&id).map_or("netem", |l| l.kind);
+            let kind = eng.kind_of(&id);
             match eng.revert(&id).await {
                 Ok(()) => {
-                    self.count(kind, "revert", true);
+                    kind.inspect(|k| self.count(*k, "revert", true));
                     active.remove(&id);
                     if let Some(l) = self.local.get_mut(&id) {
                         l.set(FaultState::Reverted, Some("no longer wanted by the controller".into()));
                     }
                 }
                 Err(e) => {
-                    self.count(kind, "revert", false);
+                    kind.inspect(|k| self.count(*k, "revert", false));
                     tracing::error!(id, error = %e, "revert failed; the lease timer retries");
                     if let Some(l) = self.local.get_mut(&id) {
                         l.set(FaultState::Active, Some(format!("revert failed: {e}")));
@@ -414,7 +389,7 @@ impl Assigner {
         }
         for f in &d.faults {
             let lease = Duration::from_secs(f.lease_seconds.max(1));
-            let kind = kind_of(&f.spec);
+            let kind = f.spec.kind();
             if f.dry_run {
                 if matches!(
                     self.local.get(&f.id).map(|l| l.state),
@@ -457,11 +432,11 @@ impl Assigner {
             let l = self.entry(f);
             match r {
                 Ok(()) => {
-                    tracing::info!(id = %f.id, kind, target = f.spec.target(), lease_s = f.lease_seconds, "fault applied for the controller");
+                    tracing::info!(id = %f.id, kind = kind.as_str(), target = f.spec.target(), lease_s = f.lease_seconds, "fault applied for the controller");
                     l.set(FaultState::Active, None);
                 }
                 Err(e) => {
-                    tracing::warn!(id = %f.id, kind, target = f.spec.target(), error = %e, "fault from the controller failed");
+                    tracing::warn!(id = %f.id, kind = kind.as_str(), target = f.spec.target(), error = %e, "fault from the controller failed");
                     l.set(FaultState::Failed, Some(e.to_string()));
                 }
             }
@@ -490,10 +465,9 @@ impl Assigner {
             return;
         }
         let sent: Vec<(String, FaultState)> = statuses.iter().map(|s| (s.id.clone(), s.state)).collect();
-        let (c, h) = (self.client.clone(), self.hostname.clone());
         let report = FaultStatusReport { statuses };
-        match off_thread(move || c.report_fault_status(&h, &report)).await {
-            Ok(Ok(_)) => {
+        match self.channel.report_fault_status(&self.hostname, &report).await {
+            Ok(_) => {
                 for (id, state) in sent {
                     if let Some(l) = self.local.get_mut(&id)
                         && l.state == state
@@ -502,8 +476,7 @@ impl Assigner {
                     }
                 }
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "reporting fault states; retried after the next poll"),
-            Err(e) => tracing::error!(error = %e, "fault status task"),
+            Err(e) => tracing::debug!(error = %e, "reporting fault states; retried after the next poll"),
         }
     }
 }
@@ -512,8 +485,8 @@ impl Assigner {
 mod tests {
     use super::*;
 
-    #[test]
-    fn authorities_of_controller_urls() {
+    #[tokio::test]
+    async fn authorities_of_controller_urls() {
         assert_eq!(url_authority("http://10.0.0.1:8477"), Some(("10.0.0.1".into(), 8477)));
         assert_eq!(
             url_authority("https://ctl.example/api"),
@@ -523,7 +496,7 @@ mod tests {
         assert_eq!(url_authority("http://[fd00::1]"), Some(("fd00::1".into(), 80)));
         assert_eq!(url_authority("ftp://x"), None);
         assert_eq!(
-            controller_endpoints("http://127.0.0.1:8477"),
+            controller_endpoints("http://127.0.0.1:8477").await,
             vec!["127.0.0.1:8477".parse().expect("addr")]
         );
     }

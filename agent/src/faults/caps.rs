@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use graydar_common::api::Capabilities;
 use serde::Serialize;
 
 /// A kernel feature a fault may need.
@@ -147,6 +148,22 @@ pub struct KernelCaps {
 impl KernelCaps {
     pub fn usable(&self, p: Piece) -> bool {
         self.pieces.get(&p).is_some_and(|a| a.usable())
+    }
+
+    /// The fault pieces as the agent registers them with the controller
+    /// (`ebpf` is not this probe's to tell: false).
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ebpf: false,
+            sch_netem: self.usable(Piece::Netem),
+            device_mapper: self.usable(Piece::DeviceMapper),
+            sch_prio: self.usable(Piece::Prio),
+            cls_flower: self.usable(Piece::Flower),
+            act_mirred: self.usable(Piece::Mirred),
+            ifb: self.usable(Piece::Ifb),
+            dm_delay: self.usable(Piece::DmDelay),
+            dm_flakey: self.usable(Piece::DmFlakey),
+        }
     }
 
     /// `Err` naming every piece of `needed` this kernel lacks.

@@ -15,18 +15,23 @@ pub use graydar_common::faults::{DmFaultSpec, FlakeyMode, SpecError};
 #[derive(Debug, thiserror::Error)]
 pub enum DmFaultError {
     #[error("device-mapper is not available: {0} (the kernel needs CONFIG_BLK_DEV_DM and the dm-mod module)")]
-    NoDeviceMapper(String),
+    NoDeviceMapper(#[source] devicemapper::DmError),
     #[error("dm device {0:?} does not exist")]
     NoDevice(String),
     #[error("dm device {name:?} has a {found} table; graydar only wraps linear segments, which it can restore exactly")]
     NotLinear { name: String, found: String },
-    #[error("invalid dm fault: {0}")]
-    Invalid(String),
-    #[error("device-mapper {op} on {name:?}: {detail}")]
+    #[error("invalid dm fault: device name {name:?}: {source}")]
+    InvalidName {
+        name: String,
+        #[source]
+        source: devicemapper::DmError,
+    },
+    #[error("device-mapper {op} on {name:?}: {source}")]
     Ioctl {
         op: &'static str,
         name: String,
-        detail: String,
+        #[source]
+        source: devicemapper::DmError,
     },
     /// The table load was refused and the target is not available.
     #[error(transparent)]
@@ -104,19 +109,22 @@ impl DmTable for DmFaultSpec {
 }
 
 fn ioctl_err<'a>(op: &'static str, name: &'a str) -> impl FnOnce(devicemapper::DmError) -> DmFaultError + 'a {
-    move |e| DmFaultError::Ioctl {
+    move |source| DmFaultError::Ioctl {
         op,
         name: name.to_owned(),
-        detail: e.to_string(),
+        source,
     }
 }
 
 pub fn open() -> Result<DM, DmFaultError> {
-    DM::new().map_err(|e| DmFaultError::NoDeviceMapper(e.to_string()))
+    DM::new().map_err(DmFaultError::NoDeviceMapper)
 }
 
 fn name_buf(name: &str) -> Result<DmNameBuf, DmFaultError> {
-    DmNameBuf::new(name.to_owned()).map_err(|e| DmFaultError::Invalid(format!("device name {name:?}: {e}")))
+    DmNameBuf::new(name.to_owned()).map_err(|source| DmFaultError::InvalidName {
+        name: name.to_owned(),
+        source,
+    })
 }
 
 /// The live table of `name`.
@@ -222,7 +230,10 @@ pub fn remove(dm: &DM, name: &str) -> Result<(), DmFaultError> {
 
 /// For callers holding only a borrowed name.
 pub fn dm_name(name: &str) -> Result<&DmName, DmFaultError> {
-    DmName::new(name).map_err(|e| DmFaultError::Invalid(format!("device name {name:?}: {e}")))
+    DmName::new(name).map_err(|source| DmFaultError::InvalidName {
+        name: name.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -16,11 +16,11 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt as _;
-use graydar_common::faults::{Cidr, Direction, FaultSpec, Scope};
+use graydar_common::faults::{Cidr, Direction, FaultKind, FaultSpec, Scope};
 
 use super::caps::{self, KernelCaps, Missing, Piece};
 use super::dm::{self, DmFaultError, DmFaultSpec, DmTable as _, TableLine};
-use super::journal::{FaultRecord, Journal, JournalError, Record};
+use super::journal::{FaultRecord, Journal, JournalError, Mechanism, Record};
 use super::netem::{NetemSpec, SpecError};
 use super::route::{self, RouteError, RoutePrior};
 use super::tc::{self, PriorRoot, TcError};
@@ -42,8 +42,14 @@ pub enum FaultError {
     Duplicate(String),
     #[error("no active fault {0:?}")]
     NotFound(String),
-    #[error("journal record of {id}: {detail}")]
-    Record { id: String, detail: String },
+    #[error("journal record of {id}: {source}")]
+    Record {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("journal record of {id}: unknown fault kind {kind:?}")]
+    UnknownKind { id: String, kind: String },
     #[error("not supported by this agent: {0}")]
     Unsupported(String),
     /// The kernel lacks what the fault needs (named with its config option).
@@ -121,36 +127,72 @@ pub struct FaultEngine {
     caps: KernelCaps,
 }
 
+/// What start-up recovery reverted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveredKind {
+    /// A journaled fault, by how it was applied.
+    Fault(Mechanism),
+    /// An ifb device (or a redirect to one) the journal did not list.
+    Ifb,
+}
+
+impl RecoveredKind {
+    /// The fault kind, for a journaled fault of a known mechanism.
+    pub fn fault_kind(&self) -> Option<FaultKind> {
+        match self {
+            RecoveredKind::Fault(m) => m.fault_kind(),
+            RecoveredKind::Ifb => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RecoveredKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveredKind::Fault(m) => m.fmt(f),
+            RecoveredKind::Ifb => f.write_str("ifb"),
+        }
+    }
+}
+
 /// What start-up recovery did with one journaled fault.
 #[derive(Debug)]
 pub struct Recovered {
     pub id: String,
-    pub kind: String,
+    pub kind: RecoveredKind,
     pub target: String,
-    pub result: Result<(), String>,
+    pub result: Result<(), FaultError>,
 }
 
 /// The journal record of a fault about to be applied: spec and prior state
 /// as JSON, lease from now.
 fn fault_record(
     id: &str,
-    kind: &str,
+    kind: Mechanism,
     target: &str,
     spec: &impl serde::Serialize,
     prior: &impl serde::Serialize,
     lease: Duration,
 ) -> Result<FaultRecord, FaultError> {
-    let record_err = |e: serde_json::Error| FaultError::Record {
+    let record_err = |source: serde_json::Error| FaultError::Record {
         id: id.to_owned(),
-        detail: e.to_string(),
+        source,
     };
     Ok(FaultRecord {
         id: id.to_owned(),
-        kind: kind.to_owned(),
+        kind,
         target: target.to_owned(),
         spec: serde_json::to_value(spec).map_err(record_err)?,
         prior: serde_json::to_value(prior).map_err(record_err)?,
         lease_expires_unix: unix_now().saturating_add(lease.as_secs().max(1)),
+    })
+}
+
+/// The prior state a journal record holds, as `T`.
+fn prior_of<T: serde::de::DeserializeOwned>(rec: &FaultRecord) -> Result<T, FaultError> {
+    serde_json::from_value(rec.prior.clone()).map_err(|source| FaultError::Record {
+        id: rec.id.clone(),
+        source,
     })
 }
 
@@ -168,10 +210,7 @@ async fn ifindex_of(netlink: &rtnetlink::Handle, name: &str) -> Result<Option<u3
         Ok(None) => Ok(None),
         // ENODEV: no such interface.
         Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(FaultError::Tc(TcError::Netlink {
-            op: "get link",
-            detail: e.to_string(),
-        })),
+        Err(source) => Err(FaultError::Tc(TcError::Netlink { op: "get link", source })),
     }
 }
 
@@ -203,24 +242,24 @@ impl FaultEngine {
             }
             out.push(Recovered {
                 id: rec.id.clone(),
-                kind: rec.kind.clone(),
+                kind: RecoveredKind::Fault(rec.kind.clone()),
                 target: rec.target.clone(),
-                result: result.map_err(|e| e.to_string()),
+                result,
             });
         }
         // Safety net: ifb devices (and redirects to them) the journal did not list.
         match tree::sweep(&engine.netlink).await {
             Ok(removed) => out.extend(removed.into_iter().map(|what| Recovered {
                 id: "(sweep)".into(),
-                kind: "ifb".into(),
+                kind: RecoveredKind::Ifb,
                 target: what,
                 result: Ok(()),
             })),
             Err(e) => out.push(Recovered {
                 id: "(sweep)".into(),
-                kind: "ifb".into(),
+                kind: RecoveredKind::Ifb,
                 target: tree::IFB_PREFIX.into(),
-                result: Err(e.to_string()),
+                result: Err(e.into()),
             }),
         }
         Ok((engine, out))
@@ -261,24 +300,17 @@ impl FaultEngine {
     }
 
     async fn revert_record(&self, rec: &FaultRecord) -> Result<(), FaultError> {
-        match rec.kind.as_str() {
-            "netem" => {
-                let prior: PriorRoot = serde_json::from_value(rec.prior.clone()).map_err(|e| FaultError::Record {
-                    id: rec.id.clone(),
-                    detail: e.to_string(),
-                })?;
+        match &rec.kind {
+            Mechanism::Netem => {
+                let prior: PriorRoot = prior_of(rec)?;
                 match ifindex_of(&self.netlink, &rec.target).await? {
                     // The interface is gone, and its qdiscs with it.
                     None => Ok(()),
                     Some(ifindex) => Ok(tc::revert_netem(&self.netlink, ifindex, &prior).await?),
                 }
             }
-            "dm" => {
-                let table: Vec<TableLine> =
-                    serde_json::from_value(rec.prior.clone()).map_err(|e| FaultError::Record {
-                        id: rec.id.clone(),
-                        detail: e.to_string(),
-                    })?;
+            Mechanism::Dm => {
+                let table: Vec<TableLine> = prior_of(rec)?;
                 let h = dm::open()?;
                 match dm::table(&h, &rec.target) {
                     // The device is gone, and its table with it.
@@ -288,24 +320,18 @@ impl FaultEngine {
                     Ok(_) => Ok(dm::swap_table(&h, &rec.target, &table)?),
                 }
             }
-            "netem_tree" => {
-                let prior: TreePrior = serde_json::from_value(rec.prior.clone()).map_err(|e| FaultError::Record {
-                    id: rec.id.clone(),
-                    detail: e.to_string(),
-                })?;
+            Mechanism::NetemTree => {
+                let prior: TreePrior = prior_of(rec)?;
                 let ifindex = ifindex_of(&self.netlink, &rec.target).await?;
                 Ok(tree::revert(&self.netlink, ifindex, &prior).await?)
             }
-            "blackhole" => {
-                let prior: RoutePrior = serde_json::from_value(rec.prior.clone()).map_err(|e| FaultError::Record {
-                    id: rec.id.clone(),
-                    detail: e.to_string(),
-                })?;
+            Mechanism::Blackhole => {
+                let prior: RoutePrior = prior_of(rec)?;
                 Ok(revert_route(&self.netlink, &prior).await?)
             }
-            other => Err(FaultError::Record {
+            Mechanism::Unknown(kind) => Err(FaultError::UnknownKind {
                 id: rec.id.clone(),
-                detail: format!("unknown fault kind {other:?}"),
+                kind: kind.clone(),
             }),
         }
     }
@@ -409,7 +435,7 @@ impl FaultEngine {
         Ok((ifindex, plan, prior))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "the parts of one netem spec, destructured by FaultEngine::how")]
     async fn apply_tree(
         &mut self,
         id: &str,
@@ -425,7 +451,7 @@ impl FaultEngine {
         }
         let (ifindex, plan, prior) = self.prepare_tree(interface, direction, scope, netem).await?;
         self.require(&plan.required())?;
-        let record = fault_record(id, "netem_tree", interface, spec, &prior, lease)?;
+        let record = fault_record(id, Mechanism::NetemTree, interface, spec, &prior, lease)?;
         self.journal.append(&Record::Intent { fault: record.clone() })?;
         if let Err(e) = tree::apply(&self.netlink, ifindex, &plan, &prior).await {
             if let Err(re) = tree::revert(&self.netlink, Some(ifindex), &prior).await {
@@ -469,7 +495,7 @@ impl FaultEngine {
             prefix: cidr.to_string(),
             table,
         };
-        let record = fault_record(id, "blackhole", &prior.prefix, spec, &prior, lease)?;
+        let record = fault_record(id, Mechanism::Blackhole, &prior.prefix, spec, &prior, lease)?;
         self.journal.append(&Record::Intent { fault: record.clone() })?;
         if let Err(e) = route::add_blackhole(&self.netlink, &cidr, table).await {
             let _ = route::del_blackhole(&self.netlink, &cidr, table).await;
@@ -555,7 +581,7 @@ impl FaultEngine {
             .ok_or_else(|| FaultError::UnknownInterface(f.interface.clone()))?;
         self.require(&[Piece::Netem])?;
         let prior = tc::snapshot(&self.netlink, ifindex).await?;
-        let record = fault_record(&f.id, "netem", &f.interface, &f.spec, &prior, f.lease)?;
+        let record = fault_record(&f.id, Mechanism::Netem, &f.interface, &f.spec, &prior, f.lease)?;
         self.journal.append(&Record::Intent { fault: record.clone() })?;
         if let Err(e) = tc::apply_netem(&self.netlink, ifindex, &f.spec).await {
             // Roll back whatever the kernel did, then record the failure.
@@ -600,7 +626,7 @@ impl FaultEngine {
         let h = dm::open()?;
         let prior = dm::snapshot(&h, &f.device)?;
         self.require(&[Piece::DeviceMapper, dm::target_piece(&f.spec)])?;
-        let record = fault_record(&f.id, "dm", &f.device, &f.spec, &prior, f.lease)?;
+        let record = fault_record(&f.id, Mechanism::Dm, &f.device, &f.spec, &prior, f.lease)?;
         self.journal.append(&Record::Intent { fault: record.clone() })?;
         // swap_table resumes the device on its old table when the load fails.
         if let Err(e) = dm::swap_table(&h, &f.device, &f.spec.table(&prior)) {
@@ -678,6 +704,11 @@ impl FaultEngine {
             }
         }
         failed
+    }
+
+    /// The kind of an active fault.
+    pub fn kind_of(&self, id: &str) -> Option<FaultKind> {
+        self.active.get(id).and_then(|a| a.record.kind.fault_kind())
     }
 
     pub fn active_ids(&self) -> Vec<String> {

@@ -16,17 +16,85 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Write as _};
 use std::path::{Path, PathBuf};
 
+use graydar_common::faults::FaultKind;
 use serde::{Deserialize, Serialize};
 
 pub const FILE_NAME: &str = "faults.journal";
+
+/// How a fault was carried out, which decides how it is reverted: the
+/// record's `kind` (`netem`, `netem_tree`, `dm`, `blackhole`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Mechanism {
+    /// A netem root qdisc replacing the interface's root (`netem`).
+    Netem,
+    /// prio root + netem child + flower filters; ingress through an ifb (`netem_tree`).
+    NetemTree,
+    /// A delay / flakey table swapped in on a dm device (`dm`).
+    Dm,
+    /// A blackhole route (`blackhole`).
+    Blackhole,
+    /// A kind this agent does not know (another version wrote it): the
+    /// record stays pending and its revert fails naming the kind, so it is
+    /// neither lost nor guessed.
+    Unknown(String),
+}
+
+impl Mechanism {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Mechanism::Netem => "netem",
+            Mechanism::NetemTree => "netem_tree",
+            Mechanism::Dm => "dm",
+            Mechanism::Blackhole => "blackhole",
+            Mechanism::Unknown(k) => k,
+        }
+    }
+
+    /// The fault kind carried out this way; `None` for an unknown mechanism.
+    pub fn fault_kind(&self) -> Option<FaultKind> {
+        match self {
+            Mechanism::Netem | Mechanism::NetemTree => Some(FaultKind::Netem),
+            Mechanism::Dm => Some(FaultKind::Dm),
+            Mechanism::Blackhole => Some(FaultKind::Blackhole),
+            Mechanism::Unknown(_) => None,
+        }
+    }
+}
+
+impl From<String> for Mechanism {
+    fn from(s: String) -> Mechanism {
+        match s.as_str() {
+            "netem" => Mechanism::Netem,
+            "netem_tree" => Mechanism::NetemTree,
+            "dm" => Mechanism::Dm,
+            "blackhole" => Mechanism::Blackhole,
+            _ => Mechanism::Unknown(s),
+        }
+    }
+}
+
+impl From<Mechanism> for String {
+    fn from(m: Mechanism) -> String {
+        match m {
+            Mechanism::Unknown(s) => s,
+            known => known.as_str().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Everything needed to revert a fault without the controller.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultRecord {
     pub id: String,
-    /// "netem", "dm_delay", "dm_flakey", "blackhole", ...
-    pub kind: String,
+    pub kind: Mechanism,
     /// Interface, device or prefix the fault acts on.
     pub target: String,
     /// The fault as requested.
@@ -178,7 +246,7 @@ mod tests {
     fn fault(id: &str) -> FaultRecord {
         FaultRecord {
             id: id.into(),
-            kind: "netem".into(),
+            kind: Mechanism::Netem,
             target: "eth0".into(),
             spec: serde_json::json!({"delay_ms": 100}),
             prior: serde_json::json!({"root_qdisc": "fq_codel"}),
@@ -252,5 +320,30 @@ mod tests {
         assert_eq!(ids, ["a", "b"]);
         assert!(rec.torn_tail);
         assert_eq!(rec.unreadable_lines, 1);
+    }
+
+    #[test]
+    fn kinds_are_written_as_before_and_unknown_ones_kept() {
+        for (m, text) in [
+            (Mechanism::Netem, "netem"),
+            (Mechanism::NetemTree, "netem_tree"),
+            (Mechanism::Dm, "dm"),
+            (Mechanism::Blackhole, "blackhole"),
+        ] {
+            assert_eq!(serde_json::to_string(&m).expect("json"), format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<Mechanism>(&format!("\"{text}\"")).expect("parse"), m);
+        }
+        assert_eq!(Mechanism::NetemTree.fault_kind(), Some(FaultKind::Netem));
+        let line = r#"{"event":"intent","fault":{"id":"x","kind":"qdisc_v9","target":"eth0","spec":{},"prior":{},"lease_expires_unix":1}}"#;
+        let Record::Intent { fault } = serde_json::from_str::<Record>(line).expect("parses") else {
+            panic!("an intent");
+        };
+        assert_eq!(fault.kind, Mechanism::Unknown("qdisc_v9".into()));
+        assert_eq!(fault.kind.fault_kind(), None);
+        assert_eq!(
+            serde_json::to_string(&Record::Intent { fault }).expect("json"),
+            line,
+            "rewritten byte for byte at compaction"
+        );
     }
 }

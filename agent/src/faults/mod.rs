@@ -1,5 +1,10 @@
-//! Fault injection (issue 5). So far: the engine (engine.rs: journal → snapshot → apply, leases,
-//! recovery), the journal (journal.rs), netem options (netem.rs) and qdiscs over netlink (tc.rs).
+//! Fault injection: the engine (engine.rs: journal → snapshot → apply,
+//! leases, recovery) and its runtime in the agent (runtime.rs: the lease
+//! timer, revert-all at shutdown), the journal (journal.rs), what the kernel
+//! can do (caps.rs), the mechanisms (netem.rs and tc.rs: a netem root;
+//! tree/: scoped and ingress netem; dm.rs: device-mapper; route.rs:
+//! blackhole routes), the fault targets this host offers (inventory.rs) and
+//! the assignments from the controller (assign.rs).
 pub mod assign;
 pub mod caps;
 pub mod dm;

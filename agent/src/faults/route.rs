@@ -32,8 +32,12 @@ pub enum RouteError {
     Exists { prefix: String, table: u32, kind: String },
     #[error("changing routes needs CAP_NET_ADMIN")]
     NotPermitted,
-    #[error("netlink {op}: {detail}")]
-    Netlink { op: &'static str, detail: String },
+    #[error("netlink {op}: {source}")]
+    Netlink {
+        op: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
 }
 
 /// What revert needs (journaled).
@@ -98,10 +102,7 @@ fn map_err(op: &'static str, e: rtnetlink::Error) -> RouteError {
     {
         return RouteError::NotPermitted;
     }
-    RouteError::Netlink {
-        op,
-        detail: e.to_string(),
-    }
+    RouteError::Netlink { op, source: e }
 }
 
 /// Routes in `table` for exactly `c` (prefix and length).

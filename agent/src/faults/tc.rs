@@ -46,8 +46,19 @@ pub enum TcError {
         handle: String,
         what: String,
     },
-    #[error("netlink {op}: {detail}")]
-    Netlink { op: &'static str, detail: String },
+    #[error("netlink {op}: {source}")]
+    Netlink {
+        op: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("netlink restore: journaled prior qdisc is not valid hex")]
+    PriorNotHex,
+    #[error("netlink restore: {source}")]
+    PriorUndecodable {
+        #[source]
+        source: rtnetlink::packet_core::DecodeError,
+    },
     /// The kernel refused an operation for lack of a feature (qdisc, classifier, action, ifb).
     #[error(transparent)]
     Missing(#[from] super::caps::Missing),
@@ -99,10 +110,7 @@ pub(crate) fn map_err(op: &'static str, ifindex: u32, e: rtnetlink::Error) -> Tc
             _ => {}
         }
     }
-    TcError::Netlink {
-        op,
-        detail: e.to_string(),
-    }
+    TcError::Netlink { op, source: e }
 }
 
 pub(crate) async fn dump(handle: &rtnetlink::Handle, ifindex: u32) -> Result<Vec<TcMessage>, TcError> {
@@ -343,16 +351,9 @@ pub async fn restore_prior(handle: &rtnetlink::Handle, ifindex: u32, prior: &Pri
                 .map_err(|e| map_err("delete netem", ifindex, e))
         }
         PriorRoot::Configured { message_hex, .. } => {
-            let bytes = unhex(message_hex).ok_or_else(|| TcError::Netlink {
-                op: "restore",
-                detail: "journaled prior qdisc is not valid hex".into(),
-            })?;
-            let mut m = <TcMessage as rtnetlink::packet_core::Parseable<[u8]>>::parse(&bytes[..]).map_err(|e| {
-                TcError::Netlink {
-                    op: "restore",
-                    detail: e.to_string(),
-                }
-            })?;
+            let bytes = unhex(message_hex).ok_or(TcError::PriorNotHex)?;
+            let mut m = <TcMessage as rtnetlink::packet_core::Parseable<[u8]>>::parse(&bytes[..])
+                .map_err(|source| TcError::PriorUndecodable { source })?;
             m.header.index = ifindex as i32;
             m.header.info = 0;
             // Parsing brought back the library's opaque options: emit them raw.

@@ -228,7 +228,7 @@ pub fn faults_table(faults: &[FaultInfo]) -> String {
             vec![
                 f.id.clone(),
                 f.status.clone(),
-                f.spec.kind().to_owned(),
+                f.spec.kind().to_string(),
                 f.spec.target().to_owned(),
                 f.agents.len().to_string(),
                 states

@@ -24,7 +24,7 @@ use graydar_common::api::AgentInfo;
 use graydar_common::fault_api::{
     AgentFaultStatus, CreateFaultRequest, DesiredFault, DesiredFaults, FaultInfo, FaultStatusUpdate, RevertAllResponse,
 };
-use graydar_common::faults::{FaultSpec, FaultState};
+use graydar_common::faults::{FaultKey, FaultSpec, FaultState};
 use sqlx::QueryBuilder;
 use sqlx::Row as _;
 use sqlx::sqlite::{Sqlite, SqlitePool};
@@ -106,13 +106,8 @@ impl Fault {
 
     /// What the fault acts on, for overlap checks: two faults with the same
     /// key on one agent would fight over the same qdisc, table or route.
-    fn key(spec: &FaultSpec) -> String {
-        match spec {
-            FaultSpec::Netem {
-                interface, direction, ..
-            } => format!("netem {interface} {direction:?}"),
-            other => format!("{} {}", other.kind(), other.target()),
-        }
+    fn key(spec: &FaultSpec) -> FaultKey {
+        spec.key()
     }
 
     /// The agent state as it can be told now. Once the fault has ended and
@@ -563,7 +558,7 @@ impl FaultService {
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&fault.id)
-        .bind(fault.spec.kind())
+        .bind(fault.spec.kind().as_str())
         .bind(json(&fault.spec))
         .bind(json(&fault.selector))
         .bind(i64::from(fault.dry_run))
@@ -585,7 +580,7 @@ impl FaultService {
         }
         tx.commit().await?;
         let info = fault.info();
-        tracing::info!(id = %fault.id, kind = fault.spec.kind(), target = fault.spec.target(), agents = targets.len(),
+        tracing::info!(id = %fault.id, kind = fault.spec.kind().as_str(), target = fault.spec.target(), agents = targets.len(),
             dry_run = fault.dry_run, forced = fault.forced, duration_s = fault.duration_seconds, "fault created");
         lock(&self.inner).faults.insert(fault.id.clone(), fault);
         self.bump(&targets);
