@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::auth::Tokens;
+use crate::auth::{TokenError, Tokens};
+use crate::faults::{FaultConfig, FaultConfigError, FaultsSection};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8477";
 
@@ -67,7 +68,7 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     /// `[faults]`: blast radius, maximum duration, lease TTL.
     #[serde(default)]
-    pub faults: Option<crate::faults::FaultsSection>,
+    pub faults: Option<FaultsSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,7 +89,7 @@ pub struct Config {
     pub stale_after: Duration,
     pub lost_after: Duration,
     pub max_body_bytes: usize,
-    pub faults: crate::faults::FaultConfig,
+    pub faults: FaultConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,16 +100,30 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("config file {}: {}", path.display(), source.to_string().trim_end())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("listen: {0:?} is not a socket address like 0.0.0.0:8477")]
     Listen(String),
+    /// No token at all.
     #[error("tokens: {0}")]
     Tokens(String),
-    #[error("tls: {0}")]
-    Tls(String),
-    #[error("{0}")]
-    Invalid(String),
+    /// A token entry of `origin` (a file, or `GRAYDAR_TOKENS`).
+    #[error("tokens: {origin}: {source}")]
+    TokenEntry {
+        origin: String,
+        #[source]
+        source: TokenError,
+    },
+    #[error("tls: --tls-cert and --tls-key go together")]
+    TlsPair,
+    #[error("heartbeat_interval must be at least 1s")]
+    HeartbeatInterval,
+    #[error(transparent)]
+    Faults(#[from] FaultConfigError),
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
@@ -122,9 +137,9 @@ impl Config {
     /// `env_tokens` is the value of `GRAYDAR_TOKENS`, if set.
     pub fn load(cli: &Cli, env_tokens: Option<&str>) -> Result<Config, ConfigError> {
         let file: FileConfig = match &cli.config {
-            Some(p) => toml::from_str(&read(p)?).map_err(|e| ConfigError::Parse {
+            Some(p) => toml::from_str(&read(p)?).map_err(|source| ConfigError::Parse {
                 path: p.clone(),
-                message: e.to_string().trim_end().to_owned(),
+                source,
             })?,
             None => FileConfig::default(),
         };
@@ -136,14 +151,16 @@ impl Config {
         let listen = listen_s.parse().map_err(|_| ConfigError::Listen(listen_s.clone()))?;
         let mut tokens = Tokens::default();
         if let Some(p) = cli.tokens_file.clone().or(file.tokens_file) {
-            tokens
-                .add(&read(&p)?)
-                .map_err(|e| ConfigError::Tokens(format!("{}: {e}", p.display())))?;
+            tokens.add(&read(&p)?).map_err(|source| ConfigError::TokenEntry {
+                origin: p.display().to_string(),
+                source,
+            })?;
         }
         if let Some(t) = env_tokens {
-            tokens
-                .add(t)
-                .map_err(|e| ConfigError::Tokens(format!("GRAYDAR_TOKENS: {e}")))?;
+            tokens.add(t).map_err(|source| ConfigError::TokenEntry {
+                origin: "GRAYDAR_TOKENS".to_owned(),
+                source,
+            })?;
         }
         if tokens.is_empty() {
             return Err(ConfigError::Tokens(
@@ -154,11 +171,11 @@ impl Config {
         let tls = match (cli.tls_cert.clone(), cli.tls_key.clone()) {
             (Some(cert), Some(key)) => Some(TlsSection { cert, key }),
             (None, None) => file.tls,
-            _ => return Err(ConfigError::Tls("--tls-cert and --tls-key go together".into())),
+            _ => return Err(ConfigError::TlsPair),
         };
         let heartbeat_interval = file.heartbeat_interval.unwrap_or(Duration::from_secs(10));
         if heartbeat_interval < Duration::from_secs(1) {
-            return Err(ConfigError::Invalid("heartbeat_interval must be at least 1s".into()));
+            return Err(ConfigError::HeartbeatInterval);
         }
         let stale_after = file.stale_after.unwrap_or(heartbeat_interval * 3);
         let lost_after = file.lost_after.unwrap_or(Duration::from_secs(300)).max(stale_after);
@@ -180,11 +197,7 @@ impl Config {
             stale_after,
             lost_after,
             max_body_bytes: file.max_body_bytes.unwrap_or(crate::api::DEFAULT_MAX_BODY),
-            faults: file
-                .faults
-                .unwrap_or_default()
-                .resolve()
-                .map_err(ConfigError::Invalid)?,
+            faults: file.faults.unwrap_or_default().resolve()?,
         })
     }
 }

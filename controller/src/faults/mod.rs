@@ -1,19 +1,54 @@
-//! Faults at the controller (issue 5): operators create them through the
-//! API (`api.rs`), the service (`service.rs`) keeps them in SQLite and in
-//! memory, resolves targets, enforces the blast radius, and hands each agent
-//! its desired set over a long-poll that works from behind NAT (the agent
-//! always dials out). Agents apply, renew and revert on their own
-//! (agent/src/faults/assign.rs) and report each fault's state back.
+//! Faults at the controller: operators create them through the API
+//! (controller/src/api/faults.rs); the policy (`policy.rs`) resolves their
+//! targets and enforces the blast radius; the lifecycle (`lifecycle.rs`)
+//! keeps them in the store and in memory, hands each agent its desired set
+//! over a long-poll that works from behind NAT (the agent always dials out),
+//! takes the agents' state reports, expires faults and pulls the kill switch.
+//! Agents apply, renew and revert on their own (agent/src/faults/) and
+//! report each fault's state back.
 
-pub mod api;
-pub mod cli;
-pub mod service;
+pub mod lifecycle;
+mod model;
+pub mod policy;
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use service::{FaultError, FaultService};
+pub use crate::store::FaultStatus;
+use crate::store::StoreError;
+pub use lifecycle::{FaultService, spawn_expirer};
+pub use policy::{Inventory, resolve_targets};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    /// The request cannot be honoured as written (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// Refused by the blast-radius rule (409).
+    #[error("{0}")]
+    BlastRadius(String),
+    /// An agent already has a running fault on the same target (409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A `[faults]` setting out of its bounds.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FaultConfigError {
+    #[error("faults.max_target_share must be in (0, 1], got {0}")]
+    TargetShare(f64),
+    #[error("faults.lease must be between 3s and 10m, got {0:?}")]
+    Lease(Duration),
+    #[error("faults.max_duration must be at least 1s")]
+    MaxDuration,
+    #[error("faults.dry_run_wait must be at most 60s")]
+    DryRunWait,
+}
 
 /// `[faults]` of the controller's config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -56,7 +91,7 @@ impl Default for FaultConfig {
 }
 
 impl FaultsSection {
-    pub fn resolve(&self) -> Result<FaultConfig, String> {
+    pub fn resolve(&self) -> Result<FaultConfig, FaultConfigError> {
         let d = FaultConfig::default();
         let c = FaultConfig {
             max_target_share: self.max_target_share.unwrap_or(d.max_target_share),
@@ -65,19 +100,16 @@ impl FaultsSection {
             dry_run_wait: self.dry_run_wait.unwrap_or(d.dry_run_wait),
         };
         if !(c.max_target_share > 0.0 && c.max_target_share <= 1.0) {
-            return Err(format!(
-                "faults.max_target_share must be in (0, 1], got {}",
-                c.max_target_share
-            ));
+            return Err(FaultConfigError::TargetShare(c.max_target_share));
         }
         if c.lease < Duration::from_secs(3) || c.lease > Duration::from_secs(600) {
-            return Err(format!("faults.lease must be between 3s and 10m, got {:?}", c.lease));
+            return Err(FaultConfigError::Lease(c.lease));
         }
         if c.max_duration < Duration::from_secs(1) {
-            return Err("faults.max_duration must be at least 1s".into());
+            return Err(FaultConfigError::MaxDuration);
         }
         if c.dry_run_wait > Duration::from_secs(60) {
-            return Err("faults.dry_run_wait must be at most 60s".into());
+            return Err(FaultConfigError::DryRunWait);
         }
         Ok(c)
     }
@@ -96,7 +128,12 @@ mod tests {
         assert_eq!(c.max_target_share, 0.25);
         assert_eq!(c.lease, Duration::from_secs(30));
         let bad: FaultsSection = toml::from_str("max_target_share = 1.5").expect("parse");
-        assert!(bad.resolve().expect_err("too big").contains("max_target_share"));
+        assert!(
+            bad.resolve()
+                .expect_err("too big")
+                .to_string()
+                .contains("max_target_share")
+        );
         assert!(toml::from_str::<FaultsSection>("leese = \"1s\"").is_err());
     }
 }

@@ -14,13 +14,58 @@
 //! stable between reports (no churn) and different per agent (every member
 //! is probed by about `max_peers` others).
 
-pub mod api;
-
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use graydar_common::paths::{PathMatrix, PathPair, PathReport, PathReportResponse, PeerObservation, PeerTarget};
 
-use crate::timefmt::ms_to_rfc3339;
+use crate::agents::{AgentError, AgentService};
+use crate::timefmt::{ms_to_rfc3339, now_ms};
+
+/// What is wrong with a path report: the first problem, named by its JSON path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidReport(pub String);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidReport),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// The mesh of the registered agents (live state in memory).
+pub struct PathService {
+    agents: Arc<AgentService>,
+    mesh: Mutex<Paths>,
+}
+
+impl PathService {
+    pub fn new(agents: Arc<AgentService>) -> PathService {
+        PathService {
+            agents,
+            mesh: Mutex::new(Paths::default()),
+        }
+    }
+
+    fn mesh(&self) -> std::sync::MutexGuard<'_, Paths> {
+        self.mesh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a registered agent's report (a heartbeat too) and answers with
+    /// its peers.
+    pub fn report(&self, host: &str, report: PathReport) -> Result<PathReportResponse, PathError> {
+        validate(host, &report)?;
+        self.agents.touch(host)?;
+        Ok(self.mesh().ingest(host, report, now_ms()))
+    }
+
+    /// The matrix now.
+    pub fn matrix(&self) -> PathMatrix {
+        self.mesh().matrix(now_ms())
+    }
+}
 
 /// Reports older than this many of the agent's intervals × 10 (at least 60 s) are stale.
 const STALE_MIN_MS: i64 = 60_000;
@@ -74,23 +119,23 @@ const PATH_KINDS: [&str; 4] = [
     "latency_asymmetry",
 ];
 
-fn check_direction(at: &str, d: &graydar_common::paths::DirectionStats) -> Result<(), String> {
+fn check_direction(at: &str, d: &graydar_common::paths::DirectionStats) -> Result<(), InvalidReport> {
     if let Some(r) = d.loss_ratio
         && !(r.is_finite() && (0.0..=1.0).contains(&r))
     {
-        return Err(format!("{at}.loss_ratio = {r}: must be in [0, 1]"));
+        return Err(InvalidReport(format!("{at}.loss_ratio = {r}: must be in [0, 1]")));
     }
     if let Some(o) = d.owd_variation_seconds
         && !(o.is_finite() && o.abs() <= 3600.0)
     {
-        return Err(format!(
+        return Err(InvalidReport(format!(
             "{at}.owd_variation_seconds = {o}: must be finite, within ±3600"
-        ));
+        )));
     }
     if let Some(h) = d.hops
         && h > 254
     {
-        return Err(format!("{at}.hops = {h}: must be at most 254"));
+        return Err(InvalidReport(format!("{at}.hops = {h}: must be at most 254")));
     }
     Ok(())
 }
@@ -98,45 +143,45 @@ fn check_direction(at: &str, d: &graydar_common::paths::DirectionStats) -> Resul
 /// What is wrong with a report from `host`, field by field (the first
 /// problem, named by its JSON path), or Ok. Type errors and unknown fields
 /// are refused earlier by deserialization.
-pub fn validate(host: &str, r: &PathReport) -> Result<(), String> {
+pub fn validate(host: &str, r: &PathReport) -> Result<(), InvalidReport> {
     if r.port == 0 {
-        return Err("port must not be 0".into());
+        return Err(InvalidReport("port must not be 0".into()));
     }
     // (No address at all is allowed: such a member probes others but is not probed.)
     if r.addresses.len() > MAX_ADDRESSES {
-        return Err(format!(
+        return Err(InvalidReport(format!(
             "addresses: at most {MAX_ADDRESSES} IP addresses, got {}",
             r.addresses.len()
-        ));
+        )));
     }
     for (i, a) in r.addresses.iter().enumerate() {
         if a.parse::<std::net::IpAddr>().is_err() {
-            return Err(format!("addresses[{i}] = {a:?}: not an IP address"));
+            return Err(InvalidReport(format!("addresses[{i}] = {a:?}: not an IP address")));
         }
     }
     if r.max_peers == 0 {
-        return Err("max_peers must be at least 1".into());
+        return Err(InvalidReport("max_peers must be at least 1".into()));
     }
     if !(r.interval_seconds.is_finite() && r.interval_seconds > 0.0 && r.interval_seconds <= 3600.0) {
-        return Err(format!(
+        return Err(InvalidReport(format!(
             "interval_seconds = {}: must be in (0, 3600]",
             r.interval_seconds
-        ));
+        )));
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, p) in r.peers.iter().enumerate() {
         let at = format!("peers[{i}]");
         if p.peer.is_empty() || p.peer.len() > MAX_NAME || p.peer.chars().any(char::is_control) {
-            return Err(format!(
+            return Err(InvalidReport(format!(
                 "{at}.peer {:?}: 1..={MAX_NAME} bytes without control characters",
                 p.peer
-            ));
+            )));
         }
         if p.peer == host {
-            return Err(format!("{at}.peer {:?}: an agent does not probe itself", p.peer));
+            return Err(InvalidReport(format!("{at}.peer {:?}: an agent does not probe itself", p.peer)));
         }
         if !seen.insert(p.peer.as_str()) {
-            return Err(format!("{at}.peer {:?}: listed twice", p.peer));
+            return Err(InvalidReport(format!("{at}.peer {:?}: listed twice", p.peer)));
         }
         check_direction(&format!("{at}.outbound"), &p.outbound)?;
         check_direction(&format!("{at}.inbound"), &p.inbound)?;
@@ -147,14 +192,14 @@ pub fn validate(host: &str, r: &PathReport) -> Result<(), String> {
             if let Some(v) = v
                 && !(v.is_finite() && (0.0..=3600.0).contains(&v))
             {
-                return Err(format!("{at}.{n} = {v}: must be in [0, 3600]"));
+                return Err(InvalidReport(format!("{at}.{n} = {v}: must be in [0, 3600]")));
             }
         }
         if let Some(k) = p.firing.iter().find(|k| !PATH_KINDS.contains(&k.as_str())) {
-            return Err(format!(
+            return Err(InvalidReport(format!(
                 "{at}.firing: {k:?} is not a path finding kind ({})",
                 PATH_KINDS.join(", ")
-            ));
+            )));
         }
     }
     Ok(())
