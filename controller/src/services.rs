@@ -8,7 +8,8 @@ use crate::agents::{AgentError, AgentService, Liveness};
 use crate::faults::{FaultConfig, FaultError, FaultService};
 use crate::findings::FindingService;
 use crate::paths::PathService;
-use crate::store::{Store, StoreError};
+pub use crate::store::StoreError;
+use crate::store::Store;
 
 /// How often agents' last-seen times are written to the store.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);

@@ -9,7 +9,7 @@ use crate::agents::AgentError;
 use crate::faults::FaultError;
 use crate::findings::FindingError;
 use crate::paths::PathError;
-use crate::store::StoreError;
+use crate::services::StoreError;
 
 /// An error response: `{ "error": code, "detail": text }` with a status.
 #[derive(Debug)]

@@ -27,11 +27,10 @@ pub use openapi::ApiDoc;
 pub use paths::MAX_PEERS_PER_REPORT;
 
 use crate::auth::Tokens;
+pub use crate::config::DEFAULT_MAX_BODY;
 use crate::metrics::Metrics;
 use crate::services::Services;
 
-/// Largest request body accepted by default (413 beyond).
-pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 /// Most transitions in one batch (and fault states in one report).
 pub const MAX_BATCH: usize = 1000;
 /// Default and largest `limit` of the findings and fault lists.

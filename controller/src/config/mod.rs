@@ -8,10 +8,15 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+mod faults;
+
+pub use faults::{FaultConfig, FaultConfigError, FaultsSection};
+
 use crate::auth::{TokenError, Tokens};
-use crate::faults::{FaultConfig, FaultConfigError, FaultsSection};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8477";
+/// Largest request body accepted by default (413 beyond).
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
 #[derive(Debug, Parser, Default)]
 #[command(
@@ -196,7 +201,7 @@ impl Config {
             heartbeat_interval,
             stale_after,
             lost_after,
-            max_body_bytes: file.max_body_bytes.unwrap_or(crate::api::DEFAULT_MAX_BODY),
+            max_body_bytes: file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
             faults: file.faults.unwrap_or_default().resolve()?,
         })
     }
