@@ -8,8 +8,8 @@ use crate::agents::{AgentError, AgentService, Liveness};
 use crate::faults::{FaultConfig, FaultError, FaultService};
 use crate::findings::FindingService;
 use crate::paths::PathService;
-pub use crate::store::StoreError;
 use crate::store::Store;
+pub use crate::store::StoreError;
 
 /// How often agents' last-seen times are written to the store.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);

@@ -11,8 +11,8 @@ use graydar_common::api::{
     FindingList, FindingState, FindingTransition, RegisterRequest, RegisterResponse, Severity, TransitionBatch,
     TransitionKind, finding_id,
 };
-use graydar_controller::api::{DEFAULT_MAX_BODY, MAX_BATCH};
 use graydar_controller::agents::AgentService;
+use graydar_controller::api::{DEFAULT_MAX_BODY, MAX_BATCH};
 use graydar_controller::store::{SqliteStore, Store};
 use serde_json::json;
 use tower::ServiceExt as _;
@@ -655,7 +655,10 @@ async fn concurrent_batches_keep_their_own_counts() {
     let second = vec![fired("n1", "eth0", T0), resolved("n1", "eth0", T0, T1)];
     // Both are queued before the writer task runs (current-thread runtime),
     // so they are stored in one group.
-    let (r1, r2) = tokio::join!(a.state.services.findings.ingest("n1", first), a.state.services.findings.ingest("n1", second));
+    let (r1, r2) = tokio::join!(
+        a.state.services.findings.ingest("n1", first),
+        a.state.services.findings.ingest("n1", second)
+    );
     let (r1, r2) = (r1.expect("first"), r2.expect("second"));
     assert_eq!(
         (r1.accepted, r1.duplicates),

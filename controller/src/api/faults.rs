@@ -75,7 +75,7 @@ pub struct CreateQuery {
 
 /// Creates a fault on the agents named by `targets` (operator). A dry run
 /// waits up to `wait` seconds for every agent's operations: 200 when all
-/// answered, 202 with what is known so far otherwise (poll `GET /api/v1/faults/{id}`).
+/// answered, 202 with the answers received until then otherwise (poll `GET /api/v1/faults/{id}`).
 #[utoipa::path(post, path = "/api/v1/faults", tag = "faults", security(("bearer" = [])),
     params(CreateQuery), request_body = CreateFaultRequest,
     responses((status = 201, body = FaultInfo, description = "created; agents apply it within one poll"),
@@ -169,9 +169,7 @@ pub(super) async fn delete_fault(
 /// every fault it has active, including ones this controller does not know.
 #[utoipa::path(post, path = "/api/v1/faults/revert-all", tag = "faults", security(("bearer" = [])),
     responses((status = 200, body = RevertAllResponse), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-pub(super) async fn revert_all(
-    State(app): State<Shared>,
-) -> Result<axum::Json<RevertAllResponse>, Error> {
+pub(super) async fn revert_all(State(app): State<Shared>) -> Result<axum::Json<RevertAllResponse>, Error> {
     Ok(axum::Json(app.services.faults.revert_all().await?))
 }
 

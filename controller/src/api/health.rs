@@ -15,7 +15,11 @@ pub(super) fn routes(app: &Shared) -> Router<Shared> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .merge(guarded(app, Permission::Read, Router::new().route("/metrics", get(metrics))))
+        .merge(guarded(
+            app,
+            Permission::Read,
+            Router::new().route("/metrics", get(metrics)),
+        ))
 }
 
 /// Liveness: the process serves HTTP.

@@ -408,11 +408,6 @@ mod tests {
         else {
             panic!("not fault apply");
         };
-        assert!(
-            a.request()
-                .expect_err("no duration")
-                .to_string()
-                .contains("--duration")
-        );
+        assert!(a.request().expect_err("no duration").to_string().contains("--duration"));
     }
 }

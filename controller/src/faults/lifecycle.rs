@@ -207,10 +207,7 @@ impl FaultService {
     /// status is `status`. Read from the store (the whole history); a live
     /// fault is shown as memory has it.
     pub async fn list(&self, status: Option<FaultStatus>, limit: u32) -> Result<Vec<FaultInfo>, FaultError> {
-        let mut v = self
-            .store
-            .load_faults(FaultSelection::Newest { status, limit })
-            .await?;
+        let mut v = self.store.load_faults(FaultSelection::Newest { status, limit }).await?;
         let (now, lease) = (now_ms(), self.lease_ms());
         let inner = lock(&self.inner);
         for f in &mut v {

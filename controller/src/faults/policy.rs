@@ -162,14 +162,11 @@ pub(crate) fn check_overlap<'a>(
     now: i64,
 ) -> Result<(), FaultError> {
     let key = FaultKey::of(spec);
-    let clash = live
-        .into_iter()
-        .filter(|f| !f.dry_run && f.wanted(now))
-        .find_map(|f| {
-            (FaultKey::of(&f.spec) == key)
-                .then(|| targets.iter().find(|t| f.agents.contains_key(*t)).map(|h| (f, h)))
-                .flatten()
-        });
+    let clash = live.into_iter().filter(|f| !f.dry_run && f.wanted(now)).find_map(|f| {
+        (FaultKey::of(&f.spec) == key)
+            .then(|| targets.iter().find(|t| f.agents.contains_key(*t)).map(|h| (f, h)))
+            .flatten()
+    });
     match clash {
         Some((f, host)) => Err(FaultError::Conflict(format!(
             "agent {host:?} already has fault {} on {} (until {}); revert it first (DELETE /api/v1/faults/{})",

@@ -9,8 +9,8 @@ use graydar_common::api::{
     BatchResponse, Finding, FindingDetail, FindingState, FindingTransition, TransitionKind, finding_id,
 };
 
-pub use crate::store::FindingFilter;
 use crate::agents::{AgentError, AgentService};
+pub use crate::store::FindingFilter;
 use crate::store::{FindingStore, StoreError, TimedTransition};
 use crate::timefmt::{TimeError, rfc3339_to_ms};
 

@@ -35,7 +35,11 @@ use crate::timefmt::{ms_to_rfc3339, now_ms};
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (2, "faults", include_str!("../../migrations/0002_faults.sql")),
-    (3, "fault_history", include_str!("../../migrations/0003_fault_history.sql")),
+    (
+        3,
+        "fault_history",
+        include_str!("../../migrations/0003_fault_history.sql"),
+    ),
 ];
 
 pub fn migrator() -> Migrator {

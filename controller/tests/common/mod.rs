@@ -3,7 +3,7 @@
 //! requests through `tower::ServiceExt::oneshot`. Each test file adds its
 //! own request helpers and error assertions on top.
 
-#![allow(dead_code)] // every test file uses its own part of this
+#![expect(dead_code, reason = "every test file uses its own part of this")]
 
 use std::sync::Arc;
 use std::time::Duration;
