@@ -95,9 +95,9 @@ impl From<FaultError> for Error {
     fn from(e: FaultError) -> Self {
         match e {
             FaultError::Invalid(d) => Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_fault", d),
-            FaultError::BlastRadius(d) => Error::new(StatusCode::CONFLICT, "blast_radius", d),
-            FaultError::Conflict(d) => Error::new(StatusCode::CONFLICT, "conflict", d),
-            FaultError::NotFound(d) => Error::new(StatusCode::NOT_FOUND, "not_found", d),
+            FaultError::BlastRadius { .. } => Error::new(StatusCode::CONFLICT, "blast_radius", e.to_string()),
+            FaultError::Conflict { .. } => Error::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            FaultError::NotFound { .. } => Error::not_found(e),
             FaultError::Store(s) => s.into(),
         }
     }

@@ -200,7 +200,7 @@ impl FaultService {
             .await?
             .first()
             .map(|f| f.info_at(now, lease))
-            .ok_or_else(|| FaultError::NotFound(format!("no fault {id:?}")))
+            .ok_or_else(|| FaultError::NotFound { id: id.to_owned() })
     }
 
     /// Faults newest first, at most `limit`, optionally only those whose

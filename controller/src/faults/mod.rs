@@ -22,14 +22,33 @@ pub enum FaultError {
     /// The request cannot be honoured as written (422).
     #[error("{0}")]
     Invalid(String),
-    /// Refused by the blast-radius rule (409).
-    #[error("{0}")]
-    BlastRadius(String),
-    /// An agent already has a running fault on the same target (409).
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    NotFound(String),
+    /// Refused by the blast-radius rule (409): `targets` of `registered`
+    /// agents is a `share` above `limit`.
+    #[error(
+        "blast radius: the fault targets {targets} of {registered} registered agents ({:.0}%), above the limit of {:.0}% \
+         (faults.max_target_share); pass force=true (graydar fault apply --force) to apply anyway",
+        share * 100.0,
+        limit * 100.0
+    )]
+    BlastRadius {
+        targets: usize,
+        registered: usize,
+        share: f64,
+        limit: f64,
+    },
+    /// `agent` already has the running fault `fault` on the same `target`,
+    /// until `until` (409).
+    #[error(
+        "agent {agent:?} already has fault {fault} on {target} (until {until}); revert it first (DELETE /api/v1/faults/{fault})"
+    )]
+    Conflict {
+        agent: String,
+        fault: String,
+        target: String,
+        until: String,
+    },
+    #[error("no fault {id:?}")]
+    NotFound { id: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

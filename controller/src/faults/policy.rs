@@ -140,14 +140,12 @@ pub fn resolve_targets(
         let total = registered.len().max(1);
         let share = targets.len() as f64 / total as f64;
         if share > cfg.max_target_share + 1e-9 {
-            return Err(FaultError::BlastRadius(format!(
-                "blast radius: the fault targets {} of {} registered agents ({:.0}%), above the limit of {:.0}% \
-                 (faults.max_target_share); pass force=true (graydar fault apply --force) to apply anyway",
-                targets.len(),
-                registered.len(),
-                share * 100.0,
-                cfg.max_target_share * 100.0
-            )));
+            return Err(FaultError::BlastRadius {
+                targets: targets.len(),
+                registered: registered.len(),
+                share,
+                limit: cfg.max_target_share,
+            });
         }
     }
     Ok(targets)
@@ -168,13 +166,12 @@ pub(crate) fn check_overlap<'a>(
             .flatten()
     });
     match clash {
-        Some((f, host)) => Err(FaultError::Conflict(format!(
-            "agent {host:?} already has fault {} on {} (until {}); revert it first (DELETE /api/v1/faults/{})",
-            f.id,
-            f.spec.target(),
-            ms_to_rfc3339(f.expires_ms),
-            f.id
-        ))),
+        Some((f, host)) => Err(FaultError::Conflict {
+            agent: host.clone(),
+            fault: f.id.clone(),
+            target: f.spec.target().to_owned(),
+            until: ms_to_rfc3339(f.expires_ms),
+        }),
         None => Ok(()),
     }
 }
@@ -234,7 +231,7 @@ mod tests {
             selector: BTreeMap::new(),
         };
         let e = resolve_targets(&req(three.clone(), "eth0"), &fleet, &inv, &cfg).expect_err("75%");
-        assert!(matches!(e, FaultError::BlastRadius(_)));
+        assert!(matches!(e, FaultError::BlastRadius { .. }));
         assert!(e.to_string().contains("3 of 4") && e.to_string().contains("75%"), "{e}");
         let mut forced = req(three, "eth0");
         forced.force = true;
