@@ -5,7 +5,7 @@
 //! last-seen times of the agents heard from are written in one transaction
 //! every few seconds ([`AgentService::flush`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,13 +84,15 @@ impl AgentService {
         self.liveness
     }
 
-    /// Count of agents by state, now.
-    pub fn states(&self) -> BTreeMap<&'static str, u64> {
+    /// Count of agents by state, now (every state, in [`AgentState::ALL`] order).
+    pub fn states(&self) -> Vec<(AgentState, u64)> {
         let now = now_ms();
-        let mut out: BTreeMap<&'static str, u64> = AgentState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut out: Vec<(AgentState, u64)> = AgentState::ALL.iter().map(|s| (*s, 0)).collect();
         for a in lock(&self.agents).values() {
-            *out.entry(self.liveness.state(a.last_seen_ms, now).as_str())
-                .or_default() += 1;
+            let state = self.liveness.state(a.last_seen_ms, now);
+            if let Some((_, n)) = out.iter_mut().find(|(s, _)| *s == state) {
+                *n += 1;
+            }
         }
         out
     }

@@ -99,13 +99,7 @@ pub(super) async fn create_fault(
     let wait = q.wait.map_or(faults.config().dry_run_wait, |s| {
         Duration::from_secs(s.min(MAX_WAIT_SECONDS))
     });
-    let mut rx = faults.subscribe_status();
-    let deadline = tokio::time::Instant::now() + wait;
-    while !faults.dry_run_done(&info.id) {
-        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-            break;
-        }
-    }
+    faults.wait_dry_run(&info.id, wait).await;
     let info = faults.get(&info.id).await?;
     let status = if faults.dry_run_done(&info.id) {
         StatusCode::OK
@@ -200,13 +194,7 @@ pub(super) async fn desired_faults(
     let _ = app.services.agents.touch(&hostname);
     let max_wait = (faults.config().lease.as_secs() / 3).clamp(1, MAX_WAIT_SECONDS);
     let wait = Duration::from_secs(q.wait.unwrap_or(max_wait).min(max_wait));
-    let mut rx = faults.subscribe(&hostname);
-    let counter = *rx.borrow_and_update();
-    if q.version == Some(faults.version_of(counter)) && !wait.is_zero() {
-        let _ = tokio::time::timeout(wait, rx.changed()).await;
-    }
-    let counter = *rx.borrow_and_update();
-    axum::Json(faults.desired(&hostname, counter))
+    axum::Json(faults.poll(&hostname, q.version, wait).await)
 }
 
 /// An agent reports the state of its faults.

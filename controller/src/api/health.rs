@@ -45,16 +45,19 @@ pub(super) async fn metrics(State(app): State<Shared>) -> Response {
     for (state, n) in app.services.agents.states() {
         app.metrics
             .agents
-            .with_label_values(&[state])
+            .with_label_values(&[state.as_str()])
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     match app.services.faults.counts().await {
-        Ok((faults, assignments)) => {
-            for (state, n) in faults {
-                app.metrics.faults.with_label_values(&[state]).set(n);
+        Ok(counts) => {
+            for (status, n) in counts.by_status {
+                app.metrics.faults.with_label_values(&[status.as_str()]).set(n);
             }
-            for (state, n) in assignments {
-                app.metrics.fault_assignments.with_label_values(&[state]).set(n);
+            for (state, n) in counts.by_state {
+                app.metrics
+                    .fault_assignments
+                    .with_label_values(&[state.as_str()])
+                    .set(n);
             }
         }
         // The previous values stay; the scrape itself must not fail.

@@ -35,6 +35,15 @@ use super::{FaultConfig, FaultError, FaultStatus};
 use crate::store::{EndReason, FaultSelection, FaultStore};
 use crate::timefmt::now_ms;
 
+/// What /metrics shows of the faults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Faults by status (ended ones from the store).
+    pub by_status: Vec<(FaultStatus, i64)>,
+    /// (fault, agent) assignments of the faults not ended, by the state the agent reported.
+    pub by_state: Vec<(FaultState, i64)>,
+}
+
 struct Inner {
     faults: BTreeMap<String, Fault>,
     revert_all_epoch: u64,
@@ -114,12 +123,12 @@ impl FaultService {
     }
 
     /// A receiver that changes whenever `host`'s desired set does.
-    pub fn subscribe(&self, host: &str) -> watch::Receiver<u64> {
+    fn subscribe(&self, host: &str) -> watch::Receiver<u64> {
         self.sender(host).subscribe()
     }
 
     /// The externally visible version of a per-agent counter.
-    pub fn version_of(&self, counter: u64) -> u64 {
+    fn version_of(&self, counter: u64) -> u64 {
         self.version_base.saturating_add(counter)
     }
 
@@ -129,7 +138,7 @@ impl FaultService {
         }
     }
 
-    pub fn subscribe_status(&self) -> watch::Receiver<u64> {
+    fn subscribe_status(&self) -> watch::Receiver<u64> {
         self.status_tx.subscribe()
     }
 
@@ -216,6 +225,31 @@ impl FaultService {
             }
         }
         Ok(v.iter().map(|f| f.info_at(now, lease)).collect())
+    }
+
+    /// Waits until every agent of the dry run `id` has answered, or `wait`
+    /// has passed.
+    pub async fn wait_dry_run(&self, id: &str, wait: Duration) {
+        let mut rx = self.subscribe_status();
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.dry_run_done(id) {
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// The long-poll of `host`: its desired set at once when `version` is
+    /// not the current one (or `wait` is zero), else at the next change or
+    /// after `wait`.
+    pub async fn poll(&self, host: &str, version: Option<u64>, wait: Duration) -> DesiredFaults {
+        let mut rx = self.subscribe(host);
+        let counter = *rx.borrow_and_update();
+        if version == Some(self.version_of(counter)) && !wait.is_zero() {
+            let _ = tokio::time::timeout(wait, rx.changed()).await;
+        }
+        let counter = *rx.borrow_and_update();
+        self.desired(host, counter)
     }
 
     /// Whether every agent of a dry run has answered.
@@ -331,7 +365,7 @@ impl FaultService {
     }
 
     /// The desired set of `host` right now, with version `counter`.
-    pub fn desired(&self, host: &str, counter: u64) -> DesiredFaults {
+    fn desired(&self, host: &str, counter: u64) -> DesiredFaults {
         let now = now_ms();
         let lease_s = self.cfg.lease.as_secs().max(1);
         let inner = lock(&self.inner);
@@ -402,14 +436,14 @@ impl FaultService {
         Ok((stored, ignored))
     }
 
-    /// `(faults by status, assignments of wanted faults by per-agent state)`,
-    /// for /metrics. Ended faults are counted in the store (memory holds
-    /// only the live ones).
-    pub async fn counts(&self) -> Result<(BTreeMap<&'static str, i64>, BTreeMap<&'static str, i64>), FaultError> {
+    /// Faults by status and the assignments of wanted faults by per-agent
+    /// state, for /metrics. Ended faults are counted in the store (memory
+    /// holds only the live ones).
+    pub async fn counts(&self) -> Result<FaultCounts, FaultError> {
         let now = now_ms();
         let ended = self.store.count_ended_faults(now).await?;
-        let mut by_status: BTreeMap<&'static str, i64> = FaultStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        let mut by_state: BTreeMap<&'static str, i64> = [
+        let mut by_status: BTreeMap<FaultStatus, i64> = FaultStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut by_state: Vec<(FaultState, i64)> = [
             FaultState::Pending,
             FaultState::Active,
             FaultState::Reverted,
@@ -417,20 +451,26 @@ impl FaultService {
             FaultState::Described,
         ]
         .iter()
-        .map(|s| (s.as_str(), 0))
+        .map(|s| (*s, 0))
         .collect();
         for f in lock(&self.inner).faults.values() {
             // Expired but not marked yet counts as ended (the store counts it).
             if !f.wanted(now) {
                 continue;
             }
-            *by_status.entry(f.status().as_str()).or_default() += 1;
+            *by_status.entry(f.status()).or_default() += 1;
             for s in f.agents.values() {
-                *by_state.entry(s.state.as_str()).or_default() += 1;
+                match by_state.iter_mut().find(|(st, _)| *st == s.state) {
+                    Some((_, n)) => *n += 1,
+                    None => by_state.push((s.state, 1)),
+                }
             }
         }
-        by_status.insert(FaultStatus::Ended.as_str(), ended);
-        Ok((by_status, by_state))
+        by_status.insert(FaultStatus::Ended, ended);
+        Ok(FaultCounts {
+            by_status: by_status.into_iter().collect(),
+            by_state,
+        })
     }
 }
 

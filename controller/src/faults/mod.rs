@@ -14,7 +14,7 @@ pub mod policy;
 pub use crate::config::{FaultConfig, FaultConfigError, FaultsSection};
 pub use crate::store::FaultStatus;
 use crate::store::StoreError;
-pub use lifecycle::{FaultService, spawn_expirer};
+pub use lifecycle::{FaultCounts, FaultService, spawn_expirer};
 pub use policy::{Inventory, resolve_targets};
 
 #[derive(Debug, thiserror::Error)]
