@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 pub use error::Error;
 pub use extract::{Body, Params, PathParam};
 pub use faults::MAX_WAIT_SECONDS;
-pub use openapi::ApiDoc;
+pub use openapi::{ApiDoc, document as openapi_document};
 pub use paths::MAX_PEERS_PER_REPORT;
 
 use crate::auth::Tokens;
