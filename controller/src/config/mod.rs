@@ -111,11 +111,17 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
-    #[error("listen: {0:?} is not a socket address like 0.0.0.0:8477")]
-    Listen(String),
+    #[error("listen: {input:?} is not a socket address like 0.0.0.0:8477")]
+    Listen {
+        input: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
     /// No token at all.
-    #[error("tokens: {0}")]
-    Tokens(String),
+    #[error(
+        "tokens: no tokens configured: every API endpoint needs one (--tokens-file or GRAYDAR_TOKENS, `role:token` entries)"
+    )]
+    NoTokens,
     /// A token entry of `origin` (a file, or `GRAYDAR_TOKENS`).
     #[error("tokens: {origin}: {source}")]
     TokenEntry {
@@ -153,7 +159,10 @@ impl Config {
             .clone()
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen = listen_s.parse().map_err(|_| ConfigError::Listen(listen_s.clone()))?;
+        let listen = listen_s.parse().map_err(|source| ConfigError::Listen {
+            input: listen_s.clone(),
+            source,
+        })?;
         let mut tokens = Tokens::default();
         if let Some(p) = cli.tokens_file.clone().or(file.tokens_file) {
             tokens.add(&read(&p)?).map_err(|source| ConfigError::TokenEntry {
@@ -168,10 +177,7 @@ impl Config {
             })?;
         }
         if tokens.is_empty() {
-            return Err(ConfigError::Tokens(
-                "no tokens configured: every API endpoint needs one (--tokens-file or GRAYDAR_TOKENS, `role:token` entries)"
-                    .into(),
-            ));
+            return Err(ConfigError::NoTokens);
         }
         let tls = match (cli.tls_cert.clone(), cli.tls_key.clone()) {
             (Some(cert), Some(key)) => Some(TlsSection { cert, key }),
@@ -224,7 +230,7 @@ mod tests {
         let e = toml::from_str::<FileConfig>("listn = \"x\"").expect_err("unknown field");
         assert!(e.to_string().contains("listn"), "{e}");
         let cli = Cli::default();
-        assert!(matches!(Config::load(&cli, None), Err(ConfigError::Tokens(_))));
+        assert!(matches!(Config::load(&cli, None), Err(ConfigError::NoTokens)));
         let c = Config::load(&cli, Some("viewer:0123456789abcdef")).expect("config");
         assert_eq!(c.tokens.len(), 1);
         assert_eq!(c.stale_after, Duration::from_secs(30));
