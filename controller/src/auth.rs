@@ -46,15 +46,26 @@ impl Permission {
     }
 }
 
+/// A token entry that cannot be used (`line` counts from 1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("line {line}: expected role:token")]
+    Syntax { line: usize },
+    #[error("line {line}: {message}")]
+    Role { line: usize, message: String },
+    #[error("line {line}: a {role} token must be at least {MIN_TOKEN_LEN} characters")]
+    Short { line: usize, role: &'static str },
+}
+
 impl Tokens {
     /// Parses `role:token` entries separated by newlines or commas.
-    pub fn parse(text: &str) -> Result<Tokens, String> {
+    pub fn parse(text: &str) -> Result<Tokens, TokenError> {
         let mut out = Tokens::default();
         out.add(text)?;
         Ok(out)
     }
 
-    pub fn add(&mut self, text: &str) -> Result<(), String> {
+    pub fn add(&mut self, text: &str) -> Result<(), TokenError> {
         for (n, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or_default();
             for entry in line.split(',') {
@@ -62,17 +73,18 @@ impl Tokens {
                 if entry.is_empty() {
                     continue;
                 }
-                let (role, token) = entry
-                    .split_once(':')
-                    .ok_or_else(|| format!("line {}: expected role:token", n + 1))?;
-                let role: Role = role.trim().parse().map_err(|e| format!("line {}: {e}", n + 1))?;
+                let line = n + 1;
+                let (role, token) = entry.split_once(':').ok_or(TokenError::Syntax { line })?;
+                let role: Role = role
+                    .trim()
+                    .parse()
+                    .map_err(|message| TokenError::Role { line, message })?;
                 let token = token.trim();
                 if token.len() < MIN_TOKEN_LEN {
-                    return Err(format!(
-                        "line {}: a {} token must be at least {MIN_TOKEN_LEN} characters",
-                        n + 1,
-                        role.as_str()
-                    ));
+                    return Err(TokenError::Short {
+                        line,
+                        role: role.as_str(),
+                    });
                 }
                 self.tokens.push((token.as_bytes().to_vec(), role));
             }

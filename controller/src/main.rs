@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use graydar_controller::agents::Liveness;
 use graydar_controller::api::{AppState, router};
 use graydar_controller::config::{Cli, Config};
 use graydar_controller::metrics::Metrics;
-use graydar_controller::store::{Liveness, Store};
+use graydar_controller::services::Services;
+use graydar_controller::store::SqliteStore;
 use tracing_subscriber::EnvFilter;
-
-/// How often agents' last-seen times are written to the database.
-const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -76,24 +75,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         stale_after: cfg.stale_after,
         lost_after: cfg.lost_after,
     };
-    let store = Store::open(&cfg.data_dir, liveness)
+    let store = SqliteStore::open(&cfg.data_dir)
         .await
         .with_context(|| format!("opening the database in {}", cfg.data_dir.display()))?;
     let tls = match &cfg.tls {
         Some(t) => Some(tls_config(&t.cert, &t.key)?),
         None => None,
     };
-    let faults = graydar_controller::faults::FaultService::open(&store, cfg.faults)
-        .await
-        .context("loading faults")?;
+    let services = Services::open(Arc::new(store), liveness, cfg.faults).await?;
     let app = Arc::new(AppState {
-        store,
+        services,
         tokens: cfg.tokens.clone(),
         metrics: Metrics::new(),
         heartbeat_interval_seconds: cfg.heartbeat_interval.as_secs(),
-        faults,
     });
-    let fault_expirer = graydar_controller::faults::service::spawn_expirer(Arc::downgrade(&app));
     let routes = router(app.clone(), cfg.max_body_bytes);
     let listener =
         std::net::TcpListener::bind(cfg.listen).with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
@@ -108,22 +103,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let flusher = {
-        let app = app.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FLUSH_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.changed() => break,
-                }
-                if let Err(e) = app.store.flush().await {
-                    tracing::warn!(error = %e, "writing agents' last-seen times");
-                }
-            }
-        })
-    };
+    let (flusher, fault_expirer) = app.services.spawn_background(stop_rx.clone());
 
     let server = match tls {
         Some(tls) => {
@@ -162,7 +142,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = flusher.await;
     fault_expirer.abort();
-    app.store.close().await;
+    app.services.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -19,10 +19,26 @@ pub fn ms_to_rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
 }
 
+/// A time that is not RFC 3339 or out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    #[error("{input:?} is not an RFC 3339 time: {source}")]
+    Parse {
+        input: String,
+        #[source]
+        source: time::error::Parse,
+    },
+    #[error("{input:?} is out of range")]
+    Range { input: String },
+}
+
 /// Parses RFC 3339 (any offset) to milliseconds since the epoch.
-pub fn rfc3339_to_ms(s: &str) -> Result<i64, String> {
-    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| format!("{s:?} is out of range"))
+pub fn rfc3339_to_ms(s: &str) -> Result<i64, TimeError> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|source| TimeError::Parse {
+        input: s.to_owned(),
+        source,
+    })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| TimeError::Range { input: s.to_owned() })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! database in a temp dir, requests through `tower::ServiceExt::oneshot`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -10,8 +11,9 @@ use graydar_common::api::{
     FindingList, FindingState, FindingTransition, RegisterRequest, RegisterResponse, Severity, TransitionBatch,
     TransitionKind, finding_id,
 };
+use graydar_controller::agents::AgentService;
 use graydar_controller::api::{DEFAULT_MAX_BODY, MAX_BATCH};
-use graydar_controller::store::Store;
+use graydar_controller::store::{SqliteStore, Store};
 use serde_json::json;
 use tower::ServiceExt as _;
 
@@ -123,14 +125,16 @@ const T2: &str = "2026-01-01T00:05:00Z";
 async fn migrations_run_on_an_empty_database_and_again_on_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     assert!(!dir.path().join("graydar.db").exists());
-    let store = Store::open(dir.path(), liveness()).await.expect("migrate an empty db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("migrate an empty db"));
     assert_eq!(store.transition_count().await.expect("count"), 0);
-    assert!(store.agents().await.expect("agents").is_empty());
-    store.register(register_req("n1")).await.expect("register");
+    let agents = AgentService::open(store.clone(), liveness()).await.expect("agents");
+    assert!(agents.list().await.expect("agents").is_empty());
+    agents.register(register_req("n1")).await.expect("register");
     store.close().await;
     // Reopening runs the (already applied) migrations again and keeps the data.
-    let store = Store::open(dir.path(), liveness()).await.expect("reopen");
-    assert_eq!(store.agents().await.expect("agents").len(), 1);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("reopen"));
+    let agents = AgentService::open(store.clone(), liveness()).await.expect("agents");
+    assert_eq!(agents.list().await.expect("agents").len(), 1);
     store.close().await;
 }
 
@@ -376,7 +380,7 @@ async fn heartbeat_of_known_and_unknown_agents() {
         "invalid_body"
     );
     // Heartbeats are kept in memory and flushed in batches.
-    assert_eq!(a.state.store.flush().await.expect("flush"), 1);
+    assert_eq!(a.state.services.agents.flush().await.expect("flush"), 1);
 }
 
 #[tokio::test]
@@ -399,7 +403,7 @@ async fn transitions_are_stored_and_redelivery_is_idempotent() {
         .await
         .typed();
     assert_eq!((r.accepted, r.duplicates), (1, 1));
-    assert_eq!(a.state.store.transition_count().await.expect("count"), 4);
+    assert_eq!(a.state.services.findings.transition_count().await.expect("count"), 4);
 
     let id = finding_id("n1", FindingKind::KernelDrops, "eth0");
     let d: FindingDetail = a.get(&format!("/api/v1/findings/{id}"), VIEWER).await.typed();
@@ -532,7 +536,7 @@ async fn transitions_reject_bad_batches() {
         "payload_too_large"
     );
     // None of it was stored.
-    assert_eq!(a.state.store.transition_count().await.expect("count"), 0);
+    assert_eq!(a.state.services.findings.transition_count().await.expect("count"), 0);
 }
 
 #[tokio::test]
@@ -651,7 +655,10 @@ async fn concurrent_batches_keep_their_own_counts() {
     let second = vec![fired("n1", "eth0", T0), resolved("n1", "eth0", T0, T1)];
     // Both are queued before the writer task runs (current-thread runtime),
     // so they are stored in one group.
-    let (r1, r2) = tokio::join!(a.state.store.ingest("n1", first), a.state.store.ingest("n1", second));
+    let (r1, r2) = tokio::join!(
+        a.state.services.findings.ingest("n1", first),
+        a.state.services.findings.ingest("n1", second)
+    );
     let (r1, r2) = (r1.expect("first"), r2.expect("second"));
     assert_eq!(
         (r1.accepted, r1.duplicates),
@@ -659,7 +666,7 @@ async fn concurrent_batches_keep_their_own_counts() {
         "the first carrier of a transition gets it"
     );
     assert_eq!((r2.accepted, r2.duplicates), (1, 1));
-    assert_eq!(a.state.store.transition_count().await.expect("count"), 702);
+    assert_eq!(a.state.services.findings.transition_count().await.expect("count"), 702);
     let id = finding_id("n1", FindingKind::KernelDrops, "eth0");
     let d: FindingDetail = a.get(&format!("/api/v1/findings/{id}"), VIEWER).await.typed();
     assert_eq!(d.finding.state, FindingState::Resolved, "the newest transition wins");

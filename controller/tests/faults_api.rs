@@ -543,7 +543,7 @@ async fn settled_faults_leave_memory_and_stay_in_the_history() {
         let d = a.req("DELETE", &format!("/api/v1/faults/{id}"), OPERATOR, None).await;
         assert_eq!(d.status, StatusCode::OK, "{}", d.text);
     }
-    let faults = &a.state.faults;
+    let faults = &a.state.services.faults;
     faults.expire().await.expect("expire");
     assert_eq!(faults.live_faults(), 3, "ended less than a lease ago: still live");
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -639,7 +639,7 @@ async fn settled_faults_leave_memory_and_stay_in_the_history() {
         max_target_share: 1.0,
         ..FaultConfig::default()
     };
-    let reopened = FaultService::open(&a.state.store, cfg).await.expect("reopen");
+    let reopened = FaultService::open(a.store.clone(), cfg).await.expect("reopen");
     assert_eq!(reopened.live_faults(), 1);
     let all = reopened.list(None, 10).await.expect("list");
     assert_eq!(all.iter().map(|f| f.id.clone()).collect::<Vec<_>>(), newest_first);

@@ -1,102 +1,54 @@
-//! Faults at the controller (issue 5): operators create them through the
-//! API (`api.rs`), the service (`service.rs`) keeps them in SQLite and in
-//! memory, resolves targets, enforces the blast radius, and hands each agent
-//! its desired set over a long-poll that works from behind NAT (the agent
-//! always dials out). Agents apply, renew and revert on their own
-//! (agent/src/faults/assign.rs) and report each fault's state back.
+//! Faults at the controller: operators create them through the API
+//! (controller/src/api/faults.rs); the policy (`policy.rs`) resolves their
+//! targets and enforces the blast radius; the lifecycle (`lifecycle.rs`)
+//! keeps them in the store and in memory, hands each agent its desired set
+//! over a long-poll that works from behind NAT (the agent always dials out),
+//! takes the agents' state reports, expires faults and pulls the kill switch.
+//! Agents apply, renew and revert on their own (agent/src/faults/) and
+//! report each fault's state back.
 
-pub mod api;
-pub mod cli;
-pub mod service;
+pub mod lifecycle;
+mod model;
+pub mod policy;
 
-use std::time::Duration;
+pub use crate::config::{FaultConfig, FaultConfigError, FaultsSection};
+pub use crate::store::FaultStatus;
+use crate::store::StoreError;
+pub use lifecycle::{FaultCounts, FaultService, spawn_expirer};
+pub use policy::{Inventory, resolve_targets};
 
-use serde::Deserialize;
-
-pub use service::{FaultError, FaultService};
-
-/// `[faults]` of the controller's config file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FaultsSection {
-    /// Largest share of registered agents one fault may target without
-    /// `force` (0 < x <= 1; default 0.5).
-    pub max_target_share: Option<f64>,
-    /// Longest fault duration accepted (default 1h).
-    #[serde(default, with = "humantime_serde")]
-    pub max_duration: Option<Duration>,
-    /// Lease TTL handed to agents (default 20s): an agent that hears nothing
-    /// from the controller for this long reverts the fault on its own.
-    #[serde(default, with = "humantime_serde")]
-    pub lease: Option<Duration>,
-    /// How long `POST /api/v1/faults` with `dry_run` waits for the agents'
-    /// operations before answering 202 (default 10s).
-    #[serde(default, with = "humantime_serde")]
-    pub dry_run_wait: Option<Duration>,
-}
-
-/// The effective fault settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FaultConfig {
-    pub max_target_share: f64,
-    pub max_duration: Duration,
-    pub lease: Duration,
-    pub dry_run_wait: Duration,
-}
-
-impl Default for FaultConfig {
-    fn default() -> Self {
-        FaultConfig {
-            max_target_share: 0.5,
-            max_duration: Duration::from_secs(3600),
-            lease: Duration::from_secs(20),
-            dry_run_wait: Duration::from_secs(10),
-        }
-    }
-}
-
-impl FaultsSection {
-    pub fn resolve(&self) -> Result<FaultConfig, String> {
-        let d = FaultConfig::default();
-        let c = FaultConfig {
-            max_target_share: self.max_target_share.unwrap_or(d.max_target_share),
-            max_duration: self.max_duration.unwrap_or(d.max_duration),
-            lease: self.lease.unwrap_or(d.lease),
-            dry_run_wait: self.dry_run_wait.unwrap_or(d.dry_run_wait),
-        };
-        if !(c.max_target_share > 0.0 && c.max_target_share <= 1.0) {
-            return Err(format!(
-                "faults.max_target_share must be in (0, 1], got {}",
-                c.max_target_share
-            ));
-        }
-        if c.lease < Duration::from_secs(3) || c.lease > Duration::from_secs(600) {
-            return Err(format!("faults.lease must be between 3s and 10m, got {:?}", c.lease));
-        }
-        if c.max_duration < Duration::from_secs(1) {
-            return Err("faults.max_duration must be at least 1s".into());
-        }
-        if c.dry_run_wait > Duration::from_secs(60) {
-            return Err("faults.dry_run_wait must be at most 60s".into());
-        }
-        Ok(c)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn section_defaults_and_bounds() {
-        let c = FaultsSection::default().resolve().expect("defaults");
-        assert_eq!(c, FaultConfig::default());
-        let s: FaultsSection = toml::from_str("max_target_share = 0.25\nlease = \"30s\"").expect("parse");
-        let c = s.resolve().expect("valid");
-        assert_eq!(c.max_target_share, 0.25);
-        assert_eq!(c.lease, Duration::from_secs(30));
-        let bad: FaultsSection = toml::from_str("max_target_share = 1.5").expect("parse");
-        assert!(bad.resolve().expect_err("too big").contains("max_target_share"));
-        assert!(toml::from_str::<FaultsSection>("leese = \"1s\"").is_err());
-    }
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    /// The request cannot be honoured as written (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// Refused by the blast-radius rule (409): `targets` of `registered`
+    /// agents is a `share` above `limit`.
+    #[error(
+        "blast radius: the fault targets {targets} of {registered} registered agents ({:.0}%), above the limit of {:.0}% \
+         (faults.max_target_share); pass force=true (graydar fault apply --force) to apply anyway",
+        share * 100.0,
+        limit * 100.0
+    )]
+    BlastRadius {
+        targets: usize,
+        registered: usize,
+        share: f64,
+        limit: f64,
+    },
+    /// `agent` already has the running fault `fault` on the same `target`,
+    /// until `until` (409).
+    #[error(
+        "agent {agent:?} already has fault {fault} on {target} (until {until}); revert it first (DELETE /api/v1/faults/{fault})"
+    )]
+    Conflict {
+        agent: String,
+        fault: String,
+        target: String,
+        until: String,
+    },
+    #[error("no fault {id:?}")]
+    NotFound { id: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }

@@ -3,7 +3,7 @@
 //! requests through `tower::ServiceExt::oneshot`. Each test file adds its
 //! own request helpers and error assertions on top.
 
-#![allow(dead_code)] // every test file uses its own part of this
+#![expect(dead_code, reason = "every test file uses its own part of this")]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +11,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
+use graydar_controller::agents::Liveness;
 use graydar_controller::api::{AppState, DEFAULT_MAX_BODY, router};
 use graydar_controller::auth::Tokens;
-use graydar_controller::faults::{FaultConfig, FaultService};
+use graydar_controller::faults::FaultConfig;
 use graydar_controller::metrics::Metrics;
-use graydar_controller::store::{Liveness, Store};
+use graydar_controller::services::Services;
+use graydar_controller::store::{SqliteStore, Store};
 use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tower::ServiceExt as _;
@@ -34,6 +36,7 @@ pub fn liveness() -> Liveness {
 pub struct Api {
     pub app: Router,
     pub state: Arc<AppState>,
+    pub store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
 }
 
@@ -74,19 +77,19 @@ impl Api {
 
     pub async fn with_faults(cfg: FaultConfig) -> Api {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), liveness()).await.expect("open store");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("open store"));
         let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
-        let faults = FaultService::open(&store, cfg).await.expect("fault service");
+        let services = Services::open(store.clone(), liveness(), cfg).await.expect("services");
         let state = Arc::new(AppState {
-            store,
+            services,
             tokens,
             metrics: Metrics::new(),
             heartbeat_interval_seconds: 10,
-            faults,
         });
         Api {
             app: router(state.clone(), DEFAULT_MAX_BODY),
             state,
+            store,
             _dir: dir,
         }
     }

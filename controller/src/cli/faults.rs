@@ -9,7 +9,13 @@ use graydar_common::client::{Client, ClientError};
 use graydar_common::fault_api::{CreateFaultRequest, FaultInfo, FaultTargets};
 use graydar_common::faults::{Direction, FaultSpec, Loss, NetemSpec, Protocol, Scope};
 
-use crate::cli::{Output, table};
+use super::CliError;
+use super::output::{Output, json, show, table};
+
+/// A flag value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(String);
 
 #[derive(Debug, Subcommand)]
 pub enum FaultCmd {
@@ -108,32 +114,38 @@ pub struct ApplyArgs {
     pub force: bool,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+fn parse_kv(s: &str) -> Result<(String, String), BadValue> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("{s:?}: expected key=value"))
+        .ok_or_else(|| BadValue(format!("{s:?}: expected key=value")))
 }
 
-fn parse_ms(s: &str) -> Result<f64, String> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e} (e.g. 100ms)"))?;
+fn parse_ms(s: &str) -> Result<f64, BadValue> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| BadValue(format!("{s:?}: {e} (e.g. 100ms)")))?;
     Ok(d.as_secs_f64() * 1000.0)
 }
 
-fn parse_pct(s: &str) -> Result<f64, String> {
+fn parse_pct(s: &str) -> Result<f64, BadValue> {
     s.trim()
         .trim_end_matches('%')
         .trim()
         .parse::<f64>()
-        .map_err(|_| format!("{s:?}: expected a percentage like 10%"))
+        .map_err(|_| BadValue(format!("{s:?}: expected a percentage like 10%")))
 }
 
 impl ApplyArgs {
     /// The request the flags describe (the controller validates it).
-    pub fn request(&self) -> Result<CreateFaultRequest, String> {
+    pub fn request(&self) -> Result<CreateFaultRequest, CliError> {
         let spec = if let Some(p) = &self.spec_file {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
-            serde_json::from_str::<FaultSpec>(&text).map_err(|e| format!("{}: not a fault spec: {e}", p.display()))?
+            let text = std::fs::read_to_string(p).map_err(|source| CliError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            serde_json::from_str::<FaultSpec>(&text).map_err(|source| CliError::SpecFile {
+                path: p.clone(),
+                source,
+            })?
         } else if let Some(prefix) = &self.blackhole {
             FaultSpec::Blackhole {
                 prefix: prefix.clone(),
@@ -170,12 +182,10 @@ impl ApplyArgs {
                 },
             }
         } else {
-            return Err(
-                "give the fault: --spec-file FILE, --interface IF with netem flags, or --blackhole PREFIX".into(),
-            );
+            return Err(CliError::NoFault);
         };
         if !self.dry_run && self.duration.is_none() {
-            return Err("--duration is required (e.g. --duration 60s), except with --dry-run".into());
+            return Err(CliError::NoDuration);
         }
         Ok(CreateFaultRequest {
             targets: FaultTargets {
@@ -291,7 +301,7 @@ pub fn fault_text(f: &FaultInfo) -> String {
 }
 
 /// An API error as the API's own message.
-pub fn api_message(e: ClientError) -> String {
+pub fn api_message(e: &ClientError) -> String {
     match e {
         ClientError::Api {
             status, error, detail, ..
@@ -300,20 +310,13 @@ pub fn api_message(e: ClientError) -> String {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
-}
-
-pub fn run(client: &Client, output: Output, cmd: &FaultCmd) -> Result<String, String> {
-    let show = |f: &FaultInfo| match output {
-        Output::Json => json(f),
-        Output::Table => fault_text(f),
-    };
+pub fn run(client: &Client, output: Output, cmd: &FaultCmd) -> Result<String, CliError> {
+    let show_fault = |f: &FaultInfo| show(output, f, fault_text);
     Ok(match cmd {
         FaultCmd::Apply(args) => {
             let req = args.request()?;
-            let (status, f) = client.create_fault(&req).map_err(api_message)?;
-            let mut out = show(&f);
+            let (status, f) = client.create_fault(&req).map_err(CliError::Fault)?;
+            let mut out = show_fault(&f);
             if status == 202 && output == Output::Table {
                 out.push_str(&format!(
                     "\nsome agents have not answered the dry run yet: graydar fault get {}\n",
@@ -323,16 +326,13 @@ pub fn run(client: &Client, output: Output, cmd: &FaultCmd) -> Result<String, St
             out
         }
         FaultCmd::List { status, limit } => {
-            let l = client.faults(status.as_deref(), *limit).map_err(api_message)?;
-            match output {
-                Output::Json => json(&l),
-                Output::Table => faults_table(&l.faults),
-            }
+            let l = client.faults(status.as_deref(), *limit).map_err(CliError::Fault)?;
+            show(output, &l, |l| faults_table(&l.faults))
         }
-        FaultCmd::Get { id } => show(&client.fault(id).map_err(api_message)?),
-        FaultCmd::Revert { id } => show(&client.revert_fault(id).map_err(api_message)?),
+        FaultCmd::Get { id } => show_fault(&client.fault(id).map_err(CliError::Fault)?),
+        FaultCmd::Revert { id } => show_fault(&client.revert_fault(id).map_err(CliError::Fault)?),
         FaultCmd::RevertAll => {
-            let r = client.revert_all_faults().map_err(api_message)?;
+            let r = client.revert_all_faults().map_err(CliError::Fault)?;
             match output {
                 Output::Json => json(&r),
                 Output::Table => format!(
@@ -408,6 +408,6 @@ mod tests {
         else {
             panic!("not fault apply");
         };
-        assert!(a.request().expect_err("no duration").contains("--duration"));
+        assert!(a.request().expect_err("no duration").to_string().contains("--duration"));
     }
 }

@@ -1,12 +1,11 @@
 //! Fault endpoints: operators create / list / get / delete faults and pull
 //! the kill switch; agents long-poll their desired set and report states.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use graydar_common::api::ApiError;
@@ -20,47 +19,48 @@ use graydar_common::faults::{
 use serde::Deserialize;
 use utoipa::OpenApi;
 
-use super::FaultError;
-use super::service::ListStatus;
-use crate::api::{AppState, Body, DEFAULT_LIMIT, Error, MAX_LIMIT, Params, PathParam, require};
+use super::middleware::guarded;
+use super::{Body, Error, MAX_BATCH, Params, PathParam, Shared, at_most, limit};
 use crate::auth::Permission;
-
-type Shared = Arc<AppState>;
+use crate::faults::FaultStatus;
 
 /// Longest long-poll an agent may ask for (seconds).
 pub const MAX_WAIT_SECONDS: u64 = 60;
 
-impl From<FaultError> for Error {
-    fn from(e: FaultError) -> Self {
-        match e {
-            FaultError::Invalid(d) => Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_fault", d),
-            FaultError::BlastRadius(d) => Error::new(StatusCode::CONFLICT, "blast_radius", d),
-            FaultError::Conflict(d) => Error::new(StatusCode::CONFLICT, "conflict", d),
-            FaultError::NotFound(d) => Error::new(StatusCode::NOT_FOUND, "not_found", d),
-            FaultError::Store(s) => s.into(),
-        }
-    }
-}
-
 /// The fault routes, each behind the role it needs.
-pub fn routes(app: Shared) -> Router<Shared> {
+pub(super) fn routes(app: &Shared) -> Router<Shared> {
     let operate = Router::new()
         .route("/api/v1/faults", post(create_fault))
         .route("/api/v1/faults/{id}", axum::routing::delete(delete_fault))
-        .route("/api/v1/faults/revert-all", post(revert_all))
-        .route_layer(middleware::from_fn_with_state(
-            (app.clone(), Permission::Operate),
-            require,
-        ));
+        .route("/api/v1/faults/revert-all", post(revert_all));
     let read = Router::new()
         .route("/api/v1/faults", get(list_faults))
-        .route("/api/v1/faults/{id}", get(get_fault))
-        .route_layer(middleware::from_fn_with_state((app.clone(), Permission::Read), require));
+        .route("/api/v1/faults/{id}", get(get_fault));
     let agent = Router::new()
         .route("/api/v1/agents/{hostname}/faults", get(desired_faults))
-        .route("/api/v1/agents/{hostname}/faults/status", post(fault_status))
-        .route_layer(middleware::from_fn_with_state((app, Permission::Report), require));
-    operate.merge(read).merge(agent)
+        .route("/api/v1/agents/{hostname}/faults/status", post(fault_status));
+    guarded(app, Permission::Operate, operate)
+        .merge(guarded(app, Permission::Read, read))
+        .merge(guarded(app, Permission::Report, agent))
+}
+
+/// `status` filter of the fault list (`GET /api/v1/faults?status=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListStatus {
+    Running,
+    DryRun,
+    Ended,
+}
+
+impl From<ListStatus> for FaultStatus {
+    fn from(s: ListStatus) -> FaultStatus {
+        match s {
+            ListStatus::Running => FaultStatus::Running,
+            ListStatus::DryRun => FaultStatus::DryRun,
+            ListStatus::Ended => FaultStatus::Ended,
+        }
+    }
 }
 
 /// Query of `POST /api/v1/faults`.
@@ -75,7 +75,7 @@ pub struct CreateQuery {
 
 /// Creates a fault on the agents named by `targets` (operator). A dry run
 /// waits up to `wait` seconds for every agent's operations: 200 when all
-/// answered, 202 with what is known so far otherwise (poll `GET /api/v1/faults/{id}`).
+/// answered, 202 with the answers received until then otherwise (poll `GET /api/v1/faults/{id}`).
 #[utoipa::path(post, path = "/api/v1/faults", tag = "faults", security(("bearer" = [])),
     params(CreateQuery), request_body = CreateFaultRequest,
     responses((status = 201, body = FaultInfo, description = "created; agents apply it within one poll"),
@@ -84,29 +84,24 @@ pub struct CreateQuery {
         (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError),
         (status = 409, body = ApiError, description = "refused by the blast-radius limit (pass force)"),
         (status = 422, body = ApiError, description = "invalid spec, duration or targets: the detail says what")))]
-async fn create_fault(
-    axum::extract::State(app): axum::extract::State<Shared>,
+pub(super) async fn create_fault(
+    State(app): State<Shared>,
     Params(q): Params<CreateQuery>,
     Body(req): Body<CreateFaultRequest>,
 ) -> Result<Response, Error> {
-    let agents = app.store.agents().await?;
+    let faults = &app.services.faults;
+    let agents = app.services.agents.list().await?;
     let dry_run = req.dry_run;
-    let info = app.faults.create(req, &agents).await?;
+    let info = faults.create(req, &agents).await?;
     if !dry_run {
         return Ok((StatusCode::CREATED, axum::Json(info)).into_response());
     }
-    let wait = q.wait.map_or(app.faults.config().dry_run_wait, |s| {
+    let wait = q.wait.map_or(faults.config().dry_run_wait, |s| {
         Duration::from_secs(s.min(MAX_WAIT_SECONDS))
     });
-    let mut rx = app.faults.subscribe_status();
-    let deadline = tokio::time::Instant::now() + wait;
-    while !app.faults.dry_run_done(&info.id) {
-        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-            break;
-        }
-    }
-    let info = app.faults.get(&info.id).await?;
-    let status = if app.faults.dry_run_done(&info.id) {
+    faults.wait_dry_run(&info.id, wait).await;
+    let info = faults.get(&info.id).await?;
+    let status = if faults.dry_run_done(&info.id) {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
@@ -130,23 +125,13 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/api/v1/faults", tag = "faults", security(("bearer" = [])),
     params(ListQuery),
     responses((status = 200, body = FaultList), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn list_faults(
-    axum::extract::State(app): axum::extract::State<Shared>,
+pub(super) async fn list_faults(
+    State(app): State<Shared>,
     Params(q): Params<ListQuery>,
 ) -> Result<axum::Json<FaultList>, Error> {
-    let limit = match q.limit {
-        None => DEFAULT_LIMIT,
-        Some(l) if (1..=MAX_LIMIT).contains(&l) => l,
-        Some(l) => {
-            return Err(Error::new(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
-                format!("limit must be 1..={MAX_LIMIT}, got {l}"),
-            ));
-        }
-    };
+    let limit = limit(q.limit)?;
     Ok(axum::Json(FaultList {
-        faults: app.faults.list(q.status, limit).await?,
+        faults: app.services.faults.list(q.status.map(FaultStatus::from), limit).await?,
     }))
 }
 
@@ -155,11 +140,11 @@ async fn list_faults(
 #[utoipa::path(get, path = "/api/v1/faults/{id}", tag = "faults", security(("bearer" = [])),
     params(("id" = String, Path, description = "fault id")),
     responses((status = 200, body = FaultInfo), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
-async fn get_fault(
-    axum::extract::State(app): axum::extract::State<Shared>,
+pub(super) async fn get_fault(
+    State(app): State<Shared>,
     PathParam(id): PathParam<String>,
 ) -> Result<axum::Json<FaultInfo>, Error> {
-    Ok(axum::Json(app.faults.get(&id).await?))
+    Ok(axum::Json(app.services.faults.get(&id).await?))
 }
 
 /// Reverts a fault now (operator): its agents are woken and revert it.
@@ -167,21 +152,19 @@ async fn get_fault(
 #[utoipa::path(delete, path = "/api/v1/faults/{id}", tag = "faults", security(("bearer" = [])),
     params(("id" = String, Path, description = "fault id")),
     responses((status = 200, body = FaultInfo), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
-async fn delete_fault(
-    axum::extract::State(app): axum::extract::State<Shared>,
+pub(super) async fn delete_fault(
+    State(app): State<Shared>,
     PathParam(id): PathParam<String>,
 ) -> Result<axum::Json<FaultInfo>, Error> {
-    Ok(axum::Json(app.faults.end(&id).await?))
+    Ok(axum::Json(app.services.faults.end(&id).await?))
 }
 
 /// The kill switch (operator): ends every fault and makes every agent revert
 /// every fault it has active, including ones this controller does not know.
 #[utoipa::path(post, path = "/api/v1/faults/revert-all", tag = "faults", security(("bearer" = [])),
     responses((status = 200, body = RevertAllResponse), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn revert_all(
-    axum::extract::State(app): axum::extract::State<Shared>,
-) -> Result<axum::Json<RevertAllResponse>, Error> {
-    Ok(axum::Json(app.faults.revert_all().await?))
+pub(super) async fn revert_all(State(app): State<Shared>) -> Result<axum::Json<RevertAllResponse>, Error> {
+    Ok(axum::Json(app.services.faults.revert_all().await?))
 }
 
 /// Query of the agents' long-poll.
@@ -201,21 +184,17 @@ pub struct PollQuery {
 #[utoipa::path(get, path = "/api/v1/agents/{hostname}/faults", tag = "faults", security(("bearer" = [])),
     params(("hostname" = String, Path, description = "agent hostname"), PollQuery),
     responses((status = 200, body = DesiredFaults), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn desired_faults(
-    axum::extract::State(app): axum::extract::State<Shared>,
+pub(super) async fn desired_faults(
+    State(app): State<Shared>,
     PathParam(hostname): PathParam<String>,
     Params(q): Params<PollQuery>,
 ) -> axum::Json<DesiredFaults> {
-    let _ = app.store.touch(&hostname);
-    let max_wait = (app.faults.config().lease.as_secs() / 3).clamp(1, MAX_WAIT_SECONDS);
+    let faults = &app.services.faults;
+    // Counts as a heartbeat of a registered agent; an unknown one still gets its (empty) set.
+    let _ = app.services.agents.touch(&hostname);
+    let max_wait = (faults.config().lease.as_secs() / 3).clamp(1, MAX_WAIT_SECONDS);
     let wait = Duration::from_secs(q.wait.unwrap_or(max_wait).min(max_wait));
-    let mut rx = app.faults.subscribe(&hostname);
-    let counter = *rx.borrow_and_update();
-    if q.version == Some(app.faults.version_of(counter)) && !wait.is_zero() {
-        let _ = tokio::time::timeout(wait, rx.changed()).await;
-    }
-    let counter = *rx.borrow_and_update();
-    axum::Json(app.faults.desired(&hostname, counter))
+    axum::Json(faults.poll(&hostname, q.version, wait).await)
 }
 
 /// An agent reports the state of its faults.
@@ -224,20 +203,14 @@ async fn desired_faults(
     request_body = FaultStatusReport,
     responses((status = 200, body = FaultStatusResponse), (status = 400, body = ApiError), (status = 401, body = ApiError),
         (status = 403, body = ApiError), (status = 413, body = ApiError), (status = 422, body = ApiError)))]
-async fn fault_status(
-    axum::extract::State(app): axum::extract::State<Shared>,
+pub(super) async fn fault_status(
+    State(app): State<Shared>,
     PathParam(hostname): PathParam<String>,
     Body(report): Body<FaultStatusReport>,
 ) -> Result<axum::Json<FaultStatusResponse>, Error> {
-    if report.statuses.len() > crate::api::MAX_BATCH {
-        return Err(Error::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("at most {} statuses per report", crate::api::MAX_BATCH),
-        ));
-    }
-    let _ = app.store.touch(&hostname);
-    let (accepted, ignored) = app.faults.report(&hostname, report.statuses).await?;
+    at_most(report.statuses.len(), MAX_BATCH, "statuses per report")?;
+    let _ = app.services.agents.touch(&hostname);
+    let (accepted, ignored) = app.services.faults.report(&hostname, report.statuses).await?;
     Ok(axum::Json(FaultStatusResponse { accepted, ignored }))
 }
 

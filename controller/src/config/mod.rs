@@ -8,9 +8,15 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::auth::Tokens;
+mod faults;
+
+pub use faults::{FaultConfig, FaultConfigError, FaultsSection};
+
+use crate::auth::{TokenError, Tokens};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8477";
+/// Largest request body accepted by default (413 beyond).
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
 #[derive(Debug, Parser, Default)]
 #[command(
@@ -67,7 +73,7 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     /// `[faults]`: blast radius, maximum duration, lease TTL.
     #[serde(default)]
-    pub faults: Option<crate::faults::FaultsSection>,
+    pub faults: Option<FaultsSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,7 +94,7 @@ pub struct Config {
     pub stale_after: Duration,
     pub lost_after: Duration,
     pub max_body_bytes: usize,
-    pub faults: crate::faults::FaultConfig,
+    pub faults: FaultConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,16 +105,36 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("listen: {0:?} is not a socket address like 0.0.0.0:8477")]
-    Listen(String),
-    #[error("tokens: {0}")]
-    Tokens(String),
-    #[error("tls: {0}")]
-    Tls(String),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("config file {}: {}", path.display(), source.to_string().trim_end())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("listen: {input:?} is not a socket address like 0.0.0.0:8477")]
+    Listen {
+        input: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// No token at all.
+    #[error(
+        "tokens: no tokens configured: every API endpoint needs one (--tokens-file or GRAYDAR_TOKENS, `role:token` entries)"
+    )]
+    NoTokens,
+    /// A token entry of `origin` (a file, or `GRAYDAR_TOKENS`).
+    #[error("tokens: {origin}: {source}")]
+    TokenEntry {
+        origin: String,
+        #[source]
+        source: TokenError,
+    },
+    #[error("tls: --tls-cert and --tls-key go together")]
+    TlsPair,
+    #[error("heartbeat_interval must be at least 1s")]
+    HeartbeatInterval,
+    #[error(transparent)]
+    Faults(#[from] FaultConfigError),
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
@@ -122,9 +148,9 @@ impl Config {
     /// `env_tokens` is the value of `GRAYDAR_TOKENS`, if set.
     pub fn load(cli: &Cli, env_tokens: Option<&str>) -> Result<Config, ConfigError> {
         let file: FileConfig = match &cli.config {
-            Some(p) => toml::from_str(&read(p)?).map_err(|e| ConfigError::Parse {
+            Some(p) => toml::from_str(&read(p)?).map_err(|source| ConfigError::Parse {
                 path: p.clone(),
-                message: e.to_string().trim_end().to_owned(),
+                source,
             })?,
             None => FileConfig::default(),
         };
@@ -133,32 +159,34 @@ impl Config {
             .clone()
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen = listen_s.parse().map_err(|_| ConfigError::Listen(listen_s.clone()))?;
+        let listen = listen_s.parse().map_err(|source| ConfigError::Listen {
+            input: listen_s.clone(),
+            source,
+        })?;
         let mut tokens = Tokens::default();
         if let Some(p) = cli.tokens_file.clone().or(file.tokens_file) {
-            tokens
-                .add(&read(&p)?)
-                .map_err(|e| ConfigError::Tokens(format!("{}: {e}", p.display())))?;
+            tokens.add(&read(&p)?).map_err(|source| ConfigError::TokenEntry {
+                origin: p.display().to_string(),
+                source,
+            })?;
         }
         if let Some(t) = env_tokens {
-            tokens
-                .add(t)
-                .map_err(|e| ConfigError::Tokens(format!("GRAYDAR_TOKENS: {e}")))?;
+            tokens.add(t).map_err(|source| ConfigError::TokenEntry {
+                origin: "GRAYDAR_TOKENS".to_owned(),
+                source,
+            })?;
         }
         if tokens.is_empty() {
-            return Err(ConfigError::Tokens(
-                "no tokens configured: every API endpoint needs one (--tokens-file or GRAYDAR_TOKENS, `role:token` entries)"
-                    .into(),
-            ));
+            return Err(ConfigError::NoTokens);
         }
         let tls = match (cli.tls_cert.clone(), cli.tls_key.clone()) {
             (Some(cert), Some(key)) => Some(TlsSection { cert, key }),
             (None, None) => file.tls,
-            _ => return Err(ConfigError::Tls("--tls-cert and --tls-key go together".into())),
+            _ => return Err(ConfigError::TlsPair),
         };
         let heartbeat_interval = file.heartbeat_interval.unwrap_or(Duration::from_secs(10));
         if heartbeat_interval < Duration::from_secs(1) {
-            return Err(ConfigError::Invalid("heartbeat_interval must be at least 1s".into()));
+            return Err(ConfigError::HeartbeatInterval);
         }
         let stale_after = file.stale_after.unwrap_or(heartbeat_interval * 3);
         let lost_after = file.lost_after.unwrap_or(Duration::from_secs(300)).max(stale_after);
@@ -179,12 +207,8 @@ impl Config {
             heartbeat_interval,
             stale_after,
             lost_after,
-            max_body_bytes: file.max_body_bytes.unwrap_or(crate::api::DEFAULT_MAX_BODY),
-            faults: file
-                .faults
-                .unwrap_or_default()
-                .resolve()
-                .map_err(ConfigError::Invalid)?,
+            max_body_bytes: file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+            faults: file.faults.unwrap_or_default().resolve()?,
         })
     }
 }
@@ -206,7 +230,7 @@ mod tests {
         let e = toml::from_str::<FileConfig>("listn = \"x\"").expect_err("unknown field");
         assert!(e.to_string().contains("listn"), "{e}");
         let cli = Cli::default();
-        assert!(matches!(Config::load(&cli, None), Err(ConfigError::Tokens(_))));
+        assert!(matches!(Config::load(&cli, None), Err(ConfigError::NoTokens)));
         let c = Config::load(&cli, Some("viewer:0123456789abcdef")).expect("config");
         assert_eq!(c.tokens.len(), 1);
         assert_eq!(c.stale_after, Duration::from_secs(30));

@@ -1,0 +1,204 @@
+//! The agent registry: agents register (and re-register), heartbeat, and
+//! are healthy, stale or lost by the time since they were last heard from.
+//!
+//! Agents are cached in memory: a heartbeat only touches the cache, and the
+//! last-seen times of the agents heard from are written in one transaction
+//! every few seconds ([`AgentService::flush`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use graydar_common::api::{AgentInfo, AgentState, RegisterRequest};
+
+use crate::store::{AgentRecord, AgentStore, StoreError};
+use crate::timefmt::{ms_to_rfc3339, now_ms};
+
+/// Longest hostname accepted (the DNS limit).
+pub const MAX_HOSTNAME: usize = 253;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent must register first.
+    #[error("agent {hostname:?} is not registered")]
+    NotRegistered { hostname: String },
+    /// No such agent (reading).
+    #[error("no agent {hostname:?}")]
+    NotFound { hostname: String },
+    #[error("hostname must be 1 to {MAX_HOSTNAME} characters")]
+    InvalidHostname,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// When agents count as stale / lost.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    pub stale_after: Duration,
+    pub lost_after: Duration,
+}
+
+impl Liveness {
+    pub fn state(&self, last_seen_ms: i64, now_ms: i64) -> AgentState {
+        let age = u128::try_from(now_ms.saturating_sub(last_seen_ms).max(0)).unwrap_or(0);
+        if age >= self.lost_after.as_millis() {
+            AgentState::Lost
+        } else if age >= self.stale_after.as_millis() {
+            AgentState::Stale
+        } else {
+            AgentState::Healthy
+        }
+    }
+}
+
+pub struct AgentService {
+    store: Arc<dyn AgentStore>,
+    agents: Mutex<HashMap<String, AgentRecord>>,
+    /// Agents heard from since the last flush.
+    dirty: Mutex<HashSet<String>>,
+    liveness: Liveness,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AgentService {
+    /// Loads the registered agents from `store`.
+    pub async fn open(store: Arc<dyn AgentStore>, liveness: Liveness) -> Result<AgentService, AgentError> {
+        let agents = store
+            .load_agents()
+            .await?
+            .into_iter()
+            .map(|a| (a.req.hostname.clone(), a))
+            .collect();
+        Ok(AgentService {
+            store,
+            agents: Mutex::new(agents),
+            dirty: Mutex::new(HashSet::new()),
+            liveness,
+        })
+    }
+
+    pub fn liveness(&self) -> Liveness {
+        self.liveness
+    }
+
+    /// Count of agents by state, now (every state, in [`AgentState::ALL`] order).
+    pub fn states(&self) -> Vec<(AgentState, u64)> {
+        let now = now_ms();
+        let mut out: Vec<(AgentState, u64)> = AgentState::ALL.iter().map(|s| (*s, 0)).collect();
+        for a in lock(&self.agents).values() {
+            let state = self.liveness.state(a.last_seen_ms, now);
+            if let Some((_, n)) = out.iter_mut().find(|(s, _)| *s == state) {
+                *n += 1;
+            }
+        }
+        out
+    }
+
+    /// Registers (or re-registers) an agent; idempotent.
+    pub async fn register(&self, req: RegisterRequest) -> Result<AgentInfo, AgentError> {
+        if req.hostname.is_empty() || req.hostname.len() > MAX_HOSTNAME {
+            return Err(AgentError::InvalidHostname);
+        }
+        let now = now_ms();
+        let registered_ms = lock(&self.agents).get(&req.hostname).map_or(now, |a| a.registered_ms);
+        let hostname = req.hostname.clone();
+        let record = AgentRecord {
+            req,
+            registered_ms,
+            last_seen_ms: now,
+        };
+        self.store.upsert_agent(&record).await?;
+        lock(&self.agents).insert(hostname.clone(), record);
+        self.get(&hostname).await
+    }
+
+    pub fn is_registered(&self, hostname: &str) -> bool {
+        lock(&self.agents).contains_key(hostname)
+    }
+
+    /// Marks the agent as heard from now (in memory; see [`AgentService::flush`]).
+    pub fn touch(&self, hostname: &str) -> Result<AgentState, AgentError> {
+        let now = now_ms();
+        let mut agents = lock(&self.agents);
+        let a = agents.get_mut(hostname).ok_or_else(|| AgentError::NotRegistered {
+            hostname: hostname.to_owned(),
+        })?;
+        a.last_seen_ms = now;
+        lock(&self.dirty).insert(hostname.to_owned());
+        Ok(AgentState::Healthy)
+    }
+
+    /// Writes the last-seen times of the agents heard from since the last
+    /// flush; how many.
+    pub async fn flush(&self) -> Result<usize, AgentError> {
+        let seen: Vec<(String, i64)> = {
+            let names: Vec<String> = lock(&self.dirty).drain().collect();
+            let agents = lock(&self.agents);
+            names
+                .into_iter()
+                .filter_map(|n| agents.get(&n).map(|a| (n, a.last_seen_ms)))
+                .collect()
+        };
+        if seen.is_empty() {
+            return Ok(0);
+        }
+        self.store.update_last_seen(&seen).await?;
+        Ok(seen.len())
+    }
+
+    fn info(&self, a: &AgentRecord, firing: u64, now: i64) -> AgentInfo {
+        AgentInfo {
+            hostname: a.req.hostname.clone(),
+            addresses: a.req.addresses.clone(),
+            labels: a.req.labels.clone(),
+            kernel_version: a.req.kernel_version.clone(),
+            agent_version: a.req.agent_version.clone(),
+            capabilities: a.req.capabilities.clone(),
+            registered_at: ms_to_rfc3339(a.registered_ms),
+            last_seen: ms_to_rfc3339(a.last_seen_ms),
+            state: self.liveness.state(a.last_seen_ms, now),
+            firing_findings: firing,
+        }
+    }
+
+    /// Every registered agent, sorted by hostname.
+    pub async fn list(&self) -> Result<Vec<AgentInfo>, AgentError> {
+        let firing = self.store.firing_counts(None).await?;
+        let now = now_ms();
+        let mut out: Vec<AgentInfo> = lock(&self.agents)
+            .values()
+            .map(|a| self.info(a, firing.get(&a.req.hostname).copied().unwrap_or(0), now))
+            .collect();
+        out.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        Ok(out)
+    }
+
+    pub async fn get(&self, hostname: &str) -> Result<AgentInfo, AgentError> {
+        let firing = self.store.firing_counts(Some(hostname)).await?;
+        let agents = lock(&self.agents);
+        let a = agents.get(hostname).ok_or_else(|| AgentError::NotFound {
+            hostname: hostname.to_owned(),
+        })?;
+        Ok(self.info(a, firing.get(hostname).copied().unwrap_or(0), now_ms()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_thresholds() {
+        let l = Liveness {
+            stale_after: Duration::from_secs(30),
+            lost_after: Duration::from_secs(300),
+        };
+        assert_eq!(l.state(0, 29_999), AgentState::Healthy);
+        assert_eq!(l.state(0, 30_000), AgentState::Stale);
+        assert_eq!(l.state(0, 300_000), AgentState::Lost);
+        assert_eq!(l.state(10, 0), AgentState::Healthy);
+    }
+}

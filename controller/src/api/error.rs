@@ -1,0 +1,113 @@
+//! The API's error response and how each domain error becomes one.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use graydar_common::api::ApiError;
+
+use crate::agents::AgentError;
+use crate::faults::FaultError;
+use crate::findings::FindingError;
+use crate::paths::PathError;
+use crate::services::StoreError;
+
+/// An error response: `{ "error": code, "detail": text }` with a status.
+#[derive(Debug)]
+pub struct Error {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+}
+
+impl Error {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Error {
+        Error {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    fn invalid(e: impl std::fmt::Display) -> Error {
+        Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+    }
+
+    fn not_found(e: impl std::fmt::Display) -> Error {
+        Error::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, detail = %self.detail, "request failed");
+        }
+        let mut resp = (
+            self.status,
+            Json(ApiError {
+                error: self.code.to_owned(),
+                detail: self.detail,
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::WriterStopped => Error::invalid(e),
+            other => Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
+        }
+    }
+}
+
+impl From<AgentError> for Error {
+    fn from(e: AgentError) -> Self {
+        match e {
+            AgentError::NotRegistered { .. } | AgentError::NotFound { .. } => Error::not_found(e),
+            AgentError::InvalidHostname => Error::invalid(e),
+            AgentError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<FindingError> for Error {
+    fn from(e: FindingError) -> Self {
+        match e {
+            FindingError::Agent(a) => a.into(),
+            FindingError::NotFound { .. } => Error::not_found(e),
+            FindingError::Store(s) => s.into(),
+            FindingError::WrongHost { .. }
+            | FindingError::WrongId { .. }
+            | FindingError::WrongState { .. }
+            | FindingError::Time { .. } => Error::invalid(e),
+        }
+    }
+}
+
+impl From<FaultError> for Error {
+    fn from(e: FaultError) -> Self {
+        match e {
+            FaultError::Invalid(d) => Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_fault", d),
+            FaultError::BlastRadius { .. } => Error::new(StatusCode::CONFLICT, "blast_radius", e.to_string()),
+            FaultError::Conflict { .. } => Error::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            FaultError::NotFound { .. } => Error::not_found(e),
+            FaultError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<PathError> for Error {
+    fn from(e: PathError) -> Self {
+        match e {
+            PathError::Invalid(d) => Error::invalid(d),
+            PathError::Agent(a) => a.into(),
+        }
+    }
+}

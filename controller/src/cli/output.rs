@@ -1,0 +1,72 @@
+//! Output helpers shared by every command: aligned tables and JSON.
+
+use clap::ValueEnum;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let n = cells.len();
+        let mut s = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            s.push_str(c);
+            if i + 1 < n {
+                let pad = widths[i].saturating_sub(c.chars().count()) + 2;
+                s.push_str(&" ".repeat(pad));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// Pretty JSON with a final newline.
+pub fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+/// `v` as JSON or as the table `text` makes of it.
+pub fn show<T: serde::Serialize>(output: Output, v: &T, text: impl FnOnce(&T) -> String) -> String {
+    match output {
+        Output::Json => json(v),
+        Output::Table => text(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_aligned() {
+        let t = table(
+            &["A", "LONG HEADER", "C"],
+            &[
+                vec!["xxxxx".into(), "y".into(), "z".into()],
+                vec!["1".into(), "2".into(), "3".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "A      LONG HEADER  C\nxxxxx  y            z\n1      2            3\n"
+        );
+    }
+}

@@ -1,0 +1,491 @@
+//! The life of a fault: created (targets resolved by the policy), handed to
+//! its agents, reported on by them, ended (expired, deleted or by the kill
+//! switch), settled and dropped from memory. Live faults and per-agent
+//! states are kept in memory and written through to the store; per-agent
+//! change notification wakes the long-poll; the revert-all epoch tells
+//! agents to revert every fault they have.
+//!
+//! Agent protocol (see README "Faults"): each agent long-polls
+//! `GET /api/v1/agents/{hostname}/faults?wait=S&version=V`; the answer is its
+//! whole desired set (fault ids, specs and a lease each) plus the revert-all
+//! epoch. A per-agent `watch` channel wakes the poll at once when a fault of
+//! that agent is created, deleted, expires, or on revert-all. The agent
+//! applies what is new, reverts what is no longer listed, renews the leases of
+//! the rest and posts each fault's state back.
+//!
+//! Memory holds only live faults: a fault leaves it once it has ended and a
+//! whole lease has passed (its states are settled, see `Fault::settled_at`).
+//! History (`get`, `list`) is read from the store, so a controller that ran
+//! game days for years holds no more than what is running.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use graydar_common::api::AgentInfo;
+use graydar_common::fault_api::{
+    CreateFaultRequest, DesiredFault, DesiredFaults, FaultInfo, FaultStatusUpdate, RevertAllResponse,
+};
+use graydar_common::faults::FaultState;
+use tokio::sync::watch;
+
+use super::model::{AgentStatus, Fault};
+use super::policy::{Inventory, check_overlap, resolve_targets};
+use super::{FaultConfig, FaultError, FaultStatus};
+use crate::store::{EndReason, FaultSelection, FaultStore};
+use crate::timefmt::now_ms;
+
+/// What /metrics shows of the faults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Faults by status (ended ones from the store).
+    pub by_status: Vec<(FaultStatus, i64)>,
+    /// (fault, agent) assignments of the faults not ended, by the state the agent reported.
+    pub by_state: Vec<(FaultState, i64)>,
+}
+
+struct Inner {
+    faults: BTreeMap<String, Fault>,
+    revert_all_epoch: u64,
+}
+
+pub struct FaultService {
+    cfg: FaultConfig,
+    store: Arc<dyn FaultStore>,
+    inner: Mutex<Inner>,
+    /// Per agent: bumped whenever its desired set changes.
+    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Added to every per-agent version so versions of different controller
+    /// runs never coincide (an agent's old version always differs).
+    version_base: u64,
+    /// Bumped on every status report (dry-run waits watch it).
+    status_tx: watch::Sender<u64>,
+    inventory: Mutex<HashMap<String, Inventory>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn new_id() -> String {
+    format!("flt-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}
+
+impl FaultService {
+    /// Loads the live faults and the revert-all epoch from `store`.
+    pub async fn open(store: Arc<dyn FaultStore>, cfg: FaultConfig) -> Result<FaultService, FaultError> {
+        let lease_ms = i64::try_from(cfg.lease.as_millis()).unwrap_or(i64::MAX);
+        // Live faults only: not ended, or ended less than a lease ago.
+        let now = now_ms();
+        let faults = store
+            .load_faults(FaultSelection::Live { now_ms: now, lease_ms })
+            .await?
+            .into_iter()
+            .map(|f| (f.id.clone(), f))
+            .collect();
+        let revert_all_epoch = store.revert_all_epoch().await?;
+        let (status_tx, _) = watch::channel(0);
+        Ok(FaultService {
+            cfg,
+            store,
+            inner: Mutex::new(Inner {
+                faults,
+                revert_all_epoch,
+            }),
+            watchers: Mutex::new(HashMap::new()),
+            version_base: u64::try_from(now_ms()).unwrap_or(0).saturating_mul(1000),
+            status_tx,
+            inventory: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &FaultConfig {
+        &self.cfg
+    }
+
+    /// Remembers what an agent reported at registration or heartbeat
+    /// (`None` fields keep what was known).
+    pub fn set_inventory(&self, host: &str, interfaces: Option<Vec<String>>, dm_devices: Option<Vec<String>>) {
+        if interfaces.is_none() && dm_devices.is_none() {
+            return;
+        }
+        lock(&self.inventory)
+            .entry(host.to_owned())
+            .or_default()
+            .update(interfaces, dm_devices);
+    }
+
+    fn sender(&self, host: &str) -> watch::Sender<u64> {
+        lock(&self.watchers)
+            .entry(host.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .clone()
+    }
+
+    /// A receiver that changes whenever `host`'s desired set does.
+    fn subscribe(&self, host: &str) -> watch::Receiver<u64> {
+        self.sender(host).subscribe()
+    }
+
+    /// The externally visible version of a per-agent counter.
+    fn version_of(&self, counter: u64) -> u64 {
+        self.version_base.saturating_add(counter)
+    }
+
+    fn bump<'a>(&self, hosts: impl IntoIterator<Item = &'a String>) {
+        for h in hosts {
+            self.sender(h).send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    fn subscribe_status(&self) -> watch::Receiver<u64> {
+        self.status_tx.subscribe()
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.cfg.lease.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Validates, resolves the targets among the registered `agents` and
+    /// stores a new fault; the agents are woken at once.
+    pub async fn create(&self, req: CreateFaultRequest, agents: &[AgentInfo]) -> Result<FaultInfo, FaultError> {
+        let targets = {
+            let inv = lock(&self.inventory);
+            resolve_targets(&req, agents, &inv, &self.cfg)?
+        };
+        let now = now_ms();
+        if !req.dry_run {
+            check_overlap(lock(&self.inner).faults.values(), &req.spec, &targets, now)?;
+        }
+        let duration_ms = if req.dry_run {
+            // A dry run is wanted until every agent answered (or this passes).
+            i64::try_from(self.cfg.dry_run_wait.max(Duration::from_secs(10)).as_millis() * 6).unwrap_or(60_000)
+        } else {
+            req.duration_seconds.saturating_mul(1000)
+        };
+        let fault = Fault {
+            id: new_id(),
+            spec: req.spec,
+            selector: req.targets.selector,
+            dry_run: req.dry_run,
+            forced: req.force,
+            duration_seconds: if req.dry_run { 0 } else { req.duration_seconds },
+            created_ms: now,
+            expires_ms: now.saturating_add(duration_ms),
+            ended_ms: None,
+            end_reason: None,
+            agents: targets
+                .iter()
+                .map(|t| {
+                    (
+                        t.clone(),
+                        AgentStatus {
+                            state: FaultState::Pending,
+                            reason: None,
+                            operations: Vec::new(),
+                            updated_ms: now,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        self.store.insert_fault(&fault).await?;
+        let info = fault.info();
+        tracing::info!(id = %fault.id, kind = %fault.spec.kind(), target = fault.spec.target(), agents = targets.len(),
+            dry_run = fault.dry_run, forced = fault.forced, duration_s = fault.duration_seconds, "fault created");
+        lock(&self.inner).faults.insert(fault.id.clone(), fault);
+        self.bump(&targets);
+        Ok(info)
+    }
+
+    /// One fault: from memory while live, else from the store.
+    pub async fn get(&self, id: &str) -> Result<FaultInfo, FaultError> {
+        let (now, lease) = (now_ms(), self.lease_ms());
+        if let Some(info) = lock(&self.inner).faults.get(id).map(|f| f.info_at(now, lease)) {
+            return Ok(info);
+        }
+        self.store
+            .load_faults(FaultSelection::Id(id))
+            .await?
+            .first()
+            .map(|f| f.info_at(now, lease))
+            .ok_or_else(|| FaultError::NotFound { id: id.to_owned() })
+    }
+
+    /// Faults newest first, at most `limit`, optionally only those whose
+    /// status is `status`. Read from the store (the whole history); a live
+    /// fault is shown as memory has it.
+    pub async fn list(&self, status: Option<FaultStatus>, limit: u32) -> Result<Vec<FaultInfo>, FaultError> {
+        let mut v = self.store.load_faults(FaultSelection::Newest { status, limit }).await?;
+        let (now, lease) = (now_ms(), self.lease_ms());
+        let inner = lock(&self.inner);
+        for f in &mut v {
+            if let Some(live) = inner.faults.get(&f.id) {
+                f.clone_from(live);
+            }
+        }
+        Ok(v.iter().map(|f| f.info_at(now, lease)).collect())
+    }
+
+    /// Waits until every agent of the dry run `id` has answered, or `wait`
+    /// has passed.
+    pub async fn wait_dry_run(&self, id: &str, wait: Duration) {
+        let mut rx = self.subscribe_status();
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.dry_run_done(id) {
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// The long-poll of `host`: its desired set at once when `version` is
+    /// not the current one (or `wait` is zero), else at the next change or
+    /// after `wait`.
+    pub async fn poll(&self, host: &str, version: Option<u64>, wait: Duration) -> DesiredFaults {
+        let mut rx = self.subscribe(host);
+        let counter = *rx.borrow_and_update();
+        if version == Some(self.version_of(counter)) && !wait.is_zero() {
+            let _ = tokio::time::timeout(wait, rx.changed()).await;
+        }
+        let counter = *rx.borrow_and_update();
+        self.desired(host, counter)
+    }
+
+    /// Whether every agent of a dry run has answered.
+    pub fn dry_run_done(&self, id: &str) -> bool {
+        lock(&self.inner)
+            .faults
+            .get(id)
+            .is_none_or(|f| f.agents.values().all(|s| s.state != FaultState::Pending))
+    }
+
+    /// Ends a fault now (`DELETE`): its agents are woken and revert it.
+    /// Ending an ended fault changes nothing.
+    pub async fn end(&self, id: &str) -> Result<FaultInfo, FaultError> {
+        let now = now_ms();
+        let live = {
+            let mut inner = lock(&self.inner);
+            inner.faults.get_mut(id).map(|f| {
+                let ended = f.ended_ms.is_none().then(|| {
+                    let reason = if now >= f.expires_ms {
+                        EndReason::Expired
+                    } else {
+                        EndReason::Deleted
+                    };
+                    f.ended_ms = Some(now);
+                    f.end_reason = Some(reason);
+                    reason
+                });
+                (f.info(), f.agents.keys().cloned().collect::<Vec<_>>(), ended)
+            })
+        };
+        // Out of memory means settled: ended long ago, nothing to do.
+        let Some((info, targets, ended)) = live else {
+            return self.get(id).await;
+        };
+        if let Some(reason) = ended {
+            self.store.end_faults(&[id.to_owned()], now, reason).await?;
+            tracing::info!(id, "fault ended by the operator");
+            self.bump(&targets);
+        }
+        Ok(info)
+    }
+
+    /// The kill switch: ends every fault and bumps the epoch, so every agent
+    /// reverts every fault it has active, known here or not.
+    pub async fn revert_all(&self) -> Result<RevertAllResponse, FaultError> {
+        let now = now_ms();
+        let (ended, epoch) = {
+            let mut inner = lock(&self.inner);
+            inner.revert_all_epoch += 1;
+            let mut ended = Vec::new();
+            for f in inner.faults.values_mut() {
+                if f.ended_ms.is_none() {
+                    f.ended_ms = Some(now);
+                    f.end_reason = Some(EndReason::RevertAll);
+                    ended.push(f.id.clone());
+                }
+            }
+            (ended, inner.revert_all_epoch)
+        };
+        // Wake every agent before the database writes: the kill switch must
+        // not wait for a disk.
+        let hosts: Vec<String> = lock(&self.watchers).keys().cloned().collect();
+        self.bump(&hosts);
+        self.store.set_revert_all_epoch(epoch).await?;
+        self.store.end_faults(&ended, now, EndReason::RevertAll).await?;
+        tracing::warn!(faults = ended.len(), agents = hosts.len(), epoch, "revert-all");
+        Ok(RevertAllResponse {
+            faults_ended: u64::try_from(ended.len()).unwrap_or(0),
+            agents_notified: u64::try_from(hosts.len()).unwrap_or(0),
+            revert_all_epoch: epoch,
+        })
+    }
+
+    /// Marks faults whose time is up as ended ("expired") and wakes their
+    /// agents (the agents' leases end at the same time anyway). Called every
+    /// second by [`spawn_expirer`].
+    pub async fn expire(&self) -> Result<usize, FaultError> {
+        let now = now_ms();
+        let (ids, hosts) = {
+            let mut inner = lock(&self.inner);
+            let mut ids = Vec::new();
+            let mut hosts = BTreeSet::new();
+            for f in inner.faults.values_mut() {
+                if f.ended_ms.is_none() && now >= f.expires_ms {
+                    f.ended_ms = Some(now);
+                    f.end_reason = Some(EndReason::Expired);
+                    ids.push(f.id.clone());
+                    hosts.extend(f.agents.keys().cloned());
+                }
+            }
+            (ids, hosts)
+        };
+        self.bump(&hosts);
+        self.store.end_faults(&ids, now, EndReason::Expired).await?;
+        self.prune(now);
+        Ok(ids.len())
+    }
+
+    /// How many faults memory holds (the live ones).
+    pub fn live_faults(&self) -> usize {
+        lock(&self.inner).faults.len()
+    }
+
+    /// Drops settled faults from memory (their end is in the store: every
+    /// path that sets `ended_ms` persists it before returning, and a fault
+    /// settles only a whole lease later).
+    fn prune(&self, now: i64) -> usize {
+        let lease = self.lease_ms();
+        let mut inner = lock(&self.inner);
+        let before = inner.faults.len();
+        inner.faults.retain(|_, f| !f.settled_at(now, lease));
+        before - inner.faults.len()
+    }
+
+    /// The desired set of `host` right now, with version `counter`.
+    fn desired(&self, host: &str, counter: u64) -> DesiredFaults {
+        let now = now_ms();
+        let lease_s = self.cfg.lease.as_secs().max(1);
+        let inner = lock(&self.inner);
+        let mut faults = Vec::new();
+        for f in inner.faults.values() {
+            if !f.wanted(now) {
+                continue;
+            }
+            let Some(st) = f.agents.get(host) else {
+                continue;
+            };
+            let lease_seconds = if f.dry_run {
+                if st.state != FaultState::Pending {
+                    continue;
+                }
+                lease_s
+            } else {
+                let left_ms = u64::try_from(f.expires_ms.saturating_sub(now)).unwrap_or(0);
+                lease_s.min(left_ms.div_ceil(1000)).max(1)
+            };
+            faults.push(DesiredFault {
+                id: f.id.clone(),
+                spec: f.spec.clone(),
+                lease_seconds,
+                dry_run: f.dry_run,
+            });
+        }
+        DesiredFaults {
+            version: self.version_of(counter),
+            revert_all_epoch: inner.revert_all_epoch,
+            lease_seconds: lease_s,
+            faults,
+        }
+    }
+
+    /// Stores the states an agent reports; `(accepted, ignored)`.
+    pub async fn report(&self, host: &str, updates: Vec<FaultStatusUpdate>) -> Result<(u64, u64), FaultError> {
+        let now = now_ms();
+        let mut accepted = Vec::new();
+        let mut ignored = 0;
+        {
+            let mut inner = lock(&self.inner);
+            for u in updates {
+                match inner.faults.get_mut(&u.id) {
+                    Some(f) => match f.agents.get_mut(host) {
+                        Some(st) => {
+                            st.state = u.state;
+                            st.reason = u.reason.clone();
+                            st.operations = u.operations.clone();
+                            st.updated_ms = now;
+                            accepted.push(u);
+                        }
+                        None => ignored += 1,
+                    },
+                    // Settled and out of memory (or unknown): a late
+                    // confirmation still belongs in the history.
+                    None => accepted.push(u),
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return Ok((0, ignored));
+        }
+        let stored = self.store.update_fault_states(host, &accepted, now).await?;
+        self.status_tx.send_modify(|v| *v = v.wrapping_add(1));
+        // Rows that matched nothing (no such fault, or not this agent's).
+        ignored += u64::try_from(accepted.len()).unwrap_or(0).saturating_sub(stored);
+        Ok((stored, ignored))
+    }
+
+    /// Faults by status and the assignments of wanted faults by per-agent
+    /// state, for /metrics. Ended faults are counted in the store (memory
+    /// holds only the live ones).
+    pub async fn counts(&self) -> Result<FaultCounts, FaultError> {
+        let now = now_ms();
+        let ended = self.store.count_ended_faults(now).await?;
+        let mut by_status: BTreeMap<FaultStatus, i64> = FaultStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut by_state: Vec<(FaultState, i64)> = [
+            FaultState::Pending,
+            FaultState::Active,
+            FaultState::Reverted,
+            FaultState::Failed,
+            FaultState::Described,
+        ]
+        .iter()
+        .map(|s| (*s, 0))
+        .collect();
+        for f in lock(&self.inner).faults.values() {
+            // Expired but not marked yet counts as ended (the store counts it).
+            if !f.wanted(now) {
+                continue;
+            }
+            *by_status.entry(f.status()).or_default() += 1;
+            for s in f.agents.values() {
+                match by_state.iter_mut().find(|(st, _)| *st == s.state) {
+                    Some((_, n)) => *n += 1,
+                    None => by_state.push((s.state, 1)),
+                }
+            }
+        }
+        by_status.insert(FaultStatus::Ended, ended);
+        Ok(FaultCounts {
+            by_status: by_status.into_iter().collect(),
+            by_state,
+        })
+    }
+}
+
+/// Marks expired faults every second until the service is dropped.
+pub fn spawn_expirer(svc: Weak<FaultService>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(faults) = svc.upgrade() else {
+                return;
+            };
+            if let Err(e) = faults.expire().await {
+                tracing::warn!(error = %e, "marking expired faults");
+            }
+        }
+    })
+}

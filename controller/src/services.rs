@@ -1,0 +1,91 @@
+//! The domain services over one store, wired together: what the HTTP API
+//! serves and the binary runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::agents::{AgentError, AgentService, Liveness};
+use crate::faults::{FaultConfig, FaultError, FaultService};
+use crate::findings::FindingService;
+use crate::paths::PathService;
+use crate::store::Store;
+pub use crate::store::StoreError;
+
+/// How often agents' last-seen times are written to the store.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("loading agents")]
+    Agents(#[source] AgentError),
+    #[error("loading faults")]
+    Faults(#[source] FaultError),
+}
+
+pub struct Services {
+    pub agents: Arc<AgentService>,
+    pub findings: FindingService,
+    pub faults: Arc<FaultService>,
+    pub paths: PathService,
+    store: Arc<dyn Store>,
+}
+
+impl Services {
+    /// Loads the agents and the live faults from `store`.
+    pub async fn open(store: Arc<dyn Store>, liveness: Liveness, faults: FaultConfig) -> Result<Services, OpenError> {
+        let agents = Arc::new(
+            AgentService::open(store.clone(), liveness)
+                .await
+                .map_err(OpenError::Agents)?,
+        );
+        let faults = Arc::new(
+            FaultService::open(store.clone(), faults)
+                .await
+                .map_err(OpenError::Faults)?,
+        );
+        Ok(Services {
+            findings: FindingService::new(store.clone(), agents.clone()),
+            paths: PathService::new(agents.clone()),
+            agents,
+            faults,
+            store,
+        })
+    }
+
+    /// Whether the store answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    /// Writes what is pending (agents' last-seen times) and closes the store.
+    pub async fn close(&self) {
+        if let Err(e) = self.agents.flush().await {
+            tracing::warn!(error = %e, "flushing agents' last_seen at shutdown");
+        }
+        self.store.close().await;
+    }
+
+    /// The background tasks: agents' last-seen times written every
+    /// [`FLUSH_INTERVAL`] until `stop` changes, faults expired every second.
+    /// Returns the flusher (await it after `stop`) and the expirer (abort it).
+    pub fn spawn_background(
+        &self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+        let agents = self.agents.clone();
+        let flusher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                if let Err(e) = agents.flush().await {
+                    tracing::warn!(error = %e, "writing agents' last-seen times");
+                }
+            }
+        });
+        let expirer = crate::faults::spawn_expirer(Arc::downgrade(&self.faults));
+        (flusher, expirer)
+    }
+}

@@ -1,0 +1,221 @@
+//! Persistence: every SQL statement of the controller lives under this
+//! module, behind the [`Store`] trait, so that another database (PostgreSQL)
+//! is one more implementation next to [`sqlite::SqliteStore`] and the domain
+//! services (agents, findings, faults) do not change.
+//!
+//! The trait speaks in records (what a row holds, in the domain's types);
+//! the rules (liveness, validation, fault lifecycle) stay in the services.
+
+pub mod sqlite;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use graydar_common::api::{
+    BatchResponse, Finding, FindingDetail, FindingKind, FindingState, FindingTransition, RegisterRequest, Severity,
+};
+use graydar_common::fault_api::FaultStatusUpdate;
+use graydar_common::faults::{FaultSpec, FaultState};
+
+pub use sqlite::SqliteStore;
+
+/// What every store method returns: a boxed future (the trait is used as
+/// `dyn Store`).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A group commit failed; every request of the group gets the error.
+    #[error("database: {0}")]
+    Group(#[source] Arc<sqlx::Error>),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the data directory {}: {source}", path.display())]
+    CreateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt row: {what}: {source}")]
+    Corrupt {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("corrupt row: unknown {what} {value:?}")]
+    UnknownValue { what: &'static str, value: String },
+    /// The task that writes transitions is gone (the store is closing).
+    #[error("the database writer stopped")]
+    WriterStopped,
+}
+
+/// An agent as stored: what it registered with, when, and when it was last
+/// heard from.
+#[derive(Clone, Debug)]
+pub struct AgentRecord {
+    pub req: RegisterRequest,
+    pub registered_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+/// A transition checked by the findings service, with its time in
+/// milliseconds since the epoch.
+#[derive(Clone, Debug)]
+pub struct TimedTransition {
+    pub at_ms: i64,
+    pub transition: FindingTransition,
+}
+
+/// Filters of the findings list.
+#[derive(Clone, Debug, Default)]
+pub struct FindingFilter {
+    pub kind: Option<FindingKind>,
+    pub severity: Option<Severity>,
+    pub state: Option<FindingState>,
+    pub agent: Option<String>,
+    /// Updated at or after (ms since the epoch).
+    pub since_ms: Option<i64>,
+    pub limit: u32,
+}
+
+/// Where a fault stands, as the fault list filters and shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultStatus {
+    Running,
+    DryRun,
+    Ended,
+}
+
+impl FaultStatus {
+    pub const ALL: [FaultStatus; 3] = [FaultStatus::Running, FaultStatus::DryRun, FaultStatus::Ended];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultStatus::Running => "running",
+            FaultStatus::DryRun => "dry_run",
+            FaultStatus::Ended => "ended",
+        }
+    }
+}
+
+/// Why a fault ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its duration passed.
+    Expired,
+    /// An operator reverted it (`DELETE /api/v1/faults/{id}`).
+    Deleted,
+    /// The kill switch.
+    RevertAll,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expired => "expired",
+            EndReason::Deleted => "deleted",
+            EndReason::RevertAll => "revert_all",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EndReason> {
+        [EndReason::Expired, EndReason::Deleted, EndReason::RevertAll]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// One agent's part in a fault.
+#[derive(Clone, Debug)]
+pub struct FaultAgentRecord {
+    pub state: FaultState,
+    pub reason: Option<String>,
+    pub operations: Vec<String>,
+    pub updated_ms: i64,
+}
+
+/// A fault with its per-agent states.
+#[derive(Clone, Debug)]
+pub struct FaultRecord {
+    pub id: String,
+    pub spec: FaultSpec,
+    pub selector: BTreeMap<String, String>,
+    pub dry_run: bool,
+    pub forced: bool,
+    pub duration_seconds: i64,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub end_reason: Option<EndReason>,
+    pub agents: BTreeMap<String, FaultAgentRecord>,
+}
+
+/// Which faults to load.
+#[derive(Clone, Copy, Debug)]
+pub enum FaultSelection<'a> {
+    /// Not ended, or ended (or expired, whichever first) less than
+    /// `lease_ms` before `now_ms`.
+    Live { now_ms: i64, lease_ms: i64 },
+    /// The one with this id.
+    Id(&'a str),
+    /// Newest first, at most `limit`, optionally only those whose stored
+    /// status is `status`.
+    Newest { status: Option<FaultStatus>, limit: u32 },
+}
+
+/// Agents: registrations and last-seen times.
+pub trait AgentStore: Send + Sync {
+    fn load_agents(&self) -> StoreFuture<'_, Vec<AgentRecord>>;
+    /// Inserts or updates an agent (its `registered_ms` is kept on update).
+    fn upsert_agent<'a>(&'a self, agent: &'a AgentRecord) -> StoreFuture<'a, ()>;
+    /// Writes newer last-seen times (hostname, ms) in one transaction.
+    fn update_last_seen<'a>(&'a self, seen: &'a [(String, i64)]) -> StoreFuture<'a, ()>;
+    /// Firing findings per agent (of one agent, or of all).
+    fn firing_counts<'a>(&'a self, agent: Option<&'a str>) -> StoreFuture<'a, HashMap<String, u64>>;
+}
+
+/// Findings and their transitions.
+pub trait FindingStore: Send + Sync {
+    /// Stores one request's transitions. Transitions already stored (same
+    /// finding, transition and time) count as duplicates and change
+    /// nothing; a finding's row follows its newest transition.
+    fn ingest(&self, agent: String, items: Vec<TimedTransition>) -> StoreFuture<'_, BatchResponse>;
+    /// Findings matching `f`: firing first, then newest first.
+    fn findings<'a>(&'a self, f: &'a FindingFilter) -> StoreFuture<'a, Vec<Finding>>;
+    /// One finding with its history, oldest first.
+    fn finding<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<FindingDetail>>;
+    /// Transitions stored in total.
+    fn transition_count(&self) -> StoreFuture<'_, i64>;
+}
+
+/// Faults, their per-agent states and the revert-all epoch.
+pub trait FaultStore: Send + Sync {
+    /// The selected faults, each with its agents, read in one snapshot.
+    fn load_faults<'a>(&'a self, which: FaultSelection<'a>) -> StoreFuture<'a, Vec<FaultRecord>>;
+    fn insert_fault<'a>(&'a self, fault: &'a FaultRecord) -> StoreFuture<'a, ()>;
+    /// Marks the faults of `ids` not ended yet as ended at `ended_ms`.
+    fn end_faults<'a>(&'a self, ids: &'a [String], ended_ms: i64, reason: EndReason) -> StoreFuture<'a, ()>;
+    /// Stores `agent`'s reported states; how many rows matched.
+    fn update_fault_states<'a>(
+        &'a self,
+        agent: &'a str,
+        updates: &'a [FaultStatusUpdate],
+        now_ms: i64,
+    ) -> StoreFuture<'a, u64>;
+    /// Faults ended or expired at `now_ms`.
+    fn count_ended_faults(&self, now_ms: i64) -> StoreFuture<'_, i64>;
+    fn revert_all_epoch(&self) -> StoreFuture<'_, u64>;
+    fn set_revert_all_epoch(&self, epoch: u64) -> StoreFuture<'_, ()>;
+}
+
+/// The whole store.
+pub trait Store: AgentStore + FindingStore + FaultStore {
+    /// Whether the database answers.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+    /// Final writes (a checkpoint) and closing the connections.
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}

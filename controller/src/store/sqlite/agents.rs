@@ -1,0 +1,114 @@
+//! Agents: registrations and last-seen times.
+
+use std::collections::HashMap;
+
+use graydar_common::api::RegisterRequest;
+use sqlx::Row as _;
+
+use super::{SqliteStore, json, parse_json};
+use crate::store::{AgentRecord, AgentStore, StoreError, StoreFuture};
+
+async fn load_agents(s: &SqliteStore) -> Result<Vec<AgentRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT hostname, addresses, labels, kernel_version, agent_version, capabilities, registered_ms, last_seen_ms FROM agents",
+    )
+    .fetch_all(&s.read)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(AgentRecord {
+            req: RegisterRequest {
+                hostname: r.try_get("hostname")?,
+                addresses: parse_json("addresses", &r.try_get::<String, _>("addresses")?)?,
+                labels: parse_json("labels", &r.try_get::<String, _>("labels")?)?,
+                kernel_version: r.try_get("kernel_version")?,
+                agent_version: r.try_get("agent_version")?,
+                capabilities: parse_json("capabilities", &r.try_get::<String, _>("capabilities")?)?,
+                // Not stored: the fault inventory is reported again by every heartbeat.
+                interfaces: None,
+                dm_devices: None,
+            },
+            registered_ms: r.try_get("registered_ms")?,
+            last_seen_ms: r.try_get("last_seen_ms")?,
+        });
+    }
+    Ok(out)
+}
+
+async fn upsert_agent(s: &SqliteStore, a: &AgentRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO agents (hostname, addresses, labels, kernel_version, agent_version, capabilities, registered_ms, last_seen_ms) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (hostname) DO UPDATE SET addresses = excluded.addresses, labels = excluded.labels, \
+         kernel_version = excluded.kernel_version, agent_version = excluded.agent_version, \
+         capabilities = excluded.capabilities, last_seen_ms = excluded.last_seen_ms",
+    )
+    .bind(&a.req.hostname)
+    .bind(json(&a.req.addresses))
+    .bind(json(&a.req.labels))
+    .bind(&a.req.kernel_version)
+    .bind(&a.req.agent_version)
+    .bind(json(&a.req.capabilities))
+    .bind(a.registered_ms)
+    .bind(a.last_seen_ms)
+    .execute(&s.write)
+    .await?;
+    Ok(())
+}
+
+async fn update_last_seen(s: &SqliteStore, seen: &[(String, i64)]) -> Result<(), StoreError> {
+    if seen.is_empty() {
+        return Ok(());
+    }
+    let mut tx = s.write.begin().await?;
+    for (name, at) in seen {
+        sqlx::query("UPDATE agents SET last_seen_ms = ? WHERE hostname = ? AND last_seen_ms < ?")
+            .bind(at)
+            .bind(name)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn firing_counts(s: &SqliteStore, agent: Option<&str>) -> Result<HashMap<String, u64>, StoreError> {
+    let rows = match agent {
+        Some(a) => {
+            sqlx::query("SELECT agent, COUNT(*) AS n FROM findings WHERE state = 'firing' AND agent = ? GROUP BY agent")
+                .bind(a)
+                .fetch_all(&s.read)
+                .await?
+        }
+        None => {
+            sqlx::query("SELECT agent, COUNT(*) AS n FROM findings WHERE state = 'firing' GROUP BY agent")
+                .fetch_all(&s.read)
+                .await?
+        }
+    };
+    let mut out = HashMap::new();
+    for r in rows {
+        let n: i64 = r.try_get("n")?;
+        out.insert(r.try_get::<String, _>("agent")?, u64::try_from(n).unwrap_or(0));
+    }
+    Ok(out)
+}
+
+impl AgentStore for SqliteStore {
+    fn load_agents(&self) -> StoreFuture<'_, Vec<AgentRecord>> {
+        Box::pin(load_agents(self))
+    }
+
+    fn upsert_agent<'a>(&'a self, agent: &'a AgentRecord) -> StoreFuture<'a, ()> {
+        Box::pin(upsert_agent(self, agent))
+    }
+
+    fn update_last_seen<'a>(&'a self, seen: &'a [(String, i64)]) -> StoreFuture<'a, ()> {
+        Box::pin(update_last_seen(self, seen))
+    }
+
+    fn firing_counts<'a>(&'a self, agent: Option<&'a str>) -> StoreFuture<'a, HashMap<String, u64>> {
+        Box::pin(firing_counts(self, agent))
+    }
+}

@@ -1,0 +1,229 @@
+//! Findings and their transitions; the group-commit writer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use graydar_common::api::{BatchResponse, Evidence, Finding, FindingDetail, TransitionRecord};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::{AssertSqlSafe, Row as _};
+
+use super::{SqliteStore, enum_str, json, parse_enum, parse_json};
+use crate::store::{FindingFilter, FindingStore, StoreError, StoreFuture, TimedTransition};
+use crate::timefmt::{ms_to_rfc3339, now_ms};
+
+/// One request's transitions, checked, waiting for the group commit.
+pub(super) struct IngestJob {
+    agent: String,
+    items: Vec<TimedTransition>,
+    reply: tokio::sync::oneshot::Sender<Result<BatchResponse, Arc<sqlx::Error>>>,
+}
+
+/// Most requests committed in one transaction.
+const GROUP_COMMIT_MAX: usize = 256;
+
+async fn ingest(s: &SqliteStore, agent: String, items: Vec<TimedTransition>) -> Result<BatchResponse, StoreError> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    s.ingest_tx
+        .send(IngestJob { agent, items, reply })
+        .await
+        .map_err(|_| StoreError::WriterStopped)?;
+    rx.await
+        .map_err(|_| StoreError::WriterStopped)?
+        .map_err(StoreError::Group)
+}
+
+fn finding_from_row(r: &SqliteRow) -> Result<Finding, StoreError> {
+    Ok(Finding {
+        id: r.try_get("id")?,
+        host: r.try_get("agent")?,
+        kind: parse_enum("kind", &r.try_get::<String, _>("kind")?)?,
+        subject: r.try_get("subject")?,
+        severity: parse_enum("severity", &r.try_get::<String, _>("severity")?)?,
+        state: parse_enum("state", &r.try_get::<String, _>("state")?)?,
+        since: r.try_get("since")?,
+        last_seen: r.try_get("last_seen")?,
+        resolved_at: r.try_get("resolved_at")?,
+        summary: r.try_get("summary")?,
+        evidence: parse_json::<BTreeMap<String, Evidence>>("evidence", &r.try_get::<String, _>("evidence")?)?,
+        runbook: r.try_get("runbook")?,
+    })
+}
+
+async fn findings(s: &SqliteStore, f: &FindingFilter) -> Result<Vec<Finding>, StoreError> {
+    let mut sql = String::from(
+        "SELECT id, agent, kind, subject, severity, state, since, last_seen, resolved_at, summary, evidence, runbook FROM findings WHERE 1 = 1",
+    );
+    let mut binds: Vec<String> = Vec::new();
+    if let Some(k) = f.kind {
+        sql.push_str(" AND kind = ?");
+        binds.push(k.as_str().to_owned());
+    }
+    if let Some(s) = f.severity {
+        sql.push_str(" AND severity = ?");
+        binds.push(s.as_str().to_owned());
+    }
+    if let Some(s) = f.state {
+        sql.push_str(" AND state = ?");
+        binds.push(enum_str(&s));
+    }
+    if let Some(a) = &f.agent {
+        sql.push_str(" AND agent = ?");
+        binds.push(a.clone());
+    }
+    if f.since_ms.is_some() {
+        sql.push_str(" AND state_at_ms >= ?");
+    }
+    sql.push_str(" ORDER BY CASE WHEN state = 'firing' THEN 0 ELSE 1 END, state_at_ms DESC, id LIMIT ?");
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for b in binds {
+        q = q.bind(b);
+    }
+    if let Some(s) = f.since_ms {
+        q = q.bind(s);
+    }
+    q = q.bind(i64::from(f.limit));
+    let rows = q.fetch_all(&s.read).await?;
+    rows.iter().map(finding_from_row).collect()
+}
+
+async fn finding(s: &SqliteStore, id: &str) -> Result<Option<FindingDetail>, StoreError> {
+    let Some(row) = sqlx::query(
+        "SELECT id, agent, kind, subject, severity, state, since, last_seen, resolved_at, summary, evidence, runbook FROM findings WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(&s.read)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let finding = finding_from_row(&row)?;
+    let rows = sqlx::query(
+        "SELECT transition, at, severity, summary, evidence, received_ms FROM finding_transitions \
+         WHERE finding_id = ? ORDER BY at_ms, received_ms",
+    )
+    .bind(id)
+    .fetch_all(&s.read)
+    .await?;
+    let mut history = Vec::with_capacity(rows.len());
+    for r in rows {
+        history.push(TransitionRecord {
+            transition: parse_enum("transition", &r.try_get::<String, _>("transition")?)?,
+            at: r.try_get("at")?,
+            severity: parse_enum("severity", &r.try_get::<String, _>("severity")?)?,
+            summary: r.try_get("summary")?,
+            evidence: parse_json("evidence", &r.try_get::<String, _>("evidence")?)?,
+            received_at: ms_to_rfc3339(r.try_get("received_ms")?),
+        });
+    }
+    Ok(Some(FindingDetail { finding, history }))
+}
+
+async fn transition_count(s: &SqliteStore) -> Result<i64, StoreError> {
+    let r = sqlx::query("SELECT COUNT(*) AS n FROM finding_transitions")
+        .fetch_one(&s.read)
+        .await?;
+    Ok(r.try_get("n")?)
+}
+
+impl FindingStore for SqliteStore {
+    fn ingest(&self, agent: String, items: Vec<TimedTransition>) -> StoreFuture<'_, BatchResponse> {
+        Box::pin(ingest(self, agent, items))
+    }
+
+    fn findings<'a>(&'a self, f: &'a FindingFilter) -> StoreFuture<'a, Vec<Finding>> {
+        Box::pin(findings(self, f))
+    }
+
+    fn finding<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<FindingDetail>> {
+        Box::pin(finding(self, id))
+    }
+
+    fn transition_count(&self) -> StoreFuture<'_, i64> {
+        Box::pin(transition_count(self))
+    }
+}
+
+/// The group-commit writer: takes every job queued (up to
+/// [`GROUP_COMMIT_MAX`]) and stores them in one transaction, in order.
+pub(super) async fn writer(pool: SqlitePool, mut rx: tokio::sync::mpsc::Receiver<IngestJob>) {
+    let mut jobs = Vec::with_capacity(GROUP_COMMIT_MAX);
+    while rx.recv_many(&mut jobs, GROUP_COMMIT_MAX).await > 0 {
+        match write_group(&pool, &jobs).await {
+            Ok(results) => {
+                for (job, r) in jobs.drain(..).zip(results) {
+                    let _ = job.reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = jobs.len(), "storing transitions");
+                let e = Arc::new(e);
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn write_group(pool: &SqlitePool, jobs: &[IngestJob]) -> Result<Vec<BatchResponse>, sqlx::Error> {
+    let now = now_ms();
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut tx = pool.begin().await?;
+    for job in jobs {
+        let (mut accepted, mut duplicates) = (0, 0);
+        for TimedTransition { at_ms, transition: t } in &job.items {
+            let f = &t.finding;
+            let evidence = json(&f.evidence);
+            let severity = enum_str(&f.severity);
+            let inserted = sqlx::query(
+                "INSERT INTO finding_transitions (finding_id, transition, at_ms, at, agent, severity, summary, evidence, received_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(&f.id)
+            .bind(t.transition.as_str())
+            .bind(at_ms)
+            .bind(&t.at)
+            .bind(&job.agent)
+            .bind(&severity)
+            .bind(&f.summary)
+            .bind(&evidence)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                duplicates += 1;
+                continue;
+            }
+            accepted += 1;
+            sqlx::query(
+                "INSERT INTO findings (id, agent, kind, subject, severity, state, since, last_seen, resolved_at, summary, evidence, runbook, state_at_ms, updated_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET severity = excluded.severity, state = excluded.state, since = excluded.since, \
+                 last_seen = excluded.last_seen, resolved_at = excluded.resolved_at, summary = excluded.summary, \
+                 evidence = excluded.evidence, runbook = excluded.runbook, state_at_ms = excluded.state_at_ms, \
+                 updated_ms = excluded.updated_ms \
+                 WHERE excluded.state_at_ms >= findings.state_at_ms",
+            )
+            .bind(&f.id)
+            .bind(&job.agent)
+            .bind(f.kind.as_str())
+            .bind(&f.subject)
+            .bind(&severity)
+            .bind(enum_str(&f.state))
+            .bind(&f.since)
+            .bind(&f.last_seen)
+            .bind(f.resolved_at.as_deref())
+            .bind(&f.summary)
+            .bind(&evidence)
+            .bind(&f.runbook)
+            .bind(at_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        out.push(BatchResponse { accepted, duplicates });
+    }
+    tx.commit().await?;
+    Ok(out)
+}

@@ -1,0 +1,289 @@
+//! What every `Store` implementation must do, checked through the trait
+//! object only (`contract` takes any `dyn Store`): the SQLite store here; a
+//! PostgreSQL store runs the same function.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use graydar_common::api::{
+    Capabilities, Finding, FindingKind, FindingState, FindingTransition, RegisterRequest, Severity, TransitionKind,
+    finding_id,
+};
+use graydar_common::fault_api::FaultStatusUpdate;
+use graydar_common::faults::{FaultSpec, FaultState};
+use graydar_controller::store::{
+    AgentRecord, EndReason, FaultAgentRecord, FaultRecord, FaultSelection, FaultStatus, FindingFilter, SqliteStore,
+    Store, TimedTransition,
+};
+
+fn agent(host: &str, seen_ms: i64) -> AgentRecord {
+    AgentRecord {
+        req: RegisterRequest {
+            hostname: host.to_owned(),
+            addresses: vec!["10.0.0.1".into()],
+            labels: BTreeMap::from([("rack".to_owned(), "r1".to_owned())]),
+            kernel_version: "6.18.0".into(),
+            agent_version: "0.1.0".into(),
+            capabilities: Capabilities::default(),
+            interfaces: None,
+            dm_devices: None,
+        },
+        registered_ms: 1_000,
+        last_seen_ms: seen_ms,
+    }
+}
+
+fn transition(host: &str, subject: &str, kind: TransitionKind, at_ms: i64, at: &str) -> TimedTransition {
+    let state = if kind == TransitionKind::Resolved {
+        FindingState::Resolved
+    } else {
+        FindingState::Firing
+    };
+    TimedTransition {
+        at_ms,
+        transition: FindingTransition {
+            transition: kind,
+            at: at.to_owned(),
+            finding: Finding {
+                id: finding_id(host, FindingKind::KernelDrops, subject),
+                host: host.to_owned(),
+                kind: FindingKind::KernelDrops,
+                subject: subject.to_owned(),
+                severity: Severity::Warning,
+                state,
+                since: "2026-01-01T00:00:00Z".to_owned(),
+                last_seen: at.to_owned(),
+                resolved_at: (state == FindingState::Resolved).then(|| at.to_owned()),
+                summary: format!("{subject}: drops"),
+                evidence: BTreeMap::new(),
+                runbook: FindingKind::KernelDrops.runbook(),
+            },
+        },
+    }
+}
+
+fn fault(id: &str, created_ms: i64, dry_run: bool, agents: &[&str]) -> FaultRecord {
+    let spec: FaultSpec =
+        serde_json::from_value(serde_json::json!({"kind": "netem", "interface": "eth0", "netem": {"delay_ms": 100}}))
+            .expect("spec");
+    FaultRecord {
+        id: id.to_owned(),
+        spec,
+        selector: BTreeMap::new(),
+        dry_run,
+        forced: false,
+        duration_seconds: 60,
+        created_ms,
+        expires_ms: created_ms + 60_000,
+        ended_ms: None,
+        end_reason: None,
+        agents: agents
+            .iter()
+            .map(|a| {
+                (
+                    (*a).to_owned(),
+                    FaultAgentRecord {
+                        state: FaultState::Pending,
+                        reason: None,
+                        operations: vec![],
+                        updated_ms: created_ms,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn ids(faults: &[FaultRecord]) -> Vec<&str> {
+    faults.iter().map(|f| f.id.as_str()).collect()
+}
+
+/// Ids of a selection without an order.
+fn sorted_ids(faults: &[FaultRecord]) -> Vec<&str> {
+    let mut v = ids(faults);
+    v.sort_unstable();
+    v
+}
+
+/// The contract, through `dyn Store` only.
+async fn contract(store: Arc<dyn Store>) {
+    store.ping().await.expect("ping");
+
+    // Agents: upsert keeps registered_ms, last-seen only moves forward.
+    store.upsert_agent(&agent("n1", 2_000)).await.expect("insert");
+    let mut again = agent("n1", 3_000);
+    again.registered_ms = 9_999;
+    again.req.kernel_version = "6.19.0".into();
+    store.upsert_agent(&again).await.expect("update");
+    store
+        .update_last_seen(&[("n1".to_owned(), 5_000), ("nobody".to_owned(), 5_000)])
+        .await
+        .expect("last seen");
+    store
+        .update_last_seen(&[("n1".to_owned(), 4_000)])
+        .await
+        .expect("older last seen");
+    let agents = store.load_agents().await.expect("load");
+    assert_eq!(agents.len(), 1);
+    assert_eq!(
+        (agents[0].registered_ms, agents[0].last_seen_ms),
+        (1_000, 5_000),
+        "registered_ms kept, last_seen only forward"
+    );
+    assert_eq!(agents[0].req.kernel_version, "6.19.0");
+    assert_eq!(agents[0].req.labels["rack"], "r1");
+
+    // Findings: duplicates change nothing, the newest transition wins.
+    const T0: &str = "2026-01-01T00:00:00Z";
+    const T1: &str = "2026-01-01T00:00:01Z";
+    let batch = vec![
+        transition("n1", "eth0", TransitionKind::Fired, 1_767_225_600_000, T0),
+        transition("n1", "eth1", TransitionKind::Fired, 1_767_225_600_000, T0),
+    ];
+    let r = store.ingest("n1".to_owned(), batch.clone()).await.expect("ingest");
+    assert_eq!((r.accepted, r.duplicates), (2, 0));
+    let r = store.ingest("n1".to_owned(), batch).await.expect("again");
+    assert_eq!((r.accepted, r.duplicates), (0, 2));
+    let r = store
+        .ingest(
+            "n1".to_owned(),
+            vec![transition(
+                "n1",
+                "eth0",
+                TransitionKind::Resolved,
+                1_767_225_601_000,
+                T1,
+            )],
+        )
+        .await
+        .expect("resolve");
+    assert_eq!((r.accepted, r.duplicates), (1, 0));
+    assert_eq!(store.transition_count().await.expect("count"), 3);
+    assert_eq!(store.firing_counts(None).await.expect("firing")["n1"], 1);
+    assert_eq!(store.firing_counts(Some("n2")).await.expect("firing").len(), 0);
+    let all = store
+        .findings(&FindingFilter {
+            limit: 10,
+            ..FindingFilter::default()
+        })
+        .await
+        .expect("findings");
+    assert_eq!(
+        all.iter().map(|f| (f.subject.as_str(), f.state)).collect::<Vec<_>>(),
+        [("eth1", FindingState::Firing), ("eth0", FindingState::Resolved)],
+        "firing first"
+    );
+    let resolved = store
+        .findings(&FindingFilter {
+            state: Some(FindingState::Resolved),
+            since_ms: Some(1_767_225_601_000),
+            limit: 10,
+            ..FindingFilter::default()
+        })
+        .await
+        .expect("filtered");
+    assert_eq!(resolved.len(), 1);
+    let id = finding_id("n1", FindingKind::KernelDrops, "eth0");
+    let d = store.finding(&id).await.expect("finding").expect("exists");
+    assert_eq!(d.finding.state, FindingState::Resolved);
+    assert_eq!(
+        d.history.iter().map(|h| h.transition).collect::<Vec<_>>(),
+        [TransitionKind::Fired, TransitionKind::Resolved]
+    );
+    assert!(store.finding("0000000000000000").await.expect("none").is_none());
+
+    // Faults: selections, ends, states, the epoch.
+    store
+        .insert_fault(&fault("flt-a", 10_000, false, &["n1"]))
+        .await
+        .expect("a");
+    store
+        .insert_fault(&fault("flt-b", 20_000, true, &["n1"]))
+        .await
+        .expect("b");
+    store
+        .insert_fault(&fault("flt-c", 30_000, false, &["n1"]))
+        .await
+        .expect("c");
+    let newest = |status| store.load_faults(FaultSelection::Newest { status, limit: 10 });
+    assert_eq!(ids(&newest(None).await.expect("all")), ["flt-c", "flt-b", "flt-a"]);
+    assert_eq!(ids(&newest(Some(FaultStatus::DryRun)).await.expect("dry")), ["flt-b"]);
+    store
+        .end_faults(&["flt-a".to_owned()], 15_000, EndReason::Deleted)
+        .await
+        .expect("end");
+    store
+        .end_faults(&["flt-a".to_owned()], 16_000, EndReason::RevertAll)
+        .await
+        .expect("end again");
+    let a = store.load_faults(FaultSelection::Id("flt-a")).await.expect("a");
+    assert_eq!(
+        (a[0].ended_ms, a[0].end_reason),
+        (Some(15_000), Some(EndReason::Deleted)),
+        "the first end stays"
+    );
+    assert_eq!(ids(&newest(Some(FaultStatus::Ended)).await.expect("ended")), ["flt-a"]);
+    assert_eq!(
+        ids(&newest(Some(FaultStatus::Running)).await.expect("running")),
+        ["flt-c"]
+    );
+    // Live: not ended, or ended less than a lease ago.
+    let live = |now_ms| {
+        store.load_faults(FaultSelection::Live {
+            now_ms,
+            lease_ms: 1_000,
+        })
+    };
+    assert_eq!(
+        sorted_ids(&live(15_500).await.expect("live")),
+        ["flt-a", "flt-b", "flt-c"]
+    );
+    assert_eq!(sorted_ids(&live(16_000).await.expect("live")), ["flt-b", "flt-c"]);
+    let stored = store
+        .update_fault_states(
+            "n1",
+            &[
+                FaultStatusUpdate {
+                    id: "flt-c".into(),
+                    state: FaultState::Active,
+                    reason: None,
+                    operations: vec!["tc qdisc add".into()],
+                },
+                FaultStatusUpdate {
+                    id: "flt-zzz".into(),
+                    state: FaultState::Active,
+                    reason: None,
+                    operations: vec![],
+                },
+            ],
+            31_000,
+        )
+        .await
+        .expect("states");
+    assert_eq!(stored, 1, "only rows that exist");
+    let c = store.load_faults(FaultSelection::Id("flt-c")).await.expect("c");
+    let n1 = &c[0].agents["n1"];
+    assert_eq!(
+        (n1.state, n1.operations.clone(), n1.updated_ms),
+        (FaultState::Active, vec!["tc qdisc add".to_owned()], 31_000)
+    );
+    assert_eq!(store.count_ended_faults(0).await.expect("ended"), 1);
+    assert_eq!(store.count_ended_faults(90_000).await.expect("expired too"), 3);
+    assert_eq!(store.revert_all_epoch().await.expect("epoch"), 0);
+    store.set_revert_all_epoch(7).await.expect("set");
+    store.set_revert_all_epoch(8).await.expect("set again");
+    assert_eq!(store.revert_all_epoch().await.expect("epoch"), 8);
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_the_contract_and_its_data_across_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("open"));
+    contract(store.clone()).await;
+    store.close().await;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("reopen"));
+    assert_eq!(store.transition_count().await.expect("count"), 3);
+    assert_eq!(store.revert_all_epoch().await.expect("epoch"), 8);
+    assert_eq!(store.load_agents().await.expect("agents").len(), 1);
+    store.close().await;
+}
