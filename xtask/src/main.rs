@@ -323,6 +323,13 @@ fn test(ws: &Path, only: &[String]) -> Result<()> {
             "--all-features",
         ]))
         .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--lib"])))
+        // Lints as errors on every crate but ebpf (default-members: it builds
+        // only for bpfel-unknown-none, through the agent's build script).
+        .and_then(|()| {
+            ok(cargo()
+                .current_dir(ws)
+                .args(["clippy", "--all-targets", "--all-features", "--", "-D", "warnings"]))
+        })
         .and_then(|()| docs::build_and_check(ws));
         results.push(("unit", r));
     }
