@@ -1,4 +1,4 @@
-//! Wire types of the fault API (issue 5): what an operator sends to the
+//! Wire types of the fault API: what an operator sends to the
 //! controller (`POST /api/v1/faults`), what the controller answers, and the
 //! assignment channel between controller and agents (long-poll of the desired
 //! set, status reports). The fault itself is [`crate::faults::FaultSpec`].

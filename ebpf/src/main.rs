@@ -4,7 +4,7 @@
 // Atomic adds on map values shared between CPUs (ebpf/src/tcp.rs): core has
 // no AtomicU64::fetch_add for the BPF target.
 #![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![expect(internal_features, reason = "core_intrinsics is the only atomic add core offers the BPF target")]
 
 mod block_io;
 mod fsync;

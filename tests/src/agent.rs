@@ -151,7 +151,7 @@ impl<'ns> AgentProcess<'ns> {
         self.child.id()
     }
 
-    /// The agent's log so far (stdout and stderr).
+    /// The agent's log up to now (stdout and stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path)
             .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log_path.display()))

@@ -1,4 +1,4 @@
-//! Root/netns tier for route churn (issue 6): the real agent in a fresh
+//! Root/netns tier for route churn: the real agent in a fresh
 //! network namespace, subscribed to its rtnetlink route, link and neighbour
 //! events, while a shell script withdraws and re-adds a route in a loop
 //! (`route_flap` fires for that prefix, then resolves once the script

@@ -332,7 +332,7 @@ fn kernel_has_what_the_vm_tier_is_for() {
 }
 
 // ---------------------------------------------------------------------------
-// Disk gray failures (issue 3): dm-delay under ext4, a suspended device under
+// Disk gray failures: dm-delay under ext4, a suspended device under
 // the fdatasync canary. Device-mapper exists only in the VM's kernel.
 
 use graydar_tests::blockdev::{DMSETUP, Ext4Mount, LoopDev, dev_numbers};

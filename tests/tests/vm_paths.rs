@@ -102,7 +102,7 @@ fn metric(agent: &AgentProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
     prom::sum(&agent.metrics(), name, labels)
 }
 
-/// Mean RTT (s) from the RTT histogram so far, and the reply count.
+/// Mean RTT (s) from the RTT histogram up to now, and the reply count.
 fn rtt_so_far(agent: &AgentProcess, peer: &str) -> (f64, f64) {
     let m = agent.metrics();
     let sum = prom::sum(&m, "graydar_path_rtt_seconds_sum", &[("peer", peer)]);

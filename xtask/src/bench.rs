@@ -329,7 +329,7 @@ pub fn run(ws: &Path, idle_seconds: u64, only: &[String]) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// 3. Cost per fsync of the disk probes (issue 3).
+// 3. Cost per fsync of the disk probes.
 //
 // The fsync programs run on every fsync/fdatasync of the host (enter: an
 // fd-table walk of ~9 kernel reads and an LRU-hash insert; exit: a lookup,
@@ -537,7 +537,7 @@ fn fsync_cost(bin: &Path) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// 4. Cost per TCP segment of the incast probes (issue 7).
+// 4. Cost per TCP segment of the incast probes.
 //
 // The tcp_fanin tc ingress classifier runs on every packet received on every
 // interface (pure ACKs leave after the header parse; data segments cost two

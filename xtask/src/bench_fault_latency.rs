@@ -1,5 +1,5 @@
 //! `cargo xtask bench --only fault-latency`: apply and revert latency of netem and
-//! dm faults (issue 5; goal ≤ 50 ms each), measured inside the test VM
+//! dm faults (goal ≤ 50 ms each), measured inside the test VM
 //! (Debian's kernel under QEMU **software emulation**, so absolute times are
 //! slower than on hardware), each next to a baseline measured in the same
 //! run: one RTM_GETQDISC dump round trip for netlink, one DM_VERSION ioctl
