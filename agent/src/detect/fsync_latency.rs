@@ -37,6 +37,8 @@ pub use graydar_common::api::Severity;
 use graydar_common::disk::{HIST_BOUNDS_NS, HIST_OVERFLOW, HIST_SLOTS, HIST_USED_BOUNDS, Hist};
 use serde::{Deserialize, Serialize};
 
+use super::transition::{Evaluation, TimedHysteresis, TimedRule};
+
 /// A latency histogram on the kernel's bucket grid ([`HIST_BOUNDS_NS`]),
 /// summed over CPUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,13 +205,7 @@ impl FsyncConfig {
     }
 }
 
-/// A change of the finding state of a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    Fired(Severity),
-    SeverityChanged(Severity),
-    Resolved,
-}
+pub use super::transition::Transition;
 
 /// What one observation computed, transition or not.
 #[derive(Clone, Debug, PartialEq)]
@@ -228,9 +224,7 @@ pub struct FsyncObservation {
 struct KeyState {
     last: Option<LatencyHist>,
     ring: VecDeque<(Duration, LatencyHist)>,
-    bad_since: Option<Duration>,
-    last_bad: Option<Duration>,
-    firing: Option<Severity>,
+    hysteresis: TimedHysteresis,
 }
 
 pub struct FsyncDetector<K> {
@@ -252,7 +246,7 @@ impl<K: Hash + Eq + Clone> FsyncDetector<K> {
     }
 
     pub fn is_firing(&self, key: &K) -> Option<Severity> {
-        self.keys.get(key).and_then(|s| s.firing)
+        self.keys.get(key).and_then(|s| s.hysteresis.firing())
     }
 
     /// One sample: the cumulative histogram of `key` and the age of its
@@ -307,51 +301,32 @@ impl<K: Hash + Eq + Clone> FsyncDetector<K> {
             recent,
             bad: false,
             transition: None,
-            firing: st.firing,
+            firing: st.hysteresis.firing(),
         };
         if first && delta.is_none() && inflight.is_none() {
             return obs;
         }
-        match (recent, level) {
+        let eval = match (recent, level) {
             (Some(r), Some(l)) if r >= cfg.warning && l >= cfg.warning => {
                 obs.bad = true;
-                let since = *st.bad_since.get_or_insert(now);
-                st.last_bad = Some(now);
-                let severity = if r >= cfg.critical && l >= cfg.critical {
+                Evaluation::Bad(if r >= cfg.critical && l >= cfg.critical {
                     Severity::Critical
                 } else {
                     Severity::Warning
-                };
-                match st.firing {
-                    None if now.saturating_sub(since) >= cfg.fire_after => {
-                        st.firing = Some(severity);
-                        obs.transition = Some(Transition::Fired(severity));
-                    }
-                    Some(s) if s != severity => {
-                        st.firing = Some(severity);
-                        obs.transition = Some(Transition::SeverityChanged(severity));
-                    }
-                    _ => {}
-                }
+                })
             }
-            (Some(_), _) => {
-                // Data, and it is fine: the streak is broken.
-                st.bad_since = None;
-            }
-            (None, _) => {
-                // No fsync completed and none in flight: neither extends nor
-                // breaks a streak, unless the last bad one is too old.
-                if st.last_bad.is_some_and(|t| now.saturating_sub(t) > cfg.fire_after) {
-                    st.bad_since = None;
-                }
-            }
-        }
-        if st.firing.is_some() && !obs.bad && st.last_bad.is_none_or(|t| now.saturating_sub(t) >= cfg.resolve_after) {
-            st.firing = None;
-            st.bad_since = None;
-            obs.transition = Some(Transition::Resolved);
-        }
-        obs.firing = st.firing;
+            // Data, and it is fine: the streak is broken.
+            (Some(_), _) => Evaluation::Good,
+            // No fsync completed and none in flight: neither extends nor
+            // breaks a streak, unless the last bad one is too old.
+            (None, _) => Evaluation::NoData,
+        };
+        let rule = TimedRule {
+            fire_after: cfg.fire_after,
+            resolve_after: cfg.resolve_after,
+        };
+        obs.transition = st.hysteresis.step(rule, now, eval);
+        obs.firing = st.hysteresis.firing();
         obs
     }
 }

@@ -161,12 +161,7 @@ pub struct HostLoss {
     pub receive_drops: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    Fired(Severity),
-    SeverityChanged(Severity),
-    Resolved,
-}
+pub use super::transition::Transition;
 
 /// The numbers of the last episode, for the finding's evidence.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -5,3 +5,6 @@ pub mod fsync_latency;
 pub mod incast;
 pub mod paths;
 pub mod route_flap;
+pub mod transition;
+
+pub use transition::Transition;

@@ -115,12 +115,7 @@ impl RoutesConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    Fired(Severity),
-    SeverityChanged(Severity),
-    Resolved,
-}
+pub use super::transition::Transition;
 
 /// What the detector knows about one prefix.
 #[derive(Clone, Debug)]
