@@ -24,10 +24,11 @@ use std::time::{Duration, Instant, SystemTime};
 use aya::{Ebpf, EbpfLoader};
 use graydar_common::api::{Evidence, FindingKind, Severity};
 use graydar_common::disk::{block_op, fsync_op};
-use serde::Deserialize;
 
-use crate::detect::disk_slow::{self, DeviceSample, SlowConfig, SlowDetector};
-use crate::detect::fsync_latency::{self, FsyncConfig, FsyncDetector, LatencyHist};
+use crate::config::DiskConfig;
+use crate::detect::Transition;
+use crate::detect::disk_slow::{self, DeviceSample, SlowDetector};
+use crate::detect::fsync_latency::{FsyncDetector, LatencyHist};
 use crate::findings::{FindingStore, Report};
 use crate::metrics::{CounterMirror, DISK_LATENCY_BUCKETS, ExternalHistogram, Metrics};
 use crate::probes::block_io::{self, BlockReader, DeviceNames};
@@ -35,79 +36,6 @@ use crate::probes::canary::{Canary, HungTracker, HungTransition};
 use crate::probes::diskstats::{self, DiskCounters};
 use crate::probes::fsync::{self, FsyncReader};
 use crate::probes::{ProbeError, canary};
-
-/// `[disk]` in the agent configuration.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DiskConfig {
-    /// Attach the fsync and block-I/O eBPF probes.
-    pub ebpf: bool,
-    /// Sampling period of the disk signal.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Directories to run an fdatasync canary in (a `.graydar-canary` file
-    /// of 64 KiB is created in each). None by default.
-    pub canary_directories: Vec<PathBuf>,
-    #[serde(with = "humantime_serde")]
-    pub canary_interval: Duration,
-    /// A canary call in flight this long raises `disk_hung`.
-    #[serde(with = "humantime_serde")]
-    pub canary_stall_limit: Duration,
-    /// Devices never judged (exact kernel names, e.g. "loop0").
-    pub exclude_devices: Vec<String>,
-    /// `[disk.fsync]`: the fsync_latency detector.
-    pub fsync: FsyncConfig,
-    /// `[disk.slow]`: the disk_slow detector.
-    pub slow: SlowConfig,
-}
-
-impl Default for DiskConfig {
-    fn default() -> Self {
-        DiskConfig {
-            ebpf: true,
-            interval: Duration::from_millis(500),
-            canary_directories: Vec::new(),
-            canary_interval: Duration::from_secs(1),
-            canary_stall_limit: Duration::from_secs(5),
-            exclude_devices: Vec::new(),
-            fsync: FsyncConfig::default(),
-            slow: SlowConfig::default(),
-        }
-    }
-}
-
-impl DiskConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.interval < Duration::from_millis(100) || self.interval > Duration::from_secs(60) {
-            return Err(format!(
-                "disk.interval must be between 100ms and 60s, got {:?}",
-                self.interval
-            ));
-        }
-        if self.canary_interval < Duration::from_millis(10) {
-            return Err(format!(
-                "disk.canary_interval must be at least 10ms, got {:?}",
-                self.canary_interval
-            ));
-        }
-        if self.canary_stall_limit < Duration::from_millis(100) {
-            return Err(format!(
-                "disk.canary_stall_limit must be at least 100ms, got {:?}",
-                self.canary_stall_limit
-            ));
-        }
-        for d in &self.canary_directories {
-            if !d.is_absolute() {
-                return Err(format!(
-                    "disk.canary_directories: {} is not an absolute path",
-                    d.display()
-                ));
-            }
-        }
-        self.fsync.validate()?;
-        self.slow.validate()
-    }
-}
 
 /// The fsync and block programs, loaded from one object.
 pub struct DiskEbpf {
@@ -366,31 +294,14 @@ impl DiskSignal {
         self.sample_run_stats();
         let now = self.started.elapsed();
         let wall = SystemTime::now();
-        let mut reports: Vec<Report5> = Vec::new();
+        let mut reports: Vec<Reported> = Vec::new();
         let block_errors = self.sample_block(now);
         self.sample_fsync(now, &mut reports);
         self.sample_diskstats(now, &block_errors, &mut reports);
 
         let mut store = self.findings.lock().unwrap_or_else(|p| p.into_inner());
-        for (kind, subject, transition, summary, firing, evidence) in reports {
-            match transition {
-                Some(Transition::Fire(severity)) => store.firing(
-                    Report {
-                        kind,
-                        subject,
-                        severity,
-                        summary,
-                        evidence,
-                    },
-                    wall,
-                ),
-                Some(Transition::Resolve) => store.resolve(kind, &subject, wall),
-                None => {
-                    if firing.is_some() {
-                        store.refresh(kind, &subject, evidence, wall)
-                    }
-                }
-            }
+        for (transition, report) in reports {
+            store.apply(transition, report, wall);
         }
         store.export(&self.metrics);
     }
@@ -458,7 +369,7 @@ impl DiskSignal {
         h
     }
 
-    fn sample_fsync(&mut self, now: Duration, out: &mut Vec<Report5>) {
+    fn sample_fsync(&mut self, now: Duration, out: &mut Vec<Reported>) {
         let procfs_root = self.procfs_root.clone();
         let Some(reader) = self.ebpf.as_mut().and_then(|e| e.fsync.as_mut()) else {
             return;
@@ -546,19 +457,12 @@ impl DiskSignal {
                 o.window_count,
                 o.recent.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0),
             );
-            let tr = match o.transition {
-                Some(fsync_latency::Transition::Fired(s)) | Some(fsync_latency::Transition::SeverityChanged(s)) => {
-                    Some(Transition::Fire(s))
-                }
-                Some(fsync_latency::Transition::Resolved) => Some(Transition::Resolve),
-                None => None,
-            };
-            out.push((FindingKind::FsyncLatency, subject(&dev), tr, summary, o.firing, ev));
+            out.push(report(FindingKind::FsyncLatency, &dev, o.transition, o.firing, summary, ev));
         }
         self.fsync_det.retain(|k| seen.contains(k));
     }
 
-    fn sample_diskstats(&mut self, now: Duration, block_errors: &HashMap<String, u64>, out: &mut Vec<Report5>) {
+    fn sample_diskstats(&mut self, now: Duration, block_errors: &HashMap<String, u64>, out: &mut Vec<Reported>) {
         let disks = match diskstats::read(&self.procfs_root) {
             Ok(d) => d,
             Err(e) => {
@@ -668,14 +572,7 @@ impl DiskSignal {
                 s.iops,
                 s.bytes_per_second / 1e6
             );
-            let tr = match o.transition {
-                Some(disk_slow::Transition::Fired(sv)) | Some(disk_slow::Transition::SeverityChanged(sv)) => {
-                    Some(Transition::Fire(sv))
-                }
-                Some(disk_slow::Transition::Resolved) => Some(Transition::Resolve),
-                None => None,
-            };
-            out.push((FindingKind::DiskSlow, subject(&dev), tr, summary, o.firing, ev));
+            out.push(report(FindingKind::DiskSlow, &dev, o.transition, o.firing, summary, ev));
         }
     }
 
@@ -708,21 +605,28 @@ impl DiskSignal {
     }
 }
 
-/// A finding transition of either disk detector.
-#[derive(Clone, Copy, Debug)]
-enum Transition {
-    Fire(Severity),
-    Resolve,
-}
+/// A detector's transition and the report it applies to.
+type Reported = (Option<Transition>, Report);
 
-type Report5 = (
-    FindingKind,
-    String,
-    Option<Transition>,
-    String,
-    Option<Severity>,
-    BTreeMap<String, Evidence>,
-);
+fn report(
+    kind: FindingKind,
+    dev: &str,
+    transition: Option<Transition>,
+    firing: Option<Severity>,
+    summary: String,
+    evidence: BTreeMap<String, Evidence>,
+) -> Reported {
+    (
+        transition,
+        Report {
+            kind,
+            subject: subject(dev),
+            severity: firing.unwrap_or(Severity::Warning),
+            summary,
+            evidence,
+        },
+    )
+}
 
 /// The canary watchdog: every 100 ms, each canary's call in flight is
 /// checked against the stall limit. Runs on its own thread and only takes
@@ -796,21 +700,6 @@ fn subject_of(device: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn disk_config_defaults_and_validation() {
-        let c = DiskConfig::default();
-        assert!(c.validate().is_ok());
-        assert!(c.canary_directories.is_empty(), "no canary unless configured");
-        assert_eq!(c.canary_stall_limit, Duration::from_secs(5));
-        assert_eq!(c.fsync.warning, Duration::from_millis(50));
-        assert_eq!(c.fsync.critical, Duration::from_millis(100));
-        let bad = DiskConfig {
-            canary_directories: vec!["relative/dir".into()],
-            ..DiskConfig::default()
-        };
-        assert!(bad.validate().is_err());
-    }
 
     #[test]
     fn prometheus_buckets_are_on_the_kernel_grid() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use graydar_common::api::{Evidence, FindingKind};
 
 use crate::config::Config;
-use crate::detect::drops::{CounterSample, DropDetector, Observation, Transition};
+use crate::detect::drops::{CounterSample, DropDetector, Observation};
 use crate::findings::{FindingStore, Report};
 use crate::metrics::{CounterMirror, Metrics};
 use crate::probes::kernel_drops::{self, KernelDropsProbe, KernelDropsSnapshot};
@@ -133,22 +133,17 @@ impl DropSignal {
                 self.cfg.drops.detector.short_window.as_secs(),
                 obs.drop_rate
             );
-            match obs.transition {
-                Some(Transition::Fired(severity)) | Some(Transition::SeverityChanged(severity)) => {
-                    store.firing(
-                        Report {
-                            kind,
-                            subject,
-                            severity,
-                            summary,
-                            evidence,
-                        },
-                        wall,
-                    );
-                }
-                Some(Transition::Resolved) => store.resolve(kind, &subject, wall),
-                None => store.refresh(kind, &subject, evidence, wall),
-            }
+            store.apply(
+                obs.transition,
+                Report {
+                    kind,
+                    subject,
+                    severity: obs.firing.unwrap_or(graydar_common::api::Severity::Warning),
+                    summary,
+                    evidence,
+                },
+                wall,
+            );
         }
         // A subject that vanished (interface deleted, qdisc removed) cannot
         // keep firing: resolve it.

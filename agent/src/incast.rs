@@ -14,7 +14,7 @@ use graydar_common::api::{Evidence, FindingKind};
 use graydar_common::tcp::{FaninConfig, HIST_BINS, HIST_UPPER};
 
 use crate::config::Config;
-use crate::detect::incast::{EndpointSample, Episode, HostLoss, IncastDetector, Observation, Transition};
+use crate::detect::incast::{EndpointSample, Episode, HostLoss, IncastDetector, Observation};
 use crate::findings::{FindingStore, Report};
 use crate::metrics::{CounterMirror, Metrics};
 use crate::probes::netstat;
@@ -366,42 +366,18 @@ impl IncastSignal {
         for (ep, _label, obs) in &out {
             let subject = ep.to_string();
             let ev = self.evidence(ep, obs);
-            match obs.transition {
-                Some(Transition::Fired(severity)) | Some(Transition::SeverityChanged(severity)) => {
-                    let summary = self.summary(&subject, obs);
-                    store.firing(
-                        Report {
-                            kind: FindingKind::Incast,
-                            subject,
-                            severity,
-                            summary,
-                            evidence: ev,
-                        },
-                        wall,
-                    );
-                }
-                Some(Transition::Resolved) => store.resolve(FindingKind::Incast, &subject, wall),
-                None if obs.firing.is_some() => {
-                    if obs.episode.is_some()
-                        && let Some(sev) = obs.firing
-                    {
-                        // A new episode refreshes the summary too.
-                        let summary = self.summary(&subject, obs);
-                        store.firing(
-                            Report {
-                                kind: FindingKind::Incast,
-                                subject,
-                                severity: sev,
-                                summary,
-                                evidence: ev,
-                            },
-                            wall,
-                        );
-                    } else {
-                        store.refresh(FindingKind::Incast, &subject, ev, wall);
-                    }
-                }
-                None => {}
+            let report = Report {
+                kind: FindingKind::Incast,
+                summary: self.summary(&subject, obs),
+                subject,
+                severity: obs.firing.unwrap_or(graydar_common::api::Severity::Warning),
+                evidence: ev,
+            };
+            if obs.transition.is_none() && obs.episode.is_some() && obs.firing.is_some() {
+                // A new episode refreshes the summary too.
+                store.firing(report, wall);
+            } else {
+                store.apply(obs.transition, report, wall);
             }
         }
         store.export(&self.metrics);

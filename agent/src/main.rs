@@ -35,6 +35,9 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr)
         .init();
+    for d in &cfg.deprecations {
+        tracing::warn!("configuration: {d}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -61,7 +64,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let findings = Arc::new(Mutex::new(FindingStore::new(
         cfg.hostname.clone(),
-        cfg.drops.resolved_retention,
+        cfg.resolved_retention,
     )));
     let ready = Arc::new(AtomicBool::new(false));
 

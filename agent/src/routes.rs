@@ -228,31 +228,18 @@ impl RouteSignal {
         let evidence = self.evidence(&key, st, now);
         let summary = self.summary(&key, st);
         let mut store = self.findings.lock().unwrap_or_else(|p| p.into_inner());
+        let report = Report {
+            kind: FindingKind::RouteFlap,
+            subject,
+            severity: firing.unwrap_or(graydar_common::api::Severity::Warning),
+            summary,
+            evidence,
+        };
         match (transition, firing) {
-            (Some(Transition::Fired(sev)) | Some(Transition::SeverityChanged(sev)), _) => store.firing(
-                Report {
-                    kind: FindingKind::RouteFlap,
-                    subject,
-                    severity: sev,
-                    summary,
-                    evidence,
-                },
-                wall,
-            ),
-            (_, Some(sev)) => {
-                // Still firing: fresh counts and changes, same severity.
-                store.firing(
-                    Report {
-                        kind: FindingKind::RouteFlap,
-                        subject,
-                        severity: sev,
-                        summary,
-                        evidence,
-                    },
-                    wall,
-                );
-            }
-            _ => {}
+            (Some(t), _) => store.apply(Some(t), report, wall),
+            // Still firing: fresh counts and changes, same severity.
+            (None, Some(_)) => store.firing(report, wall),
+            (None, None) => {}
         }
         self.export(&mut store);
     }

@@ -17,7 +17,7 @@ use graydar_common::disk::{BlockOffsets, Hist, HistKey, dev_major, dev_minor, st
 
 use super::ProbeError;
 use crate::btf::KernelBtf;
-use crate::detect::fsync_latency::LatencyHist;
+use super::latency_hist::LatencyHist;
 
 pub const PROBE: &str = "block_io";
 

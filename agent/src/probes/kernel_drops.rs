@@ -11,7 +11,17 @@ use graydar_common::drops::{DropKey, stat};
 
 use super::ProbeError;
 use crate::btf::{DropReasons, KernelBtf};
-use crate::config::AttachMode;
+
+/// How the kfree_skb probe attaches: `auto` tries the BTF-typed tracepoint
+/// (cheaper: direct loads) and falls back to the raw tracepoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    TpBtf,
+    RawTp,
+}
 
 pub const PROBE: &str = "kfree_skb";
 

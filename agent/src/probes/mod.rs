@@ -5,6 +5,7 @@ pub mod canary;
 pub mod diskstats;
 pub mod fsync;
 pub mod kernel_drops;
+pub mod latency_hist;
 pub mod netstat;
 pub mod nic;
 pub mod path_mesh;
