@@ -50,6 +50,7 @@ struct Entry {
 }
 
 /// What a detector says about one subject at one evaluation.
+#[derive(Debug)]
 pub struct Report {
     pub kind: FindingKind,
     pub subject: String,

@@ -1,17 +1,16 @@
-//! graydar-agent library: probes, detectors, metrics and the HTTP server.
+//! graydar-agent library. Layers, each importing only those below it:
+//! `probes` (kernel, procfs, sysfs, netlink readers) <- `detect` (pure
+//! detectors) <- `signals` (one per failure family, run by one runner) <-
+//! main.rs; `config` is read by the signals only.
 pub mod btf;
 pub mod config;
 pub mod detect;
-pub mod disk;
-pub mod drops;
 pub mod ebpf;
 pub mod faults;
 pub mod findings;
 pub mod http;
-pub mod incast;
 pub mod metrics;
-pub mod paths;
 pub mod probes;
 pub mod reporter;
-pub mod routes;
+pub mod signals;
 pub mod sys;

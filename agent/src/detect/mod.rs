@@ -1,4 +1,5 @@
 //! Detectors: pure functions from signal windows to finding transitions.
+pub mod disk_hung;
 pub mod disk_slow;
 pub mod drops;
 pub mod fsync_latency;

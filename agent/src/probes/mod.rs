@@ -9,6 +9,7 @@ pub mod latency_hist;
 pub mod netstat;
 pub mod nic;
 pub mod path_mesh;
+pub mod path_mesh_socket;
 pub mod qdisc;
 pub mod route_churn;
 pub mod softnet;

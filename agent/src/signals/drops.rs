@@ -4,14 +4,15 @@
 //! detector per finding kind (`nic_drops`, `qdisc_drops`, `kernel_drops`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use graydar_common::api::{Evidence, FindingKind};
+use graydar_common::api::{Evidence, FindingKind, Severity};
 
 use crate::config::Config;
 use crate::detect::drops::{CounterSample, DropDetector, Observation};
-use crate::findings::{FindingStore, Report};
+use super::{Context, Signal, Update};
+use crate::findings::Report;
 use crate::metrics::{CounterMirror, Metrics};
 use crate::probes::kernel_drops::{self, KernelDropsProbe, KernelDropsSnapshot};
 use crate::probes::nic::{self, NicStats};
@@ -37,7 +38,6 @@ type ReasonSample = (Duration, HashMap<String, u64>);
 pub struct DropSignal {
     cfg: Config,
     metrics: Arc<Metrics>,
-    findings: Arc<Mutex<FindingStore>>,
     kernel: Option<KernelDropsProbe>,
     netlink: Option<rtnetlink::Handle>,
     mirror: CounterMirror,
@@ -54,7 +54,6 @@ impl DropSignal {
     pub fn new(
         cfg: Config,
         metrics: Arc<Metrics>,
-        findings: Arc<Mutex<FindingStore>>,
         kernel: Option<KernelDropsProbe>,
         netlink: Option<rtnetlink::Handle>,
     ) -> Self {
@@ -65,7 +64,6 @@ impl DropSignal {
             kernel_det: DropDetector::new(d),
             cfg,
             metrics,
-            findings,
             kernel,
             netlink,
             mirror: CounterMirror::default(),
@@ -79,14 +77,12 @@ impl DropSignal {
     }
 
     fn collector_error(&self, collector: &str, err: &dyn std::fmt::Display) {
-        self.metrics.collector_errors.with_label_values(&[collector]).inc();
-        tracing::warn!(collector, error = %err, "collection failed");
+        super::collector_error(&self.metrics, collector, err);
     }
 
     /// One sampling round.
-    pub async fn sample(&mut self) {
+    pub async fn sample(&mut self) -> Vec<Update> {
         let now = self.started.elapsed();
-        let wall = SystemTime::now();
         let nics = match nic::read_all(&self.cfg.sysfs_root) {
             Ok(n) => n,
             Err(e) => {
@@ -114,51 +110,43 @@ impl DropSignal {
         self.sample_qdiscs(now, &names, &mut out).await;
         self.sample_kernel(now, &nics, &mut out);
 
-        let mut store = match self.findings.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
         let present: HashSet<(FindingKind, String)> = out.iter().map(|e| (e.kind, e.subject.clone())).collect();
-        for Evaluated {
-            kind,
-            subject,
-            obs,
-            evidence,
-            what,
-        } in out
-        {
-            let summary = format!(
-                "{subject}: {:.2}% of packets dropped {what} over {}s ({:.0} drops/s)",
-                obs.short_ratio * 100.0,
-                self.cfg.drops.detector.short_window.as_secs(),
-                obs.drop_rate
-            );
-            store.apply(
-                obs.transition,
-                Report {
-                    kind,
-                    subject,
-                    severity: obs.firing.unwrap_or(graydar_common::api::Severity::Warning),
-                    summary,
-                    evidence,
+        let mut updates: Vec<Update> = out
+            .into_iter()
+            .map(
+                |Evaluated {
+                     kind,
+                     subject,
+                     obs,
+                     evidence,
+                     what,
+                 }| {
+                    let summary = format!(
+                        "{subject}: {:.2}% of packets dropped {what} over {}s ({:.0} drops/s)",
+                        obs.short_ratio * 100.0,
+                        self.cfg.drops.detector.short_window.as_secs(),
+                        obs.drop_rate
+                    );
+                    Update::Apply(
+                        obs.transition,
+                        Report {
+                            kind,
+                            subject,
+                            severity: obs.firing.unwrap_or(Severity::Warning),
+                            summary,
+                            evidence,
+                        },
+                    )
                 },
-                wall,
-            );
-        }
+            )
+            .collect();
         // A subject that vanished (interface deleted, qdisc removed) cannot
         // keep firing: resolve it.
-        for f in store.list(wall) {
-            if f.state == graydar_common::api::FindingState::Firing
-                && matches!(
-                    f.kind,
-                    FindingKind::NicDrops | FindingKind::QdiscDrops | FindingKind::KernelDrops
-                )
-                && !present.contains(&(f.kind, f.subject.clone()))
-            {
-                store.resolve(f.kind, &f.subject, wall);
-            }
-        }
-        store.export(&self.metrics);
+        updates.push(Update::ResolveVanished {
+            kinds: vec![FindingKind::NicDrops, FindingKind::QdiscDrops, FindingKind::KernelDrops],
+            present,
+        });
+        updates
     }
 
     fn ratio_gauges(&self, kind: FindingKind, iface: &str, dir: &str, obs: &Observation) {
@@ -412,24 +400,31 @@ impl DropSignal {
         self.reason_history.retain(|k, _| keys.contains(k));
         self.kernel_det.retain(|k| keys.contains(k));
     }
+}
 
-    /// Runs until `shutdown` resolves.
-    pub async fn run(
-        mut self,
-        ready: Arc<std::sync::atomic::AtomicBool>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval(self.cfg.drops.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    self.sample().await;
-                    ready.store(true, std::sync::atomic::Ordering::Release);
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
+impl Signal for DropSignal {
+    const NAME: &'static str = "drops";
+    const GATES_READINESS: bool = true;
+
+    fn start(ctx: &mut Context) -> Option<Self> {
+        let up = |p: &str, v: bool| ctx.metrics.probe_up.with_label_values(&[p]).set(i64::from(v));
+        up("qdisc", ctx.netlink.is_some());
+        up("sysfs_net", true);
+        up("softnet_stat", true);
+        Some(DropSignal::new(
+            ctx.cfg.clone(),
+            ctx.metrics.clone(),
+            ctx.kernel_drops.take(),
+            ctx.netlink.clone(),
+        ))
+    }
+
+    fn interval(&self) -> Duration {
+        self.cfg.drops.interval
+    }
+
+    async fn sample(&mut self) -> Vec<Update> {
+        DropSignal::sample(self).await
     }
 }
 

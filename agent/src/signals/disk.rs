@@ -29,13 +29,16 @@ use crate::config::DiskConfig;
 use crate::detect::Transition;
 use crate::detect::disk_slow::{self, DeviceSample, SlowDetector};
 use crate::detect::fsync_latency::{FsyncDetector, LatencyHist};
+use super::{Context, Signal, Update};
 use crate::findings::{FindingStore, Report};
 use crate::metrics::{CounterMirror, DISK_LATENCY_BUCKETS, ExternalHistogram, Metrics};
 use crate::probes::block_io::{self, BlockReader, DeviceNames};
-use crate::probes::canary::{Canary, HungTracker, HungTransition};
+use crate::detect::disk_hung::HungTracker;
+use crate::probes::canary::Canary;
 use crate::probes::diskstats::{self, DiskCounters};
 use crate::probes::fsync::{self, FsyncReader};
 use crate::probes::{ProbeError, canary};
+use crate::sys;
 
 /// The fsync and block programs, loaded from one object.
 pub struct DiskEbpf {
@@ -170,6 +173,8 @@ pub struct DiskSignal {
     block_window: HashMap<String, std::collections::VecDeque<(Duration, LatencyHist)>>,
     last_block: HashMap<String, LatencyHist>,
     canaries: Arc<Vec<CanaryEntry>>,
+    /// Tells the canary watchdog thread to end.
+    watchdog_stop: Arc<AtomicBool>,
     started: Instant,
 }
 
@@ -240,6 +245,7 @@ impl DiskSignal {
             block_window: HashMap::new(),
             last_block: HashMap::new(),
             canaries: Arc::new(canaries),
+            watchdog_stop: Arc::new(AtomicBool::new(false)),
             started: Instant::now(),
         }
     }
@@ -249,8 +255,7 @@ impl DiskSignal {
     }
 
     fn collector_error(&self, collector: &str, err: &dyn std::fmt::Display) {
-        self.metrics.collector_errors.with_label_values(&[collector]).inc();
-        tracing::warn!(collector, error = %err, "collection failed");
+        super::collector_error(&self.metrics, collector, err);
     }
 
     /// Starts the canary watchdog thread (no-op without canaries).
@@ -290,20 +295,14 @@ impl DiskSignal {
     }
 
     /// One sampling round.
-    pub fn sample(&mut self) {
+    pub fn sample(&mut self) -> Vec<Update> {
         self.sample_run_stats();
         let now = self.started.elapsed();
-        let wall = SystemTime::now();
-        let mut reports: Vec<Reported> = Vec::new();
+        let mut reports: Vec<Update> = Vec::new();
         let block_errors = self.sample_block(now);
         self.sample_fsync(now, &mut reports);
         self.sample_diskstats(now, &block_errors, &mut reports);
-
-        let mut store = self.findings.lock().unwrap_or_else(|p| p.into_inner());
-        for (transition, report) in reports {
-            store.apply(transition, report, wall);
-        }
-        store.export(&self.metrics);
+        reports
     }
 
     /// Block histograms and errors into metrics; returns error counts per
@@ -369,7 +368,7 @@ impl DiskSignal {
         h
     }
 
-    fn sample_fsync(&mut self, now: Duration, out: &mut Vec<Reported>) {
+    fn sample_fsync(&mut self, now: Duration, out: &mut Vec<Update>) {
         let procfs_root = self.procfs_root.clone();
         let Some(reader) = self.ebpf.as_mut().and_then(|e| e.fsync.as_mut()) else {
             return;
@@ -462,7 +461,7 @@ impl DiskSignal {
         self.fsync_det.retain(|k| seen.contains(k));
     }
 
-    fn sample_diskstats(&mut self, now: Duration, block_errors: &HashMap<String, u64>, out: &mut Vec<Reported>) {
+    fn sample_diskstats(&mut self, now: Duration, block_errors: &HashMap<String, u64>, out: &mut Vec<Update>) {
         let disks = match diskstats::read(&self.procfs_root) {
             Ok(d) => d,
             Err(e) => {
@@ -575,38 +574,71 @@ impl DiskSignal {
             out.push(report(FindingKind::DiskSlow, &dev, o.transition, o.firing, summary, ev));
         }
     }
+}
 
-    /// Runs until `shutdown` changes; starts the canary watchdog first.
-    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let stop = Arc::new(AtomicBool::new(false));
-        self.start_watchdog(Arc::clone(&stop));
-        let mut tick = tokio::time::interval(self.cfg.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    // Map reads and small procfs reads: fast, but keep them
-                    // off the async workers anyway.
-                    self = match tokio::task::spawn_blocking(move || { self.sample(); self }).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::error!(error = %e, "disk sampling task failed; disk signal stopped");
-                            return;
-                        }
-                    };
-                }
-                _ = shutdown.changed() => break,
+impl Signal for DiskSignal {
+    const NAME: &'static str = "disk";
+
+    /// eBPF fsync/block probes when allowed, diskstats always, canaries for
+    /// the configured directories.
+    fn start(ctx: &mut Context) -> Option<Self> {
+        let (cfg, metrics) = (&ctx.cfg, &ctx.metrics);
+        // `[disk] ebpf = false`: no probe_up series (disabled, not down).
+        let ebpf = if !cfg.disk.ebpf {
+            None
+        } else if !sys::can_load_bpf() {
+            for p in ["fsync", "block_io"] {
+                metrics.probe_up.with_label_values(&[p]).set(0);
             }
+            None
+        } else {
+            sys::ensure_pseudo_filesystems();
+            match start_ebpf(&cfg.sysfs_root, metrics) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "disk eBPF probes disabled; diskstats and canaries keep running");
+                    for p in ["fsync", "block_io"] {
+                        metrics.probe_up.with_label_values(&[p]).set(0);
+                    }
+                    None
+                }
+            }
+        };
+        Some(DiskSignal::new(
+            cfg.disk.clone(),
+            cfg.procfs_root.clone(),
+            cfg.sysfs_root.clone(),
+            metrics.clone(),
+            ctx.findings.clone(),
+            ebpf,
+        ))
+    }
+
+    fn interval(&self) -> Duration {
+        self.cfg.interval
+    }
+
+    /// Starts the canary watchdog thread.
+    async fn begin(&mut self, _stop: tokio::sync::watch::Receiver<bool>) {
+        self.start_watchdog(Arc::clone(&self.watchdog_stop));
+    }
+
+    async fn sample(&mut self) -> Vec<Update> {
+        // Map reads and small procfs reads: fast, but keep them off the
+        // async workers anyway.
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => DiskSignal::sample(self),
+            _ => tokio::task::block_in_place(|| DiskSignal::sample(self)),
         }
-        stop.store(true, Ordering::Release);
+    }
+
+    async fn stop(self) {
+        self.watchdog_stop.store(true, Ordering::Release);
         for c in self.canaries.iter() {
             c.canary.stop();
         }
     }
 }
-
-/// A detector's transition and the report it applies to.
-type Reported = (Option<Transition>, Report);
 
 fn report(
     kind: FindingKind,
@@ -615,8 +647,8 @@ fn report(
     firing: Option<Severity>,
     summary: String,
     evidence: BTreeMap<String, Evidence>,
-) -> Reported {
-    (
+) -> Update {
+    Update::Apply(
         transition,
         Report {
             kind,
@@ -654,39 +686,34 @@ fn watchdog(
             let wall = SystemTime::now();
             let mut store = findings.lock().unwrap_or_else(|p| p.into_inner());
             let subject = subject(&c.device);
-            match tr {
-                HungTransition::Hung => {
-                    let stuck = s.in_flight.unwrap_or_default();
-                    store.firing(
-                        Report {
-                            kind: FindingKind::DiskHung,
-                            subject,
-                            severity: Severity::Critical,
-                            summary: format!(
-                                "{}: the canary's 4 KiB write + fdatasync in {} has not returned for {:.1} s \
-                                 (stall limit {:.1} s)",
-                                subject_of(&c.device),
-                                c.directory,
-                                stuck.as_secs_f64(),
-                                stall_limit.as_secs_f64()
-                            ),
-                            evidence: BTreeMap::from([
-                                ("device".to_owned(), Evidence::from(c.device.as_str())),
-                                ("directory".to_owned(), Evidence::from(c.directory.as_str())),
-                                ("inflight_seconds".to_owned(), Evidence::Number(stuck.as_secs_f64())),
-                                (
-                                    "stall_limit_seconds".to_owned(),
-                                    Evidence::Number(stall_limit.as_secs_f64()),
-                                ),
-                                ("canary_calls".to_owned(), Evidence::from(s.calls)),
-                                ("canary_errors".to_owned(), Evidence::from(s.errors)),
-                            ]),
-                        },
-                        wall,
-                    );
-                }
-                HungTransition::Recovered => store.resolve(FindingKind::DiskHung, &subject, wall),
-            }
+            let stuck = s.in_flight.unwrap_or_default();
+            // The summary and evidence of the moment it hung (a resolution
+            // uses only the kind and subject).
+            let report = Report {
+                kind: FindingKind::DiskHung,
+                subject,
+                severity: Severity::Critical,
+                summary: format!(
+                    "{}: the canary's 4 KiB write + fdatasync in {} has not returned for {:.1} s \
+                     (stall limit {:.1} s)",
+                    subject_of(&c.device),
+                    c.directory,
+                    stuck.as_secs_f64(),
+                    stall_limit.as_secs_f64()
+                ),
+                evidence: BTreeMap::from([
+                    ("device".to_owned(), Evidence::from(c.device.as_str())),
+                    ("directory".to_owned(), Evidence::from(c.directory.as_str())),
+                    ("inflight_seconds".to_owned(), Evidence::Number(stuck.as_secs_f64())),
+                    (
+                        "stall_limit_seconds".to_owned(),
+                        Evidence::Number(stall_limit.as_secs_f64()),
+                    ),
+                    ("canary_calls".to_owned(), Evidence::from(s.calls)),
+                    ("canary_errors".to_owned(), Evidence::from(s.errors)),
+                ]),
+            };
+            store.apply(Some(tr), report, wall);
             store.export(metrics);
         }
         std::thread::sleep(Duration::from_millis(100));

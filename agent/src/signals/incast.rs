@@ -7,18 +7,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use graydar_common::api::{Evidence, FindingKind};
+use graydar_common::api::{Evidence, FindingKind, Severity};
 use graydar_common::tcp::{FaninConfig, HIST_BINS, HIST_UPPER};
 
 use crate::config::Config;
 use crate::detect::incast::{EndpointSample, Episode, HostLoss, IncastDetector, Observation};
-use crate::findings::{FindingStore, Report};
+use super::{Context, Signal, Update};
+use crate::findings::Report;
 use crate::metrics::{CounterMirror, Metrics};
 use crate::probes::netstat;
 use crate::probes::tcp_fanin::{self, Endpoint, EndpointReading, TcpProbe, TcpSnapshot};
+use crate::sys;
 
 /// MIB counters mirrored into `graydar_tcp_mib_total` (cross-checks for the
 /// eBPF retransmission kinds, receive-side drops, ECN marks).
@@ -115,7 +117,6 @@ fn delta(prev: Option<&EndpointReading>, cur: &EndpointReading) -> EndpointReadi
 pub struct IncastSignal {
     cfg: Config,
     metrics: Arc<Metrics>,
-    findings: Arc<Mutex<FindingStore>>,
     probe: Option<TcpProbe>,
     det: IncastDetector<Endpoint>,
     mirror: CounterMirror,
@@ -144,7 +145,6 @@ impl IncastSignal {
     pub fn new(
         cfg: Config,
         metrics: Arc<Metrics>,
-        findings: Arc<Mutex<FindingStore>>,
         probe: Option<TcpProbe>,
     ) -> Self {
         IncastSignal {
@@ -152,7 +152,6 @@ impl IncastSignal {
             ports: PortLabels::new(cfg.incast.max_ports),
             cfg,
             metrics,
-            findings,
             probe,
             mirror: CounterMirror::default(),
             prev: HashMap::new(),
@@ -164,8 +163,7 @@ impl IncastSignal {
     }
 
     fn collector_error(&self, collector: &str, err: &dyn std::fmt::Display) {
-        self.metrics.collector_errors.with_label_values(&[collector]).inc();
-        tracing::warn!(collector, error = %err, "collection failed");
+        super::collector_error(&self.metrics, collector, err);
     }
 
     /// Keeps the classifier attached to this namespace's interfaces.
@@ -222,9 +220,8 @@ impl IncastSignal {
     }
 
     /// One sampling round.
-    pub fn sample(&mut self) {
+    pub fn sample(&mut self) -> Vec<Update> {
         let now = self.started.elapsed();
-        let wall = SystemTime::now();
         self.sync_interfaces();
         let mib = match netstat::read(&self.cfg.procfs_root) {
             Ok(c) => {
@@ -242,16 +239,16 @@ impl IncastSignal {
             }
         };
         if self.probe.is_none() {
-            return; // the MIB counters above are all there is without eBPF
+            return Vec::new(); // the MIB counters above are all there is without eBPF
         }
         let receive_drops = self.receive_drops(mib.as_ref());
         let snap: TcpSnapshot = match self.probe.as_mut().map(TcpProbe::read) {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 self.collector_error("ebpf_tcp_fanin", &e);
-                return;
+                return Vec::new();
             }
-            None => return,
+            None => return Vec::new(),
         };
         self.export_probe_metrics(&snap);
 
@@ -359,29 +356,23 @@ impl IncastSignal {
             g.with_label_values(&[label.as_str(), "window"]).set(i64::from(long));
         }
 
-        let mut store = match self.findings.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut updates = Vec::with_capacity(out.len());
         for (ep, _label, obs) in &out {
             let subject = ep.to_string();
-            let ev = self.evidence(ep, obs);
             let report = Report {
                 kind: FindingKind::Incast,
                 summary: self.summary(&subject, obs),
+                evidence: self.evidence(ep, obs),
                 subject,
-                severity: obs.firing.unwrap_or(graydar_common::api::Severity::Warning),
-                evidence: ev,
+                severity: obs.firing.unwrap_or(Severity::Warning),
             };
-            if obs.transition.is_none() && obs.episode.is_some() && obs.firing.is_some() {
+            updates.push(if obs.transition.is_none() && obs.episode.is_some() && obs.firing.is_some() {
                 // A new episode refreshes the summary too.
-                store.firing(report, wall);
+                Update::Restate(report)
             } else {
-                store.apply(obs.transition, report, wall);
-            }
+                Update::Apply(obs.transition, report)
+            });
         }
-        store.export(&self.metrics);
-        drop(store);
 
         // Evict idle endpoints from the bounded kernel table.
         let idle: Vec<Endpoint> = self
@@ -401,6 +392,7 @@ impl IncastSignal {
             let present: BTreeSet<Endpoint> = self.last_active.keys().copied().collect();
             self.det.retain(|k| present.contains(k));
         }
+        updates
     }
 
     fn export_probe_metrics(&mut self, snap: &TcpSnapshot) {
@@ -468,16 +460,62 @@ impl IncastSignal {
             ),
         ])
     }
+}
 
-    /// Runs until `shutdown` resolves; dropping the signal detaches the probes.
-    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.cfg.incast.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.sample(),
-                _ = shutdown.changed() => return,
-            }
+impl Signal for IncastSignal {
+    const NAME: &'static str = "incast";
+
+    /// Always runs (the TCP MIB counters); the eBPF probes only when
+    /// `[incast] enabled` and allowed. Dropping the signal detaches them.
+    fn start(ctx: &mut Context) -> Option<Self> {
+        let probe = start_probe(&ctx.cfg, &ctx.metrics);
+        Some(IncastSignal::new(ctx.cfg.clone(), ctx.metrics.clone(), probe))
+    }
+
+    fn interval(&self) -> Duration {
+        self.cfg.incast.interval
+    }
+
+    async fn sample(&mut self) -> Vec<Update> {
+        IncastSignal::sample(self)
+    }
+}
+
+/// The TCP incast probes (tc ingress fan-in counter, tcp_retransmit_skb);
+/// `None` when disabled or when the kernel refuses them (logged).
+fn start_probe(cfg: &Config, metrics: &Metrics) -> Option<TcpProbe> {
+    use tcp_fanin::{PROBE_FANIN, PROBE_RETRANS};
+    // Disabled by configuration: no graydar_probe_up series at all (0 means
+    // "wanted but not working", which GraydarProbeDown alerts on).
+    if !cfg.incast.enabled {
+        return None;
+    }
+    let up = metrics.probe_up.with_label_values(&[PROBE_FANIN]);
+    let up_r = metrics.probe_up.with_label_values(&[PROBE_RETRANS]);
+    if !sys::can_load_bpf() {
+        up.set(0);
+        up_r.set(0);
+        return None;
+    }
+    sys::ensure_pseudo_filesystems();
+    match TcpProbe::start(&cfg.sysfs_root, fanin_config(cfg), sys::own_netns_inode()) {
+        Ok(p) => {
+            tracing::info!(
+                retransmits = p.retransmits_enabled(),
+                "eBPF probes tcp_fanin (tc ingress) and tcp_retransmit_skb loaded"
+            );
+            metrics
+                .ebpf_programs_attached
+                .add(1 + i64::from(p.retransmits_enabled()));
+            up.set(1);
+            up_r.set(i64::from(p.retransmits_enabled()));
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "TCP incast probes disabled");
+            up.set(0);
+            up_r.set(0);
+            None
         }
     }
 }
