@@ -16,6 +16,15 @@ pub mod softnet;
 pub mod tcp_fanin;
 pub mod traceroute;
 
+/// The one loaded eBPF object (agent/src/ebpf.rs), shared by the probes
+/// that take programs and maps from it.
+pub type SharedEbpf = std::sync::Arc<std::sync::Mutex<aya::Ebpf>>;
+
+/// Locks the shared object (a panic while holding it leaves it usable).
+pub fn lock_ebpf(e: &SharedEbpf) -> std::sync::MutexGuard<'_, aya::Ebpf> {
+    e.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Error of a collector. Never panics on kernel or file data.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

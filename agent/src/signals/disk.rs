@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use aya::{Ebpf, EbpfLoader};
 use graydar_common::api::{Evidence, FindingKind, Severity};
 use graydar_common::disk::{block_op, fsync_op};
 
@@ -37,12 +36,12 @@ use crate::detect::disk_hung::HungTracker;
 use crate::probes::canary::Canary;
 use crate::probes::diskstats::{self, DiskCounters};
 use crate::probes::fsync::{self, FsyncReader};
-use crate::probes::{ProbeError, canary};
-use crate::sys;
+use crate::ebpf::{Programs, Unavailable};
+use crate::probes::{SharedEbpf, canary, lock_ebpf};
 
-/// The fsync and block programs, loaded from one object.
+/// The fsync and block programs of the shared object.
 pub struct DiskEbpf {
-    _ebpf: Ebpf,
+    object: SharedEbpf,
     pub fsync: Option<FsyncReader>,
     pub block: Option<BlockReader>,
 }
@@ -52,8 +51,9 @@ impl DiskEbpf {
     /// kernel; both 0 unless kernel.bpf_stats_enabled=1.
     pub fn run_stats(&self, programs: &[&str]) -> (u64, u64) {
         let (mut ns, mut runs) = (0u64, 0u64);
+        let ebpf = lock_ebpf(&self.object);
         for p in programs {
-            if let Some(Ok(info)) = self._ebpf.program(p).map(|p| p.info()) {
+            if let Some(Ok(info)) = ebpf.program(p).map(|p| p.info()) {
                 ns = ns.saturating_add(u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX));
                 runs = runs.saturating_add(info.run_count());
             }
@@ -66,37 +66,27 @@ impl DiskEbpf {
 const FSYNC_PROGRAMS: &[&str] = &["fsync_enter", "fdatasync_enter", "fsync_exit"];
 const BLOCK_PROGRAMS: &[&str] = &["block_rq_issue", "block_rq_complete"];
 
-/// Loads the eBPF object with the disk probes' globals and attaches the
-/// fsync and block programs; each half that fails is logged and disabled.
-pub fn start_ebpf(sysfs_root: &Path, metrics: &Metrics) -> Result<DiskEbpf, ProbeError> {
-    let btf = crate::btf::KernelBtf::load(sysfs_root).map_err(|e| ProbeError::Ebpf(e.to_string()))?;
-    let tracefs = Path::new("/sys/kernel/tracing");
-    let fsync_off = fsync::offsets(&btf, tracefs);
-    let block_off = block_io::offsets(&btf);
-    crate::ebpf::raise_memlock_limit();
-    let mut loader = EbpfLoader::new();
-    if let Ok(o) = &fsync_off {
-        loader.override_global("FSYNC_OFFSETS", o, true);
-    }
-    if let Ok(o) = &block_off {
-        loader.override_global("BLOCK_OFFSETS", o, true);
-    }
-    let mut ebpf = loader
-        .load(crate::ebpf::EBPF_OBJECT)
-        .map_err(|e| ProbeError::Ebpf(format!("loading eBPF object: {e}")))?;
+/// Attaches the fsync and block programs of the shared object (loaded with
+/// the disk probes' globals); each half that fails is logged and disabled.
+pub fn start_ebpf(programs: &mut Programs, metrics: &Metrics) -> DiskEbpf {
+    let fsync_off = programs.take_fsync();
+    let block_off = programs.take_block();
+    let object = programs.object();
+    let mut guard = lock_ebpf(&object);
+    let ebpf = &mut *guard;
     let fsync_reader = fsync_off
         .and_then(|o| {
             tracing::debug!(offsets = ?o, "fsync probe setup");
-            fsync::attach(&mut ebpf)?;
-            FsyncReader::take(&mut ebpf)
+            fsync::attach(ebpf)?;
+            FsyncReader::take(ebpf)
         })
         .inspect_err(|e| tracing::warn!(error = %e, "fsync latency probe disabled"))
         .ok();
     let block_reader = block_off
         .and_then(|o| {
             tracing::debug!(offsets = ?o, "block probe setup");
-            block_io::attach(&mut ebpf)?;
-            BlockReader::take(&mut ebpf)
+            block_io::attach(ebpf)?;
+            BlockReader::take(ebpf)
         })
         .inspect_err(|e| tracing::warn!(error = %e, "block I/O latency probe disabled"))
         .ok();
@@ -112,11 +102,12 @@ pub fn start_ebpf(sysfs_root: &Path, metrics: &Metrics) -> Result<DiskEbpf, Prob
             tracing::info!(probe, "eBPF probe attached");
         }
     }
-    Ok(DiskEbpf {
-        _ebpf: ebpf,
+    drop(guard);
+    DiskEbpf {
+        object,
         fsync: fsync_reader,
         block: block_reader,
-    })
+    }
 }
 
 /// A running canary and where it reports.
@@ -586,17 +577,13 @@ impl Signal for DiskSignal {
         // `[disk] ebpf = false`: no probe_up series (disabled, not down).
         let ebpf = if !cfg.disk.ebpf {
             None
-        } else if !sys::can_load_bpf() {
-            for p in ["fsync", "block_io"] {
-                metrics.probe_up.with_label_values(&[p]).set(0);
-            }
-            None
         } else {
-            sys::ensure_pseudo_filesystems();
-            match start_ebpf(&cfg.sysfs_root, metrics) {
-                Ok(e) => Some(e),
+            match &mut ctx.ebpf {
+                Ok(programs) => Some(start_ebpf(programs, metrics)),
                 Err(e) => {
-                    tracing::warn!(error = %e, "disk eBPF probes disabled; diskstats and canaries keep running");
+                    if !matches!(e, Unavailable::NotAllowed) {
+                        tracing::warn!(error = %e, "disk eBPF probes disabled; diskstats and canaries keep running");
+                    }
                     for p in ["fsync", "block_io"] {
                         metrics.probe_up.with_label_values(&[p]).set(0);
                     }

@@ -20,6 +20,7 @@ use crate::findings::Report;
 use crate::metrics::{CounterMirror, Metrics};
 use crate::probes::netstat;
 use crate::probes::tcp_fanin::{self, Endpoint, EndpointReading, TcpProbe, TcpSnapshot};
+use crate::ebpf::{Programs, Unavailable};
 use crate::sys;
 
 /// MIB counters mirrored into `graydar_tcp_mib_total` (cross-checks for the
@@ -468,7 +469,7 @@ impl Signal for IncastSignal {
     /// Always runs (the TCP MIB counters); the eBPF probes only when
     /// `[incast] enabled` and allowed. Dropping the signal detaches them.
     fn start(ctx: &mut Context) -> Option<Self> {
-        let probe = start_probe(&ctx.cfg, &ctx.metrics);
+        let probe = start_probe(&ctx.cfg, &ctx.metrics, &mut ctx.ebpf);
         Some(IncastSignal::new(ctx.cfg.clone(), ctx.metrics.clone(), probe))
     }
 
@@ -483,7 +484,7 @@ impl Signal for IncastSignal {
 
 /// The TCP incast probes (tc ingress fan-in counter, tcp_retransmit_skb);
 /// `None` when disabled or when the kernel refuses them (logged).
-fn start_probe(cfg: &Config, metrics: &Metrics) -> Option<TcpProbe> {
+fn start_probe(cfg: &Config, metrics: &Metrics, ebpf: &mut Result<Programs, Unavailable>) -> Option<TcpProbe> {
     use tcp_fanin::{PROBE_FANIN, PROBE_RETRANS};
     // Disabled by configuration: no graydar_probe_up series at all (0 means
     // "wanted but not working", which GraydarProbeDown alerts on).
@@ -492,13 +493,18 @@ fn start_probe(cfg: &Config, metrics: &Metrics) -> Option<TcpProbe> {
     }
     let up = metrics.probe_up.with_label_values(&[PROBE_FANIN]);
     let up_r = metrics.probe_up.with_label_values(&[PROBE_RETRANS]);
-    if !sys::can_load_bpf() {
-        up.set(0);
-        up_r.set(0);
-        return None;
-    }
-    sys::ensure_pseudo_filesystems();
-    match TcpProbe::start(&cfg.sysfs_root, fanin_config(cfg), sys::own_netns_inode()) {
+    let programs = match ebpf {
+        Ok(p) => p,
+        Err(e) => {
+            if !matches!(e, Unavailable::NotAllowed) {
+                tracing::warn!(error = %e, "TCP incast probes disabled");
+            }
+            up.set(0);
+            up_r.set(0);
+            return None;
+        }
+    };
+    match TcpProbe::start(programs.object(), programs.take_retrans(), sys::own_netns_inode()) {
         Ok(p) => {
             tracing::info!(
                 retransmits = p.retransmits_enabled(),

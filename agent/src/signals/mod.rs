@@ -20,6 +20,7 @@ use graydar_common::api::FindingKind;
 
 use crate::config::Config;
 use crate::detect::Transition;
+use crate::ebpf::{Programs, Unavailable};
 use crate::findings::{FindingStore, Report};
 use crate::metrics::Metrics;
 use crate::probes::kernel_drops::KernelDropsProbe;
@@ -40,6 +41,9 @@ pub struct Context {
     pub findings: Arc<Mutex<FindingStore>>,
     /// rtnetlink, when the connection could be made (qdisc statistics).
     pub netlink: Option<rtnetlink::Handle>,
+    /// The eBPF object, loaded once (agent/src/ebpf.rs); each signal takes
+    /// the programs and maps of its probes from it.
+    pub ebpf: Result<Programs, Unavailable>,
     /// The kfree_skb probe, attached early (its state goes into the
     /// controller registration); taken by the drops signal.
     pub kernel_drops: Option<KernelDropsProbe>,
