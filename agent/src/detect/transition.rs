@@ -59,6 +59,13 @@ impl Hysteresis {
         self.evaluations.len()
     }
 
+    /// Forgets everything (the subject went away); whether it was firing.
+    pub fn reset(&mut self) -> bool {
+        let was = self.firing.is_some();
+        *self = Hysteresis::default();
+        was
+    }
+
     /// One evaluation: whether it was bad and the severity it would fire with.
     pub fn step(&mut self, rule: CountRule, bad: bool, severity: Severity) -> Option<Transition> {
         self.evaluations.push_back(bad);
