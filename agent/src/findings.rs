@@ -303,8 +303,16 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         s.apply(None, report(Severity::Warning), t0);
         assert!(s.list(t0).is_empty(), "no transition, not firing: nothing");
-        s.apply(Some(Transition::Fired(Severity::Critical)), report(Severity::Warning), t0);
-        assert_eq!(s.list(t0)[0].severity, Severity::Critical, "the transition's severity wins");
+        s.apply(
+            Some(Transition::Fired(Severity::Critical)),
+            report(Severity::Warning),
+            t0,
+        );
+        assert_eq!(
+            s.list(t0)[0].severity,
+            Severity::Critical,
+            "the transition's severity wins"
+        );
         let mut quiet = report(Severity::Warning);
         quiet.summary = "new summary".into();
         quiet.evidence.insert("short_ratio".into(), Evidence::Number(0.5));
@@ -319,7 +327,11 @@ mod tests {
             t0 + Duration::from_secs(2),
         );
         assert_eq!(s.list(t0)[0].severity, Severity::Warning);
-        s.apply(Some(Transition::Resolved), report(Severity::Warning), t0 + Duration::from_secs(3));
+        s.apply(
+            Some(Transition::Resolved),
+            report(Severity::Warning),
+            t0 + Duration::from_secs(3),
+        );
         assert_eq!(s.list(t0 + Duration::from_secs(3))[0].state, FindingState::Resolved);
     }
 

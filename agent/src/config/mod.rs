@@ -555,7 +555,8 @@ mod tests {
 
     #[test]
     fn the_shipped_example_config_is_valid_and_matches_the_defaults() {
-        let c = parse(include_str!("../../../deploy/agent.example.toml")).expect("deploy/agent.example.toml must parse");
+        let c =
+            parse(include_str!("../../../deploy/agent.example.toml")).expect("deploy/agent.example.toml must parse");
         let d = DropConfig::default();
         assert_eq!(c.drops.detector.warning_ratio, d.warning_ratio);
         assert_eq!(c.drops.detector.short_window, d.short_window);

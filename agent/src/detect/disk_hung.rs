@@ -68,7 +68,10 @@ mod tests {
         let limit = Duration::from_secs(5);
         let mut t = HungTracker::default();
         assert_eq!(t.update(&status(Some(4_900), 10, 1), limit), None);
-        assert_eq!(t.update(&status(Some(5_000), 10, 1), limit), Some(Transition::Fired(Severity::Critical)));
+        assert_eq!(
+            t.update(&status(Some(5_000), 10, 1), limit),
+            Some(Transition::Fired(Severity::Critical))
+        );
         assert_eq!(t.update(&status(Some(60_000), 10, 1), limit), None);
         // the stuck call returned (60 s): not yet recovered
         assert_eq!(t.update(&status(None, 11, 60_000), limit), None);

@@ -39,7 +39,6 @@ use serde::{Deserialize, Serialize};
 use super::transition::{Evaluation, TimedHysteresis, TimedRule};
 pub use crate::probes::latency_hist::LatencyHist;
 
-
 /// `[disk]` thresholds of the fsync detector.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

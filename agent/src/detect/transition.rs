@@ -163,7 +163,11 @@ impl TimedHysteresis {
                 }
             }
         }
-        if self.firing.is_some() && self.last_bad.is_none_or(|t| now.saturating_sub(t) >= rule.resolve_after) {
+        if self.firing.is_some()
+            && self
+                .last_bad
+                .is_none_or(|t| now.saturating_sub(t) >= rule.resolve_after)
+        {
             self.firing = None;
             self.bad_since = None;
             transition = Some(Transition::Resolved);
@@ -187,12 +191,19 @@ mod tests {
         let mut h = Hysteresis::default();
         assert_eq!(h.step(RULE, true, Severity::Warning), None);
         assert_eq!(h.step(RULE, false, Severity::Warning), None);
-        assert_eq!(h.step(RULE, true, Severity::Warning), Some(Transition::Fired(Severity::Warning)));
+        assert_eq!(
+            h.step(RULE, true, Severity::Warning),
+            Some(Transition::Fired(Severity::Warning))
+        );
         assert_eq!(
             h.step(RULE, true, Severity::Critical),
             Some(Transition::SeverityChanged(Severity::Critical))
         );
-        assert_eq!(h.step(RULE, false, Severity::Warning), None, "one quiet window is not enough");
+        assert_eq!(
+            h.step(RULE, false, Severity::Warning),
+            None,
+            "one quiet window is not enough"
+        );
         assert_eq!(h.step(RULE, false, Severity::Warning), Some(Transition::Resolved));
         assert_eq!(h.firing(), None);
         // A clean history after resolving: one bad window does not re-fire.

@@ -16,8 +16,8 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMa
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
 use aya::programs::{RawTracePoint, SchedClassifier};
 use graydar_common::tcp::{
-    AF_INET, AF_INET6, EndpointKey, EndpointState, FaninRuntime, HIST_BINS, RetransKey, RetransOffsets,
-    SenderKey, SenderState, fanin_stat, retrans_kind, retrans_stat,
+    AF_INET, AF_INET6, EndpointKey, EndpointState, FaninRuntime, HIST_BINS, RetransKey, RetransOffsets, SenderKey,
+    SenderState, fanin_stat, retrans_kind, retrans_stat,
 };
 
 use super::{ProbeError, SharedEbpf, lock_ebpf};

@@ -24,19 +24,19 @@ use std::time::{Duration, Instant, SystemTime};
 use graydar_common::api::{Evidence, FindingKind, Severity};
 use graydar_common::disk::{block_op, fsync_op};
 
+use super::{Context, Signal, Update};
 use crate::config::DiskConfig;
 use crate::detect::Transition;
+use crate::detect::disk_hung::HungTracker;
 use crate::detect::disk_slow::{self, DeviceSample, SlowDetector};
 use crate::detect::fsync_latency::{FsyncDetector, LatencyHist};
-use super::{Context, Signal, Update};
+use crate::ebpf::{Programs, Unavailable};
 use crate::findings::{FindingStore, Report};
 use crate::metrics::{CounterMirror, DISK_LATENCY_BUCKETS, ExternalHistogram, Metrics};
 use crate::probes::block_io::{self, BlockReader, DeviceNames};
-use crate::detect::disk_hung::HungTracker;
 use crate::probes::canary::Canary;
 use crate::probes::diskstats::{self, DiskCounters};
 use crate::probes::fsync::{self, FsyncReader};
-use crate::ebpf::{Programs, Unavailable};
 use crate::probes::{SharedEbpf, canary, lock_ebpf};
 
 /// The fsync and block programs of the shared object.
@@ -447,7 +447,14 @@ impl DiskSignal {
                 o.window_count,
                 o.recent.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0),
             );
-            out.push(report(FindingKind::FsyncLatency, &dev, o.transition, o.firing, summary, ev));
+            out.push(report(
+                FindingKind::FsyncLatency,
+                &dev,
+                o.transition,
+                o.firing,
+                summary,
+                ev,
+            ));
         }
         self.fsync_det.retain(|k| seen.contains(k));
     }

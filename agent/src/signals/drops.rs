@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use graydar_common::api::{Evidence, FindingKind, Severity};
 
+use super::{Context, Signal, Update};
 use crate::config::Config;
 use crate::detect::drops::{CounterSample, DropDetector, Observation};
-use super::{Context, Signal, Update};
 use crate::findings::Report;
 use crate::metrics::{CounterMirror, Metrics};
 use crate::probes::kernel_drops::{self, KernelDropsProbe, KernelDropsSnapshot};

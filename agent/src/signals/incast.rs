@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use graydar_common::api::{Evidence, FindingKind, Severity};
 use graydar_common::tcp::{FaninConfig, HIST_BINS, HIST_UPPER};
 
+use super::{Context, Signal, Update};
 use crate::config::Config;
 use crate::detect::incast::{EndpointSample, Episode, HostLoss, IncastDetector, Observation};
-use super::{Context, Signal, Update};
+use crate::ebpf::{Programs, Unavailable};
 use crate::findings::Report;
 use crate::metrics::{CounterMirror, Metrics};
 use crate::probes::netstat;
 use crate::probes::tcp_fanin::{self, Endpoint, EndpointReading, TcpProbe, TcpSnapshot};
-use crate::ebpf::{Programs, Unavailable};
 use crate::sys;
 
 /// MIB counters mirrored into `graydar_tcp_mib_total` (cross-checks for the
@@ -143,11 +143,7 @@ pub fn fanin_config(cfg: &Config) -> FaninConfig {
 }
 
 impl IncastSignal {
-    pub fn new(
-        cfg: Config,
-        metrics: Arc<Metrics>,
-        probe: Option<TcpProbe>,
-    ) -> Self {
+    pub fn new(cfg: Config, metrics: Arc<Metrics>, probe: Option<TcpProbe>) -> Self {
         IncastSignal {
             det: IncastDetector::new(cfg.incast.clone()),
             ports: PortLabels::new(cfg.incast.max_ports),
@@ -367,12 +363,14 @@ impl IncastSignal {
                 subject,
                 severity: obs.firing.unwrap_or(Severity::Warning),
             };
-            updates.push(if obs.transition.is_none() && obs.episode.is_some() && obs.firing.is_some() {
-                // A new episode refreshes the summary too.
-                Update::Restate(report)
-            } else {
-                Update::Apply(obs.transition, report)
-            });
+            updates.push(
+                if obs.transition.is_none() && obs.episode.is_some() && obs.firing.is_some() {
+                    // A new episode refreshes the summary too.
+                    Update::Restate(report)
+                } else {
+                    Update::Apply(obs.transition, report)
+                },
+            );
         }
 
         // Evict idle endpoints from the bounded kernel table.

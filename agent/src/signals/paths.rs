@@ -23,10 +23,9 @@ use graydar_common::api::{Evidence, FindingKind};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use super::{Context, Signal, Update};
 use crate::config::Config;
 use crate::detect::paths::{Tick, Verdict};
-use super::{Context, Signal, Update};
-use crate::detect::Transition;
 use crate::findings::Report;
 use crate::metrics::Metrics;
 use crate::probes::path_mesh;
@@ -36,8 +35,8 @@ use crate::probes::traceroute;
 mod mesh;
 mod sync;
 
-use mesh::{Mesh, realtime_ns};
 pub use crate::probes::path_mesh_socket::SEND_TTL;
+use mesh::{Mesh, realtime_ns};
 /// Evaluation period of the detectors.
 const EVAL_EVERY: Duration = Duration::from_secs(1);
 /// A suspect pair is traced again at most this often.
@@ -266,14 +265,14 @@ impl Shared {
                         m.owd_variation.with_label_values(&[&name, dir]).set(o);
                     }
                 }
-                let suspect = ev.route_suspect || ev.verdicts.iter().any(|v| matches!(v, Verdict::Firing { .. }));
+                let suspect = ev.route_suspect || ev.verdicts.iter().any(Verdict::is_firing);
                 p.want_trace = suspect;
                 p.stats = ev.stats.clone();
                 for v in ev.verdicts {
-                    match &v {
-                        Verdict::Firing { kind, .. } if !p.firing.contains(kind) => p.firing.push(*kind),
-                        Verdict::Resolve(kind) => p.firing.retain(|k| k != kind),
-                        _ => {}
+                    if !v.is_firing() {
+                        p.firing.retain(|k| *k != v.kind);
+                    } else if !p.firing.contains(&v.kind) {
+                        p.firing.push(v.kind);
                     }
                     verdicts.push((name.clone(), v));
                 }
@@ -300,37 +299,32 @@ impl Shared {
             // Evidence: both hop lists.
             for (name, v) in verdicts {
                 let Some(p) = mesh.peers.get(&name) else { continue };
-                match v {
-                    Verdict::Firing {
-                        kind,
-                        severity,
-                        summary,
-                        mut evidence,
-                        fired,
-                    } => {
-                        if let Some(h) = &p.hops_fwd {
-                            evidence.insert("traceroute_fwd".into(), Evidence::from(traceroute::hops_text(h)));
-                        }
-                        if let Some(h) = &p.hops_rev {
-                            evidence.insert("traceroute_rev".into(), Evidence::from(traceroute::hops_text(h)));
-                        }
-                        evidence.insert("address".into(), Evidence::from(p.addr.to_string()));
-                        let report = Report {
-                            kind,
-                            subject: p.subject(),
-                            severity,
-                            summary,
-                            evidence,
-                        };
-                        // Every evaluation of a firing pair restates it.
-                        updates.push(if fired {
-                            Update::Apply(Some(Transition::Fired(severity)), report)
-                        } else {
-                            Update::Restate(report)
-                        });
-                    }
-                    Verdict::Resolve(kind) => updates.push(Update::Resolve(kind, p.subject())),
+                let Verdict {
+                    kind,
+                    transition,
+                    severity,
+                    summary,
+                    mut evidence,
+                } = v;
+                if let Some(h) = &p.hops_fwd {
+                    evidence.insert("traceroute_fwd".into(), Evidence::from(traceroute::hops_text(h)));
                 }
+                if let Some(h) = &p.hops_rev {
+                    evidence.insert("traceroute_rev".into(), Evidence::from(traceroute::hops_text(h)));
+                }
+                evidence.insert("address".into(), Evidence::from(p.addr.to_string()));
+                let report = Report {
+                    kind,
+                    subject: p.subject(),
+                    severity,
+                    summary,
+                    evidence,
+                };
+                updates.push(match transition {
+                    // Every evaluation of a firing pair restates it.
+                    None => Update::Restate(report),
+                    t => Update::Apply(t, report),
+                });
             }
             for mut p in removed {
                 for kind in p.det.resolve_all() {

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use graydar_common::api::{Evidence, FindingKind};
 
-use crate::detect::route_flap::{PrefixState, RouteFlapDetector, RoutesConfig, Transition};
 use super::{Context, Signal, Update};
+use crate::detect::route_flap::{PrefixState, RouteFlapDetector, RoutesConfig, Transition};
 use crate::findings::Report;
 use crate::metrics::Metrics;
 use crate::probes::route_churn::{

@@ -165,7 +165,10 @@ mod tests {
         );
         assert!(store.is_firing(FindingKind::NicDrops, "eth0/rx"));
         assert!(!store.is_firing(FindingKind::NicDrops, "eth1/rx"), "vanished");
-        assert!(store.is_firing(FindingKind::Incast, "10.0.0.1:80"), "another signal's kind");
+        assert!(
+            store.is_firing(FindingKind::Incast, "10.0.0.1:80"),
+            "another signal's kind"
+        );
         apply_to(
             &mut store,
             vec![Update::Resolve(FindingKind::Incast, "10.0.0.1:80".into())],

@@ -6,8 +6,8 @@ use std::time::Duration;
 use graydar_common::api::{Evidence, FindingKind, Severity};
 
 use super::config::PathsConfig;
-use crate::detect::transition::{CountRule, Hysteresis, Transition};
 use super::window::{PairStats, Tick, quantile, ratio};
+use crate::detect::transition::{CountRule, Hysteresis, Transition};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
@@ -29,18 +29,49 @@ fn step(h: &mut Hysteresis, rule: CountRule, bad: bool) -> Step {
     }
 }
 
-/// What the detector says about one kind for one pair at one evaluation.
+/// What the detector says about one kind for one pair at one evaluation:
+/// its [`Transition`], or `None` while it keeps firing (every evaluation of a
+/// firing kind restates it with fresh severity, summary and evidence).
 #[derive(Clone, Debug, PartialEq)]
-pub enum Verdict {
-    /// Fire or keep firing (first evaluation: `fired`).
-    Firing {
+pub struct Verdict {
+    pub kind: FindingKind,
+    pub transition: Option<Transition>,
+    pub severity: Severity,
+    pub summary: String,
+    pub evidence: BTreeMap<String, Evidence>,
+}
+
+impl Verdict {
+    fn firing(
         kind: FindingKind,
+        step: Step,
         severity: Severity,
         summary: String,
         evidence: BTreeMap<String, Evidence>,
-        fired: bool,
-    },
-    Resolve(FindingKind),
+    ) -> Verdict {
+        Verdict {
+            kind,
+            transition: (step == Step::Fire).then_some(Transition::Fired(severity)),
+            severity,
+            summary,
+            evidence,
+        }
+    }
+
+    fn resolved(kind: FindingKind) -> Verdict {
+        Verdict {
+            kind,
+            transition: Some(Transition::Resolved),
+            severity: Severity::Warning,
+            summary: String::new(),
+            evidence: BTreeMap::new(),
+        }
+    }
+
+    /// Fired now or still firing.
+    pub fn is_firing(&self) -> bool {
+        self.transition != Some(Transition::Resolved)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -301,18 +332,18 @@ impl PairDetector {
                     "window_seconds".into(),
                     Evidence::from(self.cfg.connectivity_window.as_secs_f64()),
                 );
-                ev.verdicts.push(Verdict::Firing {
-                    kind: FindingKind::AsymmetricConnectivity,
-                    severity: Severity::Critical,
-                    summary: format!(
+                ev.verdicts.push(Verdict::firing(
+                    FindingKind::AsymmetricConnectivity,
+                    conn_step,
+                    Severity::Critical,
+                    format!(
                         "{dir_out} delivers nothing ({c_out_lost} probes lost in {:?}) while {dir_in} delivers",
                         self.cfg.connectivity_window
                     ),
-                    evidence: e,
-                    fired: conn_step == Step::Fire,
-                });
+                    e,
+                ));
             }
-            Step::Resolve => ev.verdicts.push(Verdict::Resolve(FindingKind::AsymmetricConnectivity)),
+            Step::Resolve => ev.verdicts.push(Verdict::resolved(FindingKind::AsymmetricConnectivity)),
             Step::Idle => {}
         }
 
@@ -338,24 +369,25 @@ impl PairDetector {
                     "window_seconds".into(),
                     Evidence::from(self.cfg.loss_window.as_secs_f64()),
                 );
-                ev.verdicts.push(Verdict::Firing {
-                    kind: FindingKind::OneWayLoss,
-                    severity: if out_ratio >= self.cfg.critical_loss {
-                        Severity::Critical
-                    } else {
-                        Severity::Warning
-                    },
-                    summary: format!(
+                let severity = if out_ratio >= self.cfg.critical_loss {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                };
+                ev.verdicts.push(Verdict::firing(
+                    FindingKind::OneWayLoss,
+                    loss_step,
+                    severity,
+                    format!(
                         "{dir_out} loses {:.1}% of probes ({} of {out_total}) while {dir_in} loses {} of {in_total}",
                         out_ratio * 100.0,
                         l_out_lost,
                         st.in_lost
                     ),
-                    evidence: e,
-                    fired: loss_step == Step::Fire,
-                });
+                    e,
+                ));
             }
-            Step::Resolve => ev.verdicts.push(Verdict::Resolve(FindingKind::OneWayLoss)),
+            Step::Resolve => ev.verdicts.push(Verdict::resolved(FindingKind::OneWayLoss)),
             Step::Idle => {}
         }
 
@@ -398,15 +430,15 @@ impl PairDetector {
                 } else {
                     format!("hop counts changed: {dir_out} {fb} -> {f}, {dir_in} {rb} -> {r}")
                 };
-                ev.verdicts.push(Verdict::Firing {
-                    kind: FindingKind::AsymmetricRoute,
-                    severity: Severity::Warning,
-                    summary: what,
-                    evidence: e,
-                    fired: route_step == Step::Fire,
-                });
+                ev.verdicts.push(Verdict::firing(
+                    FindingKind::AsymmetricRoute,
+                    route_step,
+                    Severity::Warning,
+                    what,
+                    e,
+                ));
             }
-            (Step::Resolve, _) => ev.verdicts.push(Verdict::Resolve(FindingKind::AsymmetricRoute)),
+            (Step::Resolve, _) => ev.verdicts.push(Verdict::resolved(FindingKind::AsymmetricRoute)),
             // Firing but the hop counts went unknown: hold (the hysteresis resolves it).
             _ => {}
         }
@@ -460,20 +492,20 @@ impl PairDetector {
                     None => "unknown".into(),
                 };
                 e.insert("direction".into(), Evidence::from(d.as_str()));
-                ev.verdicts.push(Verdict::Firing {
-                    kind: FindingKind::LatencyAsymmetry,
-                    severity: Severity::Warning,
-                    summary: format!(
+                ev.verdicts.push(Verdict::firing(
+                    FindingKind::LatencyAsymmetry,
+                    lat_step,
+                    Severity::Warning,
+                    format!(
                         "RTT to {peer} {:.1} ms, baseline {:.1} ms (+{:.1} ms); slower direction: {d}",
                         cur * 1e3,
                         base * 1e3,
                         delta * 1e3
                     ),
-                    evidence: e,
-                    fired: lat_step == Step::Fire,
-                });
+                    e,
+                ));
             }
-            (Step::Resolve, _) => ev.verdicts.push(Verdict::Resolve(FindingKind::LatencyAsymmetry)),
+            (Step::Resolve, _) => ev.verdicts.push(Verdict::resolved(FindingKind::LatencyAsymmetry)),
             _ => {}
         }
         // The baseline learns only from normal times.

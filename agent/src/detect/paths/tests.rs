@@ -3,6 +3,7 @@ use std::time::Duration;
 use graydar_common::api::{Evidence, FindingKind, Severity};
 
 use super::*;
+use crate::detect::Transition;
 use crate::probes::path_mesh::{RxOutcome, RxReport};
 
 fn cfg() -> PathsConfig {
@@ -48,15 +49,15 @@ fn tick(at: u64, out_lost: u64, in_lost: u64) -> Tick {
 fn fired(ev: &Evaluation, kind: FindingKind) -> bool {
     ev.verdicts
         .iter()
-        .any(|v| matches!(v, Verdict::Firing { kind: k, fired: true, .. } if *k == kind))
+        .any(|v| v.kind == kind && matches!(v.transition, Some(Transition::Fired(_))))
 }
 fn firing(ev: &Evaluation, kind: FindingKind) -> bool {
-    ev.verdicts
-        .iter()
-        .any(|v| matches!(v, Verdict::Firing { kind: k, .. } if *k == kind))
+    ev.verdicts.iter().any(|v| v.kind == kind && v.is_firing())
 }
 fn resolved(ev: &Evaluation, kind: FindingKind) -> bool {
-    ev.verdicts.contains(&Verdict::Resolve(kind))
+    ev.verdicts
+        .iter()
+        .any(|v| v.kind == kind && v.transition == Some(Transition::Resolved))
 }
 
 #[test]
@@ -81,7 +82,7 @@ fn one_way_loss_fires_at_the_source_and_resolves_with_hysteresis() {
         let ev = d.evaluate(tick(t, u64::from(t % 10 == 0) * 5 + 1, 0), "a", "b", Some("b"));
         if fired(&ev, FindingKind::OneWayLoss) {
             fired_at = Some(t);
-            let Some(Verdict::Firing { evidence, summary, .. }) = ev.verdicts.first() else {
+            let Some(Verdict { evidence, summary, .. }) = ev.verdicts.first().filter(|v| v.is_firing()) else {
                 panic!("verdict")
             };
             assert_eq!(evidence.get("direction"), Some(&Evidence::from("a -> b")));
@@ -132,15 +133,11 @@ fn blackout_one_way_is_asymmetric_connectivity_not_one_way_loss() {
         let ev = d.evaluate(k, "a", "b", Some("b"));
         assert!(!firing(&ev, FindingKind::OneWayLoss), "t={t}");
         if fired(&ev, FindingKind::AsymmetricConnectivity) {
-            let Some(Verdict::Firing { evidence, severity, .. }) = ev.verdicts.iter().find(|v| {
-                matches!(
-                    v,
-                    Verdict::Firing {
-                        kind: FindingKind::AsymmetricConnectivity,
-                        ..
-                    }
-                )
-            }) else {
+            let Some(Verdict { evidence, severity, .. }) = ev
+                .verdicts
+                .iter()
+                .find(|v| v.kind == FindingKind::AsymmetricConnectivity && v.is_firing())
+            else {
                 panic!()
             };
             assert_eq!(evidence.get("direction"), Some(&Evidence::from("a -> b")));
@@ -204,7 +201,7 @@ fn longer_direction_owns_the_asymmetric_route() {
         a_fired |= firing(&ea, FindingKind::AsymmetricRoute);
         if fired(&eb, FindingKind::AsymmetricRoute) {
             b_fired = true;
-            let Some(Verdict::Firing { evidence, .. }) = eb.verdicts.first() else {
+            let Some(Verdict { evidence, .. }) = eb.verdicts.first().filter(|v| v.is_firing()) else {
                 panic!()
             };
             assert_eq!(evidence.get("hops_fwd"), Some(&Evidence::Number(2.0)));
@@ -249,7 +246,7 @@ fn latency_asymmetry_needs_factor_and_floor_and_names_the_direction() {
         k.rtts = vec![0.021; 10];
         k.fwd_owd = vec![0.0205; 3];
         let ev = d.evaluate(k, "a", "b", Some("b"));
-        if let Some(Verdict::Firing { evidence, .. }) = ev.verdicts.first() {
+        if let Some(Verdict { evidence, .. }) = ev.verdicts.first().filter(|v| v.is_firing()) {
             got = Some(evidence.clone());
             break;
         }

@@ -232,7 +232,13 @@ impl Mesh {
         act
     }
 
-    pub(super) fn reply(&self, probe: &Datagram, report: path_mesh::RxReport, rx_ns: u64, rx_ttl: Option<u8>) -> Vec<u8> {
+    pub(super) fn reply(
+        &self,
+        probe: &Datagram,
+        report: path_mesh::RxReport,
+        rx_ns: u64,
+        rx_ttl: Option<u8>,
+    ) -> Vec<u8> {
         let flags = self
             .peers
             .values()
@@ -447,4 +453,3 @@ mod tests {
         assert_eq!(removed[0].name, "d");
     }
 }
-
