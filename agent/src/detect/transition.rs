@@ -115,6 +115,10 @@ pub enum Evaluation {
     /// No data: neither extends nor breaks a streak, unless the last bad
     /// evaluation is older than `fire_after`.
     NoData,
+    /// Activity without a severity of its own (an event below the firing
+    /// threshold): keeps a firing finding from resolving, as a bad
+    /// evaluation would, but neither fires nor changes its severity.
+    Active,
 }
 
 /// Time-based hysteresis of one subject (times on a monotonic clock).
@@ -155,6 +159,10 @@ impl TimedHysteresis {
                     _ => {}
                 }
                 return transition;
+            }
+            Evaluation::Active => {
+                self.last_bad = Some(now);
+                return None;
             }
             Evaluation::Good => self.bad_since = None,
             Evaluation::NoData => {
@@ -231,6 +239,24 @@ mod tests {
         assert_eq!(h.step(rule, s(6), Evaluation::Good), None);
         assert_eq!(h.step(rule, s(8), Evaluation::NoData), None);
         assert_eq!(h.step(rule, s(9), Evaluation::Good), Some(Transition::Resolved));
+        // Activity keeps it firing but does not fire by itself.
+        assert_eq!(
+            h.step(rule, s(9) + s(1) / 2, Evaluation::Active),
+            None,
+            "not firing: activity alone does not fire"
+        );
+        let mut f = TimedHysteresis::default();
+        let instant = TimedRule {
+            fire_after: Duration::ZERO,
+            resolve_after: s(5),
+        };
+        assert_eq!(
+            f.step(instant, s(0), Evaluation::Bad(Severity::Warning)),
+            Some(Transition::Fired(Severity::Warning))
+        );
+        assert_eq!(f.step(instant, s(4), Evaluation::Active), None);
+        assert_eq!(f.step(instant, s(8), Evaluation::NoData), None, "active at 4 s");
+        assert_eq!(f.step(instant, s(9), Evaluation::NoData), Some(Transition::Resolved));
         // A broken streak starts over.
         assert_eq!(h.step(rule, s(10), Evaluation::Bad(Severity::Warning)), None);
         assert_eq!(h.step(rule, s(11), Evaluation::Good), None);
