@@ -77,7 +77,7 @@ pub struct FileConfig {
     /// `[incast]`: TCP incast probes and detector.
     #[serde(default)]
     pub incast: IncastConfig,
-    /// `[paths]`: the path-probe mesh (agent/src/paths.rs).
+    /// `[paths]`: the path-probe mesh (agent/src/signals/paths.rs).
     #[serde(default)]
     pub paths: crate::detect::paths::PathsConfig,
     /// `[routes]`: route / link / neighbour churn and the route_flap detector.

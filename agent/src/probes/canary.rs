@@ -10,7 +10,7 @@
 //!   for — not the journal's handling of a create/unlink.
 //! - The call runs on its own OS thread (never a tokio worker), so a disk
 //!   that hangs blocks only that thread. The thread publishes when its
-//!   current call started; a watchdog (agent/src/disk.rs) reads that and
+//!   current call started; a watchdog (agent/src/signals/disk.rs) reads that and
 //!   raises `disk_hung` the moment a call exceeds the stall limit, while the
 //!   rest of the agent, /metrics included, keeps running.
 //! - A hung thread is never joined: at shutdown it is abandoned.

@@ -4,7 +4,7 @@
 //! on `tcp_retransmit_skb`.
 //!
 //! Reading the maps is the only I/O here; turning readings into endpoint
-//! samples, metrics and findings is agent/src/incast.rs and
+//! samples, metrics and findings is agent/src/signals/incast.rs and
 //! agent/src/detect/incast.rs.
 
 use std::collections::{BTreeMap, HashMap};

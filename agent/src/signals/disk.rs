@@ -1,19 +1,22 @@
 //! The disk signal end to end.
 //!
-//! - eBPF (one object load, ebpf/src/{fsync,block_io}.rs): fsync/fdatasync
+//! - eBPF (programs of the shared object, agent/src/ebpf.rs;
+//!   ebpf/src/{fsync,block_io}.rs): fsync/fdatasync
 //!   latency per block device and block request latency per device and op,
 //!   as per-CPU histograms; errors of block requests.
 //! - `/proc/diskstats`: IOPS, throughput, await, in-flight, utilization.
 //! - Canaries: one OS thread per configured directory (none by default),
 //!   4 KiB write + fdatasync every `canary_interval`; a watchdog thread
-//!   checks them every 100 ms and raises `disk_hung` the moment a call has
-//!   been in flight for `canary_stall_limit`, independently of the sampling
-//!   loop and of tokio (a hung disk must not delay the alarm about it).
+//!   checks them every 100 ms and raises `disk_hung` (agent/src/detect/disk_hung.rs)
+//!   the moment a call has been in flight for `canary_stall_limit`,
+//!   independently of the sampling loop and of tokio (a hung disk must not
+//!   delay the alarm about it): the one finding written to the store outside
+//!   the runner.
 //!
 //! Every `interval` [`DiskSignal::sample`] mirrors the histograms into
 //! Prometheus, feeds `fsync_latency` (per device, both ops merged) and
 //! `disk_slow` (per whole device, diskstats await at comparable load), and
-//! updates the findings.
+//! returns the finding updates.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! peer; every probe is answered; every datagram carries the sender's report
 //! of what it received from the destination. Once a second each peer's
 //! outcomes become a [`Tick`] for the pair detectors
-//! (agent/src/detect/paths.rs), whose verdicts go to the finding store; a
+//! (agent/src/detect/paths/), whose verdicts go to the finding store; a
 //! suspect pair is traced both ways with the Paris traceroute
 //! (agent/src/probes/traceroute.rs), the peer's hop list coming back over the
 //! mesh. With a `[controller]`, the agent pushes its per-peer view and gets

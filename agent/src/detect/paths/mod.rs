@@ -1,6 +1,6 @@
 //! Path detectors of the probe mesh: `one_way_loss`, `asymmetric_connectivity`,
 //! `asymmetric_route`, `latency_asymmetry`, per peer pair. Pure: no I/O, no
-//! clock; agent/src/paths.rs feeds one [`Tick`] per evaluation (1 s).
+//! clock; agent/src/signals/paths.rs feeds one [`Tick`] per evaluation (1 s).
 //!
 //! Each agent sees both directions of its own pairs (the peer's report in
 //! every datagram, agent/src/probes/path_mesh.rs), so the pair detectors run
