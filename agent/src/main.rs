@@ -6,19 +6,15 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use clap::Parser as _;
 use graydar_agent::config::{Cli, Config};
-use graydar_agent::ebpf;
 use graydar_agent::findings::FindingStore;
 use graydar_agent::http::{AppState, router};
 use graydar_agent::metrics::Metrics;
-use graydar_agent::probes::kernel_drops::{self, KernelDropsProbe};
 use graydar_agent::signals::disk::DiskSignal;
 use graydar_agent::signals::drops::DropSignal;
 use graydar_agent::signals::incast::IncastSignal;
-use graydar_agent::signals::incast::fanin_config;
 use graydar_agent::signals::paths::PathsSignal;
 use graydar_agent::signals::routes::RouteSignal;
-use graydar_agent::signals::{Context, Runner};
-use graydar_agent::sys;
+use graydar_agent::signals::{self, Context, Runner};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -81,8 +77,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
 
     // The eBPF object, loaded once; each probe takes its programs from it.
-    let mut ebpf = load_ebpf(&cfg);
-    let kernel = start_kernel_drops(&cfg, &metrics, &mut ebpf);
+    let mut ebpf = signals::load_ebpf(&cfg);
+    let kernel = signals::drops::start_kernel_probe(&cfg, &metrics, &mut ebpf);
     // Controller reporter (issue 4): only with a [controller] section.
     let reporter = match &cfg.controller {
         Some(section) => Some(
@@ -182,64 +178,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Ok(r) => r.context("http server")?,
         Err(e) => tracing::warn!(error = %e, "http task"),
     }
-    // Dropping the probes detaches the eBPF programs.
+    // The runner dropped the signals and with them the eBPF object: programs detached.
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The eBPF object with every probe's globals; why not, when it cannot be
-/// loaded (each probe then reports itself down).
-fn load_ebpf(cfg: &Config) -> Result<ebpf::Programs, ebpf::Unavailable> {
-    if !sys::can_load_bpf() {
-        tracing::warn!(
-            "not root and no CAP_BPF+CAP_PERFMON: eBPF probes disabled; the sysfs, softnet and qdisc collectors keep running"
-        );
-        return Err(ebpf::Unavailable::NotAllowed);
-    }
-    sys::ensure_pseudo_filesystems();
-    ebpf::load(&cfg.sysfs_root, &fanin_config(cfg)).map_err(ebpf::Unavailable::Failed)
-}
-
-fn start_kernel_drops(
-    cfg: &Config,
-    metrics: &Metrics,
-    ebpf: &mut Result<ebpf::Programs, ebpf::Unavailable>,
-) -> Option<KernelDropsProbe> {
-    let up = metrics.probe_up.with_label_values(&[kernel_drops::PROBE]);
-    let started = match ebpf {
-        Ok(programs) => programs.take_drops().and_then(|(offsets, reasons)| {
-            KernelDropsProbe::start(
-                programs.object(),
-                programs.btf(),
-                &offsets,
-                reasons,
-                sys::own_netns_inode(),
-                cfg.ebpf.kfree_skb,
-            )
-        }),
-        Err(ebpf::Unavailable::NotAllowed) => {
-            up.set(0);
-            return None;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "kernel drop probe disabled");
-            up.set(0);
-            return None;
-        }
-    };
-    match started {
-        Ok(p) => {
-            tracing::info!(program = p.program(), "eBPF probe kfree_skb attached");
-            metrics.ebpf_programs_attached.add(1);
-            up.set(1);
-            Some(p)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "kernel drop probe disabled");
-            up.set(0);
-            None
-        }
-    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (not on first poll), so a

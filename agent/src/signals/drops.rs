@@ -12,12 +12,14 @@ use graydar_common::api::{Evidence, FindingKind, Severity};
 use super::{Context, Signal, Update};
 use crate::config::Config;
 use crate::detect::drops::{CounterSample, DropDetector, Observation};
+use crate::ebpf::{Programs, Unavailable};
 use crate::findings::Report;
 use crate::metrics::{CounterMirror, Metrics};
 use crate::probes::kernel_drops::{self, KernelDropsProbe, KernelDropsSnapshot};
 use crate::probes::nic::{self, NicStats};
 use crate::probes::qdisc::{self, QdiscStats};
 use crate::probes::softnet;
+use crate::sys;
 
 /// `TC_H_ROOT` from linux/pkt_sched.h: parent of a root qdisc.
 const TC_H_ROOT: u32 = 0xFFFF_FFFF;
@@ -425,6 +427,51 @@ impl Signal for DropSignal {
 
     async fn sample(&mut self) -> Vec<Update> {
         DropSignal::sample(self).await
+    }
+}
+
+/// The kfree_skb probe, attached before the signals start (the controller
+/// registration says whether it runs); `None` when it cannot (logged,
+/// `graydar_probe_up{probe="kfree_skb"}` 0).
+pub fn start_kernel_probe(
+    cfg: &Config,
+    metrics: &Metrics,
+    ebpf: &mut Result<Programs, Unavailable>,
+) -> Option<KernelDropsProbe> {
+    let up = metrics.probe_up.with_label_values(&[kernel_drops::PROBE]);
+    let started = match ebpf {
+        Ok(programs) => programs.take_drops().and_then(|(offsets, reasons)| {
+            KernelDropsProbe::start(
+                programs.object(),
+                programs.btf(),
+                &offsets,
+                reasons,
+                sys::own_netns_inode(),
+                cfg.ebpf.kfree_skb,
+            )
+        }),
+        Err(Unavailable::NotAllowed) => {
+            up.set(0);
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel drop probe disabled");
+            up.set(0);
+            return None;
+        }
+    };
+    match started {
+        Ok(p) => {
+            tracing::info!(program = p.program(), "eBPF probe kfree_skb attached");
+            metrics.ebpf_programs_attached.add(1);
+            up.set(1);
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel drop probe disabled");
+            up.set(0);
+            None
+        }
     }
 }
 

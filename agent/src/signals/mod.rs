@@ -110,6 +110,19 @@ pub trait Signal: Send + Sized + 'static {
     }
 }
 
+/// The eBPF object with every probe's globals; why not, when it cannot be
+/// loaded (each probe then reports itself down).
+pub fn load_ebpf(cfg: &Config) -> Result<Programs, Unavailable> {
+    if !crate::sys::can_load_bpf() {
+        tracing::warn!(
+            "not root and no CAP_BPF+CAP_PERFMON: eBPF probes disabled; the sysfs, softnet and qdisc collectors keep running"
+        );
+        return Err(Unavailable::NotAllowed);
+    }
+    crate::sys::ensure_pseudo_filesystems();
+    crate::ebpf::load(&cfg.sysfs_root, &incast::fanin_config(cfg)).map_err(Unavailable::Failed)
+}
+
 /// Counts (`graydar_collector_errors_total`) and logs a failed collection.
 pub(crate) fn collector_error(metrics: &Metrics, collector: &str, err: &dyn std::fmt::Display) {
     metrics.collector_errors.with_label_values(&[collector]).inc();
