@@ -176,4 +176,101 @@ mod tests {
         );
         assert!(!store.is_firing(FindingKind::Incast, "10.0.0.1:80"));
     }
+
+    /// A signal that fires one finding on its first sample, resolves it on
+    /// its first event and records that it was stopped.
+    struct Fake {
+        samples: usize,
+        events: usize,
+        stopped: Arc<AtomicBool>,
+    }
+
+    impl Signal for Fake {
+        const NAME: &'static str = "fake";
+        const GATES_READINESS: bool = true;
+
+        fn start(_ctx: &mut Context) -> Option<Self> {
+            None
+        }
+
+        fn interval(&self) -> Duration {
+            Duration::from_millis(10)
+        }
+
+        async fn sample(&mut self) -> Vec<Update> {
+            self.samples += 1;
+            if self.samples == 1 {
+                vec![Update::Apply(
+                    Some(Transition::Fired(Severity::Critical)),
+                    report(FindingKind::Incast, "ep"),
+                )]
+            } else {
+                Vec::new()
+            }
+        }
+
+        async fn next_event(&mut self) -> Vec<Update> {
+            if self.samples == 0 || self.events > 0 {
+                return std::future::pending().await;
+            }
+            self.events += 1;
+            vec![Update::Resolve(FindingKind::Incast, "ep".into())]
+        }
+
+        fn export(&self, metrics: &Metrics) {
+            metrics
+                .route_flapping_prefixes
+                .set(i64::try_from(self.samples).unwrap_or(0));
+        }
+
+        async fn stop(self) {
+            self.stopped.store(true, Ordering::Release);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_runner_samples_applies_events_gates_readiness_and_stops() {
+        let findings = Arc::new(Mutex::new(FindingStore::new("n", Duration::from_secs(60))));
+        let metrics = Arc::new(Metrics::new());
+        let ready = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run(
+            Fake {
+                samples: 0,
+                events: 0,
+                stopped: stopped.clone(),
+            },
+            findings.clone(),
+            metrics.clone(),
+            ready.clone(),
+            stop_rx,
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let listed = |f: &Mutex<FindingStore>| f.lock().expect("lock").list(SystemTime::now());
+        while listed(&findings)
+            .first()
+            .is_none_or(|f| f.state != FindingState::Resolved)
+        {
+            assert!(std::time::Instant::now() < deadline, "{:?}", listed(&findings));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(ready.load(Ordering::Acquire), "ready after the first sample");
+        assert!(
+            metrics.route_flapping_prefixes.get() >= 1,
+            "the signal's own export ran"
+        );
+        assert_eq!(
+            metrics.findings_active.with_label_values(&["incast", "critical"]).get(),
+            0,
+            "the store was exported after the event"
+        );
+        assert!(!stopped.load(Ordering::Acquire));
+        stop_tx.send(true).expect("send");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the runner stops")
+            .expect("task");
+        assert!(stopped.load(Ordering::Acquire), "Signal::stop ran");
+    }
 }
