@@ -97,7 +97,6 @@ pub fn start_ebpf(programs: &mut Programs, metrics: &Metrics) -> DiskEbpf {
         (fsync::PROBE, fsync_reader.is_some()),
         (block_io::PROBE, block_reader.is_some()),
     ] {
-        metrics.probe_up.with_label_values(&[probe]).set(i64::from(up));
         if up {
             metrics
                 .ebpf_programs_attached
@@ -218,11 +217,6 @@ impl DiskSignal {
                 }
             }
         }
-        metrics
-            .probe_up
-            .with_label_values(&["canary"])
-            .set(i64::from(canaries.len() == cfg.canary_directories.len()));
-        metrics.probe_up.with_label_values(&["diskstats"]).set(1);
         DiskSignal {
             fsync_det: FsyncDetector::new(cfg.fsync.clone()),
             slow_det: SlowDetector::new(cfg.slow.clone()),
@@ -594,9 +588,6 @@ impl Signal for DiskSignal {
                     if !matches!(e, Unavailable::NotAllowed) {
                         tracing::warn!(error = %e, "disk eBPF probes disabled; diskstats and canaries keep running");
                     }
-                    for p in ["fsync", "block_io"] {
-                        metrics.probe_up.with_label_values(&[p]).set(0);
-                    }
                     None
                 }
             }
@@ -613,6 +604,20 @@ impl Signal for DiskSignal {
 
     fn interval(&self) -> Duration {
         self.cfg.interval
+    }
+
+    fn probes(&self) -> Vec<(&'static str, bool)> {
+        let mut p = vec![
+            ("diskstats", true),
+            ("canary", self.canaries.len() == self.cfg.canary_directories.len()),
+        ];
+        // `[disk] ebpf = false`: no series (disabled, not down).
+        if self.cfg.ebpf {
+            let e = self.ebpf.as_ref();
+            p.push((fsync::PROBE, e.is_some_and(|e| e.fsync.is_some())));
+            p.push((block_io::PROBE, e.is_some_and(|e| e.block.is_some())));
+        }
+        p
     }
 
     /// Starts the canary watchdog thread.

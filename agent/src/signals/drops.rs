@@ -409,10 +409,6 @@ impl Signal for DropSignal {
     const GATES_READINESS: bool = true;
 
     fn start(ctx: &mut Context) -> Option<Self> {
-        let up = |p: &str, v: bool| ctx.metrics.probe_up.with_label_values(&[p]).set(i64::from(v));
-        up("qdisc", ctx.netlink.is_some());
-        up("sysfs_net", true);
-        up("softnet_stat", true);
         Some(DropSignal::new(
             ctx.cfg.clone(),
             ctx.metrics.clone(),
@@ -428,17 +424,25 @@ impl Signal for DropSignal {
     async fn sample(&mut self) -> Vec<Update> {
         DropSignal::sample(self).await
     }
+
+    fn probes(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("sysfs_net", true),
+            ("softnet_stat", true),
+            ("qdisc", self.netlink.is_some()),
+            (kernel_drops::PROBE, self.kernel.is_some()),
+        ]
+    }
 }
 
 /// The kfree_skb probe, attached before the signals start (the controller
-/// registration says whether it runs); `None` when it cannot (logged,
-/// `graydar_probe_up{probe="kfree_skb"}` 0).
+/// registration says whether it runs); `None` when it cannot (logged; the
+/// drops signal reports it down).
 pub fn start_kernel_probe(
     cfg: &Config,
     metrics: &Metrics,
     ebpf: &mut Result<Programs, Unavailable>,
 ) -> Option<KernelDropsProbe> {
-    let up = metrics.probe_up.with_label_values(&[kernel_drops::PROBE]);
     let started = match ebpf {
         Ok(programs) => programs.take_drops().and_then(|(offsets, reasons)| {
             KernelDropsProbe::start(
@@ -450,13 +454,9 @@ pub fn start_kernel_probe(
                 cfg.ebpf.kfree_skb,
             )
         }),
-        Err(Unavailable::NotAllowed) => {
-            up.set(0);
-            return None;
-        }
+        Err(Unavailable::NotAllowed) => return None,
         Err(e) => {
             tracing::warn!(error = %e, "kernel drop probe disabled");
-            up.set(0);
             return None;
         }
     };
@@ -464,12 +464,10 @@ pub fn start_kernel_probe(
         Ok(p) => {
             tracing::info!(program = p.program(), "eBPF probe kfree_skb attached");
             metrics.ebpf_programs_attached.add(1);
-            up.set(1);
             Some(p)
         }
         Err(e) => {
             tracing::warn!(error = %e, "kernel drop probe disabled");
-            up.set(0);
             None
         }
     }

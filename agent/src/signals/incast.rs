@@ -478,27 +478,35 @@ impl Signal for IncastSignal {
     async fn sample(&mut self) -> Vec<Update> {
         IncastSignal::sample(self)
     }
+
+    fn probes(&self) -> Vec<(&'static str, bool)> {
+        // Disabled by configuration: no graydar_probe_up series at all (0 means
+        // "wanted but not working", which GraydarProbeDown alerts on).
+        if !self.cfg.incast.enabled {
+            return Vec::new();
+        }
+        vec![
+            (tcp_fanin::PROBE_FANIN, self.probe.is_some()),
+            (
+                tcp_fanin::PROBE_RETRANS,
+                self.probe.as_ref().is_some_and(TcpProbe::retransmits_enabled),
+            ),
+        ]
+    }
 }
 
 /// The TCP incast probes (tc ingress fan-in counter, tcp_retransmit_skb);
 /// `None` when disabled or when the kernel refuses them (logged).
 fn start_probe(cfg: &Config, metrics: &Metrics, ebpf: &mut Result<Programs, Unavailable>) -> Option<TcpProbe> {
-    use tcp_fanin::{PROBE_FANIN, PROBE_RETRANS};
-    // Disabled by configuration: no graydar_probe_up series at all (0 means
-    // "wanted but not working", which GraydarProbeDown alerts on).
     if !cfg.incast.enabled {
         return None;
     }
-    let up = metrics.probe_up.with_label_values(&[PROBE_FANIN]);
-    let up_r = metrics.probe_up.with_label_values(&[PROBE_RETRANS]);
     let programs = match ebpf {
         Ok(p) => p,
         Err(e) => {
             if !matches!(e, Unavailable::NotAllowed) {
                 tracing::warn!(error = %e, "TCP incast probes disabled");
             }
-            up.set(0);
-            up_r.set(0);
             return None;
         }
     };
@@ -511,14 +519,10 @@ fn start_probe(cfg: &Config, metrics: &Metrics, ebpf: &mut Result<Programs, Unav
             metrics
                 .ebpf_programs_attached
                 .add(1 + i64::from(p.retransmits_enabled()));
-            up.set(1);
-            up_r.set(i64::from(p.retransmits_enabled()));
             Some(p)
         }
         Err(e) => {
             tracing::warn!(error = %e, "TCP incast probes disabled");
-            up.set(0);
-            up_r.set(0);
             None
         }
     }

@@ -101,6 +101,14 @@ pub trait Signal: Send + Sized + 'static {
         std::future::pending()
     }
 
+    /// The probes this signal wants, each with whether it runs now; the
+    /// runner sets `graydar_probe_up` from it after the start and after every
+    /// step. A probe disabled by configuration is not listed (no series:
+    /// disabled, not down).
+    fn probes(&self) -> Vec<(&'static str, bool)> {
+        Vec::new()
+    }
+
     /// Metrics of the signal's own state, set after each store update.
     fn export(&self, _metrics: &Metrics) {}
 

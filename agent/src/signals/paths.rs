@@ -93,10 +93,10 @@ impl Shared {
         let v4 = bind(false);
         let v6 = bind(true);
         if v4.is_none() && v6.is_none() {
+            // The signal does not run, so the runner cannot report it.
             up.set(0);
             return None;
         }
-        up.set(1);
         let epoch = fastrand::u32(1..);
         let mut mesh = Mesh {
             me: cfg.hostname.clone(),
@@ -475,6 +475,10 @@ impl Signal for PathsSignal {
 
     async fn sample(&mut self) -> Vec<Update> {
         self.shared.evaluate().await
+    }
+
+    fn probes(&self) -> Vec<(&'static str, bool)> {
+        vec![("path_mesh", true)]
     }
 
     async fn stop(self) {

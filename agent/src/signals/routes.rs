@@ -334,24 +334,19 @@ impl RouteSignal {
     }
 
     /// Subscribes to the route, link and neighbour groups unless `[routes]`
-    /// disables it or the kernel refuses (logged); sets
-    /// `graydar_probe_up{probe="route_churn"}`. Call it before the agent
+    /// disables it or the kernel refuses (logged). Call it before the agent
     /// reports ready: events from then on are buffered in the socket.
-    pub fn start_probe(cfg: &RoutesConfig, metrics: &Metrics) -> Option<RouteChurnProbe> {
-        // Disabled by configuration: no probe_up series (disabled, not down).
+    pub fn start_probe(cfg: &RoutesConfig) -> Option<RouteChurnProbe> {
         if !cfg.enabled {
             return None;
         }
-        let up = metrics.probe_up.with_label_values(&[PROBE]);
         match RouteChurnProbe::start() {
             Ok(p) => {
                 tracing::info!("route_churn: subscribed to route, link and neighbour events");
-                up.set(1);
                 Some(p)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "route_churn disabled");
-                up.set(0);
                 None
             }
         }
@@ -364,7 +359,7 @@ impl Signal for RouteSignal {
     /// Subscribes (see [`RouteSignal::start_probe`]); without a subscription
     /// it only keeps the clock.
     fn start(ctx: &mut Context) -> Option<Self> {
-        let probe = RouteSignal::start_probe(&ctx.cfg.routes, &ctx.metrics);
+        let probe = RouteSignal::start_probe(&ctx.cfg.routes);
         Some(RouteSignal::new(ctx.cfg.routes.clone(), ctx.metrics.clone(), probe))
     }
 
@@ -394,10 +389,18 @@ impl Signal for RouteSignal {
             None => {
                 self.metrics.collector_errors.with_label_values(&[PROBE]).inc();
                 tracing::warn!("route_churn: the netlink socket closed; route churn detection stopped");
-                self.metrics.probe_up.with_label_values(&[PROBE]).set(0);
                 self.probe = None;
                 Vec::new()
             }
+        }
+    }
+
+    fn probes(&self) -> Vec<(&'static str, bool)> {
+        // Disabled by configuration: no series (disabled, not down).
+        if self.cfg.enabled {
+            vec![(PROBE, self.probe.is_some())]
+        } else {
+            Vec::new()
         }
     }
 

@@ -39,6 +39,7 @@ impl Runner {
             tracing::debug!(signal = S::NAME, "signal not started");
             return self;
         };
+        probe_up(&self.ctx.metrics, &signal);
         let task = tokio::spawn(run(
             signal,
             Arc::clone(&self.ctx.findings),
@@ -76,6 +77,7 @@ async fn run<S: Signal>(
                 let updates = signal.sample().await;
                 apply(&findings, &metrics, updates);
                 signal.export(&metrics);
+                probe_up(&metrics, &signal);
                 if S::GATES_READINESS {
                     ready.store(true, Ordering::Release);
                 }
@@ -85,11 +87,19 @@ async fn run<S: Signal>(
                     apply(&findings, &metrics, updates);
                     signal.export(&metrics);
                 }
+                probe_up(&metrics, &signal);
             }
             _ = stop.changed() => break,
         }
     }
     signal.stop().await;
+}
+
+/// `graydar_probe_up` of the signal's probes.
+fn probe_up<S: Signal>(metrics: &Metrics, signal: &S) {
+    for (probe, up) in signal.probes() {
+        metrics.probe_up.with_label_values(&[probe]).set(i64::from(up));
+    }
 }
 
 /// Applies one step's updates to the store and re-exports the finding metrics.
