@@ -13,6 +13,7 @@ use graydar_common::api::{
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::detect::Transition;
 use crate::metrics::Metrics;
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -49,6 +50,7 @@ struct Entry {
 }
 
 /// What a detector says about one subject at one evaluation.
+#[derive(Debug)]
 pub struct Report {
     pub kind: FindingKind,
     pub subject: String,
@@ -119,7 +121,24 @@ impl FindingStore {
         &self.host
     }
 
+    /// Applies what a detector decided about `report`'s subject: a fired or
+    /// changed finding takes the transition's severity and the report's
+    /// summary and evidence; a resolved one resolves; without a transition a
+    /// firing finding takes the report's evidence (its summary and severity
+    /// stay), and a subject that is not firing is left alone.
+    pub fn apply(&mut self, transition: Option<Transition>, report: Report, now: SystemTime) {
+        match transition {
+            Some(Transition::Fired(severity) | Transition::SeverityChanged(severity)) => {
+                self.firing(Report { severity, ..report }, now)
+            }
+            Some(Transition::Resolved) => self.resolve(report.kind, &report.subject, now),
+            None => self.refresh(report.kind, &report.subject, report.evidence, now),
+        }
+    }
+
     /// The finding starts (or keeps) firing, with fresh severity and evidence.
+    /// Signals whose detector restates a firing finding at every evaluation
+    /// (fresh summary and severity, not only evidence) call this directly.
     pub fn firing(&mut self, r: Report, now: SystemTime) {
         let ts = rfc3339(now);
         let key = (r.kind, r.subject.clone());
@@ -276,6 +295,44 @@ mod tests {
         assert_eq!(l[0].since, rfc3339(t0));
         assert_eq!(l[0].id, finding_id("node1", FindingKind::NicDrops, "eth0/rx"));
         assert_eq!(l[0].runbook, "nic-drops");
+    }
+
+    #[test]
+    fn apply_maps_each_transition_onto_the_finding() {
+        let mut s = FindingStore::new("node1", Duration::from_secs(60));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        s.apply(None, report(Severity::Warning), t0);
+        assert!(s.list(t0).is_empty(), "no transition, not firing: nothing");
+        s.apply(
+            Some(Transition::Fired(Severity::Critical)),
+            report(Severity::Warning),
+            t0,
+        );
+        assert_eq!(
+            s.list(t0)[0].severity,
+            Severity::Critical,
+            "the transition's severity wins"
+        );
+        let mut quiet = report(Severity::Warning);
+        quiet.summary = "new summary".into();
+        quiet.evidence.insert("short_ratio".into(), Evidence::Number(0.5));
+        s.apply(None, quiet, t0 + Duration::from_secs(1));
+        let f = &s.list(t0)[0];
+        assert_eq!(f.severity, Severity::Critical);
+        assert_eq!(f.summary, "2.0% of packets dropped", "no transition keeps the summary");
+        assert_eq!(f.evidence["short_ratio"], Evidence::Number(0.5));
+        s.apply(
+            Some(Transition::SeverityChanged(Severity::Warning)),
+            report(Severity::Critical),
+            t0 + Duration::from_secs(2),
+        );
+        assert_eq!(s.list(t0)[0].severity, Severity::Warning);
+        s.apply(
+            Some(Transition::Resolved),
+            report(Severity::Warning),
+            t0 + Duration::from_secs(3),
+        );
+        assert_eq!(s.list(t0 + Duration::from_secs(3))[0].state, FindingState::Resolved);
     }
 
     #[test]

@@ -6,13 +6,15 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use clap::Parser as _;
 use graydar_agent::config::{Cli, Config};
-use graydar_agent::drops::DropSignal;
 use graydar_agent::findings::FindingStore;
 use graydar_agent::http::{AppState, router};
-use graydar_agent::incast::{IncastSignal, fanin_config};
 use graydar_agent::metrics::Metrics;
-use graydar_agent::probes::kernel_drops::{self, KernelDropsProbe};
-use graydar_agent::sys;
+use graydar_agent::signals::disk::DiskSignal;
+use graydar_agent::signals::drops::DropSignal;
+use graydar_agent::signals::incast::IncastSignal;
+use graydar_agent::signals::paths::PathsSignal;
+use graydar_agent::signals::routes::RouteSignal;
+use graydar_agent::signals::{self, Context, Runner};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +37,9 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr)
         .init();
+    for d in &cfg.deprecations {
+        tracing::warn!("configuration: {d}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -61,7 +66,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let findings = Arc::new(Mutex::new(FindingStore::new(
         cfg.hostname.clone(),
-        cfg.drops.resolved_retention,
+        cfg.resolved_retention,
     )));
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -71,7 +76,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
     let shutdown = shutdown_signal();
 
-    let kernel = start_kernel_drops(&cfg, &metrics);
+    // The eBPF object, loaded once; each probe takes its programs from it.
+    let mut ebpf = signals::load_ebpf(&cfg);
+    let kernel = signals::drops::start_kernel_probe(&cfg, &metrics, &mut ebpf);
     // The controller channel (agent/src/channel/), shared by the reporter,
     // fault assignments and the path mesh: only with a [controller] section.
     let channel = match &cfg.controller {
@@ -92,19 +99,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let netlink = match rtnetlink::new_connection() {
         Ok((conn, handle, _)) => {
             tokio::spawn(conn);
-            metrics.probe_up.with_label_values(&["qdisc"]).set(1);
             Some(handle)
         }
         Err(e) => {
             tracing::warn!(error = %e, "netlink unavailable: qdisc statistics disabled");
-            metrics.probe_up.with_label_values(&["qdisc"]).set(0);
             None
         }
     };
-    metrics.probe_up.with_label_values(&["sysfs_net"]).set(1);
-    metrics.probe_up.with_label_values(&["softnet_stat"]).set(1);
 
-    // Faults (issue 5): reverts what a previous run left applied, before anything else.
+    // Faults: reverts what a previous run left applied, before anything else.
     let faults = graydar_agent::faults::runtime::FaultRuntime::start(&cfg.state_dir, netlink.clone()).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Fault assignments from the controller (long-poll; agent/src/faults/assign.rs).
@@ -122,27 +125,29 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    // Subscribed before the agent reports ready (the drop sampler's first round).
-    let routes_probe = graydar_agent::routes::RouteSignal::start_probe(&cfg.routes, &metrics);
-    let signal = DropSignal::new(cfg.clone(), metrics.clone(), findings.clone(), kernel, netlink);
-    let sampler = tokio::spawn(signal.run(ready.clone(), stop_rx.clone()));
-    let incast = IncastSignal::new(
-        cfg.clone(),
-        metrics.clone(),
-        findings.clone(),
-        start_incast(&cfg, &metrics),
+    // The signals (agent/src/signals/), one runner for all. Routes first:
+    // subscribed before the agent reports ready (the drop sampler's first round).
+    let mut signals = Runner::new(
+        Context {
+            cfg: cfg.clone(),
+            metrics: metrics.clone(),
+            findings: findings.clone(),
+            netlink,
+            ebpf,
+            kernel_drops: kernel,
+            channel: channel.clone(),
+        },
+        ready.clone(),
+        stop_rx.clone(),
     );
-    let incast_task = tokio::spawn(incast.run(stop_rx.clone()));
-    let disk_task = tokio::spawn(start_disk(&cfg, &metrics, &findings).run(stop_rx.clone()));
-    // Route churn (issue 6): rtnetlink route/link/neighbour events -> route_flap.
-    let routes_task = tokio::spawn(
-        graydar_agent::routes::RouteSignal::new(cfg.routes.clone(), metrics.clone(), findings.clone())
-            .run(routes_probe, stop_rx.clone()),
-    );
-
-    // Path-probe mesh (issue 6): UDP prober/responder, pair detectors, traceroute.
-    let paths_task = graydar_agent::paths::PathsSignal::start(&cfg, metrics.clone(), findings.clone())
-        .map(|s| tokio::spawn(s.with_channel(channel.clone()).run(stop_rx.clone())));
+    signals
+        .start::<RouteSignal>()
+        .start::<DropSignal>()
+        .start::<IncastSignal>()
+        .start::<DiskSignal>()
+        .start::<PathsSignal>();
+    // Start-up's freed heap (BTF, the eBPF object) back to the kernel.
+    graydar_agent::sys::release_freed_heap();
 
     let app = router(AppState {
         metrics,
@@ -169,88 +174,18 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(f) = faults {
         f.stop().await;
     }
-    let _ = sampler.await;
+    signals.join().await;
     if let Some(r) = reporter {
         // One last delivery, bounded by the request timeout.
         r.stop().await;
-    }
-    let _ = incast_task.await;
-    let _ = disk_task.await;
-    let _ = routes_task.await;
-    if let Some(t) = paths_task {
-        let _ = t.await;
     }
     match server.await {
         Ok(r) => r.context("http server")?,
         Err(e) => tracing::warn!(error = %e, "http task"),
     }
-    // Dropping the probes detaches the eBPF programs.
+    // The runner dropped the signals and with them the eBPF object: programs detached.
     tracing::info!("stopped");
     Ok(())
-}
-
-fn start_kernel_drops(cfg: &Config, metrics: &Metrics) -> Option<KernelDropsProbe> {
-    let up = metrics.probe_up.with_label_values(&[kernel_drops::PROBE]);
-    if !sys::can_load_bpf() {
-        tracing::warn!(
-            "not root and no CAP_BPF+CAP_PERFMON: eBPF probes disabled; the sysfs, softnet and qdisc collectors keep running"
-        );
-        up.set(0);
-        return None;
-    }
-    sys::ensure_pseudo_filesystems();
-    match KernelDropsProbe::start(&cfg.sysfs_root, sys::own_netns_inode(), cfg.ebpf.kfree_skb) {
-        Ok(p) => {
-            tracing::info!(program = p.program(), "eBPF probe kfree_skb attached");
-            metrics.ebpf_programs_attached.add(1);
-            up.set(1);
-            Some(p)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "kernel drop probe disabled");
-            up.set(0);
-            None
-        }
-    }
-}
-
-/// The TCP incast probes (tc ingress fan-in counter, tcp_retransmit_skb);
-/// `None` when disabled or when the kernel refuses them (logged).
-fn start_incast(cfg: &Config, metrics: &Metrics) -> Option<graydar_agent::probes::tcp_fanin::TcpProbe> {
-    use graydar_agent::probes::tcp_fanin::{PROBE_FANIN, PROBE_RETRANS, TcpProbe};
-    // Disabled by configuration: no graydar_probe_up series at all (0 means
-    // "wanted but not working", which GraydarProbeDown alerts on).
-    if !cfg.incast.enabled {
-        return None;
-    }
-    let up = metrics.probe_up.with_label_values(&[PROBE_FANIN]);
-    let up_r = metrics.probe_up.with_label_values(&[PROBE_RETRANS]);
-    if !sys::can_load_bpf() {
-        up.set(0);
-        up_r.set(0);
-        return None;
-    }
-    sys::ensure_pseudo_filesystems();
-    match TcpProbe::start(&cfg.sysfs_root, fanin_config(cfg), sys::own_netns_inode()) {
-        Ok(p) => {
-            tracing::info!(
-                retransmits = p.retransmits_enabled(),
-                "eBPF probes tcp_fanin (tc ingress) and tcp_retransmit_skb loaded"
-            );
-            metrics
-                .ebpf_programs_attached
-                .add(1 + i64::from(p.retransmits_enabled()));
-            up.set(1);
-            up_r.set(i64::from(p.retransmits_enabled()));
-            Some(p)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "TCP incast probes disabled");
-            up.set(0);
-            up_r.set(0);
-            None
-        }
-    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (not on first poll), so a
@@ -276,43 +211,4 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             }
         }
     }
-}
-
-/// The disk signal (agent/src/disk.rs): eBPF fsync/block probes when
-/// allowed, diskstats always, canaries for the configured directories.
-fn start_disk(
-    cfg: &Config,
-    metrics: &Arc<Metrics>,
-    findings: &Arc<Mutex<FindingStore>>,
-) -> graydar_agent::disk::DiskSignal {
-    use graydar_agent::disk::{DiskSignal, start_ebpf};
-    // `[disk] ebpf = false`: no probe_up series (disabled, not down).
-    let ebpf = if !cfg.disk.ebpf {
-        None
-    } else if !sys::can_load_bpf() {
-        for p in ["fsync", "block_io"] {
-            metrics.probe_up.with_label_values(&[p]).set(0);
-        }
-        None
-    } else {
-        sys::ensure_pseudo_filesystems();
-        match start_ebpf(&cfg.sysfs_root, metrics) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "disk eBPF probes disabled; diskstats and canaries keep running");
-                for p in ["fsync", "block_io"] {
-                    metrics.probe_up.with_label_values(&[p]).set(0);
-                }
-                None
-            }
-        }
-    };
-    DiskSignal::new(
-        cfg.disk.clone(),
-        cfg.procfs_root.clone(),
-        cfg.sysfs_root.clone(),
-        metrics.clone(),
-        findings.clone(),
-        ebpf,
-    )
 }

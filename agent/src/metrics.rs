@@ -34,13 +34,13 @@ pub struct Metrics {
     pub probe_up: IntGaugeVec,
     pub collector_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
-    /// Disk signal (agent/src/disk.rs).
+    /// Disk signal (agent/src/signals/disk.rs).
     pub disk: DiskMetrics,
     /// Controller reporter (agent/src/reporter.rs).
     pub reporter: ReporterMetrics,
-    /// Path-probe mesh (agent/src/paths.rs).
+    /// Path-probe mesh (agent/src/signals/paths.rs).
     pub paths: PathMetrics,
-    // TCP incast (agent/src/incast.rs). Labels: `port` is a listening port
+    // TCP incast (agent/src/signals/incast.rs). Labels: `port` is a listening port
     // (the busiest incast.max_ports), `other`, or `ephemeral` (client side).
     pub tcp_fanin_senders: prometheus::HistogramVec,
     pub tcp_fanin_peak_senders: IntGaugeVec,
@@ -51,7 +51,7 @@ pub struct Metrics {
     pub tcp_retransmits: IntCounterVec,
     pub tcp_mib: IntCounterVec,
     pub incast_episodes: IntCounterVec,
-    /// Route churn (agent/src/routes.rs): `type` route|link|neigh, `family`
+    /// Route churn (agent/src/signals/routes.rs): `type` route|link|neigh, `family`
     /// ipv4|ipv6 (`link` for link events). Never per prefix: prefixes are
     /// unbounded and appear only in route_flap findings.
     pub route_changes: IntCounterVec,
@@ -520,7 +520,7 @@ impl CounterMirror {
 }
 
 // ---------------------------------------------------------------------------
-// Disk signal (agent/src/disk.rs): fsync and block-I/O latency histograms
+// Disk signal (agent/src/signals/disk.rs): fsync and block-I/O latency histograms
 // from eBPF, the fdatasync canary, /proc/diskstats rates.
 
 /// Prometheus bucket bounds (seconds) of every disk latency histogram:

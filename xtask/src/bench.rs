@@ -178,10 +178,18 @@ pub fn run(ws: &Path, idle_seconds: u64, only: &[String]) -> Result<()> {
     )?;
     let bin = ws.join("target/release/graydar-agent");
     let want = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
-    if let Some(bad) = only
-        .iter()
-        .find(|o| !["drops", "idle", "idle-cpus", "fsync", "incast", "faults", "fault-latency"].contains(&o.as_str()))
-    {
+    if let Some(bad) = only.iter().find(|o| {
+        ![
+            "drops",
+            "idle",
+            "idle-cpus",
+            "fsync",
+            "incast",
+            "faults",
+            "fault-latency",
+        ]
+        .contains(&o.as_str())
+    }) {
         bail!(
             "unknown benchmark part {bad:?}: the parts are drops, idle, idle-cpus, fsync, incast, faults, fault-latency"
         );

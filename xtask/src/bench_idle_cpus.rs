@@ -37,7 +37,10 @@ pub fn run(ws: &Path, bin: &Path, idle_seconds: u64) -> Result<()> {
         rows.push(r);
     }
     let base = rows.first().context("no measurement")?;
-    println!("  {:>5} {:>9} {:>10} {:>10} {:>10} {:>8}", "CPUs", "possible", "RSS MiB", "anon MiB", "peak MiB", "threads");
+    println!(
+        "  {:>5} {:>9} {:>10} {:>10} {:>10} {:>8}",
+        "CPUs", "possible", "RSS MiB", "anon MiB", "peak MiB", "threads"
+    );
     for r in &rows {
         println!(
             "  {:>5} {:>9} {:>10.1} {:>10.1} {:>10.1} {:>8}",
@@ -94,9 +97,7 @@ fn parse(line: &str) -> Result<Idle> {
             .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
             .with_context(|| format!("no {name}="))
     };
-    let num = |name: &str| -> Result<u64> {
-        field(name)?.parse().with_context(|| format!("{name} is not a number"))
-    };
+    let num = |name: &str| -> Result<u64> { field(name)?.parse().with_context(|| format!("{name} is not a number")) };
     Ok(Idle {
         cpus: u32::try_from(num("cpus")?)?,
         possible: field("possible")?.to_owned(),
@@ -116,7 +117,14 @@ mod tests {
         let r = parse("idle cpus=16 possible=0-15 rss=23456 anon=9000 hwm=40000 threads=7").expect("parses");
         assert_eq!(
             r,
-            Idle { cpus: 16, possible: "0-15".into(), rss_kib: 23456, anon_kib: 9000, hwm_kib: 40000, threads: 7 }
+            Idle {
+                cpus: 16,
+                possible: "0-15".into(),
+                rss_kib: 23456,
+                anon_kib: 9000,
+                hwm_kib: 40000,
+                threads: 7
+            }
         );
         assert!(parse("idle cpus=16 possible=0-15 rss= anon=1 hwm=1 threads=1").is_err());
     }

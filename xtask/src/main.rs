@@ -3,14 +3,14 @@
 mod bench;
 mod bench_controller;
 mod bench_fault_latency;
-mod bench_idle_cpus;
 mod bench_faults;
+mod bench_idle_cpus;
 mod dist;
 mod docs;
-mod run;
-mod vm;
 #[cfg(test)]
 mod layers;
+mod run;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};

@@ -363,10 +363,14 @@ mod tests {
         assert!(matches!(e, ChannelError::Transport { .. }), "{e}");
         assert_eq!(e.status(), None);
         assert!(
-            e.to_string().starts_with("http://127.0.0.1:1/api/v1/agents/node%201/heartbeat: "),
+            e.to_string()
+                .starts_with("http://127.0.0.1:1/api/v1/agents/node%201/heartbeat: "),
             "{e}"
         );
-        assert!(e.to_string().to_lowercase().contains("refused"), "the cause is named: {e}");
+        assert!(
+            e.to_string().to_lowercase().contains("refused"),
+            "the cause is named: {e}"
+        );
     }
 
     #[test]
@@ -399,21 +403,23 @@ mod tests {
         let app = axum::Router::new()
             .route(
                 "/api/v1/agents/{host}/faults",
-                get(|Path(host): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap| async move {
-                    let token = headers
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned();
-                    axum::Json(serde_json::json!({
-                        "version": 7,
-                        "revert_all_epoch": 0,
-                        "lease_seconds": 20,
-                        "faults": [{"id": format!("{host}|{}|{token}", q.unwrap_or_default()),
-                                    "spec": {"kind": "blackhole", "prefix": "192.0.2.0/24"},
-                                    "lease_seconds": 20}],
-                    }))
-                }),
+                get(
+                    |Path(host): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap| async move {
+                        let token = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        axum::Json(serde_json::json!({
+                            "version": 7,
+                            "revert_all_epoch": 0,
+                            "lease_seconds": 20,
+                            "faults": [{"id": format!("{host}|{}|{token}", q.unwrap_or_default()),
+                                        "spec": {"kind": "blackhole", "prefix": "192.0.2.0/24"},
+                                        "lease_seconds": 20}],
+                        }))
+                    },
+                ),
             )
             .route(
                 "/api/v1/agents/{host}/heartbeat",

@@ -28,6 +28,8 @@ use std::time::Duration;
 pub use graydar_common::api::Severity;
 use serde::{Deserialize, Serialize};
 
+use super::transition::{Evaluation, TimedHysteresis, TimedRule};
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SlowConfig {
@@ -118,17 +120,10 @@ struct Baseline {
 struct DevState {
     bins: BTreeMap<u32, Baseline>,
     kind: String,
-    bad_since: Option<Duration>,
-    last_bad: Option<Duration>,
-    firing: Option<Severity>,
+    hysteresis: TimedHysteresis,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    Fired(Severity),
-    SeverityChanged(Severity),
-    Resolved,
-}
+pub use super::transition::Transition;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SlowObservation {
@@ -215,29 +210,20 @@ impl SlowDetector {
                 ratio_peers: rp,
                 bad,
                 transition: None,
-                firing: st.firing,
+                firing: st.hysteresis.firing(),
+            };
+            let rule = TimedRule {
+                fire_after: cfg.fire_after,
+                resolve_after: cfg.resolve_after,
             };
             if bad {
-                let since = *st.bad_since.get_or_insert(now);
-                st.last_bad = Some(now);
                 let sev = if worst >= 2.0 * cfg.ratio {
                     Severity::Critical
                 } else {
                     Severity::Warning
                 };
-                match st.firing {
-                    None if now.saturating_sub(since) >= cfg.fire_after => {
-                        st.firing = Some(sev);
-                        obs.transition = Some(Transition::Fired(sev));
-                    }
-                    Some(f) if f != sev => {
-                        st.firing = Some(sev);
-                        obs.transition = Some(Transition::SeverityChanged(sev));
-                    }
-                    _ => {}
-                }
+                obs.transition = st.hysteresis.step(rule, now, Evaluation::Bad(sev));
             } else {
-                st.bad_since = None;
                 if s.iops >= cfg.min_iops && s.errors == 0 && cur > 0.0 {
                     // Healthy: learn. Cumulative mean for the first samples,
                     // then an exponential average over ~60 samples.
@@ -246,12 +232,9 @@ impl SlowDetector {
                     let w = 1.0 / (b.n.min(60) as f64);
                     b.mean_s += (cur - b.mean_s) * w;
                 }
-                if st.firing.is_some() && st.last_bad.is_none_or(|t| now.saturating_sub(t) >= cfg.resolve_after) {
-                    st.firing = None;
-                    obs.transition = Some(Transition::Resolved);
-                }
+                obs.transition = st.hysteresis.step(rule, now, Evaluation::Good);
             }
-            obs.firing = st.firing;
+            obs.firing = st.hysteresis.firing();
             out.insert(name.clone(), obs);
         }
         out

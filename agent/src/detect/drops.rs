@@ -36,6 +36,8 @@ use std::time::Duration;
 pub use graydar_common::api::Severity;
 use serde::{Deserialize, Serialize};
 
+use super::transition::{CountRule, Hysteresis};
+
 /// Thresholds and windows of the detector (`[drops]` in the agent config,
 /// without `interval`, which belongs to the sampler).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -139,13 +141,7 @@ pub struct CounterSample {
     pub generation: u64,
 }
 
-/// A change of the finding state of a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    Fired(Severity),
-    SeverityChanged(Severity),
-    Resolved,
-}
+pub use super::transition::Transition;
 
 /// Result of one observation. Ratios and rates are always filled in (from the
 /// deltas in the windows, 0 without any), transition or not.
@@ -179,10 +175,7 @@ struct Delta {
 struct KeyState {
     baseline: Option<(Duration, CounterSample)>,
     deltas: VecDeque<Delta>,
-    /// Badness of the last `of_windows` evaluations, oldest first.
-    evaluations: VecDeque<bool>,
-    quiet_streak: usize,
-    firing: Option<Severity>,
+    hysteresis: Hysteresis,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -243,7 +236,7 @@ impl<K: Ord + Clone> DropDetector<K> {
 
     /// Current severity of `key` if it is firing.
     pub fn firing(&self, key: &K) -> Option<Severity> {
-        self.keys.get(key).and_then(|s| s.firing)
+        self.keys.get(key).and_then(|s| s.hysteresis.firing())
     }
 
     /// Number of keys with state.
@@ -315,7 +308,7 @@ impl<K: Ord + Clone> DropDetector<K> {
             transition: None,
             evaluated: delta.is_some(),
             bad: false,
-            firing: st.firing,
+            firing: st.hysteresis.firing(),
         };
         if delta.is_none() {
             return obs;
@@ -323,38 +316,18 @@ impl<K: Ord + Clone> DropDetector<K> {
 
         let bad = short_ratio >= cfg.warning_ratio && drop_rate >= cfg.min_drop_rate;
         obs.bad = bad;
-        st.evaluations.push_back(bad);
-        while st.evaluations.len() > cfg.of_windows {
-            st.evaluations.pop_front();
-        }
-        st.quiet_streak = if bad { 0 } else { st.quiet_streak + 1 };
         let severity = if short_ratio >= cfg.critical_ratio && long_ratio >= cfg.critical_ratio {
             Severity::Critical
         } else {
             Severity::Warning
         };
-
-        obs.transition = match st.firing {
-            None => {
-                let bad_count = st.evaluations.iter().filter(|&&b| b).count();
-                (bad_count >= cfg.fire_windows).then(|| {
-                    st.firing = Some(severity);
-                    Transition::Fired(severity)
-                })
-            }
-            Some(_) if st.quiet_streak >= cfg.resolve_windows => {
-                st.firing = None;
-                // Start the next episode from a clean k-of-n history.
-                st.evaluations.clear();
-                Some(Transition::Resolved)
-            }
-            Some(current) if bad && current != severity => {
-                st.firing = Some(severity);
-                Some(Transition::SeverityChanged(severity))
-            }
-            Some(_) => None,
+        let rule = CountRule {
+            fire_windows: cfg.fire_windows,
+            of_windows: cfg.of_windows,
+            resolve_windows: cfg.resolve_windows,
         };
-        obs.firing = st.firing;
+        obs.transition = st.hysteresis.step(rule, bad, severity);
+        obs.firing = st.hysteresis.firing();
         obs
     }
 }
@@ -650,7 +623,7 @@ mod tests {
         sim.run(1_000, 100, 0.0);
         let st = sim.det.keys.get(&KEY).expect("state");
         assert_eq!(st.deltas.len(), 60);
-        assert!(st.evaluations.len() <= 5);
+        assert!(st.hysteresis.history_len() <= 5);
     }
 
     #[test]

@@ -161,12 +161,8 @@ pub struct HostLoss {
     pub receive_drops: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    Fired(Severity),
-    SeverityChanged(Severity),
-    Resolved,
-}
+pub use super::transition::Transition;
+use super::transition::{Evaluation, TimedHysteresis, TimedRule};
 
 /// The numbers of the last episode, for the finding's evidence.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -207,7 +203,7 @@ struct KeyState {
     episodes: VecDeque<Duration>,
     last: Option<Episode>,
     last_at: Option<Duration>,
-    firing: Option<Severity>,
+    hysteresis: TimedHysteresis,
 }
 
 #[derive(Clone, Debug)]
@@ -229,14 +225,14 @@ impl<K: Ord + Clone> IncastDetector<K> {
     }
 
     pub fn firing(&self, key: &K) -> Option<Severity> {
-        self.keys.get(key).and_then(|s| s.firing)
+        self.keys.get(key).and_then(|s| s.hysteresis.firing())
     }
 
     /// Forgets keys that are neither firing nor waiting for evidence and
     /// for which `keep` is false.
     pub fn retain(&mut self, keep: impl Fn(&K) -> bool) {
         self.keys
-            .retain(|k, s| keep(k) || s.firing.is_some() || s.pending.is_some() || !s.episodes.is_empty());
+            .retain(|k, s| keep(k) || s.hysteresis.firing().is_some() || s.pending.is_some() || !s.episodes.is_empty());
     }
 
     /// Feeds one sample of `key` at monotonic `now`.
@@ -300,28 +296,24 @@ impl<K: Ord + Clone> IncastDetector<K> {
         } else {
             None
         };
-        let mut transition = None;
-        match (st.firing, episode.is_some(), sev) {
-            (None, true, Some(s)) => {
-                st.firing = Some(s);
-                transition = Some(Transition::Fired(s));
-            }
-            (Some(cur), true, Some(s)) if s != cur => {
-                st.firing = Some(s);
-                transition = Some(Transition::SeverityChanged(s));
-            }
-            (Some(_), _, _) if st.last_at.is_none_or(|t| now.saturating_sub(t) >= cfg.resolve_after) => {
-                st.firing = None;
-                transition = Some(Transition::Resolved);
-            }
-            _ => {}
-        }
+        // Fires on the episode that brings the rate to a threshold; resolves
+        // `resolve_after` after the last episode.
+        let rule = TimedRule {
+            fire_after: Duration::ZERO,
+            resolve_after: cfg.resolve_after,
+        };
+        let eval = match (episode.is_some(), sev) {
+            (true, Some(s)) => Evaluation::Bad(s),
+            (true, None) => Evaluation::Active,
+            (false, _) => Evaluation::NoData,
+        };
+        let transition = st.hysteresis.step(rule, now, eval);
         Observation {
             episode,
             burst,
             episodes_per_minute: rate,
             transition,
-            firing: st.firing,
+            firing: st.hysteresis.firing(),
             last: st.last,
         }
     }

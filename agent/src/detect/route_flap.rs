@@ -115,12 +115,8 @@ impl RoutesConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    Fired(Severity),
-    SeverityChanged(Severity),
-    Resolved,
-}
+pub use super::transition::Transition;
+use super::transition::{Evaluation, TimedHysteresis, TimedRule};
 
 /// What the detector knows about one prefix.
 #[derive(Clone, Debug)]
@@ -134,7 +130,7 @@ pub struct PrefixState<D> {
     /// Most changes seen in one window during the current episode.
     peak: usize,
     last: Duration,
-    firing: Option<Severity>,
+    hysteresis: TimedHysteresis,
 }
 
 impl<D> PrefixState<D> {
@@ -149,7 +145,7 @@ impl<D> PrefixState<D> {
     }
 
     pub fn firing(&self) -> Option<Severity> {
-        self.firing
+        self.hysteresis.firing()
     }
 
     /// Most changes in one window during the current episode.
@@ -194,7 +190,7 @@ impl<K: Ord + Clone, D: Clone> RouteFlapDetector<K, D> {
 
     /// Prefixes whose finding is firing.
     pub fn firing_count(&self) -> usize {
-        self.keys.values().filter(|s| s.firing.is_some()).count()
+        self.keys.values().filter(|s| s.hysteresis.firing().is_some()).count()
     }
 
     /// Prefixes tracked (changed within the window, or firing).
@@ -208,8 +204,8 @@ impl<K: Ord + Clone, D: Clone> RouteFlapDetector<K, D> {
         }
     }
 
-    fn severity(&self, changes: usize) -> Severity {
-        if changes > self.cfg.critical_threshold as usize {
+    fn severity(cfg: &RoutesConfig, changes: usize) -> Severity {
+        if changes > cfg.critical_threshold as usize {
             Severity::Critical
         } else {
             Severity::Warning
@@ -228,7 +224,7 @@ impl<K: Ord + Clone, D: Clone> RouteFlapDetector<K, D> {
             since_fired: 0,
             peak: 0,
             last: now,
-            firing: None,
+            hysteresis: TimedHysteresis::default(),
         });
         st.times.push_back(now);
         Self::prune(&mut st.times, now, cfg.window);
@@ -238,31 +234,33 @@ impl<K: Ord + Clone, D: Clone> RouteFlapDetector<K, D> {
         }
         st.last = now;
         let n = st.times.len();
-        let st_firing = st.firing;
-        if st_firing.is_some() {
+        let firing = st.hysteresis.firing();
+        if firing.is_some() {
             st.since_fired += 1;
         }
-        match st_firing {
-            None if n > cfg.threshold as usize => {
-                let sev = self.severity(n);
-                let st = self.keys.get_mut(key)?;
-                st.firing = Some(sev);
-                st.since_fired = n as u64;
-                st.peak = n;
-                Some(Transition::Fired(sev))
-            }
-            None => None,
-            Some(old) => {
-                let sev = self.severity(n);
-                let st = self.keys.get_mut(key)?;
-                st.peak = st.peak.max(n);
-                if sev == Severity::Critical && old == Severity::Warning {
-                    st.firing = Some(sev);
-                    Some(Transition::SeverityChanged(sev))
-                } else {
-                    None
-                }
-            }
+        let sev = Self::severity(&cfg, n);
+        let eval = match firing {
+            None if n > cfg.threshold as usize => Evaluation::Bad(sev),
+            // Below the threshold: a change all the same (resolving waits for quiet).
+            None => Evaluation::Active,
+            // The severity does not step back down while firing.
+            Some(Severity::Critical) => Evaluation::Bad(Severity::Critical),
+            Some(_) => Evaluation::Bad(sev),
+        };
+        let transition = st.hysteresis.step(Self::rule(&cfg), now, eval);
+        if matches!(transition, Some(Transition::Fired(_))) {
+            st.since_fired = n as u64;
+            st.peak = n;
+        } else if firing.is_some() {
+            st.peak = st.peak.max(n);
+        }
+        transition
+    }
+
+    fn rule(cfg: &RoutesConfig) -> TimedRule {
+        TimedRule {
+            fire_after: Duration::ZERO,
+            resolve_after: cfg.resolve_after,
         }
     }
 
@@ -273,14 +271,14 @@ impl<K: Ord + Clone, D: Clone> RouteFlapDetector<K, D> {
         let mut out = Vec::new();
         for (k, st) in self.keys.iter_mut() {
             Self::prune(&mut st.times, now, cfg.window);
-            if st.firing.is_some() && now.saturating_sub(st.last) >= cfg.resolve_after {
-                st.firing = None;
+            if let Some(t @ Transition::Resolved) = st.hysteresis.step(Self::rule(cfg), now, Evaluation::NoData) {
                 st.since_fired = 0;
                 st.peak = 0;
-                out.push((k.clone(), Transition::Resolved));
+                out.push((k.clone(), t));
             }
         }
-        self.keys.retain(|_, st| st.firing.is_some() || !st.times.is_empty());
+        self.keys
+            .retain(|_, st| st.hysteresis.firing().is_some() || !st.times.is_empty());
         out
     }
 
@@ -291,7 +289,7 @@ impl<K: Ord + Clone, D: Clone> RouteFlapDetector<K, D> {
             let victim = self
                 .keys
                 .iter()
-                .filter(|(_, s)| s.firing.is_none())
+                .filter(|(_, s)| s.hysteresis.firing().is_none())
                 .min_by_key(|(_, s)| s.last)
                 .map(|(k, _)| k.clone());
             match victim {

@@ -336,11 +336,14 @@ impl Assigner {
         if let Some(prev) = self.epoch
             && d.revert_all_epoch != prev
         {
-            let ids: Vec<(String, Option<FaultKind>)> =
-                eng.active_ids().into_iter().map(|id| {
+            let ids: Vec<(String, Option<FaultKind>)> = eng
+                .active_ids()
+                .into_iter()
+                .map(|id| {
                     let kind = eng.kind_of(&id);
                     (id, kind)
-                }).collect();
+                })
+                .collect();
             let failures = eng.revert_all().await;
             tracing::warn!(
                 reverted = ids.len() - failures.len(),

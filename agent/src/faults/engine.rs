@@ -435,7 +435,10 @@ impl FaultEngine {
         Ok((ifindex, plan, prior))
     }
 
-    #[expect(clippy::too_many_arguments, reason = "the parts of one netem spec, destructured by FaultEngine::how")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one netem spec, destructured by FaultEngine::how"
+    )]
     async fn apply_tree(
         &mut self,
         id: &str,

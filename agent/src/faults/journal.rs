@@ -331,7 +331,10 @@ mod tests {
             (Mechanism::Blackhole, "blackhole"),
         ] {
             assert_eq!(serde_json::to_string(&m).expect("json"), format!("\"{text}\""));
-            assert_eq!(serde_json::from_str::<Mechanism>(&format!("\"{text}\"")).expect("parse"), m);
+            assert_eq!(
+                serde_json::from_str::<Mechanism>(&format!("\"{text}\"")).expect("parse"),
+                m
+            );
         }
         assert_eq!(Mechanism::NetemTree.fault_kind(), Some(FaultKind::Netem));
         let line = r#"{"event":"intent","fault":{"id":"x","kind":"qdisc_v9","target":"eth0","spec":{},"prior":{},"lease_expires_unix":1}}"#;

@@ -16,8 +16,8 @@ use aya::programs::RawTracePoint;
 use graydar_common::disk::{BlockOffsets, Hist, HistKey, dev_major, dev_minor, stat};
 
 use super::ProbeError;
+use super::latency_hist::LatencyHist;
 use crate::btf::KernelBtf;
-use crate::detect::fsync_latency::LatencyHist;
 
 pub const PROBE: &str = "block_io";
 

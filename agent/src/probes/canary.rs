@@ -10,7 +10,7 @@
 //!   for — not the journal's handling of a create/unlink.
 //! - The call runs on its own OS thread (never a tokio worker), so a disk
 //!   that hangs blocks only that thread. The thread publishes when its
-//!   current call started; a watchdog (agent/src/disk.rs) reads that and
+//!   current call started; a watchdog (agent/src/signals/disk.rs) reads that and
 //!   raises `disk_hung` the moment a call exceeds the stall limit, while the
 //!   rest of the agent, /metrics included, keeps running.
 //! - A hung thread is never joined: at shutdown it is abandoned.
@@ -228,52 +228,6 @@ fn run(dir: &Path, st: Arc<CanaryState>, interval: Duration, report: impl Fn(&Ou
     }
 }
 
-/// The disk_hung decision for one canary (pure; the watchdog calls it every
-/// 100 ms): hung while a call has been in flight for `stall_limit` or more;
-/// once hung, it stays hung until a call that started after the stall
-/// completes within the limit (the stuck call returning is not enough: the
-/// next one must be healthy too).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HungTracker {
-    hung: bool,
-    calls_at_stall: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HungTransition {
-    Hung,
-    Recovered,
-}
-
-impl HungTracker {
-    pub fn is_hung(&self) -> bool {
-        self.hung
-    }
-
-    pub fn update(&mut self, s: &CanaryStatus, stall_limit: Duration) -> Option<HungTransition> {
-        let stalled = s.in_flight.is_some_and(|d| d >= stall_limit);
-        if stalled {
-            if !self.hung {
-                self.hung = true;
-                self.calls_at_stall = s.calls;
-                return Some(HungTransition::Hung);
-            }
-            return None;
-        }
-        // The stuck call finished when `calls` moved past it; a healthy call
-        // after that completes the recovery.
-        if self.hung
-            && s.calls >= self.calls_at_stall + 2
-            && s.last_duration < stall_limit
-            && s.in_flight.is_none_or(|d| d < stall_limit)
-        {
-            self.hung = false;
-            return Some(HungTransition::Recovered);
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,30 +275,5 @@ mod tests {
         }
         assert!(c.status().errors >= 2, "{:?}", c.status());
         assert_eq!(c.status().calls, 0);
-    }
-
-    fn status(in_flight_ms: Option<u64>, calls: u64, last_ms: u64) -> CanaryStatus {
-        CanaryStatus {
-            in_flight: in_flight_ms.map(Duration::from_millis),
-            since_last_finished: None,
-            last_duration: Duration::from_millis(last_ms),
-            calls,
-            errors: 0,
-        }
-    }
-
-    #[test]
-    fn hung_at_the_stall_limit_and_recovered_after_a_healthy_call() {
-        let limit = Duration::from_secs(5);
-        let mut t = HungTracker::default();
-        assert_eq!(t.update(&status(Some(4_900), 10, 1), limit), None);
-        assert_eq!(t.update(&status(Some(5_000), 10, 1), limit), Some(HungTransition::Hung));
-        assert_eq!(t.update(&status(Some(60_000), 10, 1), limit), None);
-        // the stuck call returned (60 s): not yet recovered
-        assert_eq!(t.update(&status(None, 11, 60_000), limit), None);
-        assert!(t.is_hung());
-        // next call healthy
-        assert_eq!(t.update(&status(None, 12, 2), limit), Some(HungTransition::Recovered));
-        assert!(!t.is_hung());
     }
 }

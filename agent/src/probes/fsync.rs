@@ -16,8 +16,8 @@ use aya::programs::TracePoint;
 use graydar_common::disk::{FsyncInflight, FsyncOffsets, Hist, HistKey, stat};
 
 use super::ProbeError;
+use super::latency_hist::LatencyHist;
 use crate::btf::KernelBtf;
-use crate::detect::fsync_latency::LatencyHist;
 
 pub const PROBE: &str = "fsync";
 

@@ -2,22 +2,31 @@
 //! per (network namespace, ifindex, drop reason) counters summed over CPUs.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use aya::Ebpf;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::{BtfTracePoint, RawTracePoint};
-use graydar_common::drops::{DropKey, stat};
+use graydar_common::drops::{DropKey, DropOffsets, stat};
 
-use super::ProbeError;
-use crate::btf::{DropReasons, KernelBtf};
-use crate::config::AttachMode;
+use super::{ProbeError, SharedEbpf, lock_ebpf};
+use crate::btf::DropReasons;
+
+/// How the kfree_skb probe attaches: `auto` tries the BTF-typed tracepoint
+/// (cheaper: direct loads) and falls back to the raw tracepoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    TpBtf,
+    RawTp,
+}
 
 pub const PROBE: &str = "kfree_skb";
 
 pub struct KernelDropsProbe {
-    // Keeps the program attached; dropped with the probe.
-    _ebpf: Ebpf,
+    // Keeps the program attached while any probe holds the object.
+    ebpf: SharedEbpf,
     drops: PerCpuHashMap<MapData, DropKey, u64>,
     stats: PerCpuArray<MapData, u64>,
     reasons: DropReasons,
@@ -27,16 +36,14 @@ pub struct KernelDropsProbe {
 }
 
 /// tp_btf: the verifier types `skb`, so the program loads fields directly.
-fn attach_btf(ebpf: &mut Ebpf, sysfs_root: &Path) -> Result<(), ProbeError> {
-    let path = sysfs_root.join("kernel/btf/vmlinux");
-    let btf = aya::Btf::parse_file(&path, aya::Endianness::default())
-        .map_err(|e| ProbeError::Ebpf(format!("parsing {}: {e}", path.display())))?;
+fn attach_btf(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), ProbeError> {
+    let btf = btf.ok_or_else(|| ProbeError::Ebpf("the kernel BTF could not be parsed".into()))?;
     let prog: &mut BtfTracePoint = ebpf
         .program_mut("kfree_skb_btf")
         .ok_or_else(|| ProbeError::Ebpf("program kfree_skb_btf missing from the object".into()))?
         .try_into()
         .map_err(|e| ProbeError::Ebpf(format!("kfree_skb_btf: {e}")))?;
-    prog.load("kfree_skb", &btf)
+    prog.load("kfree_skb", btf)
         .map_err(|e| ProbeError::Ebpf(format!("loading tp_btf kfree_skb: {e}")))?;
     prog.attach()
         .map_err(|e| ProbeError::Ebpf(format!("attaching tp_btf kfree_skb: {e}")))?;
@@ -75,31 +82,38 @@ pub struct KernelDropsSnapshot {
 }
 
 impl KernelDropsProbe {
-    /// Reads offsets and reason names from BTF, loads and attaches the program.
-    pub fn start(sysfs_root: &Path, own_netns: Option<u32>, mode: AttachMode) -> Result<Self, ProbeError> {
-        let btf = KernelBtf::load(sysfs_root).map_err(|e| ProbeError::Ebpf(e.to_string()))?;
-        let (offsets, reasons) = btf.drop_probe_setup().map_err(|e| ProbeError::Ebpf(e.to_string()))?;
+    /// Attaches the program of the shared object (loaded with `offsets`
+    /// set as its globals; `btf`: aya's kernel BTF, for tp_btf) and takes
+    /// its maps.
+    pub fn start(
+        object: SharedEbpf,
+        btf: Option<&aya::Btf>,
+        offsets: &DropOffsets,
+        reasons: DropReasons,
+        own_netns: Option<u32>,
+        mode: AttachMode,
+    ) -> Result<Self, ProbeError> {
         let netns_attribution = offsets.dev_nd_net != u32::MAX && own_netns.is_some();
         if !netns_attribution {
             tracing::warn!("kernel drops: network-namespace attribution unavailable; attributing by ifindex only");
         }
         tracing::debug!(?offsets, reasons = reasons.len(), "kfree_skb probe setup from BTF");
-        let mut ebpf =
-            crate::ebpf::load(&offsets).map_err(|e| ProbeError::Ebpf(format!("loading eBPF object: {e}")))?;
+        let mut guard = lock_ebpf(&object);
+        let ebpf = &mut *guard;
         let program = match mode {
             AttachMode::TpBtf => {
-                attach_btf(&mut ebpf, sysfs_root)?;
+                attach_btf(ebpf, btf)?;
                 "kfree_skb_btf"
             }
             AttachMode::RawTp => {
-                attach_raw(&mut ebpf)?;
+                attach_raw(ebpf)?;
                 "kfree_skb"
             }
-            AttachMode::Auto => match attach_btf(&mut ebpf, sysfs_root) {
+            AttachMode::Auto => match attach_btf(ebpf, btf) {
                 Ok(()) => "kfree_skb_btf",
                 Err(e) => {
                     tracing::info!(reason = %e, "tp_btf kfree_skb refused; using the raw tracepoint");
-                    attach_raw(&mut ebpf)?;
+                    attach_raw(ebpf)?;
                     "kfree_skb"
                 }
             },
@@ -112,8 +126,9 @@ impl KernelDropsProbe {
             .take_map("DROP_STATS")
             .ok_or_else(|| ProbeError::Ebpf("map DROP_STATS missing".into()))?;
         let stats = PerCpuArray::try_from(stats).map_err(|e| ProbeError::Ebpf(format!("DROP_STATS: {e}")))?;
+        drop(guard);
         Ok(KernelDropsProbe {
-            _ebpf: ebpf,
+            ebpf: object,
             drops,
             stats,
             reasons,
@@ -145,7 +160,7 @@ impl KernelDropsProbe {
             lost: lost.saturating_add(self.stat(stat::READ_ERRORS)),
             ..Default::default()
         };
-        if let Some(Ok(info)) = self._ebpf.program(self.program).map(|p| p.info()) {
+        if let Some(Ok(info)) = lock_ebpf(&self.ebpf).program(self.program).map(|p| p.info()) {
             snap.run_time_ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
             snap.run_count = info.run_count();
         }

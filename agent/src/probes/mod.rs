@@ -5,14 +5,25 @@ pub mod canary;
 pub mod diskstats;
 pub mod fsync;
 pub mod kernel_drops;
+pub mod latency_hist;
 pub mod netstat;
 pub mod nic;
 pub mod path_mesh;
+pub mod path_mesh_socket;
 pub mod qdisc;
 pub mod route_churn;
 pub mod softnet;
 pub mod tcp_fanin;
 pub mod traceroute;
+
+/// The one loaded eBPF object (agent/src/ebpf.rs), shared by the probes
+/// that take programs and maps from it.
+pub type SharedEbpf = std::sync::Arc<std::sync::Mutex<aya::Ebpf>>;
+
+/// Locks the shared object (a panic while holding it leaves it usable).
+pub fn lock_ebpf(e: &SharedEbpf) -> std::sync::MutexGuard<'_, aya::Ebpf> {
+    e.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Error of a collector. Never panics on kernel or file data.
 #[derive(Debug, thiserror::Error)]

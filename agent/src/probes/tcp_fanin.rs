@@ -4,7 +4,7 @@
 //! on `tcp_retransmit_skb`.
 //!
 //! Reading the maps is the only I/O here; turning readings into endpoint
-//! samples, metrics and findings is agent/src/incast.rs and
+//! samples, metrics and findings is agent/src/signals/incast.rs and
 //! agent/src/detect/incast.rs.
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,11 +16,11 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMa
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
 use aya::programs::{RawTracePoint, SchedClassifier};
 use graydar_common::tcp::{
-    AF_INET, AF_INET6, EndpointKey, EndpointState, FaninConfig, FaninRuntime, HIST_BINS, RetransKey, RetransOffsets,
-    SenderKey, SenderState, fanin_stat, retrans_kind, retrans_stat,
+    AF_INET, AF_INET6, EndpointKey, EndpointState, FaninRuntime, HIST_BINS, RetransKey, RetransOffsets, SenderKey,
+    SenderState, fanin_stat, retrans_kind, retrans_stat,
 };
 
-use super::ProbeError;
+use super::{ProbeError, SharedEbpf, lock_ebpf};
 use crate::btf::KernelBtf;
 
 pub const PROBE_FANIN: &str = "tcp_fanin";
@@ -208,7 +208,8 @@ pub struct TcpSnapshot {
 type RetransMaps = (PerCpuHashMap<MapData, RetransKey, u64>, PerCpuArray<MapData, u64>);
 
 pub struct TcpProbe {
-    ebpf: Ebpf,
+    /// Holds the programs attached (with every other probe of the object).
+    ebpf: SharedEbpf,
     endpoints: BpfHashMap<MapData, EndpointKey, EndpointState>,
     senders: BpfHashMap<MapData, SenderKey, SenderState>,
     runtime: Array<MapData, FaninRuntime>,
@@ -225,27 +226,24 @@ fn ebpf_err(what: &str) -> impl Fn(String) -> ProbeError + '_ {
 }
 
 impl TcpProbe {
-    /// Loads the object with the fan-in constants and the retransmit offsets
-    /// and loads (does not attach) the classifier; attaches the retransmit
-    /// tracepoint. A kernel refusing the tracepoint leaves fan-in working
-    /// (logged).
-    pub fn start(sysfs_root: &Path, cfg: FaninConfig, own_netns: Option<u32>) -> Result<TcpProbe, ProbeError> {
-        let btf = KernelBtf::load(sysfs_root).map_err(|e| ProbeError::Ebpf(e.to_string()))?;
-        let offsets = match retrans_offsets(&btf) {
+    /// Loads (does not attach) the classifier of the shared object (loaded
+    /// with the fan-in constants and the retransmit offsets set) and, when
+    /// `retrans_offsets` is Ok, attaches the retransmit tracepoint. A kernel
+    /// refusing the tracepoint leaves fan-in working (logged).
+    pub fn start(
+        object: SharedEbpf,
+        retrans_offsets: Result<RetransOffsets, ProbeError>,
+        own_netns: Option<u32>,
+    ) -> Result<TcpProbe, ProbeError> {
+        let offsets = match retrans_offsets {
             Ok(o) => Some(o),
             Err(e) => {
                 tracing::warn!(error = %e, "tcp_retransmit_skb probe disabled");
                 None
             }
         };
-        drop(btf);
-        crate::ebpf::raise_memlock_limit();
-        let off = offsets.unwrap_or_default();
-        let mut ebpf = aya::EbpfLoader::new()
-            .override_global("TCP_FANIN_CONFIG", &cfg, true)
-            .override_global("TCP_RETRANS_OFFSETS", &off, true)
-            .load(crate::ebpf::EBPF_OBJECT)
-            .map_err(|e| ProbeError::Ebpf(format!("loading eBPF object: {e}")))?;
+        let mut guard = lock_ebpf(&object);
+        let ebpf = &mut *guard;
         {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut("tcp_fanin")
@@ -278,25 +276,26 @@ impl TcpProbe {
             ebpf.take_map(name)
                 .ok_or_else(|| ProbeError::Ebpf(format!("map {name} missing")))
         };
-        let endpoints = BpfHashMap::try_from(take(&mut ebpf, "FANIN_ENDPOINTS")?)
+        let endpoints = BpfHashMap::try_from(take(ebpf, "FANIN_ENDPOINTS")?)
             .map_err(|e| ProbeError::Ebpf(format!("FANIN_ENDPOINTS: {e}")))?;
-        let senders = BpfHashMap::try_from(take(&mut ebpf, "FANIN_SENDERS")?)
+        let senders = BpfHashMap::try_from(take(ebpf, "FANIN_SENDERS")?)
             .map_err(|e| ProbeError::Ebpf(format!("FANIN_SENDERS: {e}")))?;
-        let runtime = Array::try_from(take(&mut ebpf, "FANIN_RUNTIME")?)
+        let runtime = Array::try_from(take(ebpf, "FANIN_RUNTIME")?)
             .map_err(|e| ProbeError::Ebpf(format!("FANIN_RUNTIME: {e}")))?;
-        let stats = PerCpuArray::try_from(take(&mut ebpf, "FANIN_STATS")?)
+        let stats = PerCpuArray::try_from(take(ebpf, "FANIN_STATS")?)
             .map_err(|e| ProbeError::Ebpf(format!("FANIN_STATS: {e}")))?;
         let retrans = if retrans_on {
-            let m = PerCpuHashMap::try_from(take(&mut ebpf, "RETRANS")?)
+            let m = PerCpuHashMap::try_from(take(ebpf, "RETRANS")?)
                 .map_err(|e| ProbeError::Ebpf(format!("RETRANS: {e}")))?;
-            let s = PerCpuArray::try_from(take(&mut ebpf, "RETRANS_STATS")?)
+            let s = PerCpuArray::try_from(take(ebpf, "RETRANS_STATS")?)
                 .map_err(|e| ProbeError::Ebpf(format!("RETRANS_STATS: {e}")))?;
             Some((m, s))
         } else {
             None
         };
+        drop(guard);
         let mut probe = TcpProbe {
-            ebpf,
+            ebpf: object,
             endpoints,
             senders,
             runtime,
@@ -354,7 +353,9 @@ impl TcpProbe {
             .collect();
         for ix in gone {
             if let Some((name, link)) = self.attached.remove(&ix)
-                && let Some(Ok(prog)) = self.ebpf.program_mut("tcp_fanin").map(<&mut SchedClassifier>::try_from)
+                && let Some(Ok(prog)) = lock_ebpf(&self.ebpf)
+                    .program_mut("tcp_fanin")
+                    .map(<&mut SchedClassifier>::try_from)
             {
                 // Usually already gone with the device; a renamed device is detached here.
                 let _ = prog.detach(link);
@@ -377,8 +378,8 @@ impl TcpProbe {
     }
 
     fn attach(&mut self, name: &str) -> Result<SchedClassifierLinkId, ProbeError> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
+        let mut ebpf = lock_ebpf(&self.ebpf);
+        let prog: &mut SchedClassifier = ebpf
             .program_mut("tcp_fanin")
             .ok_or_else(|| ProbeError::Ebpf("program tcp_fanin missing".into()))?
             .try_into()
@@ -454,7 +455,7 @@ impl TcpProbe {
                 }
             }
         }
-        if let Some(Ok(info)) = self.ebpf.program("tcp_fanin").map(|p| p.info()) {
+        if let Some(Ok(info)) = lock_ebpf(&self.ebpf).program("tcp_fanin").map(|p| p.info()) {
             snap.run_time_ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
             snap.run_count = info.run_count();
         }

@@ -55,7 +55,10 @@ pub async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Result<Option
         Ok(Some(l)) => Ok(Some(l.header.index)),
         Ok(None) => Ok(None),
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(TcError::Netlink { op: "get link", source: e }),
+        Err(e) => Err(TcError::Netlink {
+            op: "get link",
+            source: e,
+        }),
     }
 }
 
@@ -67,7 +70,10 @@ pub async fn links(handle: &rtnetlink::Handle) -> Result<Vec<(u32, String)>, TcE
         .execute()
         .try_collect()
         .await
-        .map_err(|e| TcError::Netlink { op: "dump links", source: e })?;
+        .map_err(|e| TcError::Netlink {
+            op: "dump links",
+            source: e,
+        })?;
     Ok(all
         .into_iter()
         .filter_map(|l| {
@@ -301,7 +307,10 @@ pub async fn revert(handle: &rtnetlink::Handle, ifindex: Option<u32>, prior: &Tr
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(libc::ENODEV) => {}
                 Err(e) => {
-                    return Err(TcError::Netlink { op: "delete ifb", source: e });
+                    return Err(TcError::Netlink {
+                        op: "delete ifb",
+                        source: e,
+                    });
                 }
             }
         }
@@ -337,10 +346,12 @@ pub async fn sweep(handle: &rtnetlink::Handle) -> Result<Vec<String>, TcError> {
             Ok(()) => removed.push(format!("link {name}")),
             Err(e) if errno(&e) == Some(libc::ENODEV) => {}
             Err(e) => {
-                return Err(TcError::Netlink { op: "delete ifb", source: e });
+                return Err(TcError::Netlink {
+                    op: "delete ifb",
+                    source: e,
+                });
             }
         }
     }
     Ok(removed)
 }
-

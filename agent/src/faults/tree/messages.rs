@@ -148,4 +148,3 @@ pub(super) fn mirred_target(m: &TcMessage) -> Option<u32> {
         _ => None,
     })
 }
-

@@ -11,7 +11,6 @@ use super::super::netem::{NetemSpec, SpecError};
 use super::super::tc::{GRAYDAR_MAJOR, PriorRoot};
 use super::{ETH_P_IP, ETH_P_IPV6, MAX_FILTERS, NETEM_CHILD_MAJOR, NETEM_MINOR, PASS_MINOR, SCOPE_PREF};
 
-
 /// One flower filter of the tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Match {

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use crate::detect::drops::DropConfig;
 use crate::detect::incast::IncastConfig;
 use crate::detect::route_flap::RoutesConfig;
-use crate::disk::DiskConfig;
+pub use crate::probes::kernel_drops::AttachMode;
+
+mod disk;
+pub use disk::DiskConfig;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9477";
 
@@ -57,6 +60,11 @@ pub struct FileConfig {
     pub sysfs_root: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub log_level: Option<String>,
+    /// How long resolved findings of every kind stay listed in
+    /// /api/v1/findings (default 1h). Replaces `[drops] resolved_retention`,
+    /// which is still read (with a deprecation warning) when this is unset.
+    #[serde(default, with = "humantime_serde")]
+    pub resolved_retention: Option<Duration>,
     /// `[drops]`, split by [`DropsSection::from_table`].
     pub drops: Option<toml::Table>,
     #[serde(default)]
@@ -69,7 +77,7 @@ pub struct FileConfig {
     /// `[incast]`: TCP incast probes and detector.
     #[serde(default)]
     pub incast: IncastConfig,
-    /// `[paths]`: the path-probe mesh (agent/src/paths.rs).
+    /// `[paths]`: the path-probe mesh (agent/src/signals/paths.rs).
     #[serde(default)]
     pub paths: crate::detect::paths::PathsConfig,
     /// `[routes]`: route / link / neighbour churn and the route_flap detector.
@@ -85,25 +93,16 @@ pub struct EbpfSection {
     pub kfree_skb: AttachMode,
 }
 
-/// How the kfree_skb probe attaches: `auto` tries the BTF-typed tracepoint
-/// (cheaper: direct loads) and falls back to the raw tracepoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttachMode {
-    #[default]
-    Auto,
-    TpBtf,
-    RawTp,
-}
-
 /// `[drops]`: sampling of the drop collectors plus the detector settings
 /// ([`DropConfig`], in the same table).
 #[derive(Debug, Clone)]
 pub struct DropsSection {
     /// Sampling period of the drop collectors.
     pub interval: Duration,
-    /// How long resolved findings stay listed in /api/v1/findings.
-    pub resolved_retention: Duration,
+    /// Deprecated: `[drops] resolved_retention`, the retention of resolved
+    /// findings before it became the top-level `resolved_retention`. Still
+    /// honoured when the top-level key is unset, with a warning.
+    pub resolved_retention: Option<Duration>,
     /// Interfaces never evaluated (exact names).
     pub exclude_interfaces: Vec<String>,
     pub detector: DropConfig,
@@ -119,7 +118,7 @@ impl DropsSection {
             out.interval = duration_field("drops.interval", v)?;
         }
         if let Some(v) = t.remove("resolved_retention") {
-            out.resolved_retention = duration_field("drops.resolved_retention", v)?;
+            out.resolved_retention = Some(duration_field("drops.resolved_retention", v)?);
         }
         if let Some(v) = t.remove("exclude_interfaces") {
             out.exclude_interfaces =
@@ -149,7 +148,7 @@ impl Default for DropsSection {
     fn default() -> Self {
         DropsSection {
             interval: default_interval(),
-            resolved_retention: default_retention(),
+            resolved_retention: None,
             exclude_interfaces: Vec::new(),
             detector: DropConfig::default(),
         }
@@ -165,6 +164,11 @@ pub struct Config {
     pub sysfs_root: PathBuf,
     pub state_dir: PathBuf,
     pub log_level: String,
+    /// How long resolved findings (every kind) stay listed in /api/v1/findings.
+    pub resolved_retention: Duration,
+    /// Deprecated settings found in the file, one message each, for the
+    /// agent to log once logging is set up.
+    pub deprecations: Vec<String>,
     pub drops: DropsSection,
     pub ebpf: EbpfSection,
     pub incast: IncastConfig,
@@ -257,6 +261,18 @@ impl Config {
         file.routes.validate()?;
         file.disk.validate().map_err(ConfigError::Disk)?;
         let controller = file.controller.map(ControllerSection::validated).transpose()?;
+        let mut deprecations = Vec::new();
+        if drops.resolved_retention.is_some() {
+            deprecations.push(if file.resolved_retention.is_some() {
+                "[drops] resolved_retention is deprecated and ignored: the top-level resolved_retention is set".to_owned()
+            } else {
+                "[drops] resolved_retention is deprecated: set resolved_retention at the top level of the file (it applies to every finding kind)".to_owned()
+            });
+        }
+        let resolved_retention = file
+            .resolved_retention
+            .or(drops.resolved_retention)
+            .unwrap_or_else(default_retention);
         Ok(Config {
             listen,
             hostname,
@@ -280,6 +296,8 @@ impl Config {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
+            resolved_retention,
+            deprecations,
             drops,
             ebpf: file.ebpf,
             incast: file.incast,
@@ -477,6 +495,31 @@ mod tests {
     }
 
     #[test]
+    fn resolved_retention_is_a_top_level_setting() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.resolved_retention, Duration::from_secs(3600));
+        assert!(c.deprecations.is_empty());
+        let c = parse("resolved_retention = \"10m\"\n").expect("valid");
+        assert_eq!(c.resolved_retention, Duration::from_secs(600));
+        assert!(c.deprecations.is_empty());
+    }
+
+    #[test]
+    fn the_old_drops_resolved_retention_still_works_with_a_deprecation() {
+        let c = parse("[drops]\nresolved_retention = \"5m\"\n").expect("valid");
+        assert_eq!(c.resolved_retention, Duration::from_secs(300));
+        assert_eq!(c.deprecations.len(), 1);
+        assert!(c.deprecations[0].contains("deprecated"), "{:?}", c.deprecations);
+        // The top-level key wins over the old one.
+        let c = parse("resolved_retention = \"2m\"\n[drops]\nresolved_retention = \"5m\"\n").expect("valid");
+        assert_eq!(c.resolved_retention, Duration::from_secs(120));
+        assert_eq!(c.deprecations.len(), 1);
+        assert!(c.deprecations[0].contains("ignored"), "{:?}", c.deprecations);
+        let err = parse("resolved_retention = \"soon\"\n").expect_err("must fail");
+        assert!(err.to_string().contains("resolved_retention"), "{err}");
+    }
+
+    #[test]
     fn durations_are_human_readable() {
         let c = parse("[drops]\ninterval = \"500ms\"\nshort_window = \"5s\"\n").expect("valid");
         assert_eq!(c.drops.interval, Duration::from_millis(500));
@@ -485,12 +528,15 @@ mod tests {
 
     #[test]
     fn the_shipped_example_config_is_valid_and_matches_the_defaults() {
-        let c = parse(include_str!("../../deploy/agent.example.toml")).expect("deploy/agent.example.toml must parse");
+        let c =
+            parse(include_str!("../../../deploy/agent.example.toml")).expect("deploy/agent.example.toml must parse");
         let d = DropConfig::default();
         assert_eq!(c.drops.detector.warning_ratio, d.warning_ratio);
         assert_eq!(c.drops.detector.short_window, d.short_window);
         assert_eq!(c.drops.detector.resolve_windows, d.resolve_windows);
         assert_eq!(c.drops.interval, Duration::from_secs(1));
+        assert_eq!(c.resolved_retention, Duration::from_secs(3600));
+        assert!(c.deprecations.is_empty(), "the example uses no deprecated key");
         assert_eq!(
             c.incast,
             IncastConfig::default(),

@@ -1,19 +1,22 @@
 //! The disk signal end to end.
 //!
-//! - eBPF (one object load, ebpf/src/{fsync,block_io}.rs): fsync/fdatasync
+//! - eBPF (programs of the shared object, agent/src/ebpf.rs;
+//!   ebpf/src/{fsync,block_io}.rs): fsync/fdatasync
 //!   latency per block device and block request latency per device and op,
 //!   as per-CPU histograms; errors of block requests.
 //! - `/proc/diskstats`: IOPS, throughput, await, in-flight, utilization.
 //! - Canaries: one OS thread per configured directory (none by default),
 //!   4 KiB write + fdatasync every `canary_interval`; a watchdog thread
-//!   checks them every 100 ms and raises `disk_hung` the moment a call has
-//!   been in flight for `canary_stall_limit`, independently of the sampling
-//!   loop and of tokio (a hung disk must not delay the alarm about it).
+//!   checks them every 100 ms and raises `disk_hung` (agent/src/detect/disk_hung.rs)
+//!   the moment a call has been in flight for `canary_stall_limit`,
+//!   independently of the sampling loop and of tokio (a hung disk must not
+//!   delay the alarm about it): the one finding written to the store outside
+//!   the runner.
 //!
 //! Every `interval` [`DiskSignal::sample`] mirrors the histograms into
 //! Prometheus, feeds `fsync_latency` (per device, both ops merged) and
 //! `disk_slow` (per whole device, diskstats await at comparable load), and
-//! updates the findings.
+//! returns the finding updates.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,97 +24,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use aya::{Ebpf, EbpfLoader};
 use graydar_common::api::{Evidence, FindingKind, Severity};
 use graydar_common::disk::{block_op, fsync_op};
-use serde::Deserialize;
 
-use crate::detect::disk_slow::{self, DeviceSample, SlowConfig, SlowDetector};
-use crate::detect::fsync_latency::{self, FsyncConfig, FsyncDetector, LatencyHist};
+use super::{Context, Signal, Update};
+use crate::config::DiskConfig;
+use crate::detect::Transition;
+use crate::detect::disk_hung::HungTracker;
+use crate::detect::disk_slow::{self, DeviceSample, SlowDetector};
+use crate::detect::fsync_latency::{FsyncDetector, LatencyHist};
+use crate::ebpf::{Programs, Unavailable};
 use crate::findings::{FindingStore, Report};
 use crate::metrics::{CounterMirror, DISK_LATENCY_BUCKETS, ExternalHistogram, Metrics};
 use crate::probes::block_io::{self, BlockReader, DeviceNames};
-use crate::probes::canary::{Canary, HungTracker, HungTransition};
+use crate::probes::canary::Canary;
 use crate::probes::diskstats::{self, DiskCounters};
 use crate::probes::fsync::{self, FsyncReader};
-use crate::probes::{ProbeError, canary};
+use crate::probes::{SharedEbpf, canary, lock_ebpf};
 
-/// `[disk]` in the agent configuration.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DiskConfig {
-    /// Attach the fsync and block-I/O eBPF probes.
-    pub ebpf: bool,
-    /// Sampling period of the disk signal.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Directories to run an fdatasync canary in (a `.graydar-canary` file
-    /// of 64 KiB is created in each). None by default.
-    pub canary_directories: Vec<PathBuf>,
-    #[serde(with = "humantime_serde")]
-    pub canary_interval: Duration,
-    /// A canary call in flight this long raises `disk_hung`.
-    #[serde(with = "humantime_serde")]
-    pub canary_stall_limit: Duration,
-    /// Devices never judged (exact kernel names, e.g. "loop0").
-    pub exclude_devices: Vec<String>,
-    /// `[disk.fsync]`: the fsync_latency detector.
-    pub fsync: FsyncConfig,
-    /// `[disk.slow]`: the disk_slow detector.
-    pub slow: SlowConfig,
-}
-
-impl Default for DiskConfig {
-    fn default() -> Self {
-        DiskConfig {
-            ebpf: true,
-            interval: Duration::from_millis(500),
-            canary_directories: Vec::new(),
-            canary_interval: Duration::from_secs(1),
-            canary_stall_limit: Duration::from_secs(5),
-            exclude_devices: Vec::new(),
-            fsync: FsyncConfig::default(),
-            slow: SlowConfig::default(),
-        }
-    }
-}
-
-impl DiskConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.interval < Duration::from_millis(100) || self.interval > Duration::from_secs(60) {
-            return Err(format!(
-                "disk.interval must be between 100ms and 60s, got {:?}",
-                self.interval
-            ));
-        }
-        if self.canary_interval < Duration::from_millis(10) {
-            return Err(format!(
-                "disk.canary_interval must be at least 10ms, got {:?}",
-                self.canary_interval
-            ));
-        }
-        if self.canary_stall_limit < Duration::from_millis(100) {
-            return Err(format!(
-                "disk.canary_stall_limit must be at least 100ms, got {:?}",
-                self.canary_stall_limit
-            ));
-        }
-        for d in &self.canary_directories {
-            if !d.is_absolute() {
-                return Err(format!(
-                    "disk.canary_directories: {} is not an absolute path",
-                    d.display()
-                ));
-            }
-        }
-        self.fsync.validate()?;
-        self.slow.validate()
-    }
-}
-
-/// The fsync and block programs, loaded from one object.
+/// The fsync and block programs of the shared object.
 pub struct DiskEbpf {
-    _ebpf: Ebpf,
+    object: SharedEbpf,
     pub fsync: Option<FsyncReader>,
     pub block: Option<BlockReader>,
 }
@@ -121,8 +54,9 @@ impl DiskEbpf {
     /// kernel; both 0 unless kernel.bpf_stats_enabled=1.
     pub fn run_stats(&self, programs: &[&str]) -> (u64, u64) {
         let (mut ns, mut runs) = (0u64, 0u64);
+        let ebpf = lock_ebpf(&self.object);
         for p in programs {
-            if let Some(Ok(info)) = self._ebpf.program(p).map(|p| p.info()) {
+            if let Some(Ok(info)) = ebpf.program(p).map(|p| p.info()) {
                 ns = ns.saturating_add(u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX));
                 runs = runs.saturating_add(info.run_count());
             }
@@ -135,37 +69,27 @@ impl DiskEbpf {
 const FSYNC_PROGRAMS: &[&str] = &["fsync_enter", "fdatasync_enter", "fsync_exit"];
 const BLOCK_PROGRAMS: &[&str] = &["block_rq_issue", "block_rq_complete"];
 
-/// Loads the eBPF object with the disk probes' globals and attaches the
-/// fsync and block programs; each half that fails is logged and disabled.
-pub fn start_ebpf(sysfs_root: &Path, metrics: &Metrics) -> Result<DiskEbpf, ProbeError> {
-    let btf = crate::btf::KernelBtf::load(sysfs_root).map_err(|e| ProbeError::Ebpf(e.to_string()))?;
-    let tracefs = Path::new("/sys/kernel/tracing");
-    let fsync_off = fsync::offsets(&btf, tracefs);
-    let block_off = block_io::offsets(&btf);
-    crate::ebpf::raise_memlock_limit();
-    let mut loader = EbpfLoader::new();
-    if let Ok(o) = &fsync_off {
-        loader.override_global("FSYNC_OFFSETS", o, true);
-    }
-    if let Ok(o) = &block_off {
-        loader.override_global("BLOCK_OFFSETS", o, true);
-    }
-    let mut ebpf = loader
-        .load(crate::ebpf::EBPF_OBJECT)
-        .map_err(|e| ProbeError::Ebpf(format!("loading eBPF object: {e}")))?;
+/// Attaches the fsync and block programs of the shared object (loaded with
+/// the disk probes' globals); each half that fails is logged and disabled.
+pub fn start_ebpf(programs: &mut Programs, metrics: &Metrics) -> DiskEbpf {
+    let fsync_off = programs.take_fsync();
+    let block_off = programs.take_block();
+    let object = programs.object();
+    let mut guard = lock_ebpf(&object);
+    let ebpf = &mut *guard;
     let fsync_reader = fsync_off
         .and_then(|o| {
             tracing::debug!(offsets = ?o, "fsync probe setup");
-            fsync::attach(&mut ebpf)?;
-            FsyncReader::take(&mut ebpf)
+            fsync::attach(ebpf)?;
+            FsyncReader::take(ebpf)
         })
         .inspect_err(|e| tracing::warn!(error = %e, "fsync latency probe disabled"))
         .ok();
     let block_reader = block_off
         .and_then(|o| {
             tracing::debug!(offsets = ?o, "block probe setup");
-            block_io::attach(&mut ebpf)?;
-            BlockReader::take(&mut ebpf)
+            block_io::attach(ebpf)?;
+            BlockReader::take(ebpf)
         })
         .inspect_err(|e| tracing::warn!(error = %e, "block I/O latency probe disabled"))
         .ok();
@@ -173,7 +97,6 @@ pub fn start_ebpf(sysfs_root: &Path, metrics: &Metrics) -> Result<DiskEbpf, Prob
         (fsync::PROBE, fsync_reader.is_some()),
         (block_io::PROBE, block_reader.is_some()),
     ] {
-        metrics.probe_up.with_label_values(&[probe]).set(i64::from(up));
         if up {
             metrics
                 .ebpf_programs_attached
@@ -181,11 +104,12 @@ pub fn start_ebpf(sysfs_root: &Path, metrics: &Metrics) -> Result<DiskEbpf, Prob
             tracing::info!(probe, "eBPF probe attached");
         }
     }
-    Ok(DiskEbpf {
-        _ebpf: ebpf,
+    drop(guard);
+    DiskEbpf {
+        object,
         fsync: fsync_reader,
         block: block_reader,
-    })
+    }
 }
 
 /// A running canary and where it reports.
@@ -242,6 +166,8 @@ pub struct DiskSignal {
     block_window: HashMap<String, std::collections::VecDeque<(Duration, LatencyHist)>>,
     last_block: HashMap<String, LatencyHist>,
     canaries: Arc<Vec<CanaryEntry>>,
+    /// Tells the canary watchdog thread to end.
+    watchdog_stop: Arc<AtomicBool>,
     started: Instant,
 }
 
@@ -291,11 +217,6 @@ impl DiskSignal {
                 }
             }
         }
-        metrics
-            .probe_up
-            .with_label_values(&["canary"])
-            .set(i64::from(canaries.len() == cfg.canary_directories.len()));
-        metrics.probe_up.with_label_values(&["diskstats"]).set(1);
         DiskSignal {
             fsync_det: FsyncDetector::new(cfg.fsync.clone()),
             slow_det: SlowDetector::new(cfg.slow.clone()),
@@ -312,6 +233,7 @@ impl DiskSignal {
             block_window: HashMap::new(),
             last_block: HashMap::new(),
             canaries: Arc::new(canaries),
+            watchdog_stop: Arc::new(AtomicBool::new(false)),
             started: Instant::now(),
         }
     }
@@ -321,8 +243,7 @@ impl DiskSignal {
     }
 
     fn collector_error(&self, collector: &str, err: &dyn std::fmt::Display) {
-        self.metrics.collector_errors.with_label_values(&[collector]).inc();
-        tracing::warn!(collector, error = %err, "collection failed");
+        super::collector_error(&self.metrics, collector, err);
     }
 
     /// Starts the canary watchdog thread (no-op without canaries).
@@ -362,37 +283,14 @@ impl DiskSignal {
     }
 
     /// One sampling round.
-    pub fn sample(&mut self) {
+    pub fn sample(&mut self) -> Vec<Update> {
         self.sample_run_stats();
         let now = self.started.elapsed();
-        let wall = SystemTime::now();
-        let mut reports: Vec<Report5> = Vec::new();
+        let mut reports: Vec<Update> = Vec::new();
         let block_errors = self.sample_block(now);
         self.sample_fsync(now, &mut reports);
         self.sample_diskstats(now, &block_errors, &mut reports);
-
-        let mut store = self.findings.lock().unwrap_or_else(|p| p.into_inner());
-        for (kind, subject, transition, summary, firing, evidence) in reports {
-            match transition {
-                Some(Transition::Fire(severity)) => store.firing(
-                    Report {
-                        kind,
-                        subject,
-                        severity,
-                        summary,
-                        evidence,
-                    },
-                    wall,
-                ),
-                Some(Transition::Resolve) => store.resolve(kind, &subject, wall),
-                None => {
-                    if firing.is_some() {
-                        store.refresh(kind, &subject, evidence, wall)
-                    }
-                }
-            }
-        }
-        store.export(&self.metrics);
+        reports
     }
 
     /// Block histograms and errors into metrics; returns error counts per
@@ -458,7 +356,7 @@ impl DiskSignal {
         h
     }
 
-    fn sample_fsync(&mut self, now: Duration, out: &mut Vec<Report5>) {
+    fn sample_fsync(&mut self, now: Duration, out: &mut Vec<Update>) {
         let procfs_root = self.procfs_root.clone();
         let Some(reader) = self.ebpf.as_mut().and_then(|e| e.fsync.as_mut()) else {
             return;
@@ -546,19 +444,19 @@ impl DiskSignal {
                 o.window_count,
                 o.recent.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0),
             );
-            let tr = match o.transition {
-                Some(fsync_latency::Transition::Fired(s)) | Some(fsync_latency::Transition::SeverityChanged(s)) => {
-                    Some(Transition::Fire(s))
-                }
-                Some(fsync_latency::Transition::Resolved) => Some(Transition::Resolve),
-                None => None,
-            };
-            out.push((FindingKind::FsyncLatency, subject(&dev), tr, summary, o.firing, ev));
+            out.push(report(
+                FindingKind::FsyncLatency,
+                &dev,
+                o.transition,
+                o.firing,
+                summary,
+                ev,
+            ));
         }
         self.fsync_det.retain(|k| seen.contains(k));
     }
 
-    fn sample_diskstats(&mut self, now: Duration, block_errors: &HashMap<String, u64>, out: &mut Vec<Report5>) {
+    fn sample_diskstats(&mut self, now: Duration, block_errors: &HashMap<String, u64>, out: &mut Vec<Update>) {
         let disks = match diskstats::read(&self.procfs_root) {
             Ok(d) => d,
             Err(e) => {
@@ -668,61 +566,101 @@ impl DiskSignal {
                 s.iops,
                 s.bytes_per_second / 1e6
             );
-            let tr = match o.transition {
-                Some(disk_slow::Transition::Fired(sv)) | Some(disk_slow::Transition::SeverityChanged(sv)) => {
-                    Some(Transition::Fire(sv))
+            out.push(report(FindingKind::DiskSlow, &dev, o.transition, o.firing, summary, ev));
+        }
+    }
+}
+
+impl Signal for DiskSignal {
+    const NAME: &'static str = "disk";
+
+    /// eBPF fsync/block probes when allowed, diskstats always, canaries for
+    /// the configured directories.
+    fn start(ctx: &mut Context) -> Option<Self> {
+        let (cfg, metrics) = (&ctx.cfg, &ctx.metrics);
+        // `[disk] ebpf = false`: no probe_up series (disabled, not down).
+        let ebpf = if !cfg.disk.ebpf {
+            None
+        } else {
+            match &mut ctx.ebpf {
+                Ok(programs) => Some(start_ebpf(programs, metrics)),
+                Err(e) => {
+                    if !matches!(e, Unavailable::NotAllowed) {
+                        tracing::warn!(error = %e, "disk eBPF probes disabled; diskstats and canaries keep running");
+                    }
+                    None
                 }
-                Some(disk_slow::Transition::Resolved) => Some(Transition::Resolve),
-                None => None,
-            };
-            out.push((FindingKind::DiskSlow, subject(&dev), tr, summary, o.firing, ev));
+            }
+        };
+        Some(DiskSignal::new(
+            cfg.disk.clone(),
+            cfg.procfs_root.clone(),
+            cfg.sysfs_root.clone(),
+            metrics.clone(),
+            ctx.findings.clone(),
+            ebpf,
+        ))
+    }
+
+    fn interval(&self) -> Duration {
+        self.cfg.interval
+    }
+
+    fn probes(&self) -> Vec<(&'static str, bool)> {
+        let mut p = vec![
+            ("diskstats", true),
+            ("canary", self.canaries.len() == self.cfg.canary_directories.len()),
+        ];
+        // `[disk] ebpf = false`: no series (disabled, not down).
+        if self.cfg.ebpf {
+            let e = self.ebpf.as_ref();
+            p.push((fsync::PROBE, e.is_some_and(|e| e.fsync.is_some())));
+            p.push((block_io::PROBE, e.is_some_and(|e| e.block.is_some())));
+        }
+        p
+    }
+
+    /// Starts the canary watchdog thread.
+    async fn begin(&mut self, _stop: tokio::sync::watch::Receiver<bool>) {
+        self.start_watchdog(Arc::clone(&self.watchdog_stop));
+    }
+
+    async fn sample(&mut self) -> Vec<Update> {
+        // Map reads and small procfs reads: fast, but keep them off the
+        // async workers anyway.
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => DiskSignal::sample(self),
+            _ => tokio::task::block_in_place(|| DiskSignal::sample(self)),
         }
     }
 
-    /// Runs until `shutdown` changes; starts the canary watchdog first.
-    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let stop = Arc::new(AtomicBool::new(false));
-        self.start_watchdog(Arc::clone(&stop));
-        let mut tick = tokio::time::interval(self.cfg.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    // Map reads and small procfs reads: fast, but keep them
-                    // off the async workers anyway.
-                    self = match tokio::task::spawn_blocking(move || { self.sample(); self }).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::error!(error = %e, "disk sampling task failed; disk signal stopped");
-                            return;
-                        }
-                    };
-                }
-                _ = shutdown.changed() => break,
-            }
-        }
-        stop.store(true, Ordering::Release);
+    async fn stop(self) {
+        self.watchdog_stop.store(true, Ordering::Release);
         for c in self.canaries.iter() {
             c.canary.stop();
         }
     }
 }
 
-/// A finding transition of either disk detector.
-#[derive(Clone, Copy, Debug)]
-enum Transition {
-    Fire(Severity),
-    Resolve,
+fn report(
+    kind: FindingKind,
+    dev: &str,
+    transition: Option<Transition>,
+    firing: Option<Severity>,
+    summary: String,
+    evidence: BTreeMap<String, Evidence>,
+) -> Update {
+    Update::Apply(
+        transition,
+        Report {
+            kind,
+            subject: subject(dev),
+            severity: firing.unwrap_or(Severity::Warning),
+            summary,
+            evidence,
+        },
+    )
 }
-
-type Report5 = (
-    FindingKind,
-    String,
-    Option<Transition>,
-    String,
-    Option<Severity>,
-    BTreeMap<String, Evidence>,
-);
 
 /// The canary watchdog: every 100 ms, each canary's call in flight is
 /// checked against the stall limit. Runs on its own thread and only takes
@@ -750,39 +688,34 @@ fn watchdog(
             let wall = SystemTime::now();
             let mut store = findings.lock().unwrap_or_else(|p| p.into_inner());
             let subject = subject(&c.device);
-            match tr {
-                HungTransition::Hung => {
-                    let stuck = s.in_flight.unwrap_or_default();
-                    store.firing(
-                        Report {
-                            kind: FindingKind::DiskHung,
-                            subject,
-                            severity: Severity::Critical,
-                            summary: format!(
-                                "{}: the canary's 4 KiB write + fdatasync in {} has not returned for {:.1} s \
-                                 (stall limit {:.1} s)",
-                                subject_of(&c.device),
-                                c.directory,
-                                stuck.as_secs_f64(),
-                                stall_limit.as_secs_f64()
-                            ),
-                            evidence: BTreeMap::from([
-                                ("device".to_owned(), Evidence::from(c.device.as_str())),
-                                ("directory".to_owned(), Evidence::from(c.directory.as_str())),
-                                ("inflight_seconds".to_owned(), Evidence::Number(stuck.as_secs_f64())),
-                                (
-                                    "stall_limit_seconds".to_owned(),
-                                    Evidence::Number(stall_limit.as_secs_f64()),
-                                ),
-                                ("canary_calls".to_owned(), Evidence::from(s.calls)),
-                                ("canary_errors".to_owned(), Evidence::from(s.errors)),
-                            ]),
-                        },
-                        wall,
-                    );
-                }
-                HungTransition::Recovered => store.resolve(FindingKind::DiskHung, &subject, wall),
-            }
+            let stuck = s.in_flight.unwrap_or_default();
+            // The summary and evidence of the moment it hung (a resolution
+            // uses only the kind and subject).
+            let report = Report {
+                kind: FindingKind::DiskHung,
+                subject,
+                severity: Severity::Critical,
+                summary: format!(
+                    "{}: the canary's 4 KiB write + fdatasync in {} has not returned for {:.1} s \
+                     (stall limit {:.1} s)",
+                    subject_of(&c.device),
+                    c.directory,
+                    stuck.as_secs_f64(),
+                    stall_limit.as_secs_f64()
+                ),
+                evidence: BTreeMap::from([
+                    ("device".to_owned(), Evidence::from(c.device.as_str())),
+                    ("directory".to_owned(), Evidence::from(c.directory.as_str())),
+                    ("inflight_seconds".to_owned(), Evidence::Number(stuck.as_secs_f64())),
+                    (
+                        "stall_limit_seconds".to_owned(),
+                        Evidence::Number(stall_limit.as_secs_f64()),
+                    ),
+                    ("canary_calls".to_owned(), Evidence::from(s.calls)),
+                    ("canary_errors".to_owned(), Evidence::from(s.errors)),
+                ]),
+            };
+            store.apply(Some(tr), report, wall);
             store.export(metrics);
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -796,21 +729,6 @@ fn subject_of(device: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn disk_config_defaults_and_validation() {
-        let c = DiskConfig::default();
-        assert!(c.validate().is_ok());
-        assert!(c.canary_directories.is_empty(), "no canary unless configured");
-        assert_eq!(c.canary_stall_limit, Duration::from_secs(5));
-        assert_eq!(c.fsync.warning, Duration::from_millis(50));
-        assert_eq!(c.fsync.critical, Duration::from_millis(100));
-        let bad = DiskConfig {
-            canary_directories: vec!["relative/dir".into()],
-            ..DiskConfig::default()
-        };
-        assert!(bad.validate().is_err());
-    }
 
     #[test]
     fn prometheus_buckets_are_on_the_kernel_grid() {

@@ -18,13 +18,14 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use graydar_common::api::{Evidence, FindingKind};
 
+use super::{Context, Signal, Update};
 use crate::detect::route_flap::{PrefixState, RouteFlapDetector, RoutesConfig, Transition};
-use crate::findings::{FindingStore, Report};
+use crate::findings::Report;
 use crate::metrics::Metrics;
 use crate::probes::route_churn::{
     self, ChurnEvent, LinkStates, NextHop, PROBE, Prefix, RT_TABLE_MAIN, RouteChurnProbe, RouteEvent, table_name,
@@ -91,7 +92,8 @@ pub fn timestamp(t: SystemTime) -> String {
 pub struct RouteSignal {
     cfg: RoutesConfig,
     metrics: Arc<Metrics>,
-    findings: Arc<Mutex<FindingStore>>,
+    /// The rtnetlink subscription; `None` when disabled, refused or closed.
+    probe: Option<RouteChurnProbe>,
     det: RouteFlapDetector<RouteKey, Change>,
     links: LinkStates,
     ignore: Vec<Prefix>,
@@ -100,14 +102,14 @@ pub struct RouteSignal {
 }
 
 impl RouteSignal {
-    pub fn new(cfg: RoutesConfig, metrics: Arc<Metrics>, findings: Arc<Mutex<FindingStore>>) -> Self {
+    pub fn new(cfg: RoutesConfig, metrics: Arc<Metrics>, probe: Option<RouteChurnProbe>) -> Self {
         // Validated with the configuration; an invalid entry cannot reach here.
         let ignore = cfg.ignore_prefixes.iter().filter_map(|p| p.parse().ok()).collect();
         RouteSignal {
             det: RouteFlapDetector::new(cfg.clone()),
             cfg,
             metrics,
-            findings,
+            probe,
             links: LinkStates::default(),
             ignore,
             context: VecDeque::new(),
@@ -161,13 +163,14 @@ impl RouteSignal {
     }
 
     /// One decoded event at monotonic `now` (since the signal started).
-    pub fn handle(&mut self, ev: ChurnEvent, now: Duration, wall: SystemTime) {
+    pub fn handle(&mut self, ev: ChurnEvent, now: Duration, wall: SystemTime) -> Vec<Update> {
         match ev {
             ChurnEvent::Overrun => {
                 self.metrics.collector_errors.with_label_values(&[PROBE]).inc();
                 tracing::warn!(
                     "route_churn: the netlink receive buffer overflowed, route/link/neighbour events were lost"
                 );
+                Vec::new()
             }
             ChurnEvent::Link(l) => {
                 self.metrics.route_changes.with_label_values(&["link", "link"]).inc();
@@ -179,6 +182,7 @@ impl RouteSignal {
                     address: None,
                     text: format!("link {} {} -> {}", l.name, l.from, l.to),
                 });
+                Vec::new()
             }
             ChurnEvent::Neigh(n) => {
                 let family = if n.address.is_ipv4() { "ipv4" } else { "ipv6" };
@@ -195,14 +199,15 @@ impl RouteSignal {
                     address: Some(n.address),
                     text: format!("neighbour {} dev {dev} {}", n.address, n.state),
                 });
+                Vec::new()
             }
-            ChurnEvent::Route(r) => self.route(r, now, wall),
+            ChurnEvent::Route(r) => self.route(r, now, wall).into_iter().collect(),
         }
     }
 
-    fn route(&mut self, r: RouteEvent, now: Duration, wall: SystemTime) {
+    fn route(&mut self, r: RouteEvent, now: Duration, wall: SystemTime) -> Option<Update> {
         if !self.counted(&r) {
-            return;
+            return None;
         }
         self.metrics
             .route_changes
@@ -221,66 +226,46 @@ impl RouteSignal {
         let transition = self.det.observe(&key, now, change);
         let firing = self.det.state(&key).and_then(PrefixState::firing);
         if transition.is_none() && firing.is_none() {
-            return;
+            return None;
         }
-        let Some(st) = self.det.state(&key) else { return };
+        let st = self.det.state(&key)?;
         let subject = key.to_string();
         let evidence = self.evidence(&key, st, now);
         let summary = self.summary(&key, st);
-        let mut store = self.findings.lock().unwrap_or_else(|p| p.into_inner());
+        let report = Report {
+            kind: FindingKind::RouteFlap,
+            subject,
+            severity: firing.unwrap_or(graydar_common::api::Severity::Warning),
+            summary,
+            evidence,
+        };
         match (transition, firing) {
-            (Some(Transition::Fired(sev)) | Some(Transition::SeverityChanged(sev)), _) => store.firing(
-                Report {
-                    kind: FindingKind::RouteFlap,
-                    subject,
-                    severity: sev,
-                    summary,
-                    evidence,
-                },
-                wall,
-            ),
-            (_, Some(sev)) => {
-                // Still firing: fresh counts and changes, same severity.
-                store.firing(
-                    Report {
-                        kind: FindingKind::RouteFlap,
-                        subject,
-                        severity: sev,
-                        summary,
-                        evidence,
-                    },
-                    wall,
-                );
-            }
-            _ => {}
+            (Some(t), _) => Some(Update::Apply(Some(t), report)),
+            // Still firing: fresh counts and changes, same severity.
+            (None, Some(_)) => Some(Update::Restate(report)),
+            (None, None) => None,
         }
-        self.export(&mut store);
     }
 
-    fn export(&self, store: &mut FindingStore) {
-        store.export(&self.metrics);
-        self.metrics
+    /// The number of flapping prefixes.
+    fn export_gauge(&self, metrics: &Metrics) {
+        metrics
             .route_flapping_prefixes
             .set(i64::try_from(self.det.firing_count()).unwrap_or(i64::MAX));
     }
 
     /// Advances the clock: resolves prefixes quiet for `resolve_after`.
-    pub fn tick(&mut self, now: Duration, wall: SystemTime) {
+    pub fn tick(&mut self, now: Duration) -> Vec<Update> {
         let resolved = self.det.tick(now);
         let window = self.cfg.window;
         while self.context.front().is_some_and(|e| now.saturating_sub(e.at) > window) {
             self.context.pop_front();
         }
-        if resolved.is_empty() {
-            return;
-        }
-        let mut store = self.findings.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, t) in resolved {
-            if t == Transition::Resolved {
-                store.resolve(FindingKind::RouteFlap, &key.to_string(), wall);
-            }
-        }
-        self.export(&mut store);
+        resolved
+            .into_iter()
+            .filter(|(_, t)| *t == Transition::Resolved)
+            .map(|(key, _)| Update::Resolve(FindingKind::RouteFlap, key.to_string()))
+            .collect()
     }
 
     fn summary(&self, key: &RouteKey, st: &PrefixState<Change>) -> String {
@@ -349,60 +334,78 @@ impl RouteSignal {
     }
 
     /// Subscribes to the route, link and neighbour groups unless `[routes]`
-    /// disables it or the kernel refuses (logged); sets
-    /// `graydar_probe_up{probe="route_churn"}`. Call it before the agent
+    /// disables it or the kernel refuses (logged). Call it before the agent
     /// reports ready: events from then on are buffered in the socket.
-    pub fn start_probe(cfg: &RoutesConfig, metrics: &Metrics) -> Option<RouteChurnProbe> {
-        // Disabled by configuration: no probe_up series (disabled, not down).
+    pub fn start_probe(cfg: &RoutesConfig) -> Option<RouteChurnProbe> {
         if !cfg.enabled {
             return None;
         }
-        let up = metrics.probe_up.with_label_values(&[PROBE]);
         match RouteChurnProbe::start() {
             Ok(p) => {
                 tracing::info!("route_churn: subscribed to route, link and neighbour events");
-                up.set(1);
                 Some(p)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "route_churn disabled");
-                up.set(0);
                 None
             }
         }
     }
+}
 
-    /// Runs until `shutdown` changes, on the events of `probe` (from
-    /// [`RouteSignal::start_probe`]); without one it only keeps the clock.
-    pub async fn run(mut self, mut probe: Option<RouteChurnProbe>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let up = self.metrics.probe_up.with_label_values(&[PROBE]);
-        if let Some(p) = &probe
+impl Signal for RouteSignal {
+    const NAME: &'static str = "routes";
+
+    /// Subscribes (see [`RouteSignal::start_probe`]); without a subscription
+    /// it only keeps the clock.
+    fn start(ctx: &mut Context) -> Option<Self> {
+        let probe = RouteSignal::start_probe(&ctx.cfg.routes);
+        Some(RouteSignal::new(ctx.cfg.routes.clone(), ctx.metrics.clone(), probe))
+    }
+
+    fn interval(&self) -> Duration {
+        TICK
+    }
+
+    async fn begin(&mut self, _stop: tokio::sync::watch::Receiver<bool>) {
+        if let Some(p) = &self.probe
             && let Err(e) = p.seed_links(&mut self.links).await
         {
             self.metrics.collector_errors.with_label_values(&[PROBE]).inc();
             tracing::warn!(error = %e, "route_churn: interface names unknown until they change");
         }
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                m = next(&mut probe) => match m {
-                    Some(msg) => {
-                        if let Some(ev) = route_churn::decode(&msg, &mut self.links) {
-                            self.handle(ev, self.started.elapsed(), SystemTime::now());
-                        }
-                    }
-                    None => {
-                        self.metrics.collector_errors.with_label_values(&[PROBE]).inc();
-                        tracing::warn!("route_churn: the netlink socket closed; route churn detection stopped");
-                        up.set(0);
-                        probe = None;
-                    }
-                },
-                _ = tick.tick() => self.tick(self.started.elapsed(), SystemTime::now()),
-                _ = shutdown.changed() => return,
+    }
+
+    async fn sample(&mut self) -> Vec<Update> {
+        self.tick(self.started.elapsed())
+    }
+
+    async fn next_event(&mut self) -> Vec<Update> {
+        match next(&mut self.probe).await {
+            Some(msg) => match route_churn::decode(&msg, &mut self.links) {
+                Some(ev) => self.handle(ev, self.started.elapsed(), SystemTime::now()),
+                None => Vec::new(),
+            },
+            None => {
+                self.metrics.collector_errors.with_label_values(&[PROBE]).inc();
+                tracing::warn!("route_churn: the netlink socket closed; route churn detection stopped");
+                self.probe = None;
+                Vec::new()
             }
         }
+    }
+
+    fn probes(&self) -> Vec<(&'static str, bool)> {
+        // Disabled by configuration: no series (disabled, not down).
+        if self.cfg.enabled {
+            vec![(PROBE, self.probe.is_some())]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn export(&self, metrics: &Metrics) {
+        self.export_gauge(metrics);
     }
 }
 
@@ -421,13 +424,51 @@ mod tests {
 
     use graydar_common::api::{FindingState, Severity};
 
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::findings::FindingStore;
     use crate::probes::route_churn::{LinkEvent, NeighEvent, RouteAction};
 
-    fn signal(cfg: RoutesConfig) -> (RouteSignal, Arc<Metrics>, Arc<Mutex<FindingStore>>) {
+    /// The signal and what the runner gives it: the store its updates go
+    /// to (at the event's wall time) and the metrics it exports.
+    struct Harness {
+        s: RouteSignal,
+        m: Arc<Metrics>,
+        f: Arc<Mutex<FindingStore>>,
+    }
+
+    impl Harness {
+        fn apply(&self, updates: Vec<Update>, wall: SystemTime) {
+            let mut store = self.f.lock().expect("lock");
+            crate::signals::runner::apply_to(&mut store, updates, wall);
+            store.export(&self.m);
+            self.s.export(&self.m);
+        }
+
+        fn handle(&mut self, ev: ChurnEvent, now: Duration, wall: SystemTime) {
+            let u = self.s.handle(ev, now, wall);
+            self.apply(u, wall);
+        }
+
+        fn tick(&mut self, now: Duration, wall: SystemTime) {
+            let u = self.s.tick(now);
+            self.apply(u, wall);
+        }
+    }
+
+    fn signal(cfg: RoutesConfig) -> (Harness, Arc<Metrics>, Arc<Mutex<FindingStore>>) {
         let m = Arc::new(Metrics::new());
         let f = Arc::new(Mutex::new(FindingStore::new("n", Duration::from_secs(3600))));
-        (RouteSignal::new(cfg, m.clone(), f.clone()), m, f)
+        (
+            Harness {
+                s: RouteSignal::new(cfg, m.clone(), None),
+                m: m.clone(),
+                f: f.clone(),
+            },
+            m,
+            f,
+        )
     }
 
     fn ev(action: RouteAction, prefix: &str, table: u32) -> ChurnEvent {

@@ -4,19 +4,22 @@
 //! detector per finding kind (`nic_drops`, `qdisc_drops`, `kernel_drops`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use graydar_common::api::{Evidence, FindingKind};
+use graydar_common::api::{Evidence, FindingKind, Severity};
 
+use super::{Context, Signal, Update};
 use crate::config::Config;
-use crate::detect::drops::{CounterSample, DropDetector, Observation, Transition};
-use crate::findings::{FindingStore, Report};
+use crate::detect::drops::{CounterSample, DropDetector, Observation};
+use crate::ebpf::{Programs, Unavailable};
+use crate::findings::Report;
 use crate::metrics::{CounterMirror, Metrics};
 use crate::probes::kernel_drops::{self, KernelDropsProbe, KernelDropsSnapshot};
 use crate::probes::nic::{self, NicStats};
 use crate::probes::qdisc::{self, QdiscStats};
 use crate::probes::softnet;
+use crate::sys;
 
 /// `TC_H_ROOT` from linux/pkt_sched.h: parent of a root qdisc.
 const TC_H_ROOT: u32 = 0xFFFF_FFFF;
@@ -37,7 +40,6 @@ type ReasonSample = (Duration, HashMap<String, u64>);
 pub struct DropSignal {
     cfg: Config,
     metrics: Arc<Metrics>,
-    findings: Arc<Mutex<FindingStore>>,
     kernel: Option<KernelDropsProbe>,
     netlink: Option<rtnetlink::Handle>,
     mirror: CounterMirror,
@@ -54,7 +56,6 @@ impl DropSignal {
     pub fn new(
         cfg: Config,
         metrics: Arc<Metrics>,
-        findings: Arc<Mutex<FindingStore>>,
         kernel: Option<KernelDropsProbe>,
         netlink: Option<rtnetlink::Handle>,
     ) -> Self {
@@ -65,7 +66,6 @@ impl DropSignal {
             kernel_det: DropDetector::new(d),
             cfg,
             metrics,
-            findings,
             kernel,
             netlink,
             mirror: CounterMirror::default(),
@@ -79,14 +79,12 @@ impl DropSignal {
     }
 
     fn collector_error(&self, collector: &str, err: &dyn std::fmt::Display) {
-        self.metrics.collector_errors.with_label_values(&[collector]).inc();
-        tracing::warn!(collector, error = %err, "collection failed");
+        super::collector_error(&self.metrics, collector, err);
     }
 
     /// One sampling round.
-    pub async fn sample(&mut self) {
+    pub async fn sample(&mut self) -> Vec<Update> {
         let now = self.started.elapsed();
-        let wall = SystemTime::now();
         let nics = match nic::read_all(&self.cfg.sysfs_root) {
             Ok(n) => n,
             Err(e) => {
@@ -114,56 +112,43 @@ impl DropSignal {
         self.sample_qdiscs(now, &names, &mut out).await;
         self.sample_kernel(now, &nics, &mut out);
 
-        let mut store = match self.findings.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
         let present: HashSet<(FindingKind, String)> = out.iter().map(|e| (e.kind, e.subject.clone())).collect();
-        for Evaluated {
-            kind,
-            subject,
-            obs,
-            evidence,
-            what,
-        } in out
-        {
-            let summary = format!(
-                "{subject}: {:.2}% of packets dropped {what} over {}s ({:.0} drops/s)",
-                obs.short_ratio * 100.0,
-                self.cfg.drops.detector.short_window.as_secs(),
-                obs.drop_rate
-            );
-            match obs.transition {
-                Some(Transition::Fired(severity)) | Some(Transition::SeverityChanged(severity)) => {
-                    store.firing(
+        let mut updates: Vec<Update> = out
+            .into_iter()
+            .map(
+                |Evaluated {
+                     kind,
+                     subject,
+                     obs,
+                     evidence,
+                     what,
+                 }| {
+                    let summary = format!(
+                        "{subject}: {:.2}% of packets dropped {what} over {}s ({:.0} drops/s)",
+                        obs.short_ratio * 100.0,
+                        self.cfg.drops.detector.short_window.as_secs(),
+                        obs.drop_rate
+                    );
+                    Update::Apply(
+                        obs.transition,
                         Report {
                             kind,
                             subject,
-                            severity,
+                            severity: obs.firing.unwrap_or(Severity::Warning),
                             summary,
                             evidence,
                         },
-                        wall,
-                    );
-                }
-                Some(Transition::Resolved) => store.resolve(kind, &subject, wall),
-                None => store.refresh(kind, &subject, evidence, wall),
-            }
-        }
+                    )
+                },
+            )
+            .collect();
         // A subject that vanished (interface deleted, qdisc removed) cannot
         // keep firing: resolve it.
-        for f in store.list(wall) {
-            if f.state == graydar_common::api::FindingState::Firing
-                && matches!(
-                    f.kind,
-                    FindingKind::NicDrops | FindingKind::QdiscDrops | FindingKind::KernelDrops
-                )
-                && !present.contains(&(f.kind, f.subject.clone()))
-            {
-                store.resolve(f.kind, &f.subject, wall);
-            }
-        }
-        store.export(&self.metrics);
+        updates.push(Update::ResolveVanished {
+            kinds: vec![FindingKind::NicDrops, FindingKind::QdiscDrops, FindingKind::KernelDrops],
+            present,
+        });
+        updates
     }
 
     fn ratio_gauges(&self, kind: FindingKind, iface: &str, dir: &str, obs: &Observation) {
@@ -417,23 +402,73 @@ impl DropSignal {
         self.reason_history.retain(|k, _| keys.contains(k));
         self.kernel_det.retain(|k| keys.contains(k));
     }
+}
 
-    /// Runs until `shutdown` resolves.
-    pub async fn run(
-        mut self,
-        ready: Arc<std::sync::atomic::AtomicBool>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval(self.cfg.drops.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    self.sample().await;
-                    ready.store(true, std::sync::atomic::Ordering::Release);
-                }
-                _ = shutdown.changed() => return,
-            }
+impl Signal for DropSignal {
+    const NAME: &'static str = "drops";
+    const GATES_READINESS: bool = true;
+
+    fn start(ctx: &mut Context) -> Option<Self> {
+        Some(DropSignal::new(
+            ctx.cfg.clone(),
+            ctx.metrics.clone(),
+            ctx.kernel_drops.take(),
+            ctx.netlink.clone(),
+        ))
+    }
+
+    fn interval(&self) -> Duration {
+        self.cfg.drops.interval
+    }
+
+    async fn sample(&mut self) -> Vec<Update> {
+        DropSignal::sample(self).await
+    }
+
+    fn probes(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("sysfs_net", true),
+            ("softnet_stat", true),
+            ("qdisc", self.netlink.is_some()),
+            (kernel_drops::PROBE, self.kernel.is_some()),
+        ]
+    }
+}
+
+/// The kfree_skb probe, attached before the signals start (the controller
+/// registration says whether it runs); `None` when it cannot (logged; the
+/// drops signal reports it down).
+pub fn start_kernel_probe(
+    cfg: &Config,
+    metrics: &Metrics,
+    ebpf: &mut Result<Programs, Unavailable>,
+) -> Option<KernelDropsProbe> {
+    let started = match ebpf {
+        Ok(programs) => programs.take_drops().and_then(|(offsets, reasons)| {
+            KernelDropsProbe::start(
+                programs.object(),
+                programs.btf(),
+                &offsets,
+                reasons,
+                sys::own_netns_inode(),
+                cfg.ebpf.kfree_skb,
+            )
+        }),
+        Err(Unavailable::NotAllowed) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel drop probe disabled");
+            return None;
+        }
+    };
+    match started {
+        Ok(p) => {
+            tracing::info!(program = p.program(), "eBPF probe kfree_skb attached");
+            metrics.ebpf_programs_attached.add(1);
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel drop probe disabled");
+            None
         }
     }
 }

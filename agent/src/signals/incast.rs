@@ -7,18 +7,21 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use graydar_common::api::{Evidence, FindingKind};
+use graydar_common::api::{Evidence, FindingKind, Severity};
 use graydar_common::tcp::{FaninConfig, HIST_BINS, HIST_UPPER};
 
+use super::{Context, Signal, Update};
 use crate::config::Config;
-use crate::detect::incast::{EndpointSample, Episode, HostLoss, IncastDetector, Observation, Transition};
-use crate::findings::{FindingStore, Report};
+use crate::detect::incast::{EndpointSample, Episode, HostLoss, IncastDetector, Observation};
+use crate::ebpf::{Programs, Unavailable};
+use crate::findings::Report;
 use crate::metrics::{CounterMirror, Metrics};
 use crate::probes::netstat;
 use crate::probes::tcp_fanin::{self, Endpoint, EndpointReading, TcpProbe, TcpSnapshot};
+use crate::sys;
 
 /// MIB counters mirrored into `graydar_tcp_mib_total` (cross-checks for the
 /// eBPF retransmission kinds, receive-side drops, ECN marks).
@@ -115,7 +118,6 @@ fn delta(prev: Option<&EndpointReading>, cur: &EndpointReading) -> EndpointReadi
 pub struct IncastSignal {
     cfg: Config,
     metrics: Arc<Metrics>,
-    findings: Arc<Mutex<FindingStore>>,
     probe: Option<TcpProbe>,
     det: IncastDetector<Endpoint>,
     mirror: CounterMirror,
@@ -141,18 +143,12 @@ pub fn fanin_config(cfg: &Config) -> FaninConfig {
 }
 
 impl IncastSignal {
-    pub fn new(
-        cfg: Config,
-        metrics: Arc<Metrics>,
-        findings: Arc<Mutex<FindingStore>>,
-        probe: Option<TcpProbe>,
-    ) -> Self {
+    pub fn new(cfg: Config, metrics: Arc<Metrics>, probe: Option<TcpProbe>) -> Self {
         IncastSignal {
             det: IncastDetector::new(cfg.incast.clone()),
             ports: PortLabels::new(cfg.incast.max_ports),
             cfg,
             metrics,
-            findings,
             probe,
             mirror: CounterMirror::default(),
             prev: HashMap::new(),
@@ -164,8 +160,7 @@ impl IncastSignal {
     }
 
     fn collector_error(&self, collector: &str, err: &dyn std::fmt::Display) {
-        self.metrics.collector_errors.with_label_values(&[collector]).inc();
-        tracing::warn!(collector, error = %err, "collection failed");
+        super::collector_error(&self.metrics, collector, err);
     }
 
     /// Keeps the classifier attached to this namespace's interfaces.
@@ -222,9 +217,8 @@ impl IncastSignal {
     }
 
     /// One sampling round.
-    pub fn sample(&mut self) {
+    pub fn sample(&mut self) -> Vec<Update> {
         let now = self.started.elapsed();
-        let wall = SystemTime::now();
         self.sync_interfaces();
         let mib = match netstat::read(&self.cfg.procfs_root) {
             Ok(c) => {
@@ -242,16 +236,16 @@ impl IncastSignal {
             }
         };
         if self.probe.is_none() {
-            return; // the MIB counters above are all there is without eBPF
+            return Vec::new(); // the MIB counters above are all there is without eBPF
         }
         let receive_drops = self.receive_drops(mib.as_ref());
         let snap: TcpSnapshot = match self.probe.as_mut().map(TcpProbe::read) {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 self.collector_error("ebpf_tcp_fanin", &e);
-                return;
+                return Vec::new();
             }
-            None => return,
+            None => return Vec::new(),
         };
         self.export_probe_metrics(&snap);
 
@@ -359,53 +353,25 @@ impl IncastSignal {
             g.with_label_values(&[label.as_str(), "window"]).set(i64::from(long));
         }
 
-        let mut store = match self.findings.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut updates = Vec::with_capacity(out.len());
         for (ep, _label, obs) in &out {
             let subject = ep.to_string();
-            let ev = self.evidence(ep, obs);
-            match obs.transition {
-                Some(Transition::Fired(severity)) | Some(Transition::SeverityChanged(severity)) => {
-                    let summary = self.summary(&subject, obs);
-                    store.firing(
-                        Report {
-                            kind: FindingKind::Incast,
-                            subject,
-                            severity,
-                            summary,
-                            evidence: ev,
-                        },
-                        wall,
-                    );
-                }
-                Some(Transition::Resolved) => store.resolve(FindingKind::Incast, &subject, wall),
-                None if obs.firing.is_some() => {
-                    if obs.episode.is_some()
-                        && let Some(sev) = obs.firing
-                    {
-                        // A new episode refreshes the summary too.
-                        let summary = self.summary(&subject, obs);
-                        store.firing(
-                            Report {
-                                kind: FindingKind::Incast,
-                                subject,
-                                severity: sev,
-                                summary,
-                                evidence: ev,
-                            },
-                            wall,
-                        );
-                    } else {
-                        store.refresh(FindingKind::Incast, &subject, ev, wall);
-                    }
-                }
-                None => {}
-            }
+            let report = Report {
+                kind: FindingKind::Incast,
+                summary: self.summary(&subject, obs),
+                evidence: self.evidence(ep, obs),
+                subject,
+                severity: obs.firing.unwrap_or(Severity::Warning),
+            };
+            updates.push(
+                if obs.transition.is_none() && obs.episode.is_some() && obs.firing.is_some() {
+                    // A new episode refreshes the summary too.
+                    Update::Restate(report)
+                } else {
+                    Update::Apply(obs.transition, report)
+                },
+            );
         }
-        store.export(&self.metrics);
-        drop(store);
 
         // Evict idle endpoints from the bounded kernel table.
         let idle: Vec<Endpoint> = self
@@ -425,6 +391,7 @@ impl IncastSignal {
             let present: BTreeSet<Endpoint> = self.last_active.keys().copied().collect();
             self.det.retain(|k| present.contains(k));
         }
+        updates
     }
 
     fn export_probe_metrics(&mut self, snap: &TcpSnapshot) {
@@ -492,16 +459,71 @@ impl IncastSignal {
             ),
         ])
     }
+}
 
-    /// Runs until `shutdown` resolves; dropping the signal detaches the probes.
-    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.cfg.incast.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.sample(),
-                _ = shutdown.changed() => return,
+impl Signal for IncastSignal {
+    const NAME: &'static str = "incast";
+
+    /// Always runs (the TCP MIB counters); the eBPF probes only when
+    /// `[incast] enabled` and allowed. Dropping the signal detaches them.
+    fn start(ctx: &mut Context) -> Option<Self> {
+        let probe = start_probe(&ctx.cfg, &ctx.metrics, &mut ctx.ebpf);
+        Some(IncastSignal::new(ctx.cfg.clone(), ctx.metrics.clone(), probe))
+    }
+
+    fn interval(&self) -> Duration {
+        self.cfg.incast.interval
+    }
+
+    async fn sample(&mut self) -> Vec<Update> {
+        IncastSignal::sample(self)
+    }
+
+    fn probes(&self) -> Vec<(&'static str, bool)> {
+        // Disabled by configuration: no graydar_probe_up series at all (0 means
+        // "wanted but not working", which GraydarProbeDown alerts on).
+        if !self.cfg.incast.enabled {
+            return Vec::new();
+        }
+        vec![
+            (tcp_fanin::PROBE_FANIN, self.probe.is_some()),
+            (
+                tcp_fanin::PROBE_RETRANS,
+                self.probe.as_ref().is_some_and(TcpProbe::retransmits_enabled),
+            ),
+        ]
+    }
+}
+
+/// The TCP incast probes (tc ingress fan-in counter, tcp_retransmit_skb);
+/// `None` when disabled or when the kernel refuses them (logged).
+fn start_probe(cfg: &Config, metrics: &Metrics, ebpf: &mut Result<Programs, Unavailable>) -> Option<TcpProbe> {
+    if !cfg.incast.enabled {
+        return None;
+    }
+    let programs = match ebpf {
+        Ok(p) => p,
+        Err(e) => {
+            if !matches!(e, Unavailable::NotAllowed) {
+                tracing::warn!(error = %e, "TCP incast probes disabled");
             }
+            return None;
+        }
+    };
+    match TcpProbe::start(programs.object(), programs.take_retrans(), sys::own_netns_inode()) {
+        Ok(p) => {
+            tracing::info!(
+                retransmits = p.retransmits_enabled(),
+                "eBPF probes tcp_fanin (tc ingress) and tcp_retransmit_skb loaded"
+            );
+            metrics
+                .ebpf_programs_attached
+                .add(1 + i64::from(p.retransmits_enabled()));
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "TCP incast probes disabled");
+            None
         }
     }
 }
