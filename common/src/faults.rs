@@ -238,10 +238,17 @@ impl std::str::FromStr for FaultKind {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum FaultKey {
     /// One netem tree per interface and direction.
-    Netem { interface: String, direction: Direction },
-    Dm { device: String },
+    Netem {
+        interface: String,
+        direction: Direction,
+    },
+    Dm {
+        device: String,
+    },
     /// The prefix as written (the table is not part of the key).
-    Blackhole { prefix: String },
+    Blackhole {
+        prefix: String,
+    },
 }
 
 impl FaultSpec {
@@ -684,7 +691,10 @@ mod tests {
         assert!(serde_json::from_str::<FaultKind>("\"tc\"").is_err());
         let spec = parse(r#"{"kind":"blackhole","prefix":"10.0.0.0/8"}"#).expect("parses");
         assert_eq!(spec.kind(), FaultKind::Blackhole);
-        assert!(parse(r#"{"kind":"tc","interface":"eth0"}"#).is_err(), "unknown kinds are refused");
+        assert!(
+            parse(r#"{"kind":"tc","interface":"eth0"}"#).is_err(),
+            "unknown kinds are refused"
+        );
     }
 
     #[test]

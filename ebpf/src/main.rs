@@ -4,7 +4,10 @@
 // Atomic adds on map values shared between CPUs (ebpf/src/tcp.rs): core has
 // no AtomicU64::fetch_add for the BPF target.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "core_intrinsics is the only atomic add core offers the BPF target")]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics is the only atomic add core offers the BPF target"
+)]
 
 mod block_io;
 mod fsync;
