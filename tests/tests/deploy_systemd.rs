@@ -170,7 +170,7 @@ fn units_run_the_paths_the_dist_tarball_installs() {
     assert_eq!(agent["ProtectSystem"], "strict");
     assert_eq!(agent["CapabilityBoundingSet"], agent["AmbientCapabilities"]);
     // The controller token as a credential, under the name the agent reads
-    // (agent/src/config.rs TOKEN_CREDENTIAL), from the file install.sh writes.
+    // (agent/src/config/mod.rs TOKEN_CREDENTIAL), from the file install.sh writes.
     assert_eq!(
         agent["LoadCredential"],
         format!("{}:/etc/graydar/agent.token", graydar_agent::config::TOKEN_CREDENTIAL)

@@ -2,7 +2,7 @@
 //! agent's tokio runtime (reqwest over rustls with the ring provider; the
 //! Mozilla roots, or only `ca_cert` when set), its token looked up once.
 //! The reporter (agent/src/reporter.rs), the fault assignments
-//! (agent/src/faults/assign.rs) and the path mesh's sync (agent/src/paths.rs)
+//! (agent/src/faults/assign.rs) and the path mesh's sync (agent/src/signals/paths/sync.rs)
 //! share it; each retries on [`Backoff`]. No request, and no long-poll,
 //! holds a thread: a request in flight is a future that shutdown drops.
 //!

@@ -4,7 +4,7 @@
 //! `route_flap` detector per prefix (agent/src/detect/route_flap.rs) and
 //! keeps the findings in the [`FindingStore`].
 //!
-//! What is counted (documented in README, "[routes]"): routes of every table
+//! What is counted (documented in docs/src/configuration/agent.md, `[routes]`): routes of every table
 //! but `routes.ignore_tables` (default: `local`, rewritten by the kernel on
 //! every address change), outside `routes.ignore_prefixes` (default: IPv6
 //! link-local and multicast), whatever their protocol: a connected

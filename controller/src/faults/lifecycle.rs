@@ -5,7 +5,7 @@
 //! change notification wakes the long-poll; the revert-all epoch tells
 //! agents to revert every fault they have.
 //!
-//! Agent protocol (see README "Faults"): each agent long-polls
+//! Agent protocol (docs/src/faults.md): each agent long-polls
 //! `GET /api/v1/agents/{hostname}/faults?wait=S&version=V`; the answer is its
 //! whole desired set (fault ids, specs and a lease each) plus the revert-all
 //! epoch. A per-agent `watch` channel wakes the poll at once when a fault of

@@ -5,7 +5,7 @@
 //!
 //! Pair findings are raised by the agents themselves (each one sees both
 //! directions of its own pairs through the peer's reports: see
-//! agent/src/detect/paths.rs) and arrive through the usual transitions; the
+//! agent/src/detect/paths/) and arrive through the usual transitions; the
 //! matrix shows them per pair.
 //!
 //! Peer lists (Pingmesh-style): every mesh member probes every other one
