@@ -163,7 +163,10 @@ pub async fn dump(handle: &rtnetlink::Handle) -> Result<Vec<QdiscStats>, ProbeEr
         .execute()
         .try_collect()
         .await
-        .map_err(|e| ProbeError::Netlink(format!("dumping qdiscs: {e}")))?;
+        .map_err(|source| ProbeError::Netlink {
+            what: "dumping qdiscs",
+            source,
+        })?;
     Ok(messages.iter().filter_map(from_message).collect())
 }
 
