@@ -14,7 +14,7 @@ use crate::detect::route_flap::RoutesConfig;
 pub use crate::probes::kernel_drops::AttachMode;
 
 mod disk;
-pub use disk::DiskConfig;
+pub use disk::{DiskConfig, DiskConfigError};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9477";
 
@@ -192,16 +192,18 @@ pub enum ConfigError {
     Listen { value: String, reason: String },
     #[error("drops: {0}")]
     Drops(String),
+    #[error("drops: {0}")]
+    DropsInvalid(#[from] crate::detect::drops::DropConfigError),
     #[error("drops.interval must be between 100ms and 1h, got {0:?}")]
     Interval(Duration),
     #[error("disk: {0}")]
-    Disk(String),
+    Disk(#[from] DiskConfigError),
     #[error("controller: {0}")]
     Controller(String),
     #[error("{0}")]
     Incast(#[from] crate::detect::incast::IncastConfigError),
     #[error("{0}")]
-    Paths(String),
+    Paths(#[from] crate::detect::paths::PathsConfigError),
     #[error("{0}")]
     Routes(#[from] crate::detect::route_flap::RoutesConfigError),
 }
@@ -249,17 +251,14 @@ impl Config {
             Some(t) => DropsSection::from_table(t)?,
             None => DropsSection::default(),
         };
-        drops
-            .detector
-            .validate()
-            .map_err(|e| ConfigError::Drops(e.to_string()))?;
+        drops.detector.validate()?;
         if drops.interval < Duration::from_millis(100) || drops.interval > Duration::from_secs(3600) {
             return Err(ConfigError::Interval(drops.interval));
         }
         file.incast.validate()?;
-        file.paths.validate().map_err(ConfigError::Paths)?;
+        file.paths.validate()?;
         file.routes.validate()?;
-        file.disk.validate().map_err(ConfigError::Disk)?;
+        file.disk.validate()?;
         let controller = file.controller.map(ControllerSection::validated).transpose()?;
         let mut deprecations = Vec::new();
         if drops.resolved_retention.is_some() {

@@ -16,8 +16,8 @@ use aya::programs::RawTracePoint;
 use graydar_common::disk::{BlockOffsets, Hist, HistKey, dev_major, dev_minor, stat};
 
 use super::ProbeError;
-use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
 use super::latency_hist::LatencyHist;
+use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
 use crate::btf::{BtfError, KernelBtf};
 
 pub const PROBE: &str = "block_io";
@@ -32,9 +32,7 @@ pub fn offsets(btf: &KernelBtf) -> Result<BlockOffsets, ProbeError> {
 }
 
 fn offsets_from(btf: &KernelBtf) -> Result<BlockOffsets, BtfError> {
-    let ops = btf
-        .enum_values("req_op")
-        .or_else(|_| btf.enum_values("req_opf"))?;
+    let ops = btf.enum_values("req_op").or_else(|_| btf.enum_values("req_opf"))?;
     let flags = btf.enum_values("req_flag_bits")?;
     let op = |n: &str| enum_value(&ops, n).ok_or_else(|| BtfError::Missing(n.to_owned()));
     let bit = |n: &str| enum_value(&flags, n).ok_or_else(|| BtfError::Missing(n.to_owned()));
@@ -72,8 +70,7 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     ] {
         let p: &mut RawTracePoint = program(ebpf, prog)?;
         p.load().map_err(load_err(prog))?;
-        p.attach(tp)
-            .map_err(attach_err(prog, format!("raw tracepoint {tp}")))?;
+        p.attach(tp).map_err(attach_err(prog, format!("raw tracepoint {tp}")))?;
     }
     Ok(())
 }

@@ -16,8 +16,8 @@ use aya::programs::TracePoint;
 use graydar_common::disk::{FsyncInflight, FsyncOffsets, Hist, HistKey, stat};
 
 use super::ProbeError;
-use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
 use super::latency_hist::LatencyHist;
+use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
 use crate::btf::KernelBtf;
 
 pub const PROBE: &str = "fsync";

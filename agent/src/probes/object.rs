@@ -111,7 +111,11 @@ pub fn load_err(program: &'static str) -> impl FnOnce(ProgramError) -> EbpfError
 /// `ProgramError` → [`EbpfError::Attach`] of `program` to `target`.
 pub fn attach_err(program: &'static str, target: impl Into<String>) -> impl FnOnce(ProgramError) -> EbpfError {
     let target = target.into();
-    move |source| EbpfError::Attach { program, target, source }
+    move |source| EbpfError::Attach {
+        program,
+        target,
+        source,
+    }
 }
 
 /// `MapError` → [`EbpfError::MapRead`] of `map`.

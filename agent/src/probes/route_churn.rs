@@ -428,11 +428,12 @@ impl RouteChurnProbe {
         use rtnetlink::MulticastGroup as G;
         use rtnetlink::sys::AsyncSocket as _;
         let (mut conn, handle, messages) =
-            rtnetlink::new_multicast_connection(&[G::Ipv4Route, G::Ipv6Route, G::Link, G::Neigh])
-                .map_err(|source| ProbeError::NetlinkSocket {
+            rtnetlink::new_multicast_connection(&[G::Ipv4Route, G::Ipv6Route, G::Link, G::Neigh]).map_err(
+                |source| ProbeError::NetlinkSocket {
                     what: "subscribing to route, link and neighbour events",
                     source,
-                })?;
+                },
+            )?;
         if let Err(e) = conn.socket_mut().socket_mut().set_rx_buf_sz(RCVBUF) {
             tracing::debug!(error = %e, "route_churn: cannot enlarge the netlink receive buffer");
         }
