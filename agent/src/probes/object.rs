@@ -50,7 +50,7 @@ pub enum EbpfError {
     #[error("attaching tc ingress to {interface}: {source} (first try: {first})")]
     TcAttach {
         interface: String,
-        first: ProgramError,
+        first: Box<ProgramError>,
         #[source]
         source: ProgramError,
     },

@@ -374,7 +374,7 @@ impl TcpProbe {
                 prog.attach(name, TcAttachType::Ingress).map_err(|source| {
                     ProbeError::Ebpf(EbpfError::TcAttach {
                         interface: name.to_owned(),
-                        first,
+                        first: Box::new(first),
                         source,
                     })
                 })
