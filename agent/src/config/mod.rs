@@ -121,20 +121,20 @@ impl DropsSection {
             out.resolved_retention = Some(duration_field("drops.resolved_retention", v)?);
         }
         if let Some(v) = t.remove("exclude_interfaces") {
-            out.exclude_interfaces =
-                Vec::<String>::deserialize(v).map_err(|e| ConfigError::Drops(format!("exclude_interfaces: {e}")))?;
+            out.exclude_interfaces = Vec::<String>::deserialize(v).map_err(ConfigError::DropsExcluded)?;
         }
-        out.detector = DropConfig::deserialize(toml::Value::Table(t))
-            .map_err(|e| ConfigError::Drops(e.to_string().trim_end().to_owned()))?;
+        out.detector = DropConfig::deserialize(toml::Value::Table(t)).map_err(ConfigError::Drops)?;
         Ok(out)
     }
 }
 
-fn duration_field(name: &str, v: toml::Value) -> Result<Duration, ConfigError> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| ConfigError::Drops(format!("{name}: expected a duration string like \"1s\"")))?;
-    humantime::parse_duration(s).map_err(|e| ConfigError::Drops(format!("{name}: {s:?}: {e}")))
+fn duration_field(field: &'static str, v: toml::Value) -> Result<Duration, ConfigError> {
+    let s = v.as_str().ok_or(ConfigError::DurationType { field })?;
+    humantime::parse_duration(s).map_err(|source| ConfigError::BadDuration {
+        field,
+        value: s.to_owned(),
+        source,
+    })
 }
 
 fn default_interval() -> Duration {
@@ -186,12 +186,33 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("listen: {value:?} is not a socket address like 0.0.0.0:9477 ({reason})")]
-    Listen { value: String, reason: String },
-    #[error("drops: {0}")]
-    Drops(String),
+    /// toml's message names the unknown or mistyped field and its line.
+    #[error("config file {}: {}", path.display(), source.to_string().trim_end())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("listen: {value:?} is not a socket address like 0.0.0.0:9477 ({source})")]
+    Listen {
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// `[drops]` keys other than the agent's own that are not [`DropConfig`]'s.
+    #[error("drops: {}", .0.to_string().trim_end())]
+    Drops(#[source] toml::de::Error),
+    #[error("drops: exclude_interfaces: {0}")]
+    DropsExcluded(#[source] toml::de::Error),
+    #[error("drops: {field}: expected a duration string like \"1s\"")]
+    DurationType { field: &'static str },
+    #[error("drops: {field}: {value:?}: {source}")]
+    BadDuration {
+        field: &'static str,
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
     #[error("drops: {0}")]
     DropsInvalid(#[from] crate::detect::drops::DropConfigError),
     #[error("drops.interval must be between 100ms and 1h, got {0:?}")]
@@ -200,6 +221,18 @@ pub enum ConfigError {
     Disk(#[from] DiskConfigError),
     #[error("controller: {0}")]
     Controller(String),
+    #[error("controller: token_file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("controller: credential {}: {source}", path.display())]
+    Credential {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Incast(#[from] crate::detect::incast::IncastConfigError),
     #[error("{0}")]
@@ -222,10 +255,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            // toml's message names the unknown or mistyped field and its line.
-            message: e.to_string().trim_end().to_owned(),
+            source,
         })
     }
 
@@ -235,12 +267,10 @@ impl Config {
             .clone()
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen: SocketAddr = listen_str
-            .parse()
-            .map_err(|e: std::net::AddrParseError| ConfigError::Listen {
-                value: listen_str.clone(),
-                reason: e.to_string(),
-            })?;
+        let listen: SocketAddr = listen_str.parse().map_err(|source| ConfigError::Listen {
+            value: listen_str.clone(),
+            source,
+        })?;
         let hostname = cli
             .hostname
             .clone()
@@ -397,7 +427,10 @@ impl ControllerSection {
         if let Some(p) = &self.token_file {
             return std::fs::read_to_string(p)
                 .map(|t| Some(t.trim().to_owned()))
-                .map_err(|e| ConfigError::Controller(format!("token_file {}: {e}", p.display())));
+                .map_err(|source| ConfigError::TokenFile {
+                    path: p.clone(),
+                    source,
+                });
         }
         Ok(env.filter(|t| !t.is_empty()))
     }
@@ -422,7 +455,7 @@ impl ControllerSection {
                 let path = PathBuf::from(text.replace("${CREDENTIALS_DIRECTORY}", dir));
                 return std::fs::read_to_string(&path)
                     .map(|t| Some(t.trim().to_owned()))
-                    .map_err(|e| ConfigError::Controller(format!("token_file {}: {e}", path.display())));
+                    .map_err(|source| ConfigError::TokenFile { path, source });
             }
         }
         if self.token.is_some() || self.token_file.is_some() {
@@ -436,7 +469,7 @@ impl ControllerSection {
             match std::fs::read_to_string(&path) {
                 Ok(t) => return Ok(Some(t.trim().to_owned()).filter(|t| !t.is_empty())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ConfigError::Controller(format!("credential {}: {e}", path.display()))),
+                Err(source) => return Err(ConfigError::Credential { path, source }),
             }
         }
         Ok(None)
@@ -451,9 +484,9 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: "test.toml".into(),
-            message: e.to_string(),
+            source,
         })?;
         Config::merge(&Cli::default(), file)
     }

@@ -122,3 +122,40 @@ pub fn attach_err(program: &'static str, target: impl Into<String>) -> impl FnOn
 pub fn read_err(map: &'static str) -> impl FnOnce(MapError) -> EbpfError {
     move |source| EbpfError::MapRead { map, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::probes::ProbeError;
+
+    #[test]
+    fn errors_name_what_failed_and_keep_the_cause() {
+        let e = ProbeError::from(load_err("kfree_skb")(ProgramError::NotLoaded));
+        let text = e.to_string();
+        assert!(text.starts_with("eBPF: loading kfree_skb: "), "{text}");
+        assert!(text.ends_with(&ProgramError::NotLoaded.to_string()), "{text}");
+        let cause = e.source().and_then(|s| s.source()).expect("aya's error kept");
+        assert!(matches!(
+            cause.downcast_ref::<ProgramError>(),
+            Some(ProgramError::NotLoaded)
+        ));
+
+        let e = attach_err("kfree_skb", "raw tracepoint kfree_skb")(ProgramError::AlreadyAttached);
+        assert!(
+            e.to_string()
+                .starts_with("attaching kfree_skb to raw tracepoint kfree_skb: "),
+            "{e}"
+        );
+        let e = read_err("DROPS")(MapError::KeyNotFound);
+        assert!(e.to_string().starts_with("reading DROPS: "), "{e}");
+        assert!(e.source().and_then(|s| s.downcast_ref::<MapError>()).is_some());
+        assert_eq!(
+            EbpfError::ProgramMissing("tcp_fanin").to_string(),
+            "program tcp_fanin missing from the object"
+        );
+        let e = EbpfError::from(BtfError::Missing("REQ_OP_READ".into()));
+        assert_eq!(e.to_string(), "kernel BTF has no REQ_OP_READ");
+    }
+}
