@@ -221,13 +221,17 @@ pub enum ConfigError {
     Disk(#[from] DiskConfigError),
     #[error("controller: {0}")]
     Controller(String),
-    #[error("controller: token_file {}: {source}", path.display())]
+    /// The token file cannot be read. The message stops before the cause:
+    /// the controller channel's set-up error that carries it is printed
+    /// with its chain of sources (`{:#}`), which names the cause once.
+    #[error("controller: token_file {}", path.display())]
     TokenFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("controller: credential {}: {source}", path.display())]
+    /// The systemd credential cannot be read (printed like [`ConfigError::TokenFile`]).
+    #[error("controller: credential {}", path.display())]
     Credential {
         path: PathBuf,
         #[source]
