@@ -37,6 +37,13 @@ pub enum ProbeError {
     },
     #[error("parsing {what}: {detail}")]
     Parse { what: String, detail: String },
+    /// A socket call refused (`what`: the call and what it was for).
+    #[error("{what}: {source}")]
+    Socket {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
     /// Opening a netlink socket (`what`: what it was for).
     #[error("netlink: {what}: {source}")]
     NetlinkSocket {
