@@ -15,9 +15,9 @@ use graydar_common::drops::DropOffsets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("reading kernel BTF {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")]
+    #[error("reading kernel BTF {}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)", path.display())]
     Load {
-        path: String,
+        path: std::path::PathBuf,
         #[source]
         source: btf_rs::Error,
     },
@@ -25,6 +25,9 @@ pub enum BtfError {
     Missing(String),
     #[error("kernel BTF: {0}")]
     Btf(#[from] btf_rs::Error),
+    /// A bitfield the programs read as one byte spans two.
+    #[error("{member}: bitfield at bit {bit} width {width} spans bytes")]
+    Bitfield { member: String, bit: u32, width: u32 },
 }
 
 pub struct KernelBtf {
@@ -82,10 +85,7 @@ impl KernelBtf {
             Ok(b) => b,
             Err(e) => {
                 tracing::debug!(error = %e, "mmap of kernel BTF refused; parsing it into memory");
-                Btf::from_file(&path).map_err(|source| BtfError::Load {
-                    path: path.display().to_string(),
-                    source,
-                })?
+                Btf::from_file(&path).map_err(|source| BtfError::Load { path, source })?
             }
         };
         Ok(KernelBtf { btf })

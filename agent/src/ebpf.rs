@@ -16,6 +16,7 @@ use graydar_common::drops::DropOffsets;
 use graydar_common::tcp::{FaninConfig, RetransOffsets};
 
 use crate::btf::{DropReasons, KernelBtf};
+use crate::probes::object::EbpfError;
 use crate::probes::{ProbeError, SharedEbpf, block_io, fsync, tcp_fanin};
 
 /// The eBPF object, embedded at build time.
@@ -46,7 +47,7 @@ pub struct Programs {
 }
 
 fn taken() -> ProbeError {
-    ProbeError::Ebpf("probe setup already taken".into())
+    ProbeError::Ebpf(EbpfError::SetupTaken)
 }
 
 impl Programs {
@@ -86,8 +87,8 @@ impl Programs {
 /// every probe's globals set (`fanin`: the TCP fan-in constants). Programs
 /// are loaded and attached by their probes.
 pub fn load(sysfs_root: &Path, fanin: &FaninConfig) -> Result<Programs, ProbeError> {
-    let btf = KernelBtf::load(sysfs_root).map_err(|e| ProbeError::Ebpf(e.to_string()))?;
-    let drops = btf.drop_probe_setup().map_err(|e| ProbeError::Ebpf(e.to_string()));
+    let btf = KernelBtf::load(sysfs_root).map_err(EbpfError::Btf)?;
+    let drops = btf.drop_probe_setup().map_err(|e| ProbeError::Ebpf(EbpfError::Btf(e)));
     let fsync = fsync::offsets(&btf, Path::new(TRACEFS));
     let block = block_io::offsets(&btf);
     let retrans = tcp_fanin::retrans_offsets(&btf);
@@ -113,9 +114,7 @@ pub fn load(sysfs_root: &Path, fanin: &FaninConfig) -> Result<Programs, ProbeErr
     let retrans_globals = retrans.as_ref().copied().unwrap_or_default();
     loader.override_global("TCP_FANIN_CONFIG", fanin, true);
     loader.override_global("TCP_RETRANS_OFFSETS", &retrans_globals, true);
-    let object = loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| ProbeError::Ebpf(format!("loading eBPF object: {e}")))?;
+    let object = loader.load(EBPF_OBJECT).map_err(EbpfError::from)?;
     Ok(Programs {
         object: Arc::new(Mutex::new(object)),
         btf: aya_btf,

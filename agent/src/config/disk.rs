@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::detect::disk_slow::SlowConfig;
-use crate::detect::fsync_latency::FsyncConfig;
+use crate::detect::disk_slow::{SlowConfig, SlowConfigError};
+use crate::detect::fsync_latency::{FsyncConfig, FsyncConfigError};
 
 /// `[disk]` in the agent configuration.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -48,36 +48,48 @@ impl Default for DiskConfig {
     }
 }
 
+/// An invalid [`DiskConfig`]; the message names the offending `disk.*` field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiskConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Fsync(#[from] FsyncConfigError),
+    #[error(transparent)]
+    Slow(#[from] SlowConfigError),
+}
+
 impl DiskConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), DiskConfigError> {
         if self.interval < Duration::from_millis(100) || self.interval > Duration::from_secs(60) {
-            return Err(format!(
+            return Err(DiskConfigError::Invalid(format!(
                 "disk.interval must be between 100ms and 60s, got {:?}",
                 self.interval
-            ));
+            )));
         }
         if self.canary_interval < Duration::from_millis(10) {
-            return Err(format!(
+            return Err(DiskConfigError::Invalid(format!(
                 "disk.canary_interval must be at least 10ms, got {:?}",
                 self.canary_interval
-            ));
+            )));
         }
         if self.canary_stall_limit < Duration::from_millis(100) {
-            return Err(format!(
+            return Err(DiskConfigError::Invalid(format!(
                 "disk.canary_stall_limit must be at least 100ms, got {:?}",
                 self.canary_stall_limit
-            ));
+            )));
         }
         for d in &self.canary_directories {
             if !d.is_absolute() {
-                return Err(format!(
+                return Err(DiskConfigError::Invalid(format!(
                     "disk.canary_directories: {} is not an absolute path",
                     d.display()
-                ));
+                )));
             }
         }
         self.fsync.validate()?;
-        self.slow.validate()
+        self.slow.validate()?;
+        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@ use crate::detect::route_flap::RoutesConfig;
 pub use crate::probes::kernel_drops::AttachMode;
 
 mod disk;
-pub use disk::DiskConfig;
+pub use disk::{DiskConfig, DiskConfigError};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9477";
 
@@ -121,20 +121,20 @@ impl DropsSection {
             out.resolved_retention = Some(duration_field("drops.resolved_retention", v)?);
         }
         if let Some(v) = t.remove("exclude_interfaces") {
-            out.exclude_interfaces =
-                Vec::<String>::deserialize(v).map_err(|e| ConfigError::Drops(format!("exclude_interfaces: {e}")))?;
+            out.exclude_interfaces = Vec::<String>::deserialize(v).map_err(ConfigError::DropsExcluded)?;
         }
-        out.detector = DropConfig::deserialize(toml::Value::Table(t))
-            .map_err(|e| ConfigError::Drops(e.to_string().trim_end().to_owned()))?;
+        out.detector = DropConfig::deserialize(toml::Value::Table(t)).map_err(ConfigError::Drops)?;
         Ok(out)
     }
 }
 
-fn duration_field(name: &str, v: toml::Value) -> Result<Duration, ConfigError> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| ConfigError::Drops(format!("{name}: expected a duration string like \"1s\"")))?;
-    humantime::parse_duration(s).map_err(|e| ConfigError::Drops(format!("{name}: {s:?}: {e}")))
+fn duration_field(field: &'static str, v: toml::Value) -> Result<Duration, ConfigError> {
+    let s = v.as_str().ok_or(ConfigError::DurationType { field })?;
+    humantime::parse_duration(s).map_err(|source| ConfigError::BadDuration {
+        field,
+        value: s.to_owned(),
+        source,
+    })
 }
 
 fn default_interval() -> Duration {
@@ -186,22 +186,61 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("listen: {value:?} is not a socket address like 0.0.0.0:9477 ({reason})")]
-    Listen { value: String, reason: String },
+    /// toml's message names the unknown or mistyped field and its line.
+    #[error("config file {}: {}", path.display(), source.to_string().trim_end())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("listen: {value:?} is not a socket address like 0.0.0.0:9477 ({source})")]
+    Listen {
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// `[drops]` keys other than the agent's own that are not [`DropConfig`]'s.
+    #[error("drops: {}", .0.to_string().trim_end())]
+    Drops(#[source] toml::de::Error),
+    #[error("drops: exclude_interfaces: {0}")]
+    DropsExcluded(#[source] toml::de::Error),
+    #[error("drops: {field}: expected a duration string like \"1s\"")]
+    DurationType { field: &'static str },
+    #[error("drops: {field}: {value:?}: {source}")]
+    BadDuration {
+        field: &'static str,
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
     #[error("drops: {0}")]
-    Drops(String),
+    DropsInvalid(#[from] crate::detect::drops::DropConfigError),
     #[error("drops.interval must be between 100ms and 1h, got {0:?}")]
     Interval(Duration),
     #[error("disk: {0}")]
-    Disk(String),
+    Disk(#[from] DiskConfigError),
     #[error("controller: {0}")]
     Controller(String),
+    /// The token file cannot be read. The message stops before the cause:
+    /// the controller channel's set-up error that carries it is printed
+    /// with its chain of sources (`{:#}`), which names the cause once.
+    #[error("controller: token_file {}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The systemd credential cannot be read (printed like [`ConfigError::TokenFile`]).
+    #[error("controller: credential {}", path.display())]
+    Credential {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Incast(#[from] crate::detect::incast::IncastConfigError),
     #[error("{0}")]
-    Paths(String),
+    Paths(#[from] crate::detect::paths::PathsConfigError),
     #[error("{0}")]
     Routes(#[from] crate::detect::route_flap::RoutesConfigError),
 }
@@ -220,10 +259,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            // toml's message names the unknown or mistyped field and its line.
-            message: e.to_string().trim_end().to_owned(),
+            source,
         })
     }
 
@@ -233,12 +271,10 @@ impl Config {
             .clone()
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen: SocketAddr = listen_str
-            .parse()
-            .map_err(|e: std::net::AddrParseError| ConfigError::Listen {
-                value: listen_str.clone(),
-                reason: e.to_string(),
-            })?;
+        let listen: SocketAddr = listen_str.parse().map_err(|source| ConfigError::Listen {
+            value: listen_str.clone(),
+            source,
+        })?;
         let hostname = cli
             .hostname
             .clone()
@@ -249,17 +285,14 @@ impl Config {
             Some(t) => DropsSection::from_table(t)?,
             None => DropsSection::default(),
         };
-        drops
-            .detector
-            .validate()
-            .map_err(|e| ConfigError::Drops(e.to_string()))?;
+        drops.detector.validate()?;
         if drops.interval < Duration::from_millis(100) || drops.interval > Duration::from_secs(3600) {
             return Err(ConfigError::Interval(drops.interval));
         }
         file.incast.validate()?;
-        file.paths.validate().map_err(ConfigError::Paths)?;
+        file.paths.validate()?;
         file.routes.validate()?;
-        file.disk.validate().map_err(ConfigError::Disk)?;
+        file.disk.validate()?;
         let controller = file.controller.map(ControllerSection::validated).transpose()?;
         let mut deprecations = Vec::new();
         if drops.resolved_retention.is_some() {
@@ -398,7 +431,10 @@ impl ControllerSection {
         if let Some(p) = &self.token_file {
             return std::fs::read_to_string(p)
                 .map(|t| Some(t.trim().to_owned()))
-                .map_err(|e| ConfigError::Controller(format!("token_file {}: {e}", p.display())));
+                .map_err(|source| ConfigError::TokenFile {
+                    path: p.clone(),
+                    source,
+                });
         }
         Ok(env.filter(|t| !t.is_empty()))
     }
@@ -423,7 +459,7 @@ impl ControllerSection {
                 let path = PathBuf::from(text.replace("${CREDENTIALS_DIRECTORY}", dir));
                 return std::fs::read_to_string(&path)
                     .map(|t| Some(t.trim().to_owned()))
-                    .map_err(|e| ConfigError::Controller(format!("token_file {}: {e}", path.display())));
+                    .map_err(|source| ConfigError::TokenFile { path, source });
             }
         }
         if self.token.is_some() || self.token_file.is_some() {
@@ -437,7 +473,7 @@ impl ControllerSection {
             match std::fs::read_to_string(&path) {
                 Ok(t) => return Ok(Some(t.trim().to_owned()).filter(|t| !t.is_empty())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ConfigError::Controller(format!("credential {}: {e}", path.display()))),
+                Err(source) => return Err(ConfigError::Credential { path, source }),
             }
         }
         Ok(None)
@@ -452,9 +488,9 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: "test.toml".into(),
-            message: e.to_string(),
+            source,
         })?;
         Config::merge(&Cli::default(), file)
     }

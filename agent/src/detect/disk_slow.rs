@@ -61,16 +61,24 @@ impl Default for SlowConfig {
     }
 }
 
+/// An invalid [`SlowConfig`]; the message names the offending `disk.slow.*` field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SlowConfigError(pub String);
+
 impl SlowConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SlowConfigError> {
         if !(self.ratio.is_finite() && self.ratio > 1.0) {
-            return Err(format!("disk.slow.ratio = {} must be > 1", self.ratio));
+            return Err(SlowConfigError(format!("disk.slow.ratio = {} must be > 1", self.ratio)));
         }
         if !(self.min_iops.is_finite() && self.min_iops >= 0.0) {
-            return Err(format!("disk.slow.min_iops = {} must be >= 0", self.min_iops));
+            return Err(SlowConfigError(format!(
+                "disk.slow.min_iops = {} must be >= 0",
+                self.min_iops
+            )));
         }
         if self.baseline_samples == 0 {
-            return Err("disk.slow.baseline_samples must be at least 1".into());
+            return Err(SlowConfigError("disk.slow.baseline_samples must be at least 1".into()));
         }
         Ok(())
     }

@@ -70,19 +70,26 @@ impl Default for FsyncConfig {
     }
 }
 
+/// An invalid [`FsyncConfig`]; the message names the offending `disk.fsync.*` field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FsyncConfigError(pub String);
+
 impl FsyncConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FsyncConfigError> {
         if self.window.is_zero() {
-            return Err("disk.fsync.window must be longer than 0s".into());
+            return Err(FsyncConfigError("disk.fsync.window must be longer than 0s".into()));
         }
         if self.warning.is_zero() || self.warning > self.critical {
-            return Err(format!(
+            return Err(FsyncConfigError(format!(
                 "disk.fsync.warning ({:?}) must be > 0 and not exceed disk.fsync.critical ({:?})",
                 self.warning, self.critical
-            ));
+            )));
         }
         if self.resolve_after.is_zero() {
-            return Err("disk.fsync.resolve_after must be longer than 0s".into());
+            return Err(FsyncConfigError(
+                "disk.fsync.resolve_after must be longer than 0s".into(),
+            ));
         }
         Ok(())
     }

@@ -17,7 +17,8 @@ use graydar_common::disk::{BlockOffsets, Hist, HistKey, dev_major, dev_minor, st
 
 use super::ProbeError;
 use super::latency_hist::LatencyHist;
-use crate::btf::KernelBtf;
+use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
+use crate::btf::{BtfError, KernelBtf};
 
 pub const PROBE: &str = "block_io";
 
@@ -27,14 +28,14 @@ fn enum_value(values: &BTreeMap<u32, String>, name: &str) -> Option<u32> {
 
 /// Everything the block programs need from this kernel.
 pub fn offsets(btf: &KernelBtf) -> Result<BlockOffsets, ProbeError> {
-    let e = |x: crate::btf::BtfError| ProbeError::Ebpf(x.to_string());
-    let ops = btf
-        .enum_values("req_op")
-        .or_else(|_| btf.enum_values("req_opf"))
-        .map_err(e)?;
-    let flags = btf.enum_values("req_flag_bits").map_err(e)?;
-    let op = |n: &str| enum_value(&ops, n).ok_or_else(|| ProbeError::Ebpf(format!("kernel BTF has no {n}")));
-    let bit = |n: &str| enum_value(&flags, n).ok_or_else(|| ProbeError::Ebpf(format!("kernel BTF has no {n}")));
+    offsets_from(btf).map_err(|e| ProbeError::Ebpf(EbpfError::Btf(e)))
+}
+
+fn offsets_from(btf: &KernelBtf) -> Result<BlockOffsets, BtfError> {
+    let ops = btf.enum_values("req_op").or_else(|_| btf.enum_values("req_opf"))?;
+    let flags = btf.enum_values("req_flag_bits")?;
+    let op = |n: &str| enum_value(&ops, n).ok_or_else(|| BtfError::Missing(n.to_owned()));
+    let bit = |n: &str| enum_value(&flags, n).ok_or_else(|| BtfError::Missing(n.to_owned()));
     // The flag bits start right after the op bits: __REQ_FAILFAST_DEV = REQ_OP_BITS.
     let op_bits = bit("__REQ_FAILFAST_DEV").unwrap_or(8).min(31);
     let (rq_q, q_disk, rq_disk) = match (
@@ -42,15 +43,15 @@ pub fn offsets(btf: &KernelBtf) -> Result<BlockOffsets, ProbeError> {
         btf.member_offset("request_queue", "disk"),
     ) {
         (Ok(q), Ok(d)) => (q, d, u32::MAX),
-        _ => (u32::MAX, 0, btf.member_offset("request", "rq_disk").map_err(e)?),
+        _ => (u32::MAX, 0, btf.member_offset("request", "rq_disk")?),
     };
     Ok(BlockOffsets {
-        rq_cmd_flags: btf.member_offset("request", "cmd_flags").map_err(e)?,
+        rq_cmd_flags: btf.member_offset("request", "cmd_flags")?,
         rq_q,
         q_disk,
         rq_disk,
-        disk_major: btf.member_offset("gendisk", "major").map_err(e)?,
-        disk_first_minor: btf.member_offset("gendisk", "first_minor").map_err(e)?,
+        disk_major: btf.member_offset("gendisk", "major")?,
+        disk_first_minor: btf.member_offset("gendisk", "first_minor")?,
         op_mask: (1u32 << op_bits) - 1,
         op_read: op("REQ_OP_READ")?,
         op_write: op("REQ_OP_WRITE")?,
@@ -67,14 +68,9 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         ("block_rq_issue", "block_rq_issue"),
         ("block_rq_complete", "block_rq_complete"),
     ] {
-        let p: &mut RawTracePoint = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| ProbeError::Ebpf(format!("program {prog} missing from the object")))?
-            .try_into()
-            .map_err(|e| ProbeError::Ebpf(format!("{prog}: {e}")))?;
-        p.load().map_err(|e| ProbeError::Ebpf(format!("loading {prog}: {e}")))?;
-        p.attach(tp)
-            .map_err(|e| ProbeError::Ebpf(format!("attaching raw tracepoint {tp}: {e}")))?;
+        let p: &mut RawTracePoint = program(ebpf, prog)?;
+        p.load().map_err(load_err(prog))?;
+        p.attach(tp).map_err(attach_err(prog, format!("raw tracepoint {tp}")))?;
     }
     Ok(())
 }
@@ -96,17 +92,10 @@ pub struct BlockReader {
 
 impl BlockReader {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| ProbeError::Ebpf(format!("map {name} missing")))
-        };
         Ok(BlockReader {
-            hist: PerCpuHashMap::try_from(take(ebpf, "BLOCK_HIST")?)
-                .map_err(|e| ProbeError::Ebpf(format!("BLOCK_HIST: {e}")))?,
-            errors: PerCpuHashMap::try_from(take(ebpf, "BLOCK_ERRORS")?)
-                .map_err(|e| ProbeError::Ebpf(format!("BLOCK_ERRORS: {e}")))?,
-            stats: PerCpuArray::try_from(take(ebpf, "BLOCK_STATS")?)
-                .map_err(|e| ProbeError::Ebpf(format!("BLOCK_STATS: {e}")))?,
+            hist: take_map(ebpf, "BLOCK_HIST")?,
+            errors: take_map(ebpf, "BLOCK_ERRORS")?,
+            stats: take_map(ebpf, "BLOCK_STATS")?,
         })
     }
 
@@ -125,11 +114,11 @@ impl BlockReader {
             ..Default::default()
         };
         for item in self.hist.iter() {
-            let (key, values) = item.map_err(|e| ProbeError::Ebpf(format!("reading BLOCK_HIST: {e}")))?;
+            let (key, values) = item.map_err(read_err("BLOCK_HIST"))?;
             snap.hists.insert(key, LatencyHist::sum_of(values.iter()));
         }
         for item in self.errors.iter() {
-            let (key, values) = item.map_err(|e| ProbeError::Ebpf(format!("reading BLOCK_ERRORS: {e}")))?;
+            let (key, values) = item.map_err(read_err("BLOCK_ERRORS"))?;
             snap.errors
                 .insert(key, values.iter().copied().fold(0u64, u64::saturating_add));
         }

@@ -17,6 +17,7 @@ use graydar_common::disk::{FsyncInflight, FsyncOffsets, Hist, HistKey, stat};
 
 use super::ProbeError;
 use super::latency_hist::LatencyHist;
+use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
 use crate::btf::KernelBtf;
 
 pub const PROBE: &str = "fsync";
@@ -59,7 +60,7 @@ pub fn offsets(btf: &KernelBtf, tracefs: &Path) -> Result<FsyncOffsets, ProbeErr
         }
         tp_fd = Some(off);
     }
-    let m = |s: &str, f: &str| btf.member_offset(s, f).map_err(|e| ProbeError::Ebpf(e.to_string()));
+    let m = |s: &str, f: &str| btf.member_offset(s, f).map_err(|e| ProbeError::Ebpf(EbpfError::Btf(e)));
     let (sb_bdev, bdev_dev) = match (
         btf.member_offset("super_block", "s_bdev"),
         btf.member_offset("block_device", "bd_dev"),
@@ -81,13 +82,6 @@ pub fn offsets(btf: &KernelBtf, tracefs: &Path) -> Result<FsyncOffsets, ProbeErr
     })
 }
 
-fn tracepoint<'a>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut TracePoint, ProbeError> {
-    ebpf.program_mut(prog)
-        .ok_or_else(|| ProbeError::Ebpf(format!("program {prog} missing from the object")))?
-        .try_into()
-        .map_err(|e| ProbeError::Ebpf(format!("{prog}: {e}")))
-}
-
 /// Loads and attaches the three programs to the four syscall tracepoints.
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     for (prog, events) in [
@@ -95,11 +89,11 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         ("fdatasync_enter", &["sys_enter_fdatasync"][..]),
         ("fsync_exit", &["sys_exit_fsync", "sys_exit_fdatasync"][..]),
     ] {
-        let p = tracepoint(ebpf, prog)?;
-        p.load().map_err(|e| ProbeError::Ebpf(format!("loading {prog}: {e}")))?;
+        let p: &mut TracePoint = program(ebpf, prog)?;
+        p.load().map_err(load_err(prog))?;
         for ev in events {
             p.attach("syscalls", ev)
-                .map_err(|e| ProbeError::Ebpf(format!("attaching {prog} to syscalls:{ev}: {e}")))?;
+                .map_err(attach_err(prog, format!("syscalls:{ev}")))?;
         }
     }
     Ok(())
@@ -137,16 +131,9 @@ pub fn monotonic_ns() -> u64 {
 
 impl FsyncReader {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| ProbeError::Ebpf(format!("map {name} missing")))
-        };
-        let hist = PerCpuHashMap::try_from(take(ebpf, "FSYNC_HIST")?)
-            .map_err(|e| ProbeError::Ebpf(format!("FSYNC_HIST: {e}")))?;
-        let inflight = BpfHashMap::try_from(take(ebpf, "FSYNC_INFLIGHT")?)
-            .map_err(|e| ProbeError::Ebpf(format!("FSYNC_INFLIGHT: {e}")))?;
-        let stats = PerCpuArray::try_from(take(ebpf, "FSYNC_STATS")?)
-            .map_err(|e| ProbeError::Ebpf(format!("FSYNC_STATS: {e}")))?;
+        let hist = take_map(ebpf, "FSYNC_HIST")?;
+        let inflight = take_map(ebpf, "FSYNC_INFLIGHT")?;
+        let stats = take_map(ebpf, "FSYNC_STATS")?;
         Ok(FsyncReader { hist, inflight, stats })
     }
 
@@ -170,7 +157,7 @@ impl FsyncReader {
             ..Default::default()
         };
         for item in self.hist.iter() {
-            let (key, values) = item.map_err(|e| ProbeError::Ebpf(format!("reading FSYNC_HIST: {e}")))?;
+            let (key, values) = item.map_err(read_err("FSYNC_HIST"))?;
             snap.hists.insert(key, LatencyHist::sum_of(values.iter()));
         }
         let now = monotonic_ns();

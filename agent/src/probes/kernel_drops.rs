@@ -8,6 +8,7 @@ use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::{BtfTracePoint, RawTracePoint};
 use graydar_common::drops::{DropKey, DropOffsets, stat};
 
+use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
 use super::{ProbeError, SharedEbpf, lock_ebpf};
 use crate::btf::DropReasons;
 
@@ -36,30 +37,21 @@ pub struct KernelDropsProbe {
 }
 
 /// tp_btf: the verifier types `skb`, so the program loads fields directly.
-fn attach_btf(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), ProbeError> {
-    let btf = btf.ok_or_else(|| ProbeError::Ebpf("the kernel BTF could not be parsed".into()))?;
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut("kfree_skb_btf")
-        .ok_or_else(|| ProbeError::Ebpf("program kfree_skb_btf missing from the object".into()))?
-        .try_into()
-        .map_err(|e| ProbeError::Ebpf(format!("kfree_skb_btf: {e}")))?;
-    prog.load("kfree_skb", btf)
-        .map_err(|e| ProbeError::Ebpf(format!("loading tp_btf kfree_skb: {e}")))?;
-    prog.attach()
-        .map_err(|e| ProbeError::Ebpf(format!("attaching tp_btf kfree_skb: {e}")))?;
+fn attach_btf(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Result<(), EbpfError> {
+    const PROG: &str = "kfree_skb_btf";
+    let btf = btf.ok_or(EbpfError::NoAyaBtf)?;
+    let prog: &mut BtfTracePoint = program(ebpf, PROG)?;
+    prog.load("kfree_skb", btf).map_err(load_err(PROG))?;
+    prog.attach().map_err(attach_err(PROG, "tp_btf kfree_skb"))?;
     Ok(())
 }
 
-fn attach_raw(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut("kfree_skb")
-        .ok_or_else(|| ProbeError::Ebpf("program kfree_skb missing from the object".into()))?
-        .try_into()
-        .map_err(|e| ProbeError::Ebpf(format!("kfree_skb: {e}")))?;
-    prog.load()
-        .map_err(|e| ProbeError::Ebpf(format!("loading kfree_skb: {e}")))?;
+fn attach_raw(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    const PROG: &str = "kfree_skb";
+    let prog: &mut RawTracePoint = program(ebpf, PROG)?;
+    prog.load().map_err(load_err(PROG))?;
     prog.attach("kfree_skb")
-        .map_err(|e| ProbeError::Ebpf(format!("attaching raw tracepoint kfree_skb: {e}")))?;
+        .map_err(attach_err(PROG, "raw tracepoint kfree_skb"))?;
     Ok(())
 }
 
@@ -118,14 +110,8 @@ impl KernelDropsProbe {
                 }
             },
         };
-        let drops = ebpf
-            .take_map("DROPS")
-            .ok_or_else(|| ProbeError::Ebpf("map DROPS missing".into()))?;
-        let drops = PerCpuHashMap::try_from(drops).map_err(|e| ProbeError::Ebpf(format!("DROPS: {e}")))?;
-        let stats = ebpf
-            .take_map("DROP_STATS")
-            .ok_or_else(|| ProbeError::Ebpf("map DROP_STATS missing".into()))?;
-        let stats = PerCpuArray::try_from(stats).map_err(|e| ProbeError::Ebpf(format!("DROP_STATS: {e}")))?;
+        let drops: PerCpuHashMap<_, _, _> = take_map(ebpf, "DROPS")?;
+        let stats: PerCpuArray<_, _> = take_map(ebpf, "DROP_STATS")?;
         drop(guard);
         Ok(KernelDropsProbe {
             ebpf: object,
@@ -165,7 +151,7 @@ impl KernelDropsProbe {
             snap.run_count = info.run_count();
         }
         for item in self.drops.iter() {
-            let (key, values) = item.map_err(|e| ProbeError::Ebpf(format!("reading DROPS: {e}")))?;
+            let (key, values) = item.map_err(read_err("DROPS"))?;
             let n = values.iter().copied().fold(0u64, u64::saturating_add);
             snap.events = snap.events.saturating_add(n);
             let reason = self.reasons.name(key.reason);

@@ -8,6 +8,7 @@ pub mod kernel_drops;
 pub mod latency_hist;
 pub mod netstat;
 pub mod nic;
+pub mod object;
 pub mod path_mesh;
 pub mod path_mesh_socket;
 pub mod qdisc;
@@ -36,10 +37,29 @@ pub enum ProbeError {
     },
     #[error("parsing {what}: {detail}")]
     Parse { what: String, detail: String },
-    #[error("netlink: {0}")]
-    Netlink(String),
+    /// A socket call refused (`what`: the call and what it was for).
+    #[error("{what}: {source}")]
+    Socket {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    /// Opening a netlink socket (`what`: what it was for).
+    #[error("netlink: {what}: {source}")]
+    NetlinkSocket {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A netlink request the kernel refused or that failed to decode.
+    #[error("netlink: {what}: {source}")]
+    Netlink {
+        what: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error("eBPF: {0}")]
-    Ebpf(String),
+    Ebpf(#[from] object::EbpfError),
 }
 
 /// Path of a test fixture under agent/tests/fixtures/.

@@ -157,13 +157,17 @@ fn parse_pkt64(nla: &DefaultNla) -> Option<u64> {
 /// Dumps every qdisc of the namespace `handle` is connected to. An empty list
 /// is a valid answer.
 pub async fn dump(handle: &rtnetlink::Handle) -> Result<Vec<QdiscStats>, ProbeError> {
-    let messages: Vec<TcMessage> = handle
-        .qdisc()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| ProbeError::Netlink(format!("dumping qdiscs: {e}")))?;
+    let messages: Vec<TcMessage> =
+        handle
+            .qdisc()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| ProbeError::Netlink {
+                what: "dumping qdiscs",
+                source,
+            })?;
     Ok(messages.iter().filter_map(from_message).collect())
 }
 

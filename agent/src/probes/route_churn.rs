@@ -428,8 +428,12 @@ impl RouteChurnProbe {
         use rtnetlink::MulticastGroup as G;
         use rtnetlink::sys::AsyncSocket as _;
         let (mut conn, handle, messages) =
-            rtnetlink::new_multicast_connection(&[G::Ipv4Route, G::Ipv6Route, G::Link, G::Neigh])
-                .map_err(|e| ProbeError::Netlink(format!("subscribing to route, link and neighbour events: {e}")))?;
+            rtnetlink::new_multicast_connection(&[G::Ipv4Route, G::Ipv6Route, G::Link, G::Neigh]).map_err(
+                |source| ProbeError::NetlinkSocket {
+                    what: "subscribing to route, link and neighbour events",
+                    source,
+                },
+            )?;
         if let Err(e) = conn.socket_mut().socket_mut().set_rx_buf_sz(RCVBUF) {
             tracing::debug!(error = %e, "route_churn: cannot enlarge the netlink receive buffer");
         }
@@ -447,7 +451,12 @@ impl RouteChurnProbe {
         while let Some(m) = dump.next().await {
             match m {
                 Ok(l) => links.seed(&l),
-                Err(e) => return Err(ProbeError::Netlink(format!("dumping links: {e}"))),
+                Err(source) => {
+                    return Err(ProbeError::Netlink {
+                        what: "dumping links",
+                        source,
+                    });
+                }
             }
         }
         Ok(())

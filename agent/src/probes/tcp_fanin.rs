@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use aya::Ebpf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
 use aya::programs::{RawTracePoint, SchedClassifier};
@@ -20,8 +19,9 @@ use graydar_common::tcp::{
     SenderState, fanin_stat, retrans_kind, retrans_stat,
 };
 
+use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
 use super::{ProbeError, SharedEbpf, lock_ebpf};
-use crate::btf::KernelBtf;
+use crate::btf::{BtfError, KernelBtf};
 
 pub const PROBE_FANIN: &str = "tcp_fanin";
 pub const PROBE_RETRANS: &str = "tcp_retransmit";
@@ -33,11 +33,14 @@ const ARPHRD_LOOPBACK: u32 = 772;
 
 /// Offsets for the retransmit tracepoint from the running kernel's BTF.
 pub fn retrans_offsets(btf: &KernelBtf) -> Result<RetransOffsets, ProbeError> {
-    let e = |e: crate::btf::BtfError| ProbeError::Ebpf(e.to_string());
+    retrans_offsets_from(btf).map_err(|e| ProbeError::Ebpf(EbpfError::Btf(e)))
+}
+
+fn retrans_offsets_from(btf: &KernelBtf) -> Result<RetransOffsets, BtfError> {
     // struct sock starts with struct sock_common __sk_common; struct
     // inet_connection_sock starts with inet_sock, which starts with sock.
-    let base = btf.member_offset("sock", "__sk_common").map_err(e)?;
-    let sc = |m: &str| btf.member_offset("sock_common", m).map(|o| o + base).map_err(e);
+    let base = btf.member_offset("sock", "__sk_common")?;
+    let sc = |m: &str| btf.member_offset("sock_common", m).map(|o| o + base);
     let mut off = RetransOffsets {
         skc_daddr: sc("skc_daddr")?,
         skc_v6_daddr: sc("skc_v6_daddr").unwrap_or(0),
@@ -53,12 +56,14 @@ pub fn retrans_offsets(btf: &KernelBtf) -> Result<RetransOffsets, ProbeError> {
         off.skc_net = net;
         off.net_ns_inum = inum;
     }
-    let (bits, width) = btf.member_bits("inet_connection_sock", "icsk_ca_state").map_err(e)?;
+    let (bits, width) = btf.member_bits("inet_connection_sock", "icsk_ca_state")?;
     let width = width.unwrap_or(8);
     if width == 0 || width > 8 || (bits % 8) + width > 8 {
-        return Err(ProbeError::Ebpf(format!(
-            "inet_connection_sock.icsk_ca_state: bitfield at bit {bits} width {width} spans bytes"
-        )));
+        return Err(BtfError::Bitfield {
+            member: "inet_connection_sock.icsk_ca_state".into(),
+            bit: bits,
+            width,
+        });
     }
     off.icsk_ca_state = bits / 8;
     off.ca_state_shift = bits % 8;
@@ -221,10 +226,6 @@ pub struct TcpProbe {
     own_netns: Option<u32>,
 }
 
-fn ebpf_err(what: &str) -> impl Fn(String) -> ProbeError + '_ {
-    move |e| ProbeError::Ebpf(format!("{what}: {e}"))
-}
-
 impl TcpProbe {
     /// Loads (does not attach) the classifier of the shared object (loaded
     /// with the fan-in constants and the retransmit offsets set) and, when
@@ -245,26 +246,16 @@ impl TcpProbe {
         let mut guard = lock_ebpf(&object);
         let ebpf = &mut *guard;
         {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut("tcp_fanin")
-                .ok_or_else(|| ProbeError::Ebpf("program tcp_fanin missing from the object".into()))?
-                .try_into()
-                .map_err(|e| ProbeError::Ebpf(format!("tcp_fanin: {e}")))?;
-            prog.load()
-                .map_err(|e| ProbeError::Ebpf(format!("loading tcp_fanin: {e}")))?;
+            let prog: &mut SchedClassifier = program(ebpf, PROBE_FANIN)?;
+            prog.load().map_err(load_err(PROBE_FANIN))?;
         }
         let mut retrans_on = false;
         if offsets.is_some() {
-            let r = (|| -> Result<(), ProbeError> {
-                let prog: &mut RawTracePoint = ebpf
-                    .program_mut("tcp_retransmit")
-                    .ok_or_else(|| ProbeError::Ebpf("program tcp_retransmit missing".into()))?
-                    .try_into()
-                    .map_err(|e| ProbeError::Ebpf(format!("tcp_retransmit: {e}")))?;
-                prog.load()
-                    .map_err(|e| ebpf_err("loading tcp_retransmit")(e.to_string()))?;
+            let r = (|| -> Result<(), EbpfError> {
+                let prog: &mut RawTracePoint = program(ebpf, PROBE_RETRANS)?;
+                prog.load().map_err(load_err(PROBE_RETRANS))?;
                 prog.attach("tcp_retransmit_skb")
-                    .map_err(|e| ebpf_err("attaching raw tracepoint tcp_retransmit_skb")(e.to_string()))?;
+                    .map_err(attach_err(PROBE_RETRANS, "raw tracepoint tcp_retransmit_skb"))?;
                 Ok(())
             })();
             match r {
@@ -272,23 +263,13 @@ impl TcpProbe {
                 Err(e) => tracing::warn!(error = %e, "tcp_retransmit_skb probe disabled"),
             }
         }
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| ProbeError::Ebpf(format!("map {name} missing")))
-        };
-        let endpoints = BpfHashMap::try_from(take(ebpf, "FANIN_ENDPOINTS")?)
-            .map_err(|e| ProbeError::Ebpf(format!("FANIN_ENDPOINTS: {e}")))?;
-        let senders = BpfHashMap::try_from(take(ebpf, "FANIN_SENDERS")?)
-            .map_err(|e| ProbeError::Ebpf(format!("FANIN_SENDERS: {e}")))?;
-        let runtime = Array::try_from(take(ebpf, "FANIN_RUNTIME")?)
-            .map_err(|e| ProbeError::Ebpf(format!("FANIN_RUNTIME: {e}")))?;
-        let stats = PerCpuArray::try_from(take(ebpf, "FANIN_STATS")?)
-            .map_err(|e| ProbeError::Ebpf(format!("FANIN_STATS: {e}")))?;
+        let endpoints = take_map(ebpf, "FANIN_ENDPOINTS")?;
+        let senders = take_map(ebpf, "FANIN_SENDERS")?;
+        let runtime = take_map(ebpf, "FANIN_RUNTIME")?;
+        let stats = take_map(ebpf, "FANIN_STATS")?;
         let retrans = if retrans_on {
-            let m = PerCpuHashMap::try_from(take(ebpf, "RETRANS")?)
-                .map_err(|e| ProbeError::Ebpf(format!("RETRANS: {e}")))?;
-            let s = PerCpuArray::try_from(take(ebpf, "RETRANS_STATS")?)
-                .map_err(|e| ProbeError::Ebpf(format!("RETRANS_STATS: {e}")))?;
+            let m = take_map(ebpf, "RETRANS")?;
+            let s = take_map(ebpf, "RETRANS_STATS")?;
             Some((m, s))
         } else {
             None
@@ -325,9 +306,12 @@ impl TcpProbe {
             ephemeral_lo: self.ephemeral.0,
             ephemeral_hi: self.ephemeral.1,
         };
-        self.runtime
-            .set(0, rt, 0)
-            .map_err(|e| ProbeError::Ebpf(format!("FANIN_RUNTIME: {e}")))
+        self.runtime.set(0, rt, 0).map_err(|source| {
+            ProbeError::Ebpf(EbpfError::MapWrite {
+                map: "FANIN_RUNTIME",
+                source,
+            })
+        })
     }
 
     /// Sets the ephemeral port range (from `ip_local_port_range`).
@@ -379,11 +363,7 @@ impl TcpProbe {
 
     fn attach(&mut self, name: &str) -> Result<SchedClassifierLinkId, ProbeError> {
         let mut ebpf = lock_ebpf(&self.ebpf);
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut("tcp_fanin")
-            .ok_or_else(|| ProbeError::Ebpf("program tcp_fanin missing".into()))?
-            .try_into()
-            .map_err(|e| ProbeError::Ebpf(format!("tcp_fanin: {e}")))?;
+        let prog: &mut SchedClassifier = program(&mut ebpf, PROBE_FANIN)?;
         // tcx (6.6+) needs no qdisc; the netlink path of older kernels needs
         // a clsact qdisc, added on the first failure (left in place on exit:
         // an empty clsact changes nothing).
@@ -391,8 +371,13 @@ impl TcpProbe {
             Ok(l) => Ok(l),
             Err(first) => {
                 let _ = aya::programs::tc::qdisc_add_clsact(name);
-                prog.attach(name, TcAttachType::Ingress)
-                    .map_err(|e| ProbeError::Ebpf(format!("attaching tc ingress to {name}: {e} (first try: {first})")))
+                prog.attach(name, TcAttachType::Ingress).map_err(|source| {
+                    ProbeError::Ebpf(EbpfError::TcAttach {
+                        interface: name.to_owned(),
+                        first: Box::new(first),
+                        source,
+                    })
+                })
             }
         }
     }
@@ -417,7 +402,7 @@ impl TcpProbe {
             ..TcpSnapshot::default()
         };
         for item in self.endpoints.iter() {
-            let (k, v) = item.map_err(|e| ProbeError::Ebpf(format!("reading FANIN_ENDPOINTS: {e}")))?;
+            let (k, v) = item.map_err(read_err("FANIN_ENDPOINTS"))?;
             let Some(ep) = Endpoint::from_key(&k) else { continue };
             let (peak_short, peak_long) = if v.peak_tag[slot] == old {
                 (v.peak[slot][0], v.peak[slot][1])
@@ -443,7 +428,7 @@ impl TcpProbe {
         if let Some((map, stats)) = &self.retrans {
             snap.retrans_lost = Self::sum(stats, retrans_stat::LOST);
             for item in map.iter() {
-                let (k, values) = item.map_err(|e| ProbeError::Ebpf(format!("reading RETRANS: {e}")))?;
+                let (k, values) = item.map_err(read_err("RETRANS"))?;
                 if k.netns != 0 && self.own_netns.is_some_and(|own| own != k.netns) {
                     continue;
                 }

@@ -57,13 +57,6 @@ pub fn classify(origin: u8, icmp_type: u8, code: u8) -> IcmpAnswer {
     }
 }
 
-fn err(what: &str, e: impl std::fmt::Display) -> ProbeError {
-    ProbeError::Parse {
-        what: "traceroute".into(),
-        detail: format!("{what}: {e}"),
-    }
-}
-
 /// Which probe of `run` an error-queue entry answers, from the payload it
 /// returns: `Some(ttl)` for one of ours, `None` for another datagram of the
 /// mesh (or garbage). An empty payload (a router that quotes only the UDP
@@ -223,7 +216,10 @@ pub struct TraceRun<'a> {
 /// answer are listed without an address.
 pub fn trace(fd: &impl AsFd, r: &TraceRun<'_>) -> Result<Vec<Hop>, ProbeError> {
     let v6 = r.dst.is_ipv6();
-    set_recverr(fd, v6, true).map_err(|e| err("IP_RECVERR", e))?;
+    set_recverr(fd, v6, true).map_err(|source| ProbeError::Socket {
+        what: "traceroute: setting IP_RECVERR",
+        source,
+    })?;
     let _guard = RecvErrGuard { fd, v6 };
     drain_errors(fd);
     let mut hops = Vec::new();

@@ -4,6 +4,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// An invalid [`PathsConfig`]; the message names the offending `paths.*` field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathsConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+}
+
 /// `[paths]` in the agent config.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -96,19 +105,28 @@ impl Default for PathsConfig {
 }
 
 impl PathsConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PathsConfigError> {
         let ms = Duration::from_millis;
         if self.interval < ms(10) || self.interval > Duration::from_secs(60) {
-            return Err(format!("paths.interval must be 10ms..=60s, got {:?}", self.interval));
+            return Err(PathsConfigError::Invalid(format!(
+                "paths.interval must be 10ms..=60s, got {:?}",
+                self.interval
+            )));
         }
         if self.port == 0 {
-            return Err("paths.port must not be 0".into());
+            return Err(PathsConfigError::Invalid("paths.port must not be 0".into()));
         }
         if self.max_peers == 0 || self.max_peers > 1024 {
-            return Err(format!("paths.max_peers must be 1..=1024, got {}", self.max_peers));
+            return Err(PathsConfigError::Invalid(format!(
+                "paths.max_peers must be 1..=1024, got {}",
+                self.max_peers
+            )));
         }
         if self.grace < ms(50) {
-            return Err(format!("paths.grace must be at least 50ms, got {:?}", self.grace));
+            return Err(PathsConfigError::Invalid(format!(
+                "paths.grace must be at least 50ms, got {:?}",
+                self.grace
+            )));
         }
         for (n, w) in [
             ("loss_window", self.loss_window),
@@ -117,7 +135,9 @@ impl PathsConfig {
             ("baseline_window", self.baseline_window),
         ] {
             if w < Duration::from_secs(1) || w > Duration::from_secs(86_400) {
-                return Err(format!("paths.{n} must be 1s..=1d, got {w:?}"));
+                return Err(PathsConfigError::Invalid(format!(
+                    "paths.{n} must be 1s..=1d, got {w:?}"
+                )));
             }
         }
         for (n, v) in [
@@ -126,20 +146,29 @@ impl PathsConfig {
             ("clean_ratio", self.clean_ratio),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= 1.0) {
-                return Err(format!("paths.{n} = {v} must be in (0, 1]"));
+                return Err(PathsConfigError::Invalid(format!("paths.{n} = {v} must be in (0, 1]")));
             }
         }
         if self.clean_ratio >= self.loss_threshold {
-            return Err("paths.clean_ratio must be below paths.loss_threshold".into());
+            return Err(PathsConfigError::Invalid(
+                "paths.clean_ratio must be below paths.loss_threshold".into(),
+            ));
         }
         if !(self.rtt_factor.is_finite() && self.rtt_factor > 1.0) {
-            return Err(format!("paths.rtt_factor = {} must be > 1", self.rtt_factor));
+            return Err(PathsConfigError::Invalid(format!(
+                "paths.rtt_factor = {} must be > 1",
+                self.rtt_factor
+            )));
         }
         if self.fire_windows == 0 || self.fire_windows > self.of_windows || self.resolve_windows == 0 {
-            return Err("paths: need 1 <= fire_windows <= of_windows and resolve_windows >= 1".into());
+            return Err(PathsConfigError::Invalid(
+                "paths: need 1 <= fire_windows <= of_windows and resolve_windows >= 1".into(),
+            ));
         }
         if self.traceroute_max_hops == 0 || usize::from(self.traceroute_max_hops) > crate::probes::path_mesh::MAX_HOPS {
-            return Err("paths.traceroute_max_hops must be 1..=32".into());
+            return Err(PathsConfigError::Invalid(
+                "paths.traceroute_max_hops must be 1..=32".into(),
+            ));
         }
         for p in &self.peers {
             parse_peer(p, self.port)?;
@@ -147,7 +176,9 @@ impl PathsConfig {
         if let Some(a) = &self.advertise
             && a.parse::<std::net::IpAddr>().is_err()
         {
-            return Err(format!("paths.advertise = {a:?} must be an IP address"));
+            return Err(PathsConfigError::Invalid(format!(
+                "paths.advertise = {a:?} must be an IP address"
+            )));
         }
         Ok(())
     }
@@ -158,14 +189,29 @@ impl PathsConfig {
     }
 }
 
+/// A static peer that does not parse (the message quotes it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("paths.peers: {0:?} is not name=address")]
+    NotNameAddress(String),
+    #[error("paths.peers: {0:?}: the name must be 1..=64 characters")]
+    Name(String),
+    #[error("paths.peers: {peer:?}: {source} (an IP address, or address:port)")]
+    Address {
+        peer: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+}
+
 /// Parses a static peer `name=addr[:port]`; port defaults to `default_port`.
-pub fn parse_peer(s: &str, default_port: u16) -> Result<(String, std::net::SocketAddr), String> {
+pub fn parse_peer(s: &str, default_port: u16) -> Result<(String, std::net::SocketAddr), PeerError> {
     let (name, addr) = s
         .split_once('=')
-        .ok_or_else(|| format!("paths.peers: {s:?} is not name=address"))?;
+        .ok_or_else(|| PeerError::NotNameAddress(s.to_owned()))?;
     let name = name.trim();
     if name.is_empty() || name.len() > crate::probes::path_mesh::MAX_ID {
-        return Err(format!("paths.peers: {s:?}: the name must be 1..=64 characters"));
+        return Err(PeerError::Name(s.to_owned()));
     }
     let addr = addr.trim();
     // `[2001:db8::5]` without a port is an address too.
@@ -174,7 +220,10 @@ pub fn parse_peer(s: &str, default_port: u16) -> Result<(String, std::net::Socke
         std::net::SocketAddr::new(ip, default_port)
     } else {
         addr.parse::<std::net::SocketAddr>()
-            .map_err(|e| format!("paths.peers: {s:?}: {e} (an IP address, or address:port)"))?
+            .map_err(|source| PeerError::Address {
+                peer: s.to_owned(),
+                source,
+            })?
     };
     Ok((name.to_owned(), sock))
 }

@@ -25,7 +25,7 @@ mod outbound;
 mod pair;
 mod window;
 
-pub use config::{PathsConfig, parse_peer};
+pub use config::{PathsConfig, PathsConfigError, PeerError, parse_peer};
 pub use outbound::{OutOutcome, OutTracker};
 pub use pair::{Evaluation, PairDetector, Verdict};
 pub use window::{PairStats, Tick, quantile};

@@ -463,7 +463,12 @@ fn config_defaults_validate_and_peers_parse() {
         "[2001:db8::3]:9478".parse().expect("addr")
     );
     assert!(parse_peer("10.0.0.2", 1).is_err());
-    assert!(parse_peer("x=host.example", 1).is_err());
+    let e = parse_peer("x=host.example", 1).expect_err("a host name is not an address");
+    assert!(e.to_string().starts_with("paths.peers: \"x=host.example\": "), "{e}");
+    assert!(
+        std::error::Error::source(&e).is_some(),
+        "the address parse error is kept"
+    );
     let bad = PathsConfig {
         clean_ratio: 0.5,
         ..PathsConfig::default()
