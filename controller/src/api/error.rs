@@ -85,8 +85,7 @@ impl From<FindingError> for Error {
             FindingError::Store(s) => s.into(),
             FindingError::WrongHost { .. }
             | FindingError::WrongId { .. }
-            | FindingError::WrongState { .. }
-            | FindingError::Time { .. } => Error::invalid(e),
+            | FindingError::WrongState { .. } => Error::invalid(e),
         }
     }
 }
