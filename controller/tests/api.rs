@@ -622,6 +622,14 @@ async fn findings_list_filters() {
             "{bad}"
         );
     }
+    let (_, detail) = a
+        .get("/api/v1/findings?since=yesterday", VIEWER)
+        .await
+        .error_parts(StatusCode::BAD_REQUEST);
+    assert!(
+        detail.contains("since") && detail.contains("\"yesterday\" is not an RFC 3339 time"),
+        "{detail}"
+    );
     assert_eq!(
         a.get("/api/v1/findings/0123456789abcdef", VIEWER)
             .await
@@ -653,9 +661,14 @@ async fn openapi_document_lists_every_endpoint() {
             "{path} missing from the OpenAPI document"
         );
     }
-    for schema in ["Finding", "TransitionBatch", "RegisterRequest", "AgentInfo", "ApiError"] {
+    for schema in ["Finding", "TransitionBatch", "RegisterRequest", "AgentInfo", "ApiError", "Timestamp"] {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema}");
     }
+    assert_eq!(doc["components"]["schemas"]["Timestamp"]["format"], "date-time", "{doc}");
+    assert_eq!(
+        doc["components"]["schemas"]["Finding"]["properties"]["since"]["$ref"],
+        "#/components/schemas/Timestamp"
+    );
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
 
