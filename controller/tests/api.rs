@@ -411,7 +411,11 @@ async fn transitions_are_stored_and_redelivery_is_idempotent() {
 
     let id = finding_id("n1", FindingKind::KernelDrops, "eth0");
     let raw = a.get(&format!("/api/v1/findings/{id}"), VIEWER).await;
-    assert_eq!(raw.json()["finding"]["resolved_at"], json!(T1), "the time as the agent sent it");
+    assert_eq!(
+        raw.json()["finding"]["resolved_at"],
+        json!(T1),
+        "the time as the agent sent it"
+    );
     let d: FindingDetail = raw.typed();
     assert_eq!(d.finding.state, FindingState::Resolved);
     assert_eq!(d.finding.resolved_at.map(|t| t.to_string()).as_deref(), Some(T1));
@@ -661,10 +665,20 @@ async fn openapi_document_lists_every_endpoint() {
             "{path} missing from the OpenAPI document"
         );
     }
-    for schema in ["Finding", "TransitionBatch", "RegisterRequest", "AgentInfo", "ApiError", "Timestamp"] {
+    for schema in [
+        "Finding",
+        "TransitionBatch",
+        "RegisterRequest",
+        "AgentInfo",
+        "ApiError",
+        "Timestamp",
+    ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema}");
     }
-    assert_eq!(doc["components"]["schemas"]["Timestamp"]["format"], "date-time", "{doc}");
+    assert_eq!(
+        doc["components"]["schemas"]["Timestamp"]["format"], "date-time",
+        "{doc}"
+    );
     assert_eq!(
         doc["components"]["schemas"]["Finding"]["properties"]["since"]["$ref"],
         "#/components/schemas/Timestamp"

@@ -48,7 +48,10 @@ pub fn finding_text(d: &FindingDetail) -> String {
         ("severity", f.severity.to_string()),
         ("state", state_str(f.state).to_owned()),
         ("since", f.since.to_string()),
-        ("resolved_at", f.resolved_at.map_or_else(|| "-".into(), |t| t.to_string())),
+        (
+            "resolved_at",
+            f.resolved_at.map_or_else(|| "-".into(), |t| t.to_string()),
+        ),
         ("summary", f.summary.clone()),
         ("runbook", format!("runbooks/{}.md", f.runbook)),
     ] {
