@@ -8,19 +8,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use graydar_common::api::{
-    Evidence, Finding, FindingKind, FindingState, FindingTransition, Severity, TransitionKind, finding_id,
+    Evidence, Finding, FindingKind, FindingState, FindingTransition, Severity, Timestamp, TransitionKind, finding_id,
 };
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::detect::Transition;
 use crate::metrics::Metrics;
-
-pub fn rfc3339(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
-}
 
 pub struct FindingStore {
     host: String,
@@ -75,7 +67,7 @@ impl FindingStore {
         self.log.capacity = capacity.max(1);
     }
 
-    fn log_transition(&mut self, transition: TransitionKind, at: String, finding: Finding) {
+    fn log_transition(&mut self, transition: TransitionKind, at: Timestamp, finding: Finding) {
         let log = &mut self.log;
         if log.capacity == 0 {
             return;
@@ -140,7 +132,7 @@ impl FindingStore {
     /// Signals whose detector restates a firing finding at every evaluation
     /// (fresh summary and severity, not only evidence) call this directly.
     pub fn firing(&mut self, r: Report, now: SystemTime) {
-        let ts = rfc3339(now);
+        let ts = Timestamp::from(now);
         let key = (r.kind, r.subject.clone());
         match self.findings.get_mut(&key) {
             Some(e) if e.finding.state == FindingState::Firing => {
@@ -148,7 +140,7 @@ impl FindingStore {
                 e.finding.severity = r.severity;
                 e.finding.summary = r.summary;
                 e.finding.evidence = r.evidence;
-                e.finding.last_seen = ts.clone();
+                e.finding.last_seen = ts;
                 if changed {
                     let f = e.finding.clone();
                     self.log_transition(TransitionKind::SeverityChanged, ts, f);
@@ -163,14 +155,14 @@ impl FindingStore {
                     subject: r.subject,
                     severity: r.severity,
                     state: FindingState::Firing,
-                    since: ts.clone(),
+                    since: ts,
                     last_seen: ts,
                     resolved_at: None,
                     summary: r.summary,
                     evidence: r.evidence,
                     runbook: r.kind.runbook(),
                 };
-                self.log_transition(TransitionKind::Fired, finding.since.clone(), finding.clone());
+                self.log_transition(TransitionKind::Fired, finding.since, finding.clone());
                 self.findings.insert(
                     key,
                     Entry {
@@ -188,7 +180,7 @@ impl FindingStore {
             && e.finding.state == FindingState::Firing
         {
             e.finding.evidence = evidence;
-            e.finding.last_seen = rfc3339(now);
+            e.finding.last_seen = Timestamp::from(now);
         }
     }
 
@@ -197,10 +189,10 @@ impl FindingStore {
             && e.finding.state == FindingState::Firing
         {
             tracing::info!(kind = %kind, subject, "finding resolved");
-            let ts = rfc3339(now);
+            let ts = Timestamp::from(now);
             e.finding.state = FindingState::Resolved;
-            e.finding.last_seen = ts.clone();
-            e.finding.resolved_at = Some(ts.clone());
+            e.finding.last_seen = ts;
+            e.finding.resolved_at = Some(ts);
             e.resolved_at = Some(now);
             let f = e.finding.clone();
             self.log_transition(TransitionKind::Resolved, ts, f);
@@ -292,7 +284,8 @@ mod tests {
         let l = s.list(t0 + Duration::from_secs(5));
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].severity, Severity::Critical);
-        assert_eq!(l[0].since, rfc3339(t0));
+        assert_eq!(l[0].since, Timestamp::from(t0));
+        assert_eq!(l[0].since.to_string(), "1970-01-12T13:46:40Z");
         assert_eq!(l[0].id, finding_id("node1", FindingKind::NicDrops, "eth0/rx"));
         assert_eq!(l[0].runbook, "nic-drops");
     }
@@ -349,7 +342,7 @@ mod tests {
         s.firing(report(Severity::Warning), t0 + Duration::from_secs(200));
         assert_eq!(
             s.list(t0 + Duration::from_secs(200))[0].since,
-            rfc3339(t0 + Duration::from_secs(200))
+            Timestamp::from(t0 + Duration::from_secs(200))
         );
     }
 
@@ -374,7 +367,7 @@ mod tests {
                 TransitionKind::SeverityChanged
             ]
         );
-        assert_eq!(p[1].1.at, rfc3339(t0 + Duration::from_secs(2)));
+        assert_eq!(p[1].1.at, Timestamp::from(t0 + Duration::from_secs(2)));
         assert_eq!(p[2].1.finding.severity, Severity::Critical);
         assert!(p.windows(2).all(|w| w[0].0 < w[1].0));
         // Full: the oldest goes and is counted.

@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::timestamp::Timestamp;
+
 /// The kinds of gray failure graydar reports (DESIGN.md, "Findings").
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -147,12 +149,12 @@ pub struct Finding {
     pub severity: Severity,
     pub state: FindingState,
     /// When the finding (last) started firing, RFC 3339 UTC.
-    pub since: String,
+    pub since: Timestamp,
     /// Last evaluation that confirmed the state, RFC 3339 UTC.
-    pub last_seen: String,
+    pub last_seen: Timestamp,
     /// When it resolved, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolved_at: Option<String>,
+    pub resolved_at: Option<Timestamp>,
     pub summary: String,
     pub evidence: BTreeMap<String, Evidence>,
     /// Runbook name in runbooks/ (e.g. `nic-drops`).
@@ -289,9 +291,9 @@ pub struct AgentInfo {
     pub agent_version: String,
     pub capabilities: Capabilities,
     /// First registration, RFC 3339 UTC.
-    pub registered_at: String,
+    pub registered_at: Timestamp,
     /// Last register, heartbeat or report, RFC 3339 UTC.
-    pub last_seen: String,
+    pub last_seen: Timestamp,
     pub state: AgentState,
     /// Findings of this agent currently firing at the controller.
     pub firing_findings: u64,
@@ -372,7 +374,7 @@ impl fmt::Display for TransitionKind {
 pub struct FindingTransition {
     pub transition: TransitionKind,
     /// RFC 3339 UTC.
-    pub at: String,
+    pub at: Timestamp,
     pub finding: Finding,
 }
 
@@ -406,12 +408,12 @@ pub struct FindingList {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TransitionRecord {
     pub transition: TransitionKind,
-    pub at: String,
+    pub at: Timestamp,
     pub severity: Severity,
     pub summary: String,
     pub evidence: BTreeMap<String, Evidence>,
     /// When the controller stored it, RFC 3339 UTC.
-    pub received_at: String,
+    pub received_at: Timestamp,
 }
 
 /// `GET /api/v1/findings/{id}`: the finding and its transitions, oldest first.

@@ -12,6 +12,7 @@ use crate::api::{
     AgentInfo, AgentList, ApiError, BatchResponse, FindingDetail, FindingList, HeartbeatRequest, HeartbeatResponse,
     RegisterRequest, RegisterResponse, TransitionBatch,
 };
+use crate::timestamp::Timestamp;
 
 /// Largest response body read (the findings list of a big fleet).
 const MAX_RESPONSE: u64 = 64 << 20;
@@ -94,8 +95,8 @@ pub struct FindingQuery {
     pub severity: Option<String>,
     pub state: Option<String>,
     pub agent: Option<String>,
-    /// RFC 3339: findings updated at or after.
-    pub since: Option<String>,
+    /// Findings updated at or after.
+    pub since: Option<Timestamp>,
     pub limit: Option<u32>,
 }
 
@@ -254,7 +255,7 @@ impl Client {
             ("severity", &q.severity),
             ("state", &q.state),
             ("agent", &q.agent),
-            ("since", &q.since),
+            ("since", &q.since.map(|t| t.to_string())),
         ] {
             if let Some(v) = v {
                 params.push(format!("{k}={}", encode_segment(v)));

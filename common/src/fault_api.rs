@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::faults::{FaultSpec, FaultState};
+use crate::timestamp::Timestamp;
 
 /// Which agents a fault hits: a list of agent hostnames, or every registered
 /// agent whose labels include all of `selector`. Exactly one of the two.
@@ -53,7 +54,7 @@ pub struct AgentFaultStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operations: Vec<String>,
     /// When the controller last heard about it, RFC 3339 UTC.
-    pub updated_at: String,
+    pub updated_at: Timestamp,
 }
 
 /// One fault as the controller knows it.
@@ -69,15 +70,15 @@ pub struct FaultInfo {
     pub forced: bool,
     pub duration_seconds: i64,
     /// RFC 3339 UTC.
-    pub created_at: String,
+    pub created_at: Timestamp,
     /// When the controller stops wanting it, RFC 3339 UTC.
-    pub expires_at: String,
+    pub expires_at: Timestamp,
     /// `running` (still wanted), `ended` (expired, deleted or revert-all) or
     /// `dry_run`.
     pub status: String,
     /// Set once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<String>,
+    pub ended_at: Option<Timestamp>,
     /// `expired`, `deleted` or `revert_all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,

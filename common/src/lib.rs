@@ -21,6 +21,9 @@ pub mod fault_api;
 pub mod paths;
 
 #[cfg(feature = "api")]
+pub mod timestamp;
+
+#[cfg(feature = "api")]
 pub mod url;
 
 #[cfg(feature = "client")]

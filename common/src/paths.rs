@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::timestamp::Timestamp;
+
 /// One direction of one pair, as an agent measured it over its loss window.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -106,7 +108,7 @@ pub struct PathPair {
     /// Path findings firing on either agent for the pair.
     pub firing: Vec<String>,
     /// When the freshest report about the pair arrived, RFC 3339 UTC.
-    pub reported_at: String,
+    pub reported_at: Timestamp,
 }
 
 /// `GET /api/v1/paths`.

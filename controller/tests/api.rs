@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use graydar_common::api::{
     AgentInfo, AgentList, AgentState, BatchResponse, Capabilities, Evidence, Finding, FindingDetail, FindingKind,
-    FindingList, FindingState, FindingTransition, RegisterRequest, RegisterResponse, Severity, TransitionBatch,
-    TransitionKind, finding_id,
+    FindingList, FindingState, FindingTransition, RegisterRequest, RegisterResponse, Severity, Timestamp,
+    TransitionBatch, TransitionKind, finding_id,
 };
 use graydar_controller::agents::AgentService;
 use graydar_controller::api::{DEFAULT_MAX_BODY, MAX_BATCH};
@@ -83,6 +83,10 @@ fn register_req(host: &str) -> RegisterRequest {
     }
 }
 
+fn ts(s: &str) -> Timestamp {
+    s.parse().expect("an RFC 3339 time")
+}
+
 fn finding(host: &str, subject: &str, state: FindingState, since: &str, resolved_at: Option<&str>) -> Finding {
     let kind = FindingKind::KernelDrops;
     Finding {
@@ -92,9 +96,9 @@ fn finding(host: &str, subject: &str, state: FindingState, since: &str, resolved
         subject: subject.to_owned(),
         severity: Severity::Warning,
         state,
-        since: since.to_owned(),
-        last_seen: resolved_at.unwrap_or(since).to_owned(),
-        resolved_at: resolved_at.map(str::to_owned),
+        since: ts(since),
+        last_seen: ts(resolved_at.unwrap_or(since)),
+        resolved_at: resolved_at.map(ts),
         summary: format!("{subject}: drops"),
         evidence: BTreeMap::from([("short_ratio".to_owned(), Evidence::Number(0.05))]),
         runbook: kind.runbook(),
@@ -104,7 +108,7 @@ fn finding(host: &str, subject: &str, state: FindingState, since: &str, resolved
 fn fired(host: &str, subject: &str, since: &str) -> FindingTransition {
     FindingTransition {
         transition: TransitionKind::Fired,
-        at: since.to_owned(),
+        at: ts(since),
         finding: finding(host, subject, FindingState::Firing, since, None),
     }
 }
@@ -112,7 +116,7 @@ fn fired(host: &str, subject: &str, since: &str) -> FindingTransition {
 fn resolved(host: &str, subject: &str, since: &str, at: &str) -> FindingTransition {
     FindingTransition {
         transition: TransitionKind::Resolved,
-        at: at.to_owned(),
+        at: ts(at),
         finding: finding(host, subject, FindingState::Resolved, since, Some(at)),
     }
 }
@@ -406,14 +410,21 @@ async fn transitions_are_stored_and_redelivery_is_idempotent() {
     assert_eq!(a.state.services.findings.transition_count().await.expect("count"), 4);
 
     let id = finding_id("n1", FindingKind::KernelDrops, "eth0");
-    let d: FindingDetail = a.get(&format!("/api/v1/findings/{id}"), VIEWER).await.typed();
+    let raw = a.get(&format!("/api/v1/findings/{id}"), VIEWER).await;
+    assert_eq!(
+        raw.json()["finding"]["resolved_at"],
+        json!(T1),
+        "the time as the agent sent it"
+    );
+    let d: FindingDetail = raw.typed();
     assert_eq!(d.finding.state, FindingState::Resolved);
-    assert_eq!(d.finding.resolved_at.as_deref(), Some(T1));
+    assert_eq!(d.finding.resolved_at.map(|t| t.to_string()).as_deref(), Some(T1));
     assert_eq!(
         d.history.iter().map(|h| h.transition).collect::<Vec<_>>(),
         [TransitionKind::Fired, TransitionKind::Resolved]
     );
-    assert_eq!(d.history[0].at, T0);
+    assert_eq!(d.history[0].at.to_string(), T0);
+    assert_eq!(raw.json()["history"][0]["at"], json!(T0));
 
     let m = a.get("/metrics", VIEWER).await;
     assert!(
@@ -481,12 +492,20 @@ async fn transitions_reject_bad_batches() {
         a.push("n1", &[t]).await.error(StatusCode::UNPROCESSABLE_ENTITY),
         "invalid"
     );
-    // Not a time.
-    let mut t = fired("n1", "eth0", T0);
-    t.at = "yesterday".into();
-    assert_eq!(
-        a.push("n1", &[t]).await.error(StatusCode::UNPROCESSABLE_ENTITY),
-        "invalid"
+    // Not a time: refused by the body's schema, naming the field.
+    let mut v = serde_json::to_value(TransitionBatch {
+        transitions: vec![fired("n1", "eth0", T0)],
+    })
+    .expect("value");
+    v["transitions"][0]["at"] = json!("yesterday");
+    let (code, detail) = a
+        .post(p, AGENT, &v.to_string())
+        .await
+        .error_parts(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(code, "invalid_body");
+    assert!(
+        detail.contains("transitions[0].at") && detail.contains("\"yesterday\" is not an RFC 3339 time"),
+        "{detail}"
     );
     // Unknown field inside a finding; wrong type; unknown kind.
     let mut v = serde_json::to_value(TransitionBatch {
@@ -607,6 +626,14 @@ async fn findings_list_filters() {
             "{bad}"
         );
     }
+    let (_, detail) = a
+        .get("/api/v1/findings?since=yesterday", VIEWER)
+        .await
+        .error_parts(StatusCode::BAD_REQUEST);
+    assert!(
+        detail.contains("since") && detail.contains("\"yesterday\" is not an RFC 3339 time"),
+        "{detail}"
+    );
     assert_eq!(
         a.get("/api/v1/findings/0123456789abcdef", VIEWER)
             .await
@@ -638,9 +665,24 @@ async fn openapi_document_lists_every_endpoint() {
             "{path} missing from the OpenAPI document"
         );
     }
-    for schema in ["Finding", "TransitionBatch", "RegisterRequest", "AgentInfo", "ApiError"] {
+    for schema in [
+        "Finding",
+        "TransitionBatch",
+        "RegisterRequest",
+        "AgentInfo",
+        "ApiError",
+        "Timestamp",
+    ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema}");
     }
+    assert_eq!(
+        doc["components"]["schemas"]["Timestamp"]["format"], "date-time",
+        "{doc}"
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["Finding"]["properties"]["since"]["$ref"],
+        "#/components/schemas/Timestamp"
+    );
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
 

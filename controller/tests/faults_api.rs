@@ -597,7 +597,7 @@ async fn settled_faults_leave_memory_and_stay_in_the_history() {
         .req("DELETE", &format!("/api/v1/faults/{}", ids[0]), OPERATOR, None)
         .await
         .typed();
-    assert_eq!((d.status.as_str(), d.ended_at.clone()), ("ended", old.ended_at.clone()));
+    assert_eq!((d.status.as_str(), d.ended_at), ("ended", old.ended_at));
     let e = a.req("DELETE", "/api/v1/faults/flt-000000000000", OPERATOR, None).await;
     assert_eq!(e.status, StatusCode::NOT_FOUND, "{}", e.text);
     // A late confirmation still lands in the history; another agent's does not.

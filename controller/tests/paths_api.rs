@@ -175,7 +175,7 @@ async fn reports_in_matrix_out() {
             vec!["one_way_loss".to_owned()],
             "firing on either end of the pair"
         );
-        assert!(ab.reported_at.ends_with('Z'), "{}", ab.reported_at);
+        assert!(ab.reported_at.to_string().ends_with('Z'), "{}", ab.reported_at);
     }
     // The JSON shape (what `graydar paths -o json` and dashboards read).
     let raw = api.matrix(VIEWER).await.json();

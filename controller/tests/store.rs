@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use graydar_common::api::{
-    Capabilities, Finding, FindingKind, FindingState, FindingTransition, RegisterRequest, Severity, TransitionKind,
-    finding_id,
+    Capabilities, Finding, FindingKind, FindingState, FindingTransition, RegisterRequest, Severity, Timestamp,
+    TransitionKind, finding_id,
 };
 use graydar_common::fault_api::FaultStatusUpdate;
 use graydar_common::faults::{FaultSpec, FaultState};
@@ -39,11 +39,12 @@ fn transition(host: &str, subject: &str, kind: TransitionKind, at_ms: i64, at: &
     } else {
         FindingState::Firing
     };
+    let at: Timestamp = at.parse().expect("an RFC 3339 time");
     TimedTransition {
         at_ms,
         transition: FindingTransition {
             transition: kind,
-            at: at.to_owned(),
+            at,
             finding: Finding {
                 id: finding_id(host, FindingKind::KernelDrops, subject),
                 host: host.to_owned(),
@@ -51,9 +52,9 @@ fn transition(host: &str, subject: &str, kind: TransitionKind, at_ms: i64, at: &
                 subject: subject.to_owned(),
                 severity: Severity::Warning,
                 state,
-                since: "2026-01-01T00:00:00Z".to_owned(),
-                last_seen: at.to_owned(),
-                resolved_at: (state == FindingState::Resolved).then(|| at.to_owned()),
+                since: "2026-01-01T00:00:00Z".parse().expect("an RFC 3339 time"),
+                last_seen: at,
+                resolved_at: (state == FindingState::Resolved).then_some(at),
                 summary: format!("{subject}: drops"),
                 evidence: BTreeMap::new(),
                 runbook: FindingKind::KernelDrops.runbook(),

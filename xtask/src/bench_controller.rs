@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use graydar_common::api::{
     Capabilities, Evidence, Finding, FindingKind, FindingState, FindingTransition, HeartbeatRequest, RegisterRequest,
-    Severity, TransitionBatch, TransitionKind, finding_id,
+    Severity, Timestamp, TransitionBatch, TransitionKind, finding_id,
 };
 use graydar_common::client::{Client, ClientConfig};
 
@@ -46,16 +46,10 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn rfc3339(ms: u64) -> String {
-    // Good enough for a load test: a fixed day plus the offset.
-    let s = ms / 1000;
-    format!(
-        "2026-01-01T{:02}:{:02}:{:02}.{:03}Z",
-        (s / 3600) % 24,
-        (s / 60) % 60,
-        s % 60,
-        ms % 1000
-    )
+/// 2026-01-01T00:00:00Z plus `ms`.
+fn rfc3339(ms: u64) -> Timestamp {
+    const START_MS: i64 = 1_767_225_600_000;
+    Timestamp::from_unix_ms(START_MS.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
 }
 
 fn transition(host: &str, round: u64) -> FindingTransition {
@@ -84,7 +78,7 @@ fn transition(host: &str, round: u64) -> FindingTransition {
             },
             since: rfc3339(since_ms),
             last_seen: rfc3339(at),
-            resolved_at: (!firing).then(|| rfc3339(at)),
+            resolved_at: (!firing).then_some(rfc3339(at)),
             summary: "eth0/rx: 2.00% of packets dropped by the device over 10s".into(),
             evidence: BTreeMap::from([
                 ("short_ratio".to_owned(), Evidence::Number(0.02)),

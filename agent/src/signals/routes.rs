@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use graydar_common::api::{Evidence, FindingKind};
+use graydar_common::api::{Evidence, FindingKind, Timestamp};
 
 use super::{Context, Signal, Update};
 use crate::detect::route_flap::{PrefixState, RouteFlapDetector, RoutesConfig, Transition};
@@ -80,13 +80,9 @@ struct ContextEvent {
 pub fn timestamp(t: SystemTime) -> String {
     let ms = t
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis())
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
         .unwrap_or(0);
-    let nanos = i128::try_from(ms).unwrap_or(0).saturating_mul(1_000_000);
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| crate::findings::rfc3339(t))
+    Timestamp::from_unix_ms(ms).to_string()
 }
 
 pub struct RouteSignal {

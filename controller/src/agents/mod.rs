@@ -12,7 +12,9 @@ use std::time::Duration;
 use graydar_common::api::{AgentInfo, AgentState, RegisterRequest};
 
 use crate::store::{AgentRecord, AgentStore, StoreError};
-use crate::timefmt::{ms_to_rfc3339, now_ms};
+use graydar_common::api::Timestamp;
+
+use crate::timefmt::now_ms;
 
 /// Longest hostname accepted (the DNS limit).
 pub const MAX_HOSTNAME: usize = 253;
@@ -157,8 +159,8 @@ impl AgentService {
             kernel_version: a.req.kernel_version.clone(),
             agent_version: a.req.agent_version.clone(),
             capabilities: a.req.capabilities.clone(),
-            registered_at: ms_to_rfc3339(a.registered_ms),
-            last_seen: ms_to_rfc3339(a.last_seen_ms),
+            registered_at: Timestamp::from_unix_ms(a.registered_ms),
+            last_seen: Timestamp::from_unix_ms(a.last_seen_ms),
             state: self.liveness.state(a.last_seen_ms, now),
             firing_findings: firing,
         }

@@ -83,10 +83,9 @@ impl From<FindingError> for Error {
             FindingError::Agent(a) => a.into(),
             FindingError::NotFound { .. } => Error::not_found(e),
             FindingError::Store(s) => s.into(),
-            FindingError::WrongHost { .. }
-            | FindingError::WrongId { .. }
-            | FindingError::WrongState { .. }
-            | FindingError::Time { .. } => Error::invalid(e),
+            FindingError::WrongHost { .. } | FindingError::WrongId { .. } | FindingError::WrongState { .. } => {
+                Error::invalid(e)
+            }
         }
     }
 }

@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use graydar_common::api::{
-    ApiError, BatchResponse, FindingDetail, FindingKind, FindingList, FindingState, Severity, TransitionBatch,
+    ApiError, BatchResponse, FindingDetail, FindingKind, FindingList, FindingState, Severity, Timestamp,
+    TransitionBatch,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -15,7 +16,6 @@ use super::middleware::guarded;
 use super::{Body, Error, MAX_BATCH, Params, PathParam, Shared, at_most, limit};
 use crate::auth::Permission;
 use crate::findings::FindingFilter;
-use crate::timefmt::rfc3339_to_ms;
 
 pub(super) fn routes(app: &Shared) -> Router<Shared> {
     let report = Router::new().route("/api/v1/agents/{hostname}/transitions", post(transitions));
@@ -64,7 +64,8 @@ pub struct FindingsQuery {
     /// Agent hostname.
     pub agent: Option<String>,
     /// RFC 3339: only findings whose latest transition is at or after.
-    pub since: Option<String>,
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub since: Option<Timestamp>,
     /// At most this many (default 500, max 10000).
     pub limit: Option<u32>,
 }
@@ -95,12 +96,7 @@ pub(super) async fn list_findings(
         severity: by_name::<Severity>("severity", q.severity.as_deref())?,
         state: by_name::<FindingState>("state", q.state.as_deref())?,
         agent: q.agent,
-        since_ms: q
-            .since
-            .as_deref()
-            .map(rfc3339_to_ms)
-            .transpose()
-            .map_err(|e| bad_query(format!("since: {e}")))?,
+        since_ms: q.since.map(Timestamp::unix_ms),
         limit: limit(q.limit)?,
     };
     Ok(Json(FindingList {

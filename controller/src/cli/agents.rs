@@ -13,7 +13,7 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
             vec![
                 a.hostname.clone(),
                 a.state.to_string(),
-                a.last_seen.clone(),
+                a.last_seen.to_string(),
                 a.firing_findings.to_string(),
                 a.kernel_version.clone(),
                 a.addresses.join(","),

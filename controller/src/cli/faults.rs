@@ -246,8 +246,8 @@ pub fn faults_table(faults: &[FaultInfo]) -> String {
                     .map(|(s, n)| format!("{s}={n}"))
                     .collect::<Vec<_>>()
                     .join(","),
-                f.created_at.clone(),
-                f.expires_at.clone(),
+                f.created_at.to_string(),
+                f.expires_at.to_string(),
             ]
         })
         .collect();
@@ -268,9 +268,9 @@ pub fn fault_text(f: &FaultInfo) -> String {
         ("dry_run", f.dry_run.to_string()),
         ("forced", f.forced.to_string()),
         ("duration", format!("{}s", f.duration_seconds)),
-        ("created_at", f.created_at.clone()),
-        ("expires_at", f.expires_at.clone()),
-        ("ended_at", f.ended_at.clone().unwrap_or_else(|| "-".into())),
+        ("created_at", f.created_at.to_string()),
+        ("expires_at", f.expires_at.to_string()),
+        ("ended_at", f.ended_at.map_or_else(|| "-".into(), |t| t.to_string())),
         ("end_reason", f.end_reason.clone().unwrap_or_else(|| "-".into())),
     ] {
         out.push_str(&format!("{k:<12} {v}\n"));
@@ -283,7 +283,7 @@ pub fn fault_text(f: &FaultInfo) -> String {
             vec![
                 a.agent.clone(),
                 a.state.as_str().to_owned(),
-                a.updated_at.clone(),
+                a.updated_at.to_string(),
                 a.reason.clone().unwrap_or_default(),
             ]
         })

@@ -24,7 +24,7 @@ pub fn findings_table(findings: &[Finding]) -> String {
                 f.subject.clone(),
                 f.severity.to_string(),
                 state_str(f.state).to_owned(),
-                f.since.clone(),
+                f.since.to_string(),
                 f.summary.clone(),
             ]
         })
@@ -47,8 +47,11 @@ pub fn finding_text(d: &FindingDetail) -> String {
         ("subject", f.subject.clone()),
         ("severity", f.severity.to_string()),
         ("state", state_str(f.state).to_owned()),
-        ("since", f.since.clone()),
-        ("resolved_at", f.resolved_at.clone().unwrap_or_else(|| "-".into())),
+        ("since", f.since.to_string()),
+        (
+            "resolved_at",
+            f.resolved_at.map_or_else(|| "-".into(), |t| t.to_string()),
+        ),
         ("summary", f.summary.clone()),
         ("runbook", format!("runbooks/{}.md", f.runbook)),
     ] {
@@ -65,7 +68,7 @@ pub fn finding_text(d: &FindingDetail) -> String {
         .iter()
         .map(|h| {
             vec![
-                h.at.clone(),
+                h.at.to_string(),
                 h.transition.to_string(),
                 h.severity.to_string(),
                 h.summary.clone(),

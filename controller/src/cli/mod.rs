@@ -15,6 +15,7 @@ pub mod paths;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use graydar_common::api::Timestamp;
 use graydar_common::client::{Client, ClientError, FindingQuery};
 
 pub use config::{DEFAULT_URL, client_config};
@@ -62,7 +63,7 @@ pub enum Cmd {
         severity: Option<String>,
         /// Only findings whose latest transition is at or after this RFC 3339 time.
         #[arg(long)]
-        since: Option<String>,
+        since: Option<Timestamp>,
     },
     /// The path matrix: loss, RTT, hops and state per ordered pair of agents.
     Paths,
@@ -123,7 +124,7 @@ pub fn run(cli: &Cli) -> Result<String, CliError> {
                 severity: severity.clone(),
                 state: firing.then(|| "firing".to_owned()),
                 agent: agent.clone(),
-                since: since.clone(),
+                since: *since,
                 limit: None,
             };
             findings::list(&client, cli.output, &q)

@@ -11,6 +11,8 @@ pub mod lifecycle;
 mod model;
 pub mod policy;
 
+use graydar_common::timestamp::Timestamp;
+
 pub use crate::config::{FaultConfig, FaultConfigError, FaultsSection};
 pub use crate::store::FaultStatus;
 use crate::store::StoreError;
@@ -45,7 +47,7 @@ pub enum FaultError {
         agent: String,
         fault: String,
         target: String,
-        until: String,
+        until: Timestamp,
     },
     #[error("no fault {id:?}")]
     NotFound { id: String },

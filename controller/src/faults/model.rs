@@ -5,11 +5,11 @@
 
 use graydar_common::fault_api::{AgentFaultStatus, FaultInfo};
 use graydar_common::faults::FaultState;
+use graydar_common::timestamp::Timestamp;
 
 pub(crate) use crate::store::FaultAgentRecord as AgentStatus;
 pub(crate) use crate::store::FaultRecord as Fault;
 use crate::store::FaultStatus;
-use crate::timefmt::ms_to_rfc3339;
 
 impl Fault {
     pub(crate) fn wanted(&self, now: i64) -> bool {
@@ -73,10 +73,10 @@ impl Fault {
             dry_run: self.dry_run,
             forced: self.forced,
             duration_seconds: self.duration_seconds,
-            created_at: ms_to_rfc3339(self.created_ms),
-            expires_at: ms_to_rfc3339(self.expires_ms),
+            created_at: Timestamp::from_unix_ms(self.created_ms),
+            expires_at: Timestamp::from_unix_ms(self.expires_ms),
             status: self.status().as_str().to_owned(),
-            ended_at: self.ended_ms.map(ms_to_rfc3339),
+            ended_at: self.ended_ms.map(Timestamp::from_unix_ms),
             end_reason: self.end_reason.map(|r| r.as_str().to_owned()),
             agents: self
                 .agents
@@ -88,7 +88,7 @@ impl Fault {
                         state,
                         reason,
                         operations: s.operations.clone(),
-                        updated_at: ms_to_rfc3339(s.updated_ms),
+                        updated_at: Timestamp::from_unix_ms(s.updated_ms),
                     }
                 })
                 .collect(),

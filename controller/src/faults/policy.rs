@@ -8,10 +8,10 @@ use std::collections::{BTreeSet, HashMap};
 use graydar_common::api::AgentInfo;
 use graydar_common::fault_api::CreateFaultRequest;
 use graydar_common::faults::FaultSpec;
+use graydar_common::timestamp::Timestamp;
 
 use super::model::Fault;
 use super::{FaultConfig, FaultError};
-use crate::timefmt::ms_to_rfc3339;
 
 /// What an agent last said about its interfaces and dm devices.
 #[derive(Clone, Debug, Default)]
@@ -170,7 +170,7 @@ pub(crate) fn check_overlap<'a>(
             agent: host.clone(),
             fault: f.id.clone(),
             target: f.spec.target().to_owned(),
-            until: ms_to_rfc3339(f.expires_ms),
+            until: Timestamp::from_unix_ms(f.expires_ms),
         }),
         None => Ok(()),
     }
@@ -192,8 +192,8 @@ mod tests {
             kernel_version: String::new(),
             agent_version: String::new(),
             capabilities: Capabilities::default(),
-            registered_at: String::new(),
-            last_seen: String::new(),
+            registered_at: Timestamp::UNIX_EPOCH,
+            last_seen: Timestamp::UNIX_EPOCH,
             state: AgentState::Healthy,
             firing_findings: 0,
         }

@@ -12,7 +12,6 @@ use graydar_common::api::{
 use crate::agents::{AgentError, AgentService};
 pub use crate::store::FindingFilter;
 use crate::store::{FindingStore, StoreError, TimedTransition};
-use crate::timefmt::{TimeError, rfc3339_to_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FindingError {
@@ -27,12 +26,6 @@ pub enum FindingError {
         transition: TransitionKind,
         id: String,
         state: FindingState,
-    },
-    #[error("{field}: {source}")]
-    Time {
-        field: &'static str,
-        #[source]
-        source: TimeError,
     },
     #[error("no finding {id:?}")]
     NotFound { id: String },
@@ -69,11 +62,7 @@ pub fn validate(hostname: &str, t: &FindingTransition) -> Result<i64, FindingErr
             state: f.state,
         });
     }
-    rfc3339_to_ms(&f.since).map_err(|source| FindingError::Time {
-        field: "finding.since",
-        source,
-    })?;
-    rfc3339_to_ms(&t.at).map_err(|source| FindingError::Time { field: "at", source })
+    Ok(t.at.unix_ms())
 }
 
 pub struct FindingService {

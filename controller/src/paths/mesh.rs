@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use graydar_common::paths::{PathMatrix, PathPair, PathReport, PathReportResponse, PeerObservation, PeerTarget};
-
-use crate::timefmt::ms_to_rfc3339;
+use graydar_common::timestamp::Timestamp;
 
 /// Reports older than this many of the agent's intervals × 10 (at least 60 s) are stale.
 const STALE_MIN_MS: i64 = 60_000;
@@ -192,7 +191,7 @@ impl Paths {
             owd_variation_seconds: owd,
             state: state.as_str().to_owned(),
             firing,
-            reported_at: ms_to_rfc3339(fresh_at),
+            reported_at: Timestamp::from_unix_ms(fresh_at),
         }
     }
 }

@@ -18,6 +18,7 @@ use graydar_common::api::{
 };
 use graydar_common::fault_api::FaultStatusUpdate;
 use graydar_common::faults::{FaultSpec, FaultState};
+use graydar_common::timestamp::TimestampError;
 
 pub use sqlite::SqliteStore;
 
@@ -45,6 +46,12 @@ pub enum StoreError {
         what: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("corrupt row: {what}: {source}")]
+    Time {
+        what: &'static str,
+        #[source]
+        source: TimestampError,
     },
     #[error("corrupt row: unknown {what} {value:?}")]
     UnknownValue { what: &'static str, value: String },

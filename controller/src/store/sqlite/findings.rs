@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use graydar_common::api::{BatchResponse, Evidence, Finding, FindingDetail, TransitionRecord};
+use graydar_common::api::{BatchResponse, Evidence, Finding, FindingDetail, Timestamp, TransitionRecord};
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Row as _};
 
-use super::{SqliteStore, enum_str, json, parse_enum, parse_json};
+use super::{SqliteStore, enum_str, json, parse_enum, parse_json, parse_time};
 use crate::store::{FindingFilter, FindingStore, StoreError, StoreFuture, TimedTransition};
-use crate::timefmt::{ms_to_rfc3339, now_ms};
+use crate::timefmt::now_ms;
 
 /// One request's transitions, checked, waiting for the group commit.
 pub(super) struct IngestJob {
@@ -40,9 +40,12 @@ fn finding_from_row(r: &SqliteRow) -> Result<Finding, StoreError> {
         subject: r.try_get("subject")?,
         severity: parse_enum("severity", &r.try_get::<String, _>("severity")?)?,
         state: parse_enum("state", &r.try_get::<String, _>("state")?)?,
-        since: r.try_get("since")?,
-        last_seen: r.try_get("last_seen")?,
-        resolved_at: r.try_get("resolved_at")?,
+        since: parse_time("since", &r.try_get::<String, _>("since")?)?,
+        last_seen: parse_time("last_seen", &r.try_get::<String, _>("last_seen")?)?,
+        resolved_at: r
+            .try_get::<Option<String>, _>("resolved_at")?
+            .map(|s| parse_time("resolved_at", &s))
+            .transpose()?,
         summary: r.try_get("summary")?,
         evidence: parse_json::<BTreeMap<String, Evidence>>("evidence", &r.try_get::<String, _>("evidence")?)?,
         runbook: r.try_get("runbook")?,
@@ -108,11 +111,11 @@ async fn finding(s: &SqliteStore, id: &str) -> Result<Option<FindingDetail>, Sto
     for r in rows {
         history.push(TransitionRecord {
             transition: parse_enum("transition", &r.try_get::<String, _>("transition")?)?,
-            at: r.try_get("at")?,
+            at: parse_time("at", &r.try_get::<String, _>("at")?)?,
             severity: parse_enum("severity", &r.try_get::<String, _>("severity")?)?,
             summary: r.try_get("summary")?,
             evidence: parse_json("evidence", &r.try_get::<String, _>("evidence")?)?,
-            received_at: ms_to_rfc3339(r.try_get("received_ms")?),
+            received_at: Timestamp::from_unix_ms(r.try_get("received_ms")?),
         });
     }
     Ok(Some(FindingDetail { finding, history }))
@@ -182,7 +185,7 @@ async fn write_group(pool: &SqlitePool, jobs: &[IngestJob]) -> Result<Vec<BatchR
             .bind(&f.id)
             .bind(t.transition.as_str())
             .bind(at_ms)
-            .bind(&t.at)
+            .bind(t.at.to_string())
             .bind(&job.agent)
             .bind(&severity)
             .bind(&f.summary)
@@ -211,9 +214,9 @@ async fn write_group(pool: &SqlitePool, jobs: &[IngestJob]) -> Result<Vec<BatchR
             .bind(&f.subject)
             .bind(&severity)
             .bind(enum_str(&f.state))
-            .bind(&f.since)
-            .bind(&f.last_seen)
-            .bind(f.resolved_at.as_deref())
+            .bind(f.since.to_string())
+            .bind(f.last_seen.to_string())
+            .bind(f.resolved_at.map(|t| t.to_string()))
             .bind(&f.summary)
             .bind(&evidence)
             .bind(&f.runbook)

@@ -20,6 +20,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
+use graydar_common::api::Timestamp;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, SqlSafeStr as _};
@@ -75,6 +76,10 @@ fn parse_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, 
         what: what.to_owned(),
         source,
     })
+}
+
+fn parse_time(what: &'static str, s: &str) -> Result<Timestamp, StoreError> {
+    s.parse().map_err(|source| StoreError::Time { what, source })
 }
 
 fn enum_str<T: serde::Serialize>(v: &T) -> String {
