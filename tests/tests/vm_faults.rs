@@ -810,9 +810,16 @@ fn a_scoped_ingress_fault_left_by_a_killed_agent_is_gone_after_restart() {
     assert_eq!(links_named(&a, "gd-ifb"), ["gd-ifb0"]);
     assert_ne!(qdisc_dump(&a, "va"), before, "clsact added");
     let agent = std::env::var_os("GRAYDAR_AGENT_BIN").expect("GRAYDAR_AGENT_BIN");
+    // Without the incast probe: its own tc ingress classifier (a clsact of the
+    // agent's, on every interface) would change the dump this test compares
+    // against the one taken before the fault.
+    let config = state.path().join("agent.toml");
+    std::fs::write(&config, "[incast]\nenabled = false\n").expect("agent config");
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", a.name()])
         .arg(&agent)
+        .arg("--config")
+        .arg(&config)
         .arg("--state-dir")
         .arg(state.path())
         .args(["--listen", "127.0.0.1:19478"])
