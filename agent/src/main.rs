@@ -146,8 +146,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .start::<IncastSignal>()
         .start::<DiskSignal>()
         .start::<PathsSignal>();
-    // Start-up's freed heap (BTF, the eBPF object) back to the kernel.
+    // Start-up's freed heap (BTF, the eBPF object) back to the kernel: once
+    // now, and once more when the agent is ready (the signals' own start-up,
+    // their first samples and first netlink dumps, ends only then).
     graydar_agent::sys::release_freed_heap();
+    tokio::spawn(release_heap_when_ready(ready.clone(), stop_rx.clone()));
 
     let app = router(AppState {
         metrics,
@@ -186,6 +189,23 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     // The runner dropped the signals and with them the eBPF object: programs detached.
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits until the agent is ready (or stopping), lets the first round of
+/// every signal settle, then hands the freed heap back once more.
+async fn release_heap_when_ready(ready: Arc<AtomicBool>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let poll = async {
+        while !ready.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    tokio::select! {
+        () = poll => graydar_agent::sys::release_freed_heap(),
+        _ = stop.changed() => {}
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (not on first poll), so a

@@ -77,8 +77,8 @@ pub fn can_load_bpf() -> bool {
 /// the top of the heap, so one small long-lived allocation made after them
 /// keeps all of it resident: measured in the test VM (Debian 6.1 kernel,
 /// `cargo xtask bench --only idle-cpus`), the idle agent held 53 MiB of freed
-/// heap, 2 MiB after `malloc_trim(0)`. Called once, when every signal has
-/// started. A no-op where the C library is not glibc.
+/// heap, 2 MiB after `malloc_trim(0)`. Called when every signal has started
+/// and again when the agent is ready. A no-op where the C library is not glibc.
 pub fn release_freed_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
