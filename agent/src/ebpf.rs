@@ -16,8 +16,10 @@ use graydar_common::drops::DropOffsets;
 use graydar_common::tcp::{FaninConfig, RetransOffsets};
 
 use crate::btf::{DropReasons, KernelBtf};
+use crate::probes::disk::{block_io, fsync};
+use crate::probes::incast::fanin;
 use crate::probes::object::EbpfError;
-use crate::probes::{ProbeError, SharedEbpf, block_io, fsync, tcp_fanin};
+use crate::probes::{ProbeError, SharedEbpf};
 
 /// The eBPF object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/graydar"));
@@ -91,7 +93,7 @@ pub fn load(sysfs_root: &Path, fanin: &FaninConfig) -> Result<Programs, ProbeErr
     let drops = btf.drop_probe_setup().map_err(|e| ProbeError::Ebpf(EbpfError::Btf(e)));
     let fsync = fsync::offsets(&btf, Path::new(TRACEFS));
     let block = block_io::offsets(&btf);
-    let retrans = tcp_fanin::retrans_offsets(&btf);
+    let retrans = fanin::retrans_offsets(&btf);
     drop(btf);
     let path = sysfs_root.join("kernel/btf/vmlinux");
     let aya_btf = aya::Btf::parse_file(&path, aya::Endianness::default())

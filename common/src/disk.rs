@@ -1,6 +1,6 @@
 //! Disk latency: fsync/fdatasync (syscall tracepoints) and block requests
 //! (`block_rq_issue` → `block_rq_complete`), kept as histograms in per-CPU
-//! kernel maps by ebpf/src/fsync.rs and ebpf/src/block_io.rs.
+//! kernel maps by ebpf/src/disk/fsync.rs and ebpf/src/disk/block_io.rs.
 //!
 //! Buckets: the programs bucket each latency against [`HIST_BOUNDS_NS`], a
 //! fixed 1-1.25-1.5-2-2.5-3-4-5-6-7.5 grid per decade from 10 µs to 10 s

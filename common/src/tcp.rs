@@ -1,5 +1,5 @@
-//! TCP incast signals shared by the eBPF programs in ebpf/src/tcp.rs and the
-//! agent (agent/src/probes/tcp_fanin.rs).
+//! TCP incast signals shared by the eBPF programs in ebpf/src/incast.rs and the
+//! agent (agent/src/probes/incast/fanin.rs).
 //!
 //! Fan-in is counted per *receiving endpoint*: the local address and, when
 //! the local port is a server port (outside the ephemeral range), that port;

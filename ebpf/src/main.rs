@@ -1,7 +1,7 @@
-//! graydar's eBPF programs, one file per probe. Loaded by graydar-agent.
+//! graydar's eBPF programs, one file per signal. Loaded by graydar-agent.
 #![no_std]
 #![no_main]
-// Atomic adds on map values shared between CPUs (ebpf/src/tcp.rs): core has
+// Atomic adds on map values shared between CPUs (ebpf/src/incast.rs): core has
 // no AtomicU64::fetch_add for the BPF target.
 #![feature(core_intrinsics)]
 #![expect(
@@ -9,10 +9,9 @@
     reason = "core_intrinsics is the only atomic add core offers the BPF target"
 )]
 
-mod block_io;
-mod fsync;
-mod nic_drops;
-mod tcp;
+mod disk;
+mod drops;
+mod incast;
 mod util;
 
 #[cfg(not(test))]

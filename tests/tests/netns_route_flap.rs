@@ -8,7 +8,7 @@
 //! whose peer `rfb0` (10.76.0.2/24) in a second namespace is the next hop of
 //! 10.77.0.0/16. Windows are shortened through `[routes]` so that the tests
 //! run in seconds; the default windows are unit-tested against the
-//! reference chapter's 5 s / 30 s BGP flap (agent/src/detect/route_flap.rs).
+//! reference chapter's 5 s / 30 s BGP flap (agent/src/detect/routes.rs).
 
 use std::time::Duration;
 

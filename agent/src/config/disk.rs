@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::detect::disk_slow::{SlowConfig, SlowConfigError};
-use crate::detect::fsync_latency::{FsyncConfig, FsyncConfigError};
+use crate::detect::disk::fsync_latency::{FsyncConfig, FsyncConfigError};
+use crate::detect::disk::slow::{SlowConfig, SlowConfigError};
 
 /// `[disk]` in the agent configuration.
 #[derive(Clone, Debug, PartialEq, Deserialize)]

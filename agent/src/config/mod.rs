@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use crate::detect::drops::DropConfig;
 use crate::detect::incast::IncastConfig;
-use crate::detect::route_flap::RoutesConfig;
-pub use crate::probes::kernel_drops::AttachMode;
+use crate::detect::routes::RoutesConfig;
+pub use crate::probes::drops::kernel::AttachMode;
 
 mod disk;
 pub use disk::{DiskConfig, DiskConfigError};
@@ -242,7 +242,7 @@ pub enum ConfigError {
     #[error("{0}")]
     Paths(#[from] crate::detect::paths::PathsConfigError),
     #[error("{0}")]
-    Routes(#[from] crate::detect::route_flap::RoutesConfigError),
+    Routes(#[from] crate::detect::routes::RoutesConfigError),
 }
 
 impl Config {

@@ -1,21 +1,13 @@
-//! Signal collectors, one file per signal. Each separates reading (I/O) from
-//! parsing (pure, tested on fixture files under agent/tests/fixtures/).
-pub mod block_io;
-pub mod canary;
-pub mod diskstats;
-pub mod fsync;
-pub mod kernel_drops;
-pub mod latency_hist;
-pub mod netstat;
-pub mod nic;
+//! Kernel and procfs readers, one module per signal (`drops`, `disk`,
+//! `incast`, `routes`, `paths`; `object` holds the shared eBPF helpers).
+//! Each separates reading (I/O) from parsing (pure, tested on fixture files
+//! under agent/tests/fixtures/). Probes know neither `detect` nor `config`.
+pub mod disk;
+pub mod drops;
+pub mod incast;
 pub mod object;
-pub mod path_mesh;
-pub mod path_mesh_socket;
-pub mod qdisc;
-pub mod route_churn;
-pub mod softnet;
-pub mod tcp_fanin;
-pub mod traceroute;
+pub mod paths;
+pub mod routes;
 
 /// The one loaded eBPF object (agent/src/ebpf.rs), shared by the probes
 /// that take programs and maps from it.

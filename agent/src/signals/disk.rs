@@ -7,7 +7,7 @@
 //! - `/proc/diskstats`: IOPS, throughput, await, in-flight, utilization.
 //! - Canaries: one OS thread per configured directory (none by default),
 //!   4 KiB write + fdatasync every `canary_interval`; a watchdog thread
-//!   checks them every 100 ms and raises `disk_hung` (agent/src/detect/disk_hung.rs)
+//!   checks them every 100 ms and raises `disk_hung` (agent/src/detect/disk/hung.rs)
 //!   the moment a call has been in flight for `canary_stall_limit`,
 //!   independently of the sampling loop and of tokio (a hung disk must not
 //!   delay the alarm about it): the one finding written to the store outside
@@ -30,17 +30,18 @@ use graydar_common::disk::{block_op, fsync_op};
 use super::{Context, Signal, Update};
 use crate::config::DiskConfig;
 use crate::detect::Transition;
-use crate::detect::disk_hung::HungTracker;
-use crate::detect::disk_slow::{self, DeviceSample, SlowDetector};
-use crate::detect::fsync_latency::{FsyncDetector, LatencyHist};
+use crate::detect::disk::fsync_latency::{FsyncDetector, LatencyHist};
+use crate::detect::disk::hung::HungTracker;
+use crate::detect::disk::slow::{self, DeviceSample, SlowDetector};
 use crate::ebpf::{Programs, Unavailable};
 use crate::findings::{FindingStore, Report};
 use crate::metrics::{CounterMirror, DISK_LATENCY_BUCKETS, ExternalHistogram, Metrics};
-use crate::probes::block_io::{self, BlockReader, DeviceNames};
-use crate::probes::canary::Canary;
-use crate::probes::diskstats::{self, DiskCounters};
-use crate::probes::fsync::{self, FsyncReader};
-use crate::probes::{SharedEbpf, canary, lock_ebpf};
+use crate::probes::disk::block_io::{self, BlockReader, DeviceNames};
+use crate::probes::disk::canary;
+use crate::probes::disk::canary::Canary;
+use crate::probes::disk::diskstats::{self, DiskCounters};
+use crate::probes::disk::fsync::{self, FsyncReader};
+use crate::probes::{SharedEbpf, lock_ebpf};
 
 /// The fsync and block programs of the shared object.
 pub struct DiskEbpf {
@@ -502,7 +503,7 @@ impl DiskSignal {
             samples.insert(
                 name.clone(),
                 DeviceSample {
-                    kind: disk_slow::device_kind(name, diskstats::is_rotational(&self.sysfs_root, name)),
+                    kind: slow::device_kind(name, diskstats::is_rotational(&self.sysfs_root, name)),
                     iops: r.total.iops,
                     bytes_per_second: r.total.bytes_per_second,
                     latency: Duration::from_secs_f64(r.total.await_seconds.max(0.0)),

@@ -15,10 +15,10 @@ use crate::detect::drops::{CounterSample, DropDetector, Observation};
 use crate::ebpf::{Programs, Unavailable};
 use crate::findings::Report;
 use crate::metrics::{CounterMirror, Metrics};
-use crate::probes::kernel_drops::{self, KernelDropsProbe, KernelDropsSnapshot};
-use crate::probes::nic::{self, NicStats};
-use crate::probes::qdisc::{self, QdiscStats};
-use crate::probes::softnet;
+use crate::probes::drops::kernel::{self, KernelDropsProbe, KernelDropsSnapshot};
+use crate::probes::drops::nic::{self, NicStats};
+use crate::probes::drops::qdisc::{self, QdiscStats};
+use crate::probes::drops::softnet;
 use crate::sys;
 
 /// `TC_H_ROOT` from linux/pkt_sched.h: parent of a root qdisc.
@@ -322,19 +322,15 @@ impl DropSignal {
             }
         };
         let m = self.metrics.clone();
-        let d = self.mirror.delta(&["ebpf_events", kernel_drops::PROBE], 0, snap.events);
-        m.ebpf_events.with_label_values(&[kernel_drops::PROBE]).inc_by(d);
-        let d = self.mirror.delta(&["ebpf_lost", kernel_drops::PROBE], 0, snap.lost);
-        m.ebpf_events_lost.with_label_values(&[kernel_drops::PROBE]).inc_by(d);
-        let d = self
-            .mirror
-            .delta(&["ebpf_runs", kernel_drops::PROBE], 0, snap.run_count);
-        m.ebpf_runs.with_label_values(&[kernel_drops::PROBE]).inc_by(d);
-        let d = self
-            .mirror
-            .delta(&["ebpf_run_ns", kernel_drops::PROBE], 0, snap.run_time_ns);
+        let d = self.mirror.delta(&["ebpf_events", kernel::PROBE], 0, snap.events);
+        m.ebpf_events.with_label_values(&[kernel::PROBE]).inc_by(d);
+        let d = self.mirror.delta(&["ebpf_lost", kernel::PROBE], 0, snap.lost);
+        m.ebpf_events_lost.with_label_values(&[kernel::PROBE]).inc_by(d);
+        let d = self.mirror.delta(&["ebpf_runs", kernel::PROBE], 0, snap.run_count);
+        m.ebpf_runs.with_label_values(&[kernel::PROBE]).inc_by(d);
+        let d = self.mirror.delta(&["ebpf_run_ns", kernel::PROBE], 0, snap.run_time_ns);
         m.ebpf_run_seconds
-            .with_label_values(&[kernel_drops::PROBE])
+            .with_label_values(&[kernel::PROBE])
             .inc_by(d as f64 / 1e9);
         for (pseudo, map) in [("_other_netns", &snap.other_netns), ("_none", &snap.no_device)] {
             for (reason, n) in map {
@@ -430,7 +426,7 @@ impl Signal for DropSignal {
             ("sysfs_net", true),
             ("softnet_stat", true),
             ("qdisc", self.netlink.is_some()),
-            (kernel_drops::PROBE, self.kernel.is_some()),
+            (kernel::PROBE, self.kernel.is_some()),
         ]
     }
 }

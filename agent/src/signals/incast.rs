@@ -1,7 +1,7 @@
 //! The TCP incast signal end to end: every `incast.interval` it keeps the tc
 //! classifier attached to the namespace's interfaces, reads the fan-in and
-//! retransmission maps (agent/src/probes/tcp_fanin.rs), the kernel's TCP MIB
-//! (agent/src/probes/netstat.rs) and the devices' receive drops; mirrors
+//! retransmission maps (agent/src/probes/incast/fanin.rs), the kernel's TCP MIB
+//! (agent/src/probes/incast/netstat.rs) and the devices' receive drops; mirrors
 //! them into metrics; and feeds the `incast` detector per receiving endpoint
 //! (agent/src/detect/incast.rs).
 
@@ -19,8 +19,8 @@ use crate::detect::incast::{EndpointSample, Episode, HostLoss, IncastDetector, O
 use crate::ebpf::{Programs, Unavailable};
 use crate::findings::Report;
 use crate::metrics::{CounterMirror, Metrics};
-use crate::probes::netstat;
-use crate::probes::tcp_fanin::{self, Endpoint, EndpointReading, TcpProbe, TcpSnapshot};
+use crate::probes::incast::fanin::{self, Endpoint, EndpointReading, TcpProbe, TcpSnapshot};
+use crate::probes::incast::netstat;
 use crate::sys;
 
 /// MIB counters mirrored into `graydar_tcp_mib_total` (cross-checks for the
@@ -168,13 +168,13 @@ impl IncastSignal {
         let Some(probe) = self.probe.as_mut() else { return };
         let range = std::fs::read_to_string(self.cfg.procfs_root.join("sys/net/ipv4/ip_local_port_range"))
             .ok()
-            .and_then(|t| tcp_fanin::parse_port_range(&t));
+            .and_then(|t| fanin::parse_port_range(&t));
         if let Some((lo, hi)) = range
             && let Err(e) = probe.set_ephemeral_range(lo, hi)
         {
             tracing::warn!(error = %e, "tcp_fanin: setting the ephemeral port range");
         }
-        let ifaces = match tcp_fanin::list_interfaces(&self.cfg.sysfs_root) {
+        let ifaces = match fanin::list_interfaces(&self.cfg.sysfs_root) {
             Ok(i) => i,
             Err(e) => {
                 self.metrics.collector_errors.with_label_values(&["tcp_fanin"]).inc();
@@ -203,7 +203,7 @@ impl IncastSignal {
     /// device receive drops plus TCP receive-side drops (MIB).
     fn receive_drops(&mut self, mib: Option<&netstat::Counters>) -> u64 {
         let mut total = mib.map(netstat::receive_drops).unwrap_or(0);
-        match crate::probes::nic::read_all(&self.cfg.sysfs_root) {
+        match crate::probes::drops::nic::read_all(&self.cfg.sysfs_root) {
             Ok(nics) => {
                 for n in nics {
                     total = total.saturating_add(n.rx_drops());
@@ -396,7 +396,7 @@ impl IncastSignal {
 
     fn export_probe_metrics(&mut self, snap: &TcpSnapshot) {
         let m = self.metrics.clone();
-        let p = tcp_fanin::PROBE_FANIN;
+        let p = fanin::PROBE_FANIN;
         let d = self.mirror.delta(&["ebpf_events", p], 0, snap.segments);
         m.ebpf_events.with_label_values(&[p]).inc_by(d);
         let d = self.mirror.delta(&["ebpf_lost", p], 0, snap.lost);
@@ -405,7 +405,7 @@ impl IncastSignal {
         m.ebpf_runs.with_label_values(&[p]).inc_by(d);
         let d = self.mirror.delta(&["ebpf_run_ns", p], 0, snap.run_time_ns);
         m.ebpf_run_seconds.with_label_values(&[p]).inc_by(d as f64 / 1e9);
-        let r = tcp_fanin::PROBE_RETRANS;
+        let r = fanin::PROBE_RETRANS;
         let total: u64 = snap.retrans.values().sum();
         let d = self.mirror.delta(&["ebpf_events", r], 0, total);
         m.ebpf_events.with_label_values(&[r]).inc_by(d);
@@ -486,9 +486,9 @@ impl Signal for IncastSignal {
             return Vec::new();
         }
         vec![
-            (tcp_fanin::PROBE_FANIN, self.probe.is_some()),
+            (fanin::PROBE_FANIN, self.probe.is_some()),
             (
-                tcp_fanin::PROBE_RETRANS,
+                fanin::PROBE_RETRANS,
                 self.probe.as_ref().is_some_and(TcpProbe::retransmits_enabled),
             ),
         ]

@@ -23,7 +23,7 @@ use crate::detect::Transition;
 use crate::ebpf::{Programs, Unavailable};
 use crate::findings::{FindingStore, Report};
 use crate::metrics::Metrics;
-use crate::probes::kernel_drops::KernelDropsProbe;
+use crate::probes::drops::kernel::KernelDropsProbe;
 
 pub mod disk;
 pub mod drops;

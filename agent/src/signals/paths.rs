@@ -1,12 +1,12 @@
 //! The path-probe mesh end to end: one UDP socket per address family on
 //! `paths.port` is both prober and responder (wire format in
-//! agent/src/probes/path_mesh.rs). Every `paths.interval` a probe goes to each
+//! agent/src/probes/paths/mesh.rs). Every `paths.interval` a probe goes to each
 //! peer; every probe is answered; every datagram carries the sender's report
 //! of what it received from the destination. Once a second each peer's
 //! outcomes become a [`Tick`] for the pair detectors
 //! (agent/src/detect/paths/), whose verdicts go to the finding store; a
 //! suspect pair is traced both ways with the Paris traceroute
-//! (agent/src/probes/traceroute.rs), the peer's hop list coming back over the
+//! (agent/src/probes/paths/traceroute.rs), the peer's hop list coming back over the
 //! mesh. With a `[controller]`, the agent pushes its per-peer view and gets
 //! its peer list (`POST /api/v1/agents/{hostname}/paths`).
 //!
@@ -28,14 +28,14 @@ use crate::config::Config;
 use crate::detect::paths::{Tick, Verdict};
 use crate::findings::Report;
 use crate::metrics::Metrics;
-use crate::probes::path_mesh;
-use crate::probes::path_mesh_socket::{canonical, open_socket, recv_one, send_mesh};
-use crate::probes::traceroute;
+use crate::probes::paths::mesh as path_mesh;
+use crate::probes::paths::socket::{canonical, open_socket, recv_one, send_mesh};
+use crate::probes::paths::traceroute;
 
 mod mesh;
 mod sync;
 
-pub use crate::probes::path_mesh_socket::SEND_TTL;
+pub use crate::probes::paths::socket::SEND_TTL;
 use mesh::{Mesh, realtime_ns};
 /// Evaluation period of the detectors.
 const EVAL_EVERY: Duration = Duration::from_secs(1);
@@ -357,7 +357,7 @@ impl Shared {
     }
 
     /// Paris traceroute toward the peer on the mesh flow itself (from the
-    /// mesh socket to the peer's mesh port: agent/src/probes/traceroute.rs).
+    /// mesh socket to the peer's mesh port: agent/src/probes/paths/traceroute.rs).
     async fn traceroute(self: Arc<Self>, name: String, addr: SocketAddr) {
         let max = self.cfg.paths.traceroute_max_hops;
         let Some(sock) = self.socket_for(&addr) else {

@@ -1,7 +1,7 @@
 //! The route churn signal end to end: subscribes to rtnetlink route, link and
-//! neighbour events (agent/src/probes/route_churn.rs), counts them in
+//! neighbour events (agent/src/probes/routes.rs), counts them in
 //! `graydar_route_changes_total`, feeds every counted route change to the
-//! `route_flap` detector per prefix (agent/src/detect/route_flap.rs) and
+//! `route_flap` detector per prefix (agent/src/detect/routes.rs) and
 //! keeps the findings in the [`FindingStore`].
 //!
 //! What is counted (documented in docs/src/configuration/agent.md, `[routes]`): routes of every table
@@ -24,10 +24,10 @@ use std::time::{Duration, Instant, SystemTime};
 use graydar_common::api::{Evidence, FindingKind, Timestamp};
 
 use super::{Context, Signal, Update};
-use crate::detect::route_flap::{PrefixState, RouteFlapDetector, RoutesConfig, Transition};
+use crate::detect::routes::{PrefixState, RouteFlapDetector, RoutesConfig, Transition};
 use crate::findings::Report;
 use crate::metrics::Metrics;
-use crate::probes::route_churn::{
+use crate::probes::routes::{
     self, ChurnEvent, LinkStates, NextHop, PROBE, Prefix, RT_TABLE_MAIN, RouteChurnProbe, RouteEvent, table_name,
 };
 
@@ -378,7 +378,7 @@ impl Signal for RouteSignal {
 
     async fn next_event(&mut self) -> Vec<Update> {
         match next(&mut self.probe).await {
-            Some(msg) => match route_churn::decode(&msg, &mut self.links) {
+            Some(msg) => match routes::decode(&msg, &mut self.links) {
                 Some(ev) => self.handle(ev, self.started.elapsed(), SystemTime::now()),
                 None => Vec::new(),
             },
@@ -424,7 +424,7 @@ mod tests {
 
     use super::*;
     use crate::findings::FindingStore;
-    use crate::probes::route_churn::{LinkEvent, NeighEvent, RouteAction};
+    use crate::probes::routes::{LinkEvent, NeighEvent, RouteAction};
 
     /// The signal and what the runner gives it: the store its updates go
     /// to (at the event's wall time) and the metrics it exports.

@@ -165,7 +165,8 @@ impl PathsConfig {
                 "paths: need 1 <= fire_windows <= of_windows and resolve_windows >= 1".into(),
             ));
         }
-        if self.traceroute_max_hops == 0 || usize::from(self.traceroute_max_hops) > crate::probes::path_mesh::MAX_HOPS {
+        if self.traceroute_max_hops == 0 || usize::from(self.traceroute_max_hops) > crate::probes::paths::mesh::MAX_HOPS
+        {
             return Err(PathsConfigError::Invalid(
                 "paths.traceroute_max_hops must be 1..=32".into(),
             ));
@@ -210,7 +211,7 @@ pub fn parse_peer(s: &str, default_port: u16) -> Result<(String, std::net::Socke
         .split_once('=')
         .ok_or_else(|| PeerError::NotNameAddress(s.to_owned()))?;
     let name = name.trim();
-    if name.is_empty() || name.len() > crate::probes::path_mesh::MAX_ID {
+    if name.is_empty() || name.len() > crate::probes::paths::mesh::MAX_ID {
         return Err(PeerError::Name(s.to_owned()));
     }
     let addr = addr.trim();

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::probes::path_mesh::{RxReport, report_covers};
+use crate::probes::paths::mesh::{RxReport, report_covers};
 
 /// Outcome of my probes, finalized.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

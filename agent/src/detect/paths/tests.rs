@@ -4,7 +4,7 @@ use graydar_common::api::{Evidence, FindingKind, Severity};
 
 use super::*;
 use crate::detect::Transition;
-use crate::probes::path_mesh::{RxOutcome, RxReport};
+use crate::probes::paths::mesh::{RxOutcome, RxReport};
 
 fn cfg() -> PathsConfig {
     PathsConfig {

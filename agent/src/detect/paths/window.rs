@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::outbound::OutOutcome;
-use crate::probes::path_mesh::RxOutcome;
+use crate::probes::paths::mesh::RxOutcome;
 
 /// What one evaluation interval brought for one peer.
 #[derive(Clone, Debug, Default)]

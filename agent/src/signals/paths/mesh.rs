@@ -1,5 +1,5 @@
 //! The mesh state machine: peers, what each datagram teaches and answers,
-//! the probes due. No sockets here (agent/src/probes/path_mesh_socket.rs).
+//! the probes due. No sockets here (agent/src/probes/paths/socket.rs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -8,11 +8,11 @@ use std::time::{Duration, Instant, SystemTime};
 use graydar_common::api::FindingKind;
 
 use crate::detect::paths::{OutTracker, PairDetector, PairStats, PathsConfig, parse_peer};
-use crate::probes::path_mesh::{
-    self, Body, Datagram, Echo, FLAG_TRACE_REQUEST, HOPS_UNKNOWN, Header, Hop, KIND_TRACE, RxReport, RxTracker,
-    TraceProbe, hop_count,
+use crate::probes::paths::mesh::{
+    self as path_mesh, Body, Datagram, Echo, FLAG_TRACE_REQUEST, HOPS_UNKNOWN, Header, Hop, KIND_TRACE, RxReport,
+    RxTracker, TraceProbe, hop_count,
 };
-use crate::probes::path_mesh_socket::SEND_TTL;
+use crate::probes::paths::socket::SEND_TTL;
 
 pub(super) fn realtime_ns() -> u64 {
     SystemTime::now()

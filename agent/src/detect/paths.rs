@@ -3,7 +3,7 @@
 //! clock; agent/src/signals/paths.rs feeds one [`Tick`] per evaluation (1 s).
 //!
 //! Each agent sees both directions of its own pairs (the peer's report in
-//! every datagram, agent/src/probes/path_mesh.rs), so the pair detectors run
+//! every datagram, agent/src/probes/paths/mesh.rs), so the pair detectors run
 //! here, not at the controller:
 //! - outbound (me → peer): which of my probes the peer received, from its
 //!   reports ([`OutTracker`]): delivered, lost, or unknown when the peer says

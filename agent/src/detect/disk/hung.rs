@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use graydar_common::api::Severity;
 
-use super::transition::Transition;
-use crate::probes::canary::CanaryStatus;
+use crate::detect::transition::Transition;
+use crate::probes::disk::canary::CanaryStatus;
 
 /// The disk_hung decision for one canary (pure; the watchdog calls it every
 /// 100 ms): hung while a call has been in flight for `stall_limit` or more;

@@ -32,8 +32,8 @@ use nix::sys::socket::{
     setsockopt, sockopt,
 };
 
-use super::ProbeError;
-use super::path_mesh::{self, Body, Hop, TraceProbe};
+use super::mesh::{self as path_mesh, Body, Hop, TraceProbe};
+use crate::probes::ProbeError;
 
 const SO_EE_ORIGIN_ICMP: u8 = 2;
 const SO_EE_ORIGIN_ICMP6: u8 = 3;

@@ -1,4 +1,4 @@
-//! TCP fan-in and retransmissions from eBPF (ebpf/src/tcp.rs): a tc ingress
+//! TCP fan-in and retransmissions from eBPF (ebpf/src/incast.rs): a tc ingress
 //! classifier attached to every Ethernet/loopback interface of the agent's
 //! network namespace (new interfaces as they appear), and a raw tracepoint
 //! on `tcp_retransmit_skb`.
@@ -19,9 +19,9 @@ use graydar_common::tcp::{
     SenderState, fanin_stat, retrans_kind, retrans_stat,
 };
 
-use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
-use super::{ProbeError, SharedEbpf, lock_ebpf};
 use crate::btf::{BtfError, KernelBtf};
+use crate::probes::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
+use crate::probes::{ProbeError, SharedEbpf, lock_ebpf};
 
 pub const PROBE_FANIN: &str = "tcp_fanin";
 pub const PROBE_RETRANS: &str = "tcp_retransmit";

@@ -28,7 +28,7 @@ use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, Neig
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 
-use super::ProbeError;
+use crate::probes::ProbeError;
 
 /// Label of this probe in `graydar_probe_up` and `graydar_collector_errors_total`.
 pub const PROBE: &str = "route_churn";

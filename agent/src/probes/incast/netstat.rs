@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::ProbeError;
+use crate::probes::ProbeError;
 
 /// MIB counters by `"<Prefix>.<Name>"`.
 pub type Counters = BTreeMap<String, u64>;

@@ -32,7 +32,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::ProbeError;
+use crate::probes::ProbeError;
 
 /// Counters of one interface. Counter files missing in sysfs read as 0
 /// (virtual devices lack some of them).

@@ -1,5 +1,5 @@
 //! The path-probe mesh's UDP wire format and the receiving side's sequence
-//! tracker. Pure: no sockets, no clock (agent/src/probes/path_mesh_socket.rs does the I/O).
+//! tracker. Pure: no sockets, no clock (agent/src/probes/paths/socket.rs does the I/O).
 //!
 //! Every datagram (probe, reply, hop list) starts with the same header, all
 //! integers big-endian:

@@ -28,7 +28,7 @@ use std::time::Duration;
 pub use graydar_common::api::Severity;
 use serde::{Deserialize, Serialize};
 
-use super::transition::{Evaluation, TimedHysteresis, TimedRule};
+use crate::detect::transition::{Evaluation, TimedHysteresis, TimedRule};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -131,7 +131,7 @@ struct DevState {
     hysteresis: TimedHysteresis,
 }
 
-pub use super::transition::Transition;
+pub use crate::detect::transition::Transition;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SlowObservation {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use super::ProbeError;
+use crate::probes::ProbeError;
 
 /// Cumulative counters of one device (units as in the kernel: sectors of
 /// 512 bytes, milliseconds).

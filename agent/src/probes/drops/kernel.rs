@@ -1,4 +1,4 @@
-//! Kernel drops from the eBPF `kfree_skb` raw tracepoint (ebpf/src/nic_drops.rs):
+//! Kernel drops from the eBPF `kfree_skb` raw tracepoint (ebpf/src/drops.rs):
 //! per (network namespace, ifindex, drop reason) counters summed over CPUs.
 
 use std::collections::HashMap;
@@ -8,9 +8,9 @@ use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::{BtfTracePoint, RawTracePoint};
 use graydar_common::drops::{DropKey, DropOffsets, stat};
 
-use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
-use super::{ProbeError, SharedEbpf, lock_ebpf};
 use crate::btf::DropReasons;
+use crate::probes::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
+use crate::probes::{ProbeError, SharedEbpf, lock_ebpf};
 
 /// How the kfree_skb probe attaches: `auto` tries the BTF-typed tracepoint
 /// (cheaper: direct loads) and falls back to the raw tracepoint.

@@ -1,5 +1,5 @@
 //! Block request latency per device and operation, and block errors, from
-//! the eBPF programs in ebpf/src/block_io.rs (raw tracepoints
+//! the eBPF programs in ebpf/src/disk/block_io.rs (raw tracepoints
 //! block_rq_issue → block_rq_complete).
 //!
 //! Set-up reads the `struct request` / `gendisk` member offsets and the
@@ -15,10 +15,10 @@ use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::RawTracePoint;
 use graydar_common::disk::{BlockOffsets, Hist, HistKey, dev_major, dev_minor, stat};
 
-use super::ProbeError;
 use super::latency_hist::LatencyHist;
-use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
 use crate::btf::{BtfError, KernelBtf};
+use crate::probes::ProbeError;
+use crate::probes::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
 
 pub const PROBE: &str = "block_io";
 

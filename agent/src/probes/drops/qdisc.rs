@@ -16,7 +16,7 @@ use futures_util::TryStreamExt;
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcStats2};
 use rtnetlink::packet_core::{DefaultNla, Nla};
 
-use super::ProbeError;
+use crate::probes::ProbeError;
 
 /// `TCA_STATS_PKT64` (include/uapi/linux/gen_stats.h), not typed by
 /// netlink-packet-route 0.34: a `u64` packet count sent when it exceeds `u32`.

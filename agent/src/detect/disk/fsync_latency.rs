@@ -36,8 +36,8 @@ use std::time::Duration;
 pub use graydar_common::api::Severity;
 use serde::{Deserialize, Serialize};
 
-use super::transition::{Evaluation, TimedHysteresis, TimedRule};
-pub use crate::probes::latency_hist::LatencyHist;
+use crate::detect::transition::{Evaluation, TimedHysteresis, TimedRule};
+pub use crate::probes::disk::latency_hist::LatencyHist;
 
 /// `[disk]` thresholds of the fsync detector.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,7 +95,7 @@ impl FsyncConfig {
     }
 }
 
-pub use super::transition::Transition;
+pub use crate::detect::transition::Transition;
 
 /// What one observation computed, transition or not.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,5 +1,5 @@
 //! fsync/fdatasync latency per block device from the eBPF programs in
-//! ebpf/src/fsync.rs (syscall enter/exit tracepoints; attribution through the
+//! ebpf/src/disk/fsync.rs (syscall enter/exit tracepoints; attribution through the
 //! fd's inode's super block, see there for why).
 //!
 //! Set-up reads what the programs need from the running kernel: the offset of
@@ -15,10 +15,10 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::TracePoint;
 use graydar_common::disk::{FsyncInflight, FsyncOffsets, Hist, HistKey, stat};
 
-use super::ProbeError;
 use super::latency_hist::LatencyHist;
-use super::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
 use crate::btf::KernelBtf;
+use crate::probes::ProbeError;
+use crate::probes::object::{EbpfError, attach_err, load_err, program, read_err, take_map};
 
 pub const PROBE: &str = "fsync";
 

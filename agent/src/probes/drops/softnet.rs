@@ -24,7 +24,7 @@
 
 use std::path::Path;
 
-use super::ProbeError;
+use crate::probes::ProbeError;
 
 /// Counters of one CPU's softnet data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

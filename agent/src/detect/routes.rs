@@ -1,7 +1,7 @@
 //! The `route_flap` detector: a prefix whose routes keep changing.
 //!
 //! Pure: no I/O, no clock. The agent feeds every route change of a prefix
-//! (an RTM_NEWROUTE or RTM_DELROUTE, see agent/src/probes/route_churn.rs)
+//! (an RTM_NEWROUTE or RTM_DELROUTE, see agent/src/probes/routes.rs)
 //! with its monotonic time, and calls [`RouteFlapDetector::tick`] every
 //! second or so for the quiet-time resolution.
 //!
@@ -104,7 +104,7 @@ impl RoutesConfig {
             ));
         }
         for p in &self.ignore_prefixes {
-            if p.parse::<crate::probes::route_churn::Prefix>().is_err() {
+            if p.parse::<crate::probes::routes::Prefix>().is_err() {
                 return err(format!("routes.ignore_prefixes: {p:?} is not a prefix like fe80::/10"));
             }
         }
@@ -115,8 +115,8 @@ impl RoutesConfig {
     }
 }
 
-pub use super::transition::Transition;
-use super::transition::{Evaluation, TimedHysteresis, TimedRule};
+pub use crate::detect::transition::Transition;
+use crate::detect::transition::{Evaluation, TimedHysteresis, TimedRule};
 
 /// What the detector knows about one prefix.
 #[derive(Clone, Debug)]
