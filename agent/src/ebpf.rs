@@ -64,6 +64,12 @@ impl Programs {
         self.btf.as_ref()
     }
 
+    /// Drops the parsed kernel BTF once every program is loaded (see
+    /// [`crate::signals::Runner::started`]); [`Programs::btf`] is `None` after.
+    pub fn release_btf(&mut self) {
+        self.btf = None;
+    }
+
     /// kfree_skb: struct offsets and the drop reasons' names.
     pub fn take_drops(&mut self) -> Result<(DropOffsets, DropReasons), ProbeError> {
         self.drops.take().unwrap_or_else(|| Err(taken()))
@@ -88,7 +94,16 @@ impl Programs {
 /// Reads the kernel's BTF under `sysfs_root` once and loads the object with
 /// every probe's globals set (`fanin`: the TCP fan-in constants). Programs
 /// are loaded and attached by their probes.
+///
+/// The kernel BTF parses into about 9 MiB of heap (6.18 kernel), and aya
+/// parses it on its own twice: in its feature detection and in
+/// `EbpfLoader::new`. Those run first, each parse freed before the next, so
+/// no two copies are alive at once (the agent's peak RSS at start-up).
 pub fn load(sysfs_root: &Path, fanin: &FaninConfig) -> Result<Programs, ProbeError> {
+    raise_memlock_limit();
+    let _ = aya::features();
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
     let btf = KernelBtf::load(sysfs_root).map_err(EbpfError::Btf)?;
     let drops = btf.drop_probe_setup().map_err(|e| ProbeError::Ebpf(EbpfError::Btf(e)));
     let fsync = fsync::offsets(&btf, Path::new(TRACEFS));
@@ -99,8 +114,6 @@ pub fn load(sysfs_root: &Path, fanin: &FaninConfig) -> Result<Programs, ProbeErr
     let aya_btf = aya::Btf::parse_file(&path, aya::Endianness::default())
         .inspect_err(|e| tracing::debug!(path = %path.display(), error = %e, "aya cannot parse the kernel BTF"))
         .ok();
-    raise_memlock_limit();
-    let mut loader = EbpfLoader::new();
     if let Some(b) = &aya_btf {
         loader.btf(Some(b));
     }

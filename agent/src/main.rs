@@ -145,7 +145,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .start::<DropSignal>()
         .start::<IncastSignal>()
         .start::<DiskSignal>()
-        .start::<PathsSignal>();
+        .start::<PathsSignal>()
+        .started();
     // Start-up's freed heap (BTF, the eBPF object) back to the kernel: once
     // now, and once more when the agent is ready (the signals' own start-up,
     // their first samples and first netlink dumps, ends only then).
