@@ -13,7 +13,8 @@
 //! listening socket on port 7000; the aggregator connects to every sender
 //! (ephemeral local ports, so its receiving endpoint is `10.207.1.1:*`),
 //! sends each a one-byte request at the same moment, and every sender
-//! answers with 64 KiB. The tbf queue (about 21 full-size packets) overflows,
+//! answers with 64 KiB. The tbf queue (43 full-size packets: room for every
+//! sender's first segment, as a switch port has for a few per port) overflows,
 //! flows lose their tails and stall for a retransmission timeout: incast.
 //! The counter-cases move the same bytes from one sender address, or from
 //! the same senders spread over one second: no incast.
@@ -69,14 +70,15 @@ fn topology(addresses: usize) -> Topology {
     agg.ip(["route", "add", "10.207.2.0/24", "via", "10.207.1.254"]);
     snd.ip(["route", "add", "10.207.1.0/24", "via", "10.207.2.254"]);
     sysctl(&sw, "net.ipv4.ip_forward", "1");
-    // The bottleneck toward the aggregator: 1 Gbit/s with a 16 KB queue
-    // (11 full-size packets).
+    // The bottleneck toward the aggregator: 1 Gbit/s with a 64 KB queue
+    // (43 full-size packets): the first segments of the 40 answers, which
+    // arrive first (see `serve`), fit; the rest of the windows do not.
     // A 4 KB bucket makes tbf split GSO packets into segments, so the
     // queue drops segments, like a switch port does.
     sw.exec(
         "tc",
         [
-            "qdisc", "add", "dev", "swa", "root", "tbf", "rate", "1gbit", "burst", "4kb", "limit", "16kb",
+            "qdisc", "add", "dev", "swa", "root", "tbf", "rate", "1gbit", "burst", "4kb", "limit", "64kb",
         ],
     );
     // Buffers large enough that neither side's application is the limit:
@@ -153,8 +155,23 @@ fn serve(
         }
         let body = vec![0x42u8; RESPONSE];
         let w0 = Instant::now();
-        for s in &mut accepted {
-            s.write_all(&body).expect("write the answer");
+        let mut sent = vec![0; accepted.len()];
+        if answer == Answer::Together {
+            // 40 machines answering at once interleave on the wire: the
+            // switch sees every sender's first segment before anyone's
+            // tenth. Written one socket after the other, the held queue
+            // would instead be sender after sender, and which senders get
+            // a segment through the bottleneck would depend on how fast
+            // this CPU releases the queue (24 to 40 of 40 counted, measured
+            // 2026-12-05). So every answer's first segment is written
+            // first: one MSS with MSG_MORE, a full segment without PSH, as
+            // in the middle of a larger write.
+            for (s, n) in accepted.iter_mut().zip(sent.iter_mut()) {
+                *n = first_segment(s, &body);
+            }
+        }
+        for (s, n) in accepted.iter_mut().zip(&sent) {
+            s.write_all(&body[*n..]).expect("write the answer");
             if let Answer::Spread(d) = answer {
                 std::thread::sleep(d);
             }
@@ -166,6 +183,25 @@ fn serve(
             let _ = s.read(&mut b);
         }
     })
+}
+
+/// Sends one full-size segment of `body` on `s` without PSH and returns how
+/// many bytes went: the connection's MSS, sent with `MSG_MORE` (a full
+/// segment is not corked, and `MSG_MORE` keeps tcp_push from marking it).
+fn first_segment(s: &TcpStream, body: &[u8]) -> usize {
+    use std::os::fd::AsRawFd;
+    let fd = s.as_raw_fd();
+    let mut mss: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: fd is an open TCP socket owned by `s`; mss and len are valid
+    // for writes of the sizes given.
+    let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, (&raw mut mss).cast(), &raw mut len) };
+    assert_eq!(rc, 0, "getsockopt(TCP_MAXSEG): {}", std::io::Error::last_os_error());
+    let n = usize::try_from(mss).expect("a positive MSS").min(body.len());
+    // SAFETY: body[..n] is valid for reads of n bytes.
+    let sent = unsafe { libc::send(fd, body.as_ptr().cast(), n, libc::MSG_MORE) };
+    assert_eq!(sent, n as isize, "send the first segment: {}", std::io::Error::last_os_error());
+    n
 }
 
 /// One request/response round. `addresses` sender addresses with
