@@ -110,7 +110,38 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// A prefix as the kernel would install it: host bits cleared
+    /// (`2001:db8::1/64` → `2001:db8::/64`). For reading back what an older
+    /// version journaled; specs go through [`Cidr::parse`], which refuses
+    /// host bits.
+    pub fn parse_masked(s: &str) -> Result<Cidr, SpecError> {
+        let c = Cidr::parse_unchecked(s)?;
+        Ok(Cidr {
+            addr: c.network(),
+            len: c.len,
+        })
+    }
+
+    /// A prefix with no host bits (`10.1.0.0/16`, `2001:db8::/64`) or an
+    /// address (`/32`, `/128`).
     pub fn parse(s: &str) -> Result<Cidr, SpecError> {
+        let c = Cidr::parse_unchecked(s)?;
+        // The kernel masks host bits (a route for 2001:db8::1/64 is
+        // installed as 2001:db8::/64), so a prefix with host bits would be
+        // applied as one thing and looked for, at revert, as another.
+        // Refused rather than silently rewritten: the operator sees the
+        // prefix that will really be used.
+        let network = c.network();
+        if network != c.addr {
+            return Err(SpecError(format!(
+                "{s:?} has host bits set: the prefix is {network}/{}",
+                c.len
+            )));
+        }
+        Ok(c)
+    }
+
+    fn parse_unchecked(s: &str) -> Result<Cidr, SpecError> {
         let (a, l) = match s.split_once('/') {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
@@ -133,28 +164,36 @@ impl Cidr {
         Ok(Cidr { addr, len })
     }
 
+    /// The prefix's network address: `addr` with the host bits cleared.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & v4_mask(self.len)).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & v6_mask(self.len)).into()),
+        }
+    }
+
     /// Whether `ip` lies inside this prefix.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = if self.len == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(self.len))
-                };
+                let mask = v4_mask(self.len);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = if self.len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - u32::from(self.len))
-                };
+                let mask = v6_mask(self.len);
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
         }
     }
+}
+
+fn v4_mask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0)
+}
+
+fn v6_mask(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0)
 }
 
 impl fmt::Display for Cidr {
@@ -678,6 +717,52 @@ mod tests {
         assert!(c6.contains("fd00::1".parse().expect("ip")));
         assert!(!c6.contains("10.1.0.1".parse().expect("ip")));
         assert_eq!(Cidr::parse("192.0.2.1").expect("host").len, 32);
+        assert_eq!(Cidr::parse("0.0.0.0/0").expect("default").len, 0);
+        assert_eq!(Cidr::parse("::/0").expect("default").len, 0);
+    }
+
+    #[test]
+    fn prefixes_with_host_bits_are_refused_naming_the_real_prefix() {
+        // The kernel would install 2001:db8::/64 and revert would look for
+        // 2001:db8::1/64: refused, for blackholes and scopes alike.
+        for (prefix, real) in [
+            ("2001:db8::1/64", "2001:db8::/64"),
+            ("10.1.2.3/16", "10.1.0.0/16"),
+            ("192.0.2.1/0", "0.0.0.0/0"),
+            ("fd00::1/112", "fd00::/112"),
+        ] {
+            let e = Cidr::parse(prefix).expect_err(prefix);
+            assert!(e.0.contains("host bits") && e.0.contains(real), "{prefix}: {e}");
+        }
+        let e = parse(r#"{"kind":"blackhole","prefix":"2001:db8::1/64"}"#)
+            .expect("parses")
+            .validate()
+            .expect_err("host bits");
+        assert!(
+            e.0.starts_with("blackhole prefix") && e.0.contains("2001:db8::/64"),
+            "{e}"
+        );
+        let e =
+            parse(r#"{"kind":"netem","interface":"eth0","scope":{"dst_cidrs":["10.0.0.1/8"]},"netem":{"delay_ms":1}}"#)
+                .expect("parses")
+                .validate()
+                .expect_err("host bits");
+        assert!(e.0.starts_with("scope.dst_cidrs") && e.0.contains("10.0.0.0/8"), "{e}");
+        assert_eq!(
+            Cidr::parse_masked("2001:db8::1/64").expect("masked").to_string(),
+            "2001:db8::/64",
+            "journals of older versions are read back as the kernel installed them"
+        );
+        for ok in [
+            "2001:db8::/64",
+            "10.1.0.0/16",
+            "192.0.2.1/32",
+            "fd00::1/128",
+            "255.255.255.255/32",
+        ] {
+            let c = Cidr::parse(ok).expect(ok);
+            assert_eq!(c.network(), c.addr, "{ok}");
+        }
     }
 
     #[test]

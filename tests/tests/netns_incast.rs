@@ -195,12 +195,25 @@ fn first_segment(s: &TcpStream, body: &[u8]) -> usize {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: fd is an open TCP socket owned by `s`; mss and len are valid
     // for writes of the sizes given.
-    let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, (&raw mut mss).cast(), &raw mut len) };
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&raw mut mss).cast(),
+            &raw mut len,
+        )
+    };
     assert_eq!(rc, 0, "getsockopt(TCP_MAXSEG): {}", std::io::Error::last_os_error());
     let n = usize::try_from(mss).expect("a positive MSS").min(body.len());
     // SAFETY: body[..n] is valid for reads of n bytes.
     let sent = unsafe { libc::send(fd, body.as_ptr().cast(), n, libc::MSG_MORE) };
-    assert_eq!(sent, n as isize, "send the first segment: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        sent,
+        n as isize,
+        "send the first segment: {}",
+        std::io::Error::last_os_error()
+    );
     n
 }
 

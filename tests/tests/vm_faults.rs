@@ -286,22 +286,27 @@ fn the_agent_reverts_faults_left_by_a_killed_run_at_start() {
     assert!(log.contains("reverted a fault left by a previous run"), "{log}");
 }
 
-/// Leases end on the agent's own clock.
+/// Leases end on the agent's own monotonic clock (a clock the test moves).
 #[test]
 #[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
 fn an_expired_lease_reverts_the_fault() {
-    use graydar_agent::faults::engine::{FaultEngine, unix_now};
+    use graydar_agent::faults::engine::FaultEngine;
+    use graydar_agent::faults::lease::ManualClock;
     require_vm();
     let (a, _b, _ifindex) = pair("ve", 45);
     let before = qdisc_tree(&a, "va");
     let state = tempfile::tempdir().expect("state dir");
     let dir = state.path().to_owned();
     let expired = with_netlink(&a, async move |h| {
-        let (mut engine, _) = FaultEngine::start(&dir, h).await.expect("engine");
-        engine.apply_netem(delay_fault("lease-1", 1)).await.expect("apply");
-        assert!(engine.expire(unix_now()).await.is_empty(), "not expired yet");
-        tokio::time::sleep(Duration::from_millis(2100)).await;
-        engine.expire(unix_now()).await
+        let clock = ManualClock::new();
+        let (mut engine, _) = FaultEngine::start_with_clock(&dir, h, std::sync::Arc::new(clock.clone()))
+            .await
+            .expect("engine");
+        engine.apply_netem(delay_fault("lease-1", 2)).await.expect("apply");
+        clock.advance(Duration::from_millis(1999));
+        assert!(engine.expire().await.is_empty(), "not expired yet");
+        clock.advance(Duration::from_millis(1));
+        engine.expire().await
     });
     assert_eq!(expired, ["lease-1"]);
     assert_eq!(qdisc_tree(&a, "va"), before);
@@ -465,6 +470,51 @@ fn dm_flakey_error_writes_gives_eio_and_revert_heals() {
     write_block().expect("writes work again after revert");
 }
 
+/// A dm fault whose device was removed under it ends as reverted, with
+/// the reason, instead of failing its revert forever.
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn a_dm_fault_whose_device_was_removed_ends_as_reverted_with_the_reason() {
+    use graydar_agent::faults::dm::{self, DmFaultSpec};
+    use graydar_agent::faults::engine::{DmFault, FaultEngine};
+    use graydar_agent::faults::journal::FILE_NAME;
+    require_vm();
+    let dev = LinearOnLoop::new("gd-gone", 16);
+    let state = tempfile::tempdir().expect("state dir");
+    let ns = NetNs::new("vdg");
+    let dir = state.path().to_owned();
+    let active = with_netlink(&ns, async move |h| {
+        let (mut engine, _) = FaultEngine::start(&dir, h).await.expect("engine");
+        engine
+            .apply_dm(DmFault {
+                id: "gone-1".into(),
+                device: "gd-gone".into(),
+                spec: DmFaultSpec::Delay {
+                    read_ms: 20,
+                    write_ms: 20,
+                    flush_ms: None,
+                },
+                lease: Duration::from_secs(3600),
+            })
+            .await
+            .expect("apply dm");
+        dm::remove(&dm::open().expect("dm"), "gd-gone").expect("remove the device under the fault");
+        engine
+            .revert("gone-1")
+            .await
+            .expect("a removed device is nothing left to revert");
+        engine.active_ids()
+    });
+    assert!(active.is_empty(), "{active:?}");
+    let journal = std::fs::read_to_string(state.path().join(FILE_NAME)).expect("journal");
+    let last = journal.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("\"reverted\"") && last.contains("gd-gone was removed"),
+        "the journal ends with the revert and its reason: {journal}"
+    );
+    drop(dev);
+}
+
 #[test]
 #[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
 fn a_dm_fault_left_by_a_crash_is_reverted_at_the_next_start() {
@@ -491,6 +541,7 @@ fn a_dm_fault_left_by_a_crash_is_reverted_at_the_next_start() {
                 spec,
                 lease: Duration::from_secs(3600),
             })
+            .await
             .expect("apply dm");
         std::mem::forget(engine);
     });
@@ -978,6 +1029,7 @@ fn bench_fault_apply_revert_latency() {
                     },
                     lease: Duration::from_secs(600),
                 })
+                .await
                 .expect("apply dm");
                 ap.push(ms_since(t));
                 if with_dirty {

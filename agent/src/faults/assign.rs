@@ -28,6 +28,7 @@ use graydar_common::faults::{FaultKind, FaultState};
 use tokio::sync::{Mutex, watch};
 
 use super::engine::FaultEngine;
+use super::mechanism::Restored;
 use crate::channel::{Backoff, Channel};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -139,11 +140,20 @@ impl Assigner {
             .iter()
             .map(|r| {
                 let (state, reason) = match &r.result {
-                    Ok(()) => (
+                    Ok(Restored::Restored) => (
                         FaultState::Reverted,
                         "reverted at agent start (left applied by the previous run)".to_owned(),
                     ),
-                    Err(e) => (FaultState::Failed, format!("could not be reverted at agent start: {e}")),
+                    Ok(Restored::Gone(why)) => (
+                        FaultState::Reverted,
+                        format!("ended at agent start (left by the previous run): {why}"),
+                    ),
+                    // Still in the kernel: active until the retries succeed,
+                    // never reported failed.
+                    Err(e) => (
+                        FaultState::Active,
+                        format!("left applied by the previous run; reverting it failed, the agent keeps trying: {e}"),
+                    ),
                 };
                 (
                     r.id.clone(),
@@ -437,6 +447,12 @@ impl Assigner {
                 Ok(()) => {
                     tracing::info!(id = %f.id, kind = kind.as_str(), target = f.spec.target(), lease_s = f.lease_seconds, "fault applied for the controller");
                     l.set(FaultState::Active, None);
+                }
+                Err(e) if eng.is_reverting(&f.id) => {
+                    // The apply failed and so did its rollback: state may be
+                    // in the kernel, so the fault is not reported failed.
+                    tracing::error!(id = %f.id, kind = kind.as_str(), target = f.spec.target(), error = %e, "fault from the controller failed and its rollback failed");
+                    l.set(FaultState::Active, Some(e.to_string()));
                 }
                 Err(e) => {
                     tracing::warn!(id = %f.id, kind = kind.as_str(), target = f.spec.target(), error = %e, "fault from the controller failed");

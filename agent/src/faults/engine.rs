@@ -1,29 +1,40 @@
 //! The fault engine: journal → snapshot → apply, leases, and recovery.
 //!
-//! Order of operations for every fault (DESIGN.md "Faults"):
+//! Order of operations for every fault, in one driver ([`FaultEngine`]'s
+//! `drive`) over the mechanisms of mechanism.rs (DESIGN.md "Faults"):
 //! 1. validate the spec and resolve the target (unknown interface: error);
 //! 2. snapshot the prior state (refusing what could not be restored exactly);
 //! 3. journal the intent with that prior state, fsync'ed;
-//! 4. apply; if that fails, revert whatever happened and journal `Failed`;
-//! 5. at lease expiry, on revert, on SIGTERM: revert, then journal `Reverted`.
+//! 4. apply; if that fails, roll back, verify, and journal `Failed`. If the
+//!    rollback fails, the entry stays pending: it is kept active as
+//!    *reverting* and retried with back-off, and start-up recovery retries it;
+//! 5. journal `Applied`; if that write fails, revert at once (a fault in the
+//!    kernel that the journal does not call applied is never reported failed
+//!    while it is still there);
+//! 6. at lease expiry (monotonic clock, lease.rs), on revert, on SIGTERM:
+//!    restore, verify against the kernel, then journal `Reverted`.
 //!
 //! At start, [`FaultEngine::start`] reverts everything the journal still
-//! lists, so a crash at any step leaves nothing applied after restart.
+//! lists, so a crash at any step leaves nothing applied after restart; an
+//! entry it cannot revert is reported and retried, and the engine runs on.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt as _;
 use graydar_common::faults::{Cidr, Direction, FaultKind, FaultSpec, Scope};
 
 use super::caps::{self, KernelCaps, Missing, Piece};
-use super::dm::{self, DmFaultError, DmFaultSpec, DmTable as _, TableLine};
+use super::dm::{self, DmFaultError, DmFaultSpec, DmTable as _};
 use super::journal::{FaultRecord, Journal, JournalError, Mechanism, Record};
+use super::lease::{self, BootClock, Clock, Retry};
+use super::mechanism::{Change, Prior, Restored};
 use super::netem::{NetemSpec, SpecError};
 use super::route::{self, RouteError, RoutePrior};
-use super::tc::{self, PriorRoot, TcError};
+use super::tc::{self, TcError};
 use super::tree::{self, IngressPrior, TreePrior};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +57,7 @@ pub enum FaultError {
     Record {
         id: String,
         #[source]
-        source: serde_json::Error,
+        source: Arc<serde_json::Error>,
     },
     #[error("journal record of {id}: unknown fault kind {kind:?}")]
     UnknownKind { id: String, kind: String },
@@ -57,6 +68,27 @@ pub enum FaultError {
     Missing(#[from] Missing),
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// A restore ran but the kernel still shows the fault.
+    #[error("fault {id}: {what}")]
+    NotReverted { id: String, what: String },
+    /// The apply failed and so did its rollback: the fault's state may be in
+    /// the kernel; the agent keeps reverting it.
+    #[error("{apply}; rolling it back failed too ({rollback}): the agent keeps reverting it")]
+    RollbackFailed {
+        #[source]
+        apply: Box<FaultError>,
+        rollback: Box<FaultError>,
+    },
+    /// The fault is being reverted (its apply or an earlier run left it):
+    /// it cannot be renewed.
+    #[error("fault {id:?} is being reverted ({last_error}); it cannot be renewed")]
+    Reverting { id: String, last_error: String },
+    /// A blackhole that would take the controller's address(es) with it.
+    #[error(
+        "blackhole prefix {prefix} covers the controller's address {controller}: the control channel must never be \
+         impaired, so it is refused"
+    )]
+    CoversController { prefix: String, controller: IpAddr },
 }
 
 /// A netem fault on a whole interface's egress.
@@ -78,20 +110,15 @@ pub struct DmFault {
     pub lease: Duration,
 }
 
-enum Prior {
-    Qdisc {
-        ifindex: u32,
-        root: PriorRoot,
-    },
-    DmTable(Vec<TableLine>),
-    /// Scoped / ingress / controller-excluding netem (tree.rs).
-    Tree(TreePrior),
-    Route(RoutePrior),
-}
-
 struct Active {
     record: FaultRecord,
     prior: Prior,
+    /// When the lease ends, on the engine's monotonic clock.
+    expires: Duration,
+    /// Set while the fault is being reverted and the revert keeps failing
+    /// (or its apply's rollback failed, or a previous run left it): retried
+    /// with back-off until it succeeds; never renewed.
+    reverting: Option<Retry>,
 }
 
 /// The mechanism a [`FaultSpec`] is carried out with ([`FaultEngine::how`]).
@@ -122,9 +149,10 @@ pub struct FaultEngine {
     journal: Journal,
     netlink: rtnetlink::Handle,
     active: BTreeMap<String, Active>,
-    /// Never impaired by a netem fault: the controller's addresses.
+    /// Never impaired by a fault: the controller's addresses.
     protected: Vec<SocketAddr>,
     caps: KernelCaps,
+    clock: Arc<dyn Clock>,
 }
 
 /// What start-up recovery reverted.
@@ -161,11 +189,14 @@ pub struct Recovered {
     pub id: String,
     pub kind: RecoveredKind,
     pub target: String,
-    pub result: Result<(), FaultError>,
+    /// How the revert ended (`Gone`: the interface or device was removed),
+    /// or why it failed (the fault is then kept and retried).
+    pub result: Result<Restored, FaultError>,
 }
 
 /// The journal record of a fault about to be applied: spec and prior state
-/// as JSON, lease from now.
+/// as JSON; the lease's end in wall-clock time, for people reading the
+/// journal (the engine decides by its monotonic clock).
 fn fault_record(
     id: &str,
     kind: Mechanism,
@@ -176,7 +207,7 @@ fn fault_record(
 ) -> Result<FaultRecord, FaultError> {
     let record_err = |source: serde_json::Error| FaultError::Record {
         id: id.to_owned(),
-        source,
+        source: Arc::new(source),
     };
     Ok(FaultRecord {
         id: id.to_owned(),
@@ -188,19 +219,30 @@ fn fault_record(
     })
 }
 
-/// The prior state a journal record holds, as `T`.
-fn prior_of<T: serde::de::DeserializeOwned>(rec: &FaultRecord) -> Result<T, FaultError> {
-    serde_json::from_value(rec.prior.clone()).map_err(|source| FaultError::Record {
-        id: rec.id.clone(),
-        source,
-    })
-}
-
+/// Seconds since the Unix epoch by the wall clock (0 before 1970): for the
+/// journal's human-readable lease end only.
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Restores `prior` on `target`, verified against the kernel, then
+/// journals `Reverted` (with the reason when nothing was left to restore).
+async fn restore_and_journal(
+    journal: &mut Journal,
+    netlink: &rtnetlink::Handle,
+    id: &str,
+    target: &str,
+    prior: &Prior,
+) -> Result<Restored, FaultError> {
+    let how = prior.restore(netlink, id, target).await?;
+    journal.append(&Record::Reverted {
+        id: id.to_owned(),
+        reason: how.reason(),
+    })?;
+    Ok(how)
 }
 
 async fn ifindex_of(netlink: &rtnetlink::Handle, name: &str) -> Result<Option<u32>, FaultError> {
@@ -214,17 +256,27 @@ async fn ifindex_of(netlink: &rtnetlink::Handle, name: &str) -> Result<Option<u3
     }
 }
 
-async fn revert_route(netlink: &rtnetlink::Handle, prior: &RoutePrior) -> Result<(), FaultError> {
-    let cidr = Cidr::parse(&prior.prefix)?;
-    Ok(route::del_blackhole(netlink, &cidr, prior.table).await?)
-}
-
 impl FaultEngine {
     /// Opens the journal in `state_dir` and reverts every fault it still
-    /// lists (left by a crash or a kill).
+    /// lists (left by a crash or a kill). Leases run on `CLOCK_BOOTTIME`.
     pub async fn start(
         state_dir: &Path,
         netlink: rtnetlink::Handle,
+    ) -> Result<(FaultEngine, Vec<Recovered>), FaultError> {
+        FaultEngine::start_with_clock(state_dir, netlink, Arc::new(BootClock)).await
+    }
+
+    /// [`FaultEngine::start`] with the clock leases are measured by (tests
+    /// pass a [`lease::ManualClock`]).
+    ///
+    /// Recovery never stops at an entry it cannot revert: the entry is
+    /// reported, kept (in the journal and as a *reverting* fault retried with
+    /// back-off), and the others are reverted; the engine runs either way.
+    /// Only a journal that cannot be opened fails the start.
+    pub async fn start_with_clock(
+        state_dir: &Path,
+        netlink: rtnetlink::Handle,
+        clock: Arc<dyn Clock>,
     ) -> Result<(FaultEngine, Vec<Recovered>), FaultError> {
         let (journal, recovery) = Journal::open(state_dir)?;
         let mut engine = FaultEngine {
@@ -233,17 +285,36 @@ impl FaultEngine {
             active: BTreeMap::new(),
             protected: Vec::new(),
             caps: caps::probe(&caps::Roots::default()),
+            clock,
         };
         let mut out = Vec::new();
         for rec in recovery.pending {
-            let result = engine.revert_record(&rec).await;
-            if result.is_ok() {
-                engine.journal.append(&Record::Reverted { id: rec.id.clone() })?;
-            }
+            let prior = Prior::from_record(&rec);
+            let result = restore_and_journal(&mut engine.journal, &engine.netlink, &rec.id, &rec.target, &prior).await;
+            let kind = RecoveredKind::Fault(rec.kind.clone());
+            let target = rec.target.clone();
+            let id = rec.id.clone();
+            let result = match result {
+                Ok(how) => Ok(how),
+                Err(e) => {
+                    // Kept: the lease timer retries it with back-off.
+                    let now = engine.clock.now();
+                    engine.active.insert(
+                        rec.id.clone(),
+                        Active {
+                            record: rec,
+                            prior,
+                            expires: now,
+                            reverting: Some(Retry::first(now, e.to_string())),
+                        },
+                    );
+                    Err(e)
+                }
+            };
             out.push(Recovered {
-                id: rec.id.clone(),
-                kind: RecoveredKind::Fault(rec.kind.clone()),
-                target: rec.target.clone(),
+                id,
+                kind,
+                target,
                 result,
             });
         }
@@ -253,7 +324,7 @@ impl FaultEngine {
                 id: "(sweep)".into(),
                 kind: RecoveredKind::Ifb,
                 target: what,
-                result: Ok(()),
+                result: Ok(Restored::Restored),
             })),
             Err(e) => out.push(Recovered {
                 id: "(sweep)".into(),
@@ -299,41 +370,95 @@ impl FaultEngine {
         Ok(self.caps.require(pieces)?)
     }
 
-    async fn revert_record(&self, rec: &FaultRecord) -> Result<(), FaultError> {
-        match &rec.kind {
-            Mechanism::Netem => {
-                let prior: PriorRoot = prior_of(rec)?;
-                match ifindex_of(&self.netlink, &rec.target).await? {
-                    // The interface is gone, and its qdiscs with it.
-                    None => Ok(()),
-                    Some(ifindex) => Ok(tc::revert_netem(&self.netlink, ifindex, &prior).await?),
-                }
-            }
-            Mechanism::Dm => {
-                let table: Vec<TableLine> = prior_of(rec)?;
-                let h = dm::open()?;
-                match dm::table(&h, &rec.target) {
-                    // The device is gone, and its table with it.
-                    Err(DmFaultError::NoDevice(_)) => Ok(()),
-                    Err(e) => Err(e.into()),
-                    Ok(live) if live == table => Ok(()),
-                    Ok(_) => Ok(dm::swap_table(&h, &rec.target, &table)?),
-                }
-            }
-            Mechanism::NetemTree => {
-                let prior: TreePrior = prior_of(rec)?;
-                let ifindex = ifindex_of(&self.netlink, &rec.target).await?;
-                Ok(tree::revert(&self.netlink, ifindex, &prior).await?)
-            }
-            Mechanism::Blackhole => {
-                let prior: RoutePrior = prior_of(rec)?;
-                Ok(revert_route(&self.netlink, &prior).await?)
-            }
-            Mechanism::Unknown(kind) => Err(FaultError::UnknownKind {
-                id: rec.id.clone(),
-                kind: kind.clone(),
-            }),
+    /// The one apply driver: journal the intent (with the prior state) →
+    /// apply → on failure roll back, verify and journal `Failed`, or keep the
+    /// fault *reverting* when the rollback fails → journal `Applied`, or
+    /// revert at once when that write fails. Every mechanism goes through
+    /// here.
+    async fn drive(
+        &mut self,
+        record: FaultRecord,
+        prior: Prior,
+        change: Change,
+        lease: Duration,
+    ) -> Result<(), FaultError> {
+        let id = record.id.clone();
+        if self.active.contains_key(&id) {
+            return Err(FaultError::Duplicate(id));
         }
+        self.journal.append(&Record::Intent { fault: record.clone() })?;
+        if let Err(e) = change.apply(&self.netlink, &record.target, &prior).await {
+            return match prior.restore(&self.netlink, &id, &record.target).await {
+                Ok(_) => {
+                    self.journal.append(&Record::Failed {
+                        id,
+                        reason: e.to_string(),
+                    })?;
+                    Err(e)
+                }
+                Err(re) => {
+                    // The intent stays pending in the journal (start-up
+                    // recovery retries it) and the fault stays active as
+                    // reverting, so the lease timer retries it now.
+                    tracing::error!(id, error = %e, rollback = %re, "apply failed and its rollback failed; retrying the revert");
+                    let now = self.clock.now();
+                    self.active.insert(
+                        id,
+                        Active {
+                            record,
+                            prior,
+                            expires: now,
+                            reverting: Some(Retry::first(now, re.to_string())),
+                        },
+                    );
+                    Err(FaultError::RollbackFailed {
+                        apply: Box::new(e),
+                        rollback: Box::new(re),
+                    })
+                }
+            };
+        }
+        let expires = lease::expiry(self.clock.now(), lease);
+        if let Err(je) = self.journal.append(&Record::Applied { id: id.clone() }) {
+            // In the kernel, but the journal could not say so: revert at
+            // once rather than run a fault the books disagree about.
+            return match prior.restore(&self.netlink, &id, &record.target).await {
+                Ok(how) => {
+                    // If this write fails too, the pending intent makes the
+                    // next start restore it again (idempotent).
+                    let _ = self.journal.append(&Record::Reverted {
+                        id,
+                        reason: how.reason(),
+                    });
+                    Err(je.into())
+                }
+                Err(re) => {
+                    // Still in the kernel: keep it active with its lease, so
+                    // the lease, DELETE and revert-all reach it.
+                    tracing::error!(id, error = %je, revert = %re, "fault applied but not journaled as applied, and the revert failed; kept active under its lease");
+                    self.active.insert(
+                        id,
+                        Active {
+                            record,
+                            prior,
+                            expires,
+                            reverting: None,
+                        },
+                    );
+                    Ok(())
+                }
+            };
+        }
+        self.active.insert(
+            id,
+            Active {
+                record,
+                prior,
+                expires,
+                reverting: None,
+            },
+        );
+        Ok(())
     }
 
     /// Applies any fault spec (the controller's and the CLI's entry point):
@@ -359,12 +484,15 @@ impl FaultEngine {
                 self.apply_tree(id, spec, interface, direction, scope, netem, lease)
                     .await
             }
-            How::Dm { device, dm } => self.apply_dm(DmFault {
-                id: id.to_owned(),
-                device: device.to_owned(),
-                spec: dm.clone(),
-                lease,
-            }),
+            How::Dm { device, dm } => {
+                self.apply_dm(DmFault {
+                    id: id.to_owned(),
+                    device: device.to_owned(),
+                    spec: dm.clone(),
+                    lease,
+                })
+                .await
+            }
             How::Blackhole { prefix, table } => self.apply_blackhole(id, spec, prefix, table, lease).await,
         }
     }
@@ -455,29 +583,21 @@ impl FaultEngine {
         let (ifindex, plan, prior) = self.prepare_tree(interface, direction, scope, netem).await?;
         self.require(&plan.required())?;
         let record = fault_record(id, Mechanism::NetemTree, interface, spec, &prior, lease)?;
-        self.journal.append(&Record::Intent { fault: record.clone() })?;
-        if let Err(e) = tree::apply(&self.netlink, ifindex, &plan, &prior).await {
-            if let Err(re) = tree::revert(&self.netlink, Some(ifindex), &prior).await {
-                // Keep it pending: the next start retries the revert.
-                tracing::error!(id, error = %re, "rollback of a failed netem fault failed");
-                return Err(e.into());
-            }
-            self.journal.append(&Record::Failed {
-                id: id.to_owned(),
-                reason: e.to_string(),
-            })?;
-            return Err(e.into());
-        }
-        self.journal.append(&Record::Applied { id: id.to_owned() })?;
+        self.drive(record, Prior::Tree(prior), Change::Tree { ifindex, plan }, lease)
+            .await?;
         tracing::info!(id, interface, ?direction, spec = %netem.describe(), "fault applied");
-        self.active.insert(
-            id.to_owned(),
-            Active {
-                record,
-                prior: Prior::Tree(prior),
-            },
-        );
         Ok(())
+    }
+
+    /// Refuses a prefix that covers one of the controller's addresses.
+    fn check_not_controller(&self, cidr: &Cidr) -> Result<(), FaultError> {
+        match self.protected_ips().into_iter().find(|ip| cidr.contains(*ip)) {
+            Some(controller) => Err(FaultError::CoversController {
+                prefix: cidr.to_string(),
+                controller,
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn apply_blackhole(
@@ -492,6 +612,7 @@ impl FaultEngine {
             return Err(FaultError::Duplicate(id.to_owned()));
         }
         let cidr = Cidr::parse(prefix)?;
+        self.check_not_controller(&cidr)?;
         let table = table.unwrap_or(route::RT_TABLE_MAIN);
         route::check_free(&self.netlink, &cidr, table).await?;
         let prior = RoutePrior {
@@ -499,24 +620,9 @@ impl FaultEngine {
             table,
         };
         let record = fault_record(id, Mechanism::Blackhole, &prior.prefix, spec, &prior, lease)?;
-        self.journal.append(&Record::Intent { fault: record.clone() })?;
-        if let Err(e) = route::add_blackhole(&self.netlink, &cidr, table).await {
-            let _ = route::del_blackhole(&self.netlink, &cidr, table).await;
-            self.journal.append(&Record::Failed {
-                id: id.to_owned(),
-                reason: e.to_string(),
-            })?;
-            return Err(e.into());
-        }
-        self.journal.append(&Record::Applied { id: id.to_owned() })?;
+        self.drive(record, Prior::Route(prior), Change::Blackhole { cidr, table }, lease)
+            .await?;
         tracing::info!(id, prefix = %cidr, table, "blackhole route applied");
-        self.active.insert(
-            id.to_owned(),
-            Active {
-                record,
-                prior: Prior::Route(prior),
-            },
-        );
         Ok(())
     }
 
@@ -585,25 +691,16 @@ impl FaultEngine {
         self.require(&[Piece::Netem])?;
         let prior = tc::snapshot(&self.netlink, ifindex).await?;
         let record = fault_record(&f.id, Mechanism::Netem, &f.interface, &f.spec, &prior, f.lease)?;
-        self.journal.append(&Record::Intent { fault: record.clone() })?;
-        if let Err(e) = tc::apply_netem(&self.netlink, ifindex, &f.spec).await {
-            // Roll back whatever the kernel did, then record the failure.
-            let _ = tc::revert_netem(&self.netlink, ifindex, &prior).await;
-            self.journal.append(&Record::Failed {
-                id: f.id.clone(),
-                reason: e.to_string(),
-            })?;
-            return Err(e.into());
-        }
-        self.journal.append(&Record::Applied { id: f.id.clone() })?;
+        let prior = Prior::Qdisc {
+            ifindex: Some(ifindex),
+            root: prior,
+        };
+        let change = Change::Netem {
+            ifindex,
+            spec: f.spec.clone(),
+        };
+        self.drive(record, prior, change, f.lease).await?;
         tracing::info!(id = %f.id, interface = %f.interface, spec = %f.spec.describe(), "fault applied");
-        self.active.insert(
-            f.id,
-            Active {
-                record,
-                prior: Prior::Qdisc { ifindex, root: prior },
-            },
-        );
         Ok(())
     }
 
@@ -621,7 +718,7 @@ impl FaultEngine {
         Ok(ops)
     }
 
-    pub fn apply_dm(&mut self, f: DmFault) -> Result<(), FaultError> {
+    pub async fn apply_dm(&mut self, f: DmFault) -> Result<(), FaultError> {
         if self.active.contains_key(&f.id) {
             return Err(FaultError::Duplicate(f.id));
         }
@@ -630,68 +727,81 @@ impl FaultEngine {
         let prior = dm::snapshot(&h, &f.device)?;
         self.require(&[Piece::DeviceMapper, dm::target_piece(&f.spec)])?;
         let record = fault_record(&f.id, Mechanism::Dm, &f.device, &f.spec, &prior, f.lease)?;
-        self.journal.append(&Record::Intent { fault: record.clone() })?;
         // swap_table resumes the device on its old table when the load fails.
-        if let Err(e) = dm::swap_table(&h, &f.device, &f.spec.table(&prior)) {
-            self.journal.append(&Record::Failed {
-                id: f.id.clone(),
-                reason: e.to_string(),
-            })?;
-            return Err(e.into());
-        }
-        self.journal.append(&Record::Applied { id: f.id.clone() })?;
+        let change = Change::Dm {
+            table: f.spec.table(&prior),
+        };
+        self.drive(record, Prior::DmTable(prior), change, f.lease).await?;
         tracing::info!(id = %f.id, device = %f.device, "dm fault applied");
-        self.active.insert(
-            f.id,
-            Active {
-                record,
-                prior: Prior::DmTable(prior),
-            },
-        );
         Ok(())
     }
 
+    /// Restores what fault `id` changed, verifies it against the kernel,
+    /// then journals `Reverted`. On failure the fault stays active (and
+    /// *reverting*, retried by [`FaultEngine::expire`] with back-off).
     pub async fn revert(&mut self, id: &str) -> Result<(), FaultError> {
         let a = self.active.get(id).ok_or_else(|| FaultError::NotFound(id.to_owned()))?;
-        match &a.prior {
-            Prior::Qdisc { ifindex, root } => tc::revert_netem(&self.netlink, *ifindex, root).await?,
-            Prior::DmTable(table) => dm::swap_table(&dm::open()?, &a.record.target, table)?,
-            Prior::Tree(prior) => {
-                let ifindex = ifindex_of(&self.netlink, &a.record.target).await?;
-                tree::revert(&self.netlink, ifindex, prior).await?
+        match restore_and_journal(&mut self.journal, &self.netlink, id, &a.record.target, &a.prior).await {
+            Ok(how) => {
+                match how {
+                    Restored::Restored => tracing::info!(id, "fault reverted"),
+                    Restored::Gone(reason) => tracing::warn!(id, reason, "fault ended: nothing left to revert"),
+                }
+                self.active.remove(id);
+                Ok(())
             }
-            Prior::Route(prior) => revert_route(&self.netlink, prior).await?,
+            Err(e) => {
+                let now = self.clock.now();
+                if let Some(a) = self.active.get_mut(id) {
+                    match &mut a.reverting {
+                        Some(r) => r.failed_again(now, e.to_string()),
+                        None => a.reverting = Some(Retry::first(now, e.to_string())),
+                    }
+                }
+                Err(e)
+            }
         }
-        self.journal.append(&Record::Reverted { id: id.to_owned() })?;
-        tracing::info!(id, "fault reverted");
-        self.active.remove(id);
-        Ok(())
     }
 
     /// Extends a lease while the controller still wants the fault.
     pub fn renew(&mut self, id: &str, lease: Duration) -> Result<(), FaultError> {
+        let now = self.clock.now();
         let a = self
             .active
             .get_mut(id)
             .ok_or_else(|| FaultError::NotFound(id.to_owned()))?;
+        if let Some(r) = &a.reverting {
+            return Err(FaultError::Reverting {
+                id: id.to_owned(),
+                last_error: r.last_error.clone(),
+            });
+        }
+        a.expires = lease::expiry(now, lease);
         a.record.lease_expires_unix = unix_now().saturating_add(lease.as_secs().max(1));
         Ok(())
     }
 
-    /// Reverts every fault whose lease ended at or before `now_unix`;
-    /// returns their ids. Runs on the agent's own timer, controller or not.
-    pub async fn expire(&mut self, now_unix: u64) -> Vec<String> {
+    /// Reverts every fault whose lease ended by the engine's monotonic
+    /// clock, and retries the reverts that are due; returns the ids it
+    /// reverted. Runs on the agent's own timer, controller or not.
+    pub async fn expire(&mut self) -> Vec<String> {
+        let now = self.clock.now();
         let due: Vec<String> = self
             .active
             .iter()
-            .filter(|(_, a)| a.record.lease_expires_unix <= now_unix)
+            .filter(|(_, a)| match &a.reverting {
+                Some(r) => r.due(now),
+                None => a.expires <= now,
+            })
             .map(|(id, _)| id.clone())
             .collect();
         let mut done = Vec::new();
         for id in due {
             match self.revert(&id).await {
                 Ok(()) => done.push(id),
-                Err(e) => tracing::error!(id, error = %e, "lease expired but the revert failed; retrying next tick"),
+                Err(e) => {
+                    tracing::error!(id, error = %e, "fault due for revert but the revert failed; retrying with back-off")
+                }
             }
         }
         done
@@ -707,6 +817,11 @@ impl FaultEngine {
             }
         }
         failed
+    }
+
+    /// Whether `id` is active but being reverted (its revert keeps failing).
+    pub fn is_reverting(&self, id: &str) -> bool {
+        self.active.get(id).is_some_and(|a| a.reverting.is_some())
     }
 
     /// The kind of an active fault.

@@ -9,8 +9,12 @@
 //! at any point leaves nothing applied after restart.
 //!
 //! Format: one JSON object per line, appended. A torn last line (crash in the
-//! middle of a write) is ignored; an unreadable line elsewhere is skipped with
-//! a warning and counted, never fatal: what can be read is still reverted.
+//! middle of a write) is ignored and cut off when the journal is opened (it is
+//! rewritten with only the pending intents); a write that fails part-way in
+//! a running agent (disk full, file size limit) is cut off before the next
+//! append, so the next record is never glued to its remains and lost. An
+//! unreadable line elsewhere is skipped with a warning and counted, never
+//! fatal: what can be read is still reverted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Write as _};
@@ -116,6 +120,10 @@ pub enum Record {
     },
     Reverted {
         id: String,
+        /// Why there was nothing to restore (the interface or dm device was
+        /// removed); absent when the kernel was restored.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// The apply failed and was rolled back.
     Failed {
@@ -138,6 +146,9 @@ pub struct Journal {
     path: PathBuf,
     dir: PathBuf,
     file: File,
+    /// Bytes of whole records in the file: anything past it is the remains
+    /// of a failed write, cut off before the next append.
+    len: u64,
 }
 
 /// What [`Journal::open`] found.
@@ -186,11 +197,13 @@ impl Journal {
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         sync_dir(dir)?;
         let file = OpenOptions::new().append(true).open(&path).map_err(io(&path))?;
+        let len = file.metadata().map_err(io(&path))?.len();
         Ok((
             Journal {
                 path,
                 dir: dir.to_owned(),
                 file,
+                len,
             },
             recovery,
         ))
@@ -210,7 +223,7 @@ impl Journal {
                     rec.pending.push(fault);
                 }
                 Ok(Record::Applied { .. }) => {}
-                Ok(Record::Reverted { id }) | Ok(Record::Failed { id, .. }) => rec.pending.retain(|f| f.id != id),
+                Ok(Record::Reverted { id, .. }) | Ok(Record::Failed { id, .. }) => rec.pending.retain(|f| f.id != id),
                 Err(e) if i == last => {
                     tracing::warn!(error = %e, "fault journal: ignoring a torn last record");
                     rec.torn_tail = true;
@@ -224,14 +237,28 @@ impl Journal {
         Ok(rec)
     }
 
-    /// Appends `record` and makes it durable before returning.
+    /// Appends `record` and makes it durable before returning. Cuts off
+    /// the remains of an earlier failed write first.
     pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
-        let line = serde_json::to_string(record).map_err(|e| io(&self.path)(std::io::Error::other(e)))?;
-        self.file
-            .write_all(format!("{line}\n").as_bytes())
-            .map_err(io(&self.path))?;
+        let line = serde_json::to_string(record).map_err(|e| io(&self.path)(std::io::Error::other(e)))? + "\n";
+        let on_disk = self.file.metadata().map_err(io(&self.path))?.len();
+        if on_disk != self.len {
+            tracing::warn!(
+                path = %self.path.display(),
+                torn_bytes = on_disk.saturating_sub(self.len),
+                "fault journal: cutting off the remains of a failed write"
+            );
+            self.file.set_len(self.len).map_err(io(&self.path))?;
+        }
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            // Best effort now; the next append checks again.
+            let _ = self.file.set_len(self.len);
+            return Err(io(&self.path)(e));
+        }
         self.file.sync_data().map_err(io(&self.path))?;
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        self.len += line.len() as u64;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -264,7 +291,11 @@ mod tests {
             j.append(&Record::Applied { id: "a".into() }).expect("applied a");
             j.append(&Record::Intent { fault: fault("b") }).expect("intent b");
             j.append(&Record::Applied { id: "b".into() }).expect("applied b");
-            j.append(&Record::Reverted { id: "b".into() }).expect("reverted b");
+            j.append(&Record::Reverted {
+                id: "b".into(),
+                reason: None,
+            })
+            .expect("reverted b");
             j.append(&Record::Intent { fault: fault("c") }).expect("intent c");
             j.append(&Record::Failed {
                 id: "c".into(),
@@ -293,7 +324,7 @@ mod tests {
             for i in 0..50 {
                 let id = format!("f{i}");
                 j.append(&Record::Intent { fault: fault(&id) }).expect("intent");
-                j.append(&Record::Reverted { id }).expect("reverted");
+                j.append(&Record::Reverted { id, reason: None }).expect("reverted");
             }
             j.append(&Record::Intent { fault: fault("live") }).expect("intent");
         }
@@ -320,6 +351,51 @@ mod tests {
         assert_eq!(ids, ["a", "b"]);
         assert!(rec.torn_tail);
         assert_eq!(rec.unreadable_lines, 1);
+    }
+
+    #[test]
+    fn the_remains_of_a_failed_write_are_cut_off_before_the_next_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE_NAME);
+        let (mut j, _) = Journal::open(dir.path()).expect("open");
+        j.append(&Record::Intent { fault: fault("a") }).expect("intent a");
+        // What a write that failed part-way (ENOSPC, EFBIG) leaves behind.
+        let good = serde_json::to_string(&Record::Intent { fault: fault("x") }).expect("json");
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open for append");
+        f.write_all(&good.as_bytes()[..good.len() / 3]).expect("partial write");
+        drop(f);
+        j.append(&Record::Intent { fault: fault("b") }).expect("intent b");
+        drop(j);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.lines().count(), 2, "one line per record: {text}");
+        let (_j, rec) = Journal::open(dir.path()).expect("reopen");
+        let ids: Vec<&str> = rec.pending.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"], "b is not glued to the torn bytes and lost");
+        assert!(!rec.torn_tail);
+        assert_eq!(rec.unreadable_lines, 0);
+    }
+
+    #[test]
+    fn a_reverted_record_keeps_its_reason_and_old_records_still_read() {
+        let r = Record::Reverted {
+            id: "d".into(),
+            reason: Some("dm device gd-1 was removed".into()),
+        };
+        let line = serde_json::to_string(&r).expect("json");
+        assert_eq!(serde_json::from_str::<Record>(&line).expect("parse"), r);
+        let old: Record = serde_json::from_str(r#"{"event":"reverted","id":"d"}"#).expect("an older agent's line");
+        assert_eq!(
+            old,
+            Record::Reverted {
+                id: "d".into(),
+                reason: None
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&old).expect("json"),
+            r#"{"event":"reverted","id":"d"}"#,
+            "no reason, no field"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod dm;
 pub mod engine;
 pub mod inventory;
 pub mod journal;
+pub mod lease;
+pub mod mechanism;
 pub mod netem;
 pub mod route;
 pub mod runtime;

@@ -30,6 +30,8 @@ pub enum RouteError {
          so it is refused"
     )]
     Exists { prefix: String, table: u32, kind: String },
+    #[error("table {table} still has graydar's blackhole route for {prefix} after the revert")]
+    NotReverted { prefix: String, table: u32 },
     #[error("changing routes needs CAP_NET_ADMIN")]
     NotPermitted,
     #[error("netlink {op}: {source}")]
@@ -167,13 +169,26 @@ pub async fn add_blackhole(handle: &rtnetlink::Handle, c: &Cidr, table: u32) -> 
     }
 }
 
+fn is_ours(m: &RouteMessage) -> bool {
+    m.header.kind == RouteType::BlackHole && m.header.protocol == RouteProtocol::Other(RTPROT_GRAYDAR)
+}
+
+/// Checks that `table` holds no blackhole of ours for `c` (after a revert,
+/// before it is journaled).
+pub async fn verify_removed(handle: &rtnetlink::Handle, c: &Cidr, table: u32) -> Result<(), RouteError> {
+    if same_prefix(handle, c, table).await?.iter().any(is_ours) {
+        return Err(RouteError::NotReverted {
+            prefix: c.to_string(),
+            table,
+        });
+    }
+    Ok(())
+}
+
 /// Deletes our blackhole for `c` in `table`, if it is there; idempotent.
 /// Routes of other protocols or types are never touched.
 pub async fn del_blackhole(handle: &rtnetlink::Handle, c: &Cidr, table: u32) -> Result<(), RouteError> {
-    let ours = same_prefix(handle, c, table)
-        .await?
-        .into_iter()
-        .any(|m| m.header.kind == RouteType::BlackHole && m.header.protocol == RouteProtocol::Other(RTPROT_GRAYDAR));
+    let ours = same_prefix(handle, c, table).await?.iter().any(is_ours);
     if !ours {
         return Ok(());
     }

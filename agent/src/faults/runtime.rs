@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::engine::{FaultEngine, unix_now};
+use super::engine::FaultEngine;
+use super::mechanism::Restored;
 
 pub struct FaultRuntime {
     pub engine: Arc<Mutex<FaultEngine>>,
@@ -36,11 +37,14 @@ impl FaultRuntime {
         };
         for r in &recovered {
             match &r.result {
-                Ok(()) => {
+                Ok(Restored::Restored) => {
                     tracing::warn!(id = %r.id, kind = %r.kind, target = %r.target, "reverted a fault left by a previous run")
                 }
+                Ok(Restored::Gone(why)) => {
+                    tracing::warn!(id = %r.id, kind = %r.kind, target = %r.target, reason = %why, "a fault left by a previous run ended: nothing left to revert")
+                }
                 Err(e) => {
-                    tracing::error!(id = %r.id, kind = %r.kind, target = %r.target, error = %e, "could not revert a fault left by a previous run")
+                    tracing::error!(id = %r.id, kind = %r.kind, target = %r.target, error = %e, "could not revert a fault left by a previous run; retrying with back-off")
                 }
             }
         }
@@ -51,7 +55,7 @@ impl FaultRuntime {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    for id in engine.lock().await.expire(unix_now()).await {
+                    for id in engine.lock().await.expire().await {
                         tracing::warn!(id, "fault lease expired: reverted");
                     }
                 }

@@ -52,6 +52,11 @@ pub enum TcError {
         #[source]
         source: rtnetlink::Error,
     },
+    #[error("ifindex {ifindex} still has graydar's root qdisc {kind} {handle} after the revert")]
+    NotReverted { ifindex: u32, kind: String, handle: String },
+    /// Something a netem tree created is still there after its revert.
+    #[error("{0} still exists after the revert")]
+    Leftover(String),
     #[error("netlink restore: journaled prior qdisc is not valid hex")]
     PriorNotHex,
     #[error("netlink restore: {source}")]
@@ -332,6 +337,27 @@ pub async fn revert_netem(handle: &rtnetlink::Handle, ifindex: u32, prior: &Prio
         return Ok(());
     }
     restore_prior(handle, ifindex, prior).await
+}
+
+/// Checks that the root qdisc of `ifindex` is no longer graydar's (after a
+/// revert, before it is journaled). `Ok` when the interface is gone.
+pub async fn verify_reverted(handle: &rtnetlink::Handle, ifindex: u32) -> Result<(), TcError> {
+    let msgs = match dump(handle, ifindex).await {
+        Ok(m) => m,
+        Err(TcError::NoInterface(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match msgs
+        .iter()
+        .find(|m| m.header.parent == TcHandle::ROOT && m.header.handle.major == GRAYDAR_MAJOR)
+    {
+        Some(m) => Err(TcError::NotReverted {
+            ifindex,
+            kind: kind_of(m),
+            handle: handle_str(m.header.handle),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Puts `prior` back as the root qdisc of `ifindex`, replacing whatever root

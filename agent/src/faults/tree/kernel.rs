@@ -321,6 +321,36 @@ pub async fn revert(handle: &rtnetlink::Handle, ifindex: Option<u32>, prior: &Tr
     Ok(())
 }
 
+/// Checks that what [`apply`] created is gone (after [`revert`], before it
+/// is journaled): no ifb of ours by the journaled name, no redirect at our
+/// ingress preference, no graydar root qdisc on the interface.
+pub async fn verify_reverted(
+    handle: &rtnetlink::Handle,
+    ifindex: Option<u32>,
+    prior: &TreePrior,
+) -> Result<(), TcError> {
+    if let Some(ing) = &prior.ingress {
+        if ing.ifb.starts_with(IFB_PREFIX) && link_index(handle, &ing.ifb).await?.is_some() {
+            return Err(TcError::Leftover(format!("the ifb device {}", ing.ifb)));
+        }
+        if let Some(ifindex) = ifindex
+            && ingress_filters(handle, ifindex, TC_H_MIN_INGRESS)
+                .await?
+                .iter()
+                .any(|f| pref_of(f) == ing.pref && mirred_target(f).is_some())
+        {
+            return Err(TcError::Leftover(format!(
+                "graydar's ingress redirect on ifindex {ifindex} (pref {})",
+                ing.pref
+            )));
+        }
+    }
+    if let (Some(_), Some(ifindex)) = (&prior.root, ifindex) {
+        tc::verify_reverted(handle, ifindex).await?;
+    }
+    Ok(())
+}
+
 /// Start-up safety net, after the journal's own recovery: removes every
 /// `gd-ifb*` device of this namespace and any ingress filter redirecting to
 /// one (a redirect to a deleted device would drop all traffic). Returns what

@@ -76,7 +76,7 @@ fn the_controller_is_excluded_by_destination_on_egress_and_source_on_ingress() {
 fn a_scope_is_cidr_times_protocol_times_port() {
     let f = matches(
         Direction::Egress,
-        &scope(&["10.1.2.3/16", "fd00::/64"], &[443, 8443], None),
+        &scope(&["10.1.0.0/16", "fd00::/64"], &[443, 8443], None),
         &[],
     )
     .expect("matches");
