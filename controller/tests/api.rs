@@ -350,6 +350,56 @@ async fn register_rejects_bad_bodies() {
 }
 
 #[tokio::test]
+async fn register_refuses_a_hostname_that_is_not_a_dns_name_and_keeps_nothing() {
+    let a = api().await;
+    let long_label = "a".repeat(64);
+    let too_long = "a.".repeat(127);
+    for (bad, why) in [
+        ("", "must be 1 to 253 characters"),
+        (too_long.as_str(), "must be 1 to 253 characters, got 254"),
+        (long_label.as_str(), "label of 64 characters"),
+        ("node one", "character ' '"),
+        ("../../etc/passwd", "empty label"),
+        ("a/b", "character '/'"),
+        ("n\u{f6}de", "character"),
+        ("x\ny", "character '\\n'"),
+        ("-node", "begins or ends with '-'"),
+        ("node..lan", "empty label"),
+    ] {
+        let mut req = register_req(bad);
+        req.interfaces = Some(vec!["eth0".into()]);
+        req.dm_devices = Some(vec![]);
+        let r = a.post_json("/api/v1/agents/register", AGENT, &req).await;
+        let (code, detail) = r.error_parts(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(code, "invalid", "{bad:?}: {}", r.text);
+        assert!(
+            detail.starts_with("hostname "),
+            "{bad:?}: the detail names the field: {detail}"
+        );
+        assert!(detail.contains(why), "{bad:?}: {detail:?} lacks {why:?}");
+    }
+    // Nothing was kept: no agent in memory or in the database, no inventory.
+    assert!(
+        a.get("/api/v1/agents", VIEWER)
+            .await
+            .typed::<AgentList>()
+            .agents
+            .is_empty()
+    );
+    assert!(a.store.load_agents().await.expect("agents").is_empty());
+    assert_eq!(a.state.services.faults.inventoried_agents(), 0);
+    // Hostnames as machines have them are fine.
+    for ok in ["n1", "ip-10-0-0-1.ec2.internal", "Build_Host-7.lan"] {
+        assert_eq!(a.register(ok).await.agent.hostname, ok);
+    }
+    assert_eq!(
+        a.state.services.faults.inventoried_agents(),
+        0,
+        "these reported no inventory"
+    );
+}
+
+#[tokio::test]
 async fn heartbeat_of_known_and_unknown_agents() {
     let a = api().await;
     a.register("n1").await;

@@ -11,6 +11,7 @@ use graydar_common::fault_api::{
     DesiredFaults, FaultInfo, FaultList, FaultStatusReport, FaultStatusUpdate, RevertAllResponse,
 };
 use graydar_common::faults::FaultState;
+use graydar_controller::agents::Liveness;
 use graydar_controller::faults::{FaultConfig, FaultService};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
@@ -198,18 +199,11 @@ async fn blast_radius_refuses_above_the_share_unless_forced_and_selectors_resolv
     let three = json!({"targets": {"agents": ["a1", "a2", "a3"]}, "spec": netem("eth0"), "duration_seconds": 60});
     let detail = a.create(three.clone()).await.error(StatusCode::CONFLICT);
     assert!(
-        detail.contains("targets 3 of 4 registered agents (75%), above the limit of 50%"),
+        detail
+            .contains("3 of 4 alive agents would be under faults (75%; this fault targets 3), above the limit of 50%"),
         "{detail}"
     );
-    let mut forced = three;
-    forced["force"] = json!(true);
-    let r = a.create(forced).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let f: FaultInfo = r.typed();
-    assert!(f.forced);
-    assert_eq!(f.agents.len(), 3);
-    // rack=r1 is 2 of 4: exactly at the limit, allowed; resolved to a1, a2
-    // (on lo: eth0 of a1 and a2 is taken by the forced fault above).
+    // rack=r1 is 2 of 4: exactly at the limit, allowed; resolved to a1, a2.
     let r = a
         .create(json!({"targets": {"selector": {"rack": "r1"}}, "spec": netem("lo"), "duration_seconds": 60}))
         .await;
@@ -219,6 +213,148 @@ async fn blast_radius_refuses_above_the_share_unless_forced_and_selectors_resolv
     assert!(f.agents.iter().all(|s| s.state == FaultState::Pending));
     assert_eq!(f.selector.get("rack").map(String::as_str), Some("r1"));
     assert_eq!(f.status, "running");
+    let mut forced = three;
+    forced["force"] = json!(true);
+    let r = a.create(forced).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let f: FaultInfo = r.typed();
+    assert!(f.forced);
+    assert_eq!(f.agents.len(), 3);
+}
+
+#[tokio::test]
+async fn the_blast_radius_counts_every_running_fault_together() {
+    let a = fleet().await;
+    // Each fault alone is one agent of four (25%).
+    for host in ["a1", "a2"] {
+        let r = a
+            .create(json!({"targets": {"agents": [host]}, "spec": netem("eth0"), "duration_seconds": 600}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{host}: {}", r.text);
+    }
+    // a3 would make three of four agents (75%) under faults.
+    let a3 = json!({"targets": {"agents": ["a3"]}, "spec": netem("eth0"), "duration_seconds": 600});
+    let detail = a.create(a3.clone()).await.error(StatusCode::CONFLICT);
+    assert!(
+        detail.contains("3 of 4 alive agents would be under faults (75%; this fault targets 1)"),
+        "{detail}"
+    );
+    // Another fault on an agent already under one adds nobody.
+    let r = a
+        .create(json!({"targets": {"agents": ["a1", "a2"]}, "spec": netem("lo"), "duration_seconds": 600}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // A dry run impairs nothing and is exempt.
+    let r = a
+        .post(
+            "/api/v1/faults?wait=0",
+            OPERATOR,
+            json!({"targets": {"agents": ["a3", "a4"]}, "spec": netem("eth0"), "dry_run": true}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    // Once every fault has ended, a3 fits again.
+    let r: RevertAllResponse = a.post("/api/v1/faults/revert-all", OPERATOR, json!({})).await.typed();
+    assert_eq!(r.faults_ended, 4);
+    let r = a.create(a3).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}
+
+#[tokio::test]
+async fn the_blast_radius_counts_alive_agents_only() {
+    let a = Api::with(
+        FaultConfig::default(),
+        Liveness {
+            stale_after: Duration::from_millis(300),
+            lost_after: Duration::from_millis(600),
+        },
+    )
+    .await;
+    for (host, rack) in [("a1", "r1"), ("a2", "r1"), ("a3", "r2"), ("a4", "r3")] {
+        a.register(host, rack, None).await;
+    }
+    // a3 and a4 fall silent and are lost; a1 and a2 heartbeat.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for host in ["a1", "a2"] {
+        let r = a
+            .post(&format!("/api/v1/agents/{host}/heartbeat"), AGENT, json!({"firing": 0}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    // a1 and a2 are 2 of 4 registered agents but all of the 2 alive ones.
+    let detail = a
+        .create(json!({"targets": {"agents": ["a1", "a2"]}, "spec": netem("eth0"), "duration_seconds": 60}))
+        .await
+        .error(StatusCode::CONFLICT);
+    assert!(
+        detail.contains("2 of 2 alive agents would be under faults (100%; this fault targets 2)"),
+        "{detail}"
+    );
+    let r = a
+        .create(json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 60}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "1 of 2 alive: {}", r.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_many_concurrent_overlapping_creates_exactly_one_is_created() {
+    let a = fleet().await;
+    let body = json!({"targets": {"agents": ["a1", "a2"]}, "spec": netem("eth0"), "duration_seconds": 600});
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(32));
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (app, body, start) = (a.app.clone(), body.to_string(), start.clone());
+            tokio::spawn(async move {
+                let req = Request::builder()
+                    .method("POST")
+                    .uri("/api/v1/faults")
+                    .header(header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(body))
+                    .expect("request");
+                start.wait().await;
+                let resp = app.oneshot(req).await.expect("router");
+                let status = resp.status();
+                let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for t in tasks {
+        let (status, text) = t.await.expect("task");
+        match status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => assert!(text.contains("\"conflict\""), "{text}"),
+            other => panic!("HTTP {other}: {text}"),
+        }
+    }
+    assert_eq!(created, 1, "overlapping faults created at the same time");
+    let l: FaultList = a.req("GET", "/api/v1/faults", VIEWER, None).await.typed();
+    assert_eq!(l.faults.len(), 1, "{l:?}");
+    assert_eq!(a.poll("a1", "?wait=0").await.faults.len(), 1);
+}
+
+#[tokio::test]
+async fn an_unregistered_agent_cannot_long_poll_and_leaves_nothing_behind() {
+    let a = fleet().await;
+    let before = a.state.services.faults.watched_agents();
+    for i in 0..50 {
+        let r = a
+            .req("GET", &format!("/api/v1/agents/ghost-{i}/faults?wait=0"), AGENT, None)
+            .await;
+        let (code, detail) = r.error_parts(StatusCode::NOT_FOUND);
+        assert_eq!(code, "not_found", "{}", r.text);
+        assert!(detail.contains(&format!("ghost-{i}")), "{detail}");
+    }
+    assert_eq!(
+        a.state.services.faults.watched_agents(),
+        before,
+        "no watcher for names nobody registered"
+    );
+    // A registered agent gets its set (and a watcher).
+    assert!(a.poll("a1", "?wait=0").await.faults.is_empty());
+    assert_eq!(a.state.services.faults.watched_agents(), before + 1);
 }
 
 #[tokio::test]

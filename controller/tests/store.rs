@@ -271,9 +271,25 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(store.count_ended_faults(0).await.expect("ended"), 1);
     assert_eq!(store.count_ended_faults(90_000).await.expect("expired too"), 3);
     assert_eq!(store.revert_all_epoch().await.expect("epoch"), 0);
-    store.set_revert_all_epoch(7).await.expect("set");
-    store.set_revert_all_epoch(8).await.expect("set again");
+    store.revert_all(7, &[], 40_000).await.expect("revert-all, no fault");
+    store
+        .revert_all(8, &["flt-c".to_owned(), "flt-a".to_owned()], 41_000)
+        .await
+        .expect("revert-all");
     assert_eq!(store.revert_all_epoch().await.expect("epoch"), 8);
+    let ended = |id: &'static str| {
+        let store = &store;
+        async move {
+            let f = store.load_faults(FaultSelection::Id(id)).await.expect("load");
+            (f[0].ended_ms, f[0].end_reason)
+        }
+    };
+    assert_eq!(ended("flt-c").await, (Some(41_000), Some(EndReason::RevertAll)));
+    assert_eq!(
+        ended("flt-a").await,
+        (Some(15_000), Some(EndReason::Deleted)),
+        "an ended fault keeps its end"
+    );
 }
 
 #[tokio::test]

@@ -76,3 +76,71 @@ pub fn ingress_filters(ns: &NetNs, ifname: &str) -> String {
         ],
     )
 }
+
+/// A loop device over a sparse file with a dm-linear device on top, removed
+/// on drop (the VM tier's dm tests and the fault-latency benchmark).
+pub struct LinearOnLoop {
+    name: String,
+    loopdev: String,
+    dm_minor: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl LinearOnLoop {
+    /// `name` of `mib` MiB (root: modprobe, losetup, device-mapper).
+    pub fn new(name: &str, mib: u64) -> LinearOnLoop {
+        use graydar_agent::faults::dm;
+        for m in ["loop", "dm-mod"] {
+            let s = std::process::Command::new("modprobe")
+                .arg(m)
+                .status()
+                .expect("modprobe");
+            assert!(s.success(), "modprobe {m}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("disk.img");
+        let f = std::fs::File::create(&img).expect("create image");
+        f.set_len(mib << 20).expect("size image");
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&img)
+            .output()
+            .expect("losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let loopdev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let rdev = {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata(&loopdev).expect("stat loop").rdev()
+        };
+        let (major, minor) = (nix::sys::stat::major(rdev) as u32, nix::sys::stat::minor(rdev) as u32);
+        let dmh = dm::open().expect("device-mapper");
+        let (_, dm_minor) = dm::provision_linear(&dmh, name, major, minor, (mib << 20) / 512).expect("provision");
+        LinearOnLoop {
+            name: name.into(),
+            loopdev,
+            dm_minor,
+            _dir: dir,
+        }
+    }
+
+    /// `/dev/dm-N`.
+    pub fn dev(&self) -> String {
+        format!("/dev/dm-{}", self.dm_minor)
+    }
+}
+
+impl Drop for LinearOnLoop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dev()).status();
+        if let Ok(dmh) = graydar_agent::faults::dm::open() {
+            let _ = graydar_agent::faults::dm::remove(&dmh, &self.name);
+        }
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.loopdev])
+            .status();
+    }
+}

@@ -53,7 +53,8 @@ fn netem_without_sch_netem_fails_loudly_leaves_nothing_and_dry_run_lists_operati
     args.extend(["--duration", "60s"]);
     let err = fault_cli_err(&ctl, &tokens.operator, &args);
     assert!(
-        err.contains("targets 1 of 1 registered agents (100%), above the limit of 50%") && err.contains("409"),
+        err.contains("1 of 1 alive agents would be under faults (100%; this fault targets 1), above the limit of 50%")
+            && err.contains("409"),
         "{err}"
     );
     // An interface the agent does not have: 422 naming the ones it has.

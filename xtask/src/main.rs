@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "graydar developer tasks")]
@@ -37,9 +37,9 @@ enum Cmd {
     },
     /// Run every test tier in order: unit, root/netns, VM. Fails if a tier fails or cannot run.
     Test {
-        /// Run only these tiers (unit, netns, vm); default all.
-        #[arg(long, value_delimiter = ',')]
-        tier: Vec<String>,
+        /// Run only these tiers; default all. An unknown name is an error.
+        #[arg(long, value_delimiter = ',', value_enum)]
+        tier: Vec<Tier>,
     },
     /// Build the user documentation (docs/, mdBook) into docs/book and check every link.
     Docs,
@@ -76,6 +76,17 @@ enum Cmd {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// A test tier (`cargo xtask test --tier`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Tier {
+    /// Unit and in-process tests, clippy, the book.
+    Unit,
+    /// Root: network namespaces, real eBPF, real processes.
+    Netns,
+    /// Root: the QEMU VM with Debian's kernel.
+    Vm,
 }
 
 fn main() -> Result<()> {
@@ -305,10 +316,10 @@ fn run(ws: &Path, args: &[String]) -> Result<()> {
     run::run(ws, args)
 }
 
-fn test(ws: &Path, only: &[String]) -> Result<()> {
-    let want = |t: &str| only.is_empty() || only.iter().any(|o| o == t);
+fn test(ws: &Path, only: &[Tier]) -> Result<()> {
+    let want = |t: Tier| only.is_empty() || only.contains(&t);
     let mut results: Vec<(&str, Result<()>)> = Vec::new();
-    if want("unit") {
+    if want(Tier::Unit) {
         println!("\n==> tier 1/3: unit");
         let r = ok(cargo().current_dir(ws).args([
             "test",
@@ -333,7 +344,7 @@ fn test(ws: &Path, only: &[String]) -> Result<()> {
         .and_then(|()| docs::build_and_check(ws));
         results.push(("unit", r));
     }
-    if want("netns") {
+    if want(Tier::Netns) {
         println!("\n==> tier 2/3: root/netns");
         let r = if !is_root() {
             Err(anyhow::anyhow!(
@@ -347,7 +358,7 @@ fn test(ws: &Path, only: &[String]) -> Result<()> {
         };
         results.push(("root/netns", r));
     }
-    if want("vm") {
+    if want(Tier::Vm) {
         println!("\n==> tier 3/3: VM (QEMU, Debian kernel, software emulation)");
         let r = if !is_root() {
             Err(anyhow::anyhow!(
@@ -379,6 +390,35 @@ fn test(ws: &Path, only: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tiers(args: &[&str]) -> Result<Vec<Tier>, String> {
+        let argv = ["cargo-xtask", "test"].iter().chain(args);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                cmd: Cmd::Test { tier },
+            }) => Ok(tier),
+            Ok(_) => Err("not the test command".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn test_tiers_are_parsed_and_an_unknown_one_is_an_error_naming_the_valid_ones() {
+        assert_eq!(tiers(&[]), Ok(vec![]), "default: all");
+        assert_eq!(tiers(&["--tier", "unit"]), Ok(vec![Tier::Unit]));
+        assert_eq!(tiers(&["--tier", "vm,netns"]), Ok(vec![Tier::Vm, Tier::Netns]));
+        assert_eq!(
+            tiers(&["--tier", "unit", "--tier", "vm"]),
+            Ok(vec![Tier::Unit, Tier::Vm])
+        );
+        for bad in [&["--tier", "typo"][..], &["--tier", "unit,typo"]] {
+            let e = tiers(bad).expect_err("an unknown tier");
+            assert!(
+                e.contains("invalid value") && e.contains("[possible values: unit, netns, vm]"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn disk_check_names_the_shortfall_and_passes_when_space_is_there() {

@@ -394,8 +394,127 @@ mod tests {
     }
 
     #[test]
-    fn this_kernel_can_be_probed() {
-        let caps = probe(&Roots::default());
-        assert_eq!(caps.pieces.len(), Piece::ALL.len());
+    fn every_piece_has_its_own_config_option_and_module() {
+        let mut configs = std::collections::BTreeSet::new();
+        let mut modules = std::collections::BTreeSet::new();
+        for p in Piece::ALL {
+            assert!(configs.insert(p.config()), "{p:?}: {} used twice", p.config());
+            assert!(modules.insert(p.module()), "{p:?}: {} used twice", p.module());
+            let c = p.config();
+            assert!(
+                c.strip_prefix("CONFIG_").is_some_and(|n| !n.is_empty()
+                    && n.chars()
+                        .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')),
+                "{p:?}: {c:?} is not a kernel config option"
+            );
+            // The name a modules.dep line of the module's file yields (files use `-`).
+            let line = format!("kernel/x/{}.ko.xz: kernel/y/dep.ko", p.module().replace('_', "-"));
+            assert_eq!(module_name(&line).as_deref(), Some(p.module()), "{p:?}");
+        }
+        assert_eq!(configs.len(), Piece::ALL.len());
+    }
+
+    /// `text` as a gzip member (what /proc/config.gz holds); the trailer's
+    /// CRC and size are not checked by [`gunzip`], so zeros do.
+    fn gzip(text: &str) -> Vec<u8> {
+        let mut gz = vec![0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0x03];
+        gz.extend(miniz_oxide::deflate::compress_to_vec(text.as_bytes(), 6));
+        gz.extend([0u8; 8]);
+        gz
+    }
+
+    /// A fake root: /proc (osrelease, config.gz), /boot/config-R, /lib/modules/R
+    /// (modules.builtin, modules.dep), /sys/module/act_mirred.
+    fn fixture(dir: &Path) -> Roots {
+        let roots = Roots {
+            procfs: dir.join("proc"),
+            sysfs: dir.join("sys"),
+            modules: dir.join("lib/modules"),
+            boot: dir.join("boot"),
+        };
+        let release = "6.1.0-test";
+        let write = |path: PathBuf, bytes: &[u8]| {
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, bytes).expect("write");
+        };
+        write(roots.procfs.join("sys/kernel/osrelease"), b"6.1.0-test\n");
+        let config = "CONFIG_NET_SCH_NETEM=m\nCONFIG_NET_SCH_PRIO=m\n# CONFIG_NET_CLS_FLOWER is not set\n\
+                      CONFIG_NET_ACT_MIRRED=m\nCONFIG_NET_SCH_INGRESS=y\nCONFIG_IFB=m\nCONFIG_BLK_DEV_DM=y\n\
+                      CONFIG_DM_DELAY=m\nCONFIG_DM_FLAKEY=m\n";
+        write(roots.procfs.join("config.gz"), &gzip(config));
+        // /boot says otherwise: it must only count without /proc/config.gz.
+        write(
+            roots.boot.join(format!("config-{release}")),
+            b"CONFIG_NET_SCH_NETEM=y\nCONFIG_IFB=y\nCONFIG_NET_SCH_PRIO=m\n",
+        );
+        let moddir = roots.modules.join(release);
+        write(moddir.join("modules.builtin"), b"kernel/net/sched/sch_prio.ko\n");
+        write(
+            moddir.join("modules.dep"),
+            b"kernel/net/sched/sch_netem.ko.xz:\nkernel/drivers/md/dm-delay.ko: kernel/drivers/md/dm-mod.ko\n",
+        );
+        std::fs::create_dir_all(roots.sysfs.join("module/act_mirred")).expect("sys module");
+        roots
+    }
+
+    #[test]
+    fn a_fixture_kernel_is_probed_from_its_config_and_module_lists() {
+        use Availability::{BuiltIn, Loaded, Missing, Module};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let roots = fixture(dir.path());
+        let caps = probe(&roots);
+        assert_eq!(caps.release, "6.1.0-test");
+        let gz = roots.procfs.join("config.gz").display().to_string();
+        assert_eq!(caps.sources, [gz.as_str(), "modules.builtin", "modules.dep"]);
+        let want = |list: [(Piece, Availability); 9]| list.into_iter().collect::<BTreeMap<_, _>>();
+        assert_eq!(
+            caps.pieces,
+            want([
+                (Piece::Netem, Module),   // =m, in modules.dep
+                (Piece::Prio, BuiltIn),   // =m, but modules.builtin lists it
+                (Piece::Flower, Missing), // is not set
+                (Piece::Mirred, Loaded),  // =m, in /sys/module
+                (Piece::Clsact, BuiltIn), // =y
+                (Piece::Ifb, Missing),    // =m, but installed nowhere
+                (Piece::DeviceMapper, BuiltIn),
+                (Piece::DmDelay, Module), // dm-delay.ko in modules.dep
+                (Piece::DmFlakey, Missing),
+            ])
+        );
+        let c = caps.capabilities();
+        assert!(c.sch_netem && c.sch_prio && c.act_mirred && c.device_mapper && c.dm_delay);
+        assert!(!c.cls_flower && !c.ifb && !c.dm_flakey);
+        let e = caps
+            .require(&[Piece::Netem, Piece::Ifb, Piece::DmFlakey])
+            .expect_err("missing");
+        assert_eq!(e.0, [Piece::Ifb, Piece::DmFlakey]);
+
+        // Without /proc/config.gz, /boot/config-R decides.
+        std::fs::remove_file(roots.procfs.join("config.gz")).expect("rm");
+        let caps = probe(&roots);
+        let boot = roots.boot.join("config-6.1.0-test").display().to_string();
+        assert_eq!(caps.sources.first(), Some(&boot));
+        assert_eq!(caps.pieces[&Piece::Netem], BuiltIn);
+        assert_eq!(caps.pieces[&Piece::Ifb], BuiltIn);
+        assert_eq!(caps.pieces[&Piece::Mirred], Missing, "absent from this config");
+
+        // Without any config, the module lists and /sys/module decide.
+        std::fs::remove_file(roots.boot.join("config-6.1.0-test")).expect("rm");
+        let caps = probe(&roots);
+        assert_eq!(caps.sources, ["modules.builtin", "modules.dep"]);
+        assert_eq!(
+            caps.pieces,
+            want([
+                (Piece::Netem, Module),
+                (Piece::Prio, BuiltIn),
+                (Piece::Flower, Missing),
+                (Piece::Mirred, Loaded),
+                (Piece::Clsact, Missing),
+                (Piece::Ifb, Missing),
+                (Piece::DeviceMapper, Missing),
+                (Piece::DmDelay, Module),
+                (Piece::DmFlakey, Missing),
+            ])
+        );
     }
 }

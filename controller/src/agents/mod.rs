@@ -19,6 +19,43 @@ use crate::timefmt::now_ms;
 /// Longest hostname accepted (the DNS limit).
 pub const MAX_HOSTNAME: usize = 253;
 
+/// Longest label (the part between dots) of a hostname (the DNS limit).
+pub const MAX_HOSTNAME_LABEL: usize = 63;
+
+/// Checks a hostname as DNS has it: 1 to [`MAX_HOSTNAME`] characters,
+/// dot-separated labels of 1 to [`MAX_HOSTNAME_LABEL`] ASCII letters,
+/// digits, `-` and `_` (`_` is not a hostname character, but machines are
+/// named with it), a label neither beginning nor ending with `-`. What is
+/// wrong, for the error message.
+pub fn check_hostname(h: &str) -> Result<(), String> {
+    if h.is_empty() || h.len() > MAX_HOSTNAME {
+        return Err(format!("must be 1 to {MAX_HOSTNAME} characters, got {}", h.len()));
+    }
+    for label in h.split('.') {
+        if label.is_empty() {
+            return Err("empty label (a leading, trailing or doubled '.')".to_owned());
+        }
+        if label.len() > MAX_HOSTNAME_LABEL {
+            return Err(format!(
+                "label of {} characters (at most {MAX_HOSTNAME_LABEL} between dots)",
+                label.len()
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "character {c:?} (allowed: ASCII letters, digits, '-', '_' and '.' between labels)"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} begins or ends with '-'"));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The agent must register first.
@@ -27,8 +64,9 @@ pub enum AgentError {
     /// No such agent (reading).
     #[error("no agent {hostname:?}")]
     NotFound { hostname: String },
-    #[error("hostname must be 1 to {MAX_HOSTNAME} characters")]
-    InvalidHostname,
+    /// Refused at registration, before anything is stored (422).
+    #[error("hostname {hostname:?}: {reason}")]
+    InvalidHostname { hostname: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -101,8 +139,10 @@ impl AgentService {
 
     /// Registers (or re-registers) an agent; idempotent.
     pub async fn register(&self, req: RegisterRequest) -> Result<AgentInfo, AgentError> {
-        if req.hostname.is_empty() || req.hostname.len() > MAX_HOSTNAME {
-            return Err(AgentError::InvalidHostname);
+        if let Err(reason) = check_hostname(&req.hostname) {
+            // Long names are cut in the message (the reason gives the length).
+            let hostname = req.hostname.chars().take(80).collect();
+            return Err(AgentError::InvalidHostname { hostname, reason });
         }
         let now = now_ms();
         let registered_ms = lock(&self.agents).get(&req.hostname).map_or(now, |a| a.registered_ms);
@@ -191,6 +231,45 @@ impl AgentService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostnames_are_checked_as_dns_names() {
+        for ok in [
+            "a",
+            "node-1",
+            "Node1.example.com",
+            "ip-10-0-0-1.ec2.internal",
+            "build_host",
+            &"a".repeat(63),
+            &format!(
+                "{}.{}.{}.{}",
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(61)
+            ),
+        ] {
+            assert_eq!(check_hostname(ok), Ok(()), "{ok:?}");
+        }
+        for (bad, why) in [
+            ("", "must be 1 to 253 characters, got 0"),
+            (&"a.".repeat(127), "must be 1 to 253 characters, got 254"),
+            (&"a".repeat(64), "label of 64 characters"),
+            ("a..b", "empty label"),
+            (".a", "empty label"),
+            ("a.", "empty label"),
+            ("a b", "character ' '"),
+            ("a/b", "character '/'"),
+            ("../etc", "empty label"),
+            ("nöde", "character 'ö'"),
+            ("a\n", "character '\\n'"),
+            ("-a", "begins or ends with '-'"),
+            ("a.b-", "label \"b-\" begins or ends with '-'"),
+        ] {
+            let e = check_hostname(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad:?}: {e:?} lacks {why:?}");
+        }
+    }
 
     #[test]
     fn liveness_thresholds() {

@@ -21,7 +21,9 @@ pub(super) fn routes(app: &Shared) -> Router<Shared> {
     guarded(app, Permission::Report, report).merge(guarded(app, Permission::Read, read))
 }
 
-/// Registers (or re-registers) an agent; idempotent.
+/// Registers (or re-registers) an agent; idempotent. A hostname that is
+/// not a DNS name (1 to 253 characters, labels of 1 to 63 letters, digits,
+/// `-`, `_`) is refused with 422 naming `hostname`, and nothing is stored.
 #[utoipa::path(post, path = "/api/v1/agents/register", tag = "agents", security(("bearer" = [])),
     request_body = RegisterRequest,
     responses((status = 200, body = RegisterResponse), (status = 400, body = ApiError), (status = 401, body = ApiError),
@@ -31,10 +33,10 @@ pub(super) async fn register(
     Body(req): Body<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, Error> {
     let hostname = req.hostname.clone();
-    app.services
-        .faults
-        .set_inventory(&hostname, req.interfaces.clone(), req.dm_devices.clone());
+    let (interfaces, dm_devices) = (req.interfaces.clone(), req.dm_devices.clone());
+    // Validates the hostname before anything is kept.
     let agent = app.services.agents.register(req).await?;
+    app.services.faults.set_inventory(&hostname, interfaces, dm_devices);
     tracing::info!(agent = %hostname, "agent registered");
     Ok(Json(RegisterResponse {
         agent,

@@ -71,7 +71,7 @@ impl From<AgentError> for Error {
     fn from(e: AgentError) -> Self {
         match e {
             AgentError::NotRegistered { .. } | AgentError::NotFound { .. } => Error::not_found(e),
-            AgentError::InvalidHostname => Error::invalid(e),
+            AgentError::InvalidHostname { .. } => Error::invalid(e),
             AgentError::Store(s) => s.into(),
         }
     }

@@ -180,21 +180,23 @@ pub struct PollQuery {
 
 /// Long-poll of an agent's desired faults: answers at once when `version`
 /// differs from the current one, else at the next change or after `wait`.
-/// Counts as a heartbeat of a registered agent.
+/// Counts as a heartbeat. 404 for an agent that is not registered (it
+/// registers first); nothing is kept for it.
 #[utoipa::path(get, path = "/api/v1/agents/{hostname}/faults", tag = "faults", security(("bearer" = [])),
     params(("hostname" = String, Path, description = "agent hostname"), PollQuery),
-    responses((status = 200, body = DesiredFaults), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+    responses((status = 200, body = DesiredFaults), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError, description = "the agent is not registered")))]
 pub(super) async fn desired_faults(
     State(app): State<Shared>,
     PathParam(hostname): PathParam<String>,
     Params(q): Params<PollQuery>,
-) -> axum::Json<DesiredFaults> {
+) -> Result<axum::Json<DesiredFaults>, Error> {
     let faults = &app.services.faults;
-    // Counts as a heartbeat of a registered agent; an unknown one still gets its (empty) set.
-    let _ = app.services.agents.touch(&hostname);
+    // A heartbeat; only a registered agent gets a watcher.
+    app.services.agents.touch(&hostname)?;
     let max_wait = (faults.config().lease.as_secs() / 3).clamp(1, MAX_WAIT_SECONDS);
     let wait = Duration::from_secs(q.wait.unwrap_or(max_wait).min(max_wait));
-    axum::Json(faults.poll(&hostname, q.version, wait).await)
+    Ok(axum::Json(faults.poll(&hostname, q.version, wait).await))
 }
 
 /// An agent reports the state of its faults.

@@ -22,8 +22,9 @@ pub enum FaultConfigError {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultsSection {
-    /// Largest share of registered agents one fault may target without
-    /// `force` (0 < x <= 1; default 0.5).
+    /// Largest share of the alive agents that may be under running faults,
+    /// a new fault's targets included, without `force` (0 < x <= 1;
+    /// default 0.5).
     pub max_target_share: Option<f64>,
     /// Longest fault duration accepted (default 1h).
     #[serde(default, with = "humantime_serde")]

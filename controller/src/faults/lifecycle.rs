@@ -17,6 +17,13 @@
 //! whole lease has passed (its states are settled, see `Fault::settled_at`).
 //! History (`get`, `list`) is read from the store, so a controller that ran
 //! game days for years holds no more than what is running.
+//!
+//! Changes of the fault set (create, end, revert-all, expire) take turns
+//! (`FaultService::changes`): the overlap and blast-radius checks of a
+//! create see every fault created before it, and each change is in the
+//! store before memory shows it to the agents' polls and before they are
+//! woken, so a controller that dies in between never hands out again a
+//! fault it had already ended.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -30,7 +37,7 @@ use graydar_common::faults::FaultState;
 use tokio::sync::watch;
 
 use super::model::{AgentStatus, Fault};
-use super::policy::{Inventory, check_overlap, resolve_targets};
+use super::policy::{Inventory, check_blast_radius, check_overlap, resolve_targets};
 use super::{FaultConfig, FaultError, FaultStatus};
 use crate::store::{EndReason, FaultSelection, FaultStore};
 use crate::timefmt::now_ms;
@@ -53,7 +60,11 @@ pub struct FaultService {
     cfg: FaultConfig,
     store: Arc<dyn FaultStore>,
     inner: Mutex<Inner>,
-    /// Per agent: bumped whenever its desired set changes.
+    /// Held by every change of the fault set (create, end, revert-all,
+    /// expire) from its checks to its store write and memory update.
+    changes: tokio::sync::Mutex<()>,
+    /// Per agent: bumped whenever its desired set changes. Only registered
+    /// agents poll (the API refuses the others), so only they have one.
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// Added to every per-agent version so versions of different controller
     /// runs never coincide (an agent's old version always differs).
@@ -92,6 +103,7 @@ impl FaultService {
                 faults,
                 revert_all_epoch,
             }),
+            changes: tokio::sync::Mutex::new(()),
             watchers: Mutex::new(HashMap::new()),
             version_base: u64::try_from(now_ms()).unwrap_or(0).saturating_mul(1000),
             status_tx,
@@ -146,16 +158,24 @@ impl FaultService {
         i64::try_from(self.cfg.lease.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Validates, resolves the targets among the registered `agents` and
-    /// stores a new fault; the agents are woken at once.
+    /// Validates, resolves the targets among the registered `agents`,
+    /// checks the overlap and the blast radius against the running faults
+    /// and stores a new fault; the agents are woken at once. The checks and
+    /// the insert are one critical section: of two overlapping creates at
+    /// the same time, one is refused.
     pub async fn create(&self, req: CreateFaultRequest, agents: &[AgentInfo]) -> Result<FaultInfo, FaultError> {
         let targets = {
             let inv = lock(&self.inventory);
             resolve_targets(&req, agents, &inv, &self.cfg)?
         };
+        let _turn = self.changes.lock().await;
         let now = now_ms();
         if !req.dry_run {
-            check_overlap(lock(&self.inner).faults.values(), &req.spec, &targets, now)?;
+            let inner = lock(&self.inner);
+            check_overlap(inner.faults.values(), &req.spec, &targets, now)?;
+            if !req.force {
+                check_blast_radius(inner.faults.values(), &targets, agents, now, self.cfg.max_target_share)?;
+            }
         }
         let duration_ms = if req.dry_run {
             // A dry run is wanted until every agent answered (or this passes).
@@ -260,32 +280,30 @@ impl FaultService {
             .is_none_or(|f| f.agents.values().all(|s| s.state != FaultState::Pending))
     }
 
-    /// Ends a fault now (`DELETE`): its agents are woken and revert it.
-    /// Ending an ended fault changes nothing.
+    /// Ends a fault now (`DELETE`): the end is stored, then its agents are
+    /// woken and revert it. Ending an ended fault changes nothing.
     pub async fn end(&self, id: &str) -> Result<FaultInfo, FaultError> {
+        let _turn = self.changes.lock().await;
         let now = now_ms();
-        let live = {
-            let mut inner = lock(&self.inner);
-            inner.faults.get_mut(id).map(|f| {
-                let ended = f.ended_ms.is_none().then(|| {
-                    let reason = if now >= f.expires_ms {
-                        EndReason::Expired
-                    } else {
-                        EndReason::Deleted
-                    };
-                    f.ended_ms = Some(now);
-                    f.end_reason = Some(reason);
-                    reason
-                });
-                (f.info(), f.agents.keys().cloned().collect::<Vec<_>>(), ended)
-            })
-        };
+        let live = lock(&self.inner).faults.get(id).map(|f| {
+            let ended = f.ended_ms.is_none().then_some(if now >= f.expires_ms {
+                EndReason::Expired
+            } else {
+                EndReason::Deleted
+            });
+            (f.info(), f.agents.keys().cloned().collect::<Vec<_>>(), ended)
+        });
         // Out of memory means settled: ended long ago, nothing to do.
-        let Some((info, targets, ended)) = live else {
+        let Some((mut info, targets, ended)) = live else {
             return self.get(id).await;
         };
         if let Some(reason) = ended {
             self.store.end_faults(&[id.to_owned()], now, reason).await?;
+            if let Some(f) = lock(&self.inner).faults.get_mut(id) {
+                f.ended_ms = Some(now);
+                f.end_reason = Some(reason);
+                info = f.info();
+            }
             tracing::info!(id, "fault ended by the operator");
             self.bump(&targets);
         }
@@ -293,28 +311,35 @@ impl FaultService {
     }
 
     /// The kill switch: ends every fault and bumps the epoch, so every agent
-    /// reverts every fault it has active, known here or not.
+    /// reverts every fault it has active, known here or not. Both are stored
+    /// (one transaction) before any agent sees them: a controller restarted
+    /// right after never hands a reverted fault out again.
     pub async fn revert_all(&self) -> Result<RevertAllResponse, FaultError> {
+        let _turn = self.changes.lock().await;
         let now = now_ms();
         let (ended, epoch) = {
+            let inner = lock(&self.inner);
+            let ended: Vec<String> = inner
+                .faults
+                .values()
+                .filter(|f| f.ended_ms.is_none())
+                .map(|f| f.id.clone())
+                .collect();
+            (ended, inner.revert_all_epoch.saturating_add(1))
+        };
+        self.store.revert_all(epoch, &ended, now).await?;
+        {
             let mut inner = lock(&self.inner);
-            inner.revert_all_epoch += 1;
-            let mut ended = Vec::new();
-            for f in inner.faults.values_mut() {
-                if f.ended_ms.is_none() {
+            inner.revert_all_epoch = epoch;
+            for id in &ended {
+                if let Some(f) = inner.faults.get_mut(id) {
                     f.ended_ms = Some(now);
                     f.end_reason = Some(EndReason::RevertAll);
-                    ended.push(f.id.clone());
                 }
             }
-            (ended, inner.revert_all_epoch)
-        };
-        // Wake every agent before the database writes: the kill switch must
-        // not wait for a disk.
+        }
         let hosts: Vec<String> = lock(&self.watchers).keys().cloned().collect();
         self.bump(&hosts);
-        self.store.set_revert_all_epoch(epoch).await?;
-        self.store.end_faults(&ended, now, EndReason::RevertAll).await?;
         tracing::warn!(faults = ended.len(), agents = hosts.len(), epoch, "revert-all");
         Ok(RevertAllResponse {
             faults_ended: u64::try_from(ended.len()).unwrap_or(0),
@@ -327,23 +352,31 @@ impl FaultService {
     /// agents (the agents' leases end at the same time anyway). Called every
     /// second by [`spawn_expirer`].
     pub async fn expire(&self) -> Result<usize, FaultError> {
+        let _turn = self.changes.lock().await;
         let now = now_ms();
         let (ids, hosts) = {
-            let mut inner = lock(&self.inner);
+            let inner = lock(&self.inner);
             let mut ids = Vec::new();
             let mut hosts = BTreeSet::new();
-            for f in inner.faults.values_mut() {
+            for f in inner.faults.values() {
                 if f.ended_ms.is_none() && now >= f.expires_ms {
-                    f.ended_ms = Some(now);
-                    f.end_reason = Some(EndReason::Expired);
                     ids.push(f.id.clone());
                     hosts.extend(f.agents.keys().cloned());
                 }
             }
             (ids, hosts)
         };
-        self.bump(&hosts);
         self.store.end_faults(&ids, now, EndReason::Expired).await?;
+        {
+            let mut inner = lock(&self.inner);
+            for id in &ids {
+                if let Some(f) = inner.faults.get_mut(id) {
+                    f.ended_ms = Some(now);
+                    f.end_reason = Some(EndReason::Expired);
+                }
+            }
+        }
+        self.bump(&hosts);
         self.prune(now);
         Ok(ids.len())
     }
@@ -351,6 +384,16 @@ impl FaultService {
     /// How many faults memory holds (the live ones).
     pub fn live_faults(&self) -> usize {
         lock(&self.inner).faults.len()
+    }
+
+    /// How many agents have a long-poll watcher (only registered ones may).
+    pub fn watched_agents(&self) -> usize {
+        lock(&self.watchers).len()
+    }
+
+    /// How many agents have an inventory (interfaces, dm devices) here.
+    pub fn inventoried_agents(&self) -> usize {
+        lock(&self.inventory).len()
     }
 
     /// Drops settled faults from memory (their end is in the store: every
@@ -488,4 +531,170 @@ pub fn spawn_expirer(svc: Weak<FaultService>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use graydar_common::api::{AgentState, Capabilities};
+    use graydar_common::timestamp::Timestamp;
+
+    use super::*;
+    use crate::store::{FaultRecord, SqliteStore, StoreError, StoreFuture};
+
+    /// The SQLite store, and a witness at every write that ends faults: was
+    /// the agent watched by `rx` woken before the write? With `fail`, those
+    /// writes fail (a disk error, or a crash before the commit).
+    struct Witness {
+        db: SqliteStore,
+        rx: Mutex<Option<watch::Receiver<u64>>>,
+        seen: Mutex<Vec<(&'static str, bool)>>,
+        fail: AtomicBool,
+    }
+
+    impl Witness {
+        fn write(&self, what: &'static str) -> Result<(), StoreError> {
+            let woken = lock(&self.rx)
+                .as_ref()
+                .is_some_and(|rx| rx.has_changed().unwrap_or(true));
+            lock(&self.seen).push((what, woken));
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::WriterStopped);
+            }
+            Ok(())
+        }
+    }
+
+    impl FaultStore for Witness {
+        fn load_faults<'a>(&'a self, which: FaultSelection<'a>) -> StoreFuture<'a, Vec<FaultRecord>> {
+            self.db.load_faults(which)
+        }
+        fn insert_fault<'a>(&'a self, fault: &'a FaultRecord) -> StoreFuture<'a, ()> {
+            self.db.insert_fault(fault)
+        }
+        fn end_faults<'a>(&'a self, ids: &'a [String], ended_ms: i64, reason: EndReason) -> StoreFuture<'a, ()> {
+            match self.write("end_faults") {
+                Ok(()) => self.db.end_faults(ids, ended_ms, reason),
+                Err(e) => Box::pin(async move { Err(e) }),
+            }
+        }
+        fn update_fault_states<'a>(
+            &'a self,
+            agent: &'a str,
+            updates: &'a [FaultStatusUpdate],
+            now_ms: i64,
+        ) -> StoreFuture<'a, u64> {
+            self.db.update_fault_states(agent, updates, now_ms)
+        }
+        fn count_ended_faults(&self, now_ms: i64) -> StoreFuture<'_, i64> {
+            self.db.count_ended_faults(now_ms)
+        }
+        fn revert_all_epoch(&self) -> StoreFuture<'_, u64> {
+            self.db.revert_all_epoch()
+        }
+        fn revert_all<'a>(&'a self, epoch: u64, ids: &'a [String], ended_ms: i64) -> StoreFuture<'a, ()> {
+            match self.write("revert_all") {
+                Ok(()) => self.db.revert_all(epoch, ids, ended_ms),
+                Err(e) => Box::pin(async move { Err(e) }),
+            }
+        }
+    }
+
+    fn agent(name: &str) -> AgentInfo {
+        AgentInfo {
+            hostname: name.into(),
+            addresses: vec![],
+            labels: BTreeMap::new(),
+            kernel_version: String::new(),
+            agent_version: String::new(),
+            capabilities: Capabilities::default(),
+            registered_at: Timestamp::UNIX_EPOCH,
+            last_seen: Timestamp::UNIX_EPOCH,
+            state: AgentState::Healthy,
+            firing_findings: 0,
+        }
+    }
+
+    fn netem_on(host: &str, iface: &str) -> CreateFaultRequest {
+        serde_json::from_value(serde_json::json!({
+            "targets": {"agents": [host]},
+            "spec": {"kind": "netem", "interface": iface, "netem": {"delay_ms": 100}},
+            "duration_seconds": 600
+        }))
+        .expect("request")
+    }
+
+    fn cfg() -> FaultConfig {
+        FaultConfig {
+            max_target_share: 1.0,
+            ..FaultConfig::default()
+        }
+    }
+
+    async fn setup(dir: &std::path::Path) -> (Arc<Witness>, FaultService, Vec<AgentInfo>) {
+        let witness = Arc::new(Witness {
+            db: SqliteStore::open(dir).await.expect("store"),
+            rx: Mutex::new(None),
+            seen: Mutex::new(Vec::new()),
+            fail: AtomicBool::new(false),
+        });
+        let svc = FaultService::open(witness.clone(), cfg()).await.expect("service");
+        (witness, svc, vec![agent("a1"), agent("a2")])
+    }
+
+    fn desired_ids(svc: &FaultService, host: &str) -> Vec<String> {
+        svc.desired(host, 0).faults.into_iter().map(|f| f.id).collect()
+    }
+
+    #[tokio::test]
+    async fn ends_are_stored_before_any_agent_is_woken() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (witness, svc, agents) = setup(dir.path()).await;
+        let f1 = svc.create(netem_on("a1", "eth0"), &agents).await.expect("create");
+        let _f2 = svc.create(netem_on("a1", "lo"), &agents).await.expect("create");
+        *lock(&witness.rx) = Some(svc.subscribe("a1"));
+        svc.end(&f1.id).await.expect("end");
+        *lock(&witness.rx) = Some(svc.subscribe("a1"));
+        svc.revert_all().await.expect("revert-all");
+        assert_eq!(
+            *lock(&witness.seen),
+            [("end_faults", false), ("revert_all", false)],
+            "(write, whether a1 had been woken before it)"
+        );
+        let rx = lock(&witness.rx).take().expect("receiver");
+        assert!(rx.has_changed().expect("open"), "woken after the write");
+        // A controller started on the same database hands out nothing.
+        let epoch = svc.desired("a1", 0).revert_all_epoch;
+        let restarted = FaultService::open(witness.clone(), cfg()).await.expect("reopen");
+        assert!(desired_ids(&restarted, "a1").is_empty());
+        assert_eq!(restarted.desired("a1", 0).revert_all_epoch, epoch);
+        assert_eq!(epoch, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_wakes_nobody_and_leaves_the_fault_wanted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (witness, svc, agents) = setup(dir.path()).await;
+        let f = svc.create(netem_on("a1", "eth0"), &agents).await.expect("create");
+        let rx = svc.subscribe("a1");
+        witness.fail.store(true, Ordering::SeqCst);
+        svc.end(&f.id).await.expect_err("the end was not stored");
+        svc.revert_all().await.expect_err("the revert-all was not stored");
+        assert_eq!(lock(&witness.seen).len(), 2, "both tried to write");
+        assert!(!rx.has_changed().expect("open"), "nobody woken");
+        let d = svc.desired("a1", 0);
+        assert_eq!(
+            (desired_ids(&svc, "a1"), d.revert_all_epoch),
+            (vec![f.id.clone()], 0),
+            "memory tells the agents what the store holds"
+        );
+        assert_eq!(svc.get(&f.id).await.expect("get").status, "running");
+        // Once the store takes writes again, the end goes through.
+        witness.fail.store(false, Ordering::SeqCst);
+        assert_eq!(svc.end(&f.id).await.expect("end").status, "ended");
+        assert!(rx.has_changed().expect("open"));
+        assert!(desired_ids(&svc, "a1").is_empty());
+    }
 }

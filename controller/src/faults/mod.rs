@@ -24,17 +24,19 @@ pub enum FaultError {
     /// The request cannot be honoured as written (422).
     #[error("{0}")]
     Invalid(String),
-    /// Refused by the blast-radius rule (409): `targets` of `registered`
-    /// agents is a `share` above `limit`.
+    /// Refused by the blast-radius rule (409): with this fault's `targets`,
+    /// `impaired` agents would be under running faults, a `share` of the
+    /// `alive` agents above `limit`.
     #[error(
-        "blast radius: the fault targets {targets} of {registered} registered agents ({:.0}%), above the limit of {:.0}% \
-         (faults.max_target_share); pass force=true (graydar fault apply --force) to apply anyway",
+        "blast radius: {impaired} of {alive} alive agents would be under faults ({:.0}%; this fault targets {targets}), \
+         above the limit of {:.0}% (faults.max_target_share); pass force=true (graydar fault apply --force) to apply anyway",
         share * 100.0,
         limit * 100.0
     )]
     BlastRadius {
         targets: usize,
-        registered: usize,
+        impaired: usize,
+        alive: usize,
         share: f64,
         limit: f64,
     },

@@ -1,11 +1,13 @@
 //! Fault policy: which agents a fault targets (hostnames or a label
 //! selector, checked against the registered agents and the interfaces and
-//! dm devices they reported), the blast-radius rule, and the overlap rule
-//! (one running fault per target and agent). Pure: no store, no clock.
+//! dm devices they reported), the blast-radius rule (the agents under
+//! running faults, this one included, as a share of the alive agents), and
+//! the overlap rule (one running fault per target and agent). Pure: no
+//! store, no clock.
 
 use std::collections::{BTreeSet, HashMap};
 
-use graydar_common::api::AgentInfo;
+use graydar_common::api::{AgentInfo, AgentState};
 use graydar_common::fault_api::CreateFaultRequest;
 use graydar_common::faults::FaultSpec;
 use graydar_common::timestamp::Timestamp;
@@ -136,19 +138,39 @@ pub fn resolve_targets(
             FaultSpec::Blackhole { .. } => {}
         }
     }
-    if !req.dry_run && !req.force {
-        let total = registered.len().max(1);
-        let share = targets.len() as f64 / total as f64;
-        if share > cfg.max_target_share + 1e-9 {
-            return Err(FaultError::BlastRadius {
-                targets: targets.len(),
-                registered: registered.len(),
-                share,
-                limit: cfg.max_target_share,
-            });
+    Ok(targets)
+}
+
+/// The blast-radius rule: the distinct agents under a running fault (not a
+/// dry run, not ended, not expired) together with `targets` may be at most
+/// `limit` of the alive agents (not `lost`: heard from within the
+/// controller's `lost_after`). Agents that are gone do not make the fleet
+/// look bigger; a lost agent that is targeted still counts as targeted.
+pub(crate) fn check_blast_radius<'a>(
+    live: impl IntoIterator<Item = &'a Fault>,
+    targets: &[String],
+    agents: &[AgentInfo],
+    now: i64,
+    limit: f64,
+) -> Result<(), FaultError> {
+    let alive = agents.iter().filter(|a| a.state != AgentState::Lost).count();
+    let mut impaired: BTreeSet<&str> = targets.iter().map(String::as_str).collect();
+    for f in live {
+        if !f.dry_run && f.wanted(now) {
+            impaired.extend(f.agents.keys().map(String::as_str));
         }
     }
-    Ok(targets)
+    let share = impaired.len() as f64 / alive.max(1) as f64;
+    if share > limit + 1e-9 {
+        return Err(FaultError::BlastRadius {
+            targets: targets.len(),
+            impaired: impaired.len(),
+            alive,
+            share,
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a fault when one of `targets` already has a running fault (not a
@@ -199,6 +221,125 @@ mod tests {
         }
     }
 
+    fn in_state(name: &str, state: AgentState) -> AgentInfo {
+        AgentInfo {
+            state,
+            ..agent(name, "r1")
+        }
+    }
+
+    /// A running fault (until `expires_ms`) on `hosts`.
+    fn running(id: &str, hosts: &[&str], dry_run: bool, expires_ms: i64) -> Fault {
+        Fault {
+            id: id.into(),
+            spec: req(
+                FaultTargets {
+                    agents: vec!["x".into()],
+                    selector: BTreeMap::new(),
+                },
+                "eth0",
+            )
+            .spec,
+            selector: BTreeMap::new(),
+            dry_run,
+            forced: false,
+            duration_seconds: 60,
+            created_ms: 0,
+            expires_ms,
+            ended_ms: None,
+            end_reason: None,
+            agents: hosts
+                .iter()
+                .map(|h| {
+                    (
+                        (*h).to_owned(),
+                        crate::store::FaultAgentRecord {
+                            state: graydar_common::faults::FaultState::Active,
+                            reason: None,
+                            operations: vec![],
+                            updated_ms: 0,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn names_of(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_blast_radius_counts_alive_agents_only() {
+        // 6 registered, 2 of them lost: 4 alive. A stale agent is alive.
+        let fleet = [
+            in_state("a1", AgentState::Healthy),
+            in_state("a2", AgentState::Healthy),
+            in_state("a3", AgentState::Stale),
+            in_state("a4", AgentState::Healthy),
+            in_state("gone1", AgentState::Lost),
+            in_state("gone2", AgentState::Lost),
+        ];
+        check_blast_radius([], &names_of(&["a1", "a2"]), &fleet, 0, 0.5).expect("2 of 4 alive = 50%");
+        let e = check_blast_radius([], &names_of(&["a1", "a2", "a3"]), &fleet, 0, 0.5)
+            .expect_err("3 of 4 alive = 75%, though only 50% of the 6 registered");
+        assert!(
+            matches!(
+                e,
+                FaultError::BlastRadius {
+                    targets: 3,
+                    impaired: 3,
+                    alive: 4,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("blast radius: 3 of 4 alive agents would be under faults (75%; this fault targets 3), above the limit of 50%"),
+            "{e}"
+        );
+        // A fleet that is all lost: any fault is above any limit below 100%.
+        let lost = [in_state("gone1", AgentState::Lost)];
+        check_blast_radius([], &names_of(&["gone1"]), &lost, 0, 0.5).expect_err("1 of 0 alive");
+    }
+
+    #[test]
+    fn the_blast_radius_counts_every_running_fault_together() {
+        let fleet: Vec<AgentInfo> = ["a1", "a2", "a3", "a4"]
+            .iter()
+            .map(|n| in_state(n, AgentState::Healthy))
+            .collect();
+        let now = 1_000;
+        let a1 = running("f1", &["a1"], false, 10_000);
+        let a2 = running("f2", &["a2"], false, 10_000);
+        // Alone a3 is 25%; with a1 and a2 under running faults it is 75%.
+        check_blast_radius([&a1], &names_of(&["a3"]), &fleet, now, 0.5).expect("a1 + a3 = 50%");
+        let e = check_blast_radius([&a1, &a2], &names_of(&["a3"]), &fleet, now, 0.5).expect_err("75%");
+        assert!(
+            matches!(
+                e,
+                FaultError::BlastRadius {
+                    targets: 1,
+                    impaired: 3,
+                    alive: 4,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // An agent under several faults counts once.
+        check_blast_radius([&a1, &a2], &names_of(&["a1", "a2"]), &fleet, now, 0.5).expect("a1, a2 = 50%");
+        // Dry runs, ended and expired faults impair nothing.
+        let dry = running("f3", &["a2"], true, 10_000);
+        let expired = running("f4", &["a2"], false, now);
+        let mut ended = running("f5", &["a2"], false, 10_000);
+        ended.ended_ms = Some(500);
+        check_blast_radius([&a1, &dry, &expired, &ended], &names_of(&["a3"]), &fleet, now, 0.5)
+            .expect("only a1 runs: a1 + a3 = 50%");
+    }
+
     fn req(targets: FaultTargets, iface: &str) -> CreateFaultRequest {
         serde_json::from_value(serde_json::json!({
             "targets": targets,
@@ -230,12 +371,13 @@ mod tests {
             agents: vec!["a1".into(), "a2".into(), "a3".into()],
             selector: BTreeMap::new(),
         };
-        let e = resolve_targets(&req(three.clone(), "eth0"), &fleet, &inv, &cfg).expect_err("75%");
-        assert!(matches!(e, FaultError::BlastRadius { .. }));
-        assert!(e.to_string().contains("3 of 4") && e.to_string().contains("75%"), "{e}");
-        let mut forced = req(three, "eth0");
-        forced.force = true;
-        assert_eq!(resolve_targets(&forced, &fleet, &inv, &cfg).expect("forced").len(), 3);
+        assert_eq!(
+            resolve_targets(&req(three, "eth0"), &fleet, &inv, &cfg)
+                .expect("resolved")
+                .len(),
+            3,
+            "the blast radius is check_blast_radius's"
+        );
         inv.insert(
             "a1".to_owned(),
             Inventory {

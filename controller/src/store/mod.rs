@@ -216,7 +216,10 @@ pub trait FaultStore: Send + Sync {
     /// Faults ended or expired at `now_ms`.
     fn count_ended_faults(&self, now_ms: i64) -> StoreFuture<'_, i64>;
     fn revert_all_epoch(&self) -> StoreFuture<'_, u64>;
-    fn set_revert_all_epoch(&self, epoch: u64) -> StoreFuture<'_, ()>;
+    /// The kill switch, in one transaction: sets the revert-all epoch to
+    /// `epoch` and marks the faults of `ids` not ended yet as ended at
+    /// `ended_ms` ([`EndReason::RevertAll`]).
+    fn revert_all<'a>(&'a self, epoch: u64, ids: &'a [String], ended_ms: i64) -> StoreFuture<'a, ()>;
 }
 
 /// The whole store.

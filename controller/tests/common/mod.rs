@@ -72,14 +72,19 @@ impl Resp {
 impl Api {
     /// A controller with the default fault settings.
     pub async fn new() -> Api {
-        Api::with_faults(FaultConfig::default()).await
+        Api::with(FaultConfig::default(), liveness()).await
     }
 
     pub async fn with_faults(cfg: FaultConfig) -> Api {
+        Api::with(cfg, liveness()).await
+    }
+
+    /// A controller with these fault settings and agent liveness thresholds.
+    pub async fn with(cfg: FaultConfig, liveness: Liveness) -> Api {
         let dir = tempfile::tempdir().expect("temp dir");
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("open store"));
         let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
-        let services = Services::open(store.clone(), liveness(), cfg).await.expect("services");
+        let services = Services::open(store.clone(), liveness, cfg).await.expect("services");
         let state = Arc::new(AppState {
             services,
             tokens,

@@ -119,15 +119,25 @@ async fn end_faults(s: &SqliteStore, ids: &[String], ended_ms: i64, reason: EndR
         return Ok(());
     }
     let mut tx = s.write.begin().await?;
+    end_in(&mut tx, ids, ended_ms, reason).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn end_in(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    ids: &[String],
+    ended_ms: i64,
+    reason: EndReason,
+) -> Result<(), StoreError> {
     for id in ids {
         sqlx::query("UPDATE faults SET ended_ms = ?, end_reason = ? WHERE id = ? AND ended_ms IS NULL")
             .bind(ended_ms)
             .bind(reason.as_str())
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -178,14 +188,17 @@ async fn revert_all_epoch(s: &SqliteStore) -> Result<u64, StoreError> {
     Ok(u64::try_from(epoch.unwrap_or(0)).unwrap_or(0))
 }
 
-async fn set_revert_all_epoch(s: &SqliteStore, epoch: u64) -> Result<(), StoreError> {
+async fn revert_all(s: &SqliteStore, epoch: u64, ids: &[String], ended_ms: i64) -> Result<(), StoreError> {
+    let mut tx = s.write.begin().await?;
     sqlx::query(
         "INSERT INTO fault_meta (name, value) VALUES ('revert_all_epoch', ?) \
          ON CONFLICT (name) DO UPDATE SET value = excluded.value",
     )
     .bind(i64::try_from(epoch).unwrap_or(i64::MAX))
-    .execute(&s.write)
+    .execute(&mut *tx)
     .await?;
+    end_in(&mut tx, ids, ended_ms, EndReason::RevertAll).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -245,7 +258,7 @@ impl FaultStore for SqliteStore {
         Box::pin(revert_all_epoch(self))
     }
 
-    fn set_revert_all_epoch(&self, epoch: u64) -> StoreFuture<'_, ()> {
-        Box::pin(set_revert_all_epoch(self, epoch))
+    fn revert_all<'a>(&'a self, epoch: u64, ids: &'a [String], ended_ms: i64) -> StoreFuture<'a, ()> {
+        Box::pin(revert_all(self, epoch, ids, ended_ms))
     }
 }
