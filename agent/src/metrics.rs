@@ -479,8 +479,9 @@ impl PathMetrics {
             bad_datagrams: counter(
                 r,
                 "graydar_path_bad_datagrams_total",
-                "Datagrams on the path-mesh port that were ignored, by reason (short, magic, version, kind, id, \
-                 hops, trailing, truncated).",
+                "Datagrams on the path-mesh port that were dropped unanswered, by reason: unauthenticated (mac, \
+                 unknown_key, no_key), replayed (replay, replay_old, replay_session) or malformed (short, magic, \
+                 version, kind, id, hops, trailing, truncated).",
                 &["reason"],
             ),
             traceroutes: counter(

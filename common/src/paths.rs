@@ -84,6 +84,56 @@ pub struct PathReportResponse {
     pub peers: Vec<PeerTarget>,
     /// Mesh members in total (the list is a subset when larger than max_peers).
     pub members: u64,
+    /// The fleet keys every mesh datagram is signed and checked with (absent
+    /// from controllers that do not hand them out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_keys: Option<MeshKeySet>,
+}
+
+/// The path mesh's fleet keys: every agent accepts all of them and signs with
+/// `send_key_id`. A rotated key is handed out before it becomes the sending
+/// key, so every agent knows it by the time anyone signs with it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshKeySet {
+    pub send_key_id: u8,
+    pub keys: Vec<MeshKeyEntry>,
+}
+
+/// One fleet key.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshKeyEntry {
+    /// 1 to 255, carried in every datagram.
+    pub id: u8,
+    /// 32 bytes, standard base64.
+    pub key: String,
+}
+
+impl std::fmt::Debug for MeshKeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MeshKeyEntry {{ id: {}, key: <redacted> }}", self.id)
+    }
+}
+
+/// `POST /api/v1/paths/keys/rotate` and `GET /api/v1/paths/keys`: the keys
+/// by id and when each is (or becomes) the sending key; never the secrets.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshKeyList {
+    pub send_key_id: u8,
+    pub keys: Vec<MeshKeyInfo>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshKeyInfo {
+    pub id: u8,
+    pub created: crate::timestamp::Timestamp,
+    /// From then on agents sign with it (if it is the newest such key).
+    pub active_from: crate::timestamp::Timestamp,
 }
 
 /// One ordered pair of the matrix (src → dst).

@@ -20,6 +20,8 @@ pub enum OpenError {
     Agents(#[source] AgentError),
     #[error("loading faults")]
     Faults(#[source] FaultError),
+    #[error("loading the path mesh keys")]
+    Paths(#[source] crate::paths::PathError),
 }
 
 pub struct Services {
@@ -43,9 +45,12 @@ impl Services {
                 .await
                 .map_err(OpenError::Faults)?,
         );
+        let paths = PathService::open(agents.clone(), store.clone())
+            .await
+            .map_err(OpenError::Paths)?;
         Ok(Services {
             findings: FindingService::new(store.clone(), agents.clone()),
-            paths: PathService::new(agents.clone()),
+            paths,
             agents,
             faults,
             store,

@@ -310,3 +310,68 @@ async fn bad_reports_are_refused_with_what_is_wrong() {
     let m: PathMatrix = api.matrix(VIEWER).await.typed();
     assert_eq!(m.pairs.len(), 2, "{m:?}");
 }
+
+/// Every peer list carries the fleet keys; an operator rotates them: the
+/// new key is handed out at once and signs only after the activation delay,
+/// three are kept, the list never shows secrets; agents and viewers cannot
+/// rotate; the keys survive a restart of the service on the same store.
+#[tokio::test]
+async fn mesh_keys_come_with_the_peer_list_and_rotate_for_operators_only() {
+    use graydar_common::paths::MeshKeyList;
+    let api = api().await;
+    api.register("a", "10.0.0.1").await;
+    let resp = api.push("a", &report("10.0.0.1", vec![])).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+    let first: PathReportResponse = resp.typed();
+    let set = first.mesh_keys.expect("keys with the peer list");
+    assert_eq!(set.keys.len(), 1);
+    assert_eq!(set.send_key_id, set.keys[0].id);
+    assert_ne!(set.send_key_id, 0);
+    let secret = base64_len(&set.keys[0].key);
+    assert_eq!(secret, 32, "32-byte keys");
+    for token in [AGENT, VIEWER] {
+        let r = api.req("POST", "/api/v1/paths/keys/rotate", Some(token), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{token}: {}", r.text);
+    }
+    let r = api.req("POST", "/api/v1/paths/keys/rotate", Some(OPERATOR), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(!r.text.contains(&set.keys[0].key), "no secrets in the key list");
+    let list: MeshKeyList = r.typed();
+    assert_eq!(list.keys.len(), 2);
+    assert_eq!(
+        list.send_key_id, set.send_key_id,
+        "the new key does not sign before its activation"
+    );
+    let newest = list.keys.last().expect("new key");
+    assert!(newest.active_from > newest.created, "{newest:?}");
+    let after: PathReportResponse = api.push("a", &report("10.0.0.1", vec![])).await.typed();
+    let after = after.mesh_keys.expect("keys");
+    assert_eq!(after.keys.len(), 2, "the new key is handed out at once");
+    assert_eq!(after.send_key_id, set.send_key_id);
+    for _ in 0..3 {
+        let r = api.req("POST", "/api/v1/paths/keys/rotate", Some(OPERATOR), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    let list: MeshKeyList = api.req("GET", "/api/v1/paths/keys", Some(OPERATOR), None).await.typed();
+    assert_eq!(list.keys.len(), 3, "three kept: {list:?}");
+    assert!(
+        !list.keys.iter().any(|k| k.id == set.send_key_id),
+        "the first key is gone after three rotations"
+    );
+    assert_eq!(
+        api.req("GET", "/api/v1/paths/keys", Some(VIEWER), None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Stored: a service opened again on the same store hands out the same keys.
+    let reopened = graydar_controller::paths::MeshKeys::open(api.store.clone(), 0)
+        .await
+        .expect("reopen");
+    let ids: Vec<u8> = reopened.key_set(0).keys.iter().map(|k| k.id).collect();
+    assert_eq!(ids, list.keys.iter().map(|k| k.id).collect::<Vec<_>>());
+}
+
+fn base64_len(text: &str) -> usize {
+    // Standard base64 with padding: 4 characters per 3 bytes.
+    let pad = text.bytes().rev().take_while(|b| *b == b'=').count();
+    text.len() / 4 * 3 - pad
+}

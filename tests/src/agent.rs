@@ -342,6 +342,23 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
+/// The path-mesh key every test agent with static peers shares: a key file
+/// (`[paths] key_file`) written once per test process. The secret is the
+/// bytes 0..32, fine for tests only.
+pub fn mesh_key_file() -> std::path::PathBuf {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("graydar-test-mesh-{}.key", std::process::id()));
+        std::fs::write(&path, format!("{MESH_KEY_ID} {MESH_KEY}\n")).expect("write the mesh key file");
+        path
+    })
+    .clone()
+}
+
+/// The id and base64 secret of [`mesh_key_file`].
+pub const MESH_KEY_ID: u8 = 1;
+pub const MESH_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 #[cfg(test)]
 mod tests {
     use super::*;

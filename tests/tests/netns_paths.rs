@@ -26,13 +26,20 @@ const CONNECTIVITY_BOUND: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_secs(120);
 
 /// `[paths]` for tests: 10 probes/s, short windows, 2-of-3 hysteresis.
+/// Static peers share the test key file; with none, the keys come from the
+/// controller (`extra`).
 fn paths_config(hostname: &str, peers: &[String], extra: &str) -> String {
+    let key_file = if peers.is_empty() {
+        String::new()
+    } else {
+        format!("key_file = {:?}\n", graydar_tests::agent::mesh_key_file())
+    };
     let peers: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
     format!(
         r#"hostname = "{hostname}"
 
 [paths]
-interval = "100ms"
+{key_file}interval = "100ms"
 peers = [{}]
 grace = "500ms"
 loss_window = "10s"
@@ -461,4 +468,92 @@ fn ipv6_one_direction_blackholed_is_asymmetric_connectivity_naming_the_direction
     a.wait_for(Duration::from_secs(30), "IPv6 asymmetric_connectivity resolved", |ag| {
         ag.finding_in_state(FindingKind::AsymmetricConnectivity, &subject, FindingState::Resolved)
     });
+}
+
+/// Datagrams with the mesh's exact layout, claiming A's name and sent from
+/// A's address, but signed with another fleet's key: B drops and counts
+/// them, answers none, and what B measures of A does not move. A datagram of
+/// the old unauthenticated wire version is dropped the same way.
+#[test]
+fn forged_mesh_datagrams_change_nothing_and_get_no_answer() {
+    use graydar_agent::probes::paths::auth::MeshKey;
+    use graydar_agent::probes::paths::mesh::{self, Body, Datagram, Header, RxReport};
+    netns::require_root();
+    let t = PathTopology::new("pf");
+    let (a, b) = agents(&t);
+    let (na, nb) = (t.a.name().to_owned(), t.b.name().to_owned());
+    wait_mesh_up(&a, &b, &nb, &na);
+    let inbound = |ag: &AgentProcess| {
+        metric(
+            ag,
+            "graydar_path_probes_delivered_total",
+            &[("peer", na.as_str()), ("direction", "inbound")],
+        )
+    };
+    let bad = |ag: &AgentProcess, reason: &str| metric(ag, "graydar_path_bad_datagrams_total", &[("reason", reason)]);
+    let (in_before, mac_before, version_before) = (inbound(&b), bad(&b, "mac"), bad(&b, "version"));
+    let other_fleet = MeshKey::new(graydar_tests::agent::MESH_KEY_ID, &[0x5a; 32]).expect("key");
+    const FORGED: u64 = 200;
+    let answers = t.a.run_in(|| {
+        let sock = std::net::UdpSocket::bind(format!("{A_ADDR}:0")).expect("bind in A");
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+            .expect("timeout");
+        let to = format!("{B_ADDR}:9478");
+        for seq in 0..FORGED {
+            let d = Datagram {
+                header: Header {
+                    kind: mesh::KIND_PROBE,
+                    flags: mesh::FLAG_TRACE_REQUEST,
+                    ttl: 64,
+                    key_id: 0,
+                    epoch: 0x0bad_cafe,
+                    seq: 1_000_000 + seq,
+                    ctr: seq + 1,
+                    tx_ns: 1,
+                    report: RxReport::default(),
+                    id: na.clone(),
+                },
+                body: Body::Probe,
+            };
+            sock.send_to(&mesh::encode(&d, &other_fleet), &to).expect("send forged");
+        }
+        // The old, unauthenticated wire version (version byte 1).
+        let mut v1 = mesh::encode(
+            &Datagram {
+                header: Header {
+                    kind: mesh::KIND_PROBE,
+                    flags: 0,
+                    ttl: 64,
+                    key_id: 0,
+                    epoch: 7,
+                    seq: 1,
+                    ctr: 1,
+                    tx_ns: 1,
+                    report: RxReport::default(),
+                    id: na.clone(),
+                },
+                body: Body::Probe,
+            },
+            &other_fleet,
+        );
+        v1[4] = 1;
+        sock.send_to(&v1, &to).expect("send v1");
+        let mut buf = [0u8; 2048];
+        let mut answers = 0;
+        while sock.recv_from(&mut buf).is_ok() {
+            answers += 1;
+        }
+        answers
+    });
+    assert_eq!(answers, 0, "nothing unauthenticated is answered");
+    b.wait_for(Duration::from_secs(10), "the forgeries counted", |b| {
+        bad(b, "mac") - mac_before >= FORGED as f64 && bad(b, "version") > version_before
+    });
+    // Legitimate probes only (10/s over ~2 s), not the 200 forged ones.
+    let delivered = inbound(&b) - in_before;
+    assert!(
+        delivered < 100.0,
+        "B counted {delivered} inbound probes from A while 200 forged ones arrived"
+    );
+    assert!(path_findings(&b).is_empty() && path_findings(&a).is_empty());
 }

@@ -28,10 +28,12 @@ fn require_vm() {
 /// the probes that are not under test off.
 /// The RTT baseline needs 30 evaluations (30 s) before latency_asymmetry can fire.
 fn paths_config(hostname: &str, peer: &str) -> String {
+    let key_file = graydar_tests::agent::mesh_key_file();
     format!(
         r#"hostname = "{hostname}"
 
 [paths]
+key_file = {key_file:?}
 interval = "100ms"
 peers = ["{peer}"]
 grace = "500ms"

@@ -176,10 +176,18 @@ pub struct Config {
     pub controller: Option<ControllerSection>,
     pub routes: RoutesConfig,
     pub paths: crate::detect::paths::PathsConfig,
+    /// The mesh keys read from `[paths] key_file` (None: from the controller).
+    pub mesh_keys: Option<crate::probes::paths::auth::MeshKeys>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("[paths] key_file {path}: {source}")]
+    MeshKeys {
+        path: PathBuf,
+        #[source]
+        source: crate::probes::paths::auth::KeyError,
+    },
     #[error("reading config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -291,6 +299,22 @@ impl Config {
         }
         file.incast.validate()?;
         file.paths.validate()?;
+        let mesh_keys = match &file.paths.key_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let keys = crate::probes::paths::auth::MeshKeys::parse_file(&text).map_err(|source| {
+                    ConfigError::MeshKeys {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Some(keys)
+            }
+        };
         file.routes.validate()?;
         file.disk.validate()?;
         let controller = file.controller.map(ControllerSection::validated).transpose()?;
@@ -338,6 +362,7 @@ impl Config {
             controller,
             routes: file.routes,
             paths: file.paths,
+            mesh_keys,
         })
     }
 }

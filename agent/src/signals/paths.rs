@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use crate::config::Config;
 use crate::detect::paths::{Tick, Verdict};
 use crate::findings::Report;
 use crate::metrics::Metrics;
-use crate::probes::paths::mesh as path_mesh;
+use crate::probes::paths::auth::ReplayGuard;
 use crate::probes::paths::socket::{canonical, open_socket, recv_one, send_mesh};
 use crate::probes::paths::traceroute;
 
@@ -109,6 +110,9 @@ impl Shared {
             passive: HashMap::new(),
             controller_peers: Vec::new(),
             trace_runs: HashMap::new(),
+            keys: cfg.mesh_keys.clone(),
+            ctr: AtomicU64::new(0),
+            replay: ReplayGuard::default(),
         };
         mesh.sync_peers();
         tracing::info!(
@@ -117,8 +121,19 @@ impl Shared {
             peers = mesh.peers.len(),
             ipv4 = v4.is_some(),
             ipv6 = v6.is_some(),
+            keys = ?mesh.keys.as_ref().map(|k| k.ids()),
             "path mesh: prober and responder running"
         );
+        if mesh.keys.is_none() {
+            if cfg.controller.is_some() {
+                tracing::info!("path mesh: waiting for the fleet keys from the controller; silent until then");
+            } else {
+                tracing::warn!(
+                    "path mesh: no [paths] key_file and no [controller] to hand out keys: the mesh neither sends \
+                     nor answers anything"
+                );
+            }
+        }
         Some(Shared {
             mesh: Arc::new(Mutex::new(mesh)),
             v4,
@@ -164,16 +179,20 @@ impl Shared {
                 continue;
             }
             let Some(data) = buf.get(..r.len) else { continue };
-            let d = match path_mesh::decode(data) {
-                Ok(d) => d,
-                Err(e) => {
-                    bad(e.reason());
-                    continue;
-                }
-            };
             let from = canonical(r.from);
             let rx_ns = r.rx_ns.unwrap_or_else(realtime_ns);
-            let act = lock(&self.mesh).on_datagram(d, from, rx_ns, r.ttl);
+            let act = {
+                let mut mesh = lock(&self.mesh);
+                match mesh.open(data) {
+                    // Dropped without a word back: nothing unauthenticated is answered.
+                    Err(reason) => {
+                        drop(mesh);
+                        bad(reason);
+                        continue;
+                    }
+                    Ok(d) => mesh.on_datagram(d, from, rx_ns, r.ttl),
+                }
+            };
             if let Some(reply) = act.reply
                 && let Err(e) = send_mesh(&sock, &reply, r.from).await
             {
@@ -360,7 +379,9 @@ impl Shared {
     /// mesh socket to the peer's mesh port: agent/src/probes/paths/traceroute.rs).
     async fn traceroute(self: Arc<Self>, name: String, addr: SocketAddr) {
         let max = self.cfg.paths.traceroute_max_hops;
-        let Some(sock) = self.socket_for(&addr) else {
+        let keyless = lock(&self.mesh).keys.is_none();
+        let sock = if keyless { None } else { self.socket_for(&addr) };
+        let Some(sock) = sock else {
             if let Some(p) = lock(&self.mesh).peers.get_mut(&name) {
                 p.trace_running = false;
             }
@@ -371,7 +392,8 @@ impl Shared {
         let this = self.clone();
         let r = tokio::task::spawn_blocking(move || {
             let _one_at_a_time = lock(&this.trace_lock);
-            let payload = |ttl: u8| lock(&this.mesh).trace_datagram(ttl, run);
+            // Without a key there is nothing to send; the run ends with no answers.
+            let payload = |ttl: u8| lock(&this.mesh).trace_datagram(ttl, run).unwrap_or_default();
             let echoed = || lock(&this.mesh).trace_runs.get(&run).copied().flatten();
             traceroute::trace(
                 &*sock,

@@ -107,6 +107,8 @@ impl From<PathError> for Error {
         match e {
             PathError::Invalid(d) => Error::invalid(d),
             PathError::Agent(a) => a.into(),
+            PathError::Store(s) => s.into(),
+            PathError::Random => Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }
 }

@@ -6,7 +6,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use graydar_common::api::ApiError;
 use graydar_common::paths::{
-    DirectionStats, PathMatrix, PathPair, PathReport, PathReportResponse, PeerObservation, PeerTarget,
+    DirectionStats, MeshKeyEntry, MeshKeyInfo, MeshKeyList, MeshKeySet, PathMatrix, PathPair, PathReport,
+    PathReportResponse, PeerObservation, PeerTarget,
 };
 use utoipa::OpenApi;
 
@@ -20,7 +21,30 @@ pub const MAX_PEERS_PER_REPORT: usize = 1024;
 pub(super) fn routes(app: &Shared) -> Router<Shared> {
     let report = Router::new().route("/api/v1/agents/{hostname}/paths", post(push_paths));
     let read = Router::new().route("/api/v1/paths", get(get_paths));
-    guarded(app, Permission::Report, report).merge(guarded(app, Permission::Read, read))
+    let keys = Router::new()
+        .route("/api/v1/paths/keys", get(get_keys))
+        .route("/api/v1/paths/keys/rotate", post(rotate_key));
+    guarded(app, Permission::Report, report)
+        .merge(guarded(app, Permission::Read, read))
+        .merge(guarded(app, Permission::Operate, keys))
+}
+
+/// The path mesh's fleet keys by id and when each signs (never the
+/// secrets: agents get those with their peer list).
+#[utoipa::path(get, path = "/api/v1/paths/keys", tag = "paths", security(("bearer" = [])),
+    responses((status = 200, body = MeshKeyList), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+pub(super) async fn get_keys(State(app): State<Shared>) -> Json<MeshKeyList> {
+    Json(app.services.paths.keys())
+}
+
+/// Rotates the path mesh's fleet key: the new key is handed to agents with
+/// their next peer list and becomes the signing key 60 s later; the oldest
+/// of the three kept keys is dropped.
+#[utoipa::path(post, path = "/api/v1/paths/keys/rotate", tag = "paths", security(("bearer" = [])),
+    responses((status = 200, body = MeshKeyList), (status = 401, body = ApiError), (status = 403, body = ApiError),
+        (status = 500, body = ApiError)))]
+pub(super) async fn rotate_key(State(app): State<Shared>) -> Result<Json<MeshKeyList>, Error> {
+    Ok(Json(app.services.paths.rotate_key().await?))
 }
 
 /// An agent's per-peer, per-direction view of the probe mesh; the answer is
@@ -50,8 +74,12 @@ pub(super) async fn get_paths(State(app): State<Shared>) -> Json<PathMatrix> {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(push_paths, get_paths),
+    paths(push_paths, get_paths, get_keys, rotate_key),
     components(schemas(
+        MeshKeySet,
+        MeshKeyEntry,
+        MeshKeyList,
+        MeshKeyInfo,
         PathReport,
         PeerObservation,
         DirectionStats,

@@ -108,6 +108,8 @@ impl Paths {
         PathReportResponse {
             peers: candidates,
             members,
+            // Added by PathService::report.
+            mesh_keys: None,
         }
     }
 

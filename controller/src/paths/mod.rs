@@ -15,17 +15,21 @@
 //! is probed by about `max_peers` others).
 //!
 //! `mesh.rs` keeps the members and computes peer lists and the matrix;
-//! `validate.rs` checks a report field by field.
+//! `validate.rs` checks a report field by field; `keys.rs` holds the mesh's
+//! fleet keys (stored, handed out with every peer list, rotated on request).
 
+mod keys;
 mod mesh;
 mod validate;
 
 use std::sync::{Arc, Mutex};
 
-use graydar_common::paths::{PathMatrix, PathReport, PathReportResponse};
+use graydar_common::paths::{MeshKeyList, PathMatrix, PathReport, PathReportResponse};
 
 use crate::agents::{AgentError, AgentService};
+use crate::store::{Store, StoreError};
 use crate::timefmt::now_ms;
+pub use keys::{KEY_ACTIVATION, KEYS_KEPT, MeshKeys};
 pub use mesh::{FORGET_AFTER_MS, LOSSY_RATIO, PairState, Paths};
 pub use validate::{InvalidReport, MAX_ADDRESSES, MAX_NAME, validate};
 
@@ -35,20 +39,28 @@ pub enum PathError {
     Invalid(#[from] InvalidReport),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error("mesh keys: {0}")]
+    Store(#[from] StoreError),
+    #[error("mesh keys: the system random number generator failed")]
+    Random,
 }
 
-/// The mesh of the registered agents (live state in memory).
+/// The mesh of the registered agents (live state in memory) and its keys
+/// (in the store).
 pub struct PathService {
     agents: Arc<AgentService>,
     mesh: Mutex<Paths>,
+    keys: MeshKeys,
 }
 
 impl PathService {
-    pub fn new(agents: Arc<AgentService>) -> PathService {
-        PathService {
+    /// Loads the mesh keys, creating the first one on a new store.
+    pub async fn open(agents: Arc<AgentService>, store: Arc<dyn Store>) -> Result<PathService, PathError> {
+        Ok(PathService {
             agents,
             mesh: Mutex::new(Paths::default()),
-        }
+            keys: MeshKeys::open(store, now_ms()).await?,
+        })
     }
 
     fn mesh(&self) -> std::sync::MutexGuard<'_, Paths> {
@@ -56,11 +68,25 @@ impl PathService {
     }
 
     /// Stores a registered agent's report (a heartbeat too) and answers with
-    /// its peers.
+    /// its peers and the mesh keys.
     pub fn report(&self, host: &str, report: PathReport) -> Result<PathReportResponse, PathError> {
         validate(host, &report)?;
         self.agents.touch(host)?;
-        Ok(self.mesh().ingest(host, report, now_ms()))
+        let now = now_ms();
+        let mut resp = self.mesh().ingest(host, report, now);
+        resp.mesh_keys = Some(self.keys.key_set(now));
+        Ok(resp)
+    }
+
+    /// The mesh keys by id (no secrets).
+    pub fn keys(&self) -> MeshKeyList {
+        self.keys.list(now_ms())
+    }
+
+    /// A new key, handed out at once and signed with after
+    /// [`KEY_ACTIVATION`]; the oldest beyond [`KEYS_KEPT`] is dropped.
+    pub async fn rotate_key(&self) -> Result<MeshKeyList, PathError> {
+        self.keys.rotate(now_ms()).await
     }
 
     /// The matrix now.

@@ -222,8 +222,39 @@ pub trait FaultStore: Send + Sync {
     fn revert_all<'a>(&'a self, epoch: u64, ids: &'a [String], ended_ms: i64) -> StoreFuture<'a, ()>;
 }
 
+/// One fleet key of the path mesh.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MeshKeyRecord {
+    /// 1 to 255.
+    pub id: u8,
+    /// 32 bytes.
+    pub secret: Vec<u8>,
+    pub created_ms: i64,
+    /// From then on agents sign with it (the newest such key).
+    pub active_ms: i64,
+}
+
+impl std::fmt::Debug for MeshKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshKeyRecord")
+            .field("id", &self.id)
+            .field("created_ms", &self.created_ms)
+            .field("active_ms", &self.active_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The path mesh's fleet keys.
+pub trait PathStore: Send + Sync {
+    /// Every stored key, oldest first.
+    fn mesh_keys(&self) -> StoreFuture<'_, Vec<MeshKeyRecord>>;
+    /// Adds `key` (replacing one of the same id) and keeps only the newest
+    /// `keep` keys, in one transaction.
+    fn add_mesh_key<'a>(&'a self, key: &'a MeshKeyRecord, keep: usize) -> StoreFuture<'a, ()>;
+}
+
 /// The whole store.
-pub trait Store: AgentStore + FindingStore + FaultStore {
+pub trait Store: AgentStore + FindingStore + FaultStore + PathStore {
     /// Whether the database answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
     /// Final writes (a checkpoint) and closing the connections.

@@ -32,6 +32,11 @@ pub struct PathsConfig {
     /// Address peers should probe, told to the controller (default: the
     /// first address the agent registered with).
     pub advertise: Option<String>,
+    /// The fleet keys that sign and check every mesh datagram: one key per
+    /// line, `<id> <base64 of 32 bytes>`, the first the one to sign with.
+    /// Unset: the keys the controller hands out with the peer list. With
+    /// neither, the mesh sends and answers nothing.
+    pub key_file: Option<std::path::PathBuf>,
     /// How long a probe may take before it counts as lost.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
@@ -82,6 +87,7 @@ impl Default for PathsConfig {
             peers: Vec::new(),
             max_peers: 64,
             advertise: None,
+            key_file: None,
             grace: Duration::from_secs(2),
             loss_window: Duration::from_secs(60),
             connectivity_window: Duration::from_secs(5),

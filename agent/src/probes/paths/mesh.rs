@@ -2,22 +2,27 @@
 //! tracker. Pure: no sockets, no clock (agent/src/probes/paths/socket.rs does the I/O).
 //!
 //! Every datagram (probe, reply, hop list) starts with the same header, all
-//! integers big-endian:
+//! integers big-endian, and ends with a MAC:
 //!
 //! ```text
-//!  0  magic u32 = 0x47445031 ("GDP1")      4  version u8 = 1
+//!  0  magic u32 = 0x47445031 ("GDP1")      4  version u8 = 2
 //!  5  kind u8 (1 probe, 2 reply, 3 hops,   6  flags u8 (bit 0: please traceroute me)
 //!       4 trace, 5 trace echo)
 //!  7  ttl u8: TTL / hop limit this datagram was sent with
-//!  8  epoch u32: the sender's session (random per process start)
-//! 12  seq u64: the sender's probe sequence number (probes only; 0 otherwise)
-//! 20  tx_ns u64: the sender's CLOCK_REALTIME when sending
-//! 28  report about the destination's probes, as the sender received them:
+//!  8  key_id u8: the fleet key the MAC is made with (auth.rs)
+//!  9  epoch u32: the sender's session (random per process start)
+//! 13  seq u64: the sender's probe sequence number (probes only; 0 otherwise)
+//! 21  ctr u64: the sender's datagram counter in its session (every datagram;
+//!     the receiver's replay window)
+//! 29  tx_ns u64: the sender's CLOCK_REALTIME when sending
+//! 37  report about the destination's probes, as the sender received them:
 //!     rx_epoch u32 (0: none received yet), rx_base u64 (first seq tracked
 //!     in that epoch: earlier probes were sent before the sender listened),
 //!     rx_max_seq u64, rx_bitmap u64 (bit i: seq rx_max_seq - i arrived),
 //!     rx_hops u8 (hop count of the destination's last probe, 255 unknown)
-//! 57  id_len u8, id (1..=64 bytes, UTF-8): the sender's identity (hostname)
+//! 66  id_len u8, id (1..=64 bytes, UTF-8): the sender's identity (hostname)
+//!     ... the body ...
+//! end mac [32]: HMAC-SHA256 with key `key_id` over every byte before it
 //! ```
 //!
 //! A reply adds the request's fields and the responder's view of it:
@@ -34,14 +39,17 @@
 //! probes the other received (forward loss measured by the receiver) from the
 //! other side's probes as well as from its replies: when replies cannot come
 //! back, the other side's probes still tell whether the forward direction
-//! delivers. Decoding never panics; a bad datagram is an error with a reason.
+//! delivers. Decoding never panics; a bad datagram is an error with a reason,
+//! and nothing is parsed before its MAC verified ([`decode`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::auth::{MAC_LEN, MeshKey, MeshKeys};
+
 pub const MAGIC: u32 = 0x4744_5031;
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const KIND_PROBE: u8 = 1;
 pub const KIND_REPLY: u8 = 2;
 pub const KIND_HOPS: u8 = 3;
@@ -54,8 +62,8 @@ pub const HOPS_UNKNOWN: u8 = 255;
 pub const MAX_ID: usize = 64;
 pub const MAX_HOPS: usize = 32;
 /// Largest datagram we build (a hop list of MAX_HOPS IPv6 hops).
-pub const MAX_DATAGRAM: usize = 64 + MAX_ID + 1 + MAX_HOPS * 22 + 32;
-const HEADER_FIXED: usize = 58;
+pub const MAX_DATAGRAM: usize = HEADER_FIXED + MAX_ID + 1 + MAX_HOPS * 22 + MAC_LEN + 32;
+const HEADER_FIXED: usize = 67;
 
 /// The receiver's report about the destination's probes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,8 +82,12 @@ pub struct Header {
     pub kind: u8,
     pub flags: u8,
     pub ttl: u8,
+    /// The key the datagram was signed with (set by [`encode`]).
+    pub key_id: u8,
     pub epoch: u32,
     pub seq: u64,
+    /// The sender's datagram counter in its session.
+    pub ctr: u64,
     pub tx_ns: u64,
     pub report: RxReport,
     pub id: String,
@@ -150,6 +162,15 @@ pub enum DecodeError {
     Hops,
     #[error("trailing bytes")]
     Trailing,
+    /// Signed with a key this agent does not have.
+    #[error("unknown key")]
+    UnknownKey,
+    /// The MAC does not verify: forged, corrupted, or another fleet's key.
+    #[error("bad MAC")]
+    Mac,
+    /// This agent has no key yet: it can neither check nor answer.
+    #[error("no mesh key")]
+    NoKey,
 }
 
 impl DecodeError {
@@ -162,6 +183,9 @@ impl DecodeError {
             DecodeError::Id => "id",
             DecodeError::Hops => "hops",
             DecodeError::Trailing => "trailing",
+            DecodeError::UnknownKey => "unknown_key",
+            DecodeError::Mac => "mac",
+            DecodeError::NoKey => "no_key",
         }
     }
 }
@@ -193,11 +217,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Encodes a datagram. Ids longer than [`MAX_ID`] are cut (at a char
-/// boundary), hop lists longer than [`MAX_HOPS`] too.
-pub fn encode(d: &Datagram) -> Vec<u8> {
+/// Encodes a datagram and signs it with `key` (the header's `key_id` is
+/// the key's). Ids longer than [`MAX_ID`] are cut (at a char boundary), hop
+/// lists longer than [`MAX_HOPS`] too.
+pub fn encode(d: &Datagram, key: &MeshKey) -> Vec<u8> {
     let h = &d.header;
-    let mut out = Vec::with_capacity(128);
+    let mut out = Vec::with_capacity(160);
     out.extend_from_slice(&MAGIC.to_be_bytes());
     out.push(VERSION);
     out.push(match d.body {
@@ -209,8 +234,10 @@ pub fn encode(d: &Datagram) -> Vec<u8> {
     });
     out.push(h.flags);
     out.push(h.ttl);
+    out.push(key.id);
     out.extend_from_slice(&h.epoch.to_be_bytes());
     out.extend_from_slice(&h.seq.to_be_bytes());
+    out.extend_from_slice(&h.ctr.to_be_bytes());
     out.extend_from_slice(&h.tx_ns.to_be_bytes());
     out.extend_from_slice(&h.report.epoch.to_be_bytes());
     out.extend_from_slice(&h.report.base.to_be_bytes());
@@ -261,11 +288,50 @@ pub fn encode(d: &Datagram) -> Vec<u8> {
             }
         }
     }
+    let mac = key.sign(&out);
+    out.extend_from_slice(&mac);
     out
 }
 
-/// Decodes a datagram; never panics.
-pub fn decode(buf: &[u8]) -> Result<Datagram, DecodeError> {
+/// Checks magic, version and the MAC (with the key the datagram names, among
+/// `keys`), then decodes; never panics. Nothing of an unverified datagram is
+/// parsed beyond its first nine bytes.
+pub fn decode(buf: &[u8], keys: Option<&MeshKeys>) -> Result<Datagram, DecodeError> {
+    let (data, mac) = split_mac(buf)?;
+    let keys = keys.ok_or(DecodeError::NoKey)?;
+    let key = keys.get(data[8]).ok_or(DecodeError::UnknownKey)?;
+    if !key.verify(data, mac) {
+        return Err(DecodeError::Mac);
+    }
+    parse(data)
+}
+
+/// Decodes without checking the MAC: only for our own datagrams quoted back
+/// in ICMP errors (traceroute.rs), which routers, not peers, send.
+pub fn decode_unverified(buf: &[u8]) -> Result<Datagram, DecodeError> {
+    let (data, _) = split_mac(buf)?;
+    parse(data)
+}
+
+/// Magic and version first (so a datagram of another version says so),
+/// then the body and its MAC apart.
+fn split_mac(buf: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+    if buf.len() < 5 {
+        return Err(DecodeError::Short);
+    }
+    if buf[..4] != MAGIC.to_be_bytes() {
+        return Err(DecodeError::Magic);
+    }
+    if buf[4] != VERSION {
+        return Err(DecodeError::Version);
+    }
+    if buf.len() < HEADER_FIXED + MAC_LEN {
+        return Err(DecodeError::Short);
+    }
+    Ok(buf.split_at(buf.len() - MAC_LEN))
+}
+
+fn parse(buf: &[u8]) -> Result<Datagram, DecodeError> {
     if buf.len() < HEADER_FIXED {
         return Err(DecodeError::Short);
     }
@@ -282,8 +348,10 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, DecodeError> {
     }
     let flags = r.u8()?;
     let ttl = r.u8()?;
+    let key_id = r.u8()?;
     let epoch = r.u32()?;
     let seq = r.u64()?;
+    let ctr = r.u64()?;
     let tx_ns = r.u64()?;
     let report = RxReport {
         epoch: r.u32()?,
@@ -362,8 +430,10 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, DecodeError> {
             kind,
             flags,
             ttl,
+            key_id,
             epoch,
             seq,
+            ctr,
             tx_ns,
             report,
             id,
@@ -492,13 +562,34 @@ pub fn report_covers(report: &RxReport, seq: u64) -> Option<bool> {
 mod tests {
     use super::*;
 
+    fn key() -> MeshKey {
+        MeshKey::new(3, &[7u8; 32]).expect("key")
+    }
+
+    fn keys() -> MeshKeys {
+        MeshKeys::new(3, vec![key(), MeshKey::new(4, &[8u8; 32]).expect("key")]).expect("keys")
+    }
+
+    /// Signs `data` (a datagram without its MAC) with [`key`].
+    fn signed(mut data: Vec<u8>) -> Vec<u8> {
+        let mac = key().sign(&data);
+        data.extend_from_slice(&mac);
+        data
+    }
+
+    fn unsigned(bytes: &[u8]) -> Vec<u8> {
+        bytes[..bytes.len() - MAC_LEN].to_vec()
+    }
+
     fn header(kind: u8) -> Header {
         Header {
             kind,
             flags: FLAG_TRACE_REQUEST,
             ttl: 64,
+            key_id: 3,
             epoch: 0xdead_beef,
             seq: 42,
+            ctr: 77,
             tx_ns: 1_700_000_000_123_456_789,
             report: RxReport {
                 epoch: 7,
@@ -517,7 +608,7 @@ mod tests {
             header: header(KIND_PROBE),
             body: Body::Probe,
         };
-        assert_eq!(decode(&encode(&probe)), Ok(probe.clone()));
+        assert_eq!(decode(&encode(&probe, &key()), Some(&keys())), Ok(probe.clone()));
         let reply = Datagram {
             header: Header {
                 seq: 0,
@@ -531,7 +622,7 @@ mod tests {
                 rx_ttl: 62,
             }),
         };
-        assert_eq!(decode(&encode(&reply)), Ok(reply.clone()));
+        assert_eq!(decode(&encode(&reply, &key()), Some(&keys())), Ok(reply.clone()));
         let hops = Datagram {
             header: header(KIND_HOPS),
             body: Body::Hops(vec![
@@ -552,8 +643,8 @@ mod tests {
                 },
             ]),
         };
-        assert_eq!(decode(&encode(&hops)), Ok(hops));
-        assert_eq!(encode(&probe).len(), HEADER_FIXED + 6);
+        assert_eq!(decode(&encode(&hops, &key()), Some(&keys())), Ok(hops));
+        assert_eq!(encode(&probe, &key()).len(), HEADER_FIXED + 6 + MAC_LEN);
         for body in [
             Body::Trace(TraceProbe {
                 ttl: 3,
@@ -569,60 +660,87 @@ mod tests {
                 }),
                 body,
             };
-            let bytes = encode(&d);
-            assert_eq!(decode(&bytes), Ok(d));
+            let bytes = encode(&d, &key());
+            assert_eq!(decode(&bytes, Some(&keys())), Ok(d));
             for n in 0..bytes.len() {
-                assert!(decode(&bytes[..n]).is_err(), "truncated at {n}");
+                assert!(decode(&bytes[..n], Some(&keys())).is_err(), "truncated at {n}");
             }
         }
     }
 
     #[test]
     fn bad_datagrams_are_refused_with_a_reason_and_never_panic() {
-        let good = encode(&Datagram {
-            header: header(KIND_REPLY),
-            body: Body::Reply(Echo {
-                seq: 1,
-                tx_ns: 2,
-                ttl: 3,
-                rx_ns: 4,
-                rx_ttl: 5,
-            }),
-        });
-        assert_eq!(decode(&[]), Err(DecodeError::Short));
-        assert_eq!(decode(&good[..20]), Err(DecodeError::Short));
+        let good = encode(
+            &Datagram {
+                header: header(KIND_REPLY),
+                body: Body::Reply(Echo {
+                    seq: 1,
+                    tx_ns: 2,
+                    ttl: 3,
+                    rx_ns: 4,
+                    rx_ttl: 5,
+                }),
+            },
+            &key(),
+        );
+        let d = |b: &[u8]| decode(b, Some(&keys()));
+        assert!(d(&good).is_ok());
+        assert_eq!(d(&[]), Err(DecodeError::Short));
+        assert_eq!(d(&good[..20]), Err(DecodeError::Short));
         let mut m = good.clone();
         m[0] ^= 0xff;
-        assert_eq!(decode(&m), Err(DecodeError::Magic));
+        assert_eq!(d(&m), Err(DecodeError::Magic));
         let mut v = good.clone();
-        v[4] = 9;
-        assert_eq!(decode(&v), Err(DecodeError::Version));
-        let mut k = good.clone();
+        v[4] = 1;
+        assert_eq!(d(&v), Err(DecodeError::Version), "a version-1 datagram says so");
+        // Structural errors of datagrams with a valid MAC.
+        let mut k = unsigned(&good);
         k[5] = 77;
-        assert_eq!(decode(&k), Err(DecodeError::Kind));
-        let mut id = good.clone();
-        id[57] = 0;
-        assert_eq!(decode(&id), Err(DecodeError::Id));
-        let mut t = good.clone();
+        assert_eq!(d(&signed(k)), Err(DecodeError::Kind));
+        let mut id = unsigned(&good);
+        id[66] = 0;
+        assert_eq!(d(&signed(id)), Err(DecodeError::Id));
+        let mut t = unsigned(&good);
         t.push(0);
-        assert_eq!(decode(&t), Err(DecodeError::Trailing));
-        // Every truncation and every single-byte corruption: an answer, no panic.
+        assert_eq!(d(&signed(t)), Err(DecodeError::Trailing));
+        let mut hops = unsigned(&encode(
+            &Datagram {
+                header: header(KIND_HOPS),
+                body: Body::Hops(vec![]),
+            },
+            &key(),
+        ));
+        *hops.last_mut().expect("count byte") = 200;
+        assert_eq!(d(&signed(hops)), Err(DecodeError::Hops));
+        // Authentication.
+        assert_eq!(decode(&good, None), Err(DecodeError::NoKey));
+        let mut other = unsigned(&good);
+        other[8] = 9;
+        assert_eq!(d(&signed(other)), Err(DecodeError::UnknownKey));
+        let forged = encode(
+            &Datagram {
+                header: header(KIND_PROBE),
+                body: Body::Probe,
+            },
+            &MeshKey::new(3, &[9u8; 32]).expect("another fleet's key, same id"),
+        );
+        assert_eq!(d(&forged), Err(DecodeError::Mac));
+        // Every truncation and every single-byte change: refused, no panic.
         for n in 0..good.len() {
-            assert!(decode(&good[..n]).is_err(), "truncated at {n}");
+            assert!(d(&good[..n]).is_err(), "truncated at {n}");
         }
         for i in 0..good.len() {
             for b in [0u8, 0x7f, 0xff] {
                 let mut c = good.clone();
+                if c[i] == b {
+                    continue;
+                }
                 c[i] = b;
-                let _ = decode(&c);
+                assert!(d(&c).is_err(), "byte {i} set to {b} must not verify");
             }
         }
-        let mut hops = encode(&Datagram {
-            header: header(KIND_HOPS),
-            body: Body::Hops(vec![]),
-        });
-        *hops.last_mut().expect("count byte") = 200;
-        assert_eq!(decode(&hops), Err(DecodeError::Hops));
+        // The traceroute reads our own datagram back from an ICMP quote.
+        assert_eq!(decode_unverified(&forged).map(|d| d.body), Ok(Body::Probe));
     }
 
     #[test]
@@ -634,7 +752,7 @@ mod tests {
             },
             body: Body::Probe,
         };
-        let back = decode(&encode(&d)).expect("decodes");
+        let back = decode(&encode(&d, &key()), Some(&keys())).expect("decodes");
         assert_eq!(back.header.id, "é".repeat(32));
     }
 

@@ -60,12 +60,14 @@ pub fn classify(origin: u8, icmp_type: u8, code: u8) -> IcmpAnswer {
 /// Which probe of `run` an error-queue entry answers, from the payload it
 /// returns: `Some(ttl)` for one of ours, `None` for another datagram of the
 /// mesh (or garbage). An empty payload (a router that quotes only the UDP
-/// header) is taken for `in_flight`.
+/// header) is taken for `in_flight`. The payload is our own datagram quoted
+/// back by a router, so its MAC is not checked (routers have no key); it
+/// only ever names a hop, and only for a run in flight.
 pub fn answered_ttl(payload: &[u8], run: u32, in_flight: u8) -> Option<u8> {
     if payload.is_empty() {
         return Some(in_flight);
     }
-    match path_mesh::decode(payload) {
+    match path_mesh::decode_unverified(payload) {
         Ok(d) => match d.body {
             Body::Trace(TraceProbe { ttl, run: r }) if r == run => Some(ttl),
             _ => None,
@@ -299,20 +301,29 @@ mod tests {
         assert_eq!(hops_text(&hops), "1 10.0.0.1 0.12ms, 2 *");
     }
 
+    fn key() -> crate::probes::paths::auth::MeshKey {
+        crate::probes::paths::auth::MeshKey::new(1, &[5u8; 32]).expect("key")
+    }
+
     fn trace_payload(ttl: u8, run: u32) -> Vec<u8> {
-        path_mesh::encode(&path_mesh::Datagram {
-            header: path_mesh::Header {
-                kind: path_mesh::KIND_TRACE,
-                flags: 0,
-                ttl,
-                epoch: 1,
-                seq: 0,
-                tx_ns: 0,
-                report: path_mesh::RxReport::default(),
-                id: "me".into(),
+        path_mesh::encode(
+            &path_mesh::Datagram {
+                header: path_mesh::Header {
+                    kind: path_mesh::KIND_TRACE,
+                    flags: 0,
+                    ttl,
+                    key_id: 1,
+                    epoch: 1,
+                    seq: 0,
+                    ctr: 1,
+                    tx_ns: 0,
+                    report: path_mesh::RxReport::default(),
+                    id: "me".into(),
+                },
+                body: Body::Trace(TraceProbe { ttl, run }),
             },
-            body: Body::Trace(TraceProbe { ttl, run }),
-        })
+            &key(),
+        )
     }
 
     #[test]
@@ -384,7 +395,7 @@ mod tests {
         let mut buf = [0u8; 256];
         let n = peer.recv(&mut buf).expect("the trace datagram arrived");
         assert_eq!(
-            path_mesh::decode(&buf[..n]).expect("decodes").body,
+            path_mesh::decode_unverified(&buf[..n]).expect("decodes").body,
             Body::Trace(TraceProbe { ttl: 1, run: 5 })
         );
     }

@@ -3,11 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use graydar_common::api::FindingKind;
 
 use crate::detect::paths::{OutTracker, PairDetector, PairStats, PathsConfig, parse_peer};
+use crate::probes::paths::auth::{MeshKeys, ReplayGuard};
 use crate::probes::paths::mesh::{
     self as path_mesh, Body, Datagram, Echo, FLAG_TRACE_REQUEST, HOPS_UNKNOWN, Header, Hop, KIND_TRACE, RxReport,
     RxTracker, TraceProbe, hop_count,
@@ -112,6 +114,13 @@ pub(super) struct Mesh {
     pub(super) controller_peers: Vec<(String, SocketAddr)>,
     /// Traceroute runs in flight → the lowest TTL the peer echoed (None: not yet).
     pub(super) trace_runs: HashMap<u32, Option<u8>>,
+    /// The fleet keys (key file, or the controller's); None: the mesh
+    /// neither sends nor answers anything.
+    pub(super) keys: Option<MeshKeys>,
+    /// Datagrams sent in this session (each carries the next value).
+    pub(super) ctr: AtomicU64,
+    /// Per sender: the replay window.
+    pub(super) replay: ReplayGuard,
 }
 
 /// What to do after a datagram.
@@ -130,12 +139,43 @@ impl Mesh {
             kind: 0,
             flags,
             ttl: SEND_TTL,
+            key_id: 0,
             epoch: self.epoch,
             seq,
+            ctr: self.next_ctr(),
             tx_ns: realtime_ns(),
             report,
             id: self.me.clone(),
         }
+    }
+
+    fn next_ctr(&self) -> u64 {
+        self.ctr.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Encodes and signs with the sending key; None while there is no key.
+    pub(super) fn seal(&self, d: &Datagram) -> Option<Vec<u8>> {
+        self.keys.as_ref().map(|k| path_mesh::encode(d, k.sending()))
+    }
+
+    /// A received datagram, if it is authentic and not a replay; else the
+    /// reason it is dropped (the `reason` of the bad-datagram counter). An
+    /// authentic datagram is the only kind ever answered.
+    pub(super) fn open(&mut self, bytes: &[u8]) -> Result<Datagram, &'static str> {
+        let d = path_mesh::decode(bytes, self.keys.as_ref()).map_err(|e| e.reason())?;
+        let now = self.now();
+        let h = &d.header;
+        self.replay
+            .accept(
+                &h.id,
+                h.epoch,
+                h.ctr,
+                h.tx_ns,
+                now,
+                self.cfg.max_peers.saturating_mul(4),
+            )
+            .map_err(|r| r.reason())?;
+        Ok(d)
     }
 
     pub(super) fn peer_for(&mut self, from: SocketAddr, id: &str) -> Option<String> {
@@ -154,10 +194,10 @@ impl Mesh {
         match d.body {
             // Someone's traceroute reached us: tell it (whoever it is; it is not a probe).
             Body::Trace(t) => {
-                act.reply = Some(path_mesh::encode(&Datagram {
+                act.reply = self.seal(&Datagram {
                     header: self.header(0, 0, RxReport::default()),
                     body: Body::TraceEcho(t),
-                }));
+                });
                 return act;
             }
             // Our traceroute reached the peer.
@@ -189,7 +229,7 @@ impl Mesh {
                 p.last = now;
                 p.rx.on_probe(hdr.epoch, hdr.seq, rev_hops, now);
                 let report = p.rx.report();
-                act.reply = Some(self.reply(&d, report, rx_ns, rx_ttl));
+                act.reply = self.reply(&d, report, rx_ns, rx_ttl);
             }
             return act;
         };
@@ -214,7 +254,7 @@ impl Mesh {
                 peer.rev_owd.push(rev_owd);
                 peer.rx.on_probe(hdr.epoch, hdr.seq, rev_hops, now);
                 let report = peer.rx.report();
-                act.reply = Some(self.reply(&d, report, rx_ns, rx_ttl));
+                act.reply = self.reply(&d, report, rx_ns, rx_ttl);
             }
             Body::Reply(e) => {
                 if peer.out.on_reply(e.seq, e.tx_ns) {
@@ -238,13 +278,13 @@ impl Mesh {
         report: path_mesh::RxReport,
         rx_ns: u64,
         rx_ttl: Option<u8>,
-    ) -> Vec<u8> {
+    ) -> Option<Vec<u8>> {
         let flags = self
             .peers
             .values()
             .find(|p| p.peer_id.as_deref() == Some(probe.header.id.as_str()))
             .map_or(0, |p| if p.want_trace { FLAG_TRACE_REQUEST } else { 0 });
-        path_mesh::encode(&Datagram {
+        self.seal(&Datagram {
             header: self.header(0, flags, report),
             body: Body::Reply(Echo {
                 seq: probe.header.seq,
@@ -258,6 +298,9 @@ impl Mesh {
 
     /// The next probe to every peer.
     pub(super) fn probes(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        if self.keys.is_none() {
+            return Vec::new();
+        }
         let now = self.now();
         let names: Vec<String> = self.peers.keys().cloned().collect();
         let mut out = Vec::with_capacity(names.len());
@@ -267,10 +310,12 @@ impl Mesh {
             let flags = if p.want_trace { FLAG_TRACE_REQUEST } else { 0 };
             let header = self.header(seq, flags, p.rx.report());
             let tx_ns = header.tx_ns;
-            let bytes = path_mesh::encode(&Datagram {
+            let Some(bytes) = self.seal(&Datagram {
                 header,
                 body: Body::Probe,
-            });
+            }) else {
+                continue;
+            };
             if let Some(p) = self.peers.get_mut(&name) {
                 p.seq = seq;
                 p.out.on_sent(seq, tx_ns, now);
@@ -281,14 +326,16 @@ impl Mesh {
     }
 
     /// A traceroute probe of `run` with TTL `ttl` (the header's ttl says so too).
-    pub(super) fn trace_datagram(&self, ttl: u8, run: u32) -> Vec<u8> {
-        path_mesh::encode(&Datagram {
+    pub(super) fn trace_datagram(&self, ttl: u8, run: u32) -> Option<Vec<u8>> {
+        self.seal(&Datagram {
             header: Header {
                 kind: KIND_TRACE,
                 flags: 0,
                 ttl,
+                key_id: 0,
                 epoch: self.epoch,
                 seq: 0,
+                ctr: self.next_ctr(),
                 tx_ns: realtime_ns(),
                 report: RxReport::default(),
                 id: self.me.clone(),
@@ -299,10 +346,10 @@ impl Mesh {
 
     pub(super) fn hops_datagram(&self, peer: &Peer) -> Option<Vec<u8>> {
         let hops = peer.hops_fwd.clone()?;
-        Some(path_mesh::encode(&Datagram {
+        self.seal(&Datagram {
             header: self.header(0, 0, peer.rx.report()),
             body: Body::Hops(hops),
-        }))
+        })
     }
 
     /// Replaces the peer set with static + controller peers (at most max_peers);
@@ -366,9 +413,17 @@ mod tests {
             passive: HashMap::new(),
             controller_peers: Vec::new(),
             trace_runs: HashMap::new(),
+            keys: Some(fleet_keys(1)),
+            ctr: AtomicU64::new(0),
+            replay: ReplayGuard::default(),
         };
         m.sync_peers();
         m
+    }
+
+    fn fleet_keys(fill: u8) -> MeshKeys {
+        let k = crate::probes::paths::auth::MeshKey::new(1, &[fill; 32]).expect("key");
+        MeshKeys::new(1, vec![k]).expect("keys")
     }
 
     /// Two meshes exchange datagrams in memory: forward and reverse views agree.
@@ -383,10 +438,10 @@ mod tests {
             let probes = a.probes();
             let (to, bytes) = probes.first().expect("one probe");
             assert_eq!(*to, b_addr);
-            let d = path_mesh::decode(bytes).expect("decodes");
+            let d = b.open(bytes).expect("authentic");
             // a -> b crosses 2 routers.
             let act = b.on_datagram(d, a_addr, realtime_ns(), Some(62));
-            let reply = path_mesh::decode(&act.reply.expect("reply")).expect("reply decodes");
+            let reply = a.open(&act.reply.expect("reply")).expect("reply authentic");
             // b -> a crosses 3.
             a.on_datagram(reply, b_addr, realtime_ns(), Some(61));
         }
@@ -399,7 +454,7 @@ mod tests {
         assert_eq!(pb.rx.report().max_seq, 3);
         // Unknown sender: answered, not probed.
         let mut c = mesh("c", &[]);
-        let probe = path_mesh::decode(&a.probes()[0].1).expect("decodes");
+        let probe = c.open(&a.probes()[0].1).expect("authentic");
         assert!(c.on_datagram(probe, a_addr, realtime_ns(), Some(64)).reply.is_some());
         assert!(c.peers.is_empty());
         assert_eq!(c.passive.len(), 1);
@@ -414,11 +469,11 @@ mod tests {
         let mut a = mesh("a", &["b=10.0.0.2"]);
         let mut b = mesh("b", &["a=10.0.0.1"]);
         a.trace_runs.insert(99, None);
-        let trace = path_mesh::decode(&a.trace_datagram(3, 99)).expect("decodes");
+        let trace = b.open(&a.trace_datagram(3, 99).expect("keyed")).expect("authentic");
         assert_eq!(trace.header.ttl, 3);
         // Arrives with TTL 1 left (2 routers): no hop count, no sequence learnt from it.
         let act = b.on_datagram(trace, a_addr, realtime_ns(), Some(1));
-        let echo = path_mesh::decode(&act.reply.expect("echo")).expect("echo decodes");
+        let echo = a.open(&act.reply.expect("echo")).expect("echo authentic");
         assert_eq!(echo.body, Body::TraceEcho(TraceProbe { ttl: 3, run: 99 }));
         let pb = b.peers.get("a").expect("peer a");
         assert_eq!((pb.rev_hops, pb.rx.report().max_seq), (None, 0));
@@ -432,6 +487,32 @@ mod tests {
         let mut c = mesh("c", &[]);
         c.on_datagram(echo, b_addr, realtime_ns(), Some(62));
         assert!(c.trace_runs.is_empty() && c.passive.is_empty());
+    }
+
+    /// A datagram with a valid layout but another key, or a replay, is
+    /// dropped with its reason, teaches nothing and gets no answer; a mesh
+    /// without keys sends nothing.
+    #[test]
+    fn forged_and_replayed_datagrams_are_refused_and_a_keyless_mesh_is_silent() {
+        let mut a = mesh("a", &["b=10.0.0.2"]);
+        let mut b = mesh("b", &["a=10.0.0.1"]);
+        let mut forger = mesh("a", &["b=10.0.0.2"]);
+        forger.keys = Some(fleet_keys(2));
+        let forged = forger.probes().remove(0).1;
+        assert_eq!(b.open(&forged).map(|_| ()), Err("mac"));
+        let probe = a.probes().remove(0).1;
+        assert!(b.open(&probe).is_ok());
+        assert_eq!(b.open(&probe).map(|_| ()), Err("replay"), "the same bytes again");
+        assert_eq!(
+            b.peers.get("a").expect("peer").rx.report().max_seq,
+            0,
+            "open() alone teaches nothing"
+        );
+        let mut silent = mesh("s", &["b=10.0.0.2"]);
+        silent.keys = None;
+        assert!(silent.probes().is_empty());
+        assert!(silent.trace_datagram(1, 1).is_none());
+        assert_eq!(silent.open(&probe).map(|_| ()), Err("no_key"));
     }
 
     #[test]

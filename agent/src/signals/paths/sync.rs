@@ -5,9 +5,20 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use graydar_common::paths::{DirectionStats, PathReport, PeerObservation, PeerTarget};
+use graydar_common::paths::{DirectionStats, MeshKeySet, PathReport, PeerObservation, PeerTarget};
 
 use super::{Shared, lock};
+use crate::probes::paths::auth::{KeyError, MeshKey, MeshKeys};
+
+/// The controller's key set as mesh keys.
+fn mesh_keys(set: &MeshKeySet) -> Result<MeshKeys, KeyError> {
+    let keys = set
+        .keys
+        .iter()
+        .map(|k| MeshKey::from_base64(k.id, &k.key))
+        .collect::<Result<Vec<_>, _>>()?;
+    MeshKeys::new(set.send_key_id, keys)
+}
 
 impl Shared {
     /// Starts the path sync task with a `[controller]` and its channel; it
@@ -81,11 +92,16 @@ impl Shared {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let every = report_interval.max(Duration::from_secs(1));
+        // The first report goes out at once: it brings the mesh keys.
+        let mut first = true;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.changed() => return,
+            if !first {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
             }
+            first = false;
             let report = self.report();
             match channel.push_paths(&self.cfg.hostname, &report).await {
                 Ok(resp) => {
@@ -97,7 +113,25 @@ impl Shared {
                             Some((t.hostname, SocketAddr::new(ip, t.port)))
                         })
                         .collect();
-                    lock(&self.mesh).controller_peers = peers;
+                    let keys = resp.mesh_keys.map(|set| mesh_keys(&set));
+                    let mut mesh = lock(&self.mesh);
+                    mesh.controller_peers = peers;
+                    match keys {
+                        // A key file wins: the controller's keys are not used.
+                        _ if self.cfg.mesh_keys.is_some() => {}
+                        None => {}
+                        Some(Err(e)) => tracing::warn!(error = %e, "path mesh: the controller's keys are unusable"),
+                        Some(Ok(keys)) => {
+                            let changed = mesh
+                                .keys
+                                .as_ref()
+                                .is_none_or(|k| k.ids() != keys.ids() || k.sending().id != keys.sending().id);
+                            if changed {
+                                tracing::info!(ids = ?keys.ids(), sending = keys.sending().id, "path mesh: fleet keys from the controller");
+                            }
+                            mesh.keys = Some(keys);
+                        }
+                    }
                 }
                 // Refused (4xx but "register first"): a bug or a bad `advertise`; say so.
                 Err(e @ crate::channel::ChannelError::Api { status, .. }) if status != 404 && status < 500 => {

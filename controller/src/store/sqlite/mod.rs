@@ -13,6 +13,7 @@
 mod agents;
 mod faults;
 mod findings;
+mod paths;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -37,6 +38,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fault_history",
         include_str!("../../../migrations/0003_fault_history.sql"),
     ),
+    (4, "mesh_keys", include_str!("../../../migrations/0004_mesh_keys.sql")),
 ];
 
 pub fn migrator() -> Migrator {
