@@ -30,7 +30,9 @@ fn path() -> &'static PathBuf {
 fuzz_target!(|data: &[u8]| {
     std::fs::write(path(), data).expect("writing the config file");
     let Ok(file) = Config::read_file(path()) else { return };
-    let Ok(c) = Config::merge(&Cli::default(), file) else { return };
+    let Ok(c) = Config::merge(&Cli::default(), file) else {
+        return;
+    };
     assert!(
         c.drops.interval >= Duration::from_millis(100) && c.drops.interval <= Duration::from_secs(3600),
         "{:?}",

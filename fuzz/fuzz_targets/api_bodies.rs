@@ -32,7 +32,9 @@ fn same(a: &Value, b: &Value) -> bool {
             if x == y {
                 return true;
             }
-            let (Some(x), Some(y)) = (x.as_f64(), y.as_f64()) else { return false };
+            let (Some(x), Some(y)) = (x.as_f64(), y.as_f64()) else {
+                return false;
+            };
             (x - y).abs() <= 1e-12 * x.abs().max(y.abs())
         }
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
@@ -67,7 +69,9 @@ fn agent(hostname: &str) -> AgentInfo {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, rest)) = data.split_first() else { return };
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
     match which % 6 {
         0 => {
             let _ = body::<RegisterRequest>(rest);
@@ -76,11 +80,16 @@ fuzz_target!(|data: &[u8]| {
             let _ = body::<HeartbeatRequest>(rest);
         }
         2 => {
-            let Some(batch) = body::<TransitionBatch>(rest) else { return };
+            let Some(batch) = body::<TransitionBatch>(rest) else {
+                return;
+            };
             for t in &batch.transitions {
                 let host = t.finding.host.clone();
                 if findings::validate(&host, t).is_ok() {
-                    assert!(findings::validate(&format!("{host}-other"), t).is_err(), "another host's finding accepted");
+                    assert!(
+                        findings::validate(&format!("{host}-other"), t).is_err(),
+                        "another host's finding accepted"
+                    );
                 }
             }
         }
@@ -92,14 +101,21 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         4 => {
-            let Some(req) = body::<CreateFaultRequest>(rest) else { return };
+            let Some(req) = body::<CreateFaultRequest>(rest) else {
+                return;
+            };
             // Register the first few names the request targets (and one it does not).
             let mut agents: Vec<AgentInfo> = req.targets.agents.iter().take(8).map(|h| agent(h)).collect();
             agents.push(agent("bystander"));
             let cfg = FaultConfig::default();
-            let Ok(targets) = resolve_targets(&req, &agents, &HashMap::new(), &cfg) else { return };
+            let Ok(targets) = resolve_targets(&req, &agents, &HashMap::new(), &cfg) else {
+                return;
+            };
             assert!(!targets.is_empty());
-            assert!(targets.windows(2).all(|w| w[0] < w[1]), "targets not sorted and distinct: {targets:?}");
+            assert!(
+                targets.windows(2).all(|w| w[0] < w[1]),
+                "targets not sorted and distinct: {targets:?}"
+            );
             assert!(targets.iter().all(|t| agents.iter().any(|a| &a.hostname == t)));
             req.spec.validate().expect("resolved targets of an invalid spec");
             if !req.dry_run {

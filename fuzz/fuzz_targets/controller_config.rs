@@ -37,11 +37,16 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &b""[..]),
     };
-    let Ok(tokens) = std::str::from_utf8(tokens) else { return };
+    let Ok(tokens) = std::str::from_utf8(tokens) else {
+        return;
+    };
     // The tokens parser on its own: every accepted entry is found again.
     if let Ok(t) = Tokens::parse(tokens) {
         assert_eq!(format!("{t:?}"), format!("{:?}", others(t.len())), "a token is shown");
-        for entry in tokens.lines().flat_map(|l| l.split('#').next().unwrap_or_default().split(',')) {
+        for entry in tokens
+            .lines()
+            .flat_map(|l| l.split('#').next().unwrap_or_default().split(','))
+        {
             if let Some((_, tok)) = entry.trim().split_once(':') {
                 let tok = tok.trim();
                 assert!(t.role_of(tok.as_bytes()).is_some(), "token {tok:?} not found");
@@ -60,7 +65,9 @@ fuzz_target!(|data: &[u8]| {
         config: Some(path().clone()),
         ..Cli::default()
     };
-    let Ok(c) = Config::load(&cli, Some(tokens)) else { return };
+    let Ok(c) = Config::load(&cli, Some(tokens)) else {
+        return;
+    };
     assert!(!c.tokens.is_empty());
     assert!(c.heartbeat_interval >= Duration::from_secs(1));
     assert!(c.lost_after >= c.stale_after, "{c:?}");

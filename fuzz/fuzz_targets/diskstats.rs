@@ -55,8 +55,15 @@ fuzz_target!(|data: &[u8]| {
     // Every pair of samples, over a plausible interval.
     for old in &disks {
         for new in &disks {
-            let Some(r) = diskstats::rates(old, new, Duration::from_millis(1500)) else { continue };
-            for v in [r.utilization, r.total.iops, r.total.bytes_per_second, r.total.await_seconds] {
+            let Some(r) = diskstats::rates(old, new, Duration::from_millis(1500)) else {
+                continue;
+            };
+            for v in [
+                r.utilization,
+                r.total.iops,
+                r.total.bytes_per_second,
+                r.total.await_seconds,
+            ] {
                 assert!(v.is_finite() && v >= 0.0, "rates {old:?} -> {new:?}: {r:?}");
             }
         }

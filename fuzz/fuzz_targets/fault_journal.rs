@@ -44,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(!again.torn_tail, "compaction wrote a torn line");
     assert_eq!(again.pending.len(), rec.pending.len());
     for (a, b) in rec.pending.iter().zip(&again.pending) {
-        assert_eq!((&a.id, &a.kind, &a.target, a.lease_expires_unix), (&b.id, &b.kind, &b.target, b.lease_expires_unix));
+        assert_eq!(
+            (&a.id, &a.kind, &a.target, a.lease_expires_unix),
+            (&b.id, &b.kind, &b.target, b.lease_expires_unix)
+        );
     }
     for f in &rec.pending {
         if f.kind == Mechanism::Netem

@@ -22,7 +22,9 @@ fn same(a: &Value, b: &Value) -> bool {
             if x == y {
                 return true;
             }
-            let (Some(x), Some(y)) = (x.as_f64(), y.as_f64()) else { return false };
+            let (Some(x), Some(y)) = (x.as_f64(), y.as_f64()) else {
+                return false;
+            };
             (x - y).abs() <= 1e-12 * x.abs().max(y.abs())
         }
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
@@ -34,13 +36,17 @@ fn same(a: &Value, b: &Value) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(spec) = serde_json::from_slice::<FaultSpec>(data) else { return };
+    let Ok(spec) = serde_json::from_slice::<FaultSpec>(data) else {
+        return;
+    };
     if spec.validate().is_err() {
         return;
     }
     let text = serde_json::to_string(&spec).expect("a spec serializes");
     let again: FaultSpec = serde_json::from_str(&text).expect("a serialized spec parses");
-    again.validate().expect("a valid spec is still valid after a round trip");
+    again
+        .validate()
+        .expect("a valid spec is still valid after a round trip");
     let (a, b) = (
         serde_json::to_value(&spec).expect("to value"),
         serde_json::to_value(&again).expect("to value"),

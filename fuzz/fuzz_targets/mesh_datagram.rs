@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(d) = mesh::decode(data) else { return };
     let bytes = mesh::encode(&d);
     assert_eq!(bytes, data, "decode then encode changed the datagram: {d:?}");
-    assert!(bytes.len() <= mesh::MAX_DATAGRAM, "{} bytes > MAX_DATAGRAM", bytes.len());
+    assert!(
+        bytes.len() <= mesh::MAX_DATAGRAM,
+        "{} bytes > MAX_DATAGRAM",
+        bytes.len()
+    );
     let again = mesh::decode(&bytes).expect("an encoded datagram decodes");
     assert_eq!(again, d);
 });

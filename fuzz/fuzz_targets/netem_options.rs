@@ -117,19 +117,26 @@ fuzz_target!(|data: &[u8]| {
         assert!(rest.len() >= 4, "truncated attribute header");
         let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
         let kind = u16::from_ne_bytes([rest[2], rest[3]]);
-        assert!(len >= 4 && len <= rest.len(), "attribute {kind} of {len} bytes in {}", rest.len());
+        assert!(
+            len >= 4 && len <= rest.len(),
+            "attribute {kind} of {len} bytes in {}",
+            rest.len()
+        );
         let aligned = len.div_ceil(4) * 4;
         assert!(aligned <= rest.len(), "attribute {kind} not padded");
-        assert!(attrs.insert(kind, rest[4..len].to_vec()).is_none(), "attribute {kind} twice");
+        assert!(
+            attrs.insert(kind, rest[4..len].to_vec()).is_none(),
+            "attribute {kind} twice"
+        );
         rest = &rest[aligned..];
     }
     const NESTED: u16 = 1 << 15;
     let expected_len = |kind: u16| match kind {
-        1 => 12,                         // TCA_NETEM_CORR: struct tc_netem_corr
-        3 | 4 => 8,                      // REORDER, CORRUPT: { probability, correlation }
-        k if k == 5 | NESTED => 20,      // LOSS: nested NETEM_LOSS_GE { p, r, h, k1 }
-        6 => 16,                         // RATE: struct tc_netem_rate
-        8 | 10 | 11 => 8,                // RATE64, LATENCY64, JITTER64
+        1 => 12,                    // TCA_NETEM_CORR: struct tc_netem_corr
+        3 | 4 => 8,                 // REORDER, CORRUPT: { probability, correlation }
+        k if k == 5 | NESTED => 20, // LOSS: nested NETEM_LOSS_GE { p, r, h, k1 }
+        6 => 16,                    // RATE: struct tc_netem_rate
+        8 | 10 | 11 => 8,           // RATE64, LATENCY64, JITTER64
         k => panic!("unknown attribute {k}"),
     };
     for (kind, v) in &attrs {
@@ -144,8 +151,18 @@ fuzz_target!(|data: &[u8]| {
         Some(Loss::Random { correlation, .. }) => *correlation,
         _ => 0.0,
     };
+    // Present when a correlation is set; a loss correlation too small for
+    // the u32 scale (rounds to 0) may leave it out.
     let corr = s.delay_correlation > 0.0 || loss_corr > 0.0 || s.duplicate_correlation > 0.0;
-    assert_eq!(attrs.contains_key(&1), corr);
+    let loss_corr_encodes = loss_corr / 100.0 * f64::from(u32::MAX) >= 0.5;
+    if attrs.contains_key(&1) {
+        assert!(corr, "TCA_NETEM_CORR without a correlation");
+    } else {
+        assert!(
+            !(s.delay_correlation > 0.0 || s.duplicate_correlation > 0.0 || loss_corr_encodes),
+            "no TCA_NETEM_CORR"
+        );
+    }
     if let Some(v) = attrs.get(&1) {
         check_prob("delay correlation", u32_at(v, 0), s.delay_correlation);
         check_prob("loss correlation", u32_at(v, 1), loss_corr);
@@ -160,12 +177,27 @@ fuzz_target!(|data: &[u8]| {
     if let Some(v) = attrs.get(&4) {
         check_prob("corrupt", u32_at(v, 0), s.corrupt);
     }
-    assert_eq!(attrs.contains_key(&(5 | NESTED)), matches!(s.loss, Some(Loss::GilbertElliott { .. })));
-    if let (Some(v), Some(Loss::GilbertElliott { p, r, one_minus_h, one_minus_k })) = (attrs.get(&(5 | NESTED)), &s.loss) {
+    assert_eq!(
+        attrs.contains_key(&(5 | NESTED)),
+        matches!(s.loss, Some(Loss::GilbertElliott { .. }))
+    );
+    if let (
+        Some(v),
+        Some(Loss::GilbertElliott {
+            p,
+            r,
+            one_minus_h,
+            one_minus_k,
+        }),
+    ) = (attrs.get(&(5 | NESTED)), &s.loss)
+    {
         assert_eq!(u16::from_ne_bytes([v[0], v[1]]), 20);
         assert_eq!(u16::from_ne_bytes([v[2], v[3]]), 2, "NETEM_LOSS_GE");
         let ge = &v[4..];
-        for (i, (what, pct)) in [("p", p), ("r", r), ("1-h", one_minus_h), ("1-k", one_minus_k)].into_iter().enumerate() {
+        for (i, (what, pct)) in [("p", p), ("r", r), ("1-h", one_minus_h), ("1-k", one_minus_k)]
+            .into_iter()
+            .enumerate()
+        {
             check_prob(what, u32_at(ge, i), *pct);
         }
     }

@@ -32,7 +32,9 @@ fn kind(m: &TcMessage) -> Option<&str> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(data) else { return };
+    let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(data) else {
+        return;
+    };
     {
         let mut links = LINKS.lock().unwrap_or_else(|e| e.into_inner());
         let links = links.get_or_insert_with(LinkStates::default);
@@ -46,7 +48,10 @@ fuzz_target!(|data: &[u8]| {
     ) = &msg.payload
     {
         let _ = qdisc::from_message(m);
-        let PriorRoot::Configured { kind: k, message_hex, .. } = tc::configured_prior(m) else {
+        let PriorRoot::Configured {
+            kind: k, message_hex, ..
+        } = tc::configured_prior(m)
+        else {
             panic!("configured_prior gives a configured prior")
         };
         let back = tc::prior_message(&message_hex, 7).expect("a journaled prior decodes");

@@ -28,7 +28,9 @@ use graydar_common::faults::Cidr;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, rest)) = data.split_first() else { return };
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
     let Ok(text) = std::str::from_utf8(rest) else { return };
     match which % 7 {
         0 => {
@@ -37,7 +39,10 @@ fuzz_target!(|data: &[u8]| {
                 let named = format.lines().any(|l| {
                     l.contains(field)
                         && l.split(';').any(|p| {
-                            p.trim().strip_prefix("offset:").and_then(|v| v.trim().parse::<u32>().ok()) == Some(off)
+                            p.trim()
+                                .strip_prefix("offset:")
+                                .and_then(|v| v.trim().parse::<u32>().ok())
+                                == Some(off)
                         })
                 });
                 assert!(named, "offset {off} of {field:?} is on no line naming it");
@@ -61,7 +66,10 @@ fuzz_target!(|data: &[u8]| {
         }
         4 => {
             if let Ok((name, _addr)) = parse_peer(text, 7946) {
-                assert!(!name.is_empty() && name.len() <= MAX_ID && name.trim() == name, "{name:?}");
+                assert!(
+                    !name.is_empty() && name.len() <= MAX_ID && name.trim() == name,
+                    "{name:?}"
+                );
             }
         }
         5 => {

@@ -113,7 +113,10 @@ pub fn run(ws: &Path, seconds: u64, only: &[String]) -> Result<()> {
     }
     let chosen = select(&all, only)?;
     let target_dir = ws.join("target/fuzz");
-    println!("fuzz: building {} target(s) (nightly, cargo-fuzz, no sanitizer)", all.len());
+    println!(
+        "fuzz: building {} target(s) (nightly, cargo-fuzz, no sanitizer)",
+        all.len()
+    );
     crate::ok(&mut fuzz_cmd(ws, "build", &target_dir))?;
     let built = started.elapsed();
     let mut failed = Vec::new();
@@ -169,7 +172,11 @@ pub fn run(ws: &Path, seconds: u64, only: &[String]) -> Result<()> {
         built
     );
     if !failed.is_empty() {
-        bail!("fuzzing found {} failing target(s):\n  {}", failed.len(), failed.join("\n  "));
+        bail!(
+            "fuzzing found {} failing target(s):\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        );
     }
     Ok(())
 }
