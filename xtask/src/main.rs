@@ -7,6 +7,7 @@ mod bench_faults;
 mod bench_idle_cpus;
 mod dist;
 mod docs;
+mod fuzz;
 #[cfg(test)]
 mod layers;
 mod run;
@@ -27,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what this machine lacks (idempotent): nightly rust-src, bpf-linker 0.10.4, mdBook, Debian packages.
+    /// Install what this machine lacks (idempotent): nightly rust-src, bpf-linker 0.10.4, cargo-fuzz 0.13.2, mdBook, Debian packages.
     Setup,
     /// Build and start the controller and the agent (registered, reporting) on this host; Ctrl-C stops both.
     Run {
@@ -43,6 +44,15 @@ enum Cmd {
     },
     /// Build the user documentation (docs/, mdBook) into docs/book and check every link.
     Docs,
+    /// Run every cargo-fuzz target of fuzz/ for a bounded time from its seed corpus; fails on any crash.
+    Fuzz {
+        /// Seconds per target (the unit tier of `cargo xtask test` uses 15).
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+        /// Run only these targets (the `[[bin]]` names of fuzz/Cargo.toml); default all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Boot the test VM and run a shell command inside it (debugging aid).
     Vm {
         /// Shell command to run in the guest; default: the VM test tier.
@@ -104,6 +114,10 @@ fn main() -> Result<()> {
             test(&ws, &tier)
         }
         Cmd::Docs => docs::build_and_check(&ws),
+        Cmd::Fuzz { seconds, only } => {
+            setup(false)?;
+            fuzz::run(&ws, seconds, &only)
+        }
         Cmd::Vm { cmd, cpus } => {
             setup(false)?;
             let cache = vm::default_cache(&ws);
@@ -209,8 +223,9 @@ fn setup(verbose: bool) -> Result<()> {
         ok(Command::new("cargo").args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"]))?;
         did.push(format!("installed bpf-linker {BPF_LINKER_VERSION}"));
     }
-    // 3. mdBook for the user documentation (docs/).
+    // 3. mdBook for the user documentation (docs/), cargo-fuzz for `cargo xtask fuzz`.
     did.extend(docs::setup()?);
+    did.extend(fuzz::setup()?);
     // 4. Debian packages.
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
@@ -237,8 +252,9 @@ fn setup(verbose: bool) -> Result<()> {
         if verbose {
             println!(
                 "xtask setup: everything is already installed (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, \
-                 mdbook {}, {})",
+                 mdbook {}, cargo-fuzz {}, {})",
                 docs::MDBOOK_VERSION,
+                fuzz::CARGO_FUZZ_VERSION,
                 APT_PACKAGES.join(", ")
             );
         }
@@ -341,7 +357,10 @@ fn test(ws: &Path, only: &[Tier]) -> Result<()> {
                 .current_dir(ws)
                 .args(["clippy", "--all-targets", "--all-features", "--", "-D", "warnings"]))
         })
-        .and_then(|()| docs::build_and_check(ws));
+        .and_then(|()| docs::build_and_check(ws))
+        // Every parser of network, kernel, file and API input, fuzzed for a
+        // bounded time from the committed seeds (docs/src/development.md).
+        .and_then(|()| fuzz::run(ws, fuzz::UNIT_TIER_SECONDS, &[]));
         results.push(("unit", r));
     }
     if want(Tier::Netns) {

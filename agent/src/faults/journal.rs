@@ -211,13 +211,17 @@ impl Journal {
 
     fn replay(reader: impl std::io::BufRead, path: &Path) -> Result<Recovery, JournalError> {
         let mut rec = Recovery::default();
-        let lines: Vec<String> = reader.lines().collect::<Result<_, _>>().map_err(io(path))?;
+        // Bytes, not `lines()`: a line that is not UTF-8 (a write torn inside
+        // a multi-byte character, a corrupted block) is one unreadable
+        // record, not a journal that cannot be opened (found by the
+        // fault_journal fuzz target).
+        let lines: Vec<Vec<u8>> = reader.split(b'\n').collect::<Result<_, _>>().map_err(io(path))?;
         let last = lines.len().saturating_sub(1);
         for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_str::<Record>(line) {
+            match serde_json::from_slice::<Record>(line) {
                 Ok(Record::Intent { fault }) => {
                     rec.pending.retain(|f| f.id != fault.id);
                     rec.pending.push(fault);
@@ -351,6 +355,32 @@ mod tests {
         assert_eq!(ids, ["a", "b"]);
         assert!(rec.torn_tail);
         assert_eq!(rec.unreadable_lines, 1);
+    }
+
+    /// Found by the fault_journal fuzz target: one byte that is not UTF-8
+    /// made the whole journal unreadable (`Journal::open` failed), so no
+    /// pending fault was reverted.
+    #[test]
+    fn lines_that_are_not_utf8_are_skipped_not_fatal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = serde_json::to_string(&Record::Intent { fault: fault("a") }).expect("json");
+        let other = good.replace("\"a\"", "\"b\"");
+        let mut text = format!("{good}\n").into_bytes();
+        text.extend_from_slice(b"{\"event\": \"applied\", \"id\": \"\xff\xfe\"}\n");
+        text.extend_from_slice(format!("{other}\n").as_bytes());
+        // A write torn inside a two-byte character ("é" is 0xc3 0xa9).
+        text.extend_from_slice(b"{\"event\": \"reverted\", \"id\": \"a\", \"reason\": \"caf\xc3");
+        std::fs::write(dir.path().join(FILE_NAME), text).expect("write");
+        let (_j, rec) = Journal::open(dir.path()).expect("a journal with bytes that are not UTF-8 opens");
+        let ids: Vec<&str> = rec.pending.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(rec.unreadable_lines, 1);
+        assert!(rec.torn_tail);
+        let (_j, again) = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(
+            (again.pending.len(), again.unreadable_lines, again.torn_tail),
+            (2, 0, false)
+        );
     }
 
     #[test]

@@ -195,6 +195,14 @@ pub async fn snapshot(handle: &rtnetlink::Handle, ifindex: u32) -> Result<PriorR
     if !filters.is_empty() {
         return Err(refuse(format!("{} filter(s)", filters.len())));
     }
+    Ok(configured_prior(root))
+}
+
+/// The prior of a configured root qdisc (handle not 0:): the message that
+/// re-creates it (kind, options; statistics dropped), hex-encoded for the
+/// journal. Pure; [`prior_message`] decodes it back.
+pub fn configured_prior(root: &TcMessage) -> PriorRoot {
+    let kind = kind_of(root);
     // Keep what re-creates the qdisc (kind, options); drop statistics.
     let mut m = TcMessage::default();
     m.header = TcHeader {
@@ -213,11 +221,11 @@ pub async fn snapshot(handle: &rtnetlink::Handle, ifindex: u32) -> Result<PriorR
     }
     let mut buf = vec![0u8; m.buffer_len()];
     m.emit(&mut buf);
-    Ok(PriorRoot::Configured {
+    PriorRoot::Configured {
         kind,
         handle: handle_str(root.header.handle),
         message_hex: hex(&buf),
-    })
+    }
 }
 
 /// The raw TCA_OPTIONS payload of a dumped qdisc. netlink-packet-route keeps
@@ -377,17 +385,7 @@ pub async fn restore_prior(handle: &rtnetlink::Handle, ifindex: u32, prior: &Pri
                 .map_err(|e| map_err("delete netem", ifindex, e))
         }
         PriorRoot::Configured { message_hex, .. } => {
-            let bytes = unhex(message_hex).ok_or(TcError::PriorNotHex)?;
-            let mut m = <TcMessage as rtnetlink::packet_core::Parseable<[u8]>>::parse(&bytes[..])
-                .map_err(|source| TcError::PriorUndecodable { source })?;
-            m.header.index = ifindex as i32;
-            m.header.info = 0;
-            // Parsing brought back the library's opaque options: emit them raw.
-            for a in &mut m.attributes {
-                if let TcAttribute::Options(opts) = a {
-                    *a = TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, options_payload(opts)));
-                }
-            }
+            let m = prior_message(message_hex, ifindex)?;
             send(
                 handle,
                 RouteNetlinkMessage::NewQueueDiscipline(m),
@@ -397,6 +395,24 @@ pub async fn restore_prior(handle: &rtnetlink::Handle, ifindex: u32, prior: &Pri
             .map_err(|e| map_err("restore the prior root qdisc", ifindex, e))
         }
     }
+}
+
+/// The RTM_NEWQDISC message that re-creates a journaled configured root
+/// qdisc on `ifindex` (the journal is a file: its hex is checked, never
+/// trusted).
+pub fn prior_message(message_hex: &str, ifindex: u32) -> Result<TcMessage, TcError> {
+    let bytes = unhex(message_hex).ok_or(TcError::PriorNotHex)?;
+    let mut m = <TcMessage as rtnetlink::packet_core::Parseable<[u8]>>::parse(&bytes[..])
+        .map_err(|source| TcError::PriorUndecodable { source })?;
+    m.header.index = ifindex as i32;
+    m.header.info = 0;
+    // Parsing brought back the library's opaque options: emit them raw.
+    for a in &mut m.attributes {
+        if let TcAttribute::Options(opts) = a {
+            *a = TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, options_payload(opts)));
+        }
+    }
+    Ok(m)
 }
 
 fn hex(b: &[u8]) -> String {

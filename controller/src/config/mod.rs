@@ -188,7 +188,8 @@ impl Config {
         if heartbeat_interval < Duration::from_secs(1) {
             return Err(ConfigError::HeartbeatInterval);
         }
-        let stale_after = file.stale_after.unwrap_or(heartbeat_interval * 3);
+        // Saturating: `heartbeat_interval * 3` panics past Duration::MAX / 3.
+        let stale_after = file.stale_after.unwrap_or(heartbeat_interval.saturating_mul(3));
         let lost_after = file.lost_after.unwrap_or(Duration::from_secs(300)).max(stale_after);
         Ok(Config {
             listen,
@@ -234,5 +235,23 @@ mod tests {
         let c = Config::load(&cli, Some("viewer:0123456789abcdef")).expect("config");
         assert_eq!(c.tokens.len(), 1);
         assert_eq!(c.stale_after, Duration::from_secs(30));
+    }
+
+    /// Found with the controller_config fuzz target's invariants: a huge
+    /// heartbeat_interval made the default stale_after (3 heartbeats)
+    /// overflow and the controller panic at start instead of starting.
+    #[test]
+    fn a_huge_heartbeat_interval_does_not_overflow_stale_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, "heartbeat_interval = \"10000000000000000000s\"\n").expect("write");
+        let cli = Cli {
+            config: Some(path),
+            ..Cli::default()
+        };
+        let c = Config::load(&cli, Some("viewer:0123456789abcdef")).expect("config");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10_000_000_000_000_000_000));
+        assert_eq!(c.stale_after, Duration::MAX);
+        assert!(c.lost_after >= c.stale_after);
     }
 }

@@ -126,9 +126,10 @@ pub fn rates(old: &DiskCounters, new: &DiskCounters, elapsed: Duration) -> Optio
         ("flush", (old.flushes, 0, old.flush_ms), (new.flushes, 0, new.flush_ms)),
     ] {
         let (n, s, t) = (d(n0, n1)?, d(s0, s1)?, d(t0, t1)?);
-        n_all += n;
-        ms_all += t;
-        sec_all += s;
+        // Saturating: each difference fits a u64, their sum need not.
+        n_all = n_all.saturating_add(n);
+        ms_all = ms_all.saturating_add(t);
+        sec_all = sec_all.saturating_add(s);
         ops.insert(
             op,
             OpRates {
@@ -248,5 +249,21 @@ mod tests {
         let mut other = b.clone();
         other.minor = 16;
         assert!(rates(&a, &other, Duration::from_secs(2)).is_none());
+    }
+
+    /// Found with the diskstats fuzz target's rates check: two samples whose
+    /// read and write counts each advanced by nearly 2^64 overflowed the
+    /// sum over all operations (a panic in debug builds, a wrapped, wrong
+    /// total IOPS in release).
+    #[test]
+    fn rates_of_huge_counter_steps_saturate_instead_of_overflowing() {
+        let (disks, bad) = parse(
+            "8 0 sda 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n\
+             8 0 sda 18446744073709551615 0 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0\n",
+        );
+        assert_eq!((disks.len(), bad), (2, 0));
+        let r = rates(&disks[0], &disks[1], Duration::from_secs(1)).expect("rates");
+        assert_eq!(r.total.iops, u64::MAX as f64);
+        assert!(r.total.iops.is_finite());
     }
 }

@@ -1,0 +1,71 @@
+//! `graydar_common::faults::FaultSpec` from JSON (the `spec` of a fault the
+//! controller's API accepts, the agent's assignments and its journal), then
+//! `.validate()`.
+//!
+//! Asserts: neither panics; a valid spec serialized and parsed again is the
+//! same spec (floats to the last bits serde_json keeps) and still valid;
+//! what the agent derives from a valid spec never panics: kind, key and
+//! target, the netem limit (at least 1 packet) and description, a
+//! blackhole's prefix (strict CIDR, not /0) and a dm table piece.
+#![no_main]
+
+use graydar_agent::faults::dm;
+use graydar_common::faults::{Cidr, FaultSpec};
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+/// JSON equality, numbers compared as f64 within a relative 1e-12 (serde_json
+/// parses floats to within an ULP or so without `float_roundtrip`).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            if x == y {
+                return true;
+            }
+            let (Some(x), Some(y)) = (x.as_f64(), y.as_f64()) else {
+                return false;
+            };
+            (x - y).abs() <= 1e-12 * x.abs().max(y.abs())
+        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(spec) = serde_json::from_slice::<FaultSpec>(data) else {
+        return;
+    };
+    if spec.validate().is_err() {
+        return;
+    }
+    let text = serde_json::to_string(&spec).expect("a spec serializes");
+    let again: FaultSpec = serde_json::from_str(&text).expect("a serialized spec parses");
+    again
+        .validate()
+        .expect("a valid spec is still valid after a round trip");
+    let (a, b) = (
+        serde_json::to_value(&spec).expect("to value"),
+        serde_json::to_value(&again).expect("to value"),
+    );
+    assert!(same(&a, &b), "round trip changed the spec: {a} -> {b}");
+    assert_eq!(spec.kind(), again.kind());
+    assert_eq!(spec.key(), again.key());
+    assert!(!spec.target().is_empty());
+    match &spec {
+        FaultSpec::Netem { netem, .. } => {
+            assert!(netem.limit() >= 1);
+            assert!(netem.describe().starts_with("netem limit "));
+        }
+        FaultSpec::Blackhole { prefix, .. } => {
+            let c = Cidr::parse(prefix).expect("a valid blackhole has a strict prefix");
+            assert!(c.len > 0);
+        }
+        FaultSpec::Dm { dm: d, .. } => {
+            let _ = dm::target_piece(d);
+        }
+    }
+});
