@@ -422,7 +422,7 @@ impl FaultEngine {
         if let Err(je) = self.journal.append(&Record::Applied { id: id.clone() }) {
             // In the kernel, but the journal could not say so: revert at
             // once rather than run a fault the books disagree about.
-            return match prior.restore(&self.netlink, &id, &record.target).await {
+            match prior.restore(&self.netlink, &id, &record.target).await {
                 Ok(how) => {
                     // If this write fails too, the pending intent makes the
                     // next start restore it again (idempotent).
@@ -430,24 +430,14 @@ impl FaultEngine {
                         id,
                         reason: how.reason(),
                     });
-                    Err(je.into())
+                    return Err(je.into());
                 }
+                // Still in the kernel: kept active with its lease below, so
+                // the lease, DELETE and revert-all reach it.
                 Err(re) => {
-                    // Still in the kernel: keep it active with its lease, so
-                    // the lease, DELETE and revert-all reach it.
-                    tracing::error!(id, error = %je, revert = %re, "fault applied but not journaled as applied, and the revert failed; kept active under its lease");
-                    self.active.insert(
-                        id,
-                        Active {
-                            record,
-                            prior,
-                            expires,
-                            reverting: None,
-                        },
-                    );
-                    Ok(())
+                    tracing::error!(id, error = %je, revert = %re, "fault applied but not journaled as applied, and the revert failed; kept active under its lease")
                 }
-            };
+            }
         }
         self.active.insert(
             id,
