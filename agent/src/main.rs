@@ -82,7 +82,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     // The controller channel (agent/src/channel/), shared by the reporter,
     // fault assignments and the path mesh: only with a [controller] section.
     let channel = match &cfg.controller {
-        Some(section) => Some(graydar_agent::channel::Channel::new(section).context("controller channel")?),
+        Some(section) => {
+            Some(graydar_agent::channel::Channel::new(section, &cfg.state_dir).context("controller channel")?)
+        }
         None => None,
     };
     let reporter = match (&cfg.controller, &channel) {

@@ -248,7 +248,9 @@ impl Worker {
                 Err(e) => {
                     self.request_done("transitions", &Err(&e));
                     match e.status() {
-                        Some(404) => return Outcome::Reregister,
+                        // Unknown agent, or a credential the controller no
+                        // longer knows (register enrolls again).
+                        Some(404 | 401) => return Outcome::Reregister,
                         // Refused content: isolate the offending transition
                         // by sending one at a time, then drop it.
                         Some(413 | 422) if n > 1 => self.batch_limit = 1,
@@ -291,7 +293,7 @@ impl Worker {
             }
             Err(e) => {
                 self.request_done("heartbeat", &Err(&e));
-                if e.status() == Some(404) {
+                if matches!(e.status(), Some(404 | 401)) {
                     return Outcome::Reregister;
                 }
                 self.log_error("heartbeat", &e);

@@ -306,6 +306,11 @@ pub struct RegisterResponse {
     pub agent: AgentInfo,
     /// How often the controller expects a heartbeat.
     pub heartbeat_interval_seconds: u64,
+    /// The agent's own credential, when this registration enrolled it (with
+    /// the fleet's bootstrap token): handed out once; every later call of
+    /// the agent presents it as its bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// `POST /api/v1/agents/{hostname}/heartbeat`.
@@ -439,7 +444,8 @@ pub struct ApiError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Register, heartbeat, report.
+    /// The fleet's bootstrap token: enrolls agents (register), which then
+    /// call with their own per-agent credential.
     Agent,
     /// Read agents, findings, metrics.
     Viewer,

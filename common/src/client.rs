@@ -170,7 +170,13 @@ impl Client {
                 },
             });
         }
-        serde_json::from_str(&body).map_err(|e| ClientError::Decode {
+        // 204 No Content decodes as `()`.
+        let body = if status == 204 && body.is_empty() {
+            "null"
+        } else {
+            &body
+        };
+        serde_json::from_str(body).map_err(|e| ClientError::Decode {
             url: url.to_owned(),
             status,
             message: e.to_string(),

@@ -1,8 +1,10 @@
 //! Bearer tokens with roles, compared in constant time.
 //!
 //! Tokens come from a file and/or `GRAYDAR_TOKENS`, one `role:token` per line
-//! (or comma-separated); `#` starts a comment. Roles: `agent` (register,
-//! heartbeat, report), `viewer` (read), `operator` (everything).
+//! (or comma-separated); `#` starts a comment. Roles: `agent` (the fleet's
+//! bootstrap token: enrollment only), `viewer` (read), `operator`
+//! (everything). Agents call with the per-agent credential enrollment
+//! returned ([`Principal::Agent`]).
 
 use graydar_common::api::Role;
 use subtle::ConstantTimeEq as _;
@@ -22,10 +24,42 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// Who a request is, from its bearer token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// A configured token of this role. An `agent` token is the fleet's
+    /// bootstrap token: it only enrolls ([`Permission::Enroll`]).
+    Token(Role),
+    /// The per-agent credential of this hostname, issued at enrollment
+    /// (controller/src/agents/credentials.rs).
+    Agent(String),
+}
+
+impl Principal {
+    /// The hostname an agent credential is bound to.
+    pub fn agent_hostname(&self) -> Option<&str> {
+        match self {
+            Principal::Agent(h) => Some(h),
+            Principal::Token(_) => None,
+        }
+    }
+
+    /// For messages: `operator token`, `agent credential of node-a`.
+    pub fn describe(&self) -> String {
+        match self {
+            Principal::Token(r) => format!("{} token", r.as_str()),
+            Principal::Agent(h) => format!("agent credential of {h:?}"),
+        }
+    }
+}
+
 /// What an endpoint needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permission {
-    /// register / heartbeat / report: `agent` or `operator`.
+    /// register: the bootstrap (`agent`) token, an agent's own credential, or `operator`.
+    Enroll,
+    /// heartbeat / report / fault polling of one agent: that agent's
+    /// credential (its hostname must be the path's) or `operator`.
     Report,
     /// read: `viewer` or `operator`.
     Read,
@@ -36,12 +70,23 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub fn allows(self, role: Role) -> bool {
-        match self {
-            Permission::Report => matches!(role, Role::Agent | Role::Operator),
-            Permission::Read => matches!(role, Role::Viewer | Role::Operator),
-            Permission::Any => true,
-            Permission::Operate => matches!(role, Role::Operator),
+    pub fn allows(self, who: &Principal) -> bool {
+        match (self, who) {
+            (_, Principal::Token(Role::Operator)) | (Permission::Any, _) => true,
+            (Permission::Enroll, Principal::Token(Role::Agent) | Principal::Agent(_)) => true,
+            (Permission::Report, Principal::Agent(_)) => true,
+            (Permission::Read, Principal::Token(Role::Viewer)) => true,
+            _ => false,
+        }
+    }
+
+    /// Why `who` may not: for the 403's message.
+    pub fn refusal(self, who: &Principal) -> String {
+        match (self, who) {
+            (Permission::Report, Principal::Token(Role::Agent)) => "the agent (bootstrap) token only enrolls: \
+                 present the credential POST /api/v1/agents/register returned"
+                .to_owned(),
+            _ => format!("the {} may not do this", who.describe()),
         }
     }
 }
@@ -143,12 +188,30 @@ mod tests {
     }
 
     #[test]
-    fn permissions_by_role() {
-        assert!(Permission::Report.allows(Role::Agent));
-        assert!(!Permission::Report.allows(Role::Viewer));
-        assert!(Permission::Read.allows(Role::Viewer));
-        assert!(!Permission::Read.allows(Role::Agent));
-        assert!(Permission::Read.allows(Role::Operator) && Permission::Report.allows(Role::Operator));
+    fn permissions_by_principal() {
+        let (bootstrap, viewer, operator) = (
+            Principal::Token(Role::Agent),
+            Principal::Token(Role::Viewer),
+            Principal::Token(Role::Operator),
+        );
+        let agent = Principal::Agent("node-a".into());
+        let may = |p: Permission| {
+            [&bootstrap, &viewer, &operator, &agent]
+                .into_iter()
+                .map(|w| p.allows(w))
+                .collect::<Vec<_>>()
+        };
+        //                                       bootstrap viewer operator agent
+        assert_eq!(may(Permission::Enroll), [true, false, true, true]);
+        assert_eq!(may(Permission::Report), [false, false, true, true]);
+        assert_eq!(may(Permission::Read), [false, true, true, false]);
+        assert_eq!(may(Permission::Operate), [false, false, true, false]);
+        assert_eq!(may(Permission::Any), [true, true, true, true]);
+        assert!(Permission::Report.refusal(&bootstrap).contains("only enrolls"));
+        assert_eq!(
+            Permission::Operate.refusal(&agent),
+            "the agent credential of \"node-a\" may not do this"
+        );
     }
 
     #[test]

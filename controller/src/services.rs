@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::agents::credentials::Credentials;
 use crate::agents::{AgentError, AgentService, Liveness};
 use crate::faults::{FaultConfig, FaultError, FaultService};
 use crate::findings::FindingService;
@@ -20,12 +21,15 @@ pub enum OpenError {
     Agents(#[source] AgentError),
     #[error("loading faults")]
     Faults(#[source] FaultError),
+    #[error("loading the agents' credentials")]
+    Credentials(#[source] StoreError),
     #[error("loading the path mesh keys")]
     Paths(#[source] crate::paths::PathError),
 }
 
 pub struct Services {
     pub agents: Arc<AgentService>,
+    pub credentials: Credentials,
     pub findings: FindingService,
     pub faults: Arc<FaultService>,
     pub paths: PathService,
@@ -40,6 +44,7 @@ impl Services {
                 .await
                 .map_err(OpenError::Agents)?,
         );
+        let credentials = Credentials::open(store.clone()).await.map_err(OpenError::Credentials)?;
         let faults = Arc::new(
             FaultService::open(store.clone(), faults)
                 .await
@@ -52,6 +57,7 @@ impl Services {
             findings: FindingService::new(store.clone(), agents.clone()),
             paths,
             agents,
+            credentials,
             faults,
             store,
         })

@@ -56,7 +56,7 @@ impl Api {
     async fn push(&self, host: &str, ts: &[FindingTransition]) -> Resp {
         self.post_json(
             &format!("/api/v1/agents/{host}/transitions"),
-            AGENT,
+            &self.cred(host),
             &TransitionBatch {
                 transitions: ts.to_vec(),
             },
@@ -265,7 +265,10 @@ async fn register_list_and_get_agents() {
     // Re-registration is idempotent and keeps the first registration time.
     let mut again = register_req("n1");
     again.kernel_version = "6.19.0".into();
-    let r2: RegisterResponse = a.post_json("/api/v1/agents/register", AGENT, &again).await.typed();
+    let r2: RegisterResponse = a
+        .post_json("/api/v1/agents/register", &a.cred("n1"), &again)
+        .await
+        .typed();
     assert_eq!(r2.agent.registered_at, r.agent.registered_at);
     assert_eq!(r2.agent.kernel_version, "6.19.0");
     a.register("n2").await;
@@ -281,6 +284,140 @@ async fn register_list_and_get_agents() {
         a.get("/api/v1/agents/nope", VIEWER).await.error(StatusCode::NOT_FOUND),
         "not_found"
     );
+}
+
+/// Issue 13 item 10: the bootstrap token enrolls a hostname once; the
+/// credential it returns acts for that hostname only, on every route with a
+/// `{hostname}` (taken from the served OpenAPI document, so a new agent
+/// endpoint is covered without a change here) and in the registration body.
+#[tokio::test]
+async fn a_credential_acts_for_its_own_hostname_only_and_enrollment_happens_once() {
+    let a = api().await;
+    let r1 = a.register("n1").await;
+    let c1 = r1
+        .credential
+        .expect("enrollment with the bootstrap token returns a credential");
+    assert!(c1.starts_with("gdra_"), "{c1}");
+    a.register("n2").await;
+    let c2 = a.cred("n2");
+    assert_ne!(c1, c2);
+    let labels_of = |v: serde_json::Value| v["labels"].clone();
+    let n1_labels = labels_of(a.get("/api/v1/agents/n1", VIEWER).await.json());
+
+    // The bootstrap token cannot enroll n1 again (that would move it).
+    let mut moved = register_req("n1");
+    moved.labels.insert("rack".into(), "r9".into());
+    let (code, detail) = a
+        .post_json("/api/v1/agents/register", AGENT, &moved)
+        .await
+        .error_parts(StatusCode::CONFLICT);
+    assert_eq!(code, "enrolled");
+    assert!(detail.contains("reset-credential n1"), "{detail}");
+    // Nor can n2's credential register n1.
+    let (code, detail) = a
+        .post_json("/api/v1/agents/register", &c2, &moved)
+        .await
+        .error_parts(StatusCode::FORBIDDEN);
+    assert_eq!(code, "forbidden");
+    assert!(detail.contains("\"n2\" may not register \"n1\""), "{detail}");
+    assert_eq!(
+        labels_of(a.get("/api/v1/agents/n1", VIEWER).await.json()),
+        n1_labels,
+        "nothing changed"
+    );
+
+    // Every operation on a {hostname} path: n2's credential and the
+    // bootstrap token get 403 for n1; n1's own credential is let through.
+    let doc = a.get("/api/v1/openapi.json", VIEWER).await.json();
+    let mut agent_ops = 0;
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        if !path.contains("{hostname}") {
+            continue;
+        }
+        let url = path.replace("{hostname}", "n1");
+        for method in ops.as_object().expect("operations").keys() {
+            let method = method.to_uppercase();
+            let body = (method == "POST").then_some(("application/json", "{}"));
+            for (who, token) in [("n2's credential", c2.as_str()), ("the bootstrap token", AGENT)] {
+                let r = a.req(&method, &url, Some(token), body).await;
+                assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {url} with {who}: {}", r.text);
+            }
+            let own = a.req(&method, &url, Some(&c1), body).await;
+            if own.status != StatusCode::FORBIDDEN {
+                agent_ops += 1;
+                assert!(
+                    own.status != StatusCode::UNAUTHORIZED,
+                    "{method} {url} with n1's credential: {}",
+                    own.text
+                );
+            }
+        }
+    }
+    // heartbeat, transitions, desired faults, fault states, path reports.
+    assert_eq!(agent_ops, 5, "the agent endpoints a credential may call");
+    // A credential neither reads nor operates.
+    assert_eq!(a.get("/api/v1/agents", &c1).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        a.post("/api/v1/faults/revert-all", &c1, "{}").await.status,
+        StatusCode::FORBIDDEN
+    );
+    // n1 re-registers with its own credential: updated, no new credential.
+    let again: RegisterResponse = a.post_json("/api/v1/agents/register", &c1, &moved).await.typed();
+    assert_eq!(again.credential, None);
+    assert_eq!(again.agent.labels.get("rack").map(String::as_str), Some("r9"));
+
+    // Only an operator resets a credential; the old one is refused (401),
+    // and the next enrollment gets a new one.
+    for token in [VIEWER, AGENT, c1.as_str(), c2.as_str()] {
+        let r = a.req("DELETE", "/api/v1/agents/n1/credential", Some(token), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    }
+    let r = a
+        .req("DELETE", "/api/v1/agents/n1/credential", Some(OPERATOR), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = a
+        .req("DELETE", "/api/v1/agents/n1/credential", Some(OPERATOR), None)
+        .await;
+    assert_eq!(r.error(StatusCode::NOT_FOUND), "not_found");
+    assert_eq!(
+        a.post("/api/v1/agents/n1/heartbeat", &c1, "{}")
+            .await
+            .error(StatusCode::UNAUTHORIZED),
+        "unauthorized"
+    );
+    let renewed = a
+        .register("n1")
+        .await
+        .credential
+        .expect("enrolled again after the reset");
+    assert_ne!(renewed, c1);
+    assert_eq!(
+        a.post("/api/v1/agents/n1/heartbeat", &renewed, "{}").await.status,
+        StatusCode::OK
+    );
+    // An operator token registers any hostname and gets no credential.
+    let op: RegisterResponse = a
+        .post_json("/api/v1/agents/register", OPERATOR, &register_req("n3"))
+        .await
+        .typed();
+    assert_eq!(op.credential, None);
+}
+
+/// A refused registration (a hostname that is no DNS name) issues no
+/// credential: the same hostname, corrected, still enrolls.
+#[tokio::test]
+async fn a_refused_enrollment_keeps_no_credential() {
+    let a = api().await;
+    let bad = register_req("bad host");
+    assert_eq!(
+        a.post_json("/api/v1/agents/register", AGENT, &bad)
+            .await
+            .error(StatusCode::UNPROCESSABLE_ENTITY),
+        "invalid"
+    );
+    assert!(!a.state.services.credentials.is_enrolled("bad host"));
+    assert!(a.register("good-host").await.credential.is_some());
 }
 
 #[tokio::test]
@@ -403,32 +540,34 @@ async fn register_refuses_a_hostname_that_is_not_a_dns_name_and_keeps_nothing() 
 async fn heartbeat_of_known_and_unknown_agents() {
     let a = api().await;
     a.register("n1").await;
-    let r = a.post("/api/v1/agents/n1/heartbeat", AGENT, r#"{"firing": 2}"#).await;
+    let r = a
+        .post("/api/v1/agents/n1/heartbeat", &a.cred("n1"), r#"{"firing": 2}"#)
+        .await;
     assert_eq!(r.json()["state"], "healthy", "{}", r.text);
     assert_eq!(
-        a.post("/api/v1/agents/n1/heartbeat", AGENT, "{}").await.status,
+        a.post("/api/v1/agents/n1/heartbeat", &a.cred("n1"), "{}").await.status,
         StatusCode::OK
     );
     assert_eq!(
-        a.post("/api/v1/agents/ghost/heartbeat", AGENT, "{}")
+        a.post("/api/v1/agents/ghost/heartbeat", OPERATOR, "{}")
             .await
             .error(StatusCode::NOT_FOUND),
         "not_found"
     );
     assert_eq!(
-        a.post("/api/v1/agents/n1/heartbeat", AGENT, "{")
+        a.post("/api/v1/agents/n1/heartbeat", &a.cred("n1"), "{")
             .await
             .error(StatusCode::BAD_REQUEST),
         "malformed_json"
     );
     assert_eq!(
-        a.post("/api/v1/agents/n1/heartbeat", AGENT, r#"{"firing": "two"}"#)
+        a.post("/api/v1/agents/n1/heartbeat", &a.cred("n1"), r#"{"firing": "two"}"#)
             .await
             .error(StatusCode::UNPROCESSABLE_ENTITY),
         "invalid_body"
     );
     assert_eq!(
-        a.post("/api/v1/agents/n1/heartbeat", AGENT, r#"{"load": 1}"#)
+        a.post("/api/v1/agents/n1/heartbeat", &a.cred("n1"), r#"{"load": 1}"#)
             .await
             .error(StatusCode::UNPROCESSABLE_ENTITY),
         "invalid_body"
@@ -515,11 +654,15 @@ async fn transitions_reject_bad_batches() {
     let a = api().await;
     a.register("n1").await;
     let p = "/api/v1/agents/n1/transitions";
+    let ghost = TransitionBatch {
+        transitions: vec![fired("ghost", "eth0", T0)],
+    };
     assert_eq!(
-        a.push("ghost", &[fired("ghost", "eth0", T0)])
+        a.post_json("/api/v1/agents/ghost/transitions", OPERATOR, &ghost)
             .await
             .error(StatusCode::NOT_FOUND),
-        "not_found"
+        "not_found",
+        "an operator may post for any host, but not for an unregistered one"
     );
     // Another host's finding.
     assert_eq!(
@@ -549,7 +692,7 @@ async fn transitions_reject_bad_batches() {
     .expect("value");
     v["transitions"][0]["at"] = json!("yesterday");
     let (code, detail) = a
-        .post(p, AGENT, &v.to_string())
+        .post(p, &a.cred("n1"), &v.to_string())
         .await
         .error_parts(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(code, "invalid_body");
@@ -564,7 +707,7 @@ async fn transitions_reject_bad_batches() {
     .expect("value");
     v["transitions"][0]["finding"]["extra"] = json!(1);
     assert_eq!(
-        a.post(p, AGENT, &v.to_string())
+        a.post(p, &a.cred("n1"), &v.to_string())
             .await
             .error(StatusCode::UNPROCESSABLE_ENTITY),
         "invalid_body"
@@ -574,20 +717,20 @@ async fn transitions_reject_bad_batches() {
         .map(|o| o.remove("extra"));
     v["transitions"][0]["finding"]["kind"] = json!("alien_abduction");
     assert_eq!(
-        a.post(p, AGENT, &v.to_string())
+        a.post(p, &a.cred("n1"), &v.to_string())
             .await
             .error(StatusCode::UNPROCESSABLE_ENTITY),
         "invalid_body"
     );
     v["transitions"] = json!({"not": "a list"});
     assert_eq!(
-        a.post(p, AGENT, &v.to_string())
+        a.post(p, &a.cred("n1"), &v.to_string())
             .await
             .error(StatusCode::UNPROCESSABLE_ENTITY),
         "invalid_body"
     );
     assert_eq!(
-        a.post(p, AGENT, r#"{"transitions": ["#)
+        a.post(p, &a.cred("n1"), r#"{"transitions": ["#)
             .await
             .error(StatusCode::BAD_REQUEST),
         "malformed_json"
@@ -703,6 +846,7 @@ async fn openapi_document_lists_every_endpoint() {
         "/metrics",
         "/api/v1/agents/register",
         "/api/v1/agents/{hostname}/heartbeat",
+        "/api/v1/agents/{hostname}/credential",
         "/api/v1/agents/{hostname}/transitions",
         "/api/v1/agents",
         "/api/v1/agents/{hostname}",

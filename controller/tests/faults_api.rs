@@ -68,9 +68,14 @@ impl Api {
         self.post("/api/v1/faults", OPERATOR, body).await
     }
     async fn poll(&self, host: &str, query: &str) -> DesiredFaults {
-        self.req("GET", &format!("/api/v1/agents/{host}/faults{query}"), AGENT, None)
-            .await
-            .typed()
+        self.req(
+            "GET",
+            &format!("/api/v1/agents/{host}/faults{query}"),
+            &self.cred(host),
+            None,
+        )
+        .await
+        .typed()
     }
     async fn report(&self, host: &str, id: &str, state: FaultState, reason: Option<&str>, ops: &[&str]) {
         let r = FaultStatusReport {
@@ -85,7 +90,7 @@ impl Api {
             .req(
                 "POST",
                 &format!("/api/v1/agents/{host}/faults/status"),
-                AGENT,
+                &self.cred(host),
                 Some(serde_json::to_string(&r).expect("encode")),
             )
             .await;
@@ -176,9 +181,11 @@ async fn invalid_faults_get_a_4xx_that_says_what_is_wrong() {
         "{}",
         r.text
     );
-    // Viewers and agents may not create, delete or revert-all.
+    // Viewers, the bootstrap token and agents' own credentials may not
+    // create, delete or revert-all.
     let body = json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 60});
-    for token in [VIEWER, AGENT] {
+    for token in [VIEWER.to_owned(), AGENT.to_owned(), a.cred("a1")] {
+        let token = token.as_str();
         assert_eq!(
             a.post("/api/v1/faults", token, body.clone()).await.status,
             StatusCode::FORBIDDEN
@@ -277,7 +284,11 @@ async fn the_blast_radius_counts_alive_agents_only() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     for host in ["a1", "a2"] {
         let r = a
-            .post(&format!("/api/v1/agents/{host}/heartbeat"), AGENT, json!({"firing": 0}))
+            .post(
+                &format!("/api/v1/agents/{host}/heartbeat"),
+                &a.cred(host),
+                json!({"firing": 0}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     }
@@ -341,7 +352,12 @@ async fn an_unregistered_agent_cannot_long_poll_and_leaves_nothing_behind() {
     let before = a.state.services.faults.watched_agents();
     for i in 0..50 {
         let r = a
-            .req("GET", &format!("/api/v1/agents/ghost-{i}/faults?wait=0"), AGENT, None)
+            .req(
+                "GET",
+                &format!("/api/v1/agents/ghost-{i}/faults?wait=0"),
+                OPERATOR,
+                None,
+            )
             .await;
         let (code, detail) = r.error_parts(StatusCode::NOT_FOUND);
         assert_eq!(code, "not_found", "{}", r.text);
@@ -367,10 +383,11 @@ async fn agents_long_poll_their_desired_set_and_report_states() {
     let started = Instant::now();
     let app = a.app.clone();
     let version = first.version;
+    let a2 = a.cred("a2");
     let waiter = tokio::spawn(async move {
         let req = Request::builder()
             .uri(format!("/api/v1/agents/a2/faults?wait=6&version={version}"))
-            .header(header::AUTHORIZATION, format!("Bearer {AGENT}"))
+            .header(header::AUTHORIZATION, format!("Bearer {a2}"))
             .body(Body::empty())
             .expect("request");
         let resp = app.oneshot(req).await.expect("router");
@@ -412,7 +429,7 @@ async fn agents_long_poll_their_desired_set_and_report_states() {
     let r = a
         .post(
             "/api/v1/agents/a3/faults/status",
-            AGENT,
+            &a.cred("a3"),
             json!({"statuses": [{"id": f.id, "state": "active"}]}),
         )
         .await;
@@ -439,7 +456,7 @@ async fn agents_long_poll_their_desired_set_and_report_states() {
         .req(
             "POST",
             "/api/v1/agents/a1/heartbeat",
-            AGENT,
+            &a.cred("a1"),
             Some(serde_json::to_string(&hb).expect("encode")),
         )
         .await;
@@ -756,7 +773,7 @@ async fn settled_faults_leave_memory_and_stay_in_the_history() {
         .req(
             "POST",
             "/api/v1/agents/a2/faults/status",
-            AGENT,
+            &a.cred("a2"),
             Some(serde_json::to_string(&stray).expect("encode")),
         )
         .await;

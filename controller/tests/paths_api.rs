@@ -57,7 +57,7 @@ impl Api {
     }
 
     async fn push(&self, host: &str, report: &PathReport) -> Resp {
-        self.push_raw(host, AGENT, &serde_json::to_string(report).expect("encode"))
+        self.push_raw(host, &self.cred(host), &serde_json::to_string(report).expect("encode"))
             .await
     }
 
@@ -260,7 +260,7 @@ async fn bad_reports_are_refused_with_what_is_wrong() {
     ];
     for (body, needle) in cases {
         let detail = api
-            .push_raw("a", AGENT, &body)
+            .push_raw("a", &api.cred("a"), &body)
             .await
             .error(StatusCode::UNPROCESSABLE_ENTITY, "invalid");
         assert!(detail.contains(needle), "detail {detail:?} should name {needle:?}");
@@ -282,12 +282,12 @@ async fn bad_reports_are_refused_with_what_is_wrong() {
         (json!({"port": 9478}).to_string(), "addresses"),
     ] {
         let detail = api
-            .push_raw("a", AGENT, &body)
+            .push_raw("a", &api.cred("a"), &body)
             .await
             .error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
         assert!(detail.contains(needle), "detail {detail:?} should name {needle:?}");
     }
-    api.push_raw("a", AGENT, "{not json")
+    api.push_raw("a", &api.cred("a"), "{not json")
         .await
         .error(StatusCode::BAD_REQUEST, "malformed_json");
     // Too many peers: 413.
@@ -299,7 +299,10 @@ async fn bad_reports_are_refused_with_what_is_wrong() {
         .await
         .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
     // An unregistered agent: 404 (register first).
-    let detail = api.push("ghost", &good).await.error(StatusCode::NOT_FOUND, "not_found");
+    let detail = api
+        .push_raw("ghost", OPERATOR, &serde_json::to_string(&good).expect("encode"))
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
     assert!(detail.contains("ghost"), "{detail}");
 
     // Nothing of the above reached the matrix.

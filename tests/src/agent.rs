@@ -60,6 +60,13 @@ impl<'ns> AgentProcess<'ns> {
     /// `ip netns exec` when given) and waits until `/readyz` answers 200.
     /// `listen` is set by the harness with `--listen`; keep it out of the config.
     pub fn start(ns: Option<&'ns NetNs>, config_toml: &str) -> AgentProcess<'ns> {
+        AgentProcess::start_with_state(ns, config_toml, None)
+    }
+
+    /// [`AgentProcess::start`] with `--state-dir state_dir` (kept across
+    /// agents, e.g. a restart with the same fault journal and controller
+    /// credential) instead of a fresh one in the agent's temp dir.
+    pub fn start_with_state(ns: Option<&'ns NetNs>, config_toml: &str, state_dir: Option<&Path>) -> AgentProcess<'ns> {
         crate::netns::require_root();
         let bin = agent_bin();
         assert!(
@@ -100,7 +107,7 @@ impl<'ns> AgentProcess<'ns> {
             .arg(&config_path)
             // Never the host's /var/lib/graydar: each test agent has its own fault journal.
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(state_dir.map_or_else(|| dir.path().join("state"), Path::to_path_buf))
             .arg("--listen")
             .arg(addr.to_string())
             .env_remove("GRAYDAR_CONFIG")

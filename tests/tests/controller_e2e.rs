@@ -309,3 +309,107 @@ fn a_full_buffer_drops_the_oldest_transition_and_counts_it() {
         1.0
     );
 }
+
+/// Issue 13 item 10 end to end: the agent enrolls with the fleet's
+/// bootstrap token, keeps the credential it gets (0600, in its state
+/// directory), presents it after a restart (re-registration with new
+/// labels works, no second enrollment), and after an operator resets it
+/// (`graydar agents reset-credential`) enrolls again with a new one.
+#[test]
+fn an_agent_enrolls_once_keeps_its_credential_and_enrolls_again_after_a_reset() {
+    use std::os::unix::fs::PermissionsExt as _;
+    netns::require_root();
+    let c = NetNs::new("ctl");
+    let n1 = NetNs::new("ag1");
+    veth_pair(&c, "c1", "10.204.5.1/24", &n1, "e1", "10.204.5.2/24");
+    let data = tempfile::tempdir().expect("controller data dir");
+    let state = tempfile::tempdir().expect("agent state dir");
+    let cred_file = state.path().join("controller-credential");
+    let tokens = Tokens::random();
+    let ctl = ControllerProcess::start(Some(&c), data.path(), &tokens);
+    let rack_of = |ctl: &ControllerProcess| -> Option<String> {
+        let l: AgentList = serde_json::from_value(ctl.cli_json(&tokens.viewer, &["agents"])).ok()?;
+        l.agents
+            .iter()
+            .find(|a| a.hostname == n1.name())
+            .and_then(|a| a.labels.get("rack").cloned())
+    };
+    let config = |rack: &str| {
+        format!(
+            "{}[controller.labels]\nrack = \"{rack}\"\n",
+            agent_config(&n1, "10.204.5.1", &tokens.agent)
+        )
+    };
+    let first = {
+        let ag = AgentProcess::start_with_state(Some(&n1), &config("r1"), Some(state.path()));
+        wait_until(Duration::from_secs(15), "the agent registered with rack r1", || {
+            (rack_of(&ctl).as_deref() == Some("r1")).then_some(())
+        });
+        let secret = std::fs::read_to_string(&cred_file).expect("the credential file after enrollment");
+        assert!(secret.trim().starts_with("gdra_"), "{secret:?}");
+        let mode = std::fs::metadata(&cred_file).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the credential is private");
+        // Its reports go through with the credential: heartbeats succeed.
+        ag.wait_for(Duration::from_secs(15), "a heartbeat accepted", |ag| {
+            prom::sum(
+                &ag.metrics(),
+                "graydar_reporter_requests_total",
+                &[("op", "heartbeat"), ("result", "ok")],
+            ) >= 1.0
+        });
+        secret
+    };
+    // Restarted with new labels: it re-registers with its credential (the
+    // bootstrap token alone would be refused: n1 is enrolled).
+    let ag = AgentProcess::start_with_state(Some(&n1), &config("r2"), Some(state.path()));
+    wait_until(
+        Duration::from_secs(15),
+        "the restarted agent re-registered with rack r2",
+        || (rack_of(&ctl).as_deref() == Some("r2")).then_some(()),
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cred_file).expect("credential"),
+        first,
+        "the same credential"
+    );
+    assert_eq!(
+        prom::sum(
+            &ag.metrics(),
+            "graydar_reporter_requests_total",
+            &[("op", "register"), ("result", "error")],
+        ),
+        0.0,
+        "no refused registration:\n{}",
+        ag.log()
+    );
+    // An operator resets it: the agent's next call is refused (401), it
+    // enrolls again and keeps the new credential.
+    let out = ctl.cli(&tokens.operator, &["agents", "reset-credential", n1.name()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reset"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let renewed = wait_until(Duration::from_secs(30), "a new credential saved", || {
+        let now = std::fs::read_to_string(&cred_file).ok()?;
+        (now.trim().starts_with("gdra_") && now != first).then_some(now)
+    });
+    assert_ne!(renewed, first);
+    ag.wait_for(Duration::from_secs(15), "heartbeats accepted again", |ag| {
+        let ok = |ag: &AgentProcess| {
+            prom::sum(
+                &ag.metrics(),
+                "graydar_reporter_requests_total",
+                &[("op", "heartbeat"), ("result", "ok")],
+            )
+        };
+        let before = ok(ag);
+        std::thread::sleep(REPORT_INTERVAL * 3);
+        ok(ag) > before
+    });
+    // Another reset token holder cannot: a viewer's reset is refused.
+    let out = ctl.cli(&tokens.viewer, &["agents", "reset-credential", n1.name()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"), "{out:?}");
+}

@@ -10,8 +10,10 @@
 //! types), the same the CLI's blocking client speaks.
 
 mod backoff;
+pub mod credential;
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use graydar_common::api::{
@@ -67,6 +69,9 @@ pub enum SetupError {
     CaEmpty { path: std::path::PathBuf },
     #[error("controller HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    /// The stored per-agent credential cannot be read.
+    #[error(transparent)]
+    Credential(credential::CredentialError),
 }
 
 /// One request that did not get the answer it wanted.
@@ -140,8 +145,20 @@ pub struct Channel {
 struct Inner {
     http: reqwest::Client,
     base: String,
+    /// The configured token: the fleet's bootstrap token (role `agent`),
+    /// or an operator token.
     auth: Option<HeaderValue>,
+    /// This agent's own credential once enrolled: sent instead of `auth`.
+    credential: RwLock<Option<HeaderValue>>,
+    /// Where the credential is kept (`<state_dir>/controller-credential`).
+    credential_file: Option<PathBuf>,
     timeout: Duration,
+}
+
+fn bearer(token: &str) -> Result<HeaderValue, reqwest::header::InvalidHeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}"))?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 impl std::fmt::Debug for Channel {
@@ -149,6 +166,7 @@ impl std::fmt::Debug for Channel {
         f.debug_struct("Channel")
             .field("base", &self.inner.base)
             .field("token", &self.inner.auth.as_ref().map(|_| "<redacted>"))
+            .field("credential_file", &self.inner.credential_file)
             .field("timeout", &self.inner.timeout)
             .finish()
     }
@@ -158,8 +176,9 @@ impl Channel {
     /// The channel of a `[controller]` section: the token as
     /// [`ControllerSection::resolve_token_from`] finds it in the process
     /// environment (the systemd credential included), the CA certificate,
-    /// [`request_timeout`] per short request.
-    pub fn new(section: &ControllerSection) -> Result<Channel, SetupError> {
+    /// [`request_timeout`] per short request, and this agent's credential
+    /// kept under `state_dir` ([`credential::FILE`]; loaded when present).
+    pub fn new(section: &ControllerSection, state_dir: &Path) -> Result<Channel, SetupError> {
         let token = section
             .resolve_token_from(&|k| std::env::var(k).ok())
             .map_err(SetupError::Token)?;
@@ -179,12 +198,45 @@ impl Channel {
             )),
             None => None,
         };
-        Channel::build(
+        let mut channel = Channel::build(
             &section.url,
             token.as_deref(),
             ca_cert_pem.as_ref().map(|(p, pem)| (p.as_path(), pem.as_slice())),
             request_timeout(section),
-        )
+        )?;
+        channel.keep_credential_in(&state_dir.join(credential::FILE))?;
+        Ok(channel)
+    }
+
+    /// Keeps this agent's credential in `path` (loading it when present).
+    /// Only on a channel not cloned yet.
+    pub fn keep_credential_in(&mut self, path: &Path) -> Result<(), SetupError> {
+        let stored = credential::load(path).map_err(SetupError::Credential)?;
+        let header =
+            match stored {
+                Some(secret) => Some(bearer(&secret).map_err(|_| {
+                    SetupError::Credential(credential::CredentialError::Garbled { path: path.to_owned() })
+                })?),
+                None => None,
+            };
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.credential_file = Some(path.to_owned());
+            *inner.credential.get_mut().unwrap_or_else(|p| p.into_inner()) = header;
+        }
+        Ok(())
+    }
+
+    /// Whether this agent holds its own credential (enrolled).
+    pub fn has_credential(&self) -> bool {
+        self.inner
+            .credential
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    fn set_credential(&self, header: Option<HeaderValue>) {
+        *self.inner.credential.write().unwrap_or_else(|p| p.into_inner()) = header;
     }
 
     /// A channel to `url` with an optional bearer token and CA (path, PEM).
@@ -212,11 +264,7 @@ impl Channel {
             }
         }
         let auth = match token {
-            Some(t) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(SetupError::TokenNotAHeader)?;
-                v.set_sensitive(true);
-                Some(v)
-            }
+            Some(t) => Some(bearer(t).map_err(SetupError::TokenNotAHeader)?),
             None => None,
         };
         Ok(Channel {
@@ -224,6 +272,8 @@ impl Channel {
                 http: b.build().map_err(SetupError::Client)?,
                 base: url.trim_end_matches('/').to_owned(),
                 auth,
+                credential: RwLock::new(None),
+                credential_file: None,
                 timeout,
             }),
         })
@@ -264,7 +314,8 @@ impl Channel {
         mut req: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, ChannelError> {
-        if let Some(auth) = &self.inner.auth {
+        let own = self.inner.credential.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(auth) = own.as_ref().or(self.inner.auth.as_ref()) {
             req = req.header(AUTHORIZATION, auth.clone());
         }
         let transport = |source: reqwest::Error| ChannelError::Transport {
@@ -303,8 +354,51 @@ impl Channel {
         format!("/api/v1/agents/{}{rest}", encode_segment(hostname))
     }
 
+    /// Registers this agent. With its own credential it re-registers; with
+    /// the bootstrap token it enrolls, and the credential the answer carries
+    /// is kept (saved before it is used). A credential the controller does
+    /// not know (401: reset by an operator, or a new database) is dropped
+    /// and the agent enrolls again with the bootstrap token.
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ChannelError> {
-        self.post("/api/v1/agents/register", req).await
+        const PATH: &str = "/api/v1/agents/register";
+        let r = match self.post::<_, RegisterResponse>(PATH, req).await {
+            Err(e) if e.status() == Some(401) && self.has_credential() => {
+                tracing::warn!(
+                    error = %e,
+                    "the controller refused this agent's credential: enrolling again with the bootstrap token"
+                );
+                self.set_credential(None);
+                if let Some(path) = &self.inner.credential_file
+                    && let Err(e) = credential::remove(path)
+                {
+                    tracing::warn!(error = %e, "removing the refused credential");
+                }
+                self.post(PATH, req).await?
+            }
+            other => other?,
+        };
+        if let Some(secret) = &r.credential {
+            let header = bearer(secret).map_err(|_| ChannelError::Api {
+                url: self.url(PATH),
+                status: 200,
+                error: "bad_credential".into(),
+                detail: "the issued credential is not usable in an HTTP header".into(),
+            })?;
+            if let Some(path) = &self.inner.credential_file {
+                match credential::save(path, secret) {
+                    Ok(()) => tracing::info!(file = %path.display(), "enrolled: credential saved"),
+                    // Used anyway: this run works; a restart must enroll again,
+                    // which an operator's reset-credential allows.
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "enrolled, but the credential could not be saved: after a restart an operator must \
+                         reset it (`graydar agents reset-credential`)"
+                    ),
+                }
+            }
+            self.set_credential(Some(header));
+        }
+        Ok(r)
     }
 
     pub async fn heartbeat(&self, hostname: &str, req: &HeartbeatRequest) -> Result<HeartbeatResponse, ChannelError> {

@@ -5,6 +5,8 @@
 //! last-seen times of the agents heard from are written in one transaction
 //! every few seconds ([`AgentService::flush`]).
 
+pub mod credentials;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -137,13 +139,18 @@ impl AgentService {
         out
     }
 
+    /// A hostname fit to register, or why not ([`check_hostname`]).
+    pub fn valid_hostname(hostname: &str) -> Result<(), AgentError> {
+        check_hostname(hostname).map_err(|reason| AgentError::InvalidHostname {
+            // Long names are cut in the message (the reason gives the length).
+            hostname: hostname.chars().take(80).collect(),
+            reason,
+        })
+    }
+
     /// Registers (or re-registers) an agent; idempotent.
     pub async fn register(&self, req: RegisterRequest) -> Result<AgentInfo, AgentError> {
-        if let Err(reason) = check_hostname(&req.hostname) {
-            // Long names are cut in the message (the reason gives the length).
-            let hostname = req.hostname.chars().take(80).collect();
-            return Err(AgentError::InvalidHostname { hostname, reason });
-        }
+        AgentService::valid_hostname(&req.hostname)?;
         let now = now_ms();
         let registered_ms = lock(&self.agents).get(&req.hostname).map_or(now, |a| a.registered_ms);
         let hostname = req.hostname.clone();

@@ -1,47 +1,123 @@
 //! Agent endpoints: agents register and heartbeat; readers list them.
 
+use axum::Extension;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use graydar_common::api::{
-    AgentInfo, AgentList, ApiError, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
+    AgentInfo, AgentList, ApiError, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, Role,
 };
 
 use super::middleware::guarded;
 use super::{Body, Error, PathParam, Shared};
-use crate::auth::Permission;
+use crate::agents::AgentService;
+use crate::auth::{Permission, Principal};
 
 pub(super) fn routes(app: &Shared) -> Router<Shared> {
-    let report = Router::new()
-        .route("/api/v1/agents/register", post(register))
-        .route("/api/v1/agents/{hostname}/heartbeat", post(heartbeat));
+    let enroll = Router::new().route("/api/v1/agents/register", post(register));
+    let report = Router::new().route("/api/v1/agents/{hostname}/heartbeat", post(heartbeat));
     let read = Router::new()
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{hostname}", get(get_agent));
-    guarded(app, Permission::Report, report).merge(guarded(app, Permission::Read, read))
+    let operate = Router::new().route(
+        "/api/v1/agents/{hostname}/credential",
+        axum::routing::delete(reset_credential),
+    );
+    guarded(app, Permission::Enroll, enroll)
+        .merge(guarded(app, Permission::Report, report))
+        .merge(guarded(app, Permission::Read, read))
+        .merge(guarded(app, Permission::Operate, operate))
 }
 
 /// Registers (or re-registers) an agent; idempotent. A hostname that is
 /// not a DNS name (1 to 253 characters, labels of 1 to 63 letters, digits,
 /// `-`, `_`) is refused with 422 naming `hostname`, and nothing is stored.
+///
+/// Enrollment: with the fleet's bootstrap token (role `agent`) the answer
+/// carries the agent's own credential, issued once per hostname (409 when
+/// the hostname has one: the agent presents it, or an operator resets it);
+/// every later call of the agent presents it, re-registration included.
+/// A credential registers its own hostname only (403). An operator token
+/// registers any hostname and gets no credential.
 #[utoipa::path(post, path = "/api/v1/agents/register", tag = "agents", security(("bearer" = [])),
     request_body = RegisterRequest,
     responses((status = 200, body = RegisterResponse), (status = 400, body = ApiError), (status = 401, body = ApiError),
-        (status = 403, body = ApiError), (status = 413, body = ApiError), (status = 422, body = ApiError)))]
+        (status = 403, body = ApiError), (status = 409, body = ApiError), (status = 413, body = ApiError),
+        (status = 422, body = ApiError)))]
 pub(super) async fn register(
     State(app): State<Shared>,
+    Extension(who): Extension<Principal>,
     Body(req): Body<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, Error> {
     let hostname = req.hostname.clone();
+    if let Some(own) = who.agent_hostname()
+        && own != hostname
+    {
+        return Err(Error::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "the agent credential of {own:?} may not register {:?}",
+                truncated(&hostname)
+            ),
+        ));
+    }
+    // Nothing is kept for a hostname that cannot register; the credential is
+    // stored before the registration, so a refused enrollment changes nothing.
+    AgentService::valid_hostname(&hostname)?;
+    let credential = match who {
+        Principal::Token(Role::Agent) => Some(app.services.credentials.enroll(&hostname).await?),
+        _ => None,
+    };
     let (interfaces, dm_devices) = (req.interfaces.clone(), req.dm_devices.clone());
-    // Validates the hostname before anything is kept.
-    let agent = app.services.agents.register(req).await?;
+    let agent = match app.services.agents.register(req).await {
+        Ok(a) => a,
+        Err(e) => {
+            // Handed out to nobody: forgotten, so that the retry can enroll.
+            if credential.is_some()
+                && let Err(reset) = app.services.credentials.reset(&hostname).await
+            {
+                tracing::warn!(agent = %hostname, error = %reset, "forgetting an unused credential");
+            }
+            return Err(e.into());
+        }
+    };
     app.services.faults.set_inventory(&hostname, interfaces, dm_devices);
-    tracing::info!(agent = %hostname, "agent registered");
+    tracing::info!(agent = %hostname, enrolled = credential.is_some(), "agent registered");
     Ok(Json(RegisterResponse {
         agent,
         heartbeat_interval_seconds: app.heartbeat_interval_seconds,
+        credential: credential.map(|c| c.secret),
     }))
+}
+
+/// At most 80 characters of a name from a request, for messages.
+fn truncated(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// Forgets an agent's credential: its calls answer 401 from now on, and the
+/// next enrollment of the hostname with the bootstrap token gets a new one
+/// (a rebuilt host that lost its state directory). 404 when it has none.
+#[utoipa::path(delete, path = "/api/v1/agents/{hostname}/credential", tag = "agents", security(("bearer" = [])),
+    params(("hostname" = String, Path, description = "agent hostname")),
+    responses((status = 204, description = "forgotten"), (status = 401, body = ApiError), (status = 403, body = ApiError),
+        (status = 404, body = ApiError)))]
+pub(super) async fn reset_credential(
+    State(app): State<Shared>,
+    PathParam(hostname): PathParam<String>,
+) -> Result<StatusCode, Error> {
+    if app.services.credentials.reset(&hostname).await? {
+        tracing::info!(agent = %hostname, "agent credential reset");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Error::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("agent {:?} has no credential", truncated(&hostname)),
+        ))
+    }
 }
 
 /// Heartbeat of a registered agent (404: register first).

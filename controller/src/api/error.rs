@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use graydar_common::api::ApiError;
 
 use crate::agents::AgentError;
+use crate::agents::credentials::EnrollError;
 use crate::faults::FaultError;
 use crate::findings::FindingError;
 use crate::paths::PathError;
@@ -73,6 +74,16 @@ impl From<AgentError> for Error {
             AgentError::NotRegistered { .. } | AgentError::NotFound { .. } => Error::not_found(e),
             AgentError::InvalidHostname { .. } => Error::invalid(e),
             AgentError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<EnrollError> for Error {
+    fn from(e: EnrollError) -> Self {
+        match e {
+            EnrollError::Enrolled { .. } => Error::new(StatusCode::CONFLICT, "enrolled", e.to_string()),
+            EnrollError::Random => Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+            EnrollError::Store(s) => s.into(),
         }
     }
 }

@@ -1,22 +1,28 @@
-//! Bearer-token authorization per route group, and request latency metrics.
+//! Bearer-token authorization per route group (configured tokens by role,
+//! per-agent credentials bound to a hostname), and request latency metrics.
 
 use std::time::Instant;
 
+use axum::RequestExt as _;
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
 use super::{Error, Shared};
-use crate::auth::Permission;
+use crate::auth::{Permission, Principal};
 
-/// `routes` behind a check that the bearer token's role has `perm`.
+/// `routes` behind a check that the bearer token's principal has `perm`.
+/// An agent credential is also held to its own hostname: on a route with a
+/// `{hostname}` segment, another hostname answers 403. The principal is
+/// left in the request's extensions for handlers that check a hostname in
+/// the body (registration).
 pub fn guarded(app: &Shared, perm: Permission, routes: Router<Shared>) -> Router<Shared> {
     routes.route_layer(middleware::from_fn_with_state((app.clone(), perm), require))
 }
 
-async fn require(State((app, perm)): State<(Shared, Permission)>, req: Request, next: Next) -> Response {
+async fn require(State((app, perm)): State<(Shared, Permission)>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -33,16 +39,37 @@ async fn require(State((app, perm)): State<(Shared, Permission)>, req: Request, 
         )
         .into_response();
     };
-    match app.tokens.role_of(token.as_bytes()) {
-        None => Error::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid token").into_response(),
-        Some(role) if !perm.allows(role) => Error::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("the {} role may not do this", role.as_str()),
-        )
-        .into_response(),
-        Some(_) => next.run(req).await,
+    let principal = match app.tokens.role_of(token.as_bytes()) {
+        Some(role) => Principal::Token(role),
+        None => match app.services.credentials.hostname_of(token.as_bytes()) {
+            Some(hostname) => Principal::Agent(hostname),
+            None => {
+                return Error::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid token").into_response();
+            }
+        },
+    };
+    if !perm.allows(&principal) {
+        return Error::new(StatusCode::FORBIDDEN, "forbidden", perm.refusal(&principal)).into_response();
     }
+    if let Some(own) = principal.agent_hostname() {
+        let params = req.extract_parts::<RawPathParams>().await;
+        let path_host = params
+            .as_ref()
+            .ok()
+            .and_then(|p| p.iter().find(|(k, _)| *k == "hostname").map(|(_, v)| v.to_owned()));
+        if let Some(h) = path_host
+            && h != own
+        {
+            return Error::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("the agent credential of {own:?} may not act for {h:?}"),
+            )
+            .into_response();
+        }
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
 }
 
 /// Observes every request's latency by route template, method and status.

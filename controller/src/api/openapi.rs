@@ -52,7 +52,7 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "graydar controller API", description = "Agent registry and findings history. Bearer tokens with roles agent, viewer, operator."),
-    paths(health::healthz, health::readyz, health::metrics, agents::register, agents::heartbeat, findings::transitions,
+    paths(health::healthz, health::readyz, health::metrics, agents::register, agents::heartbeat, agents::reset_credential, findings::transitions,
         agents::list_agents, agents::get_agent, findings::list_findings, findings::get_finding, openapi),
     components(schemas(
         ApiError, AgentInfo, AgentList, AgentState, Capabilities, RegisterRequest, RegisterResponse, HeartbeatRequest,

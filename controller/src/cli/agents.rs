@@ -1,7 +1,9 @@
 //! `graydar agents`.
 
+use clap::Subcommand;
 use graydar_common::api::AgentInfo;
 use graydar_common::client::Client;
+use graydar_common::url::encode_segment;
 
 use super::CliError;
 use super::output::{Output, show, table};
@@ -29,4 +31,23 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
 pub fn run(client: &Client, output: Output) -> Result<String, CliError> {
     let l = client.agents()?;
     Ok(show(output, &l, |l| agents_table(&l.agents)))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCmd {
+    /// Forget an agent's credential (operator): its calls are refused from
+    /// now on and the next enrollment of the hostname with the bootstrap
+    /// token gets a new one (a host rebuilt without its state directory).
+    ResetCredential { hostname: String },
+}
+
+pub fn command(client: &Client, cmd: &AgentsCmd) -> Result<String, CliError> {
+    match cmd {
+        AgentsCmd::ResetCredential { hostname } => {
+            client.delete::<()>(&format!("/api/v1/agents/{}/credential", encode_segment(hostname)))?;
+            Ok(format!(
+                "credential of {hostname} reset: its agent enrolls again with the bootstrap token\n"
+            ))
+        }
+    }
 }

@@ -45,8 +45,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Registered agents with state and last-seen time.
-    Agents,
+    /// Registered agents with state and last-seen time; `reset-credential`.
+    Agents {
+        #[command(subcommand)]
+        cmd: Option<agents::AgentsCmd>,
+    },
     /// Findings of every agent (firing first).
     Findings {
         /// Only firing findings.
@@ -111,7 +114,8 @@ pub enum CliError {
 pub fn run(cli: &Cli) -> Result<String, CliError> {
     let client = Client::new(client_config(cli)?)?;
     match &cli.cmd {
-        Cmd::Agents => agents::run(&client, cli.output),
+        Cmd::Agents { cmd: None } => agents::run(&client, cli.output),
+        Cmd::Agents { cmd: Some(cmd) } => agents::command(&client, cmd),
         Cmd::Findings {
             firing,
             kind,

@@ -185,6 +185,34 @@ pub trait AgentStore: Send + Sync {
     fn firing_counts<'a>(&'a self, agent: Option<&'a str>) -> StoreFuture<'a, HashMap<String, u64>>;
 }
 
+/// One agent's credential as stored: only the secret's SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    pub hostname: String,
+    pub sha256: [u8; 32],
+    pub created_ms: i64,
+}
+
+impl std::fmt::Debug for CredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRecord")
+            .field("hostname", &self.hostname)
+            .field("created_ms", &self.created_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-agent credentials (issued at enrollment, one per hostname).
+pub trait CredentialStore: Send + Sync {
+    /// Every stored credential.
+    fn credentials(&self) -> StoreFuture<'_, Vec<CredentialRecord>>;
+    /// Stores `c` if its hostname has no credential yet: whether it did (one
+    /// statement, so two enrollments of one hostname cannot both succeed).
+    fn insert_credential<'a>(&'a self, c: &'a CredentialRecord) -> StoreFuture<'a, bool>;
+    /// Forgets `hostname`'s credential: whether there was one.
+    fn delete_credential<'a>(&'a self, hostname: &'a str) -> StoreFuture<'a, bool>;
+}
+
 /// Findings and their transitions.
 pub trait FindingStore: Send + Sync {
     /// Stores one request's transitions. Transitions already stored (same
@@ -254,7 +282,7 @@ pub trait PathStore: Send + Sync {
 }
 
 /// The whole store.
-pub trait Store: AgentStore + FindingStore + FaultStore + PathStore {
+pub trait Store: AgentStore + CredentialStore + FindingStore + FaultStore + PathStore {
     /// Whether the database answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
     /// Final writes (a checkpoint) and closing the connections.

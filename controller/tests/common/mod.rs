@@ -22,6 +22,8 @@ use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tower::ServiceExt as _;
 
+/// The fleet's bootstrap token (role `agent`): it only enrolls; each agent
+/// then calls with the credential its enrollment returned ([`Api::cred`]).
 pub const AGENT: &str = "agent-token-0123456789";
 pub const VIEWER: &str = "viewer-token-0123456789";
 pub const OPERATOR: &str = "operator-token-0123456789";
@@ -37,6 +39,8 @@ pub struct Api {
     pub app: Router,
     pub state: Arc<AppState>,
     pub store: Arc<dyn Store>,
+    /// The credential each enrollment returned, by hostname (kept by [`Api::send`]).
+    creds: std::sync::Mutex<std::collections::HashMap<String, String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -95,8 +99,20 @@ impl Api {
             app: router(state.clone(), DEFAULT_MAX_BODY),
             state,
             store,
+            creds: Default::default(),
             _dir: dir,
         }
+    }
+
+    /// The credential `host`'s enrollment returned (it must have enrolled
+    /// through [`Api::send`] with the bootstrap token).
+    pub fn cred(&self, host: &str) -> String {
+        self.creds
+            .lock()
+            .expect("lock")
+            .get(host)
+            .cloned()
+            .unwrap_or_else(|| panic!("{host} has not enrolled"))
     }
 
     /// One request: an optional bearer token, an optional body with its
@@ -106,6 +122,11 @@ impl Api {
         if let Some(t) = token {
             b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
+        let enrolling = (method == "POST" && path == "/api/v1/agents/register")
+            .then(|| body.as_ref())
+            .flatten()
+            .and_then(|(_, text)| serde_json::from_str::<Value>(text).ok())
+            .and_then(|v| v["hostname"].as_str().map(str::to_owned));
         let req = match body {
             Some((ctype, text)) => b
                 .header(header::CONTENT_TYPE, ctype)
@@ -117,10 +138,17 @@ impl Api {
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        Resp {
+        let resp = Resp {
             status,
             headers,
             text: String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        if let Some(host) = enrolling
+            && status.is_success()
+            && let Some(c) = resp.json()["credential"].as_str()
+        {
+            self.creds.lock().expect("lock").insert(host, c.to_owned());
         }
+        resp
     }
 }

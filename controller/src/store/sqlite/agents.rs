@@ -6,7 +6,7 @@ use graydar_common::api::RegisterRequest;
 use sqlx::Row as _;
 
 use super::{SqliteStore, json, parse_json};
-use crate::store::{AgentRecord, AgentStore, StoreError, StoreFuture};
+use crate::store::{AgentRecord, AgentStore, CredentialRecord, CredentialStore, StoreError, StoreFuture};
 
 async fn load_agents(s: &SqliteStore) -> Result<Vec<AgentRecord>, StoreError> {
     let rows = sqlx::query(
@@ -93,6 +93,62 @@ async fn firing_counts(s: &SqliteStore, agent: Option<&str>) -> Result<HashMap<S
         out.insert(r.try_get::<String, _>("agent")?, u64::try_from(n).unwrap_or(0));
     }
     Ok(out)
+}
+
+async fn credentials(s: &SqliteStore) -> Result<Vec<CredentialRecord>, StoreError> {
+    let rows = sqlx::query("SELECT hostname, sha256, created_ms FROM agent_credentials")
+        .fetch_all(&s.read)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let hostname: String = r.try_get("hostname")?;
+            let sha: Vec<u8> = r.try_get("sha256")?;
+            Ok(CredentialRecord {
+                // Written by insert_credential from 32 bytes; anything else is no credential.
+                sha256: sha.try_into().map_err(|v: Vec<u8>| StoreError::UnknownValue {
+                    what: "credential digest",
+                    value: format!("{} bytes for {hostname}", v.len()),
+                })?,
+                hostname,
+                created_ms: r.try_get("created_ms")?,
+            })
+        })
+        .collect()
+}
+
+async fn insert_credential(s: &SqliteStore, c: &CredentialRecord) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO agent_credentials (hostname, sha256, created_ms) VALUES (?, ?, ?) \
+         ON CONFLICT (hostname) DO NOTHING",
+    )
+    .bind(&c.hostname)
+    .bind(c.sha256.as_slice())
+    .bind(c.created_ms)
+    .execute(&s.write)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn delete_credential(s: &SqliteStore, hostname: &str) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM agent_credentials WHERE hostname = ?")
+        .bind(hostname)
+        .execute(&s.write)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+impl CredentialStore for SqliteStore {
+    fn credentials(&self) -> StoreFuture<'_, Vec<CredentialRecord>> {
+        Box::pin(credentials(self))
+    }
+
+    fn insert_credential<'a>(&'a self, c: &'a CredentialRecord) -> StoreFuture<'a, bool> {
+        Box::pin(insert_credential(self, c))
+    }
+
+    fn delete_credential<'a>(&'a self, hostname: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(delete_credential(self, hostname))
+    }
 }
 
 impl AgentStore for SqliteStore {

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/0003_fault_history.sql"),
     ),
     (4, "mesh_keys", include_str!("../../../migrations/0004_mesh_keys.sql")),
+    (
+        5,
+        "agent_credentials",
+        include_str!("../../../migrations/0005_agent_credentials.sql"),
+    ),
 ];
 
 pub fn migrator() -> Migrator {
