@@ -7,8 +7,9 @@
 //! Asserts: nothing panics; link state is tracked across messages (one
 //! `LinkStates` per process, as the probe keeps one); a qdisc's prior
 //! journaled by `configured_prior` decodes with `prior_message` (what the
-//! agent saved it can restore) to a qdisc of the same kind and handle; a
-//! route event's prefix prints and parses back.
+//! agent saved it can restore) to a qdisc of the same kind and handle, or is
+//! refused as one graydar cannot restore; a route event's prefix prints and
+//! parses back.
 #![no_main]
 
 use std::str::FromStr as _;
@@ -48,15 +49,19 @@ fuzz_target!(|data: &[u8]| {
     ) = &msg.payload
     {
         let _ = qdisc::from_message(m);
-        let PriorRoot::Configured {
-            kind: k, message_hex, ..
-        } = tc::configured_prior(m)
-        else {
-            panic!("configured_prior gives a configured prior")
-        };
-        let back = tc::prior_message(&message_hex, 7).expect("a journaled prior decodes");
-        assert_eq!(back.header.index, 7);
-        assert_eq!(back.header.handle, m.header.handle);
-        assert_eq!(kind(&back).unwrap_or_default(), k);
+        // A prior the agent would journal must come back as the same qdisc;
+        // one that would not is refused (CannotRestore), never journaled.
+        match tc::configured_prior(m) {
+            Ok(PriorRoot::Configured {
+                kind: k, message_hex, ..
+            }) => {
+                let back = tc::prior_message(&message_hex, 7).expect("a journaled prior decodes");
+                assert_eq!(back.header.index, 7);
+                assert_eq!(back.header.handle, m.header.handle);
+                assert_eq!(kind(&back).unwrap_or_default(), k);
+            }
+            Ok(other) => panic!("configured_prior gives a configured prior, not {other:?}"),
+            Err(e) => assert!(matches!(e, tc::TcError::CannotRestore { .. }), "{e}"),
+        }
     }
 });

@@ -195,13 +195,16 @@ pub async fn snapshot(handle: &rtnetlink::Handle, ifindex: u32) -> Result<PriorR
     if !filters.is_empty() {
         return Err(refuse(format!("{} filter(s)", filters.len())));
     }
-    Ok(configured_prior(root))
+    configured_prior(root)
 }
 
 /// The prior of a configured root qdisc (handle not 0:): the message that
 /// re-creates it (kind, options; statistics dropped), hex-encoded for the
-/// journal. Pure; [`prior_message`] decodes it back.
-pub fn configured_prior(root: &TcMessage) -> PriorRoot {
+/// journal. Pure; [`prior_message`] decodes it back, and that is checked
+/// here: a qdisc whose message does not come back as the same kind and
+/// handle (options the library cannot re-parse, found by fuzzing) is
+/// refused, since the fault could not restore it.
+pub fn configured_prior(root: &TcMessage) -> Result<PriorRoot, TcError> {
     let kind = kind_of(root);
     // Keep what re-creates the qdisc (kind, options); drop statistics.
     let mut m = TcMessage::default();
@@ -221,11 +224,24 @@ pub fn configured_prior(root: &TcMessage) -> PriorRoot {
     }
     let mut buf = vec![0u8; m.buffer_len()];
     m.emit(&mut buf);
-    PriorRoot::Configured {
-        kind,
-        handle: handle_str(root.header.handle),
-        message_hex: hex(&buf),
+    let message_hex = hex(&buf);
+    let ifindex = u32::try_from(root.header.index).unwrap_or(0);
+    let handle = handle_str(root.header.handle);
+    let refuse = |what: String| TcError::CannotRestore {
+        ifindex,
+        kind: kind.clone(),
+        handle: handle.clone(),
+        what,
+    };
+    let back = prior_message(&message_hex, ifindex).map_err(|e| refuse(format!("options it cannot re-create ({e})")))?;
+    if kind_of(&back) != kind || back.header.handle != root.header.handle {
+        return Err(refuse("options that do not re-create the same qdisc".to_owned()));
     }
+    Ok(PriorRoot::Configured {
+        kind,
+        handle,
+        message_hex,
+    })
 }
 
 /// The raw TCA_OPTIONS payload of a dumped qdisc. netlink-packet-route keeps
@@ -477,5 +493,52 @@ mod tests {
             },
         );
         assert!(ops[1].contains("handle 8001: kind tbf"), "{ops:?}");
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/netlink_route.rs): an RTM_NEWQDISC
+    /// whose attributes netlink-packet-route parses, but whose re-emitted
+    /// message it cannot parse back (TCA_OPTIONS of 1 byte for kind
+    /// ingress). Journaled, that prior could never be restored; now the
+    /// snapshot refuses it, before anything is applied.
+    #[test]
+    fn a_root_qdisc_whose_message_does_not_decode_back_is_refused() {
+        use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+        const CRASH: &str = concat!(
+            "98000000240002003a0000001f4c00000000000003aaaaaaaaaaaa2502ffffff010000000c000100696e677265737300",
+            "0c000100000000000055000030000701a20000001b0000005c0000002dfff12d00002c00008102000031310100020000",
+            "160004001000020c00000000050002000400020004000200040002001000000016000400100002000400020004000200",
+            "04000200040002000400001bafafafafafafafafafafafafafafafafafafafafafafafafafafafafafafafafafafafaf",
+            "afafafafafafafafafafafafafafafafafafaf1b1b1b1b1b1b1b171b1b1b1b080000",
+        );
+        let bytes = unhex(CRASH).expect("hex");
+        let msg = NetlinkMessage::<netlink_packet_route::RouteNetlinkMessage>::deserialize(&bytes).expect("parses");
+        let NetlinkPayload::InnerMessage(netlink_packet_route::RouteNetlinkMessage::NewQueueDiscipline(m)) = &msg.payload
+        else {
+            panic!("an RTM_NEWQDISC: {msg:?}")
+        };
+        let e = configured_prior(m).expect_err("cannot be restored");
+        assert!(
+            matches!(&e, TcError::CannotRestore { kind, what, .. } if kind == "ingress" && what.contains("cannot re-create")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_configured_root_qdisc_round_trips_through_the_journal() {
+        let mut m = TcMessage::default();
+        m.header.index = 3;
+        m.header.handle = TcHandle { major: 0x8001, minor: 0 };
+        m.header.parent = TcHandle::ROOT;
+        m.attributes.push(TcAttribute::Kind("tbf".into()));
+        m.attributes
+            .push(TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, vec![8, 0, 1, 0, 1, 2, 3, 4])));
+        let PriorRoot::Configured { kind, handle, message_hex } = configured_prior(&m).expect("restorable") else {
+            panic!("configured")
+        };
+        assert_eq!((kind.as_str(), handle.as_str()), ("tbf", "8001:"));
+        let back = prior_message(&message_hex, 9).expect("decodes");
+        assert_eq!(back.header.index, 9);
+        assert_eq!(back.header.handle, m.header.handle);
+        assert_eq!(kind_of(&back), "tbf");
     }
 }
