@@ -71,13 +71,14 @@ pub enum Permission {
 
 impl Permission {
     pub fn allows(self, who: &Principal) -> bool {
-        match (self, who) {
-            (_, Principal::Token(Role::Operator)) | (Permission::Any, _) => true,
-            (Permission::Enroll, Principal::Token(Role::Agent) | Principal::Agent(_)) => true,
-            (Permission::Report, Principal::Agent(_)) => true,
-            (Permission::Read, Principal::Token(Role::Viewer)) => true,
-            _ => false,
-        }
+        matches!(
+            (self, who),
+            (_, Principal::Token(Role::Operator))
+                | (Permission::Any, _)
+                | (Permission::Enroll, Principal::Token(Role::Agent) | Principal::Agent(_))
+                | (Permission::Report, Principal::Agent(_))
+                | (Permission::Read, Principal::Token(Role::Viewer))
+        )
     }
 
     /// Why `who` may not: for the 403's message.

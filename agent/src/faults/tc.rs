@@ -233,7 +233,8 @@ pub fn configured_prior(root: &TcMessage) -> Result<PriorRoot, TcError> {
         handle: handle.clone(),
         what,
     };
-    let back = prior_message(&message_hex, ifindex).map_err(|e| refuse(format!("options it cannot re-create ({e})")))?;
+    let back =
+        prior_message(&message_hex, ifindex).map_err(|e| refuse(format!("options it cannot re-create ({e})")))?;
     if kind_of(&back) != kind || back.header.handle != root.header.handle {
         return Err(refuse("options that do not re-create the same qdisc".to_owned()));
     }
@@ -512,7 +513,8 @@ mod tests {
         );
         let bytes = unhex(CRASH).expect("hex");
         let msg = NetlinkMessage::<netlink_packet_route::RouteNetlinkMessage>::deserialize(&bytes).expect("parses");
-        let NetlinkPayload::InnerMessage(netlink_packet_route::RouteNetlinkMessage::NewQueueDiscipline(m)) = &msg.payload
+        let NetlinkPayload::InnerMessage(netlink_packet_route::RouteNetlinkMessage::NewQueueDiscipline(m)) =
+            &msg.payload
         else {
             panic!("an RTM_NEWQDISC: {msg:?}")
         };
@@ -527,12 +529,22 @@ mod tests {
     fn a_configured_root_qdisc_round_trips_through_the_journal() {
         let mut m = TcMessage::default();
         m.header.index = 3;
-        m.header.handle = TcHandle { major: 0x8001, minor: 0 };
+        m.header.handle = TcHandle {
+            major: 0x8001,
+            minor: 0,
+        };
         m.header.parent = TcHandle::ROOT;
         m.attributes.push(TcAttribute::Kind("tbf".into()));
-        m.attributes
-            .push(TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, vec![8, 0, 1, 0, 1, 2, 3, 4])));
-        let PriorRoot::Configured { kind, handle, message_hex } = configured_prior(&m).expect("restorable") else {
+        m.attributes.push(TcAttribute::Other(DefaultNla::new(
+            TCA_OPTIONS,
+            vec![8, 0, 1, 0, 1, 2, 3, 4],
+        )));
+        let PriorRoot::Configured {
+            kind,
+            handle,
+            message_hex,
+        } = configured_prior(&m).expect("restorable")
+        else {
             panic!("configured")
         };
         assert_eq!((kind.as_str(), handle.as_str()), ("tbf", "8001:"));

@@ -123,7 +123,7 @@ impl Api {
             b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         let enrolling = (method == "POST" && path == "/api/v1/agents/register")
-            .then(|| body.as_ref())
+            .then_some(body.as_ref())
             .flatten()
             .and_then(|(_, text)| serde_json::from_str::<Value>(text).ok())
             .and_then(|v| v["hostname"].as_str().map(str::to_owned));
