@@ -49,6 +49,7 @@ pub fn register_request(cfg: &Config, section: &ControllerSection, ebpf: bool) -
         },
         interfaces: crate::faults::inventory::interfaces(&cfg.sysfs_root),
         dm_devices: crate::faults::inventory::dm_devices(),
+        credential_sha256: None,
     }
 }
 

@@ -248,7 +248,17 @@ pub struct RegisterRequest {
     /// device-mapper devices (`/dev/mapper/<name>`) of this host (fault targets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dm_devices: Option<Vec<String>>,
+    /// Enrollment: the SHA-256 (64 lowercase hex digits) of the credential
+    /// this agent generated and will present from now on. Required with the
+    /// fleet's bootstrap token, which binds it to the hostname (once; the
+    /// same digest again is a retry and succeeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_sha256: Option<String>,
 }
+
+/// What every agent credential starts with (then 64 hex digits), so that
+/// secret scanners and people can tell what a leaked string is.
+pub const CREDENTIAL_PREFIX: &str = "gdra_";
 
 /// How recently an agent was heard from.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -306,11 +316,10 @@ pub struct RegisterResponse {
     pub agent: AgentInfo,
     /// How often the controller expects a heartbeat.
     pub heartbeat_interval_seconds: u64,
-    /// The agent's own credential, when this registration enrolled it (with
-    /// the fleet's bootstrap token): handed out once; every later call of
-    /// the agent presents it as its bearer token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
+    /// Whether the hostname has a credential bound to it (by this
+    /// registration or an earlier one): its agent calls with it.
+    #[serde(default)]
+    pub enrolled: bool,
 }
 
 /// `POST /api/v1/agents/{hostname}/heartbeat`.

@@ -131,6 +131,16 @@ impl Client {
         })
     }
 
+    /// The same client (connection pool, URL) with another bearer token:
+    /// one simulator speaking for many agents, each with its credential.
+    pub fn with_token(&self, token: impl Into<String>) -> Client {
+        Client {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: Some(token.into()),
+        }
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
     }

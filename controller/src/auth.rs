@@ -30,7 +30,7 @@ pub enum Principal {
     /// A configured token of this role. An `agent` token is the fleet's
     /// bootstrap token: it only enrolls ([`Permission::Enroll`]).
     Token(Role),
-    /// The per-agent credential of this hostname, issued at enrollment
+    /// The per-agent credential of this hostname, bound to it at enrollment
     /// (controller/src/agents/credentials.rs).
     Agent(String),
 }
@@ -85,7 +85,7 @@ impl Permission {
     pub fn refusal(self, who: &Principal) -> String {
         match (self, who) {
             (Permission::Report, Principal::Token(Role::Agent)) => "the agent (bootstrap) token only enrolls: \
-                 present the credential POST /api/v1/agents/register returned"
+                 present the agent's own credential, enrolled with POST /api/v1/agents/register"
                 .to_owned(),
             _ => format!("the {} may not do this", who.describe()),
         }

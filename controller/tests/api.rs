@@ -80,6 +80,7 @@ fn register_req(host: &str) -> RegisterRequest {
         },
         interfaces: None,
         dm_devices: None,
+        credential_sha256: Some(common::digest_of(host)),
     }
 }
 
@@ -286,34 +287,54 @@ async fn register_list_and_get_agents() {
     );
 }
 
-/// Issue 13 item 10: the bootstrap token enrolls a hostname once; the
-/// credential it returns acts for that hostname only, on every route with a
+/// Issue 13 item 10: the bootstrap token binds a credential to a hostname
+/// once; the credential acts for that hostname only, on every route with a
 /// `{hostname}` (taken from the served OpenAPI document, so a new agent
 /// endpoint is covered without a change here) and in the registration body.
 #[tokio::test]
 async fn a_credential_acts_for_its_own_hostname_only_and_enrollment_happens_once() {
     let a = api().await;
-    let r1 = a.register("n1").await;
-    let c1 = r1
-        .credential
-        .expect("enrollment with the bootstrap token returns a credential");
-    assert!(c1.starts_with("gdra_"), "{c1}");
+    assert!(a.register("n1").await.enrolled);
     a.register("n2").await;
-    let c2 = a.cred("n2");
-    assert_ne!(c1, c2);
+    let (c1, c2) = (a.cred("n1"), a.cred("n2"));
     let labels_of = |v: serde_json::Value| v["labels"].clone();
     let n1_labels = labels_of(a.get("/api/v1/agents/n1", VIEWER).await.json());
 
-    // The bootstrap token cannot enroll n1 again (that would move it).
+    // The same enrollment again (an answer lost on the way) succeeds.
+    assert!(a.register("n1").await.enrolled);
+    // The bootstrap token cannot bind n1 to another credential (that would
+    // move it): 409, nothing changed.
     let mut moved = register_req("n1");
     moved.labels.insert("rack".into(), "r9".into());
+    moved.credential_sha256 = Some(common::digest_of("intruder"));
     let (code, detail) = a
         .post_json("/api/v1/agents/register", AGENT, &moved)
         .await
         .error_parts(StatusCode::CONFLICT);
     assert_eq!(code, "enrolled");
     assert!(detail.contains("reset-credential n1"), "{detail}");
-    // Nor can n2's credential register n1.
+    // Nor bind n2's credential to n1, nor register without a credential.
+    moved.credential_sha256 = Some(common::digest_of("n2"));
+    assert_eq!(
+        a.post_json("/api/v1/agents/register", AGENT, &moved)
+            .await
+            .error(StatusCode::CONFLICT),
+        "enrolled"
+    );
+    moved.credential_sha256 = None;
+    let (code, detail) = a
+        .post_json("/api/v1/agents/register", AGENT, &moved)
+        .await
+        .error_parts(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(code, "invalid");
+    assert!(detail.starts_with("credential_sha256: required"), "{detail}");
+    moved.credential_sha256 = Some("ABC".into());
+    let (_, detail) = a
+        .post_json("/api/v1/agents/register", AGENT, &moved)
+        .await
+        .error_parts(StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(detail.starts_with("credential_sha256: must be 64"), "{detail}");
+    // n2's credential cannot register n1.
     let (code, detail) = a
         .post_json("/api/v1/agents/register", &c2, &moved)
         .await
@@ -355,19 +376,26 @@ async fn a_credential_acts_for_its_own_hostname_only_and_enrollment_happens_once
     }
     // heartbeat, transitions, desired faults, fault states, path reports.
     assert_eq!(agent_ops, 5, "the agent endpoints a credential may call");
-    // A credential neither reads nor operates.
+    // A credential neither reads nor operates; a made-up one is 401.
     assert_eq!(a.get("/api/v1/agents", &c1).await.status, StatusCode::FORBIDDEN);
     assert_eq!(
         a.post("/api/v1/faults/revert-all", &c1, "{}").await.status,
         StatusCode::FORBIDDEN
     );
-    // n1 re-registers with its own credential: updated, no new credential.
+    assert_eq!(
+        a.post("/api/v1/agents/n1/heartbeat", &common::secret_of("intruder"), "{}")
+            .await
+            .error(StatusCode::UNAUTHORIZED),
+        "unauthorized"
+    );
+    // n1 re-registers with its own credential: updated.
+    moved.credential_sha256 = None;
     let again: RegisterResponse = a.post_json("/api/v1/agents/register", &c1, &moved).await.typed();
-    assert_eq!(again.credential, None);
+    assert!(again.enrolled);
     assert_eq!(again.agent.labels.get("rack").map(String::as_str), Some("r9"));
 
     // Only an operator resets a credential; the old one is refused (401),
-    // and the next enrollment gets a new one.
+    // and the next enrollment binds a new one.
     for token in [VIEWER, AGENT, c1.as_str(), c2.as_str()] {
         let r = a.req("DELETE", "/api/v1/agents/n1/credential", Some(token), None).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
@@ -386,28 +414,27 @@ async fn a_credential_acts_for_its_own_hostname_only_and_enrollment_happens_once
             .error(StatusCode::UNAUTHORIZED),
         "unauthorized"
     );
-    let renewed = a
-        .register("n1")
-        .await
-        .credential
-        .expect("enrolled again after the reset");
-    assert_ne!(renewed, c1);
+    let mut renew = register_req("n1");
+    renew.credential_sha256 = Some(common::digest_of("n1 renewed"));
+    let r: RegisterResponse = a.post_json("/api/v1/agents/register", AGENT, &renew).await.typed();
+    assert!(r.enrolled);
     assert_eq!(
-        a.post("/api/v1/agents/n1/heartbeat", &renewed, "{}").await.status,
+        a.post("/api/v1/agents/n1/heartbeat", &common::secret_of("n1 renewed"), "{}")
+            .await
+            .status,
         StatusCode::OK
     );
-    // An operator token registers any hostname and gets no credential.
-    let op: RegisterResponse = a
-        .post_json("/api/v1/agents/register", OPERATOR, &register_req("n3"))
-        .await
-        .typed();
-    assert_eq!(op.credential, None);
+    // An operator token registers any hostname without enrolling it.
+    let mut op = register_req("n3");
+    op.credential_sha256 = None;
+    let op: RegisterResponse = a.post_json("/api/v1/agents/register", OPERATOR, &op).await.typed();
+    assert!(!op.enrolled);
 }
 
-/// A refused registration (a hostname that is no DNS name) issues no
-/// credential: the same hostname, corrected, still enrolls.
+/// A refused registration (a hostname that is no DNS name) binds no
+/// credential.
 #[tokio::test]
-async fn a_refused_enrollment_keeps_no_credential() {
+async fn a_refused_enrollment_binds_no_credential() {
     let a = api().await;
     let bad = register_req("bad host");
     assert_eq!(
@@ -417,7 +444,12 @@ async fn a_refused_enrollment_keeps_no_credential() {
         "invalid"
     );
     assert!(!a.state.services.credentials.is_enrolled("bad host"));
-    assert!(a.register("good-host").await.credential.is_some());
+    assert_eq!(
+        a.post("/api/v1/agents/bad%20host/heartbeat", &a.cred("bad host"), "{}")
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]

@@ -53,6 +53,7 @@ impl Api {
             capabilities: Capabilities::default(),
             interfaces: interfaces.map(|l| l.iter().map(|s| (*s).to_owned()).collect()),
             dm_devices: Some(vec![]),
+            credential_sha256: Some(common::digest_of(host)),
         };
         let resp = self
             .req(

@@ -43,6 +43,7 @@ impl Api {
             capabilities: Capabilities::default(),
             interfaces: None,
             dm_devices: None,
+            credential_sha256: Some(common::digest_of(host)),
         };
         let body = serde_json::to_string(&r).expect("encode");
         let resp = self

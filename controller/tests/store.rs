@@ -27,6 +27,7 @@ fn agent(host: &str, seen_ms: i64) -> AgentRecord {
             capabilities: Capabilities::default(),
             interfaces: None,
             dm_devices: None,
+            credential_sha256: None,
         },
         registered_ms: 1_000,
         last_seen_ms: seen_ms,

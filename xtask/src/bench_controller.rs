@@ -143,6 +143,17 @@ struct Figures {
     rss_mib: f64,
 }
 
+/// The credential of simulated agent `host` and what its enrollment sends
+/// (its SHA-256): the controller holds each agent to its own, as it does
+/// real agents (controller/src/agents/credentials.rs).
+pub(crate) fn sim_credential(host: &str) -> (String, String) {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let seed = ring::digest::digest(&ring::digest::SHA256, format!("bench agent {host}").as_bytes());
+    let secret = format!("{}{}", graydar_common::api::CREDENTIAL_PREFIX, hex(seed.as_ref()));
+    let sha = hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref());
+    (secret, sha)
+}
+
 fn one(ws: &Path, n: usize, seconds: u64) -> Result<Figures> {
     let dir = ws.join(format!("target/bench-controller/{n}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -169,8 +180,10 @@ fn one(ws: &Path, n: usize, seconds: u64) -> Result<Figures> {
             hs.push(s.spawn(move || -> Result<()> {
                 let c = Client::new(ClientConfig::new(url, Some(tok)))?;
                 for i in (t..n).step_by(THREADS) {
+                    let hostname = format!("sim-{i:05}");
+                    let (_, sha) = sim_credential(&hostname);
                     c.register(&RegisterRequest {
-                        hostname: format!("sim-{i:05}"),
+                        hostname,
                         addresses: vec![format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)],
                         labels: BTreeMap::new(),
                         kernel_version: "6.18.0".into(),
@@ -178,6 +191,7 @@ fn one(ws: &Path, n: usize, seconds: u64) -> Result<Figures> {
                         capabilities: Capabilities::default(),
                         interfaces: None,
                         dm_devices: None,
+                        credential_sha256: Some(sha),
                     })?;
                 }
                 Ok(())
@@ -221,6 +235,7 @@ fn one(ws: &Path, n: usize, seconds: u64) -> Result<Figures> {
                             std::thread::sleep(due - now);
                         }
                         let host = format!("sim-{i:05}");
+                        let c = c.with_token(sim_credential(&host).0);
                         let req = HeartbeatRequest {
                             firing: 1,
                             ..Default::default()

@@ -63,6 +63,7 @@ pub fn run(ws: &Path) -> Result<()> {
     for h in &hosts {
         reg.register(&RegisterRequest {
             hostname: h.clone(),
+            credential_sha256: Some(crate::bench_controller::sim_credential(h).1),
             addresses: vec![],
             labels: Default::default(),
             kernel_version: "6.18.0".into(),
@@ -89,7 +90,7 @@ pub fn run(ws: &Path) -> Result<()> {
         let (tx, stop, h) = (tx.clone(), stop.clone(), h.clone());
         let cfg = ClientConfig {
             timeout: Duration::from_secs(LEASE_S),
-            ..ClientConfig::new(&url, Some(agent_tok.clone()))
+            ..ClientConfig::new(&url, Some(crate::bench_controller::sim_credential(&h).0))
         };
         threads.push(std::thread::spawn(move || -> Result<()> {
             let c = Client::new(cfg)?;

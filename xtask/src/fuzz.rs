@@ -153,7 +153,9 @@ pub fn run(ws: &Path, seconds: u64, only: &[String]) -> Result<()> {
             continue;
         }
         let what = if found.is_empty() {
-            format!("{status} with no saved input")
+            format!(
+                "{status} with no saved input (a build error, or a failure outside the target: see its output above)"
+            )
         } else {
             found
                 .iter()

@@ -1,12 +1,15 @@
-//! The agent's own controller credential: enrollment with the fleet's
-//! bootstrap token (`[controller] token`, role `agent`) returns a secret
-//! bound to this hostname, kept in `<state_dir>/controller-credential`
-//! (mode 0600, written atomically) so that a restarted agent presents it
-//! instead of enrolling again (the controller enrolls a hostname once).
+//! The agent's own controller credential: a secret the agent generates and
+//! keeps in `<state_dir>/controller-credential` (mode 0600, written
+//! atomically before it is used), whose SHA-256 enrollment with the fleet's
+//! bootstrap token (`[controller] token`, role `agent`) binds to this
+//! hostname; a restarted agent presents it instead of enrolling again (the
+//! controller binds a hostname once).
 
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+
+use graydar_common::api::CREDENTIAL_PREFIX;
 
 /// The file name under the state directory.
 pub const FILE: &str = "controller-credential";
@@ -20,9 +23,11 @@ pub enum CredentialError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the system random source failed")]
+    Random,
     #[error(
         "{}: not a credential (one line of printable ASCII); remove the file to enroll again \
-         (an operator then resets the credential: `graydar agents reset-credential <hostname>`)",
+         (an operator first resets the hostname's credential: `graydar agents reset-credential <hostname>`)",
         path.display()
     )]
     Garbled { path: PathBuf },
@@ -33,6 +38,22 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// A new credential: the prefix and 32 random bytes in hex.
+pub fn generate() -> Result<String, CredentialError> {
+    let mut raw = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw).map_err(|_| CredentialError::Random)?;
+    Ok(format!("{CREDENTIAL_PREFIX}{}", hex(&raw)))
+}
+
+/// What enrollment sends: the SHA-256 of `secret`, 64 lowercase hex digits.
+pub fn digest_hex(secret: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The stored credential, or `None` when there is no file yet.
@@ -74,17 +95,24 @@ pub fn save(path: &Path, secret: &str) -> Result<(), CredentialError> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-/// Removes the file (a credential the controller no longer knows).
-pub fn remove(path: &Path) -> Result<(), CredentialError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_credentials_differ_and_their_digest_is_sha256_hex() {
+        let (a, b) = (generate().expect("a"), generate().expect("b"));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with(CREDENTIAL_PREFIX) && a.len() == CREDENTIAL_PREFIX.len() + 64,
+            "{a}"
+        );
+        // SHA-256("abc"), FIPS 180-2 appendix B.1.
+        assert_eq!(
+            digest_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     #[test]
     fn saved_credentials_load_back_private_and_bad_files_are_named() {
@@ -109,8 +137,5 @@ mod tests {
             assert!(e.to_string().contains("remove the file to enroll again"), "{e}");
             assert!(e.to_string().starts_with(&path.display().to_string()), "{e}");
         }
-        remove(&path).expect("remove");
-        remove(&path).expect("removing a missing file is fine");
-        assert_eq!(load(&path).expect("gone"), None);
     }
 }

@@ -108,6 +108,13 @@ pub enum ChannelError {
         #[source]
         source: serde_json::Error,
     },
+    /// This agent's credential could not be made or kept.
+    #[error("{url}: enrolling: {source}")]
+    Credential {
+        url: String,
+        #[source]
+        source: credential::CredentialError,
+    },
 }
 
 /// `e` and its causes, `: `-separated (reqwest's own message hides why a
@@ -148,11 +155,33 @@ struct Inner {
     /// The configured token: the fleet's bootstrap token (role `agent`),
     /// or an operator token.
     auth: Option<HeaderValue>,
-    /// This agent's own credential once enrolled: sent instead of `auth`.
-    credential: RwLock<Option<HeaderValue>>,
+    /// This agent's own credential (generated and saved by it): sent
+    /// instead of `auth` once enrolled.
+    credential: RwLock<Option<Own>>,
     /// Where the credential is kept (`<state_dir>/controller-credential`).
     credential_file: Option<PathBuf>,
     timeout: Duration,
+}
+
+/// This agent's own credential.
+#[derive(Clone)]
+struct Own {
+    secret: String,
+    header: HeaderValue,
+    /// Bound to the hostname on the controller (assumed for one loaded from
+    /// the state directory: a 401 says otherwise).
+    enrolled: bool,
+}
+
+impl Own {
+    fn new(path: &Path, secret: String, enrolled: bool) -> Result<Own, credential::CredentialError> {
+        let header = bearer(&secret).map_err(|_| credential::CredentialError::Garbled { path: path.to_owned() })?;
+        Ok(Own {
+            secret,
+            header,
+            enrolled,
+        })
+    }
 }
 
 fn bearer(token: &str) -> Result<HeaderValue, reqwest::header::InvalidHeaderValue> {
@@ -211,32 +240,28 @@ impl Channel {
     /// Keeps this agent's credential in `path` (loading it when present).
     /// Only on a channel not cloned yet.
     pub fn keep_credential_in(&mut self, path: &Path) -> Result<(), SetupError> {
-        let stored = credential::load(path).map_err(SetupError::Credential)?;
-        let header =
-            match stored {
-                Some(secret) => Some(bearer(&secret).map_err(|_| {
-                    SetupError::Credential(credential::CredentialError::Garbled { path: path.to_owned() })
-                })?),
-                None => None,
-            };
+        let own = match credential::load(path).map_err(SetupError::Credential)? {
+            Some(secret) => Some(Own::new(path, secret, true).map_err(SetupError::Credential)?),
+            None => None,
+        };
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.credential_file = Some(path.to_owned());
-            *inner.credential.get_mut().unwrap_or_else(|p| p.into_inner()) = header;
+            *inner.credential.get_mut().unwrap_or_else(|p| p.into_inner()) = own;
         }
         Ok(())
     }
 
-    /// Whether this agent holds its own credential (enrolled).
-    pub fn has_credential(&self) -> bool {
-        self.inner
-            .credential
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+    /// Whether this agent calls with its own credential (enrolled).
+    pub fn is_enrolled(&self) -> bool {
+        self.own().is_some_and(|o| o.enrolled)
     }
 
-    fn set_credential(&self, header: Option<HeaderValue>) {
-        *self.inner.credential.write().unwrap_or_else(|p| p.into_inner()) = header;
+    fn own(&self) -> Option<Own> {
+        self.inner.credential.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_own(&self, own: Option<Own>) {
+        *self.inner.credential.write().unwrap_or_else(|p| p.into_inner()) = own;
     }
 
     /// A channel to `url` with an optional bearer token and CA (path, PEM).
@@ -314,7 +339,7 @@ impl Channel {
         mut req: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, ChannelError> {
-        let own = self.inner.credential.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let own = self.own().filter(|o| o.enrolled).map(|o| o.header);
         if let Some(auth) = own.as_ref().or(self.inner.auth.as_ref()) {
             req = req.header(AUTHORIZATION, auth.clone());
         }
@@ -354,50 +379,52 @@ impl Channel {
         format!("/api/v1/agents/{}{rest}", encode_segment(hostname))
     }
 
-    /// Registers this agent. With its own credential it re-registers; with
-    /// the bootstrap token it enrolls, and the credential the answer carries
-    /// is kept (saved before it is used). A credential the controller does
-    /// not know (401: reset by an operator, or a new database) is dropped
-    /// and the agent enrolls again with the bootstrap token.
+    /// Registers this agent. Enrolled, it re-registers with its own
+    /// credential. Otherwise it enrolls: it generates a credential, saves it
+    /// (before anything is sent), and registers with the configured
+    /// (bootstrap) token and the credential's SHA-256, which binds it to the
+    /// hostname; a retry after a lost answer sends the same digest and
+    /// succeeds. A credential the controller refuses (401: reset by an
+    /// operator, or a new database) is replaced by a new one, enrolled the
+    /// same way. Without a state directory the configured token is all.
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ChannelError> {
         const PATH: &str = "/api/v1/agents/register";
-        let r = match self.post::<_, RegisterResponse>(PATH, req).await {
-            Err(e) if e.status() == Some(401) && self.has_credential() => {
-                tracing::warn!(
-                    error = %e,
-                    "the controller refused this agent's credential: enrolling again with the bootstrap token"
-                );
-                self.set_credential(None);
-                if let Some(path) = &self.inner.credential_file
-                    && let Err(e) = credential::remove(path)
-                {
-                    tracing::warn!(error = %e, "removing the refused credential");
-                }
-                self.post(PATH, req).await?
-            }
-            other => other?,
+        let Some(path) = self.inner.credential_file.clone() else {
+            return self.post(PATH, req).await;
         };
-        if let Some(secret) = &r.credential {
-            let header = bearer(secret).map_err(|_| ChannelError::Api {
-                url: self.url(PATH),
-                status: 200,
-                error: "bad_credential".into(),
-                detail: "the issued credential is not usable in an HTTP header".into(),
-            })?;
-            if let Some(path) = &self.inner.credential_file {
-                match credential::save(path, secret) {
-                    Ok(()) => tracing::info!(file = %path.display(), "enrolled: credential saved"),
-                    // Used anyway: this run works; a restart must enroll again,
-                    // which an operator's reset-credential allows.
-                    Err(e) => tracing::error!(
+        let mut own = self.own();
+        if own.as_ref().is_some_and(|o| o.enrolled) {
+            match self.post(PATH, req).await {
+                Err(e) if e.status() == Some(401) => {
+                    tracing::warn!(
                         error = %e,
-                        "enrolled, but the credential could not be saved: after a restart an operator must \
-                         reset it (`graydar agents reset-credential`)"
-                    ),
+                        "the controller refused this agent's credential: enrolling a new one with the bootstrap token"
+                    );
+                    own = None;
                 }
+                other => return other,
             }
-            self.set_credential(Some(header));
         }
+        let own = match own {
+            Some(o) => o,
+            None => {
+                let url = self.url(PATH);
+                let to_err = |source| ChannelError::Credential {
+                    url: url.clone(),
+                    source,
+                };
+                let secret = credential::generate().map_err(to_err)?;
+                credential::save(&path, &secret).map_err(to_err)?;
+                let o = Own::new(&path, secret, false).map_err(to_err)?;
+                self.set_own(Some(o.clone()));
+                o
+            }
+        };
+        let mut enroll = req.clone();
+        enroll.credential_sha256 = Some(credential::digest_hex(&own.secret));
+        let r = self.post::<_, RegisterResponse>(PATH, &enroll).await?;
+        tracing::info!(file = %path.display(), "enrolled with the controller: calling with this agent's credential");
+        self.set_own(Some(Own { enrolled: true, ..own }));
         Ok(r)
     }
 
@@ -563,6 +590,7 @@ mod tests {
             capabilities: Default::default(),
             interfaces: None,
             dm_devices: None,
+            credential_sha256: None,
         };
         let e = c.register(&reg).await.expect_err("bad gateway");
         assert_eq!(e.status(), Some(502));

@@ -1,67 +1,73 @@
-//! Per-agent credentials: an agent enrolls once with the shared bootstrap
-//! token (role `agent`) and gets a secret bound to its hostname; every later
-//! call of that agent presents the secret, and the API refuses it for any
-//! other hostname. So one host's secret cannot re-register another host with
-//! new labels (which moves where selector-targeted faults land), post its
-//! findings or report its faults reverted.
+//! Per-agent credentials: an agent enrolls once with the fleet's shared
+//! bootstrap token (role `agent`), binding to its hostname the SHA-256 of a
+//! secret it generated (and saved) itself; every later call of that agent
+//! presents the secret, and the API refuses it for any other hostname. So
+//! one host's secret cannot re-register another host with new labels (which
+//! moves where selector-targeted faults land), post its findings or report
+//! its faults reverted, and the bootstrap token cannot move an enrolled host.
 //!
-//! Only the secret's SHA-256 is stored (the secret is 32 random bytes, so a
-//! plain digest is enough: nothing to brute-force). Lookups go through a
-//! map of digests held in memory, written through to the store.
+//! The controller never sees a secret before the agent first presents it,
+//! and stores only digests (the secret is 32 random bytes, so a plain digest
+//! is enough: nothing to brute-force). Enrollment is idempotent for the same
+//! digest, so an agent whose answer was lost (a timeout, a kill) retries
+//! with the secret it saved and succeeds. Lookups go through a map of
+//! digests held in memory, written through to the store.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use graydar_common::api::CREDENTIAL_PREFIX;
+
 use crate::store::{CredentialRecord, CredentialStore, StoreError};
 use crate::timefmt::now_ms;
-
-/// Every credential starts with this, so that secret scanners and humans
-/// can tell what a leaked string is.
-pub const PREFIX: &str = "gdra_";
 
 /// Why an enrollment was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    /// The hostname has a credential already: the agent must present it (or
-    /// an operator resets it, after which the next enrollment gets a new one).
+    /// The hostname is bound to another credential: its agent must present
+    /// that one (or an operator resets it, after which the next enrollment
+    /// binds the new one).
     #[error(
-        "agent {hostname:?} is enrolled already: present its credential, or have an operator reset it \
-         (DELETE /api/v1/agents/{hostname}/credential, `graydar agents reset-credential {hostname}`)"
+        "agent {hostname:?} is enrolled already with another credential: present that one, or have an operator \
+         reset it (`graydar agents reset-credential {hostname}`, DELETE /api/v1/agents/{hostname}/credential)"
     )]
     Enrolled { hostname: String },
-    #[error("generating a credential: the system random source failed")]
-    Random,
+    /// The digest is bound to another hostname.
+    #[error("this credential is enrolled for another hostname: generate a new one")]
+    InUse,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// A freshly issued credential: the secret, handed out once.
-pub struct Issued {
-    pub secret: String,
-}
-
-impl std::fmt::Debug for Issued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Issued(<redacted>)")
-    }
 }
 
 pub struct Credentials {
     store: Arc<dyn CredentialStore>,
     /// Digest → hostname.
     by_digest: Mutex<HashMap<[u8; 32], String>>,
-    rng: ring::rand::SystemRandom,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn digest(secret: &[u8]) -> [u8; 32] {
+/// The SHA-256 of a presented secret.
+pub fn digest(secret: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, secret);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
+}
+
+/// A `credential_sha256` of a registration: 64 lowercase hex digits.
+pub fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let b = hex.as_bytes();
+    if b.len() != 64 || !b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl Credentials {
@@ -76,13 +82,12 @@ impl Credentials {
         Ok(Credentials {
             store,
             by_digest: Mutex::new(by_digest),
-            rng: ring::rand::SystemRandom::new(),
         })
     }
 
     /// The hostname `presented` is the credential of, if any.
     pub fn hostname_of(&self, presented: &[u8]) -> Option<String> {
-        if !presented.starts_with(PREFIX.as_bytes()) {
+        if !presented.starts_with(CREDENTIAL_PREFIX.as_bytes()) {
             return None;
         }
         lock(&self.by_digest).get(&digest(presented)).cloned()
@@ -93,29 +98,33 @@ impl Credentials {
         lock(&self.by_digest).values().any(|h| h == hostname)
     }
 
-    /// Issues `hostname`'s credential, stored before it is returned; refused
-    /// when the hostname has one already (checked by the store in one
-    /// statement, so of two concurrent enrollments only one succeeds).
-    pub async fn enroll(&self, hostname: &str) -> Result<Issued, EnrollError> {
-        let mut raw = [0u8; 32];
-        ring::rand::SecureRandom::fill(&self.rng, &mut raw).map_err(|_| EnrollError::Random)?;
-        let secret = format!("{PREFIX}{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    /// Binds `sha256` to `hostname`, stored before it is answered. The same
+    /// binding again succeeds (a retry); another digest for an enrolled
+    /// hostname is refused, checked by the store in one transaction so that
+    /// of two concurrent enrollments only one binds.
+    pub async fn enroll(&self, hostname: &str, sha256: [u8; 32]) -> Result<(), EnrollError> {
+        match lock(&self.by_digest).get(&sha256) {
+            Some(h) if h == hostname => return Ok(()),
+            Some(_) => return Err(EnrollError::InUse),
+            None => {}
+        }
         let record = CredentialRecord {
             hostname: hostname.to_owned(),
-            sha256: digest(secret.as_bytes()),
+            sha256,
             created_ms: now_ms(),
         };
-        if !self.store.insert_credential(&record).await? {
+        let bound = self.store.bind_credential(&record).await?;
+        if bound != sha256 {
             return Err(EnrollError::Enrolled {
                 hostname: hostname.to_owned(),
             });
         }
-        lock(&self.by_digest).insert(record.sha256, record.hostname);
-        Ok(Issued { secret })
+        lock(&self.by_digest).insert(sha256, record.hostname);
+        Ok(())
     }
 
     /// Forgets `hostname`'s credential (its agent's calls answer 401 from
-    /// now on; the next enrollment of the hostname gets a new one). Whether
+    /// now on; the next enrollment of the hostname binds a new one). Whether
     /// there was one.
     pub async fn reset(&self, hostname: &str) -> Result<bool, StoreError> {
         let had = self.store.delete_credential(hostname).await?;
@@ -135,58 +144,86 @@ mod tests {
         (Credentials::open(store.clone()).await.expect("open"), store, dir)
     }
 
+    fn secret(n: u8) -> String {
+        format!("{CREDENTIAL_PREFIX}{}", format!("{n:02x}").repeat(32))
+    }
+
+    #[test]
+    fn digests_parse_as_64_lowercase_hex_digits_only() {
+        let d = digest(b"x");
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(parse_digest(&hex), Some(d));
+        for bad in [
+            &hex[..62],
+            &hex.to_uppercase(),
+            &format!("{}zz", &hex[..62]),
+            "",
+            &format!("{hex}00"),
+        ] {
+            assert_eq!(parse_digest(bad), None, "{bad:?}");
+        }
+    }
+
     #[tokio::test]
-    async fn a_credential_names_its_host_survives_a_restart_and_is_issued_once() {
+    async fn a_credential_names_its_host_survives_a_restart_and_binds_once() {
         let (c, store, _dir) = open().await;
-        let a = c.enroll("node-a").await.expect("enroll");
-        assert!(a.secret.starts_with(PREFIX) && a.secret.len() == PREFIX.len() + 64);
-        assert_eq!(c.hostname_of(a.secret.as_bytes()).as_deref(), Some("node-a"));
-        assert!(c.is_enrolled("node-a"));
-        assert!(!c.is_enrolled("node-b"));
-        let e = c.enroll("node-a").await.expect_err("enrolled already");
+        let (a, b) = (secret(1), secret(2));
+        c.enroll("node-a", digest(a.as_bytes())).await.expect("enroll");
+        assert_eq!(c.hostname_of(a.as_bytes()).as_deref(), Some("node-a"));
+        assert!(c.is_enrolled("node-a") && !c.is_enrolled("node-b"));
+        // A retry with the same digest (a lost answer) succeeds; another
+        // digest for node-a does not; node-a's digest for node-b neither.
+        c.enroll("node-a", digest(a.as_bytes()))
+            .await
+            .expect("the same binding again");
+        let e = c
+            .enroll("node-a", digest(b.as_bytes()))
+            .await
+            .expect_err("bound already");
         assert!(matches!(e, EnrollError::Enrolled { .. }), "{e}");
         assert!(e.to_string().contains("reset-credential node-a"), "{e}");
-        // Another host's secret, a prefix-less copy and a changed byte name nobody.
-        let b = c.enroll("node-b").await.expect("enroll b");
-        assert_ne!(a.secret, b.secret);
-        assert_eq!(c.hostname_of(&a.secret.as_bytes()[PREFIX.len()..]), None);
-        let mut forged = a.secret.clone().into_bytes();
-        let last = forged.len() - 1;
-        forged[last] = if forged[last] == b'0' { b'1' } else { b'0' };
-        assert_eq!(c.hostname_of(&forged), None);
+        let e = c.enroll("node-b", digest(a.as_bytes())).await.expect_err("in use");
+        assert!(matches!(e, EnrollError::InUse), "{e}");
+        c.enroll("node-b", digest(b.as_bytes())).await.expect("enroll b");
+        // Without the prefix, or with a changed byte: nobody.
+        assert_eq!(c.hostname_of(&a.as_bytes()[CREDENTIAL_PREFIX.len()..]), None);
+        assert_eq!(c.hostname_of(secret(3).as_bytes()), None);
         // Reopened from the store: the same answers.
         let again = Credentials::open(store.clone()).await.expect("reopen");
-        assert_eq!(again.hostname_of(a.secret.as_bytes()).as_deref(), Some("node-a"));
-        assert_eq!(again.hostname_of(b.secret.as_bytes()).as_deref(), Some("node-b"));
+        assert_eq!(again.hostname_of(a.as_bytes()).as_deref(), Some("node-a"));
+        assert_eq!(again.hostname_of(b.as_bytes()).as_deref(), Some("node-b"));
+        let e = again
+            .enroll("node-a", digest(b.as_bytes()))
+            .await
+            .expect_err("stored binding");
+        assert!(matches!(e, EnrollError::InUse | EnrollError::Enrolled { .. }), "{e}");
     }
 
     #[tokio::test]
     async fn a_reset_credential_stops_working_and_the_host_can_enroll_again() {
         let (c, store, _dir) = open().await;
-        let a = c.enroll("node-a").await.expect("enroll");
+        let a = secret(1);
+        c.enroll("node-a", digest(a.as_bytes())).await.expect("enroll");
         assert!(c.reset("node-a").await.expect("reset"));
         assert!(!c.reset("node-a").await.expect("reset again"), "nothing left to reset");
-        assert_eq!(c.hostname_of(a.secret.as_bytes()), None);
-        assert_eq!(
-            Credentials::open(store.clone())
-                .await
-                .expect("reopen")
-                .hostname_of(a.secret.as_bytes()),
-            None,
-            "the reset is stored"
-        );
-        let a2 = c.enroll("node-a").await.expect("enroll after the reset");
-        assert_eq!(c.hostname_of(a2.secret.as_bytes()).as_deref(), Some("node-a"));
+        assert_eq!(c.hostname_of(a.as_bytes()), None);
+        let reopened = Credentials::open(store.clone()).await.expect("reopen");
+        assert_eq!(reopened.hostname_of(a.as_bytes()), None, "the reset is stored");
+        let a2 = secret(9);
+        c.enroll("node-a", digest(a2.as_bytes()))
+            .await
+            .expect("enroll after the reset");
+        assert_eq!(c.hostname_of(a2.as_bytes()).as_deref(), Some("node-a"));
     }
 
     #[tokio::test]
-    async fn of_concurrent_enrollments_of_one_host_exactly_one_succeeds() {
+    async fn of_concurrent_enrollments_of_one_host_exactly_one_digest_binds() {
         let (c, _store, _dir) = open().await;
         let c = Arc::new(c);
-        let tasks: Vec<_> = (0..16)
-            .map(|_| {
+        let tasks: Vec<_> = (0..16u8)
+            .map(|n| {
                 let c = c.clone();
-                tokio::spawn(async move { c.enroll("node-a").await.is_ok() })
+                tokio::spawn(async move { c.enroll("node-a", digest(secret(n).as_bytes())).await.is_ok() })
             })
             .collect();
         let mut ok = 0;

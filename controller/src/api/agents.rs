@@ -11,7 +11,7 @@ use graydar_common::api::{
 
 use super::middleware::guarded;
 use super::{Body, Error, PathParam, Shared};
-use crate::agents::AgentService;
+use crate::agents::{AgentService, credentials};
 use crate::auth::{Permission, Principal};
 
 pub(super) fn routes(app: &Shared) -> Router<Shared> {
@@ -34,12 +34,15 @@ pub(super) fn routes(app: &Shared) -> Router<Shared> {
 /// not a DNS name (1 to 253 characters, labels of 1 to 63 letters, digits,
 /// `-`, `_`) is refused with 422 naming `hostname`, and nothing is stored.
 ///
-/// Enrollment: with the fleet's bootstrap token (role `agent`) the answer
-/// carries the agent's own credential, issued once per hostname (409 when
-/// the hostname has one: the agent presents it, or an operator resets it);
-/// every later call of the agent presents it, re-registration included.
-/// A credential registers its own hostname only (403). An operator token
-/// registers any hostname and gets no credential.
+/// Enrollment: an agent generates its own credential, saves it, and
+/// registers with the fleet's bootstrap token (role `agent`) and the
+/// credential's SHA-256 in `credential_sha256` (required then: 422 naming
+/// it); that binds the credential to the hostname, once: the same digest
+/// again is a retry and succeeds, another one is 409 (the agent presents the
+/// bound credential, or an operator resets it). Every later call of the
+/// agent presents the credential, re-registration included; a credential
+/// registers its own hostname only (403). An operator token registers any
+/// hostname (and enrolls it when `credential_sha256` is given).
 #[utoipa::path(post, path = "/api/v1/agents/register", tag = "agents", security(("bearer" = [])),
     request_body = RegisterRequest,
     responses((status = 200, body = RegisterResponse), (status = 400, body = ApiError), (status = 401, body = ApiError),
@@ -63,32 +66,40 @@ pub(super) async fn register(
             ),
         ));
     }
-    // Nothing is kept for a hostname that cannot register; the credential is
-    // stored before the registration, so a refused enrollment changes nothing.
+    // Nothing is kept for a hostname that cannot register, and the binding
+    // is checked (and stored) before the registration: a refused enrollment
+    // changes nothing.
     AgentService::valid_hostname(&hostname)?;
-    let credential = match who {
-        Principal::Token(Role::Agent) => Some(app.services.credentials.enroll(&hostname).await?),
-        _ => None,
-    };
-    let (interfaces, dm_devices) = (req.interfaces.clone(), req.dm_devices.clone());
-    let agent = match app.services.agents.register(req).await {
-        Ok(a) => a,
-        Err(e) => {
-            // Handed out to nobody: forgotten, so that the retry can enroll.
-            if credential.is_some()
-                && let Err(reset) = app.services.credentials.reset(&hostname).await
-            {
-                tracing::warn!(agent = %hostname, error = %reset, "forgetting an unused credential");
-            }
-            return Err(e.into());
+    let digest = match (&who, req.credential_sha256.as_deref()) {
+        (Principal::Agent(_), _) => None,
+        (_, Some(hex)) => Some(credentials::parse_digest(hex).ok_or_else(|| {
+            Error::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "credential_sha256: must be 64 lowercase hex digits (the SHA-256 of the agent's credential)",
+            )
+        })?),
+        (Principal::Token(Role::Agent), None) => {
+            return Err(Error::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "credential_sha256: required when enrolling with the agent (bootstrap) token",
+            ));
         }
+        (_, None) => None,
     };
+    if let Some(d) = digest {
+        app.services.credentials.enroll(&hostname, d).await?;
+    }
+    let (interfaces, dm_devices) = (req.interfaces.clone(), req.dm_devices.clone());
+    let agent = app.services.agents.register(req).await?;
     app.services.faults.set_inventory(&hostname, interfaces, dm_devices);
-    tracing::info!(agent = %hostname, enrolled = credential.is_some(), "agent registered");
+    let enrolled = app.services.credentials.is_enrolled(&hostname);
+    tracing::info!(agent = %hostname, enrolled, "agent registered");
     Ok(Json(RegisterResponse {
         agent,
         heartbeat_interval_seconds: app.heartbeat_interval_seconds,
-        credential: credential.map(|c| c.secret),
+        enrolled,
     }))
 }
 

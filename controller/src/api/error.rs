@@ -81,8 +81,9 @@ impl From<AgentError> for Error {
 impl From<EnrollError> for Error {
     fn from(e: EnrollError) -> Self {
         match e {
-            EnrollError::Enrolled { .. } => Error::new(StatusCode::CONFLICT, "enrolled", e.to_string()),
-            EnrollError::Random => Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+            EnrollError::Enrolled { .. } | EnrollError::InUse => {
+                Error::new(StatusCode::CONFLICT, "enrolled", e.to_string())
+            }
             EnrollError::Store(s) => s.into(),
         }
     }

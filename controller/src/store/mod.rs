@@ -206,9 +206,10 @@ impl std::fmt::Debug for CredentialRecord {
 pub trait CredentialStore: Send + Sync {
     /// Every stored credential.
     fn credentials(&self) -> StoreFuture<'_, Vec<CredentialRecord>>;
-    /// Stores `c` if its hostname has no credential yet: whether it did (one
-    /// statement, so two enrollments of one hostname cannot both succeed).
-    fn insert_credential<'a>(&'a self, c: &'a CredentialRecord) -> StoreFuture<'a, bool>;
+    /// Stores `c` if its hostname has no credential yet, and returns the
+    /// digest the hostname is bound to afterwards (`c`'s, or the one it had):
+    /// one transaction, so of two enrollments of one hostname only one binds.
+    fn bind_credential<'a>(&'a self, c: &'a CredentialRecord) -> StoreFuture<'a, [u8; 32]>;
     /// Forgets `hostname`'s credential: whether there was one.
     fn delete_credential<'a>(&'a self, hostname: &'a str) -> StoreFuture<'a, bool>;
 }

@@ -23,10 +23,27 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 
 /// The fleet's bootstrap token (role `agent`): it only enrolls; each agent
-/// then calls with the credential its enrollment returned ([`Api::cred`]).
+/// then calls with its own credential ([`secret_of`]).
 pub const AGENT: &str = "agent-token-0123456789";
 pub const VIEWER: &str = "viewer-token-0123456789";
 pub const OPERATOR: &str = "operator-token-0123456789";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The credential the test agent `host` generated (fixed per hostname).
+pub fn secret_of(host: &str) -> String {
+    let seed = graydar_controller::agents::credentials::digest(format!("test agent {host}").as_bytes());
+    format!("{}{}", graydar_common::api::CREDENTIAL_PREFIX, hex(&seed))
+}
+
+/// What `host`'s enrollment sends: the SHA-256 of [`secret_of`].
+pub fn digest_of(host: &str) -> String {
+    hex(&graydar_controller::agents::credentials::digest(
+        secret_of(host).as_bytes(),
+    ))
+}
 
 pub fn liveness() -> Liveness {
     Liveness {
@@ -39,8 +56,6 @@ pub struct Api {
     pub app: Router,
     pub state: Arc<AppState>,
     pub store: Arc<dyn Store>,
-    /// The credential each enrollment returned, by hostname (kept by [`Api::send`]).
-    creds: std::sync::Mutex<std::collections::HashMap<String, String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -99,20 +114,14 @@ impl Api {
             app: router(state.clone(), DEFAULT_MAX_BODY),
             state,
             store,
-            creds: Default::default(),
             _dir: dir,
         }
     }
 
-    /// The credential `host`'s enrollment returned (it must have enrolled
-    /// through [`Api::send`] with the bootstrap token).
+    /// The credential `host`'s agent presents ([`secret_of`]); its
+    /// registration enrolled it with [`digest_of`].
     pub fn cred(&self, host: &str) -> String {
-        self.creds
-            .lock()
-            .expect("lock")
-            .get(host)
-            .cloned()
-            .unwrap_or_else(|| panic!("{host} has not enrolled"))
+        secret_of(host)
     }
 
     /// One request: an optional bearer token, an optional body with its
@@ -122,11 +131,6 @@ impl Api {
         if let Some(t) = token {
             b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let enrolling = (method == "POST" && path == "/api/v1/agents/register")
-            .then_some(body.as_ref())
-            .flatten()
-            .and_then(|(_, text)| serde_json::from_str::<Value>(text).ok())
-            .and_then(|v| v["hostname"].as_str().map(str::to_owned));
         let req = match body {
             Some((ctype, text)) => b
                 .header(header::CONTENT_TYPE, ctype)
@@ -138,17 +142,10 @@ impl Api {
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let resp = Resp {
+        Resp {
             status,
             headers,
             text: String::from_utf8_lossy(&bytes).into_owned(),
-        };
-        if let Some(host) = enrolling
-            && status.is_success()
-            && let Some(c) = resp.json()["credential"].as_str()
-        {
-            self.creds.lock().expect("lock").insert(host, c.to_owned());
         }
-        resp
     }
 }

@@ -27,6 +27,7 @@ async fn load_agents(s: &SqliteStore) -> Result<Vec<AgentRecord>, StoreError> {
                 // Not stored: the fault inventory is reported again by every heartbeat.
                 interfaces: None,
                 dm_devices: None,
+                credential_sha256: None,
             },
             registered_ms: r.try_get("registered_ms")?,
             last_seen_ms: r.try_get("last_seen_ms")?,
@@ -116,17 +117,26 @@ async fn credentials(s: &SqliteStore) -> Result<Vec<CredentialRecord>, StoreErro
         .collect()
 }
 
-async fn insert_credential(s: &SqliteStore, c: &CredentialRecord) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+async fn bind_credential(s: &SqliteStore, c: &CredentialRecord) -> Result<[u8; 32], StoreError> {
+    let mut tx = s.write.begin().await?;
+    sqlx::query(
         "INSERT INTO agent_credentials (hostname, sha256, created_ms) VALUES (?, ?, ?) \
          ON CONFLICT (hostname) DO NOTHING",
     )
     .bind(&c.hostname)
     .bind(c.sha256.as_slice())
     .bind(c.created_ms)
-    .execute(&s.write)
+    .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    let bound: Vec<u8> = sqlx::query_scalar("SELECT sha256 FROM agent_credentials WHERE hostname = ?")
+        .bind(&c.hostname)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    bound.try_into().map_err(|v: Vec<u8>| StoreError::UnknownValue {
+        what: "credential digest",
+        value: format!("{} bytes for {}", v.len(), c.hostname),
+    })
 }
 
 async fn delete_credential(s: &SqliteStore, hostname: &str) -> Result<bool, StoreError> {
@@ -142,8 +152,8 @@ impl CredentialStore for SqliteStore {
         Box::pin(credentials(self))
     }
 
-    fn insert_credential<'a>(&'a self, c: &'a CredentialRecord) -> StoreFuture<'a, bool> {
-        Box::pin(insert_credential(self, c))
+    fn bind_credential<'a>(&'a self, c: &'a CredentialRecord) -> StoreFuture<'a, [u8; 32]> {
+        Box::pin(bind_credential(self, c))
     }
 
     fn delete_credential<'a>(&'a self, hostname: &'a str) -> StoreFuture<'a, bool> {
