@@ -426,21 +426,44 @@ fn trial_kinds(dir: &Path) -> Vec<(&'static str, Vec<String>)> {
     ]
 }
 
-/// Kinds in a random order, each once per round of `n` trials: every kind
-/// is exercised in every run of at least `n` trials.
-struct KindDeck {
-    order: Vec<usize>,
+/// The three points of a trial at which something is killed or cut:
+/// right after the POST (apply in flight), while the fault is active, or
+/// just after a DELETE (revert in flight).
+const PHASES: [&str; 3] = ["apply", "active", "revert"];
+
+/// Every (kind, phase) pair once per round, in a random order: a run of at
+/// least `kinds × 3` trials exercises each kind at each point.
+struct Deck {
+    order: Vec<(usize, usize)>,
 }
 
-impl KindDeck {
-    fn draw(&mut self, rng: &mut Rng, n: usize) -> usize {
+impl Deck {
+    fn draw(&mut self, rng: &mut Rng, kinds: usize) -> (usize, usize) {
         if self.order.is_empty() {
-            self.order = (0..n).collect();
-            for i in (1..n).rev() {
+            self.order = (0..kinds)
+                .flat_map(|k| (0..PHASES.len()).map(move |p| (k, p)))
+                .collect();
+            for i in (1..self.order.len()).rev() {
                 self.order.swap(i, rng.below(i as u64 + 1) as usize);
             }
         }
         self.order.pop().unwrap_or_default()
+    }
+}
+
+/// Waits (at most `timeout`) until the agent reports fault `id` active or
+/// failed.
+fn wait_applied_or_failed(ctl: &ControllerProcess, token: &str, id: &str, agent: &str, timeout: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let f = fault_cli(ctl, token, &["get", id]);
+        if f.agents
+            .iter()
+            .any(|a| a.agent == agent && matches!(a.state, FaultState::Active | FaultState::Failed))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -462,7 +485,7 @@ fn randomized_kill_and_partition_trials_leave_no_orphans() {
     let baseline = Baseline::take(&[&t.ag]);
     let mut rng = Rng::new();
     let kinds = trial_kinds(data.path());
-    let mut deck = KindDeck { order: Vec::new() };
+    let mut deck = Deck { order: Vec::new() };
     let mut chosen: BTreeMap<&str, u32> = Default::default();
     let mut fault_kind: BTreeMap<String, &str> = Default::default();
     let mut actions: BTreeMap<&str, u32> = Default::default();
@@ -478,7 +501,8 @@ fn randomized_kill_and_partition_trials_leave_no_orphans() {
             let out = c.cli(&tokens.operator, &["fault", "revert", &id]);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
-        let (kind, kind_args) = &kinds[deck.draw(&mut rng, kinds.len())];
+        let (k, phase) = deck.draw(&mut rng, kinds.len());
+        let (kind, kind_args) = &kinds[k];
         let dur = format!("{}s", 5 + rng.below(40));
         let mut args = vec!["apply", "--agent", &host];
         args.extend(kind_args.iter().map(String::as_str));
@@ -487,13 +511,18 @@ fn randomized_kill_and_partition_trials_leave_no_orphans() {
         previous = Some(f.id.clone());
         *chosen.entry(kind).or_default() += 1;
         fault_kind.insert(f.id.clone(), kind);
-        // A random point: right after the POST (apply in flight), while
-        // active, or just after a DELETE (revert in flight).
-        let phase = rng.below(3);
-        std::thread::sleep(match phase {
-            0 => rng.millis(300),
-            _ => rng.millis(2500),
-        });
+        // The point (PHASES): right after the POST, a random time into the
+        // fault once the agent reports it active (or failed; an agent still
+        // starting up after a kill takes up to ~20 s under emulation), or
+        // just after a DELETE.
+        match phase {
+            0 => std::thread::sleep(rng.millis(300)),
+            1 => {
+                wait_applied_or_failed(c, &tokens.viewer, &f.id, &host, Duration::from_secs(30));
+                std::thread::sleep(rng.millis(2500));
+            }
+            _ => std::thread::sleep(rng.millis(2500)),
+        }
         if phase == 2 {
             let out = c.cli(&tokens.operator, &["fault", "revert", &f.id]);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -526,7 +555,7 @@ fn randomized_kill_and_partition_trials_leave_no_orphans() {
         eprintln!(
             "trial {trial:3}: {} {kind} phase {}, {action} ({:.1} s)",
             f.id,
-            ["apply", "active", "revert"][phase as usize],
+            PHASES[phase],
             trial_start.elapsed().as_secs_f64()
         );
     }
@@ -612,7 +641,7 @@ fn randomized_kill_and_partition_trials_leave_no_orphans() {
     }
     // Every kind was really applied at least once (a kind that always
     // fails would otherwise pass for "no orphans").
-    if trials >= kinds.len() {
+    if trials >= kinds.len() * PHASES.len() {
         let missing: Vec<&str> = kinds
             .iter()
             .map(|(k, _)| *k)
