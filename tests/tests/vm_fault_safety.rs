@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use graydar_common::faults::FaultState;
 use graydar_tests::agent::{agent_bin, http_get};
+use graydar_tests::blockdev::dmsetup;
 use graydar_tests::controller::{ControllerProcess, Tokens};
 use graydar_tests::fault_e2e::{agent_config, fault_cli, wait_state, wait_until};
 use graydar_tests::faults::LinearOnLoop;
@@ -659,22 +660,6 @@ fn randomized_kill_and_partition_trials_leave_no_orphans() {
         "too few faults were ever applied for the trials to mean much: {total} of {trials} ({states:?})"
     );
     drop(agent);
-}
-
-/// `dmsetup args...` (udev off, as in the VM), panicking with its stderr.
-fn dmsetup(args: &[&str]) -> String {
-    let out = Command::new(graydar_tests::blockdev::DMSETUP)
-        .args(args)
-        .env("DM_DISABLE_UDEV", "1")
-        .output()
-        .expect("run dmsetup");
-    assert!(
-        out.status.success(),
-        "dmsetup {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The census the trials rely on reports a left-behind object of every
