@@ -485,6 +485,7 @@ fn randomized_kill_and_partition_trials_leave_no_orphans() {
     // Before any fault: the agent's namespace and device-mapper.
     let baseline = Baseline::take(&[&t.ag]);
     let mut rng = Rng::new();
+    let seed = rng.0;
     let kinds = trial_kinds(data.path());
     let mut deck = Deck { order: Vec::new() };
     let mut chosen: BTreeMap<&str, u32> = Default::default();
@@ -599,7 +600,8 @@ fn randomized_kill_and_partition_trials_leave_no_orphans() {
     // a passing test, and the count belongs in every run's output. The
     // GRAYDAR_RESULT line is what `cargo xtask bench --only safety` reads.
     let mut report = format!(
-        "{trials} trials in {trials_s:.0} s ({}); applied/chosen per kind: {}; orphans after settling ({:.1} s): {}\n",
+        "{trials} trials in {trials_s:.0} s (seed {seed}: GRAYDAR_TRIAL_SEED={seed} repeats the draws; {}); applied/chosen \
+         per kind: {}; orphans after settling ({:.1} s): {}\n",
         actions_line.join(", "),
         kinds_line.join(", "),
         settle.elapsed().as_secs_f64(),
@@ -609,8 +611,8 @@ fn randomized_kill_and_partition_trials_leave_no_orphans() {
         report.push_str(&format!("  orphan: {o}\n"));
     }
     report.push_str(&format!(
-        "GRAYDAR_RESULT safety trials={trials} seconds={trials_s:.0} settle_seconds={:.1} orphans={} actions={} \
-         kinds={}\n",
+        "GRAYDAR_RESULT safety trials={trials} seed={seed} seconds={trials_s:.0} settle_seconds={:.1} orphans={} \
+         actions={} kinds={}\n",
         settle.elapsed().as_secs_f64(),
         left.len(),
         actions_line.join(","),

@@ -38,7 +38,10 @@ pub fn run(ws: &Path) -> Result<()> {
         .find(|l| l.starts_with("safety "))
         .with_context(|| format!("the guest printed no safety result (lines: {lines:?})"))?;
     let r = parse(line).with_context(|| format!("parsing the guest's result {line:?}"))?;
-    println!("  trials                  {}", r.trials);
+    println!(
+        "  trials                  {} (seed {}: GRAYDAR_TRIAL_SEED repeats the draws)",
+        r.trials, r.seed
+    );
     println!(
         "  trial time              {} s (whole run, build and boot included: {wall:.0} s)",
         r.seconds
@@ -76,6 +79,7 @@ pub fn run(ws: &Path) -> Result<()> {
 #[derive(Debug, PartialEq)]
 struct Report {
     trials: u32,
+    seed: String,
     seconds: String,
     settle_seconds: String,
     orphans: u32,
@@ -93,6 +97,7 @@ fn parse(line: &str) -> Result<Report> {
     let num = |name: &str| -> Result<u32> { field(name)?.parse().with_context(|| format!("{name} is not a number")) };
     Ok(Report {
         trials: num("trials")?,
+        seed: field("seed")?,
         seconds: field("seconds")?,
         settle_seconds: field("settle_seconds")?,
         orphans: num("orphans")?,
@@ -108,7 +113,7 @@ mod tests {
     #[test]
     fn parses_the_guest_report() {
         let r = parse(
-            "safety trials=12 seconds=77 settle_seconds=0.8 orphans=0 actions=agent-kill-restart:2,partition:4 \
+            "safety trials=12 seed=99 seconds=77 settle_seconds=0.8 orphans=0 actions=agent-kill-restart:2,partition:4 \
              kinds=netem-egress:1/1,dm-flakey:0/1",
         )
         .expect("parses");
@@ -116,6 +121,7 @@ mod tests {
             r,
             Report {
                 trials: 12,
+                seed: "99".into(),
                 seconds: "77".into(),
                 settle_seconds: "0.8".into(),
                 orphans: 0,
@@ -124,6 +130,6 @@ mod tests {
             }
         );
         assert!(parse("safety trials=12 seconds=77").is_err());
-        assert!(parse("safety trials=x seconds=1 settle_seconds=1 orphans=0 actions= kinds=").is_err());
+        assert!(parse("safety trials=x seed=1 seconds=1 settle_seconds=1 orphans=0 actions= kinds=").is_err());
     }
 }
