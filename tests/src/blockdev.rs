@@ -14,6 +14,24 @@ pub const LOSETUP: &str = "/usr/sbin/losetup";
 pub const MKFS_EXT4: &str = "/usr/sbin/mkfs.ext4";
 pub const DMSETUP: &str = "/usr/sbin/dmsetup";
 
+/// `dmsetup args...` with udev off (nothing in the test VM answers its
+/// cookies); stdout, panicking with stderr when it fails.
+pub fn dmsetup(args: &[&str]) -> String {
+    let out = std::process::Command::new(DMSETUP)
+        .args(args)
+        .env("DM_DISABLE_UDEV", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {DMSETUP}: {e}"));
+    assert!(
+        out.status.success(),
+        "dmsetup {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A loop device over a sparse file in a temporary directory.
 pub struct LoopDev {
     /// `/dev/loopN`

@@ -1,7 +1,7 @@
 //! Helpers for the fault API end-to-end tests (controller_faults.rs on the
 //! host, vm_fault_safety.rs in the VM): an agent wired to a controller, the
-//! `graydar fault` CLI decoded, and an orphan census (netem qdiscs, ifb
-//! devices, dm fault tables).
+//! `graydar fault` CLI decoded. What faults leave behind is counted by
+//! orphans.rs.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,6 @@ use graydar_common::fault_api::FaultInfo;
 use graydar_common::faults::FaultState;
 
 use crate::controller::ControllerProcess;
-use crate::netns::NetNs;
 
 /// Agent config reporting to `controller_url` and taking fault assignments.
 pub fn agent_config(hostname: &str, controller_url: &str, token: &str) -> String {
@@ -82,40 +81,4 @@ pub fn wait_state(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Everything a fault could leave behind in `ns` (and, for dm, on the host
-/// the test runs on): netem qdiscs, ifb devices, dm tables of type delay or
-/// flakey. Empty when clean.
-pub fn orphans(ns: &NetNs) -> Vec<String> {
-    let mut out = Vec::new();
-    let qdiscs = ns.exec_stdout("tc", ["qdisc", "show"]);
-    out.extend(
-        qdiscs
-            .lines()
-            .filter(|l| l.contains("netem"))
-            .map(|l| format!("qdisc: {l}")),
-    );
-    let links = String::from_utf8_lossy(&ns.ip(["-o", "link", "show"]).stdout).into_owned();
-    out.extend(
-        links
-            .lines()
-            .filter(|l| l.contains("ifb"))
-            .map(|l| format!("link: {l}")),
-    );
-    // No dmsetup (or no device-mapper): no dm tables to leave behind.
-    if let Ok(dm) = std::process::Command::new("dmsetup")
-        .arg("table")
-        .env("DM_DISABLE_UDEV", "1")
-        .output()
-        && dm.status.success()
-    {
-        out.extend(
-            String::from_utf8_lossy(&dm.stdout)
-                .lines()
-                .filter(|l| l.contains(" delay ") || l.contains(" flakey "))
-                .map(|l| format!("dm: {l}")),
-        );
-    }
-    out
 }

@@ -7,5 +7,6 @@ pub mod deploy;
 pub mod fault_e2e;
 pub mod faults;
 pub mod netns;
+pub mod orphans;
 pub mod prom;
 pub mod topology;

@@ -9,8 +9,9 @@ use std::time::Duration;
 use graydar_common::faults::FaultState;
 use graydar_tests::agent::AgentProcess;
 use graydar_tests::controller::{ControllerProcess, Tokens};
-use graydar_tests::fault_e2e::{agent_config, fault_cli, fault_cli_err, orphans, wait_state, wait_until};
+use graydar_tests::fault_e2e::{agent_config, fault_cli, fault_cli_err, wait_state, wait_until};
 use graydar_tests::netns::{self, NetNs, veth_pair};
+use graydar_tests::orphans::Baseline;
 use graydar_tests::prom;
 
 const STATE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -33,6 +34,7 @@ fn netem_without_sch_netem_fails_loudly_leaves_nothing_and_dry_run_lists_operati
             .is_some_and(|a| a.iter().any(|x| x["hostname"] == host.as_str()))
             .then_some(())
     });
+    let baseline = Baseline::take(&[&n]);
     let qdiscs_before = n.exec_stdout("tc", ["qdisc", "show"]);
     let links_before = link_names(&n);
     assert!(links_before.iter().any(|l| l == "fe1"), "{links_before:?}");
@@ -98,7 +100,7 @@ fn netem_without_sch_netem_fails_loudly_leaves_nothing_and_dry_run_lists_operati
         "a failed fault left qdiscs behind"
     );
     assert_eq!(link_names(&n), links_before, "a failed fault left links behind");
-    assert!(orphans(&n).is_empty(), "{:?}", orphans(&n));
+    assert_eq!(baseline.orphans(), Vec::<String>::new());
     // The failure is counted on the agent and not retried.
     let m = agent.metrics();
     assert_eq!(
@@ -142,7 +144,7 @@ fn netem_without_sch_netem_fails_loudly_leaves_nothing_and_dry_run_lists_operati
     assert!(faults.iter().all(|f| f["status"] == "ended"), "{list}");
     let table = ctl.cli(&tokens.viewer, &["fault", "list"]);
     assert!(String::from_utf8_lossy(&table.stdout).starts_with("ID"), "{table:?}");
-    assert!(orphans(&n).is_empty(), "{:?}", orphans(&n));
+    assert_eq!(baseline.orphans(), Vec::<String>::new());
 }
 
 /// The namespace's links by name (`fe1@if2` → `fe1`). Not the whole
@@ -174,6 +176,7 @@ fn a_blackhole_fault_is_applied_reverted_on_delete_and_on_agent_shutdown() {
     let ctl = ControllerProcess::start(Some(&c), data.path(), &tokens);
     let host = n.name().to_owned();
     let agent = AgentProcess::start(Some(&n), &agent_config(&host, "http://10.205.2.1:8477", &tokens.agent));
+    let baseline = Baseline::take(&[&n]);
     let prefix = "10.205.98.0/24";
     let apply = [
         "apply",
@@ -207,4 +210,5 @@ fn a_blackhole_fault_is_applied_reverted_on_delete_and_on_agent_shutdown() {
     assert_eq!(g.agents[0].state, FaultState::Reverted, "{g:#?}");
     assert_eq!(g.agents[0].reason.as_deref(), Some("agent shutting down"));
     assert!(!blackholes(&n).contains("10.205.98.0/24"), "{}", blackholes(&n));
+    assert_eq!(baseline.orphans(), Vec::<String>::new());
 }

@@ -335,7 +335,7 @@ fn kernel_has_what_the_vm_tier_is_for() {
 // Disk gray failures: dm-delay under ext4, a suspended device under
 // the fdatasync canary. Device-mapper exists only in the VM's kernel.
 
-use graydar_tests::blockdev::{DMSETUP, Ext4Mount, LoopDev, dev_numbers};
+use graydar_tests::blockdev::{DMSETUP, Ext4Mount, LoopDev, dev_numbers, dmsetup};
 
 /// Loads what the disk tests need (busybox modprobe ignores softdeps, so
 /// crc32c first); built-in ones are fine too.
@@ -346,19 +346,6 @@ fn load_disk_modules() {
     assert!(
         Path::new("/dev/mapper/control").exists(),
         "no /dev/mapper/control after modprobe dm-mod"
-    );
-}
-
-fn dmsetup(args: &[&str]) {
-    let out = Command::new(DMSETUP)
-        .args(args)
-        .env("DM_DISABLE_UDEV", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("running dmsetup {args:?}: {e} (install the dmsetup package)"));
-    assert!(
-        out.status.success(),
-        "dmsetup {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -498,6 +498,68 @@ fn a_dm_fault_left_by_a_crash_is_reverted_at_the_next_start() {
     );
 }
 
+/// A kill between the two ioctls of a dm apply (DM_TABLE_LOAD, then the
+/// resume that swaps tables) leaves the live table as it was and the
+/// fault's table waiting in the inactive slot, where the next resume by
+/// anyone (an operator, LVM) would swap it in with no journal to undo it.
+/// The next start clears it: afterwards the device equals its baseline,
+/// both table slots included.
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn a_dm_table_left_in_the_inactive_slot_by_a_kill_mid_apply_is_cleared_at_the_next_start() {
+    use graydar_agent::faults::dm::{self, DmFaultSpec};
+    use graydar_agent::faults::engine::{DmFault, FaultEngine};
+    use graydar_tests::blockdev::dmsetup;
+    use graydar_tests::orphans::Baseline;
+    require_vm();
+    let _dev = LinearOnLoop::new("gd-midswap", 16);
+    let dmh = dm::open().expect("dm");
+    let prior = dm::snapshot(&dmh, "gd-midswap").expect("snapshot");
+    let ns = NetNs::new("vdi"); // any namespace: the engine needs a netlink socket
+    let baseline = Baseline::take(&[&ns]);
+    let state = tempfile::tempdir().expect("state dir");
+    let dir = state.path().to_owned();
+    with_netlink(&ns, async move |h| {
+        let (mut engine, _) = FaultEngine::start(&dir, h).await.expect("engine");
+        engine
+            .apply_dm(DmFault {
+                id: "dm-mid".into(),
+                device: "gd-midswap".into(),
+                spec: DmFaultSpec::Delay {
+                    read_ms: 20,
+                    write_ms: 20,
+                    flush_ms: None,
+                },
+                lease: Duration::from_secs(3600),
+            })
+            .await
+            .expect("apply dm");
+        std::mem::forget(engine);
+    });
+    // Rewind the kernel to the moment of the kill: the linear table live,
+    // the delay table loaded into the inactive slot, not swapped in.
+    let delay = dm::table(&dmh, "gd-midswap").expect("table");
+    assert_ne!(delay, prior);
+    dm::swap_table(&dmh, "gd-midswap", &prior).expect("back to linear");
+    let lines: Vec<String> = delay.iter().map(|(s, l, t, p)| format!("{s} {l} {t} {p}")).collect();
+    dmsetup(&["load", "gd-midswap", "--table", &lines.join("\n")]);
+    assert!(
+        baseline
+            .orphans()
+            .iter()
+            .any(|o| o.contains("gd-midswap: inactive table")),
+        "{:?}",
+        baseline.orphans()
+    );
+    let dir = state.path().to_owned();
+    let recovered = with_netlink(&ns, async move |h| {
+        FaultEngine::start(&dir, h).await.expect("restart").1
+    });
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(recovered[0].result.is_ok(), "{recovered:?}");
+    assert_eq!(baseline.orphans(), Vec::<String>::new());
+}
+
 // ---------------------------------------------------------------------------
 // Scoped, ingress and controller-excluding netem (agent/src/faults/tree.rs),
 // through the engine's one entry point (`FaultEngine::apply(id, &FaultSpec, lease)`).

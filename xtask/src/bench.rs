@@ -143,6 +143,17 @@ fn wait_ready(ns: Option<&Ns>) -> Result<()> {
     bail!("agent not ready after 30 s")
 }
 
+/// Builds the release agent (the parts that run it on this host or in the
+/// VM) and returns its path; cargo does nothing when it is up to date.
+fn release_agent(ws: &Path) -> Result<std::path::PathBuf> {
+    crate::ok(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(ws)
+            .args(["build", "--release", "-p", "graydar-agent"]),
+    )?;
+    Ok(ws.join("target/release/graydar-agent"))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -167,63 +178,60 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
+/// The parts of `--only`; all but `safety` run by default.
+const PARTS: &[&str] = &[
+    "drops",
+    "idle",
+    "idle-cpus",
+    "fsync",
+    "incast",
+    "faults",
+    "fault-latency",
+    "safety",
+];
+/// Parts that run only when named: the 200 safety trials take about 25 minutes.
+const OPT_IN: &[&str] = &["safety"];
+
 pub fn run(ws: &Path, idle_seconds: u64, only: &[String]) -> Result<()> {
     if !crate::is_root() {
         bail!("the benchmarks load eBPF and create network namespaces: run as root");
     }
-    crate::ok(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(ws)
-            .args(["build", "--release", "-p", "graydar-agent"]),
-    )?;
-    let bin = ws.join("target/release/graydar-agent");
-    let want = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
-    if let Some(bad) = only.iter().find(|o| {
-        ![
-            "drops",
-            "idle",
-            "idle-cpus",
-            "fsync",
-            "incast",
-            "faults",
-            "fault-latency",
-        ]
-        .contains(&o.as_str())
-    }) {
-        bail!(
-            "unknown benchmark part {bad:?}: the parts are drops, idle, idle-cpus, fsync, incast, faults, fault-latency"
-        );
+    if let Some(bad) = only.iter().find(|o| !PARTS.contains(&o.as_str())) {
+        bail!("unknown benchmark part {bad:?}: the parts are {}", PARTS.join(", "));
     }
+    let want = |part: &str| {
+        if only.is_empty() {
+            !OPT_IN.contains(&part)
+        } else {
+            only.iter().any(|o| o == part)
+        }
+    };
     // Idle RSS against the CPU count, in the VM (xtask/src/bench_idle_cpus.rs).
     if want("idle-cpus") {
-        crate::bench_idle_cpus::run(ws, &bin, idle_seconds)?;
-        if !only.is_empty() && only.iter().all(|o| o == "idle-cpus") {
-            return Ok(());
-        }
+        crate::bench_idle_cpus::run(ws, &release_agent(ws)?, idle_seconds)?;
     }
     // Fault apply/revert latency in the VM (xtask/src/bench_fault_latency.rs).
     if want("fault-latency") {
         crate::bench_fault_latency::run(ws)?;
-        if !only.is_empty() && only.iter().all(|o| o == "fault-latency") {
-            return Ok(());
-        }
     }
     // Revert-all fan-out to 100 simulated agents (xtask/src/bench_faults.rs).
     if want("faults") {
         crate::bench_faults::run(ws)?;
-        if !only.is_empty() && only.iter().all(|o| o == "faults" || o == "fault-latency") {
-            return Ok(());
-        }
+    }
+    // 200 randomized kill/partition trials in the VM (xtask/src/bench_safety.rs).
+    if want("safety") {
+        crate::bench_safety::run(ws)?;
     }
     if !want("drops") && !want("idle") {
         if want("fsync") {
-            fsync_cost(&bin)?;
+            fsync_cost(&release_agent(ws)?)?;
         }
         if want("incast") {
-            tcp_segment_cost(&bin)?;
+            tcp_segment_cost(&release_agent(ws)?)?;
         }
         return Ok(());
     }
+    let bin = release_agent(ws)?;
     let ns = Ns::new()?;
 
     println!(

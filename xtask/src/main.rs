@@ -5,6 +5,7 @@ mod bench_controller;
 mod bench_fault_latency;
 mod bench_faults;
 mod bench_idle_cpus;
+mod bench_safety;
 mod dist;
 mod docs;
 mod fuzz;
@@ -53,21 +54,27 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
-    /// Boot the test VM and run a shell command inside it (debugging aid).
+    /// Boot the test VM and run the VM test tier, some of its test targets, or a shell command inside it.
     Vm {
         /// Shell command to run in the guest; default: the VM test tier.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "test")]
         cmd: Option<String>,
         /// Virtual CPUs of the guest for `--cmd` (the test tier always uses 2).
         #[arg(long, default_value_t = vm::DEFAULT_CPUS, requires = "cmd")]
         cpus: u32,
+        /// Run only these VM test targets (vm, vm_faults, vm_fault_safety, vm_paths), built with what they run.
+        #[arg(long, value_delimiter = ',')]
+        test: Vec<String>,
+        /// Arguments for the test binaries after `--` (a test name filter, `--exact`).
+        #[arg(last = true, requires = "test")]
+        libtest_args: Vec<String>,
     },
     /// Benchmarks (figures as ratios against a baseline measured in the same run).
     Bench {
         /// Seconds of idle measurement for the agent's CPU and memory.
         #[arg(long, default_value_t = 60)]
         idle_seconds: u64,
-        /// Run only these parts (drops, idle, idle-cpus, fsync, incast, faults, fault-latency); default all.
+        /// Run only these parts (drops, idle, idle-cpus, fsync, incast, faults, fault-latency, safety); default all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Controller load test instead: simulated agent counts, e.g. 1000,10000.
@@ -118,11 +125,20 @@ fn main() -> Result<()> {
             setup(false)?;
             fuzz::run(&ws, seconds, &only)
         }
-        Cmd::Vm { cmd, cpus } => {
+        Cmd::Vm {
+            cmd,
+            cpus,
+            test,
+            libtest_args,
+        } => {
             setup(false)?;
             let cache = vm::default_cache(&ws);
             match cmd {
                 Some(c) => vm::run_command(&ws, &cache, &c, cpus),
+                None if !test.is_empty() => {
+                    let targets: Vec<&str> = test.iter().map(String::as_str).collect();
+                    vm::run_test_targets(&ws, &cache, &targets, &libtest_args, &[]).map(drop)
+                }
                 None => vm::run_tests(&ws, &cache),
             }
         }

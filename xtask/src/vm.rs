@@ -127,17 +127,41 @@ const VM_TEST_TARGETS: &[&str] = &["vm", "vm_faults", "vm_fault_safety", "vm_pat
 /// runs the tests inside with `GRAYDAR_VM=1` and `GRAYDAR_AGENT_BIN` set.
 pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
     let started = Instant::now();
+    let result = run_test_targets(workspace, cache, VM_TEST_TARGETS, &[], &[]);
+    eprintln!("vm: tier finished in {:.1}s", started.elapsed().as_secs_f64());
+    result.map(drop)
+}
+
+/// Builds the guest test targets `targets` (of `VM_TEST_TARGETS`) and what
+/// they run (the agent, the controller and the `graydar` CLI), boots the VM
+/// and runs each target inside with `--include-ignored --test-threads=1`
+/// then `libtest_args` (a filter, `--exact`), with `GRAYDAR_VM=1`, the
+/// binaries' paths and `env` set. Returns the guest's `GRAYDAR_RESULT`
+/// lines; fails when a target fails.
+pub fn run_test_targets(
+    workspace: &Path,
+    cache: &Path,
+    targets: &[&str],
+    libtest_args: &[String],
+    env: &[(&str, &str)],
+) -> Result<Vec<String>> {
+    if let Some(bad) = targets.iter().find(|t| !VM_TEST_TARGETS.contains(t)) {
+        bail!(
+            "{bad:?} is not a VM test target of graydar-tests (they are {})",
+            VM_TEST_TARGETS.join(", ")
+        );
+    }
     let assets = prepare(cache)?;
     let workspace = fs::canonicalize(workspace).with_context(|| format!("resolving {}", workspace.display()))?;
     let mut args = vec!["test", "-p", "graydar-tests", "--no-run"];
-    for t in VM_TEST_TARGETS {
+    for t in targets {
         args.extend(["--test", t]);
     }
     let test_bins = cargo_executables(&workspace, &args)?;
-    if test_bins.len() != VM_TEST_TARGETS.len() {
+    if test_bins.len() != targets.len() {
         bail!(
             "expected {} vm test executables from cargo, got {test_bins:?}",
-            VM_TEST_TARGETS.len()
+            targets.len()
         );
     }
     let agents = cargo_executables(&workspace, &["build", "-p", "graydar-agent", "--bin", "graydar-agent"])?;
@@ -147,10 +171,11 @@ pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
         .cloned()
         .with_context(|| format!("cargo built no graydar-agent executable (got {agents:?})"))?;
     // Every target runs (set -e stops at the first failing one).
+    let extra: String = libtest_args.iter().map(|a| format!(" {}", shell_quote(a))).collect();
     let cmd = std::iter::once("set -e".to_owned())
         .chain(test_bins.iter().map(|b| {
             format!(
-                "{} --include-ignored --test-threads=1",
+                "{} --include-ignored --test-threads=1{extra}",
                 shell_quote(&b.to_string_lossy())
             )
         }))
@@ -176,20 +201,14 @@ pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
             .with_context(|| format!("cargo built no {name} executable (got {ctl_bins:?})"))
     };
     let (controller, cli) = (find_bin("graydar-controller")?, find_bin("graydar")?);
-    let result = boot(
-        &assets,
-        &workspace,
-        &cmd,
-        &[
-            ("GRAYDAR_VM", "1"),
-            ("GRAYDAR_AGENT_BIN", &agent),
-            ("GRAYDAR_CONTROLLER_BIN", &controller),
-            ("GRAYDAR_CLI_BIN", &cli),
-        ],
-        DEFAULT_CPUS,
-    );
-    eprintln!("vm: tier finished in {:.1}s", started.elapsed().as_secs_f64());
-    result.map(drop)
+    let mut all_env = vec![
+        ("GRAYDAR_VM", "1"),
+        ("GRAYDAR_AGENT_BIN", agent.as_str()),
+        ("GRAYDAR_CONTROLLER_BIN", controller.as_str()),
+        ("GRAYDAR_CLI_BIN", cli.as_str()),
+    ];
+    all_env.extend_from_slice(env);
+    boot(&assets, &workspace, &cmd, &all_env, DEFAULT_CPUS)
 }
 
 // ---------------------------------------------------------------------------

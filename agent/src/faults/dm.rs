@@ -139,6 +139,56 @@ pub fn table(dm: &DM, name: &str) -> Result<Vec<TableLine>, DmFaultError> {
     Ok(table)
 }
 
+/// The table waiting in the inactive slot of `name` (loaded, never
+/// resumed); empty when the slot is empty.
+pub fn inactive_table(dm: &DM, name: &str) -> Result<Vec<TableLine>, DmFaultError> {
+    let n = name_buf(name)?;
+    let id = DevId::Name(&n);
+    let info = dm
+        .device_info(&id)
+        .map_err(|_| DmFaultError::NoDevice(name.to_owned()))?;
+    if !info.flags().contains(DmFlags::DM_INACTIVE_PRESENT) {
+        return Ok(Vec::new());
+    }
+    let (_, table) = dm
+        .table_status(
+            &id,
+            DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE | DmFlags::DM_QUERY_INACTIVE_TABLE),
+        )
+        .map_err(ioctl_err("inactive table status", name))?;
+    Ok(table)
+}
+
+/// Whether `t` is a table graydar loads over the linear `prior`: `prior`
+/// itself (a revert's load) or delay / flakey targets over exactly its
+/// segments and devices (an apply's, [`DmTable::table`]). Pure.
+pub fn loaded_by_graydar(t: &[TableLine], prior: &[TableLine]) -> bool {
+    !t.is_empty()
+        && (t == prior
+            || (t.len() == prior.len()
+                && t.iter().zip(prior).all(|((s, l, ty, p), (ps, pl, _, pp))| {
+                    s == ps
+                        && l == pl
+                        && matches!(ty.as_str(), "delay" | "flakey")
+                        && p.strip_prefix(pp.trim()).is_some_and(|rest| rest.starts_with(' '))
+                })))
+}
+
+/// Clears the inactive slot of `name` when it holds a table graydar loaded
+/// over `prior` and never swapped in: the agent was killed between
+/// DM_TABLE_LOAD and the resume. Left there, the next resume by anyone
+/// would swap it in with nothing journaled to undo it. Any other inactive
+/// table is someone else's and stays. Returns whether it cleared one.
+pub fn clear_loaded_by_graydar(dm: &DM, name: &str, prior: &[TableLine]) -> Result<bool, DmFaultError> {
+    if !loaded_by_graydar(&inactive_table(dm, name)?, prior) {
+        return Ok(false);
+    }
+    let n = name_buf(name)?;
+    dm.table_clear(&DevId::Name(&n))
+        .map_err(ioctl_err("table clear", name))?;
+    Ok(true)
+}
+
 /// Reads the table to restore later; refuses anything but linear segments.
 pub fn snapshot(dm: &DM, name: &str) -> Result<Vec<TableLine>, DmFaultError> {
     let t = table(dm, name)?;
@@ -273,6 +323,38 @@ mod tests {
             flush_ms: None,
         };
         assert_eq!(s.table(&linear())[0].3, "7:0 0 5 7:0 0 0");
+    }
+
+    #[test]
+    fn only_tables_graydar_loads_over_the_prior_count_as_its_own() {
+        let prior = linear();
+        let delay = DmFaultSpec::Delay {
+            read_ms: 0,
+            write_ms: 100,
+            flush_ms: None,
+        }
+        .table(&prior);
+        let flakey = DmFaultSpec::Flakey {
+            up_s: 1,
+            down_s: 1,
+            mode: FlakeyMode::DropWrites,
+        }
+        .table(&prior);
+        assert!(loaded_by_graydar(&delay, &prior));
+        assert!(loaded_by_graydar(&flakey, &prior));
+        assert!(loaded_by_graydar(&prior, &prior), "a revert's load");
+        assert!(!loaded_by_graydar(&[], &prior), "nothing loaded");
+        assert!(!loaded_by_graydar(&delay[..1], &prior), "other segments");
+        let mut other_dev = delay.clone();
+        other_dev[0].3 = "8:0 0 0 8:0 0 100".into();
+        assert!(!loaded_by_graydar(&other_dev, &prior), "another device");
+        let mut other_target = delay.clone();
+        other_target[0].2 = "crypt".into();
+        assert!(!loaded_by_graydar(&other_target, &prior), "another target");
+        // "7:1 2048" must not match "7:1 20480 ...".
+        let mut longer_offset = delay;
+        longer_offset[1].3 = "7:1 20480 0 7:1 20480 100".into();
+        assert!(!loaded_by_graydar(&longer_offset, &prior));
     }
 
     #[test]

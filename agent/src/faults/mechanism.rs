@@ -153,6 +153,21 @@ impl Prior {
             }
             Prior::DmTable(table) => {
                 let h = dm::open()?;
+                // A kill between an apply's table load and its resume left
+                // the fault's table in the inactive slot (the live one
+                // untouched): clear it before anything else.
+                match dm::clear_loaded_by_graydar(&h, target, table) {
+                    Err(DmFaultError::NoDevice(_)) => {
+                        return Ok(Restored::Gone(format!(
+                            "dm device {target} was removed, and its table with it"
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                    Ok(true) => {
+                        tracing::warn!(id, device = target, "cleared a table graydar loaded but never resumed")
+                    }
+                    Ok(false) => {}
+                }
                 match dm::table(&h, target) {
                     Err(DmFaultError::NoDevice(_)) => {
                         return Ok(Restored::Gone(format!(
