@@ -76,6 +76,21 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
     let shutdown = shutdown_signal();
 
+    let netlink = match rtnetlink::new_connection() {
+        Ok((conn, handle, _)) => {
+            tokio::spawn(conn);
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "netlink unavailable: qdisc statistics disabled");
+            None
+        }
+    };
+
+    // Faults: reverts what a previous run left applied, before anything else
+    // (before the eBPF load, which takes seconds on a busy host).
+    let faults = graydar_agent::faults::runtime::FaultRuntime::start(&cfg.state_dir, netlink.clone()).await;
+
     // The eBPF object, loaded once; each probe takes its programs from it.
     let mut ebpf = signals::load_ebpf(&cfg);
     let kernel = signals::drops::start_kernel_probe(&cfg, &metrics, &mut ebpf);
@@ -98,19 +113,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    let netlink = match rtnetlink::new_connection() {
-        Ok((conn, handle, _)) => {
-            tokio::spawn(conn);
-            Some(handle)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "netlink unavailable: qdisc statistics disabled");
-            None
-        }
-    };
-
-    // Faults: reverts what a previous run left applied, before anything else.
-    let faults = graydar_agent::faults::runtime::FaultRuntime::start(&cfg.state_dir, netlink.clone()).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Fault assignments from the controller (long-poll; agent/src/faults/assign.rs).
     let assign_task = match (&cfg.controller, &channel, &faults) {

@@ -260,29 +260,44 @@ fn the_agent_reverts_faults_left_by_a_killed_run_at_start() {
     });
     assert!(qdisc_tree(&a, "va").contains("netem"));
     let agent = std::env::var_os("GRAYDAR_AGENT_BIN").expect("GRAYDAR_AGENT_BIN");
-    let child = std::process::Command::new("ip")
+    // The agent's log goes to a file, not a pipe: a pipe nobody reads while
+    // the agent starts fills up and blocks the agent mid-startup.
+    let log_dir = tempfile::tempdir().expect("log dir");
+    let log_path = log_dir.path().join("agent.log");
+    let log_file = std::fs::File::create(&log_path).expect("agent log file");
+    let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", a.name()])
         .arg(&agent)
         .arg("--state-dir")
         .arg(state.path())
         .args(["--listen", "127.0.0.1:19477"])
-        .stderr(std::process::Stdio::piped())
+        .stderr(log_file)
         .spawn()
         .expect("start agent");
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut failure = None;
     while qdisc_tree(&a, "va") != before {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not revert the journaled fault within 120 s"
-        );
+        if let Ok(Some(status)) = child.try_wait() {
+            failure = Some(format!(
+                "the agent exited ({status}) before reverting the journaled fault"
+            ));
+            break;
+        }
+        if Instant::now() >= deadline {
+            failure = Some("the agent did not revert the journaled fault within 120 s".to_owned());
+            break;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let out = child.wait_with_output().expect("agent exit");
-    let log = String::from_utf8_lossy(&out.stderr);
+    child.wait().expect("agent exit");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if let Some(failure) = failure {
+        panic!("{failure}; tc tree now:\n{}\nagent log:\n{log}", qdisc_tree(&a, "va"));
+    }
     assert!(log.contains("reverted a fault left by a previous run"), "{log}");
 }
 
