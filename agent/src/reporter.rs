@@ -282,7 +282,7 @@ impl Worker {
             .filter(|f| f.state == FindingState::Firing)
             .count();
         let req = HeartbeatRequest {
-            firing: u64::try_from(firing).unwrap_or(u64::MAX),
+            firing: u32::try_from(firing).unwrap_or(u32::MAX),
             interfaces: crate::faults::inventory::interfaces(&self.sysfs_root),
             dm_devices: crate::faults::inventory::dm_devices(),
         };

@@ -231,7 +231,16 @@ pub struct Capabilities {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// The agent's identity (the `host` of its findings).
+    /// The agent's identity (the `host` of its findings): labels of ASCII
+    /// letters, digits, `-` and `_` between dots.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 253,
+            pattern = r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$"
+        )
+    )]
     pub hostname: String,
     #[serde(default)]
     pub addresses: Vec<String>,
@@ -253,6 +262,7 @@ pub struct RegisterRequest {
     /// fleet's bootstrap token, which binds it to the hostname (once; the
     /// same digest again is a retry and succeeds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
     pub credential_sha256: Option<String>,
 }
 
@@ -329,7 +339,7 @@ pub struct RegisterResponse {
 pub struct HeartbeatRequest {
     /// Findings firing on the agent right now (informational).
     #[serde(default)]
-    pub firing: u64,
+    pub firing: u32,
     /// Current network interfaces (they come and go; see [`RegisterRequest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interfaces: Option<Vec<String>>,

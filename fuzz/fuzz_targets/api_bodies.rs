@@ -45,9 +45,10 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Parses a body as the extractor does; an accepted one must survive a round trip.
+/// Parses a body as the extractor does (`api::decode_body`: one JSON value,
+/// an object); an accepted one must survive a round trip.
 fn body<T: Serialize + DeserializeOwned>(data: &[u8]) -> Option<T> {
-    let v: T = serde_json::from_slice(data).ok()?;
+    let v: T = graydar_controller::api::decode_body(std::str::from_utf8(data).ok()?).ok()?;
     let text = serde_json::to_string(&v).expect("an accepted body serializes");
     let again: T = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text} does not parse back: {e}"));
     let (a, b) = (

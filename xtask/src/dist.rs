@@ -185,7 +185,45 @@ pub fn setup_tools(ws: &Path) -> Result<Vec<String>> {
             "installed kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (pip)"
         ));
     }
+    did.extend(setup_schemathesis(&target)?);
     Ok(did)
+}
+
+/// schemathesis, the API fuzzer of `tests/tests/controller_schemathesis.rs`
+/// (issue 13 item 12), pinned: its checks change between releases.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+/// Where `cargo xtask setup` puts schemathesis: a virtual environment of its
+/// own under the target directory, so its many dependencies never meet the
+/// system Python's (kubernetes-validate's) and a clean removes it.
+pub const SCHEMATHESIS_IN_TARGET: &str = "tools/schemathesis/bin/st";
+
+fn setup_schemathesis(target: &Path) -> Result<Vec<String>> {
+    let venv = target.join("tools/schemathesis");
+    let st = target.join(SCHEMATHESIS_IN_TARGET);
+    let have = Command::new(&st)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if have.as_deref().is_some_and(|v| v.ends_with(SCHEMATHESIS_VERSION)) {
+        return Ok(Vec::new());
+    }
+    if !venv.join("bin/pip").is_file() {
+        crate::ok(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .context("python3 -m venv (Debian: apt-get install python3-venv)")?;
+    }
+    crate::ok(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+    ]))?;
+    Ok(vec![format!(
+        "installed schemathesis {SCHEMATHESIS_VERSION} (pip, in {})",
+        venv.display()
+    )])
 }
 
 fn copy(src: &Path, dst: &Path, mode: u32) -> Result<()> {

@@ -202,6 +202,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "e2fsprogs",        // mkfs.ext4 for the disk tests
     "openssl",          // self-signed certificates: tests/tests/controller_tls.rs
     "prometheus",       // prometheus + promtool: deploy/prometheus rules, tests/tests/deploy_prometheus.rs
+    "python3-venv",     // the virtual environment of schemathesis (tests/tests/controller_schemathesis.rs)
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -262,7 +263,8 @@ fn setup(verbose: bool) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
         did.push(format!("installed Debian packages: {}", missing.join(" ")));
     }
-    // 5. Deployment checks: Debian's kubectl (unpacked), kubernetes-validate (pip).
+    // 5. Deployment checks: Debian's kubectl (unpacked), kubernetes-validate (pip);
+    //    schemathesis (pip, its own virtual environment) for the API fuzzing test.
     did.extend(dist::setup_tools(&workspace_root()?)?);
     if did.is_empty() {
         if verbose {

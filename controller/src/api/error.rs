@@ -29,6 +29,11 @@ impl Error {
         }
     }
 
+    /// The machine-readable code (`{"error": code}`).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
     fn invalid(e: impl std::fmt::Display) -> Error {
         Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
     }

@@ -70,7 +70,7 @@ impl From<ListStatus> for FaultStatus {
 pub struct CreateQuery {
     /// Dry run: seconds to wait for the agents' operations (default
     /// `faults.dry_run_wait`, 10 s; at most 60).
-    pub wait: Option<u64>,
+    pub wait: Option<u32>,
 }
 
 /// Creates a fault on the agents named by `targets` (operator). A dry run
@@ -97,7 +97,7 @@ pub(super) async fn create_fault(
         return Ok((StatusCode::CREATED, axum::Json(info)).into_response());
     }
     let wait = q.wait.map_or(faults.config().dry_run_wait, |s| {
-        Duration::from_secs(s.min(MAX_WAIT_SECONDS))
+        Duration::from_secs(u64::from(s).min(MAX_WAIT_SECONDS))
     });
     faults.wait_dry_run(&info.id, wait).await;
     let info = faults.get(&info.id).await?;
@@ -117,6 +117,7 @@ pub struct ListQuery {
     /// Only faults with this status: `running`, `dry_run` or `ended`.
     pub status: Option<ListStatus>,
     /// At most this many, newest first (default 500, max 10000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
 }
 
@@ -173,7 +174,7 @@ pub(super) async fn revert_all(State(app): State<Shared>) -> Result<axum::Json<R
 #[into_params(parameter_in = Query)]
 pub struct PollQuery {
     /// Seconds to wait for a change (capped at a third of the lease and at 60).
-    pub wait: Option<u64>,
+    pub wait: Option<u32>,
     /// The `version` of the agent's last answer: answer at once when it differs.
     pub version: Option<u64>,
 }
@@ -195,7 +196,7 @@ pub(super) async fn desired_faults(
     // A heartbeat; only a registered agent gets a watcher.
     app.services.agents.touch(&hostname)?;
     let max_wait = (faults.config().lease.as_secs() / 3).clamp(1, MAX_WAIT_SECONDS);
-    let wait = Duration::from_secs(q.wait.unwrap_or(max_wait).min(max_wait));
+    let wait = Duration::from_secs(q.wait.map_or(max_wait, u64::from).min(max_wait));
     Ok(axum::Json(faults.poll(&hostname, q.version, wait).await))
 }
 

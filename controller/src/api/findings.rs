@@ -56,10 +56,13 @@ pub(super) async fn transitions(
 #[into_params(parameter_in = Query)]
 pub struct FindingsQuery {
     /// Finding kind, e.g. `kernel_drops`.
+    #[param(value_type = Option<FindingKind>)]
     pub kind: Option<String>,
     /// `warning` or `critical`.
+    #[param(value_type = Option<Severity>)]
     pub severity: Option<String>,
     /// `firing` or `resolved`.
+    #[param(value_type = Option<FindingState>)]
     pub state: Option<String>,
     /// Agent hostname.
     pub agent: Option<String>,
@@ -67,6 +70,7 @@ pub struct FindingsQuery {
     #[param(value_type = Option<String>, format = DateTime)]
     pub since: Option<Timestamp>,
     /// At most this many (default 500, max 10000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
 }
 

@@ -21,7 +21,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 
 pub use error::Error;
-pub use extract::{Body, Params, PathParam};
+pub use extract::{Body, Params, PathParam, decode_body};
 pub use faults::MAX_WAIT_SECONDS;
 pub use openapi::{ApiDoc, document as openapi_document};
 pub use paths::MAX_PEERS_PER_REPORT;

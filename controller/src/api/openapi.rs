@@ -26,7 +26,70 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(faults::FaultsDoc::openapi());
     doc.merge(paths::PathsDoc::openapi());
+    utoipa::Modify::modify(&ExtractorErrors, &mut doc);
     doc
+}
+
+/// The answers the extractors give before a handler runs (api/extract.rs),
+/// documented once for every operation they can come from instead of in
+/// each `#[utoipa::path]`: a JSON body can be malformed (400), too large
+/// (413), not `application/json` (415) or of the wrong shape (422); query
+/// parameters can fail to parse (400). Found missing by schemathesis
+/// (tests/tests/controller_schemathesis.rs).
+struct ExtractorErrors;
+
+impl utoipa::Modify for ExtractorErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let mut add = Vec::new();
+                if op.request_body.is_some() {
+                    add.extend([
+                        ("400", "malformed JSON"),
+                        ("413", "the body is larger than the limit"),
+                        ("415", "the body is not `Content-Type: application/json`"),
+                        ("422", "a field is missing, unknown or of the wrong type"),
+                    ]);
+                }
+                let has_query = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                if has_query {
+                    add.push(("400", "a query parameter does not parse or is out of range"));
+                }
+                for (status, description) in add {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error_response(description));
+                }
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ApiError")))
+                .build(),
+        )
+        .build()
+        .into()
 }
 
 /// This document.
