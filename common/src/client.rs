@@ -230,15 +230,31 @@ impl Client {
         body: &B,
     ) -> Result<(u16, T), ClientError> {
         let url = format!("{}{path}", self.base);
+        let req = self.http.post(&url);
+        self.send_json(&url, req, body)
+    }
+
+    /// `PUT path` with a JSON body, decoded as `T`.
+    pub fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let req = self.http.put(&url);
+        self.send_json(&url, req, body).map(|(_, v)| v)
+    }
+
+    fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        url: &str,
+        req: ureq::RequestBuilder<ureq::typestate::WithBody>,
+        body: &B,
+    ) -> Result<(u16, T), ClientError> {
         let text = serde_json::to_string(body).map_err(|e| ClientError::Decode {
-            url: url.clone(),
+            url: url.to_owned(),
             status: 0,
             message: format!("encoding the request: {e}"),
         })?;
-        let req = self.authed(self.http.post(&url).content_type("application/json"));
-        let res = req.send(text);
+        let res = self.authed(req.content_type("application/json")).send(text);
         let status = res.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
-        self.finish(&url, res).map(|v| (status, v))
+        self.finish(url, res).map(|v| (status, v))
     }
 
     pub fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {

@@ -105,6 +105,41 @@ pub struct RevertAllResponse {
     pub revert_all_epoch: u64,
 }
 
+/// The safety lever (`GET /api/v1/safety-lever`, and the answer to `PUT`).
+/// Engaging it reverts every fault (the revert-all) and, until it is
+/// released, refuses every new fault (dry runs excepted: they apply
+/// nothing) with 409 `safety_lever`. It survives a controller restart.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SafetyLever {
+    pub engaged: bool,
+    /// When it was engaged, RFC 3339 UTC (while engaged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+    /// Why, as the operator said (while engaged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The answer to an engaging `PUT`: what its revert-all did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_all: Option<RevertAllResponse>,
+}
+
+/// Longest `reason` of [`SetSafetyLever`], in characters.
+pub const MAX_LEVER_REASON: usize = 500;
+
+/// Body of `PUT /api/v1/safety-lever`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetSafetyLever {
+    /// `true` engages (and reverts every fault), `false` releases.
+    pub engaged: bool,
+    /// Why (at most 500 characters); kept and shown while engaged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 500))]
+    pub reason: Option<String>,
+}
+
 /// One fault an agent should have, with the lease to (re)arm.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::client::{Client, ClientConfig, ClientError, encode_segment};
 use crate::fault_api::{
     CreateFaultRequest, DesiredFaults, FaultInfo, FaultList, FaultStatusReport, FaultStatusResponse, RevertAllResponse,
+    SafetyLever, SetSafetyLever,
 };
 
 /// Default bound on how long `POST /api/v1/faults` waits for dry-run answers.
@@ -47,6 +48,16 @@ impl Client {
     /// `POST /api/v1/faults/revert-all`: the kill switch.
     pub fn revert_all_faults(&self) -> Result<RevertAllResponse, ClientError> {
         self.post("/api/v1/faults/revert-all", &serde_json::json!({}))
+    }
+
+    /// `GET /api/v1/safety-lever`.
+    pub fn safety_lever(&self) -> Result<SafetyLever, ClientError> {
+        self.get("/api/v1/safety-lever")
+    }
+
+    /// `PUT /api/v1/safety-lever`: engage (reverting every fault) or release.
+    pub fn set_safety_lever(&self, req: &SetSafetyLever) -> Result<SafetyLever, ClientError> {
+        self.put("/api/v1/safety-lever", req)
     }
 
     /// Long-poll of this agent's desired faults: answers at once when the

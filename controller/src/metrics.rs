@@ -1,6 +1,8 @@
 //! Every metric the controller exports (`graydar_controller_*`).
 
-use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -12,6 +14,8 @@ pub struct Metrics {
     pub faults: IntGaugeVec,
     /// (fault, agent) assignments of faults not ended, by the agent's state.
     pub fault_assignments: IntGaugeVec,
+    /// 1 while the safety lever is engaged.
+    pub safety_lever: IntGauge,
 }
 
 impl Metrics {
@@ -65,8 +69,14 @@ impl Metrics {
             &["state"],
         )
         .expect("static metric definition");
+        let safety_lever = IntGauge::new(
+            "graydar_controller_safety_lever_engaged",
+            "1 while the safety lever is engaged (every fault reverted, new faults refused), else 0.",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(agents.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(safety_lever.clone()),
             Box::new(transitions_ingested.clone()),
             Box::new(heartbeats.clone()),
             Box::new(request_duration.clone()),
@@ -83,6 +93,7 @@ impl Metrics {
             request_duration,
             faults,
             fault_assignments,
+            safety_lever,
         }
     }
 

@@ -8,7 +8,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use graydar_common::api::{Capabilities, HeartbeatRequest, RegisterRequest};
 use graydar_common::fault_api::{
-    DesiredFaults, FaultInfo, FaultList, FaultStatusReport, FaultStatusUpdate, RevertAllResponse,
+    CreateFaultRequest, DesiredFaults, FaultInfo, FaultList, FaultStatusReport, FaultStatusUpdate, RevertAllResponse,
+    SafetyLever,
 };
 use graydar_common::faults::FaultState;
 use graydar_controller::agents::Liveness;
@@ -810,4 +811,145 @@ async fn settled_faults_leave_memory_and_stay_in_the_history() {
         "{}",
         m.text
     );
+}
+
+#[tokio::test]
+async fn the_safety_lever_reverts_every_fault_refuses_new_ones_and_survives_a_restart() {
+    let a = fleet().await;
+    let lever: SafetyLever = a.req("GET", "/api/v1/safety-lever", VIEWER, None).await.typed();
+    assert!(!lever.engaged && lever.since.is_none(), "{lever:?}");
+    let f: FaultInfo = a
+        .create(json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 600}))
+        .await
+        .typed();
+    let epoch = a.poll("a1", "?wait=0").await.revert_all_epoch;
+
+    // Only an operator pulls it; a reason too long is refused and changes nothing.
+    let engage = json!({"engaged": true, "reason": "payments incident INC-42"});
+    let r = a
+        .req("PUT", "/api/v1/safety-lever", VIEWER, Some(engage.to_string()))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let long = json!({"engaged": true, "reason": "x".repeat(501)});
+    let r = a
+        .req("PUT", "/api/v1/safety-lever", OPERATOR, Some(long.to_string()))
+        .await;
+    assert!(
+        r.error(StatusCode::UNPROCESSABLE_ENTITY).contains("reason"),
+        "{}",
+        r.text
+    );
+    assert!(a.poll("a1", "?wait=0").await.faults.len() == 1, "still running");
+
+    // Engaged: the running fault ends as by revert-all, agents see a new epoch.
+    let on: SafetyLever = a
+        .req("PUT", "/api/v1/safety-lever", OPERATOR, Some(engage.to_string()))
+        .await
+        .typed();
+    assert!(on.engaged, "{on:?}");
+    assert_eq!(on.reason.as_deref(), Some("payments incident INC-42"));
+    assert_eq!(on.revert_all.as_ref().map(|r| r.faults_ended), Some(1), "{on:?}");
+    let d = a.poll("a1", "?wait=0").await;
+    assert!(d.faults.is_empty(), "{d:?}");
+    assert_eq!(d.revert_all_epoch, epoch + 1);
+    let ended: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", f.id), VIEWER, None)
+        .await
+        .typed();
+    assert_eq!(ended.end_reason.as_deref(), Some("revert_all"), "{ended:?}");
+
+    // New faults are refused with 409 naming the lever; a dry run still answers.
+    let fresh = json!({"targets": {"agents": ["a2"]}, "spec": netem("eth0"), "duration_seconds": 60});
+    let detail = a.create(fresh.clone()).await.error(StatusCode::CONFLICT);
+    assert!(
+        detail.contains("safety lever is engaged") && detail.contains("INC-42"),
+        "{detail}"
+    );
+    let mut dry = fresh.clone();
+    dry["dry_run"] = json!(true);
+    let r = a
+        .req("POST", "/api/v1/faults?wait=0", OPERATOR, Some(dry.to_string()))
+        .await;
+    assert!(
+        r.status.is_success(),
+        "a dry run applies nothing: {} {}",
+        r.status,
+        r.text
+    );
+    let metrics = a.req("GET", "/metrics", VIEWER, None).await.text;
+    assert!(
+        metrics.contains("graydar_controller_safety_lever_engaged 1"),
+        "{metrics}"
+    );
+
+    // Pulling it again keeps the first time and reason.
+    let again: SafetyLever = a
+        .req(
+            "PUT",
+            "/api/v1/safety-lever",
+            OPERATOR,
+            Some(json!({"engaged": true}).to_string()),
+        )
+        .await
+        .typed();
+    assert_eq!((again.since, again.reason.clone()), (on.since, on.reason.clone()));
+
+    // A restarted controller (same database) still has it engaged and refuses.
+    let cfg = FaultConfig::default();
+    let reopened = FaultService::open(a.store.clone(), cfg).await.expect("reopen");
+    assert_eq!(reopened.safety_lever().since, on.since);
+    let agents = a.state.services.agents.list().await.expect("agents");
+    let req: CreateFaultRequest = serde_json::from_value(fresh.clone()).expect("request");
+    assert!(
+        matches!(
+            reopened.create(req, &agents).await,
+            Err(graydar_controller::faults::FaultError::SafetyLever { .. })
+        ),
+        "a restarted controller accepted a fault with the lever engaged"
+    );
+
+    // Released: faults are accepted again, also after a restart.
+    let off: SafetyLever = a
+        .req(
+            "PUT",
+            "/api/v1/safety-lever",
+            OPERATOR,
+            Some(json!({"engaged": false}).to_string()),
+        )
+        .await
+        .typed();
+    assert!(!off.engaged && off.reason.is_none(), "{off:?}");
+    assert_eq!(a.create(fresh).await.status, StatusCode::CREATED);
+    let reopened = FaultService::open(a.store.clone(), cfg).await.expect("reopen");
+    assert!(!reopened.safety_lever().engaged);
+    let metrics = a.req("GET", "/metrics", VIEWER, None).await.text;
+    assert!(
+        metrics.contains("graydar_controller_safety_lever_engaged 0"),
+        "{metrics}"
+    );
+}
+
+/// The controller stopped after storing the lever and before its revert-all:
+/// the next start finishes the revert-all.
+#[tokio::test]
+async fn a_lever_stored_without_its_revert_all_is_finished_at_the_next_start() {
+    use graydar_controller::store::LeverRecord;
+    let a = fleet().await;
+    let f: FaultInfo = a
+        .create(json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 600}))
+        .await
+        .typed();
+    let lever = LeverRecord {
+        engaged_ms: 1_700_000_000_000,
+        reason: "engaged, then the controller died".into(),
+    };
+    a.store.set_safety_lever(Some(&lever)).await.expect("store the lever");
+    let reopened = FaultService::open(a.store.clone(), FaultConfig::default())
+        .await
+        .expect("reopen");
+    assert!(reopened.safety_lever().engaged);
+    let info = reopened.get(&f.id).await.expect("fault");
+    assert_eq!(info.status, "ended", "{info:?}");
+    assert_eq!(info.end_reason.as_deref(), Some("revert_all"), "{info:?}");
+    assert!(reopened.poll("a1", None, Duration::ZERO).await.faults.is_empty());
 }

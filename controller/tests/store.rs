@@ -12,8 +12,8 @@ use graydar_common::api::{
 use graydar_common::fault_api::FaultStatusUpdate;
 use graydar_common::faults::{FaultSpec, FaultState};
 use graydar_controller::store::{
-    AgentRecord, EndReason, FaultAgentRecord, FaultRecord, FaultSelection, FaultStatus, FindingFilter, SqliteStore,
-    Store, TimedTransition,
+    AgentRecord, EndReason, FaultAgentRecord, FaultRecord, FaultSelection, FaultStatus, FindingFilter, LeverRecord,
+    SqliteStore, Store, TimedTransition,
 };
 
 fn agent(host: &str, seen_ms: i64) -> AgentRecord {
@@ -291,6 +291,26 @@ async fn contract(store: Arc<dyn Store>) {
         (Some(15_000), Some(EndReason::Deleted)),
         "an ended fault keeps its end"
     );
+
+    // The safety lever: none, engaged, engaged again (replaced), released,
+    // engaged (kept for the reopen below).
+    assert_eq!(store.safety_lever().await.expect("lever"), None);
+    let first = LeverRecord {
+        engaged_ms: 50_000,
+        reason: "first".into(),
+    };
+    store.set_safety_lever(Some(&first)).await.expect("engage");
+    assert_eq!(store.safety_lever().await.expect("lever"), Some(first));
+    let second = LeverRecord {
+        engaged_ms: 51_000,
+        reason: "second".into(),
+    };
+    store.set_safety_lever(Some(&second)).await.expect("engage again");
+    assert_eq!(store.safety_lever().await.expect("lever"), Some(second.clone()));
+    store.set_safety_lever(None).await.expect("release");
+    assert_eq!(store.safety_lever().await.expect("lever"), None);
+    store.set_safety_lever(None).await.expect("release twice");
+    store.set_safety_lever(Some(&second)).await.expect("engage");
 }
 
 #[tokio::test]
@@ -302,6 +322,10 @@ async fn sqlite_store_keeps_the_contract_and_its_data_across_reopen() {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("reopen"));
     assert_eq!(store.transition_count().await.expect("count"), 3);
     assert_eq!(store.revert_all_epoch().await.expect("epoch"), 8);
+    assert_eq!(
+        store.safety_lever().await.expect("lever").map(|l| l.reason),
+        Some("second".to_owned())
+    );
     assert_eq!(store.load_agents().await.expect("agents").len(), 1);
     store.close().await;
 }

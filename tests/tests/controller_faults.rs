@@ -212,3 +212,56 @@ fn a_blackhole_fault_is_applied_reverted_on_delete_and_on_agent_shutdown() {
     assert!(!blackholes(&n).contains("10.205.98.0/24"), "{}", blackholes(&n));
     assert_eq!(baseline.orphans(), Vec::<String>::new());
 }
+
+/// `graydar safety-lever` against the real controller: engaged, a fault is
+/// refused naming the lever; after `kill -9` and a restart on the same
+/// database it is still engaged; released, faults are accepted again.
+#[test]
+fn the_safety_lever_refuses_faults_and_survives_a_controller_kill() {
+    let data = tempfile::tempdir().expect("controller data dir");
+    let tokens = Tokens::random();
+    let ctl = ControllerProcess::start(None, data.path(), &tokens);
+    let v = ctl.cli_json(&tokens.viewer, &["safety-lever"]);
+    assert_eq!(v["engaged"], false, "{v}");
+    let v = ctl.cli_json(
+        &tokens.operator,
+        &["safety-lever", "engage", "--reason", "storage incident"],
+    );
+    assert_eq!(v["engaged"], true, "{v}");
+    assert_eq!(v["revert_all"]["faults_ended"], 0, "{v}");
+    let apply = [
+        "apply",
+        "--agent",
+        "h1",
+        "--interface",
+        "eth0",
+        "--netem-delay",
+        "10ms",
+        "--duration",
+        "60s",
+    ];
+    let err = fault_cli_err(&ctl, &tokens.operator, &apply);
+    assert!(
+        err.contains("safety lever is engaged") && err.contains("storage incident"),
+        "{err}"
+    );
+    ctl.kill9();
+
+    let ctl = ControllerProcess::start(None, data.path(), &tokens);
+    let out = ctl.cli(&tokens.viewer, &["safety-lever", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("ENGAGED") && text.contains("storage incident"),
+        "{text}"
+    );
+    let err = fault_cli_err(&ctl, &tokens.operator, &apply);
+    assert!(err.contains("safety lever is engaged"), "after a restart: {err}");
+    let out = ctl.cli(&tokens.viewer, &["safety-lever", "release"]);
+    assert!(!out.status.success(), "a viewer released the lever");
+    let v = ctl.cli_json(&tokens.operator, &["safety-lever", "release"]);
+    assert_eq!(v["engaged"], false, "{v}");
+    // Accepted again: now the fault fails on its own merits (no agent h1).
+    let err = fault_cli_err(&ctl, &tokens.operator, &apply);
+    assert!(!err.contains("safety lever"), "{err}");
+    assert!(err.contains("h1"), "{err}");
+}

@@ -113,6 +113,7 @@ impl From<FaultError> for Error {
             FaultError::Invalid(d) => Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_fault", d),
             FaultError::BlastRadius { .. } => Error::new(StatusCode::CONFLICT, "blast_radius", e.to_string()),
             FaultError::Conflict { .. } => Error::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            FaultError::SafetyLever { .. } => Error::new(StatusCode::CONFLICT, "safety_lever", e.to_string()),
             FaultError::NotFound { .. } => Error::not_found(e),
             FaultError::Store(s) => s.into(),
         }

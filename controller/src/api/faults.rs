@@ -1,5 +1,6 @@
-//! Fault endpoints: operators create / list / get / delete faults and pull
-//! the kill switch; agents long-poll their desired set and report states.
+//! Fault endpoints: operators create / list / get / delete faults, pull
+//! the kill switch and the safety lever; agents long-poll their desired set
+//! and report states.
 
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use axum::routing::{get, post};
 use graydar_common::api::ApiError;
 use graydar_common::fault_api::{
     AgentFaultStatus, CreateFaultRequest, DesiredFault, DesiredFaults, FaultInfo, FaultList, FaultStatusReport,
-    FaultStatusResponse, FaultStatusUpdate, FaultTargets, RevertAllResponse,
+    FaultStatusResponse, FaultStatusUpdate, FaultTargets, MAX_LEVER_REASON, RevertAllResponse, SafetyLever,
+    SetSafetyLever,
 };
 use graydar_common::faults::{
     Direction, DmFaultSpec, FaultSpec, FaultState, FlakeyMode, Loss, NetemSpec, Protocol, Scope,
@@ -32,8 +34,10 @@ pub(super) fn routes(app: &Shared) -> Router<Shared> {
     let operate = Router::new()
         .route("/api/v1/faults", post(create_fault))
         .route("/api/v1/faults/{id}", axum::routing::delete(delete_fault))
-        .route("/api/v1/faults/revert-all", post(revert_all));
+        .route("/api/v1/faults/revert-all", post(revert_all))
+        .route("/api/v1/safety-lever", axum::routing::put(set_safety_lever));
     let read = Router::new()
+        .route("/api/v1/safety-lever", get(safety_lever))
         .route("/api/v1/faults", get(list_faults))
         .route("/api/v1/faults/{id}", get(get_fault));
     let agent = Router::new()
@@ -168,6 +172,48 @@ pub(super) async fn revert_all(State(app): State<Shared>) -> Result<axum::Json<R
     Ok(axum::Json(app.services.faults.revert_all().await?))
 }
 
+/// The safety lever (viewer): engaged or not, since when and why.
+#[utoipa::path(get, path = "/api/v1/safety-lever", tag = "faults", security(("bearer" = [])),
+    responses((status = 200, body = SafetyLever), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+pub(super) async fn safety_lever(State(app): State<Shared>) -> axum::Json<SafetyLever> {
+    axum::Json(app.services.faults.safety_lever())
+}
+
+/// Engages or releases the safety lever (operator). Engaging it is stored
+/// first, then every fault is ended as by the kill switch; until it is
+/// released every new fault (not a dry run) answers 409 `safety_lever`.
+#[utoipa::path(put, path = "/api/v1/safety-lever", tag = "faults", security(("bearer" = [])),
+    request_body = SetSafetyLever,
+    responses((status = 200, body = SafetyLever), (status = 401, body = ApiError), (status = 403, body = ApiError),
+        (status = 422, body = ApiError, description = "a reason longer than 500 characters")))]
+pub(super) async fn set_safety_lever(
+    State(app): State<Shared>,
+    Body(req): Body<SetSafetyLever>,
+) -> Result<axum::Json<SafetyLever>, Error> {
+    let faults = &app.services.faults;
+    let reason = req.reason.unwrap_or_default();
+    // Checked whether engaging or releasing: the document's limit holds for both.
+    let chars = reason.chars().count();
+    if chars > MAX_LEVER_REASON {
+        return Err(Error::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("reason: {chars} characters, at most {MAX_LEVER_REASON}"),
+        ));
+    }
+    let lever = if req.engaged {
+        let reason = if reason.trim().is_empty() {
+            "no reason given".to_owned()
+        } else {
+            reason
+        };
+        faults.engage_safety_lever(reason).await?
+    } else {
+        faults.release_safety_lever().await?
+    };
+    Ok(axum::Json(lever))
+}
+
 /// Query of the agents' long-poll.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -225,6 +271,8 @@ pub(super) async fn fault_status(
         get_fault,
         delete_fault,
         revert_all,
+        safety_lever,
+        set_safety_lever,
         desired_faults,
         fault_status
     ),
@@ -235,6 +283,8 @@ pub(super) async fn fault_status(
         FaultList,
         AgentFaultStatus,
         RevertAllResponse,
+        SafetyLever,
+        SetSafetyLever,
         DesiredFault,
         DesiredFaults,
         FaultStatusReport,

@@ -48,6 +48,9 @@ pub(super) async fn metrics(State(app): State<Shared>) -> Response {
             .with_label_values(&[state.as_str()])
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+    app.metrics
+        .safety_lever
+        .set(i64::from(app.services.faults.safety_lever().engaged));
     match app.services.faults.counts().await {
         Ok(counts) => {
             for (status, n) in counts.by_status {

@@ -1,4 +1,4 @@
-//! `graydar fault apply|list|get|revert|revert-all`.
+//! `graydar fault apply|list|get|revert|revert-all` and `graydar safety-lever`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use graydar_common::client::{Client, ClientError};
-use graydar_common::fault_api::{CreateFaultRequest, FaultInfo, FaultTargets};
+use graydar_common::fault_api::{CreateFaultRequest, FaultInfo, FaultTargets, SafetyLever, SetSafetyLever};
 use graydar_common::faults::{Direction, FaultSpec, Loss, NetemSpec, Protocol, Scope};
 
 use super::CliError;
@@ -38,6 +38,22 @@ pub enum FaultCmd {
     Revert { id: String },
     /// Kill switch: every agent reverts every fault it has active.
     RevertAll,
+}
+
+/// `graydar safety-lever`: without a subcommand, its state.
+#[derive(Debug, Subcommand)]
+pub enum LeverCmd {
+    /// Whether it is engaged, since when and why.
+    Status,
+    /// Engage it (operator token): every fault is reverted and new faults
+    /// are refused until it is released.
+    Engage {
+        /// Why (kept and shown while engaged; at most 500 characters).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Release it (operator token): faults are accepted again.
+    Release,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -342,6 +358,44 @@ pub fn run(client: &Client, output: Output, cmd: &FaultCmd) -> Result<String, Cl
             }
         }
     })
+}
+
+/// `graydar safety-lever [status|engage|release]`.
+pub fn lever(client: &Client, output: Output, cmd: &LeverCmd) -> Result<String, CliError> {
+    let lever = match cmd {
+        LeverCmd::Status => client.safety_lever(),
+        LeverCmd::Engage { reason } => client.set_safety_lever(&SetSafetyLever {
+            engaged: true,
+            reason: reason.clone(),
+        }),
+        LeverCmd::Release => client.set_safety_lever(&SetSafetyLever {
+            engaged: false,
+            reason: None,
+        }),
+    }
+    .map_err(CliError::Fault)?;
+    Ok(match output {
+        Output::Json => json(&lever),
+        Output::Table => lever_text(&lever),
+    })
+}
+
+fn lever_text(l: &SafetyLever) -> String {
+    let mut out = match (&l.since, &l.reason) {
+        (Some(since), reason) if l.engaged => format!(
+            "safety lever: ENGAGED since {since} ({}): new faults are refused\n",
+            reason.as_deref().unwrap_or("no reason given")
+        ),
+        _ if l.engaged => "safety lever: ENGAGED: new faults are refused\n".to_owned(),
+        _ => "safety lever: released: faults are accepted\n".to_owned(),
+    };
+    if let Some(r) = &l.revert_all {
+        out.push_str(&format!(
+            "revert-all: {} faults ended, {} agents notified (epoch {})\n",
+            r.faults_ended, r.agents_notified, r.revert_all_epoch
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -77,6 +77,12 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: faults::FaultCmd,
     },
+    /// The safety lever: status (default), engage (reverts every fault and
+    /// refuses new ones), release.
+    SafetyLever {
+        #[command(subcommand)]
+        cmd: Option<faults::LeverCmd>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +142,9 @@ pub fn run(cli: &Cli) -> Result<String, CliError> {
         Cmd::Paths => paths::run(&client, cli.output),
         Cmd::Finding { id } => findings::get(&client, cli.output, id),
         Cmd::Fault { cmd } => faults::run(&client, cli.output, cmd),
+        Cmd::SafetyLever { cmd } => {
+            faults::lever(&client, cli.output, cmd.as_ref().unwrap_or(&faults::LeverCmd::Status))
+        }
     }
 }
 

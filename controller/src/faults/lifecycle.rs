@@ -31,15 +31,16 @@ use std::time::Duration;
 
 use graydar_common::api::AgentInfo;
 use graydar_common::fault_api::{
-    CreateFaultRequest, DesiredFault, DesiredFaults, FaultInfo, FaultStatusUpdate, RevertAllResponse,
+    CreateFaultRequest, DesiredFault, DesiredFaults, FaultInfo, FaultStatusUpdate, RevertAllResponse, SafetyLever,
 };
 use graydar_common::faults::FaultState;
+use graydar_common::timestamp::Timestamp;
 use tokio::sync::watch;
 
 use super::model::{AgentStatus, Fault};
 use super::policy::{Inventory, check_blast_radius, check_overlap, resolve_targets};
 use super::{FaultConfig, FaultError, FaultStatus};
-use crate::store::{EndReason, FaultSelection, FaultStore};
+use crate::store::{EndReason, FaultSelection, FaultStore, LeverRecord};
 use crate::timefmt::now_ms;
 
 /// What /metrics shows of the faults.
@@ -54,6 +55,8 @@ pub struct FaultCounts {
 struct Inner {
     faults: BTreeMap<String, Fault>,
     revert_all_epoch: u64,
+    /// The safety lever, while engaged.
+    lever: Option<LeverRecord>,
 }
 
 pub struct FaultService {
@@ -82,6 +85,25 @@ fn new_id() -> String {
     format!("flt-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
 }
 
+fn refuse_if_engaged(inner: &Inner) -> Result<(), FaultError> {
+    match &inner.lever {
+        Some(lever) => Err(FaultError::SafetyLever {
+            since: Timestamp::from_unix_ms(lever.engaged_ms),
+            reason: lever.reason.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn lever_view(lever: Option<&LeverRecord>, revert_all: Option<RevertAllResponse>) -> SafetyLever {
+    SafetyLever {
+        engaged: lever.is_some(),
+        since: lever.map(|l| Timestamp::from_unix_ms(l.engaged_ms)),
+        reason: lever.map(|l| l.reason.clone()),
+        revert_all,
+    }
+}
+
 impl FaultService {
     /// Loads the live faults and the revert-all epoch from `store`.
     pub async fn open(store: Arc<dyn FaultStore>, cfg: FaultConfig) -> Result<FaultService, FaultError> {
@@ -95,20 +117,33 @@ impl FaultService {
             .map(|f| (f.id.clone(), f))
             .collect();
         let revert_all_epoch = store.revert_all_epoch().await?;
+        let lever = store.safety_lever().await?;
         let (status_tx, _) = watch::channel(0);
-        Ok(FaultService {
+        let service = FaultService {
             cfg,
             store,
             inner: Mutex::new(Inner {
                 faults,
                 revert_all_epoch,
+                lever,
             }),
             changes: tokio::sync::Mutex::new(()),
             watchers: Mutex::new(HashMap::new()),
             version_base: u64::try_from(now_ms()).unwrap_or(0).saturating_mul(1000),
             status_tx,
             inventory: Mutex::new(HashMap::new()),
-        })
+        };
+        // An engaged lever with faults still running: the controller stopped
+        // between storing the lever and storing its revert-all. Finish it.
+        let unfinished = {
+            let inner = lock(&service.inner);
+            inner.lever.is_some() && inner.faults.values().any(|f| f.ended_ms.is_none())
+        };
+        if unfinished {
+            let _turn = service.changes.lock().await;
+            service.revert_all_in_turn().await?;
+        }
+        Ok(service)
     }
 
     pub fn config(&self) -> &FaultConfig {
@@ -164,6 +199,11 @@ impl FaultService {
     /// the insert are one critical section: of two overlapping creates at
     /// the same time, one is refused.
     pub async fn create(&self, req: CreateFaultRequest, agents: &[AgentInfo]) -> Result<FaultInfo, FaultError> {
+        // The lever first (it is what the operator must hear about), and
+        // again in the turn (it may have been engaged meanwhile).
+        if !req.dry_run {
+            refuse_if_engaged(&lock(&self.inner))?;
+        }
         let targets = {
             let inv = lock(&self.inventory);
             resolve_targets(&req, agents, &inv, &self.cfg)?
@@ -172,6 +212,7 @@ impl FaultService {
         let now = now_ms();
         if !req.dry_run {
             let inner = lock(&self.inner);
+            refuse_if_engaged(&inner)?;
             check_overlap(inner.faults.values(), &req.spec, &targets, now)?;
             if !req.force {
                 check_blast_radius(inner.faults.values(), &targets, agents, now, self.cfg.max_target_share)?;
@@ -316,6 +357,11 @@ impl FaultService {
     /// right after never hands a reverted fault out again.
     pub async fn revert_all(&self) -> Result<RevertAllResponse, FaultError> {
         let _turn = self.changes.lock().await;
+        self.revert_all_in_turn().await
+    }
+
+    /// [`FaultService::revert_all`] for a caller that holds the turn.
+    async fn revert_all_in_turn(&self) -> Result<RevertAllResponse, FaultError> {
         let now = now_ms();
         let (ended, epoch) = {
             let inner = lock(&self.inner);
@@ -346,6 +392,46 @@ impl FaultService {
             agents_notified: u64::try_from(hosts.len()).unwrap_or(0),
             revert_all_epoch: epoch,
         })
+    }
+
+    /// The safety lever as it is now.
+    pub fn safety_lever(&self) -> SafetyLever {
+        lever_view(lock(&self.inner).lever.as_ref(), None)
+    }
+
+    /// Engages the safety lever: stored first (from then on every new
+    /// fault is refused), then every fault is ended by a revert-all. Engaging
+    /// it again keeps the first time and reason and runs the revert-all
+    /// again.
+    pub async fn engage_safety_lever(&self, reason: String) -> Result<SafetyLever, FaultError> {
+        let _turn = self.changes.lock().await;
+        let existing = lock(&self.inner).lever.clone();
+        let lever = match existing {
+            Some(l) => l,
+            None => {
+                let l = LeverRecord {
+                    engaged_ms: now_ms(),
+                    reason,
+                };
+                self.store.set_safety_lever(Some(&l)).await?;
+                lock(&self.inner).lever = Some(l.clone());
+                tracing::warn!(reason = %l.reason, "safety lever engaged: every fault reverted, new faults refused");
+                l
+            }
+        };
+        let done = self.revert_all_in_turn().await?;
+        Ok(lever_view(Some(&lever), Some(done)))
+    }
+
+    /// Releases the safety lever (stored, then new faults are accepted).
+    pub async fn release_safety_lever(&self) -> Result<SafetyLever, FaultError> {
+        let _turn = self.changes.lock().await;
+        if lock(&self.inner).lever.is_some() {
+            self.store.set_safety_lever(None).await?;
+            lock(&self.inner).lever = None;
+            tracing::warn!("safety lever released: faults are accepted again");
+        }
+        Ok(lever_view(None, None))
     }
 
     /// Marks faults whose time is up as ended ("expired") and wakes their
@@ -597,6 +683,15 @@ mod tests {
         fn revert_all<'a>(&'a self, epoch: u64, ids: &'a [String], ended_ms: i64) -> StoreFuture<'a, ()> {
             match self.write("revert_all") {
                 Ok(()) => self.db.revert_all(epoch, ids, ended_ms),
+                Err(e) => Box::pin(async move { Err(e) }),
+            }
+        }
+        fn safety_lever(&self) -> StoreFuture<'_, Option<LeverRecord>> {
+            self.db.safety_lever()
+        }
+        fn set_safety_lever<'a>(&'a self, lever: Option<&'a LeverRecord>) -> StoreFuture<'a, ()> {
+            match self.write("set_safety_lever") {
+                Ok(()) => self.db.set_safety_lever(lever),
                 Err(e) => Box::pin(async move { Err(e) }),
             }
         }

@@ -51,6 +51,12 @@ pub enum FaultError {
         target: String,
         until: Timestamp,
     },
+    /// The safety lever is engaged (409): no new fault until it is released.
+    #[error(
+        "the safety lever is engaged (since {since}: {reason}); every fault was reverted and new ones are refused \
+         until it is released (PUT /api/v1/safety-lever {{\"engaged\": false}}, graydar safety-lever release)"
+    )]
+    SafetyLever { since: Timestamp, reason: String },
     #[error("no fault {id:?}")]
     NotFound { id: String },
     #[error(transparent)]

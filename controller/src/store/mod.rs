@@ -249,6 +249,17 @@ pub trait FaultStore: Send + Sync {
     /// `epoch` and marks the faults of `ids` not ended yet as ended at
     /// `ended_ms` ([`EndReason::RevertAll`]).
     fn revert_all<'a>(&'a self, epoch: u64, ids: &'a [String], ended_ms: i64) -> StoreFuture<'a, ()>;
+    /// The safety lever: `Some` while engaged.
+    fn safety_lever(&self) -> StoreFuture<'_, Option<LeverRecord>>;
+    /// Engages (`Some`, replacing an earlier engagement) or releases (`None`).
+    fn set_safety_lever<'a>(&'a self, lever: Option<&'a LeverRecord>) -> StoreFuture<'a, ()>;
+}
+
+/// The engaged safety lever as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeverRecord {
+    pub engaged_ms: i64,
+    pub reason: String,
 }
 
 /// One fleet key of the path mesh.

@@ -9,7 +9,8 @@ use sqlx::{QueryBuilder, Row as _};
 
 use super::{SqliteStore, json, parse_json};
 use crate::store::{
-    EndReason, FaultAgentRecord, FaultRecord, FaultSelection, FaultStatus, FaultStore, StoreError, StoreFuture,
+    EndReason, FaultAgentRecord, FaultRecord, FaultSelection, FaultStatus, FaultStore, LeverRecord, StoreError,
+    StoreFuture,
 };
 
 async fn load_faults(s: &SqliteStore, which: FaultSelection<'_>) -> Result<Vec<FaultRecord>, StoreError> {
@@ -202,6 +203,38 @@ async fn revert_all(s: &SqliteStore, epoch: u64, ids: &[String], ended_ms: i64) 
     Ok(())
 }
 
+async fn safety_lever(s: &SqliteStore) -> Result<Option<LeverRecord>, StoreError> {
+    let row = sqlx::query("SELECT engaged_ms, reason FROM safety_lever WHERE id = 1")
+        .fetch_optional(&s.read)
+        .await?;
+    row.map(|r| {
+        Ok(LeverRecord {
+            engaged_ms: r.try_get("engaged_ms")?,
+            reason: r.try_get("reason")?,
+        })
+    })
+    .transpose()
+}
+
+async fn set_safety_lever(s: &SqliteStore, lever: Option<&LeverRecord>) -> Result<(), StoreError> {
+    match lever {
+        Some(l) => {
+            sqlx::query(
+                "INSERT INTO safety_lever (id, engaged_ms, reason) VALUES (1, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET engaged_ms = excluded.engaged_ms, reason = excluded.reason",
+            )
+            .bind(l.engaged_ms)
+            .bind(&l.reason)
+            .execute(&s.write)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM safety_lever").execute(&s.write).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The condition after `WHERE` that selects `which` (it may end with
 /// `ORDER BY` and `LIMIT`).
 fn push_selection(q: &mut QueryBuilder<Sqlite>, which: FaultSelection<'_>) {
@@ -260,5 +293,13 @@ impl FaultStore for SqliteStore {
 
     fn revert_all<'a>(&'a self, epoch: u64, ids: &'a [String], ended_ms: i64) -> StoreFuture<'a, ()> {
         Box::pin(revert_all(self, epoch, ids, ended_ms))
+    }
+
+    fn safety_lever(&self) -> StoreFuture<'_, Option<LeverRecord>> {
+        Box::pin(safety_lever(self))
+    }
+
+    fn set_safety_lever<'a>(&'a self, lever: Option<&'a LeverRecord>) -> StoreFuture<'a, ()> {
+        Box::pin(set_safety_lever(self, lever))
     }
 }

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agent_credentials",
         include_str!("../../../migrations/0005_agent_credentials.sql"),
     ),
+    (
+        6,
+        "safety_lever",
+        include_str!("../../../migrations/0006_safety_lever.sql"),
+    ),
 ];
 
 pub fn migrator() -> Migrator {
