@@ -60,7 +60,11 @@ pub struct TargetGroup {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<String>,
     /// Every registered agent whose labels include all of these.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_keys")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_keys"
+    )]
     pub selector: BTreeMap<String, String>,
     #[serde(default)]
     pub pick: Pick,
@@ -68,8 +72,9 @@ pub struct TargetGroup {
     pub on_empty: OnEmpty,
 }
 
-/// How many of a group's agents a run takes (sampled with a seed the run records).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// How many of a group's agents a run takes (sampled with a seed the run
+/// records): `all`, `{count: N}` or `{percent: P}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pick {
     #[default]
@@ -78,6 +83,45 @@ pub enum Pick {
     Count(u32),
     /// This percentage of the group, rounded up (0 < P <= 100).
     Percent(f64),
+}
+
+// By hand: serde_yaml 0.9 reads externally tagged enums only from YAML
+// tags (`!count 2`), not from the `{count: 2}` that JSON and people write.
+impl<'de> Deserialize<'de> for Pick {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Pick, D::Error> {
+        struct V;
+        const WANT: &str = "all, {count: N} or {percent: P}";
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Pick;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(WANT)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Pick, E> {
+                match v {
+                    "all" => Ok(Pick::All),
+                    _ => Err(E::custom(format!("{v:?}: expected {WANT}"))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Pick, A::Error> {
+                use serde::de::Error as _;
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(A::Error::custom(format!("empty map: expected {WANT}")));
+                };
+                let pick = match key.as_str() {
+                    "count" => Pick::Count(map.next_value()?),
+                    "percent" => Pick::Percent(map.next_value()?),
+                    other => return Err(A::Error::custom(format!("unknown key {other:?}: expected {WANT}"))),
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(A::Error::custom(format!(
+                        "give one of count or percent: expected {WANT}"
+                    )));
+                }
+                Ok(pick)
+            }
+        }
+        de.deserialize_any(V)
+    }
 }
 
 /// What a run does when a group resolves to no agent.
@@ -471,7 +515,12 @@ pub enum HostScope {
 #[serde(deny_unknown_fields)]
 pub struct PromAbort {
     pub expr: String,
-    #[serde(default, rename = "for", with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "for",
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub for_: Option<Duration>,
 }
 
@@ -647,7 +696,7 @@ impl GameDaySpec {
                 location: inner
                     .location()
                     .map(|l| format!("line {} column {}", l.line(), l.column())),
-                message: without_position(&inner.to_string()),
+                message: without_path(&without_position(&inner.to_string()), &e.path().to_string()),
             }
         })
     }
@@ -666,6 +715,15 @@ fn without_position(msg: &str) -> String {
         Some(i) if msg[i..].contains(" column ") => msg[..i].to_owned(),
         _ => msg.to_owned(),
     }
+}
+
+/// serde_yaml starts its messages with the field path, which
+/// [`ParseError`] carries on its own.
+fn without_path(msg: &str, path: &str) -> String {
+    msg.strip_prefix(path)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(msg)
+        .to_owned()
 }
 
 /// A string-keyed map that refuses a key given twice (serde's maps keep

@@ -150,9 +150,19 @@ mod tests {
 
     #[test]
     fn bad_expressions_and_zones_are_refused_by_name() {
-        for bad in ["* * * *", "0 0 * * * *", "0 0 0 * * * 2026", "61 * * * *", "0 0 * * MOO", ""] {
+        for bad in [
+            "* * * *",
+            "0 0 * * * *",
+            "0 0 0 * * * 2026",
+            "61 * * * *",
+            "0 0 * * MOO",
+            "",
+        ] {
             let e = parse_cron(bad).expect_err(bad);
-            assert!(matches!(e, ScheduleError::Cron(..)) && e.to_string().contains("not a cron expression"), "{bad}: {e}");
+            assert!(
+                matches!(e, ScheduleError::Cron(..)) && e.to_string().contains("not a cron expression"),
+                "{bad}: {e}"
+            );
         }
         assert!(parse_cron("*/15 9-17 * * 1-5").is_ok());
         let e = parse_time_zone("Europe/Atlantis").expect_err("no such zone");

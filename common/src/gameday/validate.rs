@@ -49,8 +49,7 @@ fn known_kinds() -> String {
 /// 1 to 63 ASCII letters, digits, `-`, `_` (and `.` where `dots`).
 fn is_name(s: &str, dots: bool) -> bool {
     (1..=63).contains(&s.len())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (dots && c == '.'))
 }
 
@@ -101,10 +100,16 @@ impl GameDaySpec {
     pub fn validate(&self, limits: &Limits) -> Result<(), Vec<SpecError>> {
         let mut e = Errors(Vec::new());
         if !is_name(&self.name, true) {
-            e.push("name", format!("{:?} must be 1 to 63 letters, digits, '-', '_' or '.'", self.name));
+            e.push(
+                "name",
+                format!("{:?} must be 1 to 63 letters, digits, '-', '_' or '.'", self.name),
+            );
         }
         if self.hypothesis.trim().is_empty() {
-            e.push("hypothesis", "empty: say what the game day should show (kept in every run and report)");
+            e.push(
+                "hypothesis",
+                "empty: say what the game day should show (kept in every run and report)",
+            );
         }
         self.check_safety(&mut e, limits);
         self.check_targets(&mut e);
@@ -195,14 +200,13 @@ impl GameDaySpec {
                 let picked = match g.pick {
                     Pick::All => g.agents.len(),
                     Pick::Count(n) => n as usize,
-                    Pick::Percent(v) if v.is_finite() && v > 0.0 => (g.agents.len() as f64 * v.min(100.0) / 100.0).ceil() as usize,
+                    Pick::Percent(v) if v.is_finite() && v > 0.0 => {
+                        (g.agents.len() as f64 * v.min(100.0) / 100.0).ceil() as usize
+                    }
                     Pick::Percent(_) => 0,
                 };
                 if picked > max as usize {
-                    e.push(
-                        &p,
-                        format!("picks {picked} agents, above safety.max_targets ({max})"),
-                    );
+                    e.push(&p, format!("picks {picked} agents, above safety.max_targets ({max})"));
                 }
             }
         }
@@ -213,7 +217,10 @@ impl GameDaySpec {
         for (i, c) in self.preflight.promql.iter().enumerate() {
             e.promql(&format!("preflight.promql[{i}].expr"), &c.expr);
             if !c.value.is_finite() {
-                e.push(format!("preflight.promql[{i}].value"), format!("must be a finite number, got {}", c.value));
+                e.push(
+                    format!("preflight.promql[{i}].value"),
+                    format!("must be a finite number, got {}", c.value),
+                );
             }
         }
     }
@@ -227,7 +234,11 @@ impl GameDaySpec {
             {
                 e.push(
                     format!("abort.promql[{i}].for"),
-                    format!("{} is longer than safety.max_duration ({}): it could never fire", d(f), d(self.safety.max_duration)),
+                    format!(
+                        "{} is longer than safety.max_duration ({}): it could never fire",
+                        d(f),
+                        d(self.safety.max_duration)
+                    ),
                 );
             }
         }
@@ -258,15 +269,24 @@ impl GameDaySpec {
             return;
         }
         if self.steps.len() > limits.max_steps {
-            e.push("steps", format!("{} steps, at most {} allowed", self.steps.len(), limits.max_steps));
+            e.push(
+                "steps",
+                format!("{} steps, at most {} allowed", self.steps.len(), limits.max_steps),
+            );
         }
         let mut first: HashMap<&str, usize> = HashMap::new();
         for (i, s) in self.steps.iter().enumerate() {
             if !is_name(&s.id, false) {
-                e.push(format!("steps[{i}].id"), format!("{:?} must be 1 to 63 letters, digits, '-' or '_'", s.id));
+                e.push(
+                    format!("steps[{i}].id"),
+                    format!("{:?} must be 1 to 63 letters, digits, '-' or '_'", s.id),
+                );
             }
             if let Some(j) = first.get(s.id.as_str()) {
-                e.push(format!("steps[{i}].id"), format!("duplicate step id {:?} (also steps[{j}])", s.id));
+                e.push(
+                    format!("steps[{i}].id"),
+                    format!("duplicate step id {:?} (also steps[{j}])", s.id),
+                );
             } else {
                 first.insert(&s.id, i);
             }
@@ -384,7 +404,10 @@ impl GameDaySpec {
             match finding_kind(n) {
                 Some(k) => vec![k],
                 None => {
-                    e.push(format!("{p}.kind"), format!("unknown finding kind {n:?} (known: {})", known_kinds()));
+                    e.push(
+                        format!("{p}.kind"),
+                        format!("unknown finding kind {n:?} (known: {})", known_kinds()),
+                    );
                     Vec::new()
                 }
             }
@@ -392,11 +415,17 @@ impl GameDaySpec {
             e.kinds(&format!("{p}.kind"), names)
         };
         if !self.targets.contains_key(&det.on) {
-            e.push(format!("{p}.on"), format!("unknown group {:?} (groups: {})", det.on, self.group_names()));
+            e.push(
+                format!("{p}.on"),
+                format!("unknown group {:?} (groups: {})", det.on, self.group_names()),
+            );
         }
         if let Some(peer) = &det.peer {
             if !self.targets.contains_key(peer) {
-                e.push(format!("{p}.peer"), format!("unknown group {peer:?} (groups: {})", self.group_names()));
+                e.push(
+                    format!("{p}.peer"),
+                    format!("unknown group {peer:?} (groups: {})", self.group_names()),
+                );
             }
             if let Some(k) = kinds.iter().find(|k| !is_pair_kind(**k)) {
                 e.push(
@@ -454,7 +483,11 @@ impl GameDaySpec {
 
     fn group_names(&self) -> String {
         let names: Vec<&str> = self.targets.keys().map(String::as_str).collect();
-        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
     }
 }
 
