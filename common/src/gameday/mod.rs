@@ -26,6 +26,8 @@ use crate::api::{FindingKind, Severity};
 use crate::faults::FaultSpec;
 
 pub use dag::CycleError;
+/// The time types of [`Schedule::next_runs`].
+pub use jiff;
 pub use schedule::ScheduleError;
 pub use validate::Limits;
 
@@ -719,11 +721,13 @@ fn without_position(msg: &str) -> String {
 
 /// serde_yaml starts its messages with the field path, which
 /// [`ParseError`] carries on its own.
+/// (its own path can stop short of serde_path_to_error's: `steps[0]` for
+/// an unknown field `steps[0].wiat`).
 fn without_path(msg: &str, path: &str) -> String {
-    msg.strip_prefix(path)
-        .and_then(|m| m.strip_prefix(": "))
-        .unwrap_or(msg)
-        .to_owned()
+    match msg.split_once(": ") {
+        Some((head, rest)) if !head.is_empty() && path.starts_with(head) => rest.to_owned(),
+        _ => msg.to_owned(),
+    }
 }
 
 /// A string-keyed map that refuses a key given twice (serde's maps keep

@@ -223,6 +223,7 @@ fn parse_errors_name_the_field_and_the_line() {
         e.contains("steps[3].expect") && e.contains("clear_whithin") && e.contains("line "),
         "{e}"
     );
+    assert!(!e.contains("expect: steps[3]"), "the path once: {e}");
     // A FaultSpec error at parse time, in JSON.
     let mut v = full_value();
     *at(&mut v, "/steps/3/fault/spec/kind") = json!("tc");
@@ -303,6 +304,7 @@ fn duration_errors() {
     assert_error(&es, "steps[0].wait.duration", "must be > 0");
     let es = errors_after(|v| *at(v, "/steps/3/fault/duration") = json!("0s"));
     assert_error(&es, "steps[3].fault.duration", "must be > 0");
+    assert_eq!(es.len(), 1, "no deadline repeats it: {es:#?}");
     let es = errors_after(|v| *at(v, "/steps/3/fault/duration") = json!("45m"));
     assert_error(
         &es,
@@ -436,6 +438,8 @@ fn preflight_abort_and_schedule_errors() {
     assert_error(&es, "schedule.cron", "4 fields, 5 are needed");
     let es = errors_after(|v| *at(v, "/schedule/cron") = json!("0 25 * * *"));
     assert_error(&es, "schedule.cron", "not a cron expression");
+    let es = errors_after(|v| *at(v, "/schedule/cron") = json!("0 0 30 2 *"));
+    assert_error(&es, "schedule.cron", "\"0 0 30 2 *\" never runs");
     let es = errors_after(|v| *at(v, "/schedule/time_zone") = json!("Mars/Olympus"));
     assert_error(&es, "schedule.time_zone", "unknown time zone \"Mars/Olympus\"");
     let es = errors_after(|v| *at(v, "/schedule/starting_deadline") = json!("0s"));

@@ -246,11 +246,13 @@ impl GameDaySpec {
 
     fn check_schedule(&self, e: &mut Errors) {
         let Some(s) = &self.schedule else { return };
-        if let Err(err) = parse_cron(&s.cron) {
-            e.push("schedule.cron", err.to_string());
-        }
-        if let Err(err) = parse_time_zone(&s.time_zone) {
-            e.push("schedule.time_zone", err.to_string());
+        let cron = parse_cron(&s.cron).map_err(|err| e.push("schedule.cron", err.to_string()));
+        let tz = parse_time_zone(&s.time_zone).map_err(|err| e.push("schedule.time_zone", err.to_string()));
+        // `0 0 30 2 *` parses and never runs. Searched from a fixed instant
+        // (validation does not depend on the clock): a pattern that matches
+        // nothing does so from any instant.
+        if cron.is_ok() && tz.is_ok() && s.next_runs(jiff::Timestamp::UNIX_EPOCH, 1).is_err() {
+            e.push("schedule.cron", format!("{:?} never runs", s.cron));
         }
         if s.starting_deadline.is_some_and(|v| v.is_zero()) {
             e.push("schedule.starting_deadline", "must be > 0");
@@ -374,6 +376,11 @@ impl GameDaySpec {
         // A deadline past the fault's revert could only be met by a
         // finding that outlives its cause: refused.
         let within_cap = (fault, "the fault's duration: it is reverted before");
+        if fault.is_zero() {
+            // Already refused (steps[i].fault.duration); every deadline
+            // would repeat it.
+            return;
+        }
         for (j, det) in x.detect.iter().enumerate() {
             self.check_detect(e, &format!("{p}.detect[{j}]"), det, within_cap);
         }
