@@ -165,6 +165,7 @@ mod tests {
             );
         }
         assert!(parse_cron("*/15 9-17 * * 1-5").is_ok());
+        assert!(parse_cron("@daily").is_ok(), "nicknames are documented as accepted");
         let e = parse_time_zone("Europe/Atlantis").expect_err("no such zone");
         assert!(e.to_string().contains("Europe/Atlantis"), "{e}");
         assert!(parse_time_zone("Europe/Berlin").is_ok());

@@ -444,6 +444,8 @@ fn preflight_abort_and_schedule_errors() {
     assert_error(&es, "schedule.time_zone", "unknown time zone \"Mars/Olympus\"");
     let es = errors_after(|v| *at(v, "/schedule/starting_deadline") = json!("0s"));
     assert_error(&es, "schedule.starting_deadline", "must be > 0");
+    let es = errors_after(|v| *at(v, "/schedule/starting_deadline") = json!("8d"));
+    assert_error(&es, "schedule.starting_deadline", "above the cap of 7days");
     let es = errors_after(|v| *at(v, "/schedule/history_limit") = json!(0));
     assert_error(&es, "schedule.history_limit", "between 1 and 1000");
 }

@@ -37,6 +37,7 @@ impl Default for Limits {
 const LEASE_MIN: Duration = Duration::from_secs(3);
 const LEASE_MAX: Duration = Duration::from_secs(600);
 const MAX_HISTORY: u32 = 1000;
+const MAX_STARTING_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn d(v: Duration) -> String {
     humantime::format_duration(v).to_string()
@@ -254,8 +255,12 @@ impl GameDaySpec {
         if cron.is_ok() && tz.is_ok() && s.next_runs(jiff::Timestamp::UNIX_EPOCH, 1).is_err() {
             e.push("schedule.cron", format!("{:?} never runs", s.cron));
         }
-        if s.starting_deadline.is_some_and(|v| v.is_zero()) {
-            e.push("schedule.starting_deadline", "must be > 0");
+        if let Some(v) = s.starting_deadline {
+            e.duration(
+                "schedule.starting_deadline",
+                v,
+                &[(MAX_STARTING_DEADLINE, "a week: a start that late is a different run")],
+            );
         }
         if s.history_limit == 0 || s.history_limit > MAX_HISTORY {
             e.push(
