@@ -299,6 +299,36 @@ fn action_errors() {
 }
 
 #[test]
+fn unordered_faults_on_the_same_thing_are_refused() {
+    let second = json!({"id": "again", "fault": {"target": "a", "duration": "1m",
+        "spec": {"kind": "netem", "interface": "eth0", "netem": {"loss": {"model": "random", "percent": 5}}}}});
+    let es = errors_after(|v| at(v, "/steps").as_array_mut().expect("steps").push(second.clone()));
+    assert_error(
+        &es,
+        "steps[4].fault",
+        "may run at the same time as steps[3] (\"inject\") on group \"a\" and act on the same netem \"eth0\"",
+    );
+    // Ordered (even through another step), or on another group or interface: fine.
+    for edit in [
+        ("/after", json!(["inject"])),
+        ("/after", json!(["fsync", "inject"])),
+        ("/fault/target", json!("c")),
+        ("/fault/spec/interface", json!("eth1")),
+        ("/fault/spec/direction", json!("ingress")),
+    ] {
+        let mut step = second.clone();
+        *at(&mut step, edit.0) = edit.1.clone();
+        let es = errors_after(|v| at(v, "/steps").as_array_mut().expect("steps").push(step.clone()));
+        assert!(es.is_empty(), "{edit:?}: {es:#?}");
+    }
+    let mut chained = second.clone();
+    *at(&mut chained, "/after") = json!(["warmup"]);
+    // warmup -> approve -> inject, and warmup -> again: not ordered.
+    let es = errors_after(|v| at(v, "/steps").as_array_mut().expect("steps").push(chained.clone()));
+    assert_error(&es, "steps[4].fault", "may run at the same time as steps[3]");
+}
+
+#[test]
 fn duration_errors() {
     let es = errors_after(|v| *at(v, "/steps/0/wait/duration") = json!("0s"));
     assert_error(&es, "steps[0].wait.duration", "must be > 0");

@@ -312,7 +312,60 @@ impl GameDaySpec {
         }
         match dag::order(&self.steps) {
             Err(c) => e.push("steps", c.to_string()),
-            Ok(order) => self.check_longest_chain(e, &order, &first),
+            Ok(order) => {
+                self.check_longest_chain(e, &order, &first);
+                self.check_overlapping_faults(e, &order, &first);
+            }
+        }
+    }
+
+    /// Two fault steps that `after` does not order may run at once; on the
+    /// same group with the same [`crate::faults::FaultKey`] (one netem tree
+    /// per interface and direction, one dm table, one route) the second
+    /// would be refused by the agent mid-run. Groups that only overlap in
+    /// membership are seen when a run resolves them.
+    fn check_overlapping_faults(&self, e: &mut Errors, order: &[usize], first: &HashMap<&str, usize>) {
+        // before[i]: every step that finishes before i starts.
+        let mut before: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); self.steps.len()];
+        for &i in order {
+            let mut b = BTreeSet::new();
+            for a in &self.steps[i].after {
+                if let Some(&j) = first.get(a.as_str()) {
+                    b.insert(j);
+                    b.extend(before[j].iter().copied());
+                }
+            }
+            before[i] = b;
+        }
+        let faults: Vec<(usize, &super::FaultAction)> = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.action() {
+                Some(Action::Fault(f)) => Some((i, f)),
+                _ => None,
+            })
+            .collect();
+        for (n, &(i, fi)) in faults.iter().enumerate() {
+            for &(j, fj) in &faults[n + 1..] {
+                if fi.target == fj.target
+                    && fi.spec.key() == fj.spec.key()
+                    && !before[i].contains(&j)
+                    && !before[j].contains(&i)
+                {
+                    e.push(
+                        format!("steps[{j}].fault"),
+                        format!(
+                            "may run at the same time as steps[{i}] ({:?}) on group {:?} and act on the same {} {:?}: \
+                             order them with after",
+                            self.steps[i].id,
+                            fi.target,
+                            fi.spec.kind(),
+                            fi.spec.target()
+                        ),
+                    );
+                }
+            }
         }
     }
 
