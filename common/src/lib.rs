@@ -31,3 +31,6 @@ pub mod client;
 
 #[cfg(feature = "client")]
 pub mod fault_client;
+
+#[cfg(feature = "gameday")]
+pub mod gameday;

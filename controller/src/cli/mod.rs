@@ -1,7 +1,8 @@
 //! The `graydar` command line: a client of the controller API. It uses only
 //! `graydar_common`'s client and wire types, never the server's modules.
 //!
-//! One file per command group (`agents`, `findings`, `paths`, `faults`),
+//! One file per command group (`agents`, `findings`, `paths`, `faults`,
+//! `gameday`),
 //! output helpers in `output`, where the controller and token come from in
 //! `config`.
 
@@ -9,6 +10,7 @@ pub mod agents;
 pub mod config;
 pub mod faults;
 pub mod findings;
+pub mod gameday;
 pub mod output;
 pub mod paths;
 
@@ -83,6 +85,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: Option<faults::LeverCmd>,
     },
+    /// Game days: `validate -f FILE` checks a spec offline (no controller needed).
+    Gameday {
+        #[command(subcommand)]
+        cmd: gameday::GameDayCmd,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +116,14 @@ pub enum CliError {
     NoFault,
     #[error("--duration is required (e.g. --duration 60s), except with --dry-run")]
     NoDuration,
+    #[error("{}: not a game-day spec: {source}", path.display())]
+    GameDaySpec {
+        path: PathBuf,
+        #[source]
+        source: graydar_common::gameday::ParseError,
+    },
+    #[error("{}: {} error{}:\n  {}", path.display(), errors.len(), if errors.len() == 1 { "" } else { "s" }, errors.join("\n  "))]
+    GameDayInvalid { path: PathBuf, errors: Vec<String> },
     #[error(transparent)]
     Client(#[from] ClientError),
     /// An error of a fault command, worded as the API words it.
@@ -118,6 +133,10 @@ pub enum CliError {
 
 /// Runs the command; the text to print on success.
 pub fn run(cli: &Cli) -> Result<String, CliError> {
+    // Offline commands first: no controller, no token, no config file.
+    if let Cmd::Gameday { cmd } = &cli.cmd {
+        return gameday::run(cli.output, cmd);
+    }
     let client = Client::new(client_config(cli)?)?;
     match &cli.cmd {
         Cmd::Agents { cmd: None } => agents::run(&client, cli.output),
@@ -145,6 +164,7 @@ pub fn run(cli: &Cli) -> Result<String, CliError> {
         Cmd::SafetyLever { cmd } => {
             faults::lever(&client, cli.output, cmd.as_ref().unwrap_or(&faults::LeverCmd::Status))
         }
+        Cmd::Gameday { cmd } => gameday::run(cli.output, cmd),
     }
 }
 
