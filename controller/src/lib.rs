@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod faults;
 pub mod findings;
+pub mod gamedays;
 pub mod metrics;
 pub mod paths;
 pub mod services;

@@ -8,6 +8,7 @@ use crate::agents::credentials::Credentials;
 use crate::agents::{AgentError, AgentService, Liveness};
 use crate::faults::{FaultConfig, FaultError, FaultService};
 use crate::findings::FindingService;
+use crate::gamedays::GameDayService;
 use crate::paths::PathService;
 use crate::store::Store;
 pub use crate::store::StoreError;
@@ -33,6 +34,7 @@ pub struct Services {
     pub findings: FindingService,
     pub faults: Arc<FaultService>,
     pub paths: PathService,
+    pub gamedays: GameDayService,
     store: Arc<dyn Store>,
 }
 
@@ -45,6 +47,7 @@ impl Services {
                 .map_err(OpenError::Agents)?,
         );
         let credentials = Credentials::open(store.clone()).await.map_err(OpenError::Credentials)?;
+        let gamedays = GameDayService::new(store.clone(), faults.max_duration);
         let faults = Arc::new(
             FaultService::open(store.clone(), faults)
                 .await
@@ -59,6 +62,7 @@ impl Services {
             agents,
             credentials,
             faults,
+            gamedays,
             store,
         })
     }

@@ -325,11 +325,14 @@ mod tests {
         for layer in ["api", "store", "cli"] {
             assert!(graph.contains_key(layer), "controller/src/{layer} is missing");
         }
-        let services: Vec<&str> = ["agents", "findings", "faults", "paths"]
+        let services: Vec<&str> = ["agents", "findings", "faults", "paths", "gamedays"]
             .into_iter()
             .filter(|s| graph.contains_key(*s))
             .collect();
-        let mut rules: Vec<(&str, &[&str])> = vec![("store", &["api", "cli", "agents", "findings", "faults", "paths"])];
+        let mut rules: Vec<(&str, &[&str])> = vec![(
+            "store",
+            &["api", "cli", "agents", "findings", "faults", "paths", "gamedays"],
+        )];
         for s in &services {
             rules.push((s, &["api", "cli"]));
         }

@@ -760,3 +760,24 @@ where
 
 #[cfg(test)]
 mod tests;
+
+/// A stored game-day definition (`GET /api/v1/gamedays/{name}`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GameDayInfo {
+    pub name: String,
+    /// The spec as stored (see the book's Game days page for its fields).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub spec: GameDaySpec,
+    /// RFC 3339 UTC.
+    pub created_at: crate::timestamp::Timestamp,
+    /// When the spec was last replaced, RFC 3339 UTC.
+    pub updated_at: crate::timestamp::Timestamp,
+}
+
+/// `GET /api/v1/gamedays`: by name.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GameDayList {
+    pub gamedays: Vec<GameDayInfo>,
+}

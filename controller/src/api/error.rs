@@ -9,6 +9,7 @@ use crate::agents::AgentError;
 use crate::agents::credentials::EnrollError;
 use crate::faults::FaultError;
 use crate::findings::FindingError;
+use crate::gamedays::GameDayError;
 use crate::paths::PathError;
 use crate::services::StoreError;
 
@@ -116,6 +117,17 @@ impl From<FaultError> for Error {
             FaultError::SafetyLever { .. } => Error::new(StatusCode::CONFLICT, "safety_lever", e.to_string()),
             FaultError::NotFound { .. } => Error::not_found(e),
             FaultError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<GameDayError> for Error {
+    fn from(e: GameDayError) -> Self {
+        match e {
+            GameDayError::Invalid(_) => Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_gameday", e.to_string()),
+            GameDayError::Exists { .. } => Error::new(StatusCode::CONFLICT, "exists", e.to_string()),
+            GameDayError::NotFound { .. } => Error::not_found(e),
+            GameDayError::Store(s) => s.into(),
         }
     }
 }

@@ -9,6 +9,7 @@ mod error;
 mod extract;
 mod faults;
 mod findings;
+mod gamedays;
 mod health;
 mod middleware;
 mod openapi;
@@ -80,6 +81,7 @@ pub fn router(app: Shared, max_body: usize) -> Router {
         .merge(openapi::routes(&app))
         .merge(faults::routes(&app))
         .merge(paths::routes(&app))
+        .merge(gamedays::routes(&app))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -10,7 +10,7 @@ use graydar_common::api::{
 use utoipa::OpenApi;
 
 use super::middleware::guarded;
-use super::{Shared, agents, faults, findings, health, paths};
+use super::{Shared, agents, faults, findings, gamedays, health, paths};
 use crate::auth::Permission;
 
 pub(super) fn routes(app: &Shared) -> Router<Shared> {
@@ -26,6 +26,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(faults::FaultsDoc::openapi());
     doc.merge(paths::PathsDoc::openapi());
+    doc.merge(gamedays::GameDaysDoc::openapi());
     utoipa::Modify::modify(&ExtractorErrors, &mut doc);
     doc
 }

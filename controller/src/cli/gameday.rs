@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Subcommand;
+use graydar_common::client::Client;
 use graydar_common::gameday::jiff::Timestamp;
-use graydar_common::gameday::{Action, GameDaySpec, Limits, LoadSpec, Pick, Step};
+use graydar_common::gameday::{Action, GameDayInfo, GameDayList, GameDaySpec, Limits, LoadSpec, Pick, Step};
+use graydar_common::url::encode_segment;
 
 use super::CliError;
 use super::output::{Output, json, table};
@@ -22,13 +24,74 @@ pub enum GameDayCmd {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Store a game day on the controller (operator token): created, or
+    /// replaced when one of its name exists. Checked offline first.
+    Apply {
+        /// The spec, YAML or JSON (`-` for standard input).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// The game days stored on the controller.
+    List,
+    /// One stored game day (its spec as JSON).
+    Get { name: String },
 }
 
-pub fn run(output: Output, cmd: &GameDayCmd) -> Result<String, CliError> {
+/// `validate -f FILE`: no controller needed.
+pub fn validate_file(output: Output, file: &Path) -> Result<String, CliError> {
+    let text = read(file)?;
+    validate(file, &text, output, Timestamp::now())
+}
+
+/// The commands that talk to the controller (and `validate`).
+pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<String, CliError> {
     match cmd {
-        GameDayCmd::Validate { file } => {
+        GameDayCmd::Validate { file } => validate_file(output, file),
+        GameDayCmd::Apply { file } => {
             let text = read(file)?;
-            validate(file, &text, output, Timestamp::now())
+            // The same checks as validate, so a bad spec never leaves the host.
+            validate(file, &text, Output::Json, Timestamp::now())?;
+            let spec = GameDaySpec::parse(&text).map_err(|source| CliError::GameDaySpec {
+                path: file.clone(),
+                source,
+            })?;
+            let path = format!("/api/v1/gamedays/{}", encode_segment(&spec.name));
+            let info: GameDayInfo = client.put(&path, &spec).map_err(CliError::Fault)?;
+            Ok(match output {
+                Output::Json => json(&info),
+                Output::Table => format!("game day {} stored (updated {})\n", info.name, info.updated_at),
+            })
+        }
+        GameDayCmd::List => {
+            let list: GameDayList = client.get("/api/v1/gamedays").map_err(CliError::Fault)?;
+            Ok(match output {
+                Output::Json => json(&list),
+                Output::Table => table(
+                    &["NAME", "STEPS", "SCHEDULE", "UPDATED", "HYPOTHESIS"],
+                    &list
+                        .gamedays
+                        .iter()
+                        .map(|g| {
+                            vec![
+                                g.name.clone(),
+                                g.spec.steps.len().to_string(),
+                                g.spec
+                                    .schedule
+                                    .as_ref()
+                                    .map_or_else(|| "-".to_owned(), |s| s.cron.clone()),
+                                g.updated_at.to_string(),
+                                g.spec.hypothesis.chars().take(60).collect(),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            })
+        }
+        GameDayCmd::Get { name } => {
+            let info: GameDayInfo = client
+                .get(&format!("/api/v1/gamedays/{}", encode_segment(name)))
+                .map_err(CliError::Fault)?;
+            Ok(json(&info))
         }
     }
 }

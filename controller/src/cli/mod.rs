@@ -85,7 +85,8 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: Option<faults::LeverCmd>,
     },
-    /// Game days: `validate -f FILE` checks a spec offline (no controller needed).
+    /// Game days: `validate -f FILE` checks a spec offline (no controller
+    /// needed); `apply -f FILE`, `list`, `get NAME` on the controller.
     Gameday {
         #[command(subcommand)]
         cmd: gameday::GameDayCmd,
@@ -134,8 +135,11 @@ pub enum CliError {
 /// Runs the command; the text to print on success.
 pub fn run(cli: &Cli) -> Result<String, CliError> {
     // Offline commands first: no controller, no token, no config file.
-    if let Cmd::Gameday { cmd } = &cli.cmd {
-        return gameday::run(cli.output, cmd);
+    if let Cmd::Gameday {
+        cmd: gameday::GameDayCmd::Validate { file },
+    } = &cli.cmd
+    {
+        return gameday::validate_file(cli.output, file);
     }
     let client = Client::new(client_config(cli)?)?;
     match &cli.cmd {
@@ -164,7 +168,7 @@ pub fn run(cli: &Cli) -> Result<String, CliError> {
         Cmd::SafetyLever { cmd } => {
             faults::lever(&client, cli.output, cmd.as_ref().unwrap_or(&faults::LeverCmd::Status))
         }
-        Cmd::Gameday { cmd } => gameday::run(cli.output, cmd),
+        Cmd::Gameday { cmd } => gameday::online(&client, cli.output, cmd),
     }
 }
 

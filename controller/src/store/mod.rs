@@ -293,8 +293,30 @@ pub trait PathStore: Send + Sync {
     fn add_mesh_key<'a>(&'a self, key: &'a MeshKeyRecord, keep: usize) -> StoreFuture<'a, ()>;
 }
 
+/// A game-day definition as stored: its spec as JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GameDayRecord {
+    pub name: String,
+    pub spec: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// Game-day definitions.
+pub trait GameDayStore: Send + Sync {
+    /// Every definition, by name.
+    fn gamedays(&self) -> StoreFuture<'_, Vec<GameDayRecord>>;
+    fn gameday<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<GameDayRecord>>;
+    /// Stores a new definition; `false` (nothing written) when the name exists.
+    fn insert_gameday<'a>(&'a self, g: &'a GameDayRecord) -> StoreFuture<'a, bool>;
+    /// Creates or replaces (keeping the first `created_ms`); `true` when it replaced one.
+    fn put_gameday<'a>(&'a self, g: &'a GameDayRecord) -> StoreFuture<'a, bool>;
+    /// `true` when there was one.
+    fn delete_gameday<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool>;
+}
+
 /// The whole store.
-pub trait Store: AgentStore + CredentialStore + FindingStore + FaultStore + PathStore {
+pub trait Store: AgentStore + CredentialStore + FindingStore + FaultStore + PathStore + GameDayStore {
     /// Whether the database answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
     /// Final writes (a checkpoint) and closing the connections.

@@ -13,6 +13,7 @@
 mod agents;
 mod faults;
 mod findings;
+mod gamedays;
 mod paths;
 
 use std::borrow::Cow;
@@ -49,6 +50,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "safety_lever",
         include_str!("../../../migrations/0006_safety_lever.sql"),
     ),
+    (7, "gamedays", include_str!("../../../migrations/0007_gamedays.sql")),
 ];
 
 pub fn migrator() -> Migrator {
