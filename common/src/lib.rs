@@ -12,6 +12,9 @@ pub mod tcp;
 pub mod api;
 
 #[cfg(feature = "api")]
+pub mod clock;
+
+#[cfg(feature = "api")]
 pub mod faults;
 
 #[cfg(feature = "api")]
