@@ -22,7 +22,10 @@ fn game_days_are_applied_listed_and_kept_across_a_controller_kill() {
 
     let out = ctl.cli(&tokens.viewer, &["gameday", "apply", "-f", blackhole]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("403"), "a viewer applied a game day: {err}");
+    assert!(
+        !out.status.success() && err.contains("403"),
+        "a viewer applied a game day: {err}"
+    );
 
     let v = ctl.cli_json(&tokens.operator, &["gameday", "apply", "-f", blackhole]);
     assert_eq!(v["name"], "blackhole-asymmetric", "{v}");
@@ -35,7 +38,10 @@ fn game_days_are_applied_listed_and_kept_across_a_controller_kill() {
     let broken = data.path().join("broken.yaml");
     let text = std::fs::read_to_string(example("netem-loss.yaml")).expect("example");
     std::fs::write(&broken, format!("{text}\nunknown_field: 1\n")).expect("write");
-    let out = ctl.cli(&tokens.operator, &["gameday", "apply", "-f", broken.to_str().expect("utf-8")]);
+    let out = ctl.cli(
+        &tokens.operator,
+        &["gameday", "apply", "-f", broken.to_str().expect("utf-8")],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("unknown_field"), "{err}");
 
