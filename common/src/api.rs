@@ -61,6 +61,25 @@ impl FindingKind {
         }
     }
 
+    /// The path mesh's kinds: findings about a pair of hosts, whose subject
+    /// is the peer (`peer <name>`).
+    pub const PATH: [FindingKind; 4] = [
+        FindingKind::OneWayLoss,
+        FindingKind::AsymmetricConnectivity,
+        FindingKind::AsymmetricRoute,
+        FindingKind::LatencyAsymmetry,
+    ];
+
+    /// The kind named `name` (its [`FindingKind::as_str`]).
+    pub fn from_name(name: &str) -> Option<FindingKind> {
+        FindingKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Whether it is one of the path mesh's pair findings ([`FindingKind::PATH`]).
+    pub fn is_path(self) -> bool {
+        FindingKind::PATH.contains(&self)
+    }
+
     /// Name of the runbook in runbooks/ (without `.md`): the kind with dashes.
     pub fn runbook(self) -> String {
         self.as_str().replace('_', "-")

@@ -274,16 +274,35 @@ fn tail(text: &str, lines: usize) -> String {
 /// Minimal HTTP/1.1 GET with `Connection: close` (handles Content-Length,
 /// chunked and read-to-EOF bodies).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    http_request(addr, "GET", path, None, None)
+}
+
+/// [`http_get`] with any method, an optional bearer token and an optional
+/// JSON body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json_body: Option<&str>,
+) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
     stream.set_read_timeout(Some(HTTP_TIMEOUT)).map_err(|e| e.to_string())?;
     stream
         .set_write_timeout(Some(HTTP_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send request to {addr}: {e}"))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = json_body.unwrap_or_default();
+    if json_body.is_some() {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    write!(stream, "{head}\r\n{body}").map_err(|e| format!("send request to {addr}: {e}"))?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)

@@ -20,12 +20,11 @@
 //! `GRAYDAR_SCHEMATHESIS_EXAMPLES` (default 50 per operation) widen a run;
 //! `GRAYDAR_SCHEMATHESIS` names another `st`.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
+use graydar_tests::agent::http_request;
 use graydar_tests::controller::{ControllerProcess, Tokens};
 use graydar_tests::deploy::target_dir;
 
@@ -44,31 +43,9 @@ fn schemathesis() -> PathBuf {
     st
 }
 
-/// One HTTP/1.0 request (no chunked answer); `(status, body)`.
+/// One request; `(status, body)`.
 fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect to the controller");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
-    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n");
-    if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    if !body.is_empty() {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    write!(s, "{head}\r\n{body}").expect("send the request");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read the response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a response with headers");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-    (status, body.to_owned())
+    http_request(addr, method, path, token, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 fn document(controller: &ControllerProcess<'_>, tokens: &Tokens) -> serde_json::Value {

@@ -3,34 +3,12 @@
 //! `| METHOD | `path` | ...` per operation.
 
 use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
 
+use graydar_tests::agent::http_request;
 use graydar_tests::controller::{ControllerProcess, Tokens};
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options"];
-
-/// GET over HTTP/1.0 (no chunked body) with a bearer token.
-fn get_with_token(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect to the controller");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\n\r\n"
-    )
-    .expect("send the request");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read the response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a response with headers");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-    (status, body.to_owned())
-}
 
 /// `(METHOD, path)` of every operation in the OpenAPI document.
 fn operations(doc: &serde_json::Value) -> BTreeSet<(String, String)> {
@@ -67,7 +45,14 @@ fn the_api_page_lists_every_operation_of_the_openapi_document() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tokens = Tokens::random();
     let controller = ControllerProcess::start(None, dir.path(), &tokens);
-    let (status, body) = get_with_token(controller.addr(), "/api/v1/openapi.json", &tokens.viewer);
+    let (status, body) = http_request(
+        controller.addr(),
+        "GET",
+        "/api/v1/openapi.json",
+        Some(&tokens.viewer),
+        None,
+    )
+    .expect("GET /api/v1/openapi.json");
     assert_eq!(status, 200, "GET /api/v1/openapi.json: {body}");
     let doc: serde_json::Value = serde_json::from_str(&body).expect("the OpenAPI document is JSON");
     let served = operations(&doc);

@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use graydar_common::api::{Evidence, FindingKind};
+use graydar_common::api::Evidence;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -45,13 +45,6 @@ const TRACE_EVERY: Duration = Duration::from_secs(30);
 const TRACE_PER_HOP: Duration = Duration::from_millis(300);
 /// Our cached hop list is re-sent on request at most this often.
 const HOPS_RESEND_EVERY: Duration = Duration::from_secs(5);
-
-pub const PATH_KINDS: [FindingKind; 4] = [
-    FindingKind::OneWayLoss,
-    FindingKind::AsymmetricConnectivity,
-    FindingKind::AsymmetricRoute,
-    FindingKind::LatencyAsymmetry,
-];
 
 /// The path signal: the mesh's sockets and state, shared with its tasks.
 pub struct PathsSignal {

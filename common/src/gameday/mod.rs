@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::api::{FindingKind, Severity};
+use crate::api::Severity;
 use crate::faults::FaultSpec;
 
 pub use dag::CycleError;
@@ -617,22 +617,6 @@ impl fmt::Display for ParseError {
 }
 
 impl std::error::Error for ParseError {}
-
-/// Finding kinds by name, for checks and messages.
-pub fn finding_kind(name: &str) -> Option<FindingKind> {
-    FindingKind::ALL.into_iter().find(|k| k.as_str() == name)
-}
-
-/// Finding kinds whose subject is a peer host (pair findings).
-pub fn is_pair_kind(kind: FindingKind) -> bool {
-    matches!(
-        kind,
-        FindingKind::OneWayLoss
-            | FindingKind::AsymmetricConnectivity
-            | FindingKind::AsymmetricRoute
-            | FindingKind::LatencyAsymmetry
-    )
-}
 
 /// The capabilities (fields of [`crate::api::Capabilities`]) an agent needs
 /// at least for a fault; the agent may need more at apply time (the

@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use super::schedule::{parse_cron, parse_time_zone};
-use super::{
-    Action, Detect, Expect, GameDaySpec, LoadSpec, Pick, Safety, SpecError, Step, dag, finding_kind, is_pair_kind,
-};
+use super::{Action, Detect, Expect, GameDaySpec, LoadSpec, Pick, Safety, SpecError, Step, dag};
 use crate::api::FindingKind;
 
 /// The controller's bounds on specs.
@@ -78,7 +76,7 @@ impl Errors {
     fn kinds(&mut self, path: &str, names: &[String]) -> Vec<FindingKind> {
         let mut out = Vec::new();
         for (i, n) in names.iter().enumerate() {
-            match finding_kind(n) {
+            match FindingKind::from_name(n) {
                 Some(k) => out.push(k),
                 None => self.push(
                     format!("{path}[{i}]"),
@@ -466,7 +464,7 @@ impl GameDaySpec {
             e.push(format!("{p}.kind"), "empty list: give at least one finding kind");
             Vec::new()
         } else if let super::Kinds::One(n) = &det.kind {
-            match finding_kind(n) {
+            match FindingKind::from_name(n) {
                 Some(k) => vec![k],
                 None => {
                     e.push(
@@ -492,7 +490,7 @@ impl GameDaySpec {
                     format!("unknown group {peer:?} (groups: {})", self.group_names()),
                 );
             }
-            if let Some(k) = kinds.iter().find(|k| !is_pair_kind(**k)) {
+            if let Some(k) = kinds.iter().find(|k| !k.is_path()) {
                 e.push(
                     format!("{p}.peer"),
                     format!("{k} is not a pair finding (its subject is not a peer host)"),

@@ -48,13 +48,8 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
     match cmd {
         GameDayCmd::Validate { file } => validate_file(output, file),
         GameDayCmd::Apply { file } => {
-            let text = read(file)?;
             // The same checks as validate, so a bad spec never leaves the host.
-            validate(file, &text, Output::Json, Timestamp::now())?;
-            let spec = GameDaySpec::parse(&text).map_err(|source| CliError::GameDaySpec {
-                path: file.clone(),
-                source,
-            })?;
+            let spec = checked(file, &read(file)?)?;
             let path = format!("/api/v1/gamedays/{}", encode_segment(&spec.name));
             let info: GameDayInfo = client.put(&path, &spec).map_err(CliError::Fault)?;
             Ok(match output {
@@ -112,16 +107,7 @@ fn read(file: &Path) -> Result<String, CliError> {
 /// Checked against the default limits ([`Limits::default`]); a controller
 /// configured with lower ones checks again.
 pub fn validate(file: &Path, text: &str, output: Output, now: Timestamp) -> Result<String, CliError> {
-    let spec = GameDaySpec::parse(text).map_err(|source| CliError::GameDaySpec {
-        path: file.to_owned(),
-        source,
-    })?;
-    if let Err(errors) = spec.validate(&Limits::default()) {
-        return Err(CliError::GameDayInvalid {
-            path: file.to_owned(),
-            errors: errors.iter().map(ToString::to_string).collect(),
-        });
-    }
+    let spec = checked(file, text)?;
     let order = spec.step_order().unwrap_or_default();
     Ok(match output {
         Output::Json => json(&serde_json::json!({
@@ -131,6 +117,20 @@ pub fn validate(file: &Path, text: &str, output: Output, now: Timestamp) -> Resu
         })),
         Output::Table => render(&spec, &order, now),
     })
+}
+
+/// `text` parsed and validated against the default limits.
+fn checked(file: &Path, text: &str) -> Result<GameDaySpec, CliError> {
+    let spec = GameDaySpec::parse(text).map_err(|source| CliError::GameDaySpec {
+        path: file.to_owned(),
+        source,
+    })?;
+    spec.validate(&Limits::default())
+        .map_err(|errors| CliError::GameDayInvalid {
+            path: file.to_owned(),
+            errors: errors.iter().map(ToString::to_string).collect(),
+        })?;
+    Ok(spec)
 }
 
 fn d(v: Duration) -> String {

@@ -86,10 +86,9 @@ impl GameDayService {
             created_ms: now,
             updated_ms: now,
         };
-        let replaced = self.store.put_gameday(&record).await?;
-        tracing::info!(gameday = %name, replaced, "game day stored");
-        let stored = self.get(name).await?;
-        Ok((stored, replaced))
+        let earlier = self.store.put_gameday(&record).await?;
+        tracing::info!(gameday = %name, replaced = earlier.is_some(), "game day stored");
+        Ok((info(spec, earlier.unwrap_or(now), now), earlier.is_some()))
     }
 
     pub async fn get(&self, name: &str) -> Result<GameDayInfo, GameDayError> {

@@ -13,16 +13,9 @@ pub struct InvalidReport(pub String);
 pub const MAX_ADDRESSES: usize = 256;
 /// Longest peer name (the mesh's id field).
 pub const MAX_NAME: usize = 64;
-/// Path finding kinds an observation may list as firing.
-const PATH_KINDS: [FindingKind; 4] = [
-    FindingKind::OneWayLoss,
-    FindingKind::AsymmetricConnectivity,
-    FindingKind::AsymmetricRoute,
-    FindingKind::LatencyAsymmetry,
-];
-
+/// Whether an observation may list `name` as firing: a path finding kind.
 fn is_path_kind(name: &str) -> bool {
-    PATH_KINDS.iter().any(|k| k.as_str() == name)
+    FindingKind::from_name(name).is_some_and(FindingKind::is_path)
 }
 
 fn check_direction(at: &str, d: &DirectionStats) -> Result<(), InvalidReport> {
@@ -107,7 +100,7 @@ pub fn validate(host: &str, r: &PathReport) -> Result<(), InvalidReport> {
         if let Some(k) = p.firing.iter().find(|k| !is_path_kind(k)) {
             return Err(InvalidReport(format!(
                 "{at}.firing: {k:?} is not a path finding kind ({})",
-                PATH_KINDS.map(FindingKind::as_str).join(", ")
+                FindingKind::PATH.map(FindingKind::as_str).join(", ")
             )));
         }
     }

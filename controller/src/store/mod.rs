@@ -309,8 +309,9 @@ pub trait GameDayStore: Send + Sync {
     fn gameday<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<GameDayRecord>>;
     /// Stores a new definition; `false` (nothing written) when the name exists.
     fn insert_gameday<'a>(&'a self, g: &'a GameDayRecord) -> StoreFuture<'a, bool>;
-    /// Creates or replaces (keeping the first `created_ms`); `true` when it replaced one.
-    fn put_gameday<'a>(&'a self, g: &'a GameDayRecord) -> StoreFuture<'a, bool>;
+    /// Creates or replaces (keeping the first `created_ms`); the `created_ms`
+    /// of the one it replaced.
+    fn put_gameday<'a>(&'a self, g: &'a GameDayRecord) -> StoreFuture<'a, Option<i64>>;
     /// `true` when there was one.
     fn delete_gameday<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool>;
 }

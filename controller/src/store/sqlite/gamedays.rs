@@ -43,13 +43,12 @@ async fn insert_gameday(s: &SqliteStore, g: &GameDayRecord) -> Result<bool, Stor
     Ok(done.rows_affected() == 1)
 }
 
-async fn put_gameday(s: &SqliteStore, g: &GameDayRecord) -> Result<bool, StoreError> {
+async fn put_gameday(s: &SqliteStore, g: &GameDayRecord) -> Result<Option<i64>, StoreError> {
     let mut tx = s.write.begin().await?;
-    let existed = sqlx::query("SELECT 1 FROM gamedays WHERE name = ?")
+    let earlier: Option<i64> = sqlx::query_scalar("SELECT created_ms FROM gamedays WHERE name = ?")
         .bind(&g.name)
         .fetch_optional(&mut *tx)
-        .await?
-        .is_some();
+        .await?;
     sqlx::query(
         "INSERT INTO gamedays (name, spec, created_ms, updated_ms) VALUES (?, ?, ?, ?) \
          ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_ms = excluded.updated_ms",
@@ -61,7 +60,7 @@ async fn put_gameday(s: &SqliteStore, g: &GameDayRecord) -> Result<bool, StoreEr
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(existed)
+    Ok(earlier)
 }
 
 async fn delete_gameday(s: &SqliteStore, name: &str) -> Result<bool, StoreError> {
@@ -85,7 +84,7 @@ impl GameDayStore for SqliteStore {
         Box::pin(insert_gameday(self, g))
     }
 
-    fn put_gameday<'a>(&'a self, g: &'a GameDayRecord) -> StoreFuture<'a, bool> {
+    fn put_gameday<'a>(&'a self, g: &'a GameDayRecord) -> StoreFuture<'a, Option<i64>> {
         Box::pin(put_gameday(self, g))
     }
 
