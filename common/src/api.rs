@@ -245,6 +245,25 @@ pub struct Capabilities {
     pub dm_flakey: bool,
 }
 
+impl Capabilities {
+    /// A capability by its field name (`sch_netem`, `dm_delay`, ...);
+    /// `None` for a name that is none of them.
+    pub fn get(&self, name: &str) -> Option<bool> {
+        Some(match name {
+            "ebpf" => self.ebpf,
+            "sch_netem" => self.sch_netem,
+            "device_mapper" => self.device_mapper,
+            "sch_prio" => self.sch_prio,
+            "cls_flower" => self.cls_flower,
+            "act_mirred" => self.act_mirred,
+            "ifb" => self.ifb,
+            "dm_delay" => self.dm_delay,
+            "dm_flakey" => self.dm_flakey,
+            _ => return None,
+        })
+    }
+}
+
 /// `POST /api/v1/agents/register`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

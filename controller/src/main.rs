@@ -83,10 +83,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     let services = Services::open(Arc::new(store), liveness, cfg.faults).await?;
+    let metrics = Metrics::for_services(&services);
     let app = Arc::new(AppState {
         services,
         tokens: cfg.tokens.clone(),
-        metrics: Metrics::new(),
+        metrics,
         heartbeat_interval_seconds: cfg.heartbeat_interval.as_secs(),
     });
     let routes = router(app.clone(), cfg.max_body_bytes);

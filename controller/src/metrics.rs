@@ -16,6 +16,8 @@ pub struct Metrics {
     pub fault_assignments: IntGaugeVec,
     /// 1 while the safety lever is engaged.
     pub safety_lever: IntGauge,
+    /// 1 per (game day, step, host) with something in effect (set at scrape).
+    pub gameday_step_active: IntGaugeVec,
 }
 
 impl Metrics {
@@ -74,8 +76,18 @@ impl Metrics {
             "1 while the safety lever is engaged (every fault reverted, new faults refused), else 0.",
         )
         .expect("static metric definition");
+        let gameday_step_active = IntGaugeVec::new(
+            Opts::new(
+                "graydar_controller_gameday_step_active",
+                "1 while a game-day step has its fault (or wait or gate) in effect, per game day, step and host \
+                 (host empty for waits and gates): Grafana annotations.",
+            ),
+            &["gameday", "step", "host"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(agents.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(gameday_step_active.clone()),
             Box::new(safety_lever.clone()),
             Box::new(transitions_ingested.clone()),
             Box::new(heartbeats.clone()),
@@ -94,7 +106,18 @@ impl Metrics {
             faults,
             fault_assignments,
             safety_lever,
+            gameday_step_active,
         }
+    }
+
+    /// A controller built around `services`: these metrics and the ones the
+    /// services keep themselves (game days' time to detect and run counts).
+    pub fn for_services(services: &crate::services::Services) -> Metrics {
+        let m = Metrics::new();
+        for c in services.gamedays.collectors() {
+            m.registry.register(c).expect("metric registered once");
+        }
+        m
     }
 
     pub fn render(&self) -> String {

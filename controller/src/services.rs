@@ -26,6 +26,8 @@ pub enum OpenError {
     Credentials(#[source] StoreError),
     #[error("loading the path mesh keys")]
     Paths(#[source] crate::paths::PathError),
+    #[error("ending game-day runs interrupted by a restart")]
+    GameDays(#[source] crate::gamedays::GameDayError),
 }
 
 pub struct Services {
@@ -47,7 +49,6 @@ impl Services {
                 .map_err(OpenError::Agents)?,
         );
         let credentials = Credentials::open(store.clone()).await.map_err(OpenError::Credentials)?;
-        let gamedays = GameDayService::new(store.clone(), faults.max_duration);
         let faults = Arc::new(
             FaultService::open(store.clone(), faults)
                 .await
@@ -56,6 +57,11 @@ impl Services {
         let paths = PathService::open(agents.clone(), store.clone())
             .await
             .map_err(OpenError::Paths)?;
+        let gamedays = GameDayService::new(store.clone(), agents.clone(), faults.clone());
+        let interrupted = gamedays.recover().await.map_err(OpenError::GameDays)?;
+        if interrupted > 0 {
+            tracing::warn!(runs = interrupted, "game-day runs interrupted by a restart were ended as aborted");
+        }
         Ok(Services {
             findings: FindingService::new(store.clone(), agents.clone()),
             paths,

@@ -13,8 +13,10 @@
 //! - `schedule.rs`: cron + time zone, next run times.
 
 mod dag;
+pub mod run;
 mod schedule;
 mod validate;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -287,7 +289,7 @@ pub enum Action<'a> {
     Load(&'a LoadAction),
 }
 
-impl Action<'_> {
+impl<'a> Action<'a> {
     /// The action's field name: `fault`, `wait`, `gate` or `load`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -309,7 +311,7 @@ impl Action<'_> {
     }
 
     /// The target group it acts on, if any.
-    pub fn target(&self) -> Option<&str> {
+    pub fn target(&self) -> Option<&'a str> {
         match self {
             Action::Fault(f) => Some(&f.target),
             Action::Load(l) => Some(&l.target),

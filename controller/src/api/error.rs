@@ -126,7 +126,14 @@ impl From<GameDayError> for Error {
         match e {
             GameDayError::Invalid(_) => Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_gameday", e.to_string()),
             GameDayError::Exists { .. } => Error::new(StatusCode::CONFLICT, "exists", e.to_string()),
-            GameDayError::NotFound { .. } => Error::not_found(e),
+            GameDayError::NotFound { .. } | GameDayError::RunNotFound { .. } => Error::not_found(e),
+            GameDayError::RunActive { .. } => Error::new(StatusCode::CONFLICT, "run_active", e.to_string()),
+            GameDayError::Preflight { lever: true, .. } => {
+                Error::new(StatusCode::CONFLICT, "safety_lever", e.to_string())
+            }
+            GameDayError::Preflight { .. } => Error::new(StatusCode::CONFLICT, "preflight", e.to_string()),
+            GameDayError::NoGate { .. } => Error::new(StatusCode::CONFLICT, "no_gate", e.to_string()),
+            GameDayError::Ended { .. } => Error::new(StatusCode::CONFLICT, "ended", e.to_string()),
             GameDayError::Store(s) => s.into(),
         }
     }

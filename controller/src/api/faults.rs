@@ -182,6 +182,7 @@ pub(super) async fn safety_lever(State(app): State<Shared>) -> axum::Json<Safety
 /// Engages or releases the safety lever (operator). Engaging it is stored
 /// first, then every fault is ended as by the kill switch; until it is
 /// released every new fault (not a dry run) answers 409 `safety_lever`.
+/// Engaging it also aborts every game-day run in progress.
 #[utoipa::path(put, path = "/api/v1/safety-lever", tag = "faults", security(("bearer" = [])),
     request_body = SetSafetyLever,
     responses((status = 200, body = SafetyLever), (status = 401, body = ApiError), (status = 403, body = ApiError),
@@ -207,7 +208,13 @@ pub(super) async fn set_safety_lever(
         } else {
             reason
         };
-        faults.engage_safety_lever(reason).await?
+        let lever = faults.engage_safety_lever(reason).await?;
+        // The faults are reverted already; the runs record why they ended.
+        let runs = app.services.gamedays.abort_all("the safety lever was engaged").await;
+        if runs > 0 {
+            tracing::warn!(runs, "safety lever: game-day runs aborted");
+        }
+        lever
     } else {
         faults.release_safety_lever().await?
     };

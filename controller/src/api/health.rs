@@ -51,6 +51,13 @@ pub(super) async fn metrics(State(app): State<Shared>) -> Response {
     app.metrics
         .safety_lever
         .set(i64::from(app.services.faults.safety_lever().engaged));
+    app.metrics.gameday_step_active.reset();
+    for (gameday, step, host) in app.services.gamedays.active_steps() {
+        app.metrics
+            .gameday_step_active
+            .with_label_values(&[&gameday, &step, &host])
+            .set(1);
+    }
     match app.services.faults.counts().await {
         Ok(counts) => {
             for (status, n) in counts.by_status {

@@ -81,7 +81,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn new_id() -> String {
+/// A new fault id (`flt-` and 12 hex digits).
+pub fn new_fault_id() -> String {
     format!("flt-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
 }
 
@@ -199,6 +200,19 @@ impl FaultService {
     /// the insert are one critical section: of two overlapping creates at
     /// the same time, one is refused.
     pub async fn create(&self, req: CreateFaultRequest, agents: &[AgentInfo]) -> Result<FaultInfo, FaultError> {
+        self.create_as(new_fault_id(), req, agents).await
+    }
+
+    /// [`FaultService::create`] under an id chosen by the caller (a game
+    /// day stores the id in its run before it creates the fault, so a
+    /// controller that dies in between can still end it at restart). An id
+    /// already known is refused.
+    pub async fn create_as(
+        &self,
+        id: String,
+        req: CreateFaultRequest,
+        agents: &[AgentInfo],
+    ) -> Result<FaultInfo, FaultError> {
         // The lever first (it is what the operator must hear about), and
         // again in the turn (it may have been engaged meanwhile).
         if !req.dry_run {
@@ -224,8 +238,11 @@ impl FaultService {
         } else {
             req.duration_seconds.saturating_mul(1000)
         };
+        if lock(&self.inner).faults.contains_key(&id) {
+            return Err(FaultError::Invalid(format!("fault id {id} exists")));
+        }
         let fault = Fault {
-            id: new_id(),
+            id,
             spec: req.spec,
             selector: req.targets.selector,
             dry_run: req.dry_run,

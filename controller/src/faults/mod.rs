@@ -16,7 +16,7 @@ use graydar_common::timestamp::Timestamp;
 pub use crate::config::{FaultConfig, FaultConfigError, FaultsSection};
 pub use crate::store::FaultStatus;
 use crate::store::StoreError;
-pub use lifecycle::{FaultCounts, FaultService, spawn_expirer};
+pub use lifecycle::{FaultCounts, FaultService, new_fault_id, spawn_expirer};
 pub use policy::{Inventory, resolve_targets};
 
 #[derive(Debug, thiserror::Error)]

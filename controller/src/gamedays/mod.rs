@@ -1,14 +1,33 @@
-//! Game-day definitions: specs validated against the controller's limits
-//! and stored by name. Runs come later (docs/src/gamedays.md).
+//! Game days: definitions (specs validated against the controller's
+//! limits, stored by name) and runs (docs/src/gamedays.md).
+//!
+//! - `preflight.rs`: a run's groups resolved and its preflight checked (pure);
+//! - `runner.rs`: the task that drives one run;
+//! - here: the service the API calls (start, dry run, list, get, abort,
+//!   resume) and the restart rule: a run found unfinished at start is ended
+//!   `aborted: controller restarted` and its faults are ended.
 
-use std::sync::Arc;
+mod preflight;
+mod runner;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use graydar_common::gameday::{GameDayInfo, GameDaySpec, Limits};
+use graydar_common::clock::Offset;
+use graydar_common::gameday::run::{
+    Outcome, RunInfo, RunState, RunSummary, StartRun, StepState,
+};
+use graydar_common::gameday::{Action, GameDayInfo, GameDaySpec, Limits};
 use graydar_common::timestamp::Timestamp;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use tokio::sync::mpsc;
 
-use crate::store::{GameDayRecord, GameDayStore, StoreError};
+use crate::agents::AgentService;
+use crate::faults::FaultService;
+use crate::store::{FindingFilter, GameDayRecord, RunFilter, RunRecord, Store, StoreError};
 use crate::timefmt::now_ms;
+use runner::{Command, LiveRun, event, lock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GameDayError {
@@ -20,26 +39,451 @@ pub enum GameDayError {
     Exists { name: String },
     #[error("no game day {name:?}")]
     NotFound { name: String },
+    #[error("no run {id:?}")]
+    RunNotFound { id: String },
+    /// A run of this game day is in progress (409).
+    #[error("game day {name:?} has a run in progress ({run}); abort it or wait for it to end")]
+    RunActive { name: String, run: String },
+    /// The run was refused before anything was injected (409); stored as cancelled.
+    #[error("run {run} cancelled by the preflight: {reason}")]
+    Preflight { run: String, reason: String, lever: bool },
+    /// The run has no gate waiting (409).
+    #[error("run {id} has no gate waiting for a resume")]
+    NoGate { id: String },
+    /// The run has ended (409).
+    #[error("run {id} has ended ({outcome})")]
+    Ended { id: String, outcome: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// What the run tasks share with the service.
+pub(crate) struct Ctx {
+    store: Arc<dyn Store>,
+    agents: Arc<AgentService>,
+    faults: Arc<FaultService>,
+    /// How often a run looks at its faults and the findings.
+    tick: Duration,
+    /// How long after a deadline a finding may still arrive (agents report
+    /// every few seconds) before the expectation counts as missed.
+    report_grace: Duration,
+    live: Mutex<HashMap<String, Arc<LiveRun>>>,
+    detect_seconds: HistogramVec,
+    runs_total: IntCounterVec,
+}
+
+impl Ctx {
+    async fn save(&self, info: &RunInfo) -> Result<(), StoreError> {
+        self.store.update_run(&record(info)).await
+    }
+
+    fn clock_offset(&self, host: &str) -> Option<Offset> {
+        let _ = (&self.agents, host);
+        None
+    }
+
+    /// A run's task ended it: counted, forgotten from memory, old history pruned.
+    fn finished(&self, info: &RunInfo) {
+        if let Some(o) = info.outcome {
+            self.runs_total.with_label_values(&[&info.gameday, o.as_str()]).inc();
+        }
+        lock(&self.live).remove(&info.id);
+        tracing::info!(run = %info.id, gameday = %info.gameday, outcome = ?info.outcome, reason = ?info.reason, "game-day run ended");
+    }
+}
+
+fn record(info: &RunInfo) -> RunRecord {
+    RunRecord {
+        id: info.id.clone(),
+        gameday: info.gameday.clone(),
+        trigger: info.trigger.clone(),
+        state: info.state.as_str().to_owned(),
+        outcome: info.outcome.map(|o| o.as_str().to_owned()),
+        created_ms: info.created_at.unix_ms(),
+        updated_ms: info.updated_at.unix_ms(),
+        // Every field is a string, number, bool, list or string-keyed map.
+        doc: serde_json::to_string(info).unwrap_or_default(),
+    }
+}
+
+fn decode_run(r: &RunRecord) -> Result<RunInfo, GameDayError> {
+    serde_json::from_str(&r.doc).map_err(|e| {
+        GameDayError::Store(StoreError::Corrupt {
+            what: format!("game-day run {}", r.id),
+            source: e,
+        })
+    })
+}
+
+fn new_run_id() -> String {
+    format!("run-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}
+
 pub struct GameDayService {
-    store: Arc<dyn GameDayStore>,
+    store: Arc<dyn Store>,
     limits: Limits,
+    ctx: Arc<Ctx>,
 }
 
 impl GameDayService {
     /// `max_fault_duration`: the controller's `faults.max_duration`, the
     /// longest fault step a spec may have.
-    pub fn new(store: Arc<dyn GameDayStore>, max_fault_duration: Duration) -> GameDayService {
+    pub fn new(store: Arc<dyn Store>, agents: Arc<AgentService>, faults: Arc<FaultService>) -> GameDayService {
+        let max_fault_duration = faults.config().max_duration;
+        let detect_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "graydar_controller_gameday_time_to_detect_seconds",
+                "Game days: time from a fault's confirmed apply to the first matching finding, by finding kind.",
+            )
+            .buckets(vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let runs_total = IntCounterVec::new(
+            Opts::new(
+                "graydar_controller_gameday_runs_total",
+                "Game-day runs ended since the controller started, by game day and outcome.",
+            ),
+            &["gameday", "outcome"],
+        )
+        .expect("static metric definition");
         GameDayService {
-            store,
             limits: Limits {
                 max_fault_duration,
                 ..Limits::default()
             },
+            ctx: Arc::new(Ctx {
+                store: store.clone(),
+                agents,
+                faults,
+                tick: Duration::from_millis(250),
+                report_grace: Duration::from_secs(10),
+                live: Mutex::new(HashMap::new()),
+                detect_seconds,
+                runs_total,
+            }),
+            store,
         }
+    }
+
+    /// The game-day metrics (registered with the controller's registry).
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.ctx.detect_seconds.clone()),
+            Box::new(self.ctx.runs_total.clone()),
+        ]
+    }
+
+    /// (game day, step, host) of every step with something in effect now
+    /// (`graydar_controller_gameday_step_active`).
+    pub fn active_steps(&self) -> Vec<(String, String, String)> {
+        let live: Vec<Arc<LiveRun>> = lock(&self.ctx.live).values().cloned().collect();
+        let mut out = Vec::new();
+        for l in live {
+            let info = lock(&l.info);
+            for s in info.steps.iter().filter(|s| s.state == StepState::Active || s.state == StepState::Applying) {
+                if s.agents.is_empty() {
+                    out.push((info.gameday.clone(), s.id.clone(), String::new()));
+                }
+                for h in &s.agents {
+                    out.push((info.gameday.clone(), s.id.clone(), h.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Ends every run left unfinished by an earlier controller: `aborted:
+    /// controller restarted`, its faults ended (the agents revert them at
+    /// once; their leases would anyway). Called once at start.
+    pub async fn recover(&self) -> Result<usize, GameDayError> {
+        let runs = self.store.unfinished_runs().await?;
+        let n = runs.len();
+        for r in runs {
+            let mut info = decode_run(&r)?;
+            for s in &mut info.steps {
+                if s.state.is_live()
+                    && let Some(id) = &s.fault_id
+                {
+                    match self.ctx.faults.end(id).await {
+                        Ok(_) | Err(crate::faults::FaultError::NotFound { .. }) => {}
+                        Err(e) => tracing::warn!(fault = %id, error = %e, "ending a fault of an interrupted run"),
+                    }
+                    s.state = StepState::Reverted;
+                    s.reason = Some(
+                        "controller restarted: fault ended at the restart; the agents revert it (their leases guarantee it)"
+                            .into(),
+                    );
+                } else if s.state == StepState::Pending || s.state == StepState::Active {
+                    s.state = if s.state == StepState::Pending { StepState::Skipped } else { StepState::Completed };
+                }
+            }
+            for d in &mut info.detections {
+                use graydar_common::gameday::run::{ClearState, DetectionState};
+                if d.state == DetectionState::Pending {
+                    d.state = DetectionState::Missed;
+                }
+                if d.clear == Some(ClearState::Pending) {
+                    d.clear = Some(ClearState::NotCleared);
+                }
+            }
+            info.state = RunState::Completed;
+            info.outcome = Some(Outcome::Aborted);
+            info.reason = Some("controller restarted".into());
+            info.ended_at = Some(Timestamp::now());
+            info.updated_at = Timestamp::now();
+            info.verdicts = Some(info.compute_verdicts());
+            event(&mut info, None, None, "aborted: controller restarted; every fault of the run ended".into());
+            self.store.update_run(&record(&info)).await?;
+            tracing::warn!(run = %info.id, gameday = %info.gameday, "game-day run aborted: controller restarted");
+        }
+        Ok(n)
+    }
+
+    /// Starts a run of `name` (or, `dry_run`, plans one). The targets are
+    /// resolved and the preflight checked before anything is injected; a
+    /// refused run is stored as cancelled and answered 409.
+    pub async fn start(&self, name: &str, req: StartRun, trigger: &str) -> Result<RunInfo, GameDayError> {
+        let def = self.get(name).await?;
+        let spec = def.spec;
+        if !req.dry_run
+            && let Some(active) = lock(&self.ctx.live).values().find(|l| lock(&l.info).gameday == name)
+        {
+            return Err(GameDayError::RunActive {
+                name: name.to_owned(),
+                run: lock(&active.info).id.clone(),
+            });
+        }
+        let seed = req.seed.unwrap_or_else(|| fastrand::u64(..));
+        let now = Timestamp::now();
+        let mut info = RunInfo {
+            id: if req.dry_run { "dry-run".to_owned() } else { new_run_id() },
+            gameday: name.to_owned(),
+            spec: spec.clone(),
+            dry_run: req.dry_run,
+            trigger: trigger.to_owned(),
+            state: RunState::Preflight,
+            outcome: None,
+            reason: None,
+            seed,
+            targets: Default::default(),
+            preflight: Vec::new(),
+            steps: Vec::new(),
+            detections: Vec::new(),
+            unexpected: Vec::new(),
+            verdicts: None,
+            clocks: Default::default(),
+            timeline: Vec::new(),
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            updated_at: now,
+        };
+        event(&mut info, None, None, format!("{} run requested ({trigger}), seed {seed}", if req.dry_run { "dry" } else { "a" }));
+        let agents = self.ctx.agents.list().await.map_err(|e| GameDayError::Invalid(vec![e.to_string()]))?;
+        let refusal = match preflight::resolve_groups(&spec, &agents, seed) {
+            Err(e) => Some(e),
+            Ok(groups) => {
+                info.targets = groups;
+                let firing = self
+                    .store
+                    .findings(&FindingFilter {
+                        state: Some(graydar_common::api::FindingState::Firing),
+                        limit: 10_000,
+                        ..FindingFilter::default()
+                    })
+                    .await?;
+                let lever = self.ctx.faults.safety_lever();
+                info.preflight = preflight::check(
+                    &spec,
+                    &info.targets,
+                    &preflight::Inputs {
+                        agents: &agents,
+                        firing: &firing,
+                        lever: lever.engaged.then(|| lever.reason.clone().unwrap_or_default()),
+                        prometheus: false,
+                    },
+                );
+                let mut bad: Vec<String> = info
+                    .preflight
+                    .iter()
+                    .filter(|c| !c.ok)
+                    .map(|c| format!("{}: {}", c.check, c.detail))
+                    .collect();
+                let needs_prom = !spec.abort.promql.is_empty()
+                    || spec.steps.iter().any(|s| s.expect.as_ref().is_some_and(|e| !e.alerts.is_empty()));
+                if needs_prom {
+                    bad.push("abort.promql and expect.alerts need a Prometheus: set [prometheus] url in the controller's configuration".into());
+                }
+                if let Some(s) = spec.steps.iter().find(|s| matches!(s.action(), Some(Action::Load(_)))) {
+                    bad.push(format!("steps.{}: load steps are not run by this controller yet", s.id));
+                }
+                (!bad.is_empty()).then(|| bad.join("; "))
+            }
+        };
+        info.steps = runner::initial_steps(&spec, &info.targets);
+        info.detections = runner::initial_detections(&spec, &info.targets);
+        if req.dry_run {
+            return Ok(self.dry_run(info, refusal, &agents).await);
+        }
+        if let Some(reason) = refusal {
+            info.state = RunState::Completed;
+            info.outcome = Some(Outcome::Cancelled);
+            info.reason = Some(reason.clone());
+            info.ended_at = Some(Timestamp::now());
+            for s in &mut info.steps {
+                s.state = StepState::Skipped;
+            }
+            for d in &mut info.detections {
+                d.state = graydar_common::gameday::run::DetectionState::NotRun;
+            }
+            info.verdicts = Some(info.compute_verdicts());
+            event(&mut info, None, None, format!("cancelled by the preflight: {reason}"));
+            self.store.insert_run(&record(&info)).await?;
+            self.ctx.runs_total.with_label_values(&[name, Outcome::Cancelled.as_str()]).inc();
+            let lever = info.preflight.iter().any(|c| c.check == "safety_lever" && !c.ok);
+            return Err(GameDayError::Preflight { run: info.id, reason, lever });
+        }
+        event(&mut info, None, None, "preflight passed".into());
+        self.store.insert_run(&record(&info)).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let live = Arc::new(LiveRun {
+            info: Mutex::new(info.clone()),
+            tx,
+        });
+        lock(&self.ctx.live).insert(info.id.clone(), live.clone());
+        tracing::info!(run = %info.id, gameday = %name, seed, "game-day run started");
+        tokio::spawn(runner::drive(self.ctx.clone(), live, rx));
+        Ok(info)
+    }
+
+    /// A dry run: the plan, the preflight, and each agent's operations for
+    /// every fault step (the faults' own dry runs); nothing applied or stored.
+    async fn dry_run(&self, mut info: RunInfo, refusal: Option<String>, agents: &[graydar_common::api::AgentInfo]) -> RunInfo {
+        let plan = runner::plan(&info.spec);
+        let spec = info.spec.clone();
+        for s in &mut info.steps {
+            s.planned_start_ms = plan.get(&s.id).copied();
+            let Some(Action::Fault(f)) = spec.steps.iter().find(|x| x.id == s.id).and_then(|x| x.action()) else {
+                continue;
+            };
+            if s.agents.is_empty() {
+                continue;
+            }
+            let req = runner::fault_request(s.agents.clone(), f, true);
+            match self.ctx.faults.create(req, agents).await {
+                Ok(fault) => {
+                    self.ctx.faults.wait_dry_run(&fault.id, self.ctx.faults.config().dry_run_wait).await;
+                    if let Ok(fault) = self.ctx.faults.get(&fault.id).await {
+                        for a in fault.agents {
+                            let pa = s.per_agent.entry(a.agent).or_default();
+                            pa.state = a.state.as_str().to_owned();
+                            pa.reason = a.reason;
+                            pa.operations = a.operations;
+                        }
+                    }
+                }
+                Err(e) => s.reason = Some(e.to_string()),
+            }
+        }
+        info.state = RunState::Completed;
+        info.reason = refusal.clone().map(|r| format!("a real run would be cancelled: {r}"));
+        info.ended_at = Some(Timestamp::now());
+        info.updated_at = Timestamp::now();
+        event(
+            &mut info,
+            None,
+            None,
+            match refusal {
+                Some(r) => format!("dry run: the preflight refuses: {r}"),
+                None => "dry run: the preflight passes; nothing applied".into(),
+            },
+        );
+        info
+    }
+
+    /// One run: from memory while it is going, else from the store.
+    pub async fn run(&self, id: &str) -> Result<RunInfo, GameDayError> {
+        if let Some(l) = lock(&self.ctx.live).get(id).cloned() {
+            return Ok(lock(&l.info).clone());
+        }
+        let r = self
+            .store
+            .run(id)
+            .await?
+            .ok_or_else(|| GameDayError::RunNotFound { id: id.to_owned() })?;
+        decode_run(&r)
+    }
+
+    /// Runs newest first (live ones as memory has them).
+    pub async fn runs(&self, f: &RunFilter) -> Result<Vec<RunSummary>, GameDayError> {
+        let rows = self.store.runs(f).await?;
+        let live = lock(&self.ctx.live).clone();
+        rows.iter()
+            .map(|r| match live.get(&r.id) {
+                Some(l) => Ok(RunSummary::from(&*lock(&l.info))),
+                None => decode_run(r).map(|i| RunSummary::from(&i)),
+            })
+            .collect()
+    }
+
+    /// Aborts a run: its faults are ended here and now (the abort never
+    /// waits for the run's task), then the task records the abort, awaits
+    /// the reverts and completes the run as `aborted`.
+    pub async fn abort(&self, id: &str, reason: String) -> Result<RunInfo, GameDayError> {
+        let Some(l) = lock(&self.ctx.live).get(id).cloned() else {
+            let info = self.run(id).await?;
+            return Err(GameDayError::Ended {
+                id: id.to_owned(),
+                outcome: info.outcome.map_or("completed", |o| o.as_str()).to_owned(),
+            });
+        };
+        let _ = l.tx.send(Command::Abort(reason.clone()));
+        let faults: Vec<String> = lock(&l.info)
+            .steps
+            .iter()
+            .filter(|s| s.state.is_live())
+            .filter_map(|s| s.fault_id.clone())
+            .collect();
+        for f in faults {
+            if let Err(e) = self.ctx.faults.end(&f).await {
+                tracing::warn!(fault = %f, error = %e, "ending a fault of an aborted run (its lease reverts it)");
+            }
+        }
+        tracing::warn!(run = %id, %reason, "game-day run aborted");
+        Ok(lock(&l.info).clone())
+    }
+
+    /// Aborts every run in progress (the safety lever); how many.
+    pub async fn abort_all(&self, reason: &str) -> usize {
+        let ids: Vec<String> = lock(&self.ctx.live).keys().cloned().collect();
+        let mut n = 0;
+        for id in ids {
+            if self.abort(&id, reason.to_owned()).await.is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Resumes the gate a run waits at.
+    pub async fn resume(&self, id: &str) -> Result<RunInfo, GameDayError> {
+        let Some(l) = lock(&self.ctx.live).get(id).cloned() else {
+            let info = self.run(id).await?;
+            return Err(GameDayError::Ended {
+                id: id.to_owned(),
+                outcome: info.outcome.map_or("completed", |o| o.as_str()).to_owned(),
+            });
+        };
+        let waiting = lock(&l.info)
+            .steps
+            .iter()
+            .any(|s| s.action == "gate" && s.state == StepState::Active);
+        if !waiting {
+            return Err(GameDayError::NoGate { id: id.to_owned() });
+        }
+        let _ = l.tx.send(Command::Resume);
+        Ok(lock(&l.info).clone())
     }
 
     pub fn limits(&self) -> &Limits {
@@ -133,4 +577,29 @@ fn decode(r: GameDayRecord) -> Result<GameDayInfo, GameDayError> {
         })
     })?;
     Ok(info(spec, r.created_ms, r.updated_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runner::plan;
+    use graydar_common::gameday::GameDaySpec;
+
+    #[test]
+    fn the_plan_runs_unordered_steps_together_and_ordered_ones_after_each_other() {
+        let spec = GameDaySpec::parse(
+            "name: g\nhypothesis: h\nsafety: {max_duration: 5m}\ntargets: {}\nsteps:\n\
+             - {id: a, wait: {duration: 10s}}\n\
+             - {id: b, wait: {duration: 3s}}\n\
+             - {id: g, after: [a], gate: {}}\n\
+             - {id: c, after: [a, b], wait: {duration: 1s}}\n\
+             - {id: d, after: [g, c], wait: {duration: 1s}}\n",
+        )
+        .expect("spec");
+        let p = plan(&spec);
+        assert_eq!(p["a"], 0);
+        assert_eq!(p["b"], 0, "parallel with a");
+        assert_eq!(p["g"], 10_000);
+        assert_eq!(p["c"], 10_000, "after the longer of a and b");
+        assert_eq!(p["d"], 11_000, "after c; the gate counts as resumed at once");
+    }
 }

@@ -314,6 +314,40 @@ pub trait GameDayStore: Send + Sync {
     fn put_gameday<'a>(&'a self, g: &'a GameDayRecord) -> StoreFuture<'a, Option<i64>>;
     /// `true` when there was one.
     fn delete_gameday<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool>;
+    /// Stores a new run.
+    fn insert_run<'a>(&'a self, r: &'a RunRecord) -> StoreFuture<'a, ()>;
+    /// Rewrites a run (its id must exist).
+    fn update_run<'a>(&'a self, r: &'a RunRecord) -> StoreFuture<'a, ()>;
+    fn run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<RunRecord>>;
+    /// Newest first.
+    fn runs<'a>(&'a self, f: &'a RunFilter) -> StoreFuture<'a, Vec<RunRecord>>;
+    /// Runs not `completed`, oldest first.
+    fn unfinished_runs(&self) -> StoreFuture<'_, Vec<RunRecord>>;
+    /// Deletes `gameday`'s completed runs but the newest `keep`; how many went.
+    fn prune_runs<'a>(&'a self, gameday: &'a str, keep: u32) -> StoreFuture<'a, u64>;
+}
+
+/// A game-day run as stored: the run document (JSON) and the columns the
+/// list filters on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRecord {
+    pub id: String,
+    pub gameday: String,
+    pub trigger: String,
+    pub state: String,
+    pub outcome: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub doc: String,
+}
+
+/// Filters of the run list.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub gameday: Option<String>,
+    pub state: Option<String>,
+    pub outcome: Option<String>,
+    pub limit: u32,
 }
 
 /// The whole store.

@@ -104,10 +104,11 @@ impl Api {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("open store"));
         let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
         let services = Services::open(store.clone(), liveness, cfg).await.expect("services");
+        let metrics = Metrics::for_services(&services);
         let state = Arc::new(AppState {
             services,
             tokens,
-            metrics: Metrics::new(),
+            metrics,
             heartbeat_interval_seconds: 10,
         });
         Api {

@@ -1,10 +1,10 @@
-//! Game-day definitions in SQLite (`gamedays`).
+//! Game-day definitions (`gamedays`) and runs (`gameday_runs`) in SQLite.
 
-use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
+use sqlx::{AssertSqlSafe, Row as _};
 
 use super::SqliteStore;
-use crate::store::{GameDayRecord, GameDayStore, StoreError, StoreFuture};
+use crate::store::{GameDayRecord, GameDayStore, RunFilter, RunRecord, StoreError, StoreFuture};
 
 fn record(r: &SqliteRow) -> Result<GameDayRecord, StoreError> {
     Ok(GameDayRecord {
@@ -91,4 +91,121 @@ impl GameDayStore for SqliteStore {
     fn delete_gameday<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(delete_gameday(self, name))
     }
+
+    fn insert_run<'a>(&'a self, r: &'a RunRecord) -> StoreFuture<'a, ()> {
+        Box::pin(insert_run(self, r))
+    }
+
+    fn update_run<'a>(&'a self, r: &'a RunRecord) -> StoreFuture<'a, ()> {
+        Box::pin(update_run(self, r))
+    }
+
+    fn run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<RunRecord>> {
+        Box::pin(run(self, id))
+    }
+
+    fn runs<'a>(&'a self, f: &'a RunFilter) -> StoreFuture<'a, Vec<RunRecord>> {
+        Box::pin(runs(self, f))
+    }
+
+    fn unfinished_runs(&self) -> StoreFuture<'_, Vec<RunRecord>> {
+        Box::pin(unfinished_runs(self))
+    }
+
+    fn prune_runs<'a>(&'a self, gameday: &'a str, keep: u32) -> StoreFuture<'a, u64> {
+        Box::pin(prune_runs(self, gameday, keep))
+    }
+}
+
+const RUN_COLUMNS: &str = "id, gameday, trigger, state, outcome, created_ms, updated_ms, doc";
+
+fn run_record(r: &SqliteRow) -> Result<RunRecord, StoreError> {
+    Ok(RunRecord {
+        id: r.try_get("id")?,
+        gameday: r.try_get("gameday")?,
+        trigger: r.try_get("trigger")?,
+        state: r.try_get("state")?,
+        outcome: r.try_get("outcome")?,
+        created_ms: r.try_get("created_ms")?,
+        updated_ms: r.try_get("updated_ms")?,
+        doc: r.try_get("doc")?,
+    })
+}
+
+async fn insert_run(s: &SqliteStore, r: &RunRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO gameday_runs (id, gameday, trigger, state, outcome, created_ms, updated_ms, doc) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&r.id)
+    .bind(&r.gameday)
+    .bind(&r.trigger)
+    .bind(&r.state)
+    .bind(&r.outcome)
+    .bind(r.created_ms)
+    .bind(r.updated_ms)
+    .bind(&r.doc)
+    .execute(&s.write)
+    .await?;
+    Ok(())
+}
+
+async fn update_run(s: &SqliteStore, r: &RunRecord) -> Result<(), StoreError> {
+    sqlx::query("UPDATE gameday_runs SET state = ?, outcome = ?, updated_ms = ?, doc = ? WHERE id = ?")
+        .bind(&r.state)
+        .bind(&r.outcome)
+        .bind(r.updated_ms)
+        .bind(&r.doc)
+        .bind(&r.id)
+        .execute(&s.write)
+        .await?;
+    Ok(())
+}
+
+async fn run(s: &SqliteStore, id: &str) -> Result<Option<RunRecord>, StoreError> {
+    let row = sqlx::query(AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM gameday_runs WHERE id = ?")))
+        .bind(id)
+        .fetch_optional(&s.read)
+        .await?;
+    row.as_ref().map(run_record).transpose()
+}
+
+async fn runs(s: &SqliteStore, f: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
+    let mut sql = format!("SELECT {RUN_COLUMNS} FROM gameday_runs WHERE 1 = 1");
+    let mut binds = Vec::new();
+    for (col, v) in [("gameday", &f.gameday), ("state", &f.state), ("outcome", &f.outcome)] {
+        if let Some(v) = v {
+            sql.push_str(&format!(" AND {col} = ?"));
+            binds.push(v.clone());
+        }
+    }
+    sql.push_str(" ORDER BY created_ms DESC, id DESC LIMIT ?");
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for b in binds {
+        q = q.bind(b);
+    }
+    let rows = q.bind(i64::from(f.limit)).fetch_all(&s.read).await?;
+    rows.iter().map(run_record).collect()
+}
+
+async fn unfinished_runs(s: &SqliteStore) -> Result<Vec<RunRecord>, StoreError> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM gameday_runs WHERE state <> 'completed' ORDER BY created_ms, id"
+    )))
+    .fetch_all(&s.read)
+    .await?;
+    rows.iter().map(run_record).collect()
+}
+
+async fn prune_runs(s: &SqliteStore, gameday: &str, keep: u32) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM gameday_runs WHERE gameday = ? AND state = 'completed' AND id NOT IN \
+         (SELECT id FROM gameday_runs WHERE gameday = ? AND state = 'completed' ORDER BY created_ms DESC, id DESC LIMIT ?)",
+    )
+    .bind(gameday)
+    .bind(gameday)
+    .bind(i64::from(keep))
+    .execute(&s.write)
+    .await?;
+    Ok(done.rows_affected())
 }

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/0006_safety_lever.sql"),
     ),
     (7, "gamedays", include_str!("../../../migrations/0007_gamedays.sql")),
+    (
+        9,
+        "gameday_runs",
+        include_str!("../../../migrations/0009_gameday_runs.sql"),
+    ),
 ];
 
 pub fn migrator() -> Migrator {
