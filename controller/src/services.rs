@@ -60,7 +60,10 @@ impl Services {
         let gamedays = GameDayService::new(store.clone(), agents.clone(), faults.clone());
         let interrupted = gamedays.recover().await.map_err(OpenError::GameDays)?;
         if interrupted > 0 {
-            tracing::warn!(runs = interrupted, "game-day runs interrupted by a restart were ended as aborted");
+            tracing::warn!(
+                runs = interrupted,
+                "game-day runs interrupted by a restart were ended as aborted"
+            );
         }
         Ok(Services {
             findings: FindingService::new(store.clone(), agents.clone()),

@@ -13,6 +13,7 @@
 //! - `schedule.rs`: cron + time zone, next run times.
 
 mod dag;
+pub mod report;
 pub mod run;
 mod schedule;
 mod validate;

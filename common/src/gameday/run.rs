@@ -129,6 +129,20 @@ impl StepState {
         )
     }
 
+    /// How the CLI names the state.
+    pub fn word(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Applying => "applying",
+            StepState::Active => "active",
+            StepState::Reverting => "reverting",
+            StepState::Reverted => "reverted",
+            StepState::Completed => "completed",
+            StepState::Skipped => "skipped",
+            StepState::Failed => "failed",
+        }
+    }
+
     /// Whether the step has (or may have) something applied.
     pub fn is_live(self) -> bool {
         matches!(self, StepState::Applying | StepState::Active | StepState::Reverting)

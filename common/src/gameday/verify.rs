@@ -28,14 +28,19 @@ pub fn detect_matches(d: &Detect, groups: &Groups, host: &str, f: &Finding) -> b
         && in_group(groups, &d.on, host)
         && d.kind.names().iter().any(|k| k == f.kind.as_str())
         && d.peer.as_ref().is_none_or(|p| in_group(groups, p, peer_of(&f.subject)))
-        && d.subject.as_ref().is_none_or(|g| {
-            glob::Pattern::new(g).is_ok_and(|p| p.matches(&f.subject))
-        })
+        && d.subject
+            .as_ref()
+            .is_none_or(|g| glob::Pattern::new(g).is_ok_and(|p| p.matches(&f.subject)))
 }
 
 /// Whether `f` is expected by any of `steps`' expectations (on any host
 /// of the expectation's group).
-pub fn expected_by<'a>(spec: &GameDaySpec, steps: impl IntoIterator<Item = &'a str>, groups: &Groups, f: &Finding) -> bool {
+pub fn expected_by<'a>(
+    spec: &GameDaySpec,
+    steps: impl IntoIterator<Item = &'a str>,
+    groups: &Groups,
+    f: &Finding,
+) -> bool {
     steps.into_iter().any(|id| {
         spec.steps
             .iter()
@@ -117,12 +122,7 @@ mod tests {
     #[test]
     fn a_detection_needs_the_kind_the_host_of_the_group_the_peer_and_the_subject() {
         let g = groups();
-        let d = detect(
-            Kinds::One("asymmetric_connectivity".into()),
-            "a",
-            Some("b"),
-            None,
-        );
+        let d = detect(Kinds::One("asymmetric_connectivity".into()), "a", Some("b"), None);
         let f = finding("h1", FindingKind::AsymmetricConnectivity, "peer h2", Severity::Critical);
         assert!(detect_matches(&d, &g, "h1", &f));
         // Another host of no group, another kind, a peer outside the group.
@@ -138,10 +138,25 @@ mod tests {
             None,
             Some("eth*"),
         );
-        assert!(detect_matches(&d, &g, "h3", &finding("h3", FindingKind::KernelDrops, "eth0", Severity::Warning)));
-        assert!(!detect_matches(&d, &g, "h3", &finding("h3", FindingKind::KernelDrops, "lo", Severity::Warning)));
+        assert!(detect_matches(
+            &d,
+            &g,
+            "h3",
+            &finding("h3", FindingKind::KernelDrops, "eth0", Severity::Warning)
+        ));
+        assert!(!detect_matches(
+            &d,
+            &g,
+            "h3",
+            &finding("h3", FindingKind::KernelDrops, "lo", Severity::Warning)
+        ));
         // The finding must be the host's own.
-        assert!(!detect_matches(&d, &g, "h2", &finding("h3", FindingKind::KernelDrops, "eth0", Severity::Warning)));
+        assert!(!detect_matches(
+            &d,
+            &g,
+            "h2",
+            &finding("h3", FindingKind::KernelDrops, "eth0", Severity::Warning)
+        ));
     }
 
     #[test]
@@ -154,12 +169,24 @@ mod tests {
         assert!(abort_matches(&a, &g, &crit), "default: any host");
         a.hosts = HostScope::Targets;
         assert!(!abort_matches(&a, &g, &crit), "h9 is no target");
-        assert!(abort_matches(&a, &g, &finding("h2", FindingKind::NicDrops, "eth0", Severity::Critical)));
+        assert!(abort_matches(
+            &a,
+            &g,
+            &finding("h2", FindingKind::NicDrops, "eth0", Severity::Critical)
+        ));
         a.kinds = vec!["fsync_latency".into()];
-        assert!(!abort_matches(&a, &g, &finding("h2", FindingKind::NicDrops, "eth0", Severity::Critical)));
+        assert!(!abort_matches(
+            &a,
+            &g,
+            &finding("h2", FindingKind::NicDrops, "eth0", Severity::Critical)
+        ));
         a.min_severity = Severity::Warning;
         a.kinds.clear();
-        assert!(abort_matches(&a, &g, &finding("h2", FindingKind::NicDrops, "eth0", Severity::Warning)));
+        assert!(abort_matches(
+            &a,
+            &g,
+            &finding("h2", FindingKind::NicDrops, "eth0", Severity::Warning)
+        ));
     }
 
     #[test]

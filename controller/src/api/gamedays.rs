@@ -138,7 +138,10 @@ pub struct RunQuery {
     params(RunQuery),
     responses((status = 200, body = RunList), (status = 400, body = ApiError), (status = 401, body = ApiError),
         (status = 403, body = ApiError)))]
-pub(super) async fn list_runs(State(app): State<Shared>, Params(q): Params<RunQuery>) -> Result<axum::Json<RunList>, Error> {
+pub(super) async fn list_runs(
+    State(app): State<Shared>,
+    Params(q): Params<RunQuery>,
+) -> Result<axum::Json<RunList>, Error> {
     let f = RunFilter {
         gameday: q.gameday,
         state: q.state.map(|s| s.as_str().to_owned()),
@@ -156,7 +159,10 @@ pub(super) async fn list_runs(State(app): State<Shared>, Params(q): Params<RunQu
     params(("id" = String, Path, description = "run id")),
     responses((status = 200, body = RunInfo), (status = 401, body = ApiError), (status = 403, body = ApiError),
         (status = 404, body = ApiError)))]
-pub(super) async fn get_run(State(app): State<Shared>, PathParam(id): PathParam<String>) -> Result<axum::Json<RunInfo>, Error> {
+pub(super) async fn get_run(
+    State(app): State<Shared>,
+    PathParam(id): PathParam<String>,
+) -> Result<axum::Json<RunInfo>, Error> {
     Ok(axum::Json(app.services.gamedays.run(&id).await?))
 }
 
@@ -174,7 +180,11 @@ pub(super) async fn abort_run(
 ) -> Result<Response, Error> {
     let reason = match req.reason {
         Some(r) if r.chars().count() > 500 => {
-            return Err(Error::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "reason: at most 500 characters"));
+            return Err(Error::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "reason: at most 500 characters",
+            ));
         }
         Some(r) if !r.trim().is_empty() => format!("operator abort: {r}"),
         _ => "operator abort".to_owned(),
@@ -195,7 +205,9 @@ pub(super) async fn resume_run(State(app): State<Shared>, PathParam(id): PathPar
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(create, put, list, get_one, delete, start_run, list_runs, get_run, abort_run, resume_run),
+    paths(
+        create, put, list, get_one, delete, start_run, list_runs, get_run, abort_run, resume_run
+    ),
     components(schemas(GameDayInfo, GameDayList, RunInfo, RunList, StartRun, AbortRun, RunState, Outcome))
 )]
 pub struct GameDaysDoc;

@@ -1,6 +1,8 @@
-//! `graydar gameday validate -f FILE`: reads a game-day spec (YAML or
+//! `graydar gameday`: `validate -f FILE` reads a game-day spec (YAML or
 //! JSON) and checks it offline, as the controller will (no controller
-//! needed). Running game days is not built yet.
+//! needed); `apply`, `list` and `get` manage the stored game days; `run`
+//! (`--dry-run`, `--watch`), `runs`, `watch`, `abort`, `resume` and
+//! `report` drive and read runs.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,8 @@ use std::time::Duration;
 use clap::Subcommand;
 use graydar_common::client::Client;
 use graydar_common::gameday::jiff::Timestamp;
-use graydar_common::gameday::{Action, GameDayInfo, GameDayList, GameDaySpec, Limits, LoadSpec, Pick, Step};
+use graydar_common::gameday::run::{AbortRun, Outcome, RunInfo, RunList, StartRun, StepState};
+use graydar_common::gameday::{Action, GameDayInfo, GameDayList, GameDaySpec, Limits, LoadSpec, Pick, Step, report};
 use graydar_common::url::encode_segment;
 
 use super::CliError;
@@ -35,6 +38,48 @@ pub enum GameDayCmd {
     List,
     /// One stored game day (its spec as JSON).
     Get { name: String },
+    /// Start a run of a stored game day (operator token). With --watch,
+    /// follow it to its end; the exit status is 3 when it did not pass.
+    Run {
+        name: String,
+        /// Plan only: targets, preflight, timeline and each agent's
+        /// operations; nothing applied.
+        #[arg(long)]
+        dry_run: bool,
+        /// Follow the run live until it ends.
+        #[arg(long)]
+        watch: bool,
+        /// Seed of the target sampling (random when absent; recorded in the run).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Follow a run live until it ends (exit status 3 when it did not pass).
+    Watch { run: String },
+    /// Runs, newest first.
+    Runs {
+        /// Only runs of this game day.
+        #[arg(long)]
+        gameday: Option<String>,
+        /// Only runs that ended so (passed, detection_gap, aborted, failed, cancelled).
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Abort a run (operator token): its faults are reverted at once.
+    Abort {
+        run: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume the gate a run waits at (operator token).
+    Resume { run: String },
+    /// A run's report: Markdown (default) or JSON.
+    Report {
+        run: String,
+        #[arg(long, value_parser = ["md", "json"], default_value = "md")]
+        format: String,
+    },
 }
 
 /// `validate -f FILE`: no controller needed.
@@ -88,7 +133,296 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
                 .map_err(CliError::Fault)?;
             Ok(json(&info))
         }
+        GameDayCmd::Run {
+            name,
+            dry_run,
+            watch: follow,
+            seed,
+        } => {
+            let req = StartRun {
+                dry_run: *dry_run,
+                seed: *seed,
+            };
+            let path = format!("/api/v1/gamedays/{}/runs", encode_segment(name));
+            let run: RunInfo = client.post(&path, &req).map_err(CliError::Fault)?;
+            if *dry_run {
+                return Ok(match output {
+                    Output::Json => json(&run),
+                    Output::Table => dry_run_text(&run),
+                });
+            }
+            if *follow {
+                return watch(client, output, &run.id);
+            }
+            Ok(match output {
+                Output::Json => json(&run),
+                Output::Table => format!("run {} started (graydar gameday watch {} follows it)\n", run.id, run.id),
+            })
+        }
+        GameDayCmd::Watch { run } => watch(client, output, run),
+        GameDayCmd::Runs {
+            gameday,
+            outcome,
+            limit,
+        } => {
+            let mut q = format!("/api/v1/runs?limit={limit}");
+            if let Some(g) = gameday {
+                let _ = write!(q, "&gameday={}", encode_segment(g));
+            }
+            if let Some(o) = outcome {
+                let _ = write!(q, "&outcome={}", encode_segment(o));
+            }
+            let list: RunList = client.get(&q).map_err(CliError::Fault)?;
+            Ok(match output {
+                Output::Json => json(&list),
+                Output::Table => table(
+                    &["RUN", "GAMEDAY", "STATE", "OUTCOME", "CREATED", "REASON"],
+                    &list
+                        .runs
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.id.clone(),
+                                r.gameday.clone(),
+                                r.state.as_str().to_owned(),
+                                r.outcome.map_or("-", |o| o.as_str()).to_owned(),
+                                r.created_at.to_string(),
+                                r.reason.clone().unwrap_or_default().chars().take(60).collect(),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            })
+        }
+        GameDayCmd::Abort { run, reason } => {
+            let info: RunInfo = client
+                .post(
+                    &format!("/api/v1/runs/{}/abort", encode_segment(run)),
+                    &AbortRun { reason: reason.clone() },
+                )
+                .map_err(CliError::Fault)?;
+            Ok(match output {
+                Output::Json => json(&info),
+                Output::Table => format!("run {} aborting: its faults are being reverted\n", info.id),
+            })
+        }
+        GameDayCmd::Resume { run } => {
+            let info: RunInfo = client
+                .post(
+                    &format!("/api/v1/runs/{}/resume", encode_segment(run)),
+                    &serde_json::json!({}),
+                )
+                .map_err(CliError::Fault)?;
+            Ok(match output {
+                Output::Json => json(&info),
+                Output::Table => format!("run {}: gate resumed\n", info.id),
+            })
+        }
+        GameDayCmd::Report { run, format } => {
+            let info: RunInfo = client
+                .get(&format!("/api/v1/runs/{}", encode_segment(run)))
+                .map_err(CliError::Fault)?;
+            Ok(if format == "json" || output == Output::Json {
+                json(&info)
+            } else {
+                report::markdown(&info)
+            })
+        }
     }
+}
+
+/// A dry run as text: the preflight, then each step with its planned
+/// start, agents and their operations.
+fn dry_run_text(run: &RunInfo) -> String {
+    let mut s = format!(
+        "dry run of {} (seed {}): nothing applied\n\npreflight:\n",
+        run.gameday, run.seed
+    );
+    for c in &run.preflight {
+        let _ = writeln!(
+            s,
+            "  {} {}: {}",
+            if c.ok { "ok    " } else { "FAILED" },
+            c.check,
+            c.detail
+        );
+    }
+    if let Some(r) = &run.reason {
+        let _ = writeln!(s, "  => {r}");
+    }
+    s.push_str("\ntargets:\n");
+    for (g, h) in &run.targets {
+        let _ = writeln!(
+            s,
+            "  {g}: {}",
+            if h.is_empty() {
+                "(none)".to_owned()
+            } else {
+                h.join(", ")
+            }
+        );
+    }
+    s.push_str("\ntimeline:\n");
+    let mut steps: Vec<_> = run.steps.iter().collect();
+    steps.sort_by_key(|st| st.planned_start_ms.unwrap_or(0));
+    for st in steps {
+        let _ = writeln!(
+            s,
+            "  +{:>7.1}s  {} ({}{}{})",
+            st.planned_start_ms.unwrap_or(0) as f64 / 1000.0,
+            st.id,
+            st.action,
+            st.duration_ms
+                .map_or(String::new(), |d| format!(", {:.1}s", d as f64 / 1000.0)),
+            if st.agents.is_empty() {
+                String::new()
+            } else {
+                format!(", on {}", st.agents.join(", "))
+            }
+        );
+        if let Some(r) = &st.reason {
+            let _ = writeln!(s, "             refused: {r}");
+        }
+        for (agent, a) in &st.per_agent {
+            let _ = writeln!(s, "             {agent} ({}):", a.state);
+            for op in &a.operations {
+                let _ = writeln!(s, "               {op}");
+            }
+            if let Some(r) = &a.reason {
+                let _ = writeln!(s, "               {r}");
+            }
+        }
+    }
+    s
+}
+
+/// Follows a run until it ends: each timeline event as it arrives (with
+/// the steps in effect and their time left), then the verdicts. Printed
+/// as it happens; the final summary is returned.
+fn watch(client: &Client, output: Output, id: &str) -> Result<String, CliError> {
+    use std::io::Write as _;
+    let path = format!("/api/v1/runs/{}", encode_segment(id));
+    let mut shown = 0;
+    let mut last_status = String::new();
+    let started = std::time::Instant::now();
+    loop {
+        let run: RunInfo = match client.get(&path) {
+            Ok(r) => r,
+            // A controller restarting: keep following (the run ends
+            // `aborted: controller restarted` there).
+            Err(e) if e.is_transient() && started.elapsed() < Duration::from_secs(86_400) => {
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => return Err(CliError::Fault(e)),
+        };
+        if output == Output::Table {
+            let mut out = std::io::stdout().lock();
+            for e in run.timeline.iter().skip(shown) {
+                let who = match (&e.step, &e.host) {
+                    (Some(s), Some(h)) => format!("[{s} {h}] "),
+                    (Some(s), None) => format!("[{s}] "),
+                    (None, Some(h)) => format!("[{h}] "),
+                    (None, None) => String::new(),
+                };
+                let _ = writeln!(out, "{}  {who}{}", e.at, e.message);
+            }
+            shown = run.timeline.len();
+            let status = live_status(&run);
+            if !status.is_empty() && status != last_status {
+                let _ = writeln!(out, "          {status}");
+                last_status = status;
+            }
+            let _ = out.flush();
+        }
+        if run.is_finished() {
+            let text = match output {
+                Output::Json => json(&run),
+                Output::Table => summary(&run),
+            };
+            if run.outcome != Some(Outcome::Passed) {
+                let _ = std::io::stdout().write_all(text.as_bytes());
+                return Err(CliError::NotPassed {
+                    run: run.id.clone(),
+                    outcome: run.outcome.map_or("unknown", |o| o.as_str()).to_owned(),
+                    reason: run.reason.clone(),
+                });
+            }
+            return Ok(text);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The steps in effect with their time left (a countdown), e.g.
+/// `active: blackhole (42s left) | gate: check-dashboards`.
+fn live_status(run: &RunInfo) -> String {
+    let now = graydar_common::timestamp::Timestamp::now().unix_ms();
+    let parts: Vec<String> = run
+        .steps
+        .iter()
+        .filter(|s| s.state.is_live() || s.state == StepState::Active)
+        .map(|s| {
+            let left = match (s.started_at, s.duration_ms) {
+                (Some(t), Some(d)) => {
+                    let end = t.unix_ms().saturating_add(i64::try_from(d).unwrap_or(i64::MAX));
+                    format!(" ({}s left)", ((end - now).max(0) + 999) / 1000)
+                }
+                _ => String::new(),
+            };
+            format!("{} {}{left}", s.state.word(), s.id)
+        })
+        .collect();
+    parts.join(" | ")
+}
+
+/// The end of a watch: outcome, verdicts and the detection matrix.
+fn summary(run: &RunInfo) -> String {
+    let mut s = format!(
+        "\nrun {}: {}{}\n",
+        run.id,
+        run.outcome.map_or("?", |o| o.as_str()),
+        run.reason.as_ref().map_or(String::new(), |r| format!(" ({r})"))
+    );
+    if let Some(v) = &run.verdicts {
+        let _ = writeln!(s, "detection: {:?}, safety: {:?}", v.detection, v.safety);
+    }
+    if !run.detections.is_empty() {
+        let rows: Vec<Vec<String>> = run
+            .detections
+            .iter()
+            .map(|d| {
+                vec![
+                    d.step.clone(),
+                    d.kinds.join("|"),
+                    d.host.clone(),
+                    format!("{:?}", d.state).to_lowercase(),
+                    d.time_to_detect_ms
+                        .map_or("-".into(), |t| format!("{:.1}s", t / 1000.0)),
+                    format!("{:.1}s", d.within_ms as f64 / 1000.0),
+                    d.clear.map_or("-".into(), |c| format!("{c:?}").to_lowercase()),
+                ]
+            })
+            .collect();
+        s.push_str(&table(
+            &["STEP", "EXPECTED", "HOST", "RESULT", "DETECTED IN", "DEADLINE", "CLEAR"],
+            &rows,
+        ));
+    }
+    if !run.unexpected.is_empty() {
+        let _ = writeln!(s, "unexpected findings: {}", run.unexpected.len());
+        for u in &run.unexpected {
+            let _ = writeln!(
+                s,
+                "  {} {} on {} ({})",
+                u.severity.as_str(),
+                u.kind.as_str(),
+                u.host,
+                u.subject
+            );
+        }
+    }
+    s
 }
 
 fn read(file: &Path) -> Result<String, CliError> {

@@ -127,6 +127,13 @@ pub enum CliError {
     GameDayInvalid { path: PathBuf, errors: Vec<String> },
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// A game-day run that ended other than `passed` (exit status 3).
+    #[error("run {run} did not pass: {outcome}{}", reason.as_ref().map_or(String::new(), |r| format!(" ({r})")))]
+    NotPassed {
+        run: String,
+        outcome: String,
+        reason: Option<String>,
+    },
     /// An error of a fault command, worded as the API words it.
     #[error("{}", faults::api_message(.0))]
     Fault(#[source] ClientError),

@@ -15,9 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use graydar_common::clock::Offset;
-use graydar_common::gameday::run::{
-    Outcome, RunInfo, RunState, RunSummary, StartRun, StepState,
-};
+use graydar_common::gameday::run::{Outcome, RunInfo, RunState, RunSummary, StartRun, StepState};
 use graydar_common::gameday::{Action, GameDayInfo, GameDaySpec, Limits};
 use graydar_common::timestamp::Timestamp;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
@@ -181,7 +179,11 @@ impl GameDayService {
         let mut out = Vec::new();
         for l in live {
             let info = lock(&l.info);
-            for s in info.steps.iter().filter(|s| s.state == StepState::Active || s.state == StepState::Applying) {
+            for s in info
+                .steps
+                .iter()
+                .filter(|s| s.state == StepState::Active || s.state == StepState::Applying)
+            {
                 if s.agents.is_empty() {
                     out.push((info.gameday.clone(), s.id.clone(), String::new()));
                 }
@@ -215,7 +217,11 @@ impl GameDayService {
                             .into(),
                     );
                 } else if s.state == StepState::Pending || s.state == StepState::Active {
-                    s.state = if s.state == StepState::Pending { StepState::Skipped } else { StepState::Completed };
+                    s.state = if s.state == StepState::Pending {
+                        StepState::Skipped
+                    } else {
+                        StepState::Completed
+                    };
                 }
             }
             for d in &mut info.detections {
@@ -233,7 +239,12 @@ impl GameDayService {
             info.ended_at = Some(Timestamp::now());
             info.updated_at = Timestamp::now();
             info.verdicts = Some(info.compute_verdicts());
-            event(&mut info, None, None, "aborted: controller restarted; every fault of the run ended".into());
+            event(
+                &mut info,
+                None,
+                None,
+                "aborted: controller restarted; every fault of the run ended".into(),
+            );
             self.store.update_run(&record(&info)).await?;
             tracing::warn!(run = %info.id, gameday = %info.gameday, "game-day run aborted: controller restarted");
         }
@@ -257,7 +268,11 @@ impl GameDayService {
         let seed = req.seed.unwrap_or_else(|| fastrand::u64(..));
         let now = Timestamp::now();
         let mut info = RunInfo {
-            id: if req.dry_run { "dry-run".to_owned() } else { new_run_id() },
+            id: if req.dry_run {
+                "dry-run".to_owned()
+            } else {
+                new_run_id()
+            },
             gameday: name.to_owned(),
             spec: spec.clone(),
             dry_run: req.dry_run,
@@ -279,8 +294,21 @@ impl GameDayService {
             ended_at: None,
             updated_at: now,
         };
-        event(&mut info, None, None, format!("{} run requested ({trigger}), seed {seed}", if req.dry_run { "dry" } else { "a" }));
-        let agents = self.ctx.agents.list().await.map_err(|e| GameDayError::Invalid(vec![e.to_string()]))?;
+        event(
+            &mut info,
+            None,
+            None,
+            format!(
+                "{} run requested ({trigger}), seed {seed}",
+                if req.dry_run { "dry" } else { "a" }
+            ),
+        );
+        let agents = self
+            .ctx
+            .agents
+            .list()
+            .await
+            .map_err(|e| GameDayError::Invalid(vec![e.to_string()]))?;
         let refusal = match preflight::resolve_groups(&spec, &agents, seed) {
             Err(e) => Some(e),
             Ok(groups) => {
@@ -311,7 +339,10 @@ impl GameDayService {
                     .map(|c| format!("{}: {}", c.check, c.detail))
                     .collect();
                 let needs_prom = !spec.abort.promql.is_empty()
-                    || spec.steps.iter().any(|s| s.expect.as_ref().is_some_and(|e| !e.alerts.is_empty()));
+                    || spec
+                        .steps
+                        .iter()
+                        .any(|s| s.expect.as_ref().is_some_and(|e| !e.alerts.is_empty()));
                 if needs_prom {
                     bad.push("abort.promql and expect.alerts need a Prometheus: set [prometheus] url in the controller's configuration".into());
                 }
@@ -340,9 +371,16 @@ impl GameDayService {
             info.verdicts = Some(info.compute_verdicts());
             event(&mut info, None, None, format!("cancelled by the preflight: {reason}"));
             self.store.insert_run(&record(&info)).await?;
-            self.ctx.runs_total.with_label_values(&[name, Outcome::Cancelled.as_str()]).inc();
+            self.ctx
+                .runs_total
+                .with_label_values(&[name, Outcome::Cancelled.as_str()])
+                .inc();
             let lever = info.preflight.iter().any(|c| c.check == "safety_lever" && !c.ok);
-            return Err(GameDayError::Preflight { run: info.id, reason, lever });
+            return Err(GameDayError::Preflight {
+                run: info.id,
+                reason,
+                lever,
+            });
         }
         event(&mut info, None, None, "preflight passed".into());
         self.store.insert_run(&record(&info)).await?;
@@ -359,7 +397,12 @@ impl GameDayService {
 
     /// A dry run: the plan, the preflight, and each agent's operations for
     /// every fault step (the faults' own dry runs); nothing applied or stored.
-    async fn dry_run(&self, mut info: RunInfo, refusal: Option<String>, agents: &[graydar_common::api::AgentInfo]) -> RunInfo {
+    async fn dry_run(
+        &self,
+        mut info: RunInfo,
+        refusal: Option<String>,
+        agents: &[graydar_common::api::AgentInfo],
+    ) -> RunInfo {
         let plan = runner::plan(&info.spec);
         let spec = info.spec.clone();
         for s in &mut info.steps {
@@ -373,7 +416,10 @@ impl GameDayService {
             let req = runner::fault_request(s.agents.clone(), f, true);
             match self.ctx.faults.create(req, agents).await {
                 Ok(fault) => {
-                    self.ctx.faults.wait_dry_run(&fault.id, self.ctx.faults.config().dry_run_wait).await;
+                    self.ctx
+                        .faults
+                        .wait_dry_run(&fault.id, self.ctx.faults.config().dry_run_wait)
+                        .await;
                     if let Ok(fault) = self.ctx.faults.get(&fault.id).await {
                         for a in fault.agents {
                             let pa = s.per_agent.entry(a.agent).or_default();
@@ -431,7 +477,7 @@ impl GameDayService {
     /// waits for the run's task), then the task records the abort, awaits
     /// the reverts and completes the run as `aborted`.
     pub async fn abort(&self, id: &str, reason: String) -> Result<RunInfo, GameDayError> {
-        let Some(l) = lock(&self.ctx.live).get(id).cloned() else {
+        let Some(l) = self.live_unfinished(id) else {
             let info = self.run(id).await?;
             return Err(GameDayError::Ended {
                 id: id.to_owned(),
@@ -454,6 +500,14 @@ impl GameDayService {
         Ok(lock(&l.info).clone())
     }
 
+    /// The run `id` while in progress (not while its task stores its end).
+    fn live_unfinished(&self, id: &str) -> Option<Arc<LiveRun>> {
+        lock(&self.ctx.live)
+            .get(id)
+            .filter(|l| !lock(&l.info).is_finished())
+            .cloned()
+    }
+
     /// Aborts every run in progress (the safety lever); how many.
     pub async fn abort_all(&self, reason: &str) -> usize {
         let ids: Vec<String> = lock(&self.ctx.live).keys().cloned().collect();
@@ -468,7 +522,7 @@ impl GameDayService {
 
     /// Resumes the gate a run waits at.
     pub async fn resume(&self, id: &str) -> Result<RunInfo, GameDayError> {
-        let Some(l) = lock(&self.ctx.live).get(id).cloned() else {
+        let Some(l) = self.live_unfinished(id) else {
             let info = self.run(id).await?;
             return Err(GameDayError::Ended {
                 id: id.to_owned(),

@@ -60,8 +60,9 @@ pub fn resolve_groups(spec: &GameDaySpec, agents: &[AgentInfo], seed: u64) -> Re
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The agents a run may put under faults or load: every agent of every
@@ -96,12 +97,19 @@ pub fn check(spec: &GameDaySpec, groups: &Groups, inp: &Inputs<'_>) -> Vec<Prefl
         out.push(PreflightCheck {
             check: check.to_owned(),
             ok: problems.is_empty(),
-            detail: if problems.is_empty() { ok_detail } else { problems.join("; ") },
+            detail: if problems.is_empty() {
+                ok_detail
+            } else {
+                problems.join("; ")
+            },
         });
     };
     push(
         "safety_lever",
-        inp.lever.iter().map(|w| format!("the safety lever is engaged ({w})")).collect(),
+        inp.lever
+            .iter()
+            .map(|w| format!("the safety lever is engaged ({w})"))
+            .collect(),
         "released".into(),
     );
     let hosts = impaired(spec, groups);
@@ -116,7 +124,11 @@ pub fn check(spec: &GameDaySpec, groups: &Groups, inp: &Inputs<'_>) -> Vec<Prefl
         ));
     }
     if let Some(share) = spec.safety.max_share {
-        let s = if alive == 0 { 1.0 } else { hosts.len() as f64 / alive as f64 };
+        let s = if alive == 0 {
+            1.0
+        } else {
+            hosts.len() as f64 / alive as f64
+        };
         if !hosts.is_empty() && s > share {
             radius.push(format!(
                 "{} of {alive} alive agents under faults or load ({:.0}%), above safety.max_share = {:.0}%",
@@ -175,7 +187,15 @@ pub fn check(spec: &GameDaySpec, groups: &Groups, inp: &Inputs<'_>) -> Vec<Prefl
         .filter(|f| f.state == FindingState::Firing && all.contains(&f.host))
         .filter(|f| f.severity >= nf.min_severity)
         .filter(|f| nf.kinds.is_empty() || nf.kinds.iter().any(|k| k == f.kind.as_str()))
-        .map(|f| format!("{} {} on {} ({}) is firing", f.severity.as_str(), f.kind.as_str(), f.host, f.subject))
+        .map(|f| {
+            format!(
+                "{} {} on {} ({}) is firing",
+                f.severity.as_str(),
+                f.kind.as_str(),
+                f.host,
+                f.subject
+            )
+        })
         .collect();
     push("no_firing", firing, "no such finding firing on the target hosts".into());
     if !spec.preflight.promql.is_empty() {
@@ -232,9 +252,17 @@ mod tests {
         ));
         let a = resolve_groups(&s, &fleet(), 7).expect("groups");
         assert_eq!(a["web"].len(), 2);
-        assert!(a["web"].iter().all(|h| ["h0", "h1", "h2", "h3", "h4", "h5"].contains(&h.as_str())));
+        assert!(
+            a["web"]
+                .iter()
+                .all(|h| ["h0", "h1", "h2", "h3", "h4", "h5"].contains(&h.as_str()))
+        );
         assert_eq!(a["db"], ["h6", "h7", "h8"], "h9 is lost");
-        assert_eq!(resolve_groups(&s, &fleet(), 7).expect("again"), a, "same seed, same sample");
+        assert_eq!(
+            resolve_groups(&s, &fleet(), 7).expect("again"),
+            a,
+            "same seed, same sample"
+        );
         let differs = (0..20).any(|seed| resolve_groups(&s, &fleet(), seed).expect("g")["web"] != a["web"]);
         assert!(differs, "the seed changes the sample");
     }
@@ -253,11 +281,18 @@ mod tests {
         let s = spec(&format!(
             "{BASE}targets:\n  x: {{selector: {{role: cache}}, on_empty: skip}}\nsteps: [{{id: w, wait: {{duration: 1s}}}}]\n"
         ));
-        assert_eq!(resolve_groups(&s, &fleet(), 1).expect("skip")["x"], Vec::<String>::new());
+        assert_eq!(
+            resolve_groups(&s, &fleet(), 1).expect("skip")["x"],
+            Vec::<String>::new()
+        );
         let s = spec(&format!(
             "{BASE}targets:\n  x: {{agents: [nope]}}\nsteps: [{{id: w, wait: {{duration: 1s}}}}]\n"
         ));
-        assert!(resolve_groups(&s, &fleet(), 1).expect_err("unknown").contains("\"nope\""));
+        assert!(
+            resolve_groups(&s, &fleet(), 1)
+                .expect_err("unknown")
+                .contains("\"nope\"")
+        );
     }
 
     #[test]

@@ -74,7 +74,11 @@ pub(super) fn event(info: &mut RunInfo, step: Option<&str>, host: Option<&str>, 
 }
 
 /// The fault request of a fault step.
-pub(super) fn fault_request(agents: Vec<String>, f: &graydar_common::gameday::FaultAction, dry_run: bool) -> CreateFaultRequest {
+pub(super) fn fault_request(
+    agents: Vec<String>,
+    f: &graydar_common::gameday::FaultAction,
+    dry_run: bool,
+) -> CreateFaultRequest {
     CreateFaultRequest {
         targets: FaultTargets {
             agents,
@@ -276,7 +280,12 @@ impl Driver {
                 }
             }
             let states: Vec<FaultState> = fault.agents.iter().map(|a| a.state).collect();
-            let ended = fault.ended_at.is_some();
+            // Ended, or expired (the expirer marks it within a second; the
+            // agents' leases end it at expires_at anyway).
+            let end = fault
+                .ended_at
+                .or_else(|| (Timestamp::now().unix_ms() >= fault.expires_at.unix_ms()).then_some(fault.expires_at));
+            let ended = end.is_some();
             match step.state {
                 StepState::Applying if !states.is_empty() && states.iter().all(|s| *s == FaultState::Active) => {
                     step.state = StepState::Active;
@@ -287,14 +296,21 @@ impl Driver {
             }
             if ended && matches!(step.state, StepState::Applying | StepState::Active) {
                 step.state = StepState::Reverting;
-                step.ended_at = fault.ended_at;
+                step.ended_at = end;
                 events.push((String::new(), format!("step {}: fault ended, reverting", step.id)));
             }
             if step.state == StepState::Reverting
-                && states.iter().all(|s| matches!(s, FaultState::Reverted | FaultState::Failed))
+                && states
+                    .iter()
+                    .all(|s| matches!(s, FaultState::Reverted | FaultState::Failed))
             {
                 step.state = StepState::Reverted;
-                step.reverted_at = step.per_agent.values().filter_map(|p| p.reverted_at).max().or(Some(Timestamp::now()));
+                step.reverted_at = step
+                    .per_agent
+                    .values()
+                    .filter_map(|p| p.reverted_at)
+                    .max()
+                    .or(Some(Timestamp::now()));
                 events.push((String::new(), format!("step {}: reverted on every agent", step.id)));
             }
             let id = step.id.clone();
@@ -309,7 +325,11 @@ impl Driver {
     /// The step's fault apply time on the controller's clock: the earliest
     /// confirmation of its agents.
     fn apply_ms(info: &RunInfo, step: &str) -> Option<i64> {
-        info.step(step)?.per_agent.values().filter_map(|p| ms(p.applied_at)).min()
+        info.step(step)?
+            .per_agent
+            .values()
+            .filter_map(|p| ms(p.applied_at))
+            .min()
     }
 
     /// Reads the findings since the run started: detections, clears,
@@ -359,7 +379,9 @@ impl Driver {
             else {
                 continue;
             };
-            let Some(rule) = expect.detect.get(det.expectation) else { continue };
+            let Some(rule) = expect.detect.get(det.expectation) else {
+                continue;
+            };
             let mut d = det.clone();
             if matches!(d.state, DetectionState::Pending | DetectionState::Missed) {
                 let (Some(created), Some(apply)) = (ms(step.started_at), Self::apply_ms(&info, &det.step)) else {
@@ -451,7 +473,10 @@ impl Driver {
                     summary: f.summary.clone(),
                 });
             }
-            if abort.is_none() && f.state == FindingState::Firing && abort_matches(&self.spec.abort.findings, &groups, f) {
+            if abort.is_none()
+                && f.state == FindingState::Firing
+                && abort_matches(&self.spec.abort.findings, &groups, f)
+            {
                 abort = Some(format!(
                     "abort.findings: {} {} on {} ({}) fired and no step expects it",
                     f.severity.as_str(),
@@ -466,9 +491,10 @@ impl Driver {
             self.update(|info| {
                 for (i, d) in changes {
                     let msg = match (d.state, d.clear) {
-                        (DetectionState::Detected | DetectionState::Late, Some(ClearState::Cleared | ClearState::NotCleared))
-                            if info.detections[i].clear == Some(ClearState::Pending) =>
-                        {
+                        (
+                            DetectionState::Detected | DetectionState::Late,
+                            Some(ClearState::Cleared | ClearState::NotCleared),
+                        ) if info.detections[i].clear == Some(ClearState::Pending) => {
                             format!(
                                 "{} on {}: {} after the revert",
                                 d.kind.map_or("finding", |k| k.as_str()),
@@ -483,13 +509,22 @@ impl Driver {
                         (DetectionState::Detected | DetectionState::Late, _) => format!(
                             "{} {} on {} after {:.1} s (deadline {:.1} s)",
                             d.kind.map_or("finding", |k| k.as_str()),
-                            if d.state == DetectionState::Detected { "detected" } else { "detected late" },
+                            if d.state == DetectionState::Detected {
+                                "detected"
+                            } else {
+                                "detected late"
+                            },
                             d.host,
                             d.time_to_detect_ms.unwrap_or(0.0) / 1000.0,
                             d.within_ms as f64 / 1000.0
                         ),
                         (DetectionState::Missed, _) => {
-                            format!("{} not detected on {} within {:.1} s", d.kinds.join("|"), d.host, d.within_ms as f64 / 1000.0)
+                            format!(
+                                "{} not detected on {} within {:.1} s",
+                                d.kinds.join("|"),
+                                d.host,
+                                d.within_ms as f64 / 1000.0
+                            )
                         }
                         _ => String::new(),
                     };
@@ -526,7 +561,9 @@ impl Driver {
             .any(|s| matches!(s.action.as_str(), "fault" | "load") && s.state.is_live());
         // Waits and gates that are over.
         for s in info.steps.iter().filter(|s| s.state == StepState::Active) {
-            let Some(step) = self.spec.steps.iter().find(|x| x.id == s.id).cloned() else { continue };
+            let Some(step) = self.spec.steps.iter().find(|x| x.id == s.id).cloned() else {
+                continue;
+            };
             let since = self.clocks.get(&s.id).copied().unwrap_or_else(Instant::now);
             match step.action() {
                 Some(Action::Wait(w)) if since.elapsed() >= w.duration => {
@@ -625,7 +662,12 @@ impl Driver {
                             st.fault_id = Some(id.clone());
                             st.started_at = Some(Timestamp::now());
                         }
-                        event(i, Some(&step.id), None, format!("applying fault {id} on {}", agents.join(", ")));
+                        event(
+                            i,
+                            Some(&step.id),
+                            None,
+                            format!("applying fault {id} on {}", agents.join(", ")),
+                        );
                     });
                     if !self.persist().await {
                         // Not journaled: nothing created; try again next tick.
@@ -650,12 +692,18 @@ impl Driver {
                                 st.reason = Some(e.to_string());
                             }
                         });
-                        return Some(format!("failed: step {}: the controller refused the fault: {e}", step.id));
+                        return Some(format!(
+                            "failed: step {}: the controller refused the fault: {e}",
+                            step.id
+                        ));
                     }
                     impairing = true;
                 }
                 Some(Action::Load(_)) | None => {
-                    return Some(format!("failed: step {}: load steps are not run by this controller yet", step.id));
+                    return Some(format!(
+                        "failed: step {}: load steps are not run by this controller yet",
+                        step.id
+                    ));
                 }
             }
         }
@@ -692,9 +740,9 @@ impl Driver {
             });
         }
         // Pending ones whose deadline has passed are decided by observe_findings.
-        info.detections.iter().all(|d| {
-            !matches!(d.state, DetectionState::Pending) && d.clear != Some(ClearState::Pending)
-        })
+        info.detections
+            .iter()
+            .all(|d| !matches!(d.state, DetectionState::Pending) && d.clear != Some(ClearState::Pending))
     }
 
     /// Ends the run early: stored as reverting first, then every fault of
@@ -737,9 +785,7 @@ impl Driver {
                 match s.state {
                     StepState::Applying | StepState::Active | StepState::Reverting if s.fault_id.is_some() => {
                         s.state = StepState::Reverted;
-                        s.reason = Some(
-                            "revert not confirmed by every agent; their leases revert it".into(),
-                        );
+                        s.reason = Some("revert not confirmed by every agent; their leases revert it".into());
                     }
                     StepState::Active => {
                         s.state = StepState::Completed;
@@ -813,7 +859,9 @@ pub fn initial_steps(spec: &GameDaySpec, groups: &BTreeMap<String, Vec<String>>)
                 agents: target.as_ref().and_then(|t| groups.get(t)).cloned().unwrap_or_default(),
                 target,
                 fault_id: None,
-                duration_ms: action.and_then(|a| a.duration()).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                duration_ms: action
+                    .and_then(|a| a.duration())
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 planned_start_ms: None,
                 started_at: None,
                 active_at: None,

@@ -163,10 +163,12 @@ async fn update_run(s: &SqliteStore, r: &RunRecord) -> Result<(), StoreError> {
 }
 
 async fn run(s: &SqliteStore, id: &str) -> Result<Option<RunRecord>, StoreError> {
-    let row = sqlx::query(AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM gameday_runs WHERE id = ?")))
-        .bind(id)
-        .fetch_optional(&s.read)
-        .await?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM gameday_runs WHERE id = ?"
+    )))
+    .bind(id)
+    .fetch_optional(&s.read)
+    .await?;
     row.as_ref().map(run_record).transpose()
 }
 
