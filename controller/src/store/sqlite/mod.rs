@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/0006_safety_lever.sql"),
     ),
     (7, "gamedays", include_str!("../../../migrations/0007_gamedays.sql")),
+    (
+        8,
+        "fault_agent_time",
+        include_str!("../../../migrations/0008_fault_agent_time.sql"),
+    ),
 ];
 
 pub fn migrator() -> Migrator {
