@@ -14,7 +14,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use graydar_common::api::{Capabilities, FindingState, HeartbeatRequest, RegisterRequest, TransitionBatch};
+use graydar_common::api::{
+    Capabilities, ClockExchange, FindingState, HeartbeatRequest, RegisterRequest, TransitionBatch,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -101,6 +103,13 @@ struct Worker {
     backoff: Backoff,
     /// For the fault inventory sent with each heartbeat.
     sysfs_root: std::path::PathBuf,
+    /// The times of the last answered heartbeat, sent with the next one
+    /// (the controller estimates this host's clock offset from them).
+    exchange: Option<ClockExchange>,
+    /// Exchanges sent since the last registration: until one is, the
+    /// heartbeat after the first comes at the next round, so that the
+    /// controller has an offset within seconds of a registration.
+    exchanges_sent: u32,
 }
 
 enum Outcome {
@@ -146,6 +155,8 @@ impl Reporter {
             batch_limit: MAX_BATCH,
             backoff: Backoff::new(Duration::from_millis(500).min(section.report_interval), MAX_BACKOFF),
             sysfs_root: cfg.sysfs_root.clone(),
+            exchange: None,
+            exchanges_sent: 0,
         };
         let (stop, stop_rx) = oneshot::channel();
         tracing::info!(url = %section.url, interval = ?section.report_interval, buffer = section.buffer_size, "reporting to the controller");
@@ -208,7 +219,10 @@ impl Worker {
                 tracing::info!(url = self.channel.base_url(), state = %r.agent.state, "registered with the controller");
                 self.registered = true;
                 self.heartbeat_every = Duration::from_secs(r.heartbeat_interval_seconds.clamp(1, 3600));
-                self.last_heartbeat = Some(Instant::now());
+                // The first heartbeat right away: its times, sent with the
+                // next one, give the controller this host's clock offset.
+                self.last_heartbeat = None;
+                self.exchanges_sent = 0;
                 Outcome::Done
             }
             Err(e) => {
@@ -281,15 +295,23 @@ impl Worker {
             .iter()
             .filter(|f| f.state == FindingState::Firing)
             .count();
+        // The previous exchange goes once: lost with a failed request (the
+        // controller may have counted it), replaced by this one's.
+        let clock = self.exchange.take();
         let req = HeartbeatRequest {
             firing: u32::try_from(firing).unwrap_or(u32::MAX),
             interfaces: crate::faults::inventory::interfaces(&self.sysfs_root),
             dm_devices: crate::faults::inventory::dm_devices(),
+            clock,
         };
         match self.channel.heartbeat(&self.hostname, &req).await {
-            Ok(_) => {
+            Ok(hb) => {
                 self.request_done("heartbeat", &Ok(()));
                 self.last_heartbeat = Some(Instant::now());
+                if clock.is_some() {
+                    self.exchanges_sent = self.exchanges_sent.saturating_add(1);
+                }
+                self.exchange = hb.exchange();
                 Outcome::Done
             }
             Err(e) => {
@@ -303,6 +325,14 @@ impl Worker {
         }
     }
 
+    /// A heartbeat is due every `heartbeat_every`, and at once after a
+    /// registration; the one that carries the first exchange since then
+    /// goes at the next round.
+    fn heartbeat_due(&self) -> bool {
+        let first_exchange = self.exchange.is_some() && self.exchanges_sent == 0;
+        first_exchange || self.last_heartbeat.is_none_or(|t| t.elapsed() >= self.heartbeat_every)
+    }
+
     /// One round: register if needed, deliver transitions, heartbeat if due.
     async fn round(&mut self) -> Outcome {
         if !self.registered
@@ -314,7 +344,7 @@ impl Worker {
             Outcome::Done => {}
             other => return other,
         }
-        if self.last_heartbeat.is_none_or(|t| t.elapsed() >= self.heartbeat_every) {
+        if self.heartbeat_due() {
             return self.heartbeat().await;
         }
         Outcome::Done

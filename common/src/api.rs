@@ -355,6 +355,50 @@ pub struct AgentInfo {
     pub state: AgentState,
     /// Findings of this agent currently firing at the controller.
     pub firing_findings: u64,
+    /// How far the agent's clock is from the controller's, estimated from
+    /// its heartbeats; absent until the agent has completed an exchange
+    /// (and after a controller restart, until its next heartbeats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockOffsetInfo>,
+}
+
+/// An agent's clock offset: controller clock minus agent clock, in
+/// milliseconds, with the half-width of the interval the true offset lies
+/// in (NTP's on-wire calculation over the agent's recent heartbeats).
+/// A time `t` on the agent's clock is `t + offset_ms ± uncertainty_ms` on
+/// the controller's.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClockOffsetInfo {
+    pub offset_ms: f64,
+    pub uncertainty_ms: f64,
+    /// Heartbeat exchanges the estimate rests on.
+    pub samples: u32,
+}
+
+/// One heartbeat's request/response times, milliseconds since the Unix
+/// epoch: `t1` the agent sent the request and `t4` it received the answer
+/// (agent's clock), `t2` the controller received it and `t3` answered
+/// (controller's clock, from [`HeartbeatResponse`]).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockExchange {
+    pub t1: i64,
+    pub t2: i64,
+    pub t3: i64,
+    pub t4: i64,
+}
+
+impl From<ClockExchange> for crate::clock::Exchange {
+    fn from(e: ClockExchange) -> Self {
+        crate::clock::Exchange {
+            t1: e.t1,
+            t2: e.t2,
+            t3: e.t3,
+            t4: e.t4,
+        }
+    }
 }
 
 /// Answer to a registration.
@@ -384,12 +428,39 @@ pub struct HeartbeatRequest {
     /// Current device-mapper devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dm_devices: Option<Vec<String>>,
+    /// The times of this agent's previous heartbeat (its request and the
+    /// controller's answer), from which the controller estimates the
+    /// agent's clock offset. An impossible exchange is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockExchange>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     pub state: AgentState,
+    /// When the controller received the heartbeat (`t2`), milliseconds
+    /// since the Unix epoch on its clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_ms: Option<i64>,
+    /// When the controller answered (`t3`), taken just before the answer is
+    /// serialized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_ms: Option<i64>,
+}
+
+impl HeartbeatResponse {
+    /// The exchange of a heartbeat the agent sent at `t1` and whose answer
+    /// (this) it received at `t4` (its clock, ms since the epoch); `None`
+    /// from a controller that does not give its times.
+    pub fn exchange(&self, t1: i64, t4: i64) -> Option<ClockExchange> {
+        Some(ClockExchange {
+            t1,
+            t2: self.received_ms?,
+            t3: self.sent_ms?,
+            t4,
+        })
+    }
 }
 
 /// `GET /api/v1/agents`.
@@ -559,5 +630,33 @@ mod tests {
         }
         assert_eq!(FindingKind::NicDrops.runbook(), "nic-drops");
         assert_eq!(FindingKind::AsymmetricConnectivity.runbook(), "asymmetric-connectivity");
+    }
+
+    #[test]
+    fn heartbeats_carry_clock_times_and_old_peers_still_parse() {
+        // An old controller's answer: no times, no exchange.
+        let old: HeartbeatResponse = serde_json::from_str(r#"{"state":"healthy"}"#).expect("old answer");
+        assert_eq!(old.exchange(1, 2), None);
+        let new: HeartbeatResponse =
+            serde_json::from_str(r#"{"state":"healthy","received_ms":110,"sent_ms":111}"#).expect("new answer");
+        assert_eq!(
+            new.exchange(100, 120),
+            Some(ClockExchange {
+                t1: 100,
+                t2: 110,
+                t3: 111,
+                t4: 120
+            })
+        );
+        // An old agent's heartbeat, and a new one's.
+        let req: HeartbeatRequest = serde_json::from_str(r#"{"firing":1}"#).expect("old heartbeat");
+        assert_eq!(req.clock, None);
+        assert!(!serde_json::to_string(&req).expect("json").contains("clock"));
+        let req: HeartbeatRequest =
+            serde_json::from_str(r#"{"clock":{"t1":1,"t2":2,"t3":3,"t4":4}}"#).expect("heartbeat with times");
+        let e = crate::clock::Exchange::from(req.clock.expect("clock"));
+        assert_eq!((e.t1, e.t2, e.t3, e.t4), (1, 2, 3, 4));
+        assert!(serde_json::from_str::<HeartbeatRequest>(r#"{"clock":{"t1":1,"t2":2,"t3":3}}"#).is_err());
+        assert!(serde_json::from_str::<HeartbeatRequest>(r#"{"clock":{"t1":1,"t2":2,"t3":3,"t4":4,"t5":5}}"#).is_err());
     }
 }

@@ -53,8 +53,13 @@ pub struct AgentFaultStatus {
     /// Dry run: the exact netlink / device-mapper operations the agent would perform.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operations: Vec<String>,
-    /// When the controller last heard about it, RFC 3339 UTC.
+    /// When the controller last heard about it, RFC 3339 UTC (controller's clock).
     pub updated_at: Timestamp,
+    /// When the agent made this change (applied, reverted, failed,
+    /// described), on its own clock, RFC 3339 UTC; absent before the agent
+    /// reported, and from agents that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_at: Option<Timestamp>,
 }
 
 /// One fault as the controller knows it.
@@ -180,6 +185,10 @@ pub struct FaultStatusUpdate {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operations: Vec<String>,
+    /// When the agent made this state change, on its clock (for an apply or
+    /// a revert: when the kernel confirmed it), RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Timestamp>,
 }
 
 /// `POST /api/v1/agents/{hostname}/faults/status`.

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use graydar_common::api::{
-    AgentInfo, AgentList, AgentState, BatchResponse, Capabilities, Evidence, Finding, FindingDetail, FindingKind,
-    FindingList, FindingState, FindingTransition, RegisterRequest, RegisterResponse, Severity, Timestamp,
-    TransitionBatch, TransitionKind, finding_id,
+    AgentInfo, AgentList, AgentState, BatchResponse, Capabilities, ClockOffsetInfo, Evidence, Finding, FindingDetail,
+    FindingKind, FindingList, FindingState, FindingTransition, HeartbeatResponse, RegisterRequest, RegisterResponse,
+    Severity, Timestamp, TransitionBatch, TransitionKind, finding_id,
 };
 use graydar_controller::agents::AgentService;
 use graydar_controller::api::{DEFAULT_MAX_BODY, MAX_BATCH};
 use graydar_controller::store::{SqliteStore, Store};
+use graydar_controller::timefmt::now_ms;
 use serde_json::json;
 use tower::ServiceExt as _;
 
@@ -613,6 +614,78 @@ async fn heartbeat_of_known_and_unknown_agents() {
     }
     // Heartbeats are kept in memory and flushed in batches.
     assert_eq!(a.state.services.agents.flush().await.expect("flush"), 1);
+}
+
+#[tokio::test]
+async fn heartbeats_with_clock_times_give_the_agents_clock_offset() {
+    let a = api().await;
+    a.register("n1").await;
+    let agent = a.get("/api/v1/agents/n1", VIEWER).await;
+    assert!(agent.json().get("clock").is_none(), "no exchange yet: {}", agent.text);
+    assert!(a.state.services.agents.clock_offset("n1").is_none());
+    // The answer gives the controller's receive and send times.
+    let before = now_ms();
+    let r: HeartbeatResponse = a.post("/api/v1/agents/n1/heartbeat", &a.cred("n1"), "{}").await.typed();
+    let after = now_ms();
+    let (t2, t3) = (r.received_ms.expect("received_ms"), r.sent_ms.expect("sent_ms"));
+    assert!(before <= t2 && t2 <= t3 && t3 <= after, "{before} {t2} {t3} {after}");
+    // An agent 250 ms behind the controller, 5 ms each way, held 2 ms:
+    // offset 250, uncertainty half the 10 ms delay.
+    let clock = |t1: i64, t2: i64, t3: i64, t4: i64| {
+        format!(r#"{{"clock": {{"t1": {t1}, "t2": {t2}, "t3": {t3}, "t4": {t4}}}}}"#)
+    };
+    let body = clock(1_000_000, 1_000_255, 1_000_257, 1_000_012);
+    let r = a.post("/api/v1/agents/n1/heartbeat", &a.cred("n1"), &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let info: AgentInfo = a.get("/api/v1/agents/n1", VIEWER).await.typed();
+    assert_eq!(
+        info.clock,
+        Some(ClockOffsetInfo {
+            offset_ms: 250.0,
+            uncertainty_ms: 5.0,
+            samples: 1
+        })
+    );
+    let o = a.state.services.agents.clock_offset("n1").expect("offset");
+    assert_eq!((o.offset_ms, o.uncertainty_ms), (250.0, 5.0));
+    // Impossible exchanges (the answer received before the request was
+    // sent; the controller answering before it received) are ignored, and
+    // the heartbeat still succeeds.
+    for body in [
+        clock(2_000_000, 2_000_255, 2_000_257, 1_999_000),
+        clock(2_000_000, 2_000_255, 2_000_200, 2_000_012),
+    ] {
+        let r = a.post("/api/v1/agents/n1/heartbeat", &a.cred("n1"), &body).await;
+        assert_eq!(r.status, StatusCode::OK, "{body}: {}", r.text);
+        assert_eq!(r.json()["state"], "healthy");
+    }
+    let info: AgentInfo = a.get("/api/v1/agents/n1", VIEWER).await.typed();
+    assert_eq!(info.clock.map(|c| (c.offset_ms, c.samples)), Some((250.0, 1)));
+    // A second exchange, slow on the way back, narrows the estimate to the
+    // intersection of the two: [245, 255] and [241, 251].
+    let body = clock(3_000_000, 3_000_251, 3_000_252, 3_000_011);
+    a.post("/api/v1/agents/n1/heartbeat", &a.cred("n1"), &body).await;
+    let list: AgentList = a.get("/api/v1/agents", VIEWER).await.typed();
+    assert_eq!(
+        list.agents[0].clock,
+        Some(ClockOffsetInfo {
+            offset_ms: 248.0,
+            uncertainty_ms: 3.0,
+            samples: 2
+        })
+    );
+    // A malformed exchange is a malformed heartbeat; an unknown agent's is not kept.
+    let r = a
+        .post(
+            "/api/v1/agents/n1/heartbeat",
+            &a.cred("n1"),
+            r#"{"clock": {"t1": 1, "t2": 2, "t3": 3}}"#,
+        )
+        .await;
+    assert_eq!(r.error(StatusCode::UNPROCESSABLE_ENTITY), "invalid_body");
+    let r = a.post("/api/v1/agents/ghost/heartbeat", OPERATOR, &body).await;
+    assert_eq!(r.error(StatusCode::NOT_FOUND), "not_found");
+    assert!(a.state.services.agents.clock_offset("ghost").is_none());
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use graydar_common::fault_api::{
     SafetyLever,
 };
 use graydar_common::faults::FaultState;
+use graydar_common::timestamp::Timestamp;
 use graydar_controller::agents::Liveness;
 use graydar_controller::faults::{FaultConfig, FaultService};
 use http_body_util::BodyExt as _;
@@ -86,6 +87,7 @@ impl Api {
                 state,
                 reason: reason.map(str::to_owned),
                 operations: ops.iter().map(|s| (*s).to_owned()).collect(),
+                at: None,
             }],
         };
         let resp = self
@@ -453,6 +455,7 @@ async fn agents_long_poll_their_desired_set_and_report_states() {
         firing: 0,
         interfaces: Some(vec!["lo".into()]),
         dm_devices: None,
+        clock: None,
     };
     let r = a
         .req(
@@ -468,6 +471,82 @@ async fn agents_long_poll_their_desired_set_and_report_states() {
         .await
         .error(StatusCode::UNPROCESSABLE_ENTITY);
     assert!(detail.contains("(it has lo)"), "{detail}");
+}
+
+#[tokio::test]
+async fn the_agents_time_of_a_state_change_is_kept_beside_the_controllers() {
+    let a = fleet().await;
+    let f: FaultInfo = a
+        .create(json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 600}))
+        .await
+        .typed();
+    assert_eq!(f.agents[0].agent_at, None, "nothing reported yet");
+    assert!(
+        !a.req("GET", &format!("/api/v1/faults/{}", f.id), VIEWER, None)
+            .await
+            .text
+            .contains("agent_at")
+    );
+    // The agent's clock is 42 minutes behind: its time is kept as it said.
+    let applied: Timestamp = "2026-03-01T09:18:00.123Z".parse().expect("time");
+    let r = a
+        .post(
+            "/api/v1/agents/a1/faults/status",
+            &a.cred("a1"),
+            json!({"statuses": [{"id": f.id, "state": "active", "at": applied.to_string()}]}),
+        )
+        .await;
+    assert_eq!(r.json()["accepted"], 1, "{}", r.text);
+    let got: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", f.id), VIEWER, None)
+        .await
+        .typed();
+    let s = &got.agents[0];
+    assert_eq!((s.state, s.agent_at), (FaultState::Active, Some(applied)));
+    assert!(
+        s.updated_at >= f.created_at,
+        "updated_at stays the controller's receipt time"
+    );
+    // It is stored: a restarted controller answers it too.
+    let reopened = FaultService::open(a.store.clone(), FaultConfig::default())
+        .await
+        .expect("reopen");
+    let info = reopened.get(&f.id).await.expect("fault");
+    assert_eq!(info.agents[0].agent_at, Some(applied));
+    // A report without a time (an older agent) leaves the new state's time unknown.
+    a.report("a1", &f.id, FaultState::Reverted, None, &[]).await;
+    let got: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", f.id), VIEWER, None)
+        .await
+        .typed();
+    assert_eq!(
+        (got.agents[0].state, got.agents[0].agent_at),
+        (FaultState::Reverted, None)
+    );
+    // The list shows it as GET does.
+    let r = a
+        .post(
+            "/api/v1/agents/a1/faults/status",
+            &a.cred("a1"),
+            json!({"statuses": [{"id": f.id, "state": "reverted", "at": "2026-03-01T09:19:00Z"}]}),
+        )
+        .await;
+    assert_eq!(r.json()["accepted"], 1, "{}", r.text);
+    let list: FaultList = a.req("GET", "/api/v1/faults", VIEWER, None).await.typed();
+    let listed = list.faults.iter().find(|x| x.id == f.id).expect("listed");
+    assert_eq!(
+        listed.agents[0].agent_at.map(|t| t.to_string()),
+        Some("2026-03-01T09:19:00Z".parse::<Timestamp>().expect("time").to_string())
+    );
+    // A time that is no RFC 3339 is refused, and nothing changes.
+    let r = a
+        .post(
+            "/api/v1/agents/a1/faults/status",
+            &a.cred("a1"),
+            json!({"statuses": [{"id": f.id, "state": "active", "at": "yesterday"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
 }
 
 #[tokio::test]
@@ -769,6 +848,7 @@ async fn settled_faults_leave_memory_and_stay_in_the_history() {
             state: FaultState::Reverted,
             reason: None,
             operations: vec![],
+            at: None,
         }],
     };
     let r = a

@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use graydar_common::gameday::{GameDayInfo, GameDayList, GameDaySpec};
 use graydar_controller::faults::FaultConfig;
-use graydar_controller::gamedays::GameDayService;
+use graydar_controller::services::Services;
 use serde_json::Value;
 
 mod common;
@@ -93,8 +93,10 @@ async fn game_days_are_created_read_replaced_and_deleted_by_operators() {
     assert!(detail.contains("name") && detail.contains("someone-else"), "{detail}");
 
     // Kept across a restart (a new service on the same database).
-    let reopened = GameDayService::new(a.store.clone(), FaultConfig::default().max_duration);
-    assert_eq!(reopened.list().await.expect("list").len(), 2);
+    let reopened = Services::open(a.store.clone(), common::liveness(), FaultConfig::default())
+        .await
+        .expect("reopen");
+    assert_eq!(reopened.gamedays.list().await.expect("list").len(), 2);
 
     let r = a
         .json("DELETE", &format!("/api/v1/gamedays/{name}"), VIEWER, None)

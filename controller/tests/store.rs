@@ -89,6 +89,7 @@ fn fault(id: &str, created_ms: i64, dry_run: bool, agents: &[&str]) -> FaultReco
                         reason: None,
                         operations: vec![],
                         updated_ms: created_ms,
+                        agent_at_ms: None,
                     },
                 )
             })
@@ -241,6 +242,8 @@ async fn contract(store: Arc<dyn Store>) {
         ["flt-a", "flt-b", "flt-c"]
     );
     assert_eq!(sorted_ids(&live(16_000).await.expect("live")), ["flt-b", "flt-c"]);
+    let c = store.load_faults(FaultSelection::Id("flt-c")).await.expect("c");
+    assert_eq!(c[0].agents["n1"].agent_at_ms, None, "not reported yet");
     let stored = store
         .update_fault_states(
             "n1",
@@ -250,12 +253,14 @@ async fn contract(store: Arc<dyn Store>) {
                     state: FaultState::Active,
                     reason: None,
                     operations: vec!["tc qdisc add".into()],
+                    at: Some(Timestamp::from_unix_ms(29_500)),
                 },
                 FaultStatusUpdate {
                     id: "flt-zzz".into(),
                     state: FaultState::Active,
                     reason: None,
                     operations: vec![],
+                    at: None,
                 },
             ],
             31_000,
@@ -266,9 +271,50 @@ async fn contract(store: Arc<dyn Store>) {
     let c = store.load_faults(FaultSelection::Id("flt-c")).await.expect("c");
     let n1 = &c[0].agents["n1"];
     assert_eq!(
-        (n1.state, n1.operations.clone(), n1.updated_ms),
-        (FaultState::Active, vec!["tc qdisc add".to_owned()], 31_000)
+        (n1.state, n1.operations.clone(), n1.updated_ms, n1.agent_at_ms),
+        (
+            FaultState::Active,
+            vec!["tc qdisc add".to_owned()],
+            31_000,
+            Some(29_500)
+        ),
+        "the controller's time of the report, and the agent's time of the change"
     );
+    // A later report without a time clears it (the new state's time is unknown).
+    let stored = store
+        .update_fault_states(
+            "n1",
+            &[FaultStatusUpdate {
+                id: "flt-c".into(),
+                state: FaultState::Reverted,
+                reason: None,
+                operations: vec![],
+                at: None,
+            }],
+            32_000,
+        )
+        .await
+        .expect("states");
+    assert_eq!(stored, 1);
+    let c = store.load_faults(FaultSelection::Id("flt-c")).await.expect("c");
+    assert_eq!(
+        (c[0].agents["n1"].state, c[0].agents["n1"].agent_at_ms),
+        (FaultState::Reverted, None)
+    );
+    store
+        .update_fault_states(
+            "n1",
+            &[FaultStatusUpdate {
+                id: "flt-c".into(),
+                state: FaultState::Reverted,
+                reason: None,
+                operations: vec![],
+                at: Some(Timestamp::from_unix_ms(31_900)),
+            }],
+            32_100,
+        )
+        .await
+        .expect("states");
     assert_eq!(store.count_ended_faults(0).await.expect("ended"), 1);
     assert_eq!(store.count_ended_faults(90_000).await.expect("expired too"), 3);
     assert_eq!(store.revert_all_epoch().await.expect("epoch"), 0);
@@ -327,5 +373,11 @@ async fn sqlite_store_keeps_the_contract_and_its_data_across_reopen() {
         Some("second".to_owned())
     );
     assert_eq!(store.load_agents().await.expect("agents").len(), 1);
+    let c = store.load_faults(FaultSelection::Id("flt-c")).await.expect("c");
+    assert_eq!(
+        c[0].agents["n1"].agent_at_ms,
+        Some(31_900),
+        "the agent's time is stored"
+    );
     store.close().await;
 }

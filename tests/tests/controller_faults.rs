@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use graydar_common::api::{AgentInfo, Timestamp};
 use graydar_common::faults::FaultState;
 use graydar_tests::agent::AgentProcess;
 use graydar_tests::controller::{ControllerProcess, Tokens};
@@ -162,9 +163,35 @@ fn blackholes(ns: &NetNs) -> String {
     String::from_utf8_lossy(&ns.ip(["route", "show", "type", "blackhole"]).stdout).into_owned()
 }
 
+/// Every agent's clock offset, once its heartbeats gave one: agents in
+/// network namespaces share the controller's clock, so 0 must be within the
+/// estimate's uncertainty (5 ms of slack for the rounding to milliseconds).
+fn agents_clocks_agree_with_the_controllers(ctl: &ControllerProcess, token: &str) {
+    let agents = wait_until(Duration::from_secs(15), "every agent's clock offset", || {
+        let v = ctl.cli_json(token, &["agents"]);
+        let agents: Vec<AgentInfo> = serde_json::from_value(v["agents"].clone()).expect("agents");
+        (!agents.is_empty() && agents.iter().all(|a| a.clock.is_some())).then_some(agents)
+    });
+    for a in agents {
+        let c = a.clock.expect("clock");
+        eprintln!("{}: clock {c:?}", a.hostname);
+        assert!(c.samples >= 1, "{c:?}");
+        assert!(
+            c.offset_ms.abs() <= c.uncertainty_ms + 5.0,
+            "{}: the same host clock, yet offset {c:?}",
+            a.hostname
+        );
+    }
+}
+
+fn now_ms() -> i64 {
+    Timestamp::now().unix_ms()
+}
+
 /// Blackhole routes need nothing this kernel lacks: the whole path through
 /// the controller — apply, active, DELETE → reverted, and a SIGTERM'd agent
-/// that reverts and says so.
+/// that reverts and says so. The agent says when it made each change
+/// (`agent_at`, its clock), and the controller knows its clock offset.
 #[test]
 fn a_blackhole_fault_is_applied_reverted_on_delete_and_on_agent_shutdown() {
     netns::require_root();
@@ -177,6 +204,7 @@ fn a_blackhole_fault_is_applied_reverted_on_delete_and_on_agent_shutdown() {
     let host = n.name().to_owned();
     let agent = AgentProcess::start(Some(&n), &agent_config(&host, "http://10.205.2.1:8477", &tokens.agent));
     let baseline = Baseline::take(&[&n]);
+    agents_clocks_agree_with_the_controllers(&ctl, &tokens.viewer);
     let prefix = "10.205.98.0/24";
     let apply = [
         "apply",
@@ -189,7 +217,17 @@ fn a_blackhole_fault_is_applied_reverted_on_delete_and_on_agent_shutdown() {
         "--force",
     ];
     let f = fault_cli(&ctl, &tokens.operator, &apply);
-    wait_state(&ctl, &tokens.viewer, &f.id, &host, FaultState::Active, STATE_TIMEOUT);
+    let active = wait_state(&ctl, &tokens.viewer, &f.id, &host, FaultState::Active, STATE_TIMEOUT);
+    let now = now_ms();
+    let applied_at = active.agents[0]
+        .agent_at
+        .expect("the agent says when it applied")
+        .unix_ms();
+    let created = active.created_at.unix_ms();
+    assert!(
+        created - 5 <= applied_at && applied_at <= now + 5,
+        "applied at {applied_at}, not between the creation {created} and now {now}"
+    );
     assert!(blackholes(&n).contains("10.205.98.0/24"), "{}", blackholes(&n));
     assert_eq!(
         prom::sum(&agent.metrics(), "graydar_faults_active", &[("kind", "blackhole")]),
@@ -200,6 +238,11 @@ fn a_blackhole_fault_is_applied_reverted_on_delete_and_on_agent_shutdown() {
     assert_eq!(ended.status, "ended");
     let f = wait_state(&ctl, &tokens.viewer, &f.id, &host, FaultState::Reverted, STATE_TIMEOUT);
     eprintln!("after DELETE: {:?}", f.agents[0].reason);
+    let reverted_at = f.agents[0].agent_at.expect("the agent says when it reverted").unix_ms();
+    assert!(
+        applied_at <= reverted_at && reverted_at <= now_ms() + 5,
+        "reverted at {reverted_at}, applied at {applied_at}"
+    );
     assert!(!blackholes(&n).contains("10.205.98.0/24"), "{}", blackholes(&n));
     // SIGTERM: the agent reverts everything and reports it before exiting.
     let g = fault_cli(&ctl, &tokens.operator, &apply);

@@ -17,7 +17,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use graydar_common::api::{
-    ApiError, BatchResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, TransitionBatch,
+    ApiError, BatchResponse, ClockExchange, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
+    TransitionBatch,
 };
 use graydar_common::fault_api::{DesiredFaults, FaultStatusReport, FaultStatusResponse};
 use graydar_common::paths::{PathReport, PathReportResponse};
@@ -140,6 +141,30 @@ impl ChannelError {
             ChannelError::Api { status, .. } | ChannelError::Decode { status, .. } => Some(*status),
             _ => None,
         }
+    }
+}
+
+/// Wall-clock time, ms since the Unix epoch (0 before it).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A heartbeat's answer and when, on this agent's wall clock (ms since the
+/// Unix epoch), the request was sent (`t1`) and the answer arrived (`t4`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Heartbeat {
+    pub response: HeartbeatResponse,
+    pub sent_ms: i64,
+    pub received_ms: i64,
+}
+
+impl Heartbeat {
+    /// The completed exchange, for the next heartbeat's `clock`; `None`
+    /// from a controller that does not give its times.
+    pub fn exchange(&self) -> Option<ClockExchange> {
+        self.response.exchange(self.sent_ms, self.received_ms)
     }
 }
 
@@ -319,6 +344,16 @@ impl Channel {
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ChannelError> {
+        self.post_timed(path, body).await.map(|(t, _, _)| t)
+    }
+
+    /// [`Channel::post`], with the wall-clock times the request was sent
+    /// and the answer's head received.
+    async fn post_timed<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(T, i64, i64), ChannelError> {
         let url = self.url(path);
         let bytes = serde_json::to_vec(body).map_err(|source| ChannelError::Encode {
             url: url.clone(),
@@ -330,15 +365,26 @@ impl Channel {
             .post(&url)
             .header(CONTENT_TYPE, "application/json")
             .body(bytes);
-        self.send(url, req, self.inner.timeout).await
+        self.send_timed(url, req, self.inner.timeout).await
     }
 
     async fn send<T: DeserializeOwned>(
         &self,
         url: String,
-        mut req: reqwest::RequestBuilder,
+        req: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, ChannelError> {
+        self.send_timed(url, req, timeout).await.map(|(t, _, _)| t)
+    }
+
+    /// Sends `req`; the decoded answer, when it was sent and when the
+    /// answer's head arrived (wall clock, ms since the Unix epoch).
+    async fn send_timed<T: DeserializeOwned>(
+        &self,
+        url: String,
+        mut req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<(T, i64, i64), ChannelError> {
         let own = self.own().filter(|o| o.enrolled).map(|o| o.header);
         if let Some(auth) = own.as_ref().or(self.inner.auth.as_ref()) {
             req = req.header(AUTHORIZATION, auth.clone());
@@ -347,7 +393,10 @@ impl Channel {
             url: url.clone(),
             source: source.without_url(),
         };
-        let mut resp = req.timeout(timeout).send().await.map_err(transport)?;
+        let req = req.timeout(timeout);
+        let sent_ms = wall_ms();
+        let mut resp = req.send().await.map_err(transport)?;
+        let received_ms = wall_ms();
         let status = resp.status().as_u16();
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
@@ -372,7 +421,8 @@ impl Channel {
                 },
             });
         }
-        serde_json::from_slice(&body).map_err(|source| ChannelError::Decode { url, status, source })
+        let value = serde_json::from_slice(&body).map_err(|source| ChannelError::Decode { url, status, source })?;
+        Ok((value, sent_ms, received_ms))
     }
 
     fn agent_path(hostname: &str, rest: &str) -> String {
@@ -428,8 +478,17 @@ impl Channel {
         Ok(r)
     }
 
-    pub async fn heartbeat(&self, hostname: &str, req: &HeartbeatRequest) -> Result<HeartbeatResponse, ChannelError> {
-        self.post(&Self::agent_path(hostname, "/heartbeat"), req).await
+    /// A heartbeat, with the wall-clock times (ms since the Unix epoch) it
+    /// was sent and its answer received: with the controller's times in the
+    /// answer, the exchange the next heartbeat reports
+    /// ([`Heartbeat::exchange`]).
+    pub async fn heartbeat(&self, hostname: &str, req: &HeartbeatRequest) -> Result<Heartbeat, ChannelError> {
+        let (response, sent_ms, received_ms) = self.post_timed(&Self::agent_path(hostname, "/heartbeat"), req).await?;
+        Ok(Heartbeat {
+            response,
+            sent_ms,
+            received_ms,
+        })
     }
 
     pub async fn push_transitions(
@@ -544,7 +603,18 @@ mod tests {
             )
             .route(
                 "/api/v1/agents/{host}/heartbeat",
-                post(|| async {
+                post(|Path(host): Path<String>| async move {
+                    // `timed` is registered and answers with its times.
+                    if host == "timed" {
+                        let t2 = wall_ms();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        return (
+                            StatusCode::OK,
+                            axum::Json(
+                                serde_json::json!({"state": "healthy", "received_ms": t2, "sent_ms": wall_ms()}),
+                            ),
+                        );
+                    }
                     (
                         StatusCode::NOT_FOUND,
                         axum::Json(serde_json::json!({"error": "not_found", "detail": "register first"})),
@@ -559,6 +629,36 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
         format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_gives_the_times_of_its_exchange() {
+        let url = stand_in().await;
+        let c = Channel::build(&url, None, None, Duration::from_secs(5)).expect("channel");
+        let before = wall_ms();
+        let hb = c
+            .heartbeat("timed", &HeartbeatRequest::default())
+            .await
+            .expect("heartbeat");
+        let after = wall_ms();
+        let e = hb.exchange().expect("the stand-in gives its times");
+        // One clock on both sides: the times are in order.
+        assert!(
+            before <= e.t1 && e.t1 <= e.t2 && e.t2 + 20 <= e.t3 && e.t3 <= e.t4 && e.t4 <= after,
+            "{e:?}"
+        );
+        let o = graydar_common::clock::Exchange::from(e).offset().expect("possible");
+        assert!(o.offset_ms.abs() <= o.uncertainty_ms, "same clock: 0 is in {o:?}");
+        // Without the controller's times there is no exchange.
+        let old = Heartbeat {
+            response: HeartbeatResponse {
+                state: graydar_common::api::AgentState::Healthy,
+                received_ms: None,
+                sent_ms: None,
+            },
+            ..hb
+        };
+        assert_eq!(old.exchange(), None);
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use graydar_common::fault_api::{DesiredFault, DesiredFaults, FaultStatusReport, FaultStatusUpdate};
 use graydar_common::faults::{FaultKind, FaultState};
+use graydar_common::timestamp::Timestamp;
 use tokio::sync::{Mutex, watch};
 
 use super::engine::FaultEngine;
@@ -46,10 +47,28 @@ struct Local {
     operations: Vec<String>,
     /// Not yet acknowledged by the controller.
     dirty: bool,
+    /// When this agent entered `state` (its wall clock): for an apply or a
+    /// revert, the moment the engine returned, the kernel having confirmed it.
+    at: Timestamp,
 }
 
 impl Local {
+    fn new(kind: Option<FaultKind>, state: FaultState, reason: Option<String>) -> Local {
+        Local {
+            kind,
+            state,
+            reason,
+            operations: Vec::new(),
+            dirty: true,
+            at: Timestamp::now(),
+        }
+    }
+
+    /// A new state stamps the time; a new reason alone keeps it.
     fn set(&mut self, state: FaultState, reason: Option<String>) {
+        if self.state != state {
+            self.at = Timestamp::now();
+        }
         if self.state != state || self.reason != reason {
             self.state = state;
             self.reason = reason;
@@ -155,16 +174,7 @@ impl Assigner {
                         format!("left applied by the previous run; reverting it failed, the agent keeps trying: {e}"),
                     ),
                 };
-                (
-                    r.id.clone(),
-                    Local {
-                        kind: r.kind.fault_kind(),
-                        state,
-                        reason: Some(reason),
-                        operations: Vec::new(),
-                        dirty: true,
-                    },
-                )
+                (r.id.clone(), Local::new(r.kind.fault_kind(), state, Some(reason)))
             })
             .collect();
         Assigner {
@@ -326,13 +336,9 @@ impl Assigner {
     }
 
     fn entry(&mut self, f: &DesiredFault) -> &mut Local {
-        self.local.entry(f.id.clone()).or_insert_with(|| Local {
-            kind: Some(f.spec.kind()),
-            state: FaultState::Pending,
-            reason: None,
-            operations: Vec::new(),
-            dirty: true,
-        })
+        self.local
+            .entry(f.id.clone())
+            .or_insert_with(|| Local::new(Some(f.spec.kind()), FaultState::Pending, None))
     }
 
     /// Makes the engine match `d`.
@@ -478,6 +484,7 @@ impl Assigner {
                 state: l.state,
                 reason: l.reason.clone(),
                 operations: l.operations.clone(),
+                at: Some(l.at),
             })
             .collect();
         if statuses.is_empty() {
@@ -503,6 +510,23 @@ impl Assigner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_change_is_stamped_with_its_time_and_a_new_reason_alone_is_not() {
+        let mut l = Local::new(Some(FaultKind::Netem), FaultState::Pending, None);
+        l.at = Timestamp::UNIX_EPOCH;
+        l.dirty = false;
+        l.set(FaultState::Pending, Some("waiting".into()));
+        assert_eq!(l.at, Timestamp::UNIX_EPOCH, "same state, new reason");
+        assert!(l.dirty, "the new reason is still reported");
+        let before = Timestamp::now();
+        l.set(FaultState::Active, None);
+        let after = Timestamp::now();
+        assert!(before <= l.at && l.at <= after, "{} not in [{before}, {after}]", l.at);
+        let applied = l.at;
+        l.set(FaultState::Active, Some("revert failed: busy".into()));
+        assert_eq!(l.at, applied, "still the time of the apply");
+    }
 
     #[tokio::test]
     async fn authorities_of_controller_urls() {

@@ -192,6 +192,9 @@ pub struct StepAgent {
     /// When the controller first saw the agent confirm the apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<Timestamp>,
+    /// When the agent applied it, on the agent's own clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_applied_at: Option<Timestamp>,
     /// When the controller first saw the agent confirm the revert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverted_at: Option<Timestamp>,

@@ -4,6 +4,11 @@
 //! Agents are cached in memory: a heartbeat only touches the cache, and the
 //! last-seen times of the agents heard from are written in one transaction
 //! every few seconds ([`AgentService::flush`]).
+//!
+//! Each agent's clock offset is estimated from the request/response times
+//! its heartbeats carry ([`AgentService::add_clock_exchange`],
+//! [`AgentService::clock_offset`]). The estimates live in memory only: a
+//! restarted controller has none until each agent's next heartbeats.
 
 pub mod credentials;
 
@@ -11,7 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use graydar_common::api::{AgentInfo, AgentState, RegisterRequest};
+use graydar_common::api::{AgentInfo, AgentState, ClockExchange, ClockOffsetInfo, RegisterRequest};
+use graydar_common::clock::{Offset, OffsetEstimator};
 
 use crate::store::{AgentRecord, AgentStore, StoreError};
 use graydar_common::api::Timestamp;
@@ -23,6 +29,11 @@ pub const MAX_HOSTNAME: usize = 253;
 
 /// Longest label (the part between dots) of a hostname (the DNS limit).
 pub const MAX_HOSTNAME_LABEL: usize = 63;
+
+/// Heartbeat exchanges an agent's clock offset is estimated from (the
+/// newest): at the default 10 s interval under three minutes, short enough
+/// for clock drift not to matter.
+pub const CLOCK_WINDOW: usize = 16;
 
 /// Checks a hostname as DNS has it: 1 to [`MAX_HOSTNAME`] characters,
 /// dot-separated labels of 1 to [`MAX_HOSTNAME_LABEL`] ASCII letters,
@@ -99,6 +110,8 @@ pub struct AgentService {
     /// Agents heard from since the last flush.
     dirty: Mutex<HashSet<String>>,
     liveness: Liveness,
+    /// Each agent's clock offset, from its heartbeats (memory only).
+    clocks: Mutex<HashMap<String, OffsetEstimator>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -119,6 +132,7 @@ impl AgentService {
             agents: Mutex::new(agents),
             dirty: Mutex::new(HashSet::new()),
             liveness,
+            clocks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -180,6 +194,47 @@ impl AgentService {
         Ok(AgentState::Healthy)
     }
 
+    /// Adds a heartbeat's exchange to the registered agent's clock
+    /// estimate; `false` when ignored: an impossible exchange (a negative
+    /// round trip, the controller answering before it received: a clock
+    /// stepped meanwhile), or an agent not registered.
+    pub fn add_clock_exchange(&self, hostname: &str, exchange: ClockExchange) -> bool {
+        if !self.is_registered(hostname) {
+            return false;
+        }
+        let mut clocks = lock(&self.clocks);
+        match clocks.get_mut(hostname) {
+            Some(est) => est.add(exchange.into()),
+            None => {
+                let mut est = OffsetEstimator::new(CLOCK_WINDOW);
+                let added = est.add(exchange.into());
+                if added {
+                    clocks.insert(hostname.to_owned(), est);
+                }
+                added
+            }
+        }
+    }
+
+    /// Controller clock minus `hostname`'s clock, from its recent
+    /// heartbeats; `None` until it completed an exchange with this
+    /// controller process. A time `t` on the agent's clock is
+    /// `t + offset_ms ± uncertainty_ms` on the controller's.
+    pub fn clock_offset(&self, hostname: &str) -> Option<Offset> {
+        lock(&self.clocks).get(hostname).and_then(OffsetEstimator::estimate)
+    }
+
+    fn clock_info(&self, hostname: &str) -> Option<ClockOffsetInfo> {
+        let clocks = lock(&self.clocks);
+        let est = clocks.get(hostname)?;
+        let o = est.estimate()?;
+        Some(ClockOffsetInfo {
+            offset_ms: o.offset_ms,
+            uncertainty_ms: o.uncertainty_ms,
+            samples: u32::try_from(est.len()).unwrap_or(u32::MAX),
+        })
+    }
+
     /// Writes the last-seen times of the agents heard from since the last
     /// flush; how many.
     pub async fn flush(&self) -> Result<usize, AgentError> {
@@ -210,6 +265,7 @@ impl AgentService {
             last_seen: Timestamp::from_unix_ms(a.last_seen_ms),
             state: self.liveness.state(a.last_seen_ms, now),
             firing_findings: firing,
+            clock: self.clock_info(&a.req.hostname),
         }
     }
 

@@ -13,6 +13,7 @@ use super::middleware::guarded;
 use super::{Body, Error, PathParam, Shared};
 use crate::agents::{AgentService, credentials};
 use crate::auth::{Permission, Principal};
+use crate::timefmt::now_ms;
 
 pub(super) fn routes(app: &Shared) -> Router<Shared> {
     let enroll = Router::new().route("/api/v1/agents/register", post(register));
@@ -131,7 +132,12 @@ pub(super) async fn reset_credential(
     }
 }
 
-/// Heartbeat of a registered agent (404: register first).
+/// Heartbeat of a registered agent (404: register first). The answer gives
+/// the controller's receive and send times (`received_ms`, `sent_ms`); the
+/// agent sends them back with its next heartbeat as `clock`, with its own
+/// send and receive times, and the controller estimates the agent's clock
+/// offset from them (`clock` of the agent's [`AgentInfo`]). An impossible
+/// exchange (a clock stepped meanwhile) is ignored.
 #[utoipa::path(post, path = "/api/v1/agents/{hostname}/heartbeat", tag = "agents", security(("bearer" = [])),
     params(("hostname" = String, Path, description = "agent hostname")),
     request_body = HeartbeatRequest,
@@ -142,13 +148,26 @@ pub(super) async fn heartbeat(
     PathParam(hostname): PathParam<String>,
     Body(req): Body<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, Error> {
+    // t2: the first thing the handler does (auth and the body's reading
+    // before it only widen the exchange's uncertainty, never bias it).
+    let received_ms = now_ms();
     match app.services.agents.touch(&hostname) {
         Ok(state) => {
+            if let Some(exchange) = req.clock
+                && !app.services.agents.add_clock_exchange(&hostname, exchange)
+            {
+                tracing::debug!(agent = %hostname, ?exchange, "impossible clock exchange ignored");
+            }
             app.services
                 .faults
                 .set_inventory(&hostname, req.interfaces, req.dm_devices);
             app.metrics.heartbeats.with_label_values(&["ok"]).inc();
-            Ok(Json(HeartbeatResponse { state }))
+            // t3: as late as possible, just before the answer is serialized.
+            Ok(Json(HeartbeatResponse {
+                state,
+                received_ms: Some(received_ms),
+                sent_ms: Some(now_ms()),
+            }))
         }
         Err(e) => {
             app.metrics.heartbeats.with_label_values(&["unknown_agent"]).inc();

@@ -3,9 +3,9 @@
 use axum::routing::get;
 use axum::{Json, Router};
 use graydar_common::api::{
-    AgentInfo, AgentList, AgentState, ApiError, BatchResponse, Capabilities, Evidence, Finding, FindingDetail,
-    FindingKind, FindingList, FindingState, FindingTransition, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
-    RegisterResponse, Severity, TransitionBatch, TransitionKind, TransitionRecord,
+    AgentInfo, AgentList, AgentState, ApiError, BatchResponse, Capabilities, ClockExchange, ClockOffsetInfo, Evidence,
+    Finding, FindingDetail, FindingKind, FindingList, FindingState, FindingTransition, HeartbeatRequest,
+    HeartbeatResponse, RegisterRequest, RegisterResponse, Severity, TransitionBatch, TransitionKind, TransitionRecord,
 };
 use utoipa::OpenApi;
 
@@ -119,8 +119,8 @@ impl utoipa::Modify for BearerAuth {
     paths(health::healthz, health::readyz, health::metrics, agents::register, agents::heartbeat, agents::reset_credential, findings::transitions,
         agents::list_agents, agents::get_agent, findings::list_findings, findings::get_finding, openapi),
     components(schemas(
-        ApiError, AgentInfo, AgentList, AgentState, Capabilities, RegisterRequest, RegisterResponse, HeartbeatRequest,
-        HeartbeatResponse, TransitionBatch, FindingTransition, TransitionKind, BatchResponse, Finding, FindingKind,
+        ApiError, AgentInfo, AgentList, AgentState, Capabilities, ClockOffsetInfo, RegisterRequest, RegisterResponse,
+        HeartbeatRequest, ClockExchange, HeartbeatResponse, TransitionBatch, FindingTransition, TransitionKind, BatchResponse, Finding, FindingKind,
         Severity, FindingState, Evidence, FindingList, FindingDetail, TransitionRecord
     )),
     modifiers(&BearerAuth)

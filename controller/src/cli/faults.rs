@@ -300,11 +300,12 @@ pub fn fault_text(f: &FaultInfo) -> String {
                 a.agent.clone(),
                 a.state.as_str().to_owned(),
                 a.updated_at.to_string(),
+                a.agent_at.map_or_else(|| "-".into(), |t| t.to_string()),
                 a.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    for l in table(&["AGENT", "STATE", "UPDATED", "REASON"], &rows).lines() {
+    for l in table(&["AGENT", "STATE", "UPDATED", "AGENT TIME", "REASON"], &rows).lines() {
         out.push_str(&format!("  {l}\n"));
     }
     for a in f.agents.iter().filter(|a| !a.operations.is_empty()) {

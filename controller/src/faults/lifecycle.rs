@@ -262,6 +262,7 @@ impl FaultService {
                             reason: None,
                             operations: Vec::new(),
                             updated_ms: now,
+                            agent_at_ms: None,
                         },
                     )
                 })
@@ -562,6 +563,7 @@ impl FaultService {
                             st.reason = u.reason.clone();
                             st.operations = u.operations.clone();
                             st.updated_ms = now;
+                            st.agent_at_ms = u.at.map(Timestamp::unix_ms);
                             accepted.push(u);
                         }
                         None => ignored += 1,
@@ -726,6 +728,7 @@ mod tests {
             last_seen: Timestamp::UNIX_EPOCH,
             state: AgentState::Healthy,
             firing_findings: 0,
+            clock: None,
         }
     }
 

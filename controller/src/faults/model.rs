@@ -89,6 +89,7 @@ impl Fault {
                         reason,
                         operations: s.operations.clone(),
                         updated_at: Timestamp::from_unix_ms(s.updated_ms),
+                        agent_at: s.agent_at_ms.map(Timestamp::from_unix_ms),
                     }
                 })
                 .collect(),

@@ -218,6 +218,7 @@ mod tests {
             last_seen: Timestamp::UNIX_EPOCH,
             state: AgentState::Healthy,
             firing_findings: 0,
+            clock: None,
         }
     }
 
@@ -258,6 +259,7 @@ mod tests {
                             reason: None,
                             operations: vec![],
                             updated_ms: 0,
+                            agent_at_ms: None,
                         },
                     )
                 })

@@ -227,6 +227,7 @@ mod tests {
             last_seen: Timestamp::from_unix_ms(0),
             state,
             firing_findings: 0,
+            clock: None,
         }
     }
 
@@ -297,10 +298,10 @@ mod tests {
 
     #[test]
     fn preflight_refuses_the_lever_the_radius_unhealthy_agents_missing_capabilities_and_firing_findings() {
-        let s = spec(&format!(
-            "{BASE}targets:\n  a: {{agents: [h8, h9]}}\nsafety: {{max_duration: 5m, max_targets: 1}}\n\
-             steps:\n  - {{id: f, fault: {{target: a, duration: 10s, spec: {{kind: netem, interface: eth0, netem: {{delay: 10ms}}}}}}}}\n"
-        ));
+        let s = spec(
+            "name: g\nhypothesis: h\ntargets:\n  a: {agents: [h8, h9]}\nsafety: {max_duration: 5m, max_targets: 1}\n\
+             steps:\n  - {id: f, fault: {target: a, duration: 10s, spec: {kind: netem, interface: eth0, netem: {delay_ms: 10}}}}\n",
+        );
         let agents = fleet();
         let groups = resolve_groups(&s, &agents, 1).expect("groups");
         let firing = [Finding {

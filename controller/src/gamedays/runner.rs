@@ -266,7 +266,10 @@ impl Driver {
                 }
                 pa.reason.clone_from(&a.reason);
                 match a.state {
-                    FaultState::Active if pa.applied_at.is_none() => pa.applied_at = Some(a.updated_at),
+                    FaultState::Active if pa.applied_at.is_none() => {
+                        pa.applied_at = Some(a.updated_at);
+                        pa.agent_applied_at = a.agent_at;
+                    }
                     FaultState::Reverted if pa.reverted_at.is_none() => pa.reverted_at = Some(a.updated_at),
                     FaultState::Failed if failed.is_none() => {
                         failed = Some(format!(
@@ -322,14 +325,26 @@ impl Driver {
         failed
     }
 
-    /// The step's fault apply time on the controller's clock: the earliest
-    /// confirmation of its agents.
-    fn apply_ms(info: &RunInfo, step: &str) -> Option<i64> {
-        info.step(step)?
-            .per_agent
-            .values()
-            .filter_map(|p| ms(p.applied_at))
-            .min()
+    /// The step's fault apply time on the controller's clock, the earliest
+    /// of its agents': each agent's own time of the apply put on the
+    /// controller's clock (its estimated offset) when both are known, else
+    /// when the controller received the agent's confirmation (later than
+    /// the apply by the report's trip; an upper bound). With the uncertainty
+    /// of the offset used.
+    fn apply_ms(&mut self, step: &str) -> Option<(i64, f64)> {
+        let per_agent = lock(&self.live.info).step(step)?.per_agent.clone();
+        let mut best: Option<(i64, f64)> = None;
+        for (host, p) in per_agent {
+            let Some(received) = ms(p.applied_at) else { continue };
+            let t = match (p.agent_applied_at, self.offset(&host)) {
+                (Some(at), Some(o)) => (o.to_controller(at.unix_ms()).round() as i64, o.uncertainty_ms),
+                _ => (received, 0.0),
+            };
+            if best.is_none_or(|b| t.0 < b.0) {
+                best = Some(t);
+            }
+        }
+        best
     }
 
     /// Reads the findings since the run started: detections, clears,
@@ -366,6 +381,14 @@ impl Driver {
                 None => (t.unix_ms() as f64, 0.0),
             }
         };
+        let applies: HashMap<String, (i64, f64)> = info
+            .steps
+            .iter()
+            .map(|s| s.id.clone())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|id| self.apply_ms(&id).map(|a| (id, a)))
+            .collect();
         let mut new_unexpected = Vec::new();
         let mut changes: Vec<(usize, graydar_common::gameday::run::Detection)> = Vec::new();
         for (i, det) in info.detections.iter().enumerate() {
@@ -384,11 +407,9 @@ impl Driver {
             };
             let mut d = det.clone();
             if matches!(d.state, DetectionState::Pending | DetectionState::Missed) {
-                let (Some(created), Some(apply)) = (ms(step.started_at), Self::apply_ms(&info, &det.step)) else {
+                let (Some(created), Some(&(apply, apply_unc))) = (ms(step.started_at), applies.get(&det.step)) else {
                     continue;
                 };
-                // The applying agent's confirmation is on the controller's
-                // clock already (when it received the report).
                 let first = findings
                     .iter()
                     .filter(|f| detect_matches(rule, &groups, &det.host, f))
@@ -405,7 +426,7 @@ impl Driver {
                     d.subject = Some(f.subject.clone());
                     d.fired_at = Some(f.since);
                     d.time_to_detect_ms = Some(ttd);
-                    d.uncertainty_ms = offsets.get(&f.host).copied().flatten().map(|_| unc);
+                    d.uncertainty_ms = offsets.get(&f.host).copied().flatten().map(|_| unc + apply_unc);
                     d.upper_bound_ms = Some(now - created);
                     d.state = if ttd <= d.within_ms as f64 {
                         DetectionState::Detected

@@ -142,7 +142,11 @@ pub struct FaultAgentRecord {
     pub state: FaultState,
     pub reason: Option<String>,
     pub operations: Vec<String>,
+    /// When the controller last heard about it (its clock).
     pub updated_ms: i64,
+    /// When the agent made the reported change, on the agent's clock (ms
+    /// since the Unix epoch); `None` until it reports, or when it does not say.
+    pub agent_at_ms: Option<i64>,
 }
 
 /// A fault with its per-agent states.

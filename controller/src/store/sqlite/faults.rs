@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use graydar_common::fault_api::FaultStatusUpdate;
 use graydar_common::faults::FaultSpec;
+use graydar_common::timestamp::Timestamp;
 use sqlx::sqlite::Sqlite;
 use sqlx::{QueryBuilder, Row as _};
 
@@ -53,7 +54,7 @@ async fn load_faults(s: &SqliteStore, which: FaultSelection<'_>) -> Result<Vec<F
         return Ok(faults);
     }
     let mut q = QueryBuilder::new(
-        "SELECT fault_id, agent, state, reason, operations, updated_ms FROM fault_agents \
+        "SELECT fault_id, agent, state, reason, operations, updated_ms, agent_at_ms FROM fault_agents \
          WHERE fault_id IN (SELECT id FROM faults WHERE ",
     );
     push_selection(&mut q, which);
@@ -74,6 +75,7 @@ async fn load_faults(s: &SqliteStore, which: FaultSelection<'_>) -> Result<Vec<F
                     reason: r.try_get("reason")?,
                     operations: parse_json("fault operations", &r.try_get::<String, _>("operations")?)?,
                     updated_ms: r.try_get("updated_ms")?,
+                    agent_at_ms: r.try_get("agent_at_ms")?,
                 },
             );
         }
@@ -100,7 +102,8 @@ async fn insert_fault(s: &SqliteStore, f: &FaultRecord) -> Result<(), StoreError
     .await?;
     for (agent, s) in &f.agents {
         sqlx::query(
-            "INSERT INTO fault_agents (fault_id, agent, state, reason, operations, updated_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO fault_agents (fault_id, agent, state, reason, operations, updated_ms, agent_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&f.id)
         .bind(agent)
@@ -108,6 +111,7 @@ async fn insert_fault(s: &SqliteStore, f: &FaultRecord) -> Result<(), StoreError
         .bind(s.reason.as_deref())
         .bind(json(&s.operations))
         .bind(s.updated_ms)
+        .bind(s.agent_at_ms)
         .execute(&mut *tx)
         .await?;
     }
@@ -155,12 +159,14 @@ async fn update_fault_states(
     let mut stored = 0;
     for u in updates {
         stored += sqlx::query(
-            "UPDATE fault_agents SET state = ?, reason = ?, operations = ?, updated_ms = ? WHERE fault_id = ? AND agent = ?",
+            "UPDATE fault_agents SET state = ?, reason = ?, operations = ?, updated_ms = ?, agent_at_ms = ? \
+             WHERE fault_id = ? AND agent = ?",
         )
         .bind(u.state.as_str())
         .bind(u.reason.as_deref())
         .bind(json(&u.operations))
         .bind(now_ms)
+        .bind(u.at.map(Timestamp::unix_ms))
         .bind(&u.id)
         .bind(agent)
         .execute(&mut *tx)

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (7, "gamedays", include_str!("../../../migrations/0007_gamedays.sql")),
     (
+        8,
+        "fault_agent_time",
+        include_str!("../../../migrations/0008_fault_agent_time.sql"),
+    ),
+    (
         9,
         "gameday_runs",
         include_str!("../../../migrations/0009_gameday_runs.sql"),
