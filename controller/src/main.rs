@@ -104,7 +104,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let (flusher, fault_expirer) = app.services.spawn_background(stop_rx.clone());
+    let (flusher, background) = app.services.spawn_background(stop_rx.clone());
 
     let server = match tls {
         Some(tls) => {
@@ -142,7 +142,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "http task"),
     }
     let _ = flusher.await;
-    fault_expirer.abort();
+    for task in background {
+        task.abort();
+    }
     app.services.close().await;
     tracing::info!("stopped");
     Ok(())

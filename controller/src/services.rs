@@ -36,7 +36,7 @@ pub struct Services {
     pub findings: FindingService,
     pub faults: Arc<FaultService>,
     pub paths: PathService,
-    pub gamedays: GameDayService,
+    pub gamedays: Arc<GameDayService>,
     store: Arc<dyn Store>,
 }
 
@@ -57,7 +57,7 @@ impl Services {
         let paths = PathService::open(agents.clone(), store.clone())
             .await
             .map_err(OpenError::Paths)?;
-        let gamedays = GameDayService::new(store.clone(), agents.clone(), faults.clone());
+        let gamedays = Arc::new(GameDayService::new(store.clone(), agents.clone(), faults.clone()));
         let interrupted = gamedays.recover().await.map_err(OpenError::GameDays)?;
         if interrupted > 0 {
             tracing::warn!(
@@ -90,12 +90,13 @@ impl Services {
     }
 
     /// The background tasks: agents' last-seen times written every
-    /// [`FLUSH_INTERVAL`] until `stop` changes, faults expired every second.
-    /// Returns the flusher (await it after `stop`) and the expirer (abort it).
+    /// [`FLUSH_INTERVAL`] until `stop` changes, faults expired every second,
+    /// scheduled game days started. Returns the flusher (await it after
+    /// `stop`) and the others (abort them).
     pub fn spawn_background(
         &self,
         mut stop: tokio::sync::watch::Receiver<bool>,
-    ) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    ) -> (tokio::task::JoinHandle<()>, Vec<tokio::task::JoinHandle<()>>) {
         let agents = self.agents.clone();
         let flusher = tokio::spawn(async move {
             let mut tick = tokio::time::interval(FLUSH_INTERVAL);
@@ -110,6 +111,7 @@ impl Services {
             }
         });
         let expirer = crate::faults::spawn_expirer(Arc::downgrade(&self.faults));
-        (flusher, expirer)
+        let scheduler = self.gamedays.spawn_scheduler();
+        (flusher, vec![expirer, scheduler])
     }
 }

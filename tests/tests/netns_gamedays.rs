@@ -34,9 +34,30 @@ impl Fleet {
             b: NetNs::new(&format!("{prefix}b")),
             net,
         };
-        veth_pair(&f.c, "ca", &format!("10.{net}.1.1/24"), &f.a, "ac", &format!("10.{net}.1.2/24"));
-        veth_pair(&f.c, "cb", &format!("10.{net}.2.1/24"), &f.b, "bc", &format!("10.{net}.2.2/24"));
-        veth_pair(&f.a, "ab", &format!("10.{net}.3.1/24"), &f.b, "ba", &format!("10.{net}.3.2/24"));
+        veth_pair(
+            &f.c,
+            "ca",
+            &format!("10.{net}.1.1/24"),
+            &f.a,
+            "ac",
+            &format!("10.{net}.1.2/24"),
+        );
+        veth_pair(
+            &f.c,
+            "cb",
+            &format!("10.{net}.2.1/24"),
+            &f.b,
+            "bc",
+            &format!("10.{net}.2.2/24"),
+        );
+        veth_pair(
+            &f.a,
+            "ab",
+            &format!("10.{net}.3.1/24"),
+            &f.b,
+            "ba",
+            &format!("10.{net}.3.2/24"),
+        );
         f
     }
 
@@ -74,7 +95,11 @@ resolve_windows = 5
         )
     }
 
-    fn start<'t>(&'t self, data: &Path, tokens: &Tokens) -> (ControllerProcess<'t>, AgentProcess<'t>, AgentProcess<'t>) {
+    fn start<'t>(
+        &'t self,
+        data: &Path,
+        tokens: &Tokens,
+    ) -> (ControllerProcess<'t>, AgentProcess<'t>, AgentProcess<'t>) {
         let ctl = ControllerProcess::start(Some(&self.c), data, tokens);
         let a_addr = format!("10.{}.3.1", self.net);
         let a = AgentProcess::start(
@@ -174,7 +199,10 @@ fn wait_quiet(ctl: &ControllerProcess, tokens: &Tokens) {
 
 /// Runs `file` with `--watch`; its run document and the CLI's output.
 fn run_watched(ctl: &ControllerProcess, tokens: &Tokens, file: &Path, name: &str) -> (RunInfo, Output) {
-    let out = ctl.cli(&tokens.operator, &["gameday", "apply", "-f", file.to_str().expect("utf-8")]);
+    let out = ctl.cli(
+        &tokens.operator,
+        &["gameday", "apply", "-f", file.to_str().expect("utf-8")],
+    );
     assert!(out.status.success(), "apply: {}", text(&out));
     let out = ctl.cli(&tokens.operator, &["gameday", "run", name, "--watch"]);
     let list = ctl.cli_json(&tokens.viewer, &["gameday", "runs", "--gameday", name]);
@@ -198,7 +226,10 @@ fn a_blackhole_game_day_passes_a_tight_deadline_is_a_detection_gap_and_an_abort_
 
     // A dry run names the route the agent would add, and adds nothing.
     let file = write_spec(data.path(), "bh", &fleet.spec("bh", "25s", EXPECT_10S, ""));
-    let out = ctl.cli(&tokens.operator, &["gameday", "apply", "-f", file.to_str().expect("utf-8")]);
+    let out = ctl.cli(
+        &tokens.operator,
+        &["gameday", "apply", "-f", file.to_str().expect("utf-8")],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let dry: RunInfo = serde_json::from_value(ctl.cli_json(&tokens.operator, &["gameday", "run", "bh", "--dry-run"]))
         .expect("dry run");
@@ -219,7 +250,11 @@ fn a_blackhole_game_day_passes_a_tight_deadline_is_a_detection_gap_and_an_abort_
         d.uncertainty_ms, d.upper_bound_ms, d.time_to_clear_ms
     );
     assert!((0.0..=10_000.0).contains(&ttd), "{d:?}");
-    assert!(d.uncertainty_ms.is_some(), "both clocks' offsets known: {:?}", run.clocks);
+    assert!(
+        d.uncertainty_ms.is_some(),
+        "both clocks' offsets known: {:?}",
+        run.clocks
+    );
     assert!(
         watched.contains("asymmetric_connectivity detected") && watched.contains("passed"),
         "--watch shows the detection and the verdict: {watched}"
@@ -230,7 +265,10 @@ fn a_blackhole_game_day_passes_a_tight_deadline_is_a_detection_gap_and_an_abort_
     assert!(!fleet.blackholes().contains(&fleet.b_mesh()), "{}", fleet.blackholes());
     let md = ctl.cli(&tokens.viewer, &["gameday", "report", &run.id]);
     let md = String::from_utf8_lossy(&md.stdout);
-    assert!(md.contains("## Detection matrix") && md.contains("| detected |"), "{md}");
+    assert!(
+        md.contains("## Detection matrix") && md.contains("| detected |"),
+        "{md}"
+    );
 
     // 2. The same fault with a deadline nothing can meet: detection_gap, exit 3.
     wait_quiet(&ctl, &tokens);
@@ -254,7 +292,9 @@ fn a_blackhole_game_day_passes_a_tight_deadline_is_a_detection_gap_and_an_abort_
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert_eq!(run.outcome, Some(Outcome::Aborted), "{run:#?}");
     assert!(
-        run.reason.as_deref().is_some_and(|r| r.contains("abort.findings") && r.contains("asymmetric_connectivity")),
+        run.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("abort.findings") && r.contains("asymmetric_connectivity")),
         "{:?}",
         run.reason
     );
@@ -276,7 +316,10 @@ fn a_controller_killed_mid_run_ends_it_aborted_and_leaves_nothing_applied() {
     let (ctl, _a, _b) = fleet.start(data.path(), &tokens);
     let baseline = Baseline::take(&[&fleet.a, &fleet.b]);
     let file = write_spec(data.path(), "killed", &fleet.spec("killed", "2m", EXPECT_10S, ""));
-    let out = ctl.cli(&tokens.operator, &["gameday", "apply", "-f", file.to_str().expect("utf-8")]);
+    let out = ctl.cli(
+        &tokens.operator,
+        &["gameday", "apply", "-f", file.to_str().expect("utf-8")],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let started = ctl.cli_json(&tokens.operator, &["gameday", "run", "killed"]);
     let id = started["id"].as_str().expect("run id").to_owned();
@@ -290,7 +333,12 @@ fn a_controller_killed_mid_run_ends_it_aborted_and_leaves_nothing_applied() {
     assert_eq!(run.outcome, Some(Outcome::Aborted), "{run:#?}");
     assert_eq!(run.reason.as_deref(), Some("controller restarted"));
     let step = run.step("blackhole").expect("step");
-    assert!(step.reason.as_deref().is_some_and(|r| r.contains("controller restarted")), "{step:?}");
+    assert!(
+        step.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("controller restarted")),
+        "{step:?}"
+    );
     wait_until(Duration::from_secs(30), "the blackhole reverted on A", || {
         (!fleet.blackholes().contains(&fleet.b_mesh())).then_some(())
     });

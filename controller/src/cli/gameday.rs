@@ -38,6 +38,8 @@ pub enum GameDayCmd {
     List,
     /// One stored game day (its spec as JSON).
     Get { name: String },
+    /// Delete a stored game day (operator token); its runs stay.
+    Delete { name: String },
     /// Start a run of a stored game day (operator token). With --watch,
     /// follow it to its end; the exit status is 3 when it did not pass.
     Run {
@@ -132,6 +134,15 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
                 .get(&format!("/api/v1/gamedays/{}", encode_segment(name)))
                 .map_err(CliError::Fault)?;
             Ok(json(&info))
+        }
+        GameDayCmd::Delete { name } => {
+            client
+                .delete::<()>(&format!("/api/v1/gamedays/{}", encode_segment(name)))
+                .map_err(CliError::Fault)?;
+            Ok(match output {
+                Output::Json => json(&serde_json::json!({"deleted": name})),
+                Output::Table => format!("game day {name} deleted\n"),
+            })
         }
         GameDayCmd::Run {
             name,

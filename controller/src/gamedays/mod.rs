@@ -9,6 +9,7 @@
 
 mod preflight;
 mod runner;
+mod scheduler;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -79,12 +80,22 @@ impl Ctx {
         self.agents.clock_offset(host)
     }
 
-    /// A run's task ended it: counted, forgotten from memory, old history pruned.
-    fn finished(&self, info: &RunInfo) {
+    /// A run's task ended it: counted, forgotten from memory, old history
+    /// of a scheduled game day pruned to its `history_limit`.
+    async fn finished(&self, info: &RunInfo) {
         if let Some(o) = info.outcome {
             self.runs_total.with_label_values(&[&info.gameday, o.as_str()]).inc();
         }
         lock(&self.live).remove(&info.id);
+        if let Some(s) = &info.spec.schedule {
+            match self.store.prune_runs(&info.gameday, s.history_limit).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(gameday = %info.gameday, pruned = n, "old runs pruned (schedule.history_limit)")
+                }
+                Err(e) => tracing::warn!(gameday = %info.gameday, error = %e, "pruning old runs"),
+            }
+        }
         tracing::info!(run = %info.id, gameday = %info.gameday, outcome = ?info.outcome, reason = ?info.reason, "game-day run ended");
     }
 }
@@ -505,6 +516,61 @@ impl GameDayService {
             .get(id)
             .filter(|l| !lock(&l.info).is_finished())
             .cloned()
+    }
+
+    /// The run of `name` in progress, if any.
+    fn live_run_of(&self, name: &str) -> Option<String> {
+        lock(&self.ctx.live)
+            .values()
+            .map(|l| lock(&l.info).clone())
+            .find(|i| i.gameday == name && !i.is_finished())
+            .map(|i| i.id)
+    }
+
+    /// Stores a scheduled start that was skipped, as a cancelled run saying why.
+    async fn record_skipped(&self, name: &str, reason: &str) -> Result<(), GameDayError> {
+        let def = self.get(name).await?;
+        let now = Timestamp::now();
+        let mut info = RunInfo {
+            id: new_run_id(),
+            gameday: name.to_owned(),
+            steps: runner::initial_steps(&def.spec, &Default::default()),
+            spec: def.spec,
+            dry_run: false,
+            trigger: "schedule".into(),
+            state: RunState::Completed,
+            outcome: Some(Outcome::Cancelled),
+            reason: Some(reason.to_owned()),
+            seed: 0,
+            targets: Default::default(),
+            preflight: Vec::new(),
+            detections: Vec::new(),
+            unexpected: Vec::new(),
+            verdicts: None,
+            clocks: Default::default(),
+            timeline: Vec::new(),
+            created_at: now,
+            started_at: None,
+            ended_at: Some(now),
+            updated_at: now,
+        };
+        for s in &mut info.steps {
+            s.state = StepState::Skipped;
+        }
+        info.verdicts = Some(info.compute_verdicts());
+        event(&mut info, None, None, reason.to_owned());
+        self.store.insert_run(&record(&info)).await?;
+        self.ctx
+            .runs_total
+            .with_label_values(&[name, Outcome::Cancelled.as_str()])
+            .inc();
+        tracing::info!(gameday = %name, %reason, "scheduled start skipped");
+        Ok(())
+    }
+
+    /// Starts the scheduler (scheduled game days; see `scheduler.rs`).
+    pub fn spawn_scheduler(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        scheduler::spawn(Arc::downgrade(self))
     }
 
     /// Aborts every run in progress (the safety lever); how many.

@@ -861,7 +861,7 @@ impl Driver {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let info = self.snapshot();
-        self.ctx.finished(&info);
+        self.ctx.finished(&info).await;
     }
 }
 
