@@ -82,7 +82,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(t) => Some(tls_config(&t.cert, &t.key)?),
         None => None,
     };
-    let services = Services::open(Arc::new(store), liveness, cfg.faults).await?;
+    let services = Services::open_with(Arc::new(store), liveness, cfg.faults, cfg.prometheus.clone()).await?;
     let metrics = Metrics::for_services(&services);
     let app = Arc::new(AppState {
         services,

@@ -9,6 +9,7 @@ use crate::agents::{AgentError, AgentService, Liveness};
 use crate::faults::{FaultConfig, FaultError, FaultService};
 use crate::findings::FindingService;
 use crate::gamedays::GameDayService;
+use crate::gamedays::promql::PrometheusConfig;
 use crate::paths::PathService;
 use crate::store::Store;
 pub use crate::store::StoreError;
@@ -41,8 +42,18 @@ pub struct Services {
 }
 
 impl Services {
-    /// Loads the agents and the live faults from `store`.
+    /// Loads the agents and the live faults from `store` (no Prometheus).
     pub async fn open(store: Arc<dyn Store>, liveness: Liveness, faults: FaultConfig) -> Result<Services, OpenError> {
+        Services::open_with(store, liveness, faults, None).await
+    }
+
+    /// [`Services::open`] with the Prometheus game days ask (`[prometheus]`).
+    pub async fn open_with(
+        store: Arc<dyn Store>,
+        liveness: Liveness,
+        faults: FaultConfig,
+        prometheus: Option<PrometheusConfig>,
+    ) -> Result<Services, OpenError> {
         let agents = Arc::new(
             AgentService::open(store.clone(), liveness)
                 .await
@@ -57,7 +68,12 @@ impl Services {
         let paths = PathService::open(agents.clone(), store.clone())
             .await
             .map_err(OpenError::Paths)?;
-        let gamedays = Arc::new(GameDayService::new(store.clone(), agents.clone(), faults.clone()));
+        let gamedays = Arc::new(GameDayService::new(
+            store.clone(),
+            agents.clone(),
+            faults.clone(),
+            prometheus,
+        ));
         let interrupted = gamedays.recover().await.map_err(OpenError::GameDays)?;
         if interrupted > 0 {
             tracing::warn!(

@@ -9,4 +9,5 @@ pub mod faults;
 pub mod netns;
 pub mod orphans;
 pub mod prom;
+pub mod prometheus_server;
 pub mod topology;

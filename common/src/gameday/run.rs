@@ -320,6 +320,21 @@ pub struct Detection {
     pub time_to_clear_ms: Option<f64>,
 }
 
+/// An expected alert (`expect.alerts`): Prometheus' `ALERTS{alertname,
+/// alertstate="firing"}` must appear within `within_ms` of the fault's apply.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertCheck {
+    pub step: String,
+    pub alertname: String,
+    pub within_ms: u64,
+    pub state: DetectionState,
+    /// From the fault's apply to the first query that saw it firing
+    /// (controller clock; at most one query interval late).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_after_ms: Option<f64>,
+}
+
 /// A finding that fired on a run's target host while the run was going and
 /// matched no expectation: a false positive or collateral damage.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -399,6 +414,9 @@ pub struct RunInfo {
     pub preflight: Vec<PreflightCheck>,
     pub steps: Vec<StepRun>,
     pub detections: Vec<Detection>,
+    /// Expected alerts (when the spec has `expect.alerts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<AlertCheck>,
     pub unexpected: Vec<UnexpectedFinding>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdicts: Option<Verdicts>,
@@ -424,12 +442,13 @@ impl RunInfo {
     }
 
     /// The verdicts from the detections and the outcome: detection passes
-    /// when every expectation was detected in time (none late, missed or
-    /// not run); safety when the run was neither aborted, failed nor
+    /// when every expectation (finding or alert) was met in time (none
+    /// late, missed or not run) and cleared in time; safety when the run was neither aborted, failed nor
     /// cancelled.
     pub fn compute_verdicts(&self) -> Verdicts {
         let detection = if self.detections.iter().all(|d| d.state == DetectionState::Detected)
             && self.detections.iter().all(|d| d.clear != Some(ClearState::NotCleared))
+            && self.alerts.iter().all(|a| a.state == DetectionState::Detected)
         {
             Verdict::Pass
         } else {

@@ -13,6 +13,7 @@ mod faults;
 pub use faults::{FaultConfig, FaultConfigError, FaultsSection};
 
 use crate::auth::{TokenError, Tokens};
+use crate::gamedays::promql::PrometheusConfig;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8477";
 /// Largest request body accepted by default (413 beyond).
@@ -47,6 +48,9 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax) [default: info].
     #[arg(long, env = "GRAYDAR_LOG")]
     pub log_level: Option<String>,
+    /// Base URL of the Prometheus game days ask (PromQL checks and aborts, expected alerts).
+    #[arg(long, env = "GRAYDAR_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
     /// Print the effective configuration (tokens redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -74,6 +78,19 @@ pub struct FileConfig {
     /// `[faults]`: blast radius, maximum duration, lease TTL.
     #[serde(default)]
     pub faults: Option<FaultsSection>,
+    /// `[prometheus]`: what game days ask.
+    #[serde(default)]
+    pub prometheus: Option<PrometheusSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusSection {
+    /// Base URL (`http://prometheus:9090`).
+    pub url: String,
+    /// Per query (default 5s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +112,7 @@ pub struct Config {
     pub lost_after: Duration,
     pub max_body_bytes: usize,
     pub faults: FaultConfig,
+    pub prometheus: Option<PrometheusConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +153,23 @@ pub enum ConfigError {
     HeartbeatInterval,
     #[error(transparent)]
     Faults(#[from] FaultConfigError),
+    #[error("prometheus url: {0:?} is not an http:// or https:// URL")]
+    PrometheusUrl(String),
+}
+
+/// `--prometheus-url` (or its variable) over `[prometheus] url`.
+fn prometheus(flag: Option<String>, file: Option<PrometheusSection>) -> Result<Option<PrometheusConfig>, ConfigError> {
+    let timeout = file.as_ref().and_then(|f| f.timeout).unwrap_or(Duration::from_secs(5));
+    let Some(url) = flag.or(file.map(|f| f.url)) else {
+        return Ok(None);
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        return Err(ConfigError::PrometheusUrl(url));
+    }
+    Ok(Some(PrometheusConfig {
+        url: url.trim_end_matches('/').to_owned(),
+        timeout,
+    }))
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
@@ -210,6 +245,7 @@ impl Config {
             lost_after,
             max_body_bytes: file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
             faults: file.faults.unwrap_or_default().resolve()?,
+            prometheus: prometheus(cli.prometheus_url.clone(), file.prometheus)?,
         })
     }
 }

@@ -8,6 +8,7 @@
 //!   `aborted: controller restarted` and its faults are ended.
 
 mod preflight;
+pub mod promql;
 mod runner;
 mod scheduler;
 
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use graydar_common::clock::Offset;
-use graydar_common::gameday::run::{Outcome, RunInfo, RunState, RunSummary, StartRun, StepState};
+use graydar_common::gameday::run::{Outcome, PreflightCheck, RunInfo, RunState, RunSummary, StartRun, StepState};
 use graydar_common::gameday::{Action, GameDayInfo, GameDaySpec, Limits};
 use graydar_common::timestamp::Timestamp;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
@@ -26,6 +27,7 @@ use crate::agents::AgentService;
 use crate::faults::FaultService;
 use crate::store::{FindingFilter, GameDayRecord, RunFilter, RunRecord, Store, StoreError};
 use crate::timefmt::now_ms;
+use promql::PrometheusConfig;
 use runner::{Command, LiveRun, event, lock};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,8 @@ pub(crate) struct Ctx {
     live: Mutex<HashMap<String, Arc<LiveRun>>>,
     detect_seconds: HistogramVec,
     runs_total: IntCounterVec,
+    /// `[prometheus]`: PromQL checks, PromQL aborts, expected alerts.
+    prometheus: Option<PrometheusConfig>,
 }
 
 impl Ctx {
@@ -123,6 +127,39 @@ fn decode_run(r: &RunRecord) -> Result<RunInfo, GameDayError> {
     })
 }
 
+/// `preflight.promql[i]`: holds when the query answers at least one sample
+/// and every sample satisfies `sample op value` (no sample fails: a
+/// misspelt metric must not pass a preflight).
+async fn promql_check(p: &PrometheusConfig, i: usize, c: &graydar_common::gameday::PromCheck) -> PreflightCheck {
+    let what = format!("{} {} {}", c.expr, c.op.symbol(), c.value);
+    let (ok, detail) = match p.query(&c.expr).await {
+        Err(e) => (false, format!("{what}: {e}")),
+        Ok(samples) if samples.is_empty() => (false, format!("{what}: the query returned no sample")),
+        Ok(samples) => {
+            let bad: Vec<String> = samples
+                .iter()
+                .filter(|s| !promql::compare(s.value, c.op, c.value))
+                .map(|s| format!("{} = {}", labels_text(&s.labels), s.value))
+                .collect();
+            if bad.is_empty() {
+                (true, format!("{what}: {} sample(s) hold", samples.len()))
+            } else {
+                (false, format!("{what}: {}", bad.join(", ")))
+            }
+        }
+    };
+    PreflightCheck {
+        check: format!("promql[{i}]"),
+        ok,
+        detail,
+    }
+}
+
+fn labels_text(l: &std::collections::BTreeMap<String, String>) -> String {
+    let inner: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
 fn new_run_id() -> String {
     format!("run-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
 }
@@ -136,7 +173,12 @@ pub struct GameDayService {
 impl GameDayService {
     /// `max_fault_duration`: the controller's `faults.max_duration`, the
     /// longest fault step a spec may have.
-    pub fn new(store: Arc<dyn Store>, agents: Arc<AgentService>, faults: Arc<FaultService>) -> GameDayService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        agents: Arc<AgentService>,
+        faults: Arc<FaultService>,
+        prometheus: Option<PrometheusConfig>,
+    ) -> GameDayService {
         let max_fault_duration = faults.config().max_duration;
         let detect_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -169,6 +211,7 @@ impl GameDayService {
                 live: Mutex::new(HashMap::new()),
                 detect_seconds,
                 runs_total,
+                prometheus,
             }),
             store,
         }
@@ -295,6 +338,7 @@ impl GameDayService {
             preflight: Vec::new(),
             steps: Vec::new(),
             detections: Vec::new(),
+            alerts: Vec::new(),
             unexpected: Vec::new(),
             verdicts: None,
             clocks: Default::default(),
@@ -339,9 +383,14 @@ impl GameDayService {
                         agents: &agents,
                         firing: &firing,
                         lever: lever.engaged.then(|| lever.reason.clone().unwrap_or_default()),
-                        prometheus: false,
+                        prometheus: self.ctx.prometheus.is_some(),
                     },
                 );
+                if let Some(p) = &self.ctx.prometheus {
+                    for (i, c) in spec.preflight.promql.iter().enumerate() {
+                        info.preflight.push(promql_check(p, i, c).await);
+                    }
+                }
                 let mut bad: Vec<String> = info
                     .preflight
                     .iter()
@@ -353,7 +402,7 @@ impl GameDayService {
                         .steps
                         .iter()
                         .any(|s| s.expect.as_ref().is_some_and(|e| !e.alerts.is_empty()));
-                if needs_prom {
+                if needs_prom && self.ctx.prometheus.is_none() {
                     bad.push("abort.promql and expect.alerts need a Prometheus: set [prometheus] url in the controller's configuration".into());
                 }
                 if let Some(s) = spec.steps.iter().find(|s| matches!(s.action(), Some(Action::Load(_)))) {
@@ -364,6 +413,7 @@ impl GameDayService {
         };
         info.steps = runner::initial_steps(&spec, &info.targets);
         info.detections = runner::initial_detections(&spec, &info.targets);
+        info.alerts = runner::initial_alerts(&spec);
         if req.dry_run {
             return Ok(self.dry_run(info, refusal, &agents).await);
         }
@@ -545,6 +595,7 @@ impl GameDayService {
             targets: Default::default(),
             preflight: Vec::new(),
             detections: Vec::new(),
+            alerts: Vec::new(),
             unexpected: Vec::new(),
             verdicts: None,
             clocks: Default::default(),

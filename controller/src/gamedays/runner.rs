@@ -101,7 +101,16 @@ struct Driver {
     seen: HashSet<(String, i64)>,
     started_ms: i64,
     dirty: bool,
+    /// When Prometheus was last asked (abort rules, alerts).
+    prom_asked: Option<Instant>,
+    /// Per `abort.promql` index: since when its query has returned samples.
+    prom_true_since: HashMap<usize, Instant>,
+    /// A Prometheus error was put on the timeline (once per run).
+    prom_error_told: bool,
 }
+
+/// How often a run asks Prometheus.
+const PROM_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Drives the run `live` (state `preflight`, preflight passed, stored) to its end.
 pub async fn drive(ctx: Arc<Ctx>, live: Arc<LiveRun>, mut rx: mpsc::UnboundedReceiver<Command>) {
@@ -114,6 +123,9 @@ pub async fn drive(ctx: Arc<Ctx>, live: Arc<LiveRun>, mut rx: mpsc::UnboundedRec
         seen: HashSet::new(),
         started_ms: now_ms(),
         dirty: false,
+        prom_asked: None,
+        prom_true_since: HashMap::new(),
+        prom_error_told: false,
     };
     let deadline = Instant::now() + d.spec.safety.max_duration;
     d.update(|i| {
@@ -145,6 +157,9 @@ pub async fn drive(ctx: Arc<Ctx>, live: Arc<LiveRun>, mut rx: mpsc::UnboundedRec
         }
         if abort.is_none() {
             abort = d.observe_findings().await;
+        }
+        if abort.is_none() {
+            abort = d.observe_prometheus().await;
         }
         if abort.is_none() {
             abort = d.advance(resume).await;
@@ -566,6 +581,106 @@ impl Driver {
         abort
     }
 
+    /// Every [`PROM_INTERVAL`]: the abort rules' PromQL (abort when a query
+    /// has returned samples for its `for`) and the expected alerts.
+    async fn observe_prometheus(&mut self) -> Option<String> {
+        let Some(prom) = self.ctx.prometheus.clone() else {
+            return None;
+        };
+        if self.prom_asked.is_some_and(|t| t.elapsed() < PROM_INTERVAL) {
+            return None;
+        }
+        self.prom_asked = Some(Instant::now());
+        let mut errors = Vec::new();
+        for (i, rule) in self.spec.abort.promql.clone().into_iter().enumerate() {
+            match prom.query(&rule.expr).await {
+                Ok(samples) if !samples.is_empty() => {
+                    let since = *self.prom_true_since.entry(i).or_insert_with(Instant::now);
+                    let need = rule.for_.unwrap_or_default();
+                    if since.elapsed() >= need {
+                        return Some(format!(
+                            "abort.promql[{i}]: {} returned {} sample(s) for {}",
+                            rule.expr,
+                            samples.len(),
+                            humantime::format_duration(need)
+                        ));
+                    }
+                }
+                Ok(_) => {
+                    self.prom_true_since.remove(&i);
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let info = self.snapshot();
+        let now = now_ms();
+        let grace = dur_ms(self.ctx.report_grace);
+        let mut changes = Vec::new();
+        for (i, a) in info.alerts.iter().enumerate() {
+            if !matches!(a.state, DetectionState::Pending | DetectionState::Missed) {
+                continue;
+            }
+            let Some((apply, _)) = self.apply_ms(&a.step) else {
+                continue;
+            };
+            match prom.query(&super::promql::firing_alert(&a.alertname)).await {
+                Ok(samples) if !samples.is_empty() => {
+                    let after = (now - apply) as f64;
+                    let state = if after <= a.within_ms as f64 {
+                        DetectionState::Detected
+                    } else {
+                        DetectionState::Late
+                    };
+                    changes.push((i, state, Some(after)));
+                }
+                Ok(_)
+                    if a.state == DetectionState::Pending
+                        && now >= apply.saturating_add(i64::try_from(a.within_ms).unwrap_or(i64::MAX)) + grace =>
+                {
+                    changes.push((i, DetectionState::Missed, None));
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if !changes.is_empty() || (!errors.is_empty() && !self.prom_error_told) {
+            let told = self.prom_error_told;
+            self.update(|info| {
+                for (i, state, after) in changes {
+                    let a = &mut info.alerts[i];
+                    a.state = state;
+                    a.fired_after_ms = after;
+                    let msg = match after {
+                        Some(ms) => format!(
+                            "alert {} firing {:.1} s after the apply ({})",
+                            a.alertname,
+                            ms / 1000.0,
+                            if state == DetectionState::Detected {
+                                "in time"
+                            } else {
+                                "late"
+                            }
+                        ),
+                        None => format!(
+                            "alert {} not firing within {:.1} s",
+                            a.alertname,
+                            a.within_ms as f64 / 1000.0
+                        ),
+                    };
+                    let step = a.step.clone();
+                    event(info, Some(&step), None, msg);
+                }
+                if !errors.is_empty() && !told {
+                    event(info, None, None, format!("prometheus: {} (retried)", errors.join("; ")));
+                }
+            });
+            if !errors.is_empty() {
+                self.prom_error_told = true;
+            }
+        }
+        None
+    }
+
     /// Starts the steps whose `after` are done, ends waits, times gates.
     async fn advance(&mut self, resume: bool) -> Option<String> {
         if resume {
@@ -760,10 +875,13 @@ impl Driver {
                 event(i, None, None, "every step done: verifying detections and clears".into());
             });
         }
-        // Pending ones whose deadline has passed are decided by observe_findings.
-        info.detections
-            .iter()
-            .all(|d| !matches!(d.state, DetectionState::Pending) && d.clear != Some(ClearState::Pending))
+        // Pending ones whose deadline has passed are decided by
+        // observe_findings (and observe_prometheus for alerts).
+        info.alerts.iter().all(|a| a.state != DetectionState::Pending)
+            && info
+                .detections
+                .iter()
+                .all(|d| !matches!(d.state, DetectionState::Pending) && d.clear != Some(ClearState::Pending))
     }
 
     /// Ends the run early: stored as reverting first, then every fault of
@@ -841,6 +959,15 @@ impl Driver {
                 }
                 if d.clear == Some(ClearState::Pending) {
                     d.clear = Some(ClearState::NotCleared);
+                }
+            }
+            for a in &mut i.alerts {
+                if a.state == DetectionState::Pending {
+                    a.state = if ran.contains(&a.step) {
+                        DetectionState::Missed
+                    } else {
+                        DetectionState::NotRun
+                    };
                 }
             }
             i.state = RunState::Completed;
@@ -928,6 +1055,23 @@ pub fn initial_detections(
         }
     }
     out
+}
+
+/// The expected alerts as the run starts, pending.
+pub fn initial_alerts(spec: &GameDaySpec) -> Vec<graydar_common::gameday::run::AlertCheck> {
+    spec.steps
+        .iter()
+        .filter_map(|s| s.expect.as_ref().map(|e| (s, e)))
+        .flat_map(|(s, e)| {
+            e.alerts.iter().map(|a| graydar_common::gameday::run::AlertCheck {
+                step: s.id.clone(),
+                alertname: a.alertname.clone(),
+                within_ms: u64::try_from(a.within.as_millis()).unwrap_or(u64::MAX),
+                state: DetectionState::Pending,
+                fired_after_ms: None,
+            })
+        })
+        .collect()
 }
 
 /// When each step would start after the run's start, gates counted as
