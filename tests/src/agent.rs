@@ -23,6 +23,17 @@ use crate::netns::NetNs;
 pub const NS_PORT: u16 = 9477;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Inside the test VM (`GRAYDAR_VM=1`, software emulation) loading the eBPF
+/// probes alone takes tens of seconds.
+const VM_READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn ready_timeout() -> Duration {
+    if std::env::var("GRAYDAR_VM").as_deref() == Ok("1") {
+        VM_READY_TIMEOUT
+    } else {
+        READY_TIMEOUT
+    }
+}
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much of the agent's log a failing test prints.
 const LOG_TAIL_LINES: usize = 300;
@@ -128,7 +139,8 @@ impl<'ns> AgentProcess<'ns> {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let timeout = ready_timeout();
+        let deadline = Instant::now() + timeout;
         let mut last;
         loop {
             match self.child.try_wait() {
@@ -145,7 +157,7 @@ impl<'ns> AgentProcess<'ns> {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "graydar-agent not ready after {READY_TIMEOUT:?} (last /readyz: {last}); \
+                    "graydar-agent not ready after {timeout:?} (last /readyz: {last}); \
                      its log follows"
                 );
             }

@@ -7,6 +7,9 @@
 
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::netns::{require_root, run};
 
@@ -151,4 +154,45 @@ pub fn sync_calls(path: &Path, n: usize, data_only: bool) -> usize {
         }
     }
     ok
+}
+
+/// A paced writer: 4 KiB + fdatasync every `every` in `dir`, until dropped.
+pub struct SyncLoad {
+    stop: Arc<AtomicBool>,
+    /// Calls made so far.
+    pub calls: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SyncLoad {
+    pub fn start(dir: &Path, every: Duration) -> SyncLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicU64::new(0));
+        let (s, c) = (Arc::clone(&stop), Arc::clone(&calls));
+        let path = dir.join("wal");
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                sync_calls(&path, 1, true);
+                c.fetch_add(1, Ordering::Relaxed);
+                if let Some(rest) = every.checked_sub(t.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+        });
+        SyncLoad {
+            stop,
+            calls,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for SyncLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod deploy;
 pub mod fault_e2e;
 pub mod faults;
+pub mod gameday_fleet;
 pub mod netns;
 pub mod orphans;
 pub mod prom;

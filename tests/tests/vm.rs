@@ -335,7 +335,7 @@ fn kernel_has_what_the_vm_tier_is_for() {
 // Disk gray failures: dm-delay under ext4, a suspended device under
 // the fdatasync canary. Device-mapper exists only in the VM's kernel.
 
-use graydar_tests::blockdev::{DMSETUP, Ext4Mount, LoopDev, dev_numbers, dmsetup};
+use graydar_tests::blockdev::{DMSETUP, Ext4Mount, LoopDev, SyncLoad, dev_numbers, dmsetup};
 
 /// Loads what the disk tests need (busybox modprobe ignores softdeps, so
 /// crc32c first); built-in ones are fine too.
@@ -412,46 +412,6 @@ impl Drop for DmDev {
             .args(["remove", &self.name])
             .env("DM_DISABLE_UDEV", "1")
             .status();
-    }
-}
-
-/// A paced writer: 4 KiB + fdatasync every `every` in `dir`, until dropped.
-struct SyncLoad {
-    stop: Arc<AtomicBool>,
-    calls: Arc<AtomicU64>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl SyncLoad {
-    fn start(dir: &Path, every: Duration) -> SyncLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let calls = Arc::new(AtomicU64::new(0));
-        let (s, c) = (Arc::clone(&stop), Arc::clone(&calls));
-        let path = dir.join("wal");
-        let handle = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                graydar_tests::blockdev::sync_calls(&path, 1, true);
-                c.fetch_add(1, Ordering::Relaxed);
-                if let Some(rest) = every.checked_sub(t.elapsed()) {
-                    std::thread::sleep(rest);
-                }
-            }
-        });
-        SyncLoad {
-            stop,
-            calls,
-            handle: Some(handle),
-        }
-    }
-}
-
-impl Drop for SyncLoad {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 

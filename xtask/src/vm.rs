@@ -121,7 +121,7 @@ pub fn run_command_results(workspace: &Path, cache: &Path, cmd: &str, cpus: u32)
 pub const DEFAULT_CPUS: u32 = 2;
 
 /// Test targets of graydar-tests that run inside the VM (all `#[ignore]`d on the host).
-const VM_TEST_TARGETS: &[&str] = &["vm", "vm_faults", "vm_fault_safety", "vm_paths"];
+const VM_TEST_TARGETS: &[&str] = &["vm", "vm_faults", "vm_fault_safety", "vm_paths", "vm_gamedays"];
 
 /// Builds the guest tests (`VM_TEST_TARGETS`) and the agent, boots the VM and
 /// runs the tests inside with `GRAYDAR_VM=1` and `GRAYDAR_AGENT_BIN` set.

@@ -1,0 +1,188 @@
+//! VM tier for game days: the faults the host kernel cannot apply (netem,
+//! device-mapper), run as game days through the real controller, agents and
+//! CLI on Debian's kernel under QEMU (`cargo xtask vm --test vm_gamedays`;
+//! #[ignore]d on the host). Each run must end `passed`: graydar detected
+//! what the fault causes within the deadline, nothing unexpected fired, and
+//! the fault is gone from the kernel afterwards.
+//!
+//! The fleet is the netns tier's (tests/src/gameday_fleet.rs): C, A, B in
+//! namespaces, A and B probing each other over their own veth.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use graydar_common::api::FindingKind;
+use graydar_common::gameday::run::{DetectionState, Outcome, RunInfo, StepState, Verdict};
+use graydar_tests::blockdev::{Ext4Mount, SyncLoad};
+use graydar_tests::controller::Tokens;
+use graydar_tests::faults::{LinearOnLoop, qdisc_tree};
+use graydar_tests::gameday_fleet::{Fleet, run_watched, text, write_spec};
+use graydar_tests::orphans::Baseline;
+
+fn require_vm() {
+    assert_eq!(
+        std::env::var("GRAYDAR_VM").as_deref(),
+        Ok("1"),
+        "this test runs only inside the graydar test VM (GRAYDAR_VM=1): use `cargo xtask vm`"
+    );
+}
+
+/// Probes the two tests do not use are off on B (and on A for the netem
+/// test): a cheaper start under emulation, and no second agent seeing the
+/// same disk (eBPF tracing is host-wide, not per namespace).
+const QUIET: &str = "\n[disk]\nebpf = false\n\n[incast]\nenabled = false\n";
+
+/// The checks every passed run shares: the verdicts, the one detection with
+/// its time to detect and clear, nothing unexpected, the step reverted.
+fn assert_passed(run: &RunInfo, kind: &str) -> f64 {
+    assert_eq!(run.outcome, Some(Outcome::Passed), "{run:#?}");
+    let v = run.verdicts.clone().expect("verdicts");
+    assert_eq!((v.detection, v.safety), (Verdict::Pass, Verdict::Pass), "{run:#?}");
+    assert!(run.unexpected.is_empty(), "unexpected findings: {:#?}", run.unexpected);
+    let d = &run.detections[0];
+    assert_eq!(d.state, DetectionState::Detected, "{d:?}");
+    let ttd = d.time_to_detect_ms.expect("time to detect");
+    eprintln!(
+        "{kind}: time to detect {ttd:.0} ms ± {:?} ms (controller upper bound {:?} ms), time to clear {:?} ms",
+        d.uncertainty_ms, d.upper_bound_ms, d.time_to_clear_ms
+    );
+    assert!(ttd >= 0.0, "{d:?}");
+    assert!(
+        d.time_to_clear_ms.is_some(),
+        "the finding resolved after the revert: {d:?}"
+    );
+    let step = run.steps.first().expect("a step");
+    assert_eq!(step.state, StepState::Reverted, "{step:?}");
+    ttd
+}
+
+/// netem `delay 20ms` on A's mesh veth, scoped to B's address (A → B only):
+/// graydar must call it latency_asymmetry on A naming A → B (the one-way
+/// delay variation says which direction is slow), within 30 s of the
+/// confirmed apply, and clear it within 60 s of the revert.
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn a_netem_delay_game_day_passes_with_latency_asymmetry_on_the_delayed_side() {
+    require_vm();
+    let mut fleet = Fleet::new("vgn", 209);
+    fleet.extra_a = QUIET.into();
+    fleet.extra_b = QUIET.into();
+    let data = tempfile::tempdir().expect("controller data dir");
+    let tokens = Tokens::random();
+    let (ctl, _a, _b) = fleet.start(data.path(), &tokens, None);
+    let baseline = Baseline::take(&[&fleet.a, &fleet.b]);
+    // latency_asymmetry compares against an RTT baseline of 30 evaluations
+    // (one a second): let it form on clean probes first.
+    std::thread::sleep(Duration::from_secs(40));
+
+    let spec = format!(
+        r#"name: netem-delay
+hypothesis: 20 ms added on A's way to B is latency_asymmetry on A naming A -> B within 30 s.
+targets:
+  a: {{agents: [{a}]}}
+  b: {{agents: [{b}]}}
+safety:
+  max_targets: 1
+  max_duration: 5m
+steps:
+  - id: delay
+    fault:
+      target: a
+      spec:
+        kind: netem
+        interface: ab
+        direction: egress
+        scope: {{dst_cidrs: ["{addr}/32"]}}
+        netem: {{delay_ms: 20}}
+      duration: 40s
+    expect:
+      detect:
+        - {{kind: latency_asymmetry, on: a, peer: b, within: 30s}}
+      clear_within: 60s
+"#,
+        a = fleet.a.name(),
+        b = fleet.b.name(),
+        addr = fleet.b_mesh(),
+    );
+    let file = write_spec(data.path(), "netem-delay", &spec);
+    let (run, out) = run_watched(&ctl, &tokens, &file, "netem-delay");
+    assert!(out.status.success(), "{}\n{run:#?}", text(&out));
+    assert_passed(&run, "latency_asymmetry");
+    let tree = qdisc_tree(&fleet.a, "ab");
+    assert!(!tree.contains("netem"), "netem left on ab: {tree}");
+    assert_eq!(baseline.orphans(), Vec::<String>::new());
+}
+
+/// dm-delay 100 ms on writes and flushes of a dm device A's agent watches,
+/// while a writer fdatasyncs on it every 100 ms: fsync_latency on A for
+/// that device within 20 s (disk_slow on it is expected too: the same
+/// cause, seen in the block layer), cleared within 60 s of the revert, and
+/// the device's table is linear again.
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn a_dm_delay_game_day_passes_with_fsync_latency_on_the_delayed_device() {
+    require_vm();
+    for m in ["crc32c_generic", "ext4", "dm-delay"] {
+        let _ = std::process::Command::new("modprobe").arg(m).status();
+    }
+    let dev = LinearOnLoop::new("gd-slow", 64);
+    let fs = Ext4Mount::new(&dev.dev());
+    let subject = dev.dev();
+    let devname = subject.trim_start_matches("/dev/").to_owned();
+    let mut fleet = Fleet::new("vgd", 210);
+    // A keeps the shipped [disk] settings (its eBPF fsync probes on).
+    fleet.extra_a = "\n[incast]\nenabled = false\n".into();
+    // B's agent judges no disk here: the device is A's in this game day.
+    fleet.extra_b = format!("\n[disk]\nebpf = false\nexclude_devices = [\"{devname}\"]\n\n[incast]\nenabled = false\n");
+    let data = tempfile::tempdir().expect("controller data dir");
+    let tokens = Tokens::random();
+    let (ctl, a, _b) = fleet.start(data.path(), &tokens, None);
+    let load = SyncLoad::start(&fs.dir, Duration::from_millis(100));
+    // A healthy baseline in the device's histogram first.
+    a.wait_for(Duration::from_secs(60), "fdatasync observations on the device", |ag| {
+        graydar_tests::prom::sum(
+            &ag.metrics(),
+            "graydar_fsync_duration_seconds_count",
+            &[("device", &devname), ("op", "fdatasync")],
+        ) >= 20.0
+    });
+
+    let spec = format!(
+        r#"name: disk-slow
+hypothesis: 100 ms on every write and flush of {subject} is fsync_latency on A within 20 s.
+targets:
+  a: {{agents: [{a}]}}
+safety:
+  max_targets: 1
+  max_duration: 5m
+steps:
+  - id: slow-disk
+    fault:
+      target: a
+      spec: {{kind: dm, device: gd-slow, dm: {{type: delay, write_ms: 100, flush_ms: 100}}}}
+      duration: 30s
+    expect:
+      detect:
+        - {{kind: [fsync_latency, disk_slow], on: a, subject: "{subject}", within: 20s}}
+      clear_within: 60s
+"#,
+        a = fleet.a.name(),
+    );
+    let file = write_spec(data.path(), "disk-slow", &spec);
+    let (run, out) = run_watched(&ctl, &tokens, &file, "disk-slow");
+    eprintln!("writer: {} fdatasync calls", load.calls.load(Ordering::Relaxed));
+    drop(load);
+    assert!(out.status.success(), "{}\n{run:#?}", text(&out));
+    assert_passed(&run, "fsync_latency");
+    assert_eq!(
+        run.detections[0].kind,
+        Some(FindingKind::FsyncLatency),
+        "the fdatasync latency is seen first: {:?}",
+        run.detections[0]
+    );
+    let table = graydar_tests::blockdev::dmsetup(&["table", "gd-slow"]);
+    assert!(table.contains(" linear "), "the table is linear again: {table}");
+    drop(fs);
+    assert!(Path::new(&subject).exists());
+}
