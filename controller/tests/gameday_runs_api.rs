@@ -15,6 +15,8 @@ use graydar_common::gameday::run::{
     ClearState, DetectionState, Outcome, RunInfo, RunList, RunState, StepState, Verdict,
 };
 use graydar_common::timestamp::Timestamp;
+use graydar_controller::faults::FaultConfig;
+use graydar_controller::gamedays::promql::PrometheusConfig;
 use graydar_controller::metrics::Metrics;
 use graydar_controller::services::Services;
 use serde_json::{Value, json};
@@ -499,4 +501,53 @@ async fn the_safety_lever_aborts_runs_and_refuses_new_ones_and_a_restart_aborts_
     assert_eq!(r.reason.as_deref(), Some("controller restarted"));
     let f = services.faults.get(&fault).await.expect("fault");
     assert_eq!(f.status, "ended", "the restart ended the run's fault: {f:?}");
+}
+
+/// An abort rule nobody can evaluate does not hold: with the controller's
+/// Prometheus unreachable (a port nothing listens on), the run is aborted
+/// once its PromQL abort rule has gone unevaluated for 30 s, and its fault
+/// is ended.
+#[tokio::test]
+async fn an_abort_rule_prometheus_cannot_answer_aborts_the_run() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let prometheus = PrometheusConfig {
+        url: format!("http://127.0.0.1:{port}"),
+        timeout: Duration::from_secs(1),
+    };
+    let a = Api::with_prometheus(FaultConfig::default(), common::liveness(), Some(prometheus)).await;
+    a.register("h1").await;
+    a.register("h2").await;
+    let mut s = spec("blind", "2m", "10s", json!([]));
+    s["abort"] = json!({"promql": [{"expr": "up == 0"}]});
+    let r = a.call("POST", "/api/v1/gamedays", OPERATOR, Some(s)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let run = start(&a, "blind").await;
+    let fault = fault_of(&a, &run.id, "blackhole").await;
+    a.report("h1", &fault, "active").await;
+    let mut r = a.run_info(&run.id).await;
+    for _ in 0..60 {
+        if r.is_finished() || r.state == RunState::Reverting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        r = a.run_info(&run.id).await;
+    }
+    a.report("h1", &fault, "reverted").await;
+    let r = a.wait_run(&run.id, "the abort", RunInfo::is_finished).await;
+    assert_eq!(r.outcome, Some(Outcome::Aborted), "{r:#?}");
+    let reason = r.reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("abort.promql: not evaluated for 30s"), "{reason}");
+    assert!(
+        r.timeline.iter().any(|e| e.message.contains("prometheus:")),
+        "the first error is on the timeline: {:#?}",
+        r.timeline
+    );
+    assert_eq!(
+        r.step("blackhole").map(|s| s.state),
+        Some(StepState::Reverted),
+        "{r:#?}"
+    );
 }

@@ -89,7 +89,12 @@ where
 /// metrics modules, as string literals.
 pub fn defined_metric_names() -> Vec<String> {
     let mut names = Vec::new();
-    for file in ["agent/src/metrics.rs", "controller/src/metrics.rs"] {
+    // The game-day service keeps its own (time to detect, runs by outcome).
+    for file in [
+        "agent/src/metrics.rs",
+        "controller/src/metrics.rs",
+        "controller/src/gamedays/mod.rs",
+    ] {
         let path = workspace().join(file);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         names.extend(metric_names_in(&text));

@@ -285,12 +285,26 @@ fn dashboard_has_the_panels_the_issue_asks_for() {
         "Block I/O latency",
         "Path matrix",
         "Active faults",
+        "Game-day steps in effect",
+        "Game-day runs by outcome",
+        "Time to detect by finding kind",
+        "Safety lever",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(want)),
             "no panel {want:?} in {titles:?}"
         );
     }
+    // Game-day steps as annotations on every panel, from the controller's step metric.
+    let annotations = d["annotations"]["list"].as_array().expect("annotations");
+    assert!(
+        annotations.iter().any(|a| a["enable"] == true
+            && a["datasource"]["uid"] == "${datasource}"
+            && a["expr"]
+                .as_str()
+                .is_some_and(|e| e.contains("graydar_controller_gameday_step_active"))),
+        "no enabled game-day step annotation: {annotations:?}"
+    );
     let heatmaps = panels.iter().filter(|p| p["type"] == "heatmap").count();
     assert_eq!(heatmaps, 2, "fsync and block latency heatmaps");
     for p in panels.iter().filter(|p| p["type"] != "row") {
@@ -302,7 +316,7 @@ fn dashboard_has_the_panels_the_issue_asks_for() {
     }
 }
 
-/// PromQL of every dashboard panel.
+/// PromQL of every dashboard panel and annotation.
 fn dashboard_exprs() -> Vec<String> {
     let path = workspace().join("deploy/grafana/graydar.json");
     let d: serde_json::Value =
@@ -313,6 +327,7 @@ fn dashboard_exprs() -> Vec<String> {
         .unwrap_or_default()
         .iter()
         .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .chain(d["annotations"]["list"].as_array().cloned().unwrap_or_default())
         .filter_map(|t| t["expr"].as_str().map(str::to_owned))
         .collect()
 }
@@ -444,6 +459,7 @@ fn real_prometheus_fires_the_nic_drop_alert_from_the_shipped_rules() {
     for expr in dashboard_exprs() {
         let q = expr
             .replace("$__rate_interval", "1m")
+            .replace("$__range", "1h")
             .replace("$job", ".*")
             .replace("$instance", ".*");
         prom.api(&format!("/api/v1/query?query={}", urlencode(&q)));

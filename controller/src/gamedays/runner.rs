@@ -107,10 +107,15 @@ struct Driver {
     prom_true_since: HashMap<usize, Instant>,
     /// A Prometheus error was put on the timeline (once per run).
     prom_error_told: bool,
+    /// Since when an abort rule could not be evaluated (Prometheus erring).
+    prom_blind_since: Option<Instant>,
 }
 
 /// How often a run asks Prometheus.
 const PROM_INTERVAL: Duration = Duration::from_secs(2);
+/// An abort rule that cannot be evaluated for this long aborts the run: a
+/// safety check nobody can read does not hold.
+const PROM_BLIND_LIMIT: Duration = Duration::from_secs(30);
 
 /// Drives the run `live` (state `preflight`, preflight passed, stored) to its end.
 pub async fn drive(ctx: Arc<Ctx>, live: Arc<LiveRun>, mut rx: mpsc::UnboundedReceiver<Command>) {
@@ -126,6 +131,7 @@ pub async fn drive(ctx: Arc<Ctx>, live: Arc<LiveRun>, mut rx: mpsc::UnboundedRec
         prom_asked: None,
         prom_true_since: HashMap::new(),
         prom_error_told: false,
+        prom_blind_since: None,
     };
     let deadline = Instant::now() + d.spec.safety.max_duration;
     d.update(|i| {
@@ -582,7 +588,8 @@ impl Driver {
     }
 
     /// Every [`PROM_INTERVAL`]: the abort rules' PromQL (abort when a query
-    /// has returned samples for its `for`) and the expected alerts.
+    /// has returned samples for its `for`, or could not be evaluated for
+    /// [`PROM_BLIND_LIMIT`]) and the expected alerts.
     async fn observe_prometheus(&mut self) -> Option<String> {
         let Some(prom) = self.ctx.prometheus.clone() else {
             return None;
@@ -610,6 +617,18 @@ impl Driver {
                     self.prom_true_since.remove(&i);
                 }
                 Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if errors.is_empty() {
+            self.prom_blind_since = None;
+        } else {
+            let since = *self.prom_blind_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= PROM_BLIND_LIMIT {
+                return Some(format!(
+                    "abort.promql: not evaluated for {} (Prometheus: {})",
+                    humantime::format_duration(PROM_BLIND_LIMIT),
+                    errors.join("; ")
+                ));
             }
         }
         let info = self.snapshot();

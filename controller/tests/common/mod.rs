@@ -15,6 +15,7 @@ use graydar_controller::agents::Liveness;
 use graydar_controller::api::{AppState, DEFAULT_MAX_BODY, router};
 use graydar_controller::auth::Tokens;
 use graydar_controller::faults::FaultConfig;
+use graydar_controller::gamedays::promql::PrometheusConfig;
 use graydar_controller::metrics::Metrics;
 use graydar_controller::services::Services;
 use graydar_controller::store::{SqliteStore, Store};
@@ -100,10 +101,17 @@ impl Api {
 
     /// A controller with these fault settings and agent liveness thresholds.
     pub async fn with(cfg: FaultConfig, liveness: Liveness) -> Api {
+        Api::with_prometheus(cfg, liveness, None).await
+    }
+
+    /// [`Api::with`], game days asking the Prometheus at `prometheus`.
+    pub async fn with_prometheus(cfg: FaultConfig, liveness: Liveness, prometheus: Option<PrometheusConfig>) -> Api {
         let dir = tempfile::tempdir().expect("temp dir");
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("open store"));
         let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
-        let services = Services::open(store.clone(), liveness, cfg).await.expect("services");
+        let services = Services::open_with(store.clone(), liveness, cfg, prometheus)
+            .await
+            .expect("services");
         let metrics = Metrics::for_services(&services);
         let state = Arc::new(AppState {
             services,
