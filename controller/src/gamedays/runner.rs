@@ -591,9 +591,7 @@ impl Driver {
     /// has returned samples for its `for`, or could not be evaluated for
     /// [`PROM_BLIND_LIMIT`]) and the expected alerts.
     async fn observe_prometheus(&mut self) -> Option<String> {
-        let Some(prom) = self.ctx.prometheus.clone() else {
-            return None;
-        };
+        let prom = self.ctx.prometheus.clone()?;
         if self.prom_asked.is_some_and(|t| t.elapsed() < PROM_INTERVAL) {
             return None;
         }
