@@ -13,7 +13,6 @@ mod faults;
 pub use faults::{FaultConfig, FaultConfigError, FaultsSection};
 
 use crate::auth::{TokenError, Tokens};
-use crate::gamedays::promql::PrometheusConfig;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8477";
 /// Largest request body accepted by default (413 beyond).
@@ -91,6 +90,14 @@ pub struct PrometheusSection {
     /// Per query (default 5s).
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+}
+
+/// Where the controller's Prometheus is (its queries: gamedays/promql.rs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrometheusConfig {
+    /// Base URL (`http://prometheus:9090`), without a trailing `/`.
+    pub url: String,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

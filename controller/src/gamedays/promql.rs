@@ -5,20 +5,13 @@
 //! a query is rare (every few seconds of a run) and small.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use graydar_common::client::{Client, ClientConfig};
 use graydar_common::gameday::CompareOp;
 use graydar_common::url::encode_segment;
 use serde::Deserialize;
 
-/// Where the controller's Prometheus is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrometheusConfig {
-    /// Base URL (`http://prometheus:9090`).
-    pub url: String,
-    pub timeout: Duration,
-}
+pub use crate::config::PrometheusConfig;
 
 /// One sample of an instant query.
 #[derive(Clone, Debug, PartialEq)]
