@@ -39,6 +39,11 @@ pub struct CreateFaultRequest {
     /// Apply even when the targets exceed the blast-radius limit.
     #[serde(default)]
     pub force: bool,
+    /// A shorter lease for this fault than the controller's `faults.lease`
+    /// (3 s up to it): its agents revert it on their own this long after
+    /// they last heard from the controller. A game day's `safety.lease`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u64>,
 }
 
 /// One agent's view of one fault.
@@ -74,6 +79,9 @@ pub struct FaultInfo {
     pub dry_run: bool,
     pub forced: bool,
     pub duration_seconds: i64,
+    /// Its own lease when shorter than the controller's `faults.lease`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u64>,
     /// RFC 3339 UTC.
     pub created_at: Timestamp,
     /// When the controller stops wanting it, RFC 3339 UTC.

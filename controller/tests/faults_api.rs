@@ -168,6 +168,14 @@ async fn invalid_faults_get_a_4xx_that_says_what_is_wrong() {
                 "dm": {"type": "delay", "read_ms": 50}}, "duration_seconds": 60}),
             "dm device \"slow\" does not exist on agent \"a1\" (it has none)",
         ),
+        (
+            json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 60, "lease_seconds": 2}),
+            "lease_seconds: 2 is not between 3 and the controller's faults.lease (20 s)",
+        ),
+        (
+            json!({"targets": {"agents": ["a1"]}, "spec": netem("eth0"), "duration_seconds": 60, "lease_seconds": 21}),
+            "lease_seconds: 21 is not between 3",
+        ),
     ];
     for (body, want) in cases {
         let detail = a.create(body.clone()).await.error(StatusCode::UNPROCESSABLE_ENTITY);
@@ -1032,4 +1040,40 @@ async fn a_lever_stored_without_its_revert_all_is_finished_at_the_next_start() {
     assert_eq!(info.status, "ended", "{info:?}");
     assert_eq!(info.end_reason.as_deref(), Some("revert_all"), "{info:?}");
     assert!(reopened.poll("a1", None, Duration::ZERO).await.faults.is_empty());
+}
+
+/// A fault with its own (shorter) lease: the agents get it with that lease,
+/// and their long poll is cut to a third of it so they renew in time.
+#[tokio::test]
+async fn a_fault_with_its_own_lease_is_handed_out_with_it_and_polled_within_a_third_of_it() {
+    let a = fleet().await;
+    let first = a.poll("a2", "?wait=0").await;
+    let f: FaultInfo = a
+        .create(
+            json!({"targets": {"agents": ["a2"]}, "spec": netem("eth0"), "duration_seconds": 60,
+            "lease_seconds": 6}),
+        )
+        .await
+        .typed();
+    assert_eq!(f.lease_seconds, Some(6));
+    let got = a.poll("a2", &format!("?wait=0&version={}", first.version)).await;
+    assert_eq!(got.faults.len(), 1);
+    assert_eq!(got.faults[0].lease_seconds, 6, "the fault's own lease");
+    // Nothing changes: the poll still answers after 6 / 3 = 2 s, not 15 s.
+    let started = Instant::now();
+    let again = a.poll("a2", &format!("?wait=15&version={}", got.version)).await;
+    let waited = started.elapsed();
+    assert_eq!(again.version, got.version);
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5),
+        "poll answered after {waited:?}"
+    );
+    // Another agent, with no such fault, keeps the controller's lease.
+    let other: FaultInfo = a
+        .create(json!({"targets": {"agents": ["a3"]}, "spec": netem("eth0"), "duration_seconds": 60}))
+        .await
+        .typed();
+    assert_eq!(other.lease_seconds, None);
+    let got = a.poll("a3", "?wait=0").await;
+    assert_eq!(got.faults[0].lease_seconds, 20);
 }

@@ -506,7 +506,7 @@ async fn the_safety_lever_aborts_runs_and_refuses_new_ones_and_a_restart_aborts_
 /// An abort rule nobody can evaluate does not hold: with the controller's
 /// Prometheus unreachable (a port nothing listens on), the run is aborted
 /// once its PromQL abort rule has gone unevaluated for 30 s, and its fault
-/// is ended.
+/// (created with the run's `safety.lease`) is ended.
 #[tokio::test]
 async fn an_abort_rule_prometheus_cannot_answer_aborts_the_run() {
     let port = {
@@ -522,10 +522,14 @@ async fn an_abort_rule_prometheus_cannot_answer_aborts_the_run() {
     a.register("h2").await;
     let mut s = spec("blind", "2m", "10s", json!([]));
     s["abort"] = json!({"promql": [{"expr": "up == 0"}]});
+    // The run's faults carry its safety.lease.
+    s["safety"]["lease"] = json!("5s");
     let r = a.call("POST", "/api/v1/gamedays", OPERATOR, Some(s)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let run = start(&a, "blind").await;
     let fault = fault_of(&a, &run.id, "blackhole").await;
+    let info = a.call("GET", &format!("/api/v1/faults/{fault}"), VIEWER, None).await;
+    assert_eq!(info.json()["lease_seconds"], 5, "{}", info.text);
     a.report("h1", &fault, "active").await;
     let mut r = a.run_info(&run.id).await;
     for _ in 0..60 {

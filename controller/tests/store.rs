@@ -75,6 +75,7 @@ fn fault(id: &str, created_ms: i64, dry_run: bool, agents: &[&str]) -> FaultReco
         dry_run,
         forced: false,
         duration_seconds: 60,
+        lease_ms: (!dry_run).then_some(5_000),
         created_ms,
         expires_ms: created_ms + 60_000,
         ended_ms: None,
@@ -210,6 +211,12 @@ async fn contract(store: Arc<dyn Store>) {
         .expect("c");
     let newest = |status| store.load_faults(FaultSelection::Newest { status, limit: 10 });
     assert_eq!(ids(&newest(None).await.expect("all")), ["flt-c", "flt-b", "flt-a"]);
+    // A fault's own lease is kept; none stays none.
+    let all = newest(None).await.expect("all");
+    assert_eq!(
+        all.iter().map(|f| f.lease_ms).collect::<Vec<_>>(),
+        [Some(5_000), None, Some(5_000)]
+    );
     assert_eq!(ids(&newest(Some(FaultStatus::DryRun)).await.expect("dry")), ["flt-b"]);
     store
         .end_faults(&["flt-a".to_owned()], 15_000, EndReason::Deleted)

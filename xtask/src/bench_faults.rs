@@ -128,6 +128,7 @@ pub fn run(ws: &Path) -> Result<()> {
             duration_seconds: 600,
             dry_run: false,
             force: true,
+            lease_seconds: None,
         })?;
         // Every agent holds the fault.
         let mut holding = [false; AGENTS];

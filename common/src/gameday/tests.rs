@@ -369,6 +369,18 @@ fn duration_errors() {
     );
     let es = errors_after(|v| *at(v, "/safety/lease") = json!("1s"));
     assert_error(&es, "safety.lease", "between 3s and 10m");
+    // Never longer than the controller's own lease.
+    let limits = Limits {
+        max_lease: Duration::from_secs(15),
+        ..Limits::default()
+    };
+    let es = full().validate(&limits).expect_err("20s is above 15s");
+    assert!(
+        es.iter()
+            .any(|e| e.to_string()
+                == "safety.lease: must be between 3s and 15s (the controller's faults.lease), got 20s"),
+        "{es:?}"
+    );
 }
 
 #[test]

@@ -18,6 +18,9 @@ pub struct Limits {
     pub max_fault_duration: Duration,
     /// Most steps in one spec.
     pub max_steps: usize,
+    /// Longest `safety.lease` (the controller's `faults.lease`: a game day
+    /// may shorten its faults' lease, never lengthen it).
+    pub max_lease: Duration,
 }
 
 impl Default for Limits {
@@ -27,6 +30,7 @@ impl Default for Limits {
             max_run_duration: Duration::from_secs(24 * 3600),
             max_fault_duration: Duration::from_secs(3600),
             max_steps: 200,
+            max_lease: LEASE_MAX,
         }
     }
 }
@@ -139,12 +143,18 @@ impl GameDaySpec {
         {
             e.push("safety.max_share", format!("must be in (0, 1], got {s}"));
         }
+        let lease_max = limits.max_lease.clamp(LEASE_MIN, LEASE_MAX);
         if let Some(l) = lease
-            && (*l < LEASE_MIN || *l > LEASE_MAX)
+            && (*l < LEASE_MIN || *l > lease_max)
         {
             e.push(
                 "safety.lease",
-                format!("must be between {} and {}, got {}", d(LEASE_MIN), d(LEASE_MAX), d(*l)),
+                format!(
+                    "must be between {} and {} (the controller's faults.lease), got {}",
+                    d(LEASE_MIN),
+                    d(lease_max),
+                    d(*l)
+                ),
             );
         }
     }

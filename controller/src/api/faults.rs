@@ -226,7 +226,8 @@ pub(super) async fn set_safety_lever(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PollQuery {
-    /// Seconds to wait for a change (capped at a third of the lease and at 60).
+    /// Seconds to wait for a change (capped at 60 and at a third of the
+    /// lease: the shortest of this agent's faults' leases, else the controller's).
     pub wait: Option<u32>,
     /// The `version` of the agent's last answer: answer at once when it differs.
     pub version: Option<u64>,
@@ -248,7 +249,7 @@ pub(super) async fn desired_faults(
     let faults = &app.services.faults;
     // A heartbeat; only a registered agent gets a watcher.
     app.services.agents.touch(&hostname)?;
-    let max_wait = (faults.config().lease.as_secs() / 3).clamp(1, MAX_WAIT_SECONDS);
+    let max_wait = (faults.poll_lease(&hostname).as_secs() / 3).clamp(1, MAX_WAIT_SECONDS);
     let wait = Duration::from_secs(q.wait.map_or(max_wait, u64::from).min(max_wait));
     Ok(axum::Json(faults.poll(&hostname, q.version, wait).await))
 }

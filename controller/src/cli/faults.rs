@@ -122,6 +122,10 @@ pub struct ApplyArgs {
     /// How long the fault stays, e.g. 60s, 5m.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// A shorter lease than the controller's (whole seconds, e.g. 5s): the
+    /// agents revert on their own this long after losing the controller.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease: Option<Duration>,
     /// Only show the exact operations each agent would perform.
     #[arg(long)]
     pub dry_run: bool,
@@ -214,6 +218,7 @@ impl ApplyArgs {
             }),
             dry_run: self.dry_run,
             force: self.force,
+            lease_seconds: self.lease.map(|l| l.as_secs()),
         })
     }
 }
@@ -422,6 +427,8 @@ mod tests {
             "10%",
             "--duration",
             "60s",
+            "--lease",
+            "5s",
             "--dry-run",
         ])
         .expect("parse");
@@ -434,6 +441,7 @@ mod tests {
         let r = a.request().expect("request");
         assert_eq!(r.targets.agents, ["a1", "a2"]);
         assert_eq!(r.duration_seconds, 60);
+        assert_eq!(r.lease_seconds, Some(5));
         assert!(r.dry_run);
         let FaultSpec::Netem { interface, netem, .. } = &r.spec else {
             panic!("not netem");

@@ -43,6 +43,9 @@ use super::{FaultConfig, FaultError, FaultStatus};
 use crate::store::{EndReason, FaultSelection, FaultStore, LeverRecord};
 use crate::timefmt::now_ms;
 
+/// Shortest lease a fault may ask for (as the controller's `faults.lease`).
+pub const MIN_FAULT_LEASE_SECONDS: u64 = 3;
+
 /// What /metrics shows of the faults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FaultCounts {
@@ -241,6 +244,18 @@ impl FaultService {
         if lock(&self.inner).faults.contains_key(&id) {
             return Err(FaultError::Invalid(format!("fault id {id} exists")));
         }
+        let lease_ms = match req.lease_seconds {
+            None => None,
+            Some(s) if (MIN_FAULT_LEASE_SECONDS..=self.cfg.lease.as_secs()).contains(&s) => {
+                Some(i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX))
+            }
+            Some(s) => {
+                return Err(FaultError::Invalid(format!(
+                    "lease_seconds: {s} is not between {MIN_FAULT_LEASE_SECONDS} and the controller's faults.lease ({} s)",
+                    self.cfg.lease.as_secs()
+                )));
+            }
+        };
         let fault = Fault {
             id,
             spec: req.spec,
@@ -248,6 +263,7 @@ impl FaultService {
             dry_run: req.dry_run,
             forced: req.force,
             duration_seconds: if req.dry_run { 0 } else { req.duration_seconds },
+            lease_ms,
             created_ms: now,
             expires_ms: now.saturating_add(duration_ms),
             ended_ms: None,
@@ -511,6 +527,23 @@ impl FaultService {
         before - inner.faults.len()
     }
 
+    /// The lease `host`'s long poll must be renewed within: the shortest
+    /// of its wanted faults' own leases, else the controller's. The poll's
+    /// wait is capped at a third of it, so a fault with a short lease is
+    /// renewed well before it runs out.
+    pub fn poll_lease(&self, host: &str) -> Duration {
+        let now = now_ms();
+        let lease_s = self.cfg.lease.as_secs().max(1);
+        let shortest = lock(&self.inner)
+            .faults
+            .values()
+            .filter(|f| f.wanted(now) && f.agents.contains_key(host))
+            .map(|f| f.lease_seconds(lease_s))
+            .min()
+            .unwrap_or(lease_s);
+        Duration::from_secs(shortest)
+    }
+
     /// The desired set of `host` right now, with version `counter`.
     fn desired(&self, host: &str, counter: u64) -> DesiredFaults {
         let now = now_ms();
@@ -524,14 +557,15 @@ impl FaultService {
             let Some(st) = f.agents.get(host) else {
                 continue;
             };
+            let own = f.lease_seconds(lease_s);
             let lease_seconds = if f.dry_run {
                 if st.state != FaultState::Pending {
                     continue;
                 }
-                lease_s
+                own
             } else {
                 let left_ms = u64::try_from(f.expires_ms.saturating_sub(now)).unwrap_or(0);
-                lease_s.min(left_ms.div_ceil(1000)).max(1)
+                own.min(left_ms.div_ceil(1000)).max(1)
             };
             faults.push(DesiredFault {
                 id: f.id.clone(),

@@ -16,6 +16,14 @@ impl Fault {
         self.ended_ms.is_none() && now < self.expires_ms
     }
 
+    /// Its lease in seconds: its own when it has one, else `controller_s`
+    /// (never longer than the controller's).
+    pub(crate) fn lease_seconds(&self, controller_s: u64) -> u64 {
+        self.lease_ms
+            .and_then(|ms| u64::try_from(ms / 1000).ok())
+            .map_or(controller_s, |own| own.clamp(1, controller_s))
+    }
+
     /// When the fault stopped being wanted (ended or expired, whichever first).
     fn end_ms(&self) -> i64 {
         self.ended_ms.unwrap_or(self.expires_ms).min(self.expires_ms)
@@ -73,6 +81,7 @@ impl Fault {
             dry_run: self.dry_run,
             forced: self.forced,
             duration_seconds: self.duration_seconds,
+            lease_seconds: self.lease_ms.map(|ms| u64::try_from(ms / 1000).unwrap_or(0)),
             created_at: Timestamp::from_unix_ms(self.created_ms),
             expires_at: Timestamp::from_unix_ms(self.expires_ms),
             status: self.status().as_str().to_owned(),

@@ -245,6 +245,7 @@ mod tests {
             dry_run,
             forced: false,
             duration_seconds: 60,
+            lease_ms: None,
             created_ms: 0,
             expires_ms,
             ended_ms: None,

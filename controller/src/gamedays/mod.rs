@@ -200,6 +200,7 @@ impl GameDayService {
         GameDayService {
             limits: Limits {
                 max_fault_duration,
+                max_lease: faults.config().lease,
                 ..Limits::default()
             },
             ctx: Arc::new(Ctx {
@@ -473,7 +474,7 @@ impl GameDayService {
             if s.agents.is_empty() {
                 continue;
             }
-            let req = runner::fault_request(s.agents.clone(), f, true);
+            let req = runner::fault_request(s.agents.clone(), f, spec.safety.lease, true);
             match self.ctx.faults.create(req, agents).await {
                 Ok(fault) => {
                     self.ctx

@@ -73,10 +73,11 @@ pub(super) fn event(info: &mut RunInfo, step: Option<&str>, host: Option<&str>, 
     });
 }
 
-/// The fault request of a fault step.
+/// The fault request of a fault step, with the run's `safety.lease`.
 pub(super) fn fault_request(
     agents: Vec<String>,
     f: &graydar_common::gameday::FaultAction,
+    lease: Option<Duration>,
     dry_run: bool,
 ) -> CreateFaultRequest {
     CreateFaultRequest {
@@ -88,6 +89,7 @@ pub(super) fn fault_request(
         duration_seconds: ceil_secs(f.duration),
         dry_run,
         force: false,
+        lease_seconds: lease.map(|l| l.as_secs()),
     }
 }
 
@@ -837,7 +839,7 @@ impl Driver {
                         Ok(a) => a,
                         Err(e) => return Some(format!("failed: listing agents: {e}")),
                     };
-                    let req = fault_request(agents, f, false);
+                    let req = fault_request(agents, f, self.spec.safety.lease, false);
                     if let Err(e) = self.ctx.faults.create_as(id.clone(), req, &registered).await {
                         self.update(|i| {
                             if let Some(st) = i.steps.iter_mut().find(|x| x.id == step.id) {

@@ -158,6 +158,8 @@ pub struct FaultRecord {
     pub dry_run: bool,
     pub forced: bool,
     pub duration_seconds: i64,
+    /// Its own lease (shorter than the controller's), when it has one.
+    pub lease_ms: Option<i64>,
     pub created_ms: i64,
     pub expires_ms: i64,
     pub ended_ms: Option<i64>,

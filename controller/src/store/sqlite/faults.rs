@@ -16,7 +16,7 @@ use crate::store::{
 
 async fn load_faults(s: &SqliteStore, which: FaultSelection<'_>) -> Result<Vec<FaultRecord>, StoreError> {
     let mut q = QueryBuilder::new(
-        "SELECT id, spec, selector, dry_run, forced, duration_seconds, created_ms, expires_ms, ended_ms, end_reason \
+        "SELECT id, spec, selector, dry_run, forced, duration_seconds, lease_ms, created_ms, expires_ms, ended_ms, end_reason \
          FROM faults WHERE ",
     );
     push_selection(&mut q, which);
@@ -43,6 +43,7 @@ async fn load_faults(s: &SqliteStore, which: FaultSelection<'_>) -> Result<Vec<F
             dry_run: r.try_get::<i64, _>("dry_run")? != 0,
             forced: r.try_get::<i64, _>("forced")? != 0,
             duration_seconds: r.try_get("duration_seconds")?,
+            lease_ms: r.try_get("lease_ms")?,
             created_ms: r.try_get("created_ms")?,
             expires_ms: r.try_get("expires_ms")?,
             ended_ms: r.try_get("ended_ms")?,
@@ -86,8 +87,8 @@ async fn load_faults(s: &SqliteStore, which: FaultSelection<'_>) -> Result<Vec<F
 async fn insert_fault(s: &SqliteStore, f: &FaultRecord) -> Result<(), StoreError> {
     let mut tx = s.write.begin().await?;
     sqlx::query(
-        "INSERT INTO faults (id, kind, spec, selector, dry_run, forced, duration_seconds, created_ms, expires_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO faults (id, kind, spec, selector, dry_run, forced, duration_seconds, lease_ms, created_ms, \
+         expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&f.id)
     .bind(f.spec.kind().as_str())
@@ -96,6 +97,7 @@ async fn insert_fault(s: &SqliteStore, f: &FaultRecord) -> Result<(), StoreError
     .bind(i64::from(f.dry_run))
     .bind(i64::from(f.forced))
     .bind(f.duration_seconds)
+    .bind(f.lease_ms)
     .bind(f.created_ms)
     .bind(f.expires_ms)
     .execute(&mut *tx)

@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "gameday_runs",
         include_str!("../../../migrations/0009_gameday_runs.sql"),
     ),
+    (
+        10,
+        "fault_lease",
+        include_str!("../../../migrations/0010_fault_lease.sql"),
+    ),
 ];
 
 pub fn migrator() -> Migrator {
