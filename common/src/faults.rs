@@ -51,6 +51,20 @@ pub enum FaultSpec {
         #[serde(default)]
         table: Option<u32>,
     },
+    /// A flapping prefix, as a BGP session that keeps resetting looks from
+    /// the host: withdrawn (a blackhole route graydar owns) for
+    /// `down_seconds`, re-announced (the route removed) for `up_seconds`,
+    /// repeated until the fault ends; always removed at the revert.
+    RouteFlap {
+        prefix: String,
+        /// Routing table; the main table when absent.
+        #[serde(default)]
+        table: Option<u32>,
+        /// How long each withdrawal lasts (1 to 3600).
+        down_seconds: u32,
+        /// How long the prefix stays announced between withdrawals (1 to 3600).
+        up_seconds: u32,
+    },
 }
 
 /// Which packets of an interface netem sees.
@@ -228,7 +242,7 @@ impl Scope {
 
 /// The kinds of fault: the `kind` tag of a [`FaultSpec`], the `kind` label of
 /// the agent's fault metrics and the `kind` column of the controller's
-/// faults. Spelled `netem`, `dm`, `blackhole` everywhere.
+/// faults. Spelled `netem`, `dm`, `blackhole`, `route_flap` everywhere.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -236,21 +250,28 @@ pub enum FaultKind {
     Netem,
     Dm,
     Blackhole,
+    RouteFlap,
 }
 
 /// A fault kind that is not one of [`FaultKind::ALL`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown fault kind {0:?} (expected netem, dm or blackhole)")]
+#[error("unknown fault kind {0:?} (expected netem, dm, blackhole or route_flap)")]
 pub struct UnknownFaultKind(pub String);
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 3] = [FaultKind::Netem, FaultKind::Dm, FaultKind::Blackhole];
+    pub const ALL: [FaultKind; 4] = [
+        FaultKind::Netem,
+        FaultKind::Dm,
+        FaultKind::Blackhole,
+        FaultKind::RouteFlap,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             FaultKind::Netem => "netem",
             FaultKind::Dm => "dm",
             FaultKind::Blackhole => "blackhole",
+            FaultKind::RouteFlap => "route_flap",
         }
     }
 }
@@ -284,7 +305,8 @@ pub enum FaultKey {
     Dm {
         device: String,
     },
-    /// The prefix as written (the table is not part of the key).
+    /// The prefix as written (the table is not part of the key): a
+    /// blackhole and a route flap of one prefix own the same route.
     Blackhole {
         prefix: String,
     },
@@ -296,6 +318,7 @@ impl FaultSpec {
             FaultSpec::Netem { .. } => FaultKind::Netem,
             FaultSpec::Dm { .. } => FaultKind::Dm,
             FaultSpec::Blackhole { .. } => FaultKind::Blackhole,
+            FaultSpec::RouteFlap { .. } => FaultKind::RouteFlap,
         }
     }
 
@@ -309,7 +332,9 @@ impl FaultSpec {
                 direction: *direction,
             },
             FaultSpec::Dm { device, .. } => FaultKey::Dm { device: device.clone() },
-            FaultSpec::Blackhole { prefix, .. } => FaultKey::Blackhole { prefix: prefix.clone() },
+            FaultSpec::Blackhole { prefix, .. } | FaultSpec::RouteFlap { prefix, .. } => {
+                FaultKey::Blackhole { prefix: prefix.clone() }
+            }
         }
     }
 
@@ -318,7 +343,7 @@ impl FaultSpec {
         match self {
             FaultSpec::Netem { interface, .. } => interface,
             FaultSpec::Dm { device, .. } => device,
-            FaultSpec::Blackhole { prefix, .. } => prefix,
+            FaultSpec::Blackhole { prefix, .. } | FaultSpec::RouteFlap { prefix, .. } => prefix,
         }
     }
 
@@ -347,17 +372,42 @@ impl FaultSpec {
                 }
                 dm.validate()
             }
-            FaultSpec::Blackhole { prefix, .. } => {
-                let c = Cidr::parse(prefix).map_err(|e| SpecError(format!("blackhole prefix: {e}")))?;
-                if c.len == 0 {
-                    return Err(SpecError(
-                        "blackhole prefix: a default route blackhole would cut the host off (refused)".into(),
-                    ));
+            FaultSpec::Blackhole { prefix, .. } => route_prefix("blackhole", prefix),
+            FaultSpec::RouteFlap {
+                prefix,
+                down_seconds,
+                up_seconds,
+                ..
+            } => {
+                route_prefix("route_flap", prefix)?;
+                for (name, v) in [("down_seconds", down_seconds), ("up_seconds", up_seconds)] {
+                    if !(1..=3600).contains(v) {
+                        return Err(SpecError(format!("route_flap: {name} must be 1 to 3600, got {v}")));
+                    }
                 }
                 Ok(())
             }
         }
     }
+}
+
+/// A prefix a route fault may own: valid, and not the default route.
+fn route_prefix(kind: &str, prefix: &str) -> Result<(), SpecError> {
+    let c = Cidr::parse(prefix).map_err(|e| SpecError(format!("{kind} prefix: {e}")))?;
+    if c.len == 0 {
+        return Err(SpecError(format!(
+            "{kind} prefix: a default route blackhole would cut the host off (refused)"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a route flap's prefix is withdrawn (its blackhole route in
+/// place) `elapsed` after the fault was applied: withdrawn for `down`, then
+/// announced for `up`, repeated. The first withdrawal starts at the apply.
+pub fn route_flap_withdrawn(elapsed: std::time::Duration, down: std::time::Duration, up: std::time::Duration) -> bool {
+    let period = down.saturating_add(up).as_nanos().max(1);
+    elapsed.as_nanos() % period < down.as_nanos()
 }
 
 /// Where a fault is on one agent.
@@ -654,6 +704,70 @@ impl DmFaultSpec {
 
 #[cfg(test)]
 mod tests {
+
+    /// The timeline of a 5 s down / 30 s up flap on a virtual clock: the
+    /// route is in at the apply, out at 5 s, in again at 35 s, and so on.
+    #[test]
+    fn route_flap_timeline() {
+        use std::time::Duration;
+        let (down, up) = (Duration::from_secs(5), Duration::from_secs(30));
+        let at = |ms: u64| route_flap_withdrawn(Duration::from_millis(ms), down, up);
+        assert!(at(0) && at(4_999));
+        assert!(!at(5_000) && !at(34_999));
+        assert!(at(35_000) && at(39_999));
+        assert!(!at(40_000));
+        // Changes (each flip, the apply's add counted) in the first 2 minutes:
+        // add at 0, 35, 70, 105 and remove at 5, 40, 75, 110.
+        let mut changes = 1;
+        let mut last = at(0);
+        for ms in (0..120_000).step_by(250) {
+            if at(ms) != last {
+                changes += 1;
+                last = at(ms);
+            }
+        }
+        assert_eq!(changes, 8);
+    }
+
+    #[test]
+    fn route_flap_specs_are_checked() {
+        let flap = |prefix: &str, down: u32, up: u32| FaultSpec::RouteFlap {
+            prefix: prefix.into(),
+            table: None,
+            down_seconds: down,
+            up_seconds: up,
+        };
+        assert!(flap("10.1.0.0/16", 5, 30).validate().is_ok());
+        assert_eq!(flap("10.1.0.0/16", 5, 30).kind().as_str(), "route_flap");
+        assert_eq!(
+            flap("10.1.0.0/16", 0, 30).validate().expect_err("0 s").to_string(),
+            "route_flap: down_seconds must be 1 to 3600, got 0"
+        );
+        assert!(
+            flap("10.1.0.0/16", 5, 3601)
+                .validate()
+                .expect_err("too long")
+                .to_string()
+                .contains("up_seconds")
+        );
+        assert!(
+            flap("0.0.0.0/0", 5, 30)
+                .validate()
+                .expect_err("default")
+                .to_string()
+                .contains("refused")
+        );
+        // A flap and a blackhole of one prefix own the same route.
+        let bh = FaultSpec::Blackhole {
+            prefix: "10.1.0.0/16".into(),
+            table: None,
+        };
+        assert_eq!(flap("10.1.0.0/16", 5, 30).key(), bh.key());
+        let parsed: FaultSpec = serde_json::from_value(serde_json::json!(
+            {"kind": "route_flap", "prefix": "10.1.0.0/16", "down_seconds": 5, "up_seconds": 30}))
+        .expect("json");
+        assert_eq!(parsed, flap("10.1.0.0/16", 5, 30));
+    }
     use super::*;
 
     fn parse(json: &str) -> Result<FaultSpec, serde_json::Error> {

@@ -376,6 +376,31 @@ fn blackhole_pair(tag: &str) -> (NetNs, NetNs) {
     (a, b)
 }
 
+/// Starts the real agent binary in `ns` on `state` (its journal) and waits
+/// (60 s at most) until the routes are `routes_before` again; stops it.
+fn start_agent_until_routes_are(ns: &NetNs, state: &std::path::Path, routes_before: &str) {
+    let bin = graydar_tests::agent::agent_bin();
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(&bin)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--listen", "127.0.0.1:19479"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ns.exec_stdout("ip", ["route", "show", "table", "all"]) != routes_before {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the agent did not remove the route left by the killed engine");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn reachable(ns: &NetNs, dst: &str) -> bool {
     netns::try_run("ip", ["netns", "exec", ns.name(), "ping", "-c", "1", "-W", "1", dst])
         .status
@@ -454,26 +479,109 @@ fn a_blackhole_left_by_a_killed_agent_is_removed_at_restart() {
         std::mem::forget(e);
     });
     assert!(!reachable(&a, "10.204.17.130"));
-    let bin = graydar_tests::agent::agent_bin();
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", a.name()])
-        .arg(&bin)
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--listen", "127.0.0.1:19479"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start agent");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while a.exec_stdout("ip", ["route", "show", "table", "all"]) != routes_before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent did not remove the blackhole"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    start_agent_until_routes_are(&a, state.path(), &routes_before);
     assert!(reachable(&a, "10.204.17.130"));
+    assert_eq!(a.exec_stdout("ip", ["route", "show", "table", "all"]), routes_before);
+}
+
+fn route_flap(prefix: &str, down: u32, up: u32) -> FaultSpec {
+    FaultSpec::RouteFlap {
+        prefix: prefix.into(),
+        table: None,
+        down_seconds: down,
+        up_seconds: up,
+    }
+}
+
+fn has_blackhole(ns: &NetNs, prefix: &str) -> bool {
+    ns.exec_stdout("ip", ["route", "show", "type", "blackhole"])
+        .contains(prefix)
+}
+
+/// A route flap on the engine's own clock: withdrawn (blackhole) at the
+/// apply, announced after `down`, withdrawn again after `up`; refused for
+/// a prefix covering the controller; reverted to exactly the routes before,
+/// whichever phase it is in.
+#[test]
+fn a_route_flap_withdraws_and_announces_on_schedule_and_reverts_exactly() {
+    use graydar_agent::faults::engine::FaultEngine;
+    use graydar_agent::faults::lease::ManualClock;
+    use std::sync::Arc;
+    use std::time::Duration;
+    netns::require_root();
+    let (a, _b) = blackhole_pair("frf");
+    let routes_before = a.exec_stdout("ip", ["route", "show", "table", "all"]);
+    let state = tempfile::tempdir().expect("state");
+    let dir = state.path().to_owned();
+    let a2 = &a;
+    with_netlink(&a, async move |h| {
+        let clock = ManualClock::new();
+        let (mut e, _) = FaultEngine::start_with_clock(&dir, h, Arc::new(clock.clone()))
+            .await
+            .expect("engine");
+        let lease = Duration::from_secs(600);
+        let spec = route_flap("10.204.17.128/25", 2, 3);
+        let ops = e.describe(&spec).await.expect("describe");
+        assert!(
+            ops.iter().any(|o| o.contains("then every 5 s")) && ops[1].contains("blackhole 10.204.17.128/25"),
+            "{ops:?}"
+        );
+        // Never a prefix the controller is in.
+        e.set_protected(vec!["10.204.17.130:8477".parse().expect("addr")]);
+        let err = e.apply("ctl", &spec, lease).await.expect_err("covers the controller");
+        assert!(err.to_string().contains("10.204.17.130"), "{err}");
+        assert!(!has_blackhole(a2, "10.204.17.128/25"));
+        e.set_protected(Vec::new());
+
+        e.apply("flap", &spec, lease).await.expect("apply");
+        let mut seen = vec![has_blackhole(a2, "10.204.17.128/25")];
+        for step in [1_900, 200, 2_800, 200, 1_800, 200] {
+            clock.advance(Duration::from_millis(step));
+            assert!(e.expire().await.is_empty(), "nothing expires");
+            seen.push(has_blackhole(a2, "10.204.17.128/25"));
+        }
+        // t = 0, 1.9, 2.1, 4.9, 5.1, 6.9, 7.1 s: in, in, out, out, in, in, out.
+        assert_eq!(seen, [true, true, false, false, true, true, false]);
+        assert!(reachable(a2, "10.204.17.130"), "announced: reachable again");
+        clock.advance(Duration::from_secs(3));
+        e.expire().await;
+        assert!(has_blackhole(a2, "10.204.17.128/25"));
+        assert!(!reachable(a2, "10.204.17.130"), "withdrawn: cut");
+        e.revert("flap").await.expect("revert while withdrawn");
+        assert!(!has_blackhole(a2, "10.204.17.128/25"));
+        // Reverted while announced: nothing to remove, nothing left.
+        e.apply("flap-2", &spec, lease).await.expect("apply again");
+        clock.advance(Duration::from_millis(2_100));
+        e.expire().await;
+        assert!(!has_blackhole(a2, "10.204.17.128/25"));
+        e.revert("flap-2").await.expect("revert while announced");
+    });
+    assert!(reachable(&a, "10.204.17.130"));
+    assert_eq!(a.exec_stdout("ip", ["route", "show", "table", "all"]), routes_before);
+}
+
+/// A route flap left withdrawn by a killed agent is removed by the real
+/// agent binary at its next start (journaled as `route_flap`).
+#[test]
+fn a_route_flap_left_by_a_killed_agent_is_removed_at_restart() {
+    use graydar_agent::faults::engine::FaultEngine;
+    netns::require_root();
+    let (a, _b) = blackhole_pair("frk");
+    let routes_before = a.exec_stdout("ip", ["route", "show", "table", "all"]);
+    let state = tempfile::tempdir().expect("state");
+    let dir = state.path().to_owned();
+    with_netlink(&a, async move |h| {
+        let (mut e, _) = FaultEngine::start(&dir, h).await.expect("engine");
+        e.apply(
+            "flap-k",
+            &route_flap("10.204.17.128/25", 600, 600),
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .expect("apply");
+        std::mem::forget(e);
+    });
+    assert!(has_blackhole(&a, "10.204.17.128/25"));
+    start_agent_until_routes_are(&a, state.path(), &routes_before);
     assert_eq!(a.exec_stdout("ip", ["route", "show", "table", "all"]), routes_before);
 }

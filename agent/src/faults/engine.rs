@@ -119,6 +119,23 @@ struct Active {
     /// (or its apply's rollback failed, or a previous run left it): retried
     /// with back-off until it succeeds; never renewed.
     reverting: Option<Retry>,
+    /// A route flap's schedule: the lease timer adds and removes its route.
+    flap: Option<Flap>,
+}
+
+/// A route flap in progress ([`graydar_common::faults::route_flap_withdrawn`]
+/// says whether its route should be in place).
+struct Flap {
+    cidr: Cidr,
+    table: u32,
+    down: Duration,
+    up: Duration,
+    /// The apply, on the engine's monotonic clock.
+    started: Duration,
+    /// Whether the route is in place now (as far as this engine did it).
+    withdrawn: bool,
+    /// Route changes made so far (the apply's add is the first).
+    changes: u64,
 }
 
 /// The mechanism a [`FaultSpec`] is carried out with ([`FaultEngine::how`]).
@@ -142,6 +159,12 @@ enum How<'a> {
     Blackhole {
         prefix: &'a str,
         table: Option<u32>,
+    },
+    RouteFlap {
+        prefix: &'a str,
+        table: Option<u32>,
+        down: Duration,
+        up: Duration,
     },
 }
 
@@ -306,6 +329,7 @@ impl FaultEngine {
                             prior,
                             expires: now,
                             reverting: Some(Retry::first(now, e.to_string())),
+                            flap: None,
                         },
                     );
                     Err(e)
@@ -409,6 +433,7 @@ impl FaultEngine {
                             prior,
                             expires: now,
                             reverting: Some(Retry::first(now, re.to_string())),
+                            flap: None,
                         },
                     );
                     Err(FaultError::RollbackFailed {
@@ -446,6 +471,7 @@ impl FaultEngine {
                 prior,
                 expires,
                 reverting: None,
+                flap: None,
             },
         );
         Ok(())
@@ -484,6 +510,12 @@ impl FaultEngine {
                 .await
             }
             How::Blackhole { prefix, table } => self.apply_blackhole(id, spec, prefix, table, lease).await,
+            How::RouteFlap {
+                prefix,
+                table,
+                down,
+                up,
+            } => self.apply_route_flap(id, spec, prefix, table, (down, up), lease).await,
         }
     }
 
@@ -512,6 +544,17 @@ impl FaultEngine {
             },
             FaultSpec::Dm { device, dm } => How::Dm { device, dm },
             FaultSpec::Blackhole { prefix, table } => How::Blackhole { prefix, table: *table },
+            FaultSpec::RouteFlap {
+                prefix,
+                table,
+                down_seconds,
+                up_seconds,
+            } => How::RouteFlap {
+                prefix,
+                table: *table,
+                down: Duration::from_secs(u64::from(*down_seconds)),
+                up: Duration::from_secs(u64::from(*up_seconds)),
+            },
         }
     }
 
@@ -616,6 +659,81 @@ impl FaultEngine {
         Ok(())
     }
 
+    /// A route flap: the same checks and the same first change as a
+    /// blackhole (journaled as `route_flap`, whose revert removes the route
+    /// if it is there), then [`FaultEngine::flap`] on the lease timer
+    /// removes and re-adds it.
+    async fn apply_route_flap(
+        &mut self,
+        id: &str,
+        spec: &FaultSpec,
+        prefix: &str,
+        table: Option<u32>,
+        (down, up): (Duration, Duration),
+        lease: Duration,
+    ) -> Result<(), FaultError> {
+        if self.active.contains_key(id) {
+            return Err(FaultError::Duplicate(id.to_owned()));
+        }
+        let cidr = Cidr::parse(prefix)?;
+        self.check_not_controller(&cidr)?;
+        let table = table.unwrap_or(route::RT_TABLE_MAIN);
+        route::check_free(&self.netlink, &cidr, table).await?;
+        let prior = RoutePrior {
+            prefix: cidr.to_string(),
+            table,
+        };
+        let record = fault_record(id, Mechanism::RouteFlap, &prior.prefix, spec, &prior, lease)?;
+        self.drive(record, Prior::Route(prior), Change::Blackhole { cidr, table }, lease)
+            .await?;
+        let started = self.clock.now();
+        if let Some(a) = self.active.get_mut(id) {
+            a.flap = Some(Flap {
+                cidr,
+                table,
+                down,
+                up,
+                started,
+                withdrawn: true,
+                changes: 1,
+            });
+        }
+        tracing::info!(id, prefix = %cidr, table, down_s = down.as_secs(), up_s = up.as_secs(), "route flap applied: prefix withdrawn");
+        Ok(())
+    }
+
+    /// Moves every route flap to where its schedule says it should be (on
+    /// the lease timer's tick). A change that fails is logged and tried
+    /// again at the next tick; a fault being reverted is left alone.
+    async fn flap(&mut self) {
+        let now = self.clock.now();
+        for (id, a) in &mut self.active {
+            let Some(f) = a.flap.as_mut() else { continue };
+            if a.reverting.is_some() {
+                continue;
+            }
+            let want = graydar_common::faults::route_flap_withdrawn(now.saturating_sub(f.started), f.down, f.up);
+            if want == f.withdrawn {
+                continue;
+            }
+            let r = if want {
+                route::add_blackhole(&self.netlink, &f.cidr, f.table).await
+            } else {
+                route::del_blackhole(&self.netlink, &f.cidr, f.table).await
+            };
+            match r {
+                Ok(()) => {
+                    f.withdrawn = want;
+                    f.changes += 1;
+                    tracing::info!(id, prefix = %f.cidr, change = f.changes, "route flap: prefix {}", if want { "withdrawn" } else { "announced" });
+                }
+                Err(e) => {
+                    tracing::warn!(id, prefix = %f.cidr, error = %e, "route flap: change failed; retried at the next tick")
+                }
+            }
+        }
+    }
+
     /// The exact kernel operations [`FaultEngine::apply`] would perform (dry run).
     pub async fn describe(&self, spec: &FaultSpec) -> Result<Vec<String>, FaultError> {
         spec.validate()?;
@@ -648,6 +766,32 @@ impl FaultEngine {
                 spec: dm.clone(),
                 lease: Duration::ZERO,
             }),
+            How::RouteFlap {
+                prefix,
+                table,
+                down,
+                up,
+            } => {
+                let cidr = Cidr::parse(prefix)?;
+                let table = table.unwrap_or(route::RT_TABLE_MAIN);
+                let mut ops = route::describe(&cidr, table);
+                ops.insert(
+                    2,
+                    format!(
+                        "then every {} s: RTM_DELROUTE after {} s withdrawn, RTM_NEWROUTE again after {} s announced",
+                        down.as_secs() + up.as_secs(),
+                        down.as_secs(),
+                        up.as_secs()
+                    ),
+                );
+                if let Err(e) = self.check_not_controller(&cidr) {
+                    ops.push(format!("would fail: {e}"));
+                }
+                if let Err(e) = route::check_free(&self.netlink, &cidr, table).await {
+                    ops.push(format!("would fail: {e}"));
+                }
+                Ok(ops)
+            }
             How::Blackhole { prefix, table } => {
                 let cidr = Cidr::parse(prefix)?;
                 let table = table.unwrap_or(route::RT_TABLE_MAIN);
@@ -773,7 +917,8 @@ impl FaultEngine {
 
     /// Reverts every fault whose lease ended by the engine's monotonic
     /// clock, and retries the reverts that are due; returns the ids it
-    /// reverted. Runs on the agent's own timer, controller or not.
+    /// reverted. Then moves route flaps along their schedule. Runs on the
+    /// agent's own timer, controller or not.
     pub async fn expire(&mut self) -> Vec<String> {
         let now = self.clock.now();
         let due: Vec<String> = self
@@ -794,6 +939,7 @@ impl FaultEngine {
                 }
             }
         }
+        self.flap().await;
         done
     }
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 pub const FILE_NAME: &str = "faults.journal";
 
 /// How a fault was carried out, which decides how it is reverted: the
-/// record's `kind` (`netem`, `netem_tree`, `dm`, `blackhole`).
+/// record's `kind` (`netem`, `netem_tree`, `dm`, `blackhole`, `route_flap`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum Mechanism {
@@ -38,6 +38,9 @@ pub enum Mechanism {
     Dm,
     /// A blackhole route (`blackhole`).
     Blackhole,
+    /// A blackhole route added and removed in turn (`route_flap`); its
+    /// prior is a blackhole's: the revert removes the route if it is there.
+    RouteFlap,
     /// A kind this agent does not know (another version wrote it): the
     /// record stays pending and its revert fails naming the kind, so it is
     /// neither lost nor guessed.
@@ -51,6 +54,7 @@ impl Mechanism {
             Mechanism::NetemTree => "netem_tree",
             Mechanism::Dm => "dm",
             Mechanism::Blackhole => "blackhole",
+            Mechanism::RouteFlap => "route_flap",
             Mechanism::Unknown(k) => k,
         }
     }
@@ -61,6 +65,7 @@ impl Mechanism {
             Mechanism::Netem | Mechanism::NetemTree => Some(FaultKind::Netem),
             Mechanism::Dm => Some(FaultKind::Dm),
             Mechanism::Blackhole => Some(FaultKind::Blackhole),
+            Mechanism::RouteFlap => Some(FaultKind::RouteFlap),
             Mechanism::Unknown(_) => None,
         }
     }
@@ -73,6 +78,7 @@ impl From<String> for Mechanism {
             "netem_tree" => Mechanism::NetemTree,
             "dm" => Mechanism::Dm,
             "blackhole" => Mechanism::Blackhole,
+            "route_flap" => Mechanism::RouteFlap,
             _ => Mechanism::Unknown(s),
         }
     }

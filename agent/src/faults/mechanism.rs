@@ -111,7 +111,7 @@ impl Prior {
             Mechanism::Netem => decode(rec).map(|root| Prior::Qdisc { ifindex: None, root }),
             Mechanism::Dm => decode(rec).map(Prior::DmTable),
             Mechanism::NetemTree => decode(rec).map(Prior::Tree),
-            Mechanism::Blackhole => decode(rec).map(Prior::Route),
+            Mechanism::Blackhole | Mechanism::RouteFlap => decode(rec).map(Prior::Route),
             Mechanism::Unknown(kind) => Ok(Prior::Unknown { kind: kind.clone() }),
         };
         r.unwrap_or_else(Prior::Undecodable)

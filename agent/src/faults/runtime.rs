@@ -11,6 +11,9 @@ use tokio::sync::Mutex;
 use super::engine::FaultEngine;
 use super::mechanism::Restored;
 
+/// The lease timer's period (route flaps change within one tick of their schedule).
+const TICK: Duration = Duration::from_millis(250);
+
 pub struct FaultRuntime {
     pub engine: Arc<Mutex<FaultEngine>>,
     ticker: tokio::task::JoinHandle<()>,
@@ -52,7 +55,8 @@ impl FaultRuntime {
         let ticker = {
             let engine = engine.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                // Leases are whole seconds; route flaps move on this tick too.
+                let mut tick = tokio::time::interval(TICK);
                 loop {
                     tick.tick().await;
                     for id in engine.lock().await.expire().await {

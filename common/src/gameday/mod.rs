@@ -644,7 +644,7 @@ pub fn minimum_capabilities(spec: &FaultSpec) -> Vec<&'static str> {
             DmFaultSpec::Delay { .. } => vec!["device_mapper", "dm_delay"],
             DmFaultSpec::Flakey { .. } => vec!["device_mapper", "dm_flakey"],
         },
-        FaultSpec::Blackhole { .. } => Vec::new(),
+        FaultSpec::Blackhole { .. } | FaultSpec::RouteFlap { .. } => Vec::new(),
     }
 }
 

@@ -135,7 +135,7 @@ pub fn resolve_targets(
                     ));
                 }
             }
-            FaultSpec::Blackhole { .. } => {}
+            FaultSpec::Blackhole { .. } | FaultSpec::RouteFlap { .. } => {}
         }
     }
     Ok(targets)
