@@ -192,3 +192,50 @@ fn a_controller_killed_mid_run_ends_it_aborted_and_leaves_nothing_applied() {
     });
     assert_eq!(baseline.orphans(), Vec::<String>::new());
 }
+
+/// The library's `bgp-route-flap` (runbooks/gamedays/), run by the real
+/// controller on real agents with its timings scaled down (1 s withdrawn,
+/// 2 s announced, A's `[routes] resolve_after` 5 s): route_flap on A by
+/// the 5th change, cleared after the revert, nothing unexpected, no route
+/// left.
+#[test]
+fn the_library_route_flap_game_day_passes_on_real_agents() {
+    netns::require_root();
+    let mut fleet = Fleet::new("gf", 209);
+    fleet.extra_a = "\n[routes]\nresolve_after = \"5s\"\n".into();
+    let data = tempfile::tempdir().expect("controller data dir");
+    let tokens = Tokens::random();
+    let (ctl, _a, _b) = fleet.start(data.path(), &tokens, None);
+    let baseline = Baseline::take(&[&fleet.a, &fleet.b]);
+    let path = graydar_tests::deploy::workspace().join("runbooks/gamedays/bgp-route-flap.yaml");
+    let mut spec: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).expect("read the library file")).expect("YAML");
+    spec["targets"]["edge"]["agents"] = serde_yaml::Value::Sequence(vec![fleet.a.name().into()]);
+    spec["steps"][0]["wait"]["duration"] = "1s".into();
+    let flap = &mut spec["steps"][1];
+    flap["fault"]["spec"]["down_seconds"] = 1.into();
+    flap["fault"]["spec"]["up_seconds"] = 2.into();
+    flap["fault"]["duration"] = "15s".into();
+    flap["expect"]["detect"][0]["within"] = "12s".into();
+    flap["expect"]["clear_within"] = "30s".into();
+    let file = write_spec(
+        data.path(),
+        "bgp-route-flap",
+        &serde_yaml::to_string(&spec).expect("YAML"),
+    );
+    let (run, out) = run_watched(&ctl, &tokens, &file, "bgp-route-flap");
+    assert!(out.status.success(), "{}\n{run:#?}", text(&out));
+    assert_eq!(run.outcome, Some(Outcome::Passed), "{run:#?}");
+    assert!(run.unexpected.is_empty(), "{:#?}", run.unexpected);
+    let d = &run.detections[0];
+    assert_eq!(d.state, DetectionState::Detected, "{d:?}");
+    eprintln!(
+        "route_flap: time to detect {:?} ms ± {:?} (upper bound {:?} ms), clear {:?} ms",
+        d.time_to_detect_ms, d.uncertainty_ms, d.upper_bound_ms, d.time_to_clear_ms
+    );
+    // The 5th change comes 6 s after the apply (0, 1, 3, 4, 6 s).
+    assert!(d.time_to_detect_ms.is_some_and(|t| t >= 5_000.0), "{d:?}");
+    let routes = String::from_utf8_lossy(&fleet.a.ip(["route", "show", "type", "blackhole"]).stdout).into_owned();
+    assert!(!routes.contains("198.51.100.0/24"), "{routes}");
+    assert_eq!(baseline.orphans(), Vec::<String>::new());
+}

@@ -559,3 +559,37 @@ fn every_example_parses_and_validates() {
     }
     assert!(seen >= 3, "examples in {}: {seen}", dir.display());
 }
+
+/// The game-day library (runbooks/gamedays/): each file parses, validates,
+/// is named after its spec and names a runbook that exists.
+#[test]
+fn every_library_game_day_validates_and_names_its_runbook() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("runbooks/gamedays");
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    entries.sort();
+    assert!(!entries.is_empty(), "no game day in {}", dir.display());
+    for path in entries {
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let spec = GameDaySpec::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let Err(es) = spec.validate(&Limits::default()) {
+            panic!("{}: {es:#?}", path.display());
+        }
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        assert_eq!(spec.name, stem, "{}: name the file after the spec", path.display());
+        let runbook = spec
+            .description
+            .split_whitespace()
+            .find(|w| w.starts_with("runbooks/") && w.ends_with(".md"))
+            .unwrap_or_else(|| panic!("{}: the description names no runbooks/*.md", path.display()));
+        assert!(
+            root.join(runbook).is_file(),
+            "{}: {runbook} does not exist",
+            path.display()
+        );
+    }
+}

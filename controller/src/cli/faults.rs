@@ -119,6 +119,15 @@ pub struct ApplyArgs {
     /// A blackhole route for this prefix.
     #[arg(long)]
     pub blackhole: Option<String>,
+    /// A flapping prefix: withdrawn for --flap-down, announced for --flap-up, repeated.
+    #[arg(long, conflicts_with = "blackhole")]
+    pub route_flap: Option<String>,
+    /// How long each withdrawal of --route-flap lasts (whole seconds).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", requires = "route_flap")]
+    pub flap_down: Duration,
+    /// How long --route-flap stays announced between withdrawals (whole seconds).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s", requires = "route_flap")]
+    pub flap_up: Duration,
     /// How long the fault stays, e.g. 60s, 5m.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
@@ -166,6 +175,13 @@ impl ApplyArgs {
                 path: p.clone(),
                 source,
             })?
+        } else if let Some(prefix) = &self.route_flap {
+            FaultSpec::RouteFlap {
+                prefix: prefix.clone(),
+                table: None,
+                down_seconds: u32::try_from(self.flap_down.as_secs()).unwrap_or(u32::MAX),
+                up_seconds: u32::try_from(self.flap_up.as_secs()).unwrap_or(u32::MAX),
+            }
         } else if let Some(prefix) = &self.blackhole {
             FaultSpec::Blackhole {
                 prefix: prefix.clone(),
@@ -472,5 +488,48 @@ mod tests {
             panic!("not fault apply");
         };
         assert!(a.request().expect_err("no duration").to_string().contains("--duration"));
+        // --route-flap with its two periods (5 s / 30 s by default).
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "graydar",
+                "fault",
+                "apply",
+                "--agent",
+                "r1",
+                "--route-flap",
+                "10.9.0.0/16",
+            ];
+            argv.extend_from_slice(extra);
+            argv.extend_from_slice(&["--duration", "5m"]);
+            let cli = crate::cli::Cli::try_parse_from(argv).expect("parse");
+            let crate::cli::Cmd::Fault {
+                cmd: FaultCmd::Apply(a),
+            } = cli.cmd
+            else {
+                panic!("not fault apply");
+            };
+            a.request().expect("request").spec
+        };
+        assert_eq!(
+            parse(&[]),
+            FaultSpec::RouteFlap {
+                prefix: "10.9.0.0/16".into(),
+                table: None,
+                down_seconds: 5,
+                up_seconds: 30
+            }
+        );
+        assert!(matches!(
+            parse(&["--flap-down", "2s", "--flap-up", "1m"]),
+            FaultSpec::RouteFlap {
+                down_seconds: 2,
+                up_seconds: 60,
+                ..
+            }
+        ));
+        assert!(
+            crate::cli::Cli::try_parse_from(["graydar", "fault", "apply", "--flap-down", "2s"]).is_err(),
+            "--flap-down needs --route-flap"
+        );
     }
 }
