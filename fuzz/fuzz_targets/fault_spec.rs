@@ -64,6 +64,16 @@ fuzz_target!(|data: &[u8]| {
             let c = Cidr::parse(prefix).expect("a valid blackhole has a strict prefix");
             assert!(c.len > 0);
         }
+        FaultSpec::RouteFlap {
+            prefix,
+            down_seconds,
+            up_seconds,
+            ..
+        } => {
+            let c = Cidr::parse(prefix).expect("a valid route flap has a strict prefix");
+            assert!(c.len > 0);
+            assert!((1..=3600).contains(down_seconds) && (1..=3600).contains(up_seconds));
+        }
         FaultSpec::Dm { dm: d, .. } => {
             let _ = dm::target_piece(d);
         }

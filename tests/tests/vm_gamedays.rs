@@ -17,7 +17,7 @@ use graydar_common::gameday::run::{DetectionState, Outcome, RunInfo, StepState, 
 use graydar_tests::blockdev::{Ext4Mount, SyncLoad};
 use graydar_tests::controller::Tokens;
 use graydar_tests::faults::{LinearOnLoop, qdisc_tree};
-use graydar_tests::gameday_fleet::{Fleet, run_watched, text, write_spec};
+use graydar_tests::gameday_fleet::{Fleet, run_watched, text, wait_quiet, write_spec};
 use graydar_tests::orphans::Baseline;
 
 fn require_vm() {
@@ -52,7 +52,7 @@ fn assert_passed(run: &RunInfo, kind: &str) -> f64 {
         d.time_to_clear_ms.is_some(),
         "the finding resolved after the revert: {d:?}"
     );
-    let step = run.steps.first().expect("a step");
+    let step = run.steps.iter().find(|s| s.fault_id.is_some()).expect("a fault step");
     assert_eq!(step.state, StepState::Reverted, "{step:?}");
     ttd
 }
@@ -185,4 +185,79 @@ steps:
     assert!(table.contains(" linear "), "the table is linear again: {table}");
     drop(fs);
     assert!(Path::new(&subject).exists());
+}
+
+/// The library's netem game days (runbooks/gamedays/: latency-asymmetry,
+/// one-way-partition, one-way-loss), each run once by the real controller
+/// on real agents, on this fleet: the sending group is A (its mesh veth
+/// `ab`, scoped to B's address), the peer group B. The timings are scaled
+/// to the fleet's fast probe settings (10 probes/s, 2 s connectivity and
+/// 5 s latency windows, 10 s loss window); the faults, scopes, expected
+/// kinds and groups are the files' own. Each must end `passed` with nothing
+/// unexpected and nothing left on `ab`.
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn the_library_netem_game_days_pass() {
+    require_vm();
+    let mut fleet = Fleet::new("vgl", 211);
+    fleet.extra_a = QUIET.into();
+    fleet.extra_b = QUIET.into();
+    let data = tempfile::tempdir().expect("controller data dir");
+    let tokens = Tokens::random();
+    let (ctl, _a, _b) = fleet.start(data.path(), &tokens, None);
+    let baseline = Baseline::take(&[&fleet.a, &fleet.b]);
+    // (file, baseline wait, fault duration, within, clear_within)
+    let runs = [
+        ("latency-asymmetry", Some("40s"), "40s", "30s", "60s"),
+        ("one-way-partition", None, "20s", "10s", "40s"),
+        ("one-way-loss", None, "40s", "30s", "60s"),
+    ];
+    for (name, wait, duration, within, clear) in runs {
+        let path = graydar_tests::deploy::workspace().join(format!("runbooks/gamedays/{name}.yaml"));
+        let mut spec: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).expect("read the library file")).expect("YAML");
+        let groups: Vec<String> = spec["targets"]
+            .as_mapping()
+            .expect("targets")
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect();
+        let fault_at = usize::from(wait.is_some());
+        let sender = spec["steps"][fault_at]["fault"]["target"]
+            .as_str()
+            .expect("the fault's group")
+            .to_owned();
+        for g in &groups {
+            let host = if *g == sender { fleet.a.name() } else { fleet.b.name() };
+            spec["targets"][g.as_str()]["agents"] = serde_yaml::Value::Sequence(vec![host.into()]);
+        }
+        if let Some(w) = wait {
+            spec["steps"][0]["wait"]["duration"] = w.into();
+        }
+        let step = &mut spec["steps"][fault_at];
+        step["fault"]["spec"]["interface"] = "ab".into();
+        step["fault"]["spec"]["scope"]["dst_cidrs"] =
+            serde_yaml::Value::Sequence(vec![format!("{}/32", fleet.b_mesh()).into()]);
+        step["fault"]["duration"] = duration.into();
+        step["expect"]["detect"][0]["within"] = within.into();
+        step["expect"]["clear_within"] = clear.into();
+        // (get_mut: indexing a missing key would insert a null.)
+        if let Some(t) = step["expect"]
+            .get_mut("tolerate")
+            .and_then(serde_yaml::Value::as_sequence_mut)
+        {
+            for x in t.iter_mut().filter(|x| x.get("subject").is_some()) {
+                x["subject"] = "ab".into();
+            }
+        }
+        let file = write_spec(data.path(), name, &serde_yaml::to_string(&spec).expect("YAML"));
+        wait_quiet(&ctl, &tokens);
+        let (run, out) = run_watched(&ctl, &tokens, &file, name);
+        assert!(out.status.success(), "{name}: {}\n{run:#?}", text(&out));
+        let kind = run.detections[0].kinds.join(",");
+        assert_passed(&run, &format!("{name} ({kind})"));
+        let tree = qdisc_tree(&fleet.a, "ab");
+        assert!(!tree.contains("netem"), "{name}: netem left on ab: {tree}");
+    }
+    assert_eq!(baseline.orphans(), Vec::<String>::new());
 }

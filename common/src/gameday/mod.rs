@@ -424,6 +424,24 @@ pub struct Expect {
     /// The expected findings resolve within this long after the revert.
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub clear_within: Option<Duration>,
+    /// Findings the fault is known to cause besides what it must (netem
+    /// loss is also qdisc drops on its interface): neither required nor
+    /// unexpected, and never an abort.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerate: Vec<Tolerate>,
+}
+
+/// A finding a fault step may cause (see [`Expect::tolerate`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tolerate {
+    /// One finding kind or a list.
+    pub kind: Kinds,
+    /// The group whose hosts may report it.
+    pub on: String,
+    /// A glob the finding's subject must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// A finding that must fire.

@@ -385,6 +385,20 @@ fn duration_errors() {
 
 #[test]
 fn expectation_errors() {
+    // tolerate: the same checks as a detection's kind, group and subject.
+    let es = errors_after(|v| {
+        *at(v, "/steps/3/expect/tolerate") = json!([{"kind": "qdisc_dropz", "on": "a"}]);
+    });
+    assert_error(
+        &es,
+        "steps[3].expect.tolerate[0].kind",
+        "unknown finding kind \"qdisc_dropz\"",
+    );
+    let es = errors_after(|v| {
+        *at(v, "/steps/3/expect/tolerate") = json!([{"kind": "qdisc_drops", "on": "db", "subject": "eth["}]);
+    });
+    assert_error(&es, "steps[3].expect.tolerate[0].on", "unknown group \"db\"");
+    assert_error(&es, "steps[3].expect.tolerate[0].subject", "is not a glob");
     let es = errors_after(|v| *at(v, "/steps/3/expect/detect/0/kind") = json!("foo"));
     assert_error(
         &es,

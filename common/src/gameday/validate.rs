@@ -450,6 +450,17 @@ impl GameDaySpec {
         for (j, det) in x.detect.iter().enumerate() {
             self.check_detect(e, &format!("{p}.detect[{j}]"), det, within_cap);
         }
+        for (j, t) in x.tolerate.iter().enumerate() {
+            // The same checks as a detection's kind, group and subject.
+            let as_detect = Detect {
+                kind: t.kind.clone(),
+                on: t.on.clone(),
+                peer: None,
+                subject: t.subject.clone(),
+                within: fault,
+            };
+            self.check_detect(e, &format!("{p}.tolerate[{j}]"), &as_detect, within_cap);
+        }
         for (j, a) in x.alerts.iter().enumerate() {
             if a.alertname.trim().is_empty() {
                 e.push(format!("{p}.alerts[{j}].alertname"), "empty");

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{AbortFindings, Detect, GameDaySpec, HostScope};
+use super::{AbortFindings, Detect, GameDaySpec, HostScope, Tolerate};
 use crate::api::Finding;
 
 /// A run's groups, resolved: group name → hostnames.
@@ -46,9 +46,21 @@ pub fn expected_by<'a>(
             .iter()
             .filter(|s| s.id == id)
             .filter_map(|s| s.expect.as_ref())
-            .flat_map(|e| e.detect.iter())
-            .any(|d| detect_matches(d, groups, &f.host, f))
+            .any(|e| {
+                e.detect.iter().any(|d| detect_matches(d, groups, &f.host, f))
+                    || e.tolerate.iter().any(|t| tolerate_matches(t, groups, f))
+            })
     })
+}
+
+/// Whether `f` is a finding `t` tolerates: of one of its kinds, on a host
+/// of `t.on`, its subject matching `t.subject`'s glob when given.
+pub fn tolerate_matches(t: &Tolerate, groups: &Groups, f: &Finding) -> bool {
+    in_group(groups, &t.on, &f.host)
+        && t.kind.names().iter().any(|k| k == f.kind.as_str())
+        && t.subject
+            .as_ref()
+            .is_none_or(|g| glob::Pattern::new(g).is_ok_and(|p| p.matches(&f.subject)))
 }
 
 /// Whether `f` trips the abort rule `a` (before asking whether an active
@@ -186,6 +198,42 @@ mod tests {
             &a,
             &g,
             &finding("h2", FindingKind::NicDrops, "eth0", Severity::Warning)
+        ));
+    }
+
+    /// A tolerated finding is expected (never unexpected, never an
+    /// abort) on the hosts of its group and subjects of its glob only.
+    #[test]
+    fn tolerated_findings_count_as_expected_on_their_group_only() {
+        let spec = GameDaySpec::from_yaml(
+            r#"
+name: t
+hypothesis: h
+targets:
+  a: {agents: [h1]}
+  b: {agents: [h2, h3]}
+safety: {max_duration: 5m}
+steps:
+  - id: loss
+    fault:
+      target: a
+      spec: {kind: netem, interface: eth0, netem: {delay_ms: 5}}
+      duration: 1m
+    expect:
+      detect: [{kind: one_way_loss, on: a, within: 30s}]
+      tolerate: [{kind: [qdisc_drops, kernel_drops], on: a, subject: "eth*"}]
+"#,
+        )
+        .expect("spec");
+        let g = groups();
+        let q = |host: &str, subject: &str| finding(host, FindingKind::QdiscDrops, subject, Severity::Critical);
+        assert!(expected_anywhere(&spec, &g, &q("h1", "eth0")));
+        assert!(!expected_anywhere(&spec, &g, &q("h2", "eth0")), "not on b");
+        assert!(!expected_anywhere(&spec, &g, &q("h1", "lo")), "not that subject");
+        assert!(!expected_anywhere(
+            &spec,
+            &g,
+            &finding("h1", FindingKind::NicDrops, "eth0", Severity::Critical)
         ));
     }
 
