@@ -641,6 +641,25 @@ impl FaultEngine {
         table: Option<u32>,
         lease: Duration,
     ) -> Result<(), FaultError> {
+        let (cidr, table) = self
+            .apply_route(id, spec, prefix, table, Mechanism::Blackhole, lease)
+            .await?;
+        tracing::info!(id, prefix = %cidr, table, "blackhole route applied");
+        Ok(())
+    }
+
+    /// Adds graydar's blackhole route for `prefix` as fault `id`, journaled
+    /// as `mechanism` (a blackhole or a route flap: the same checks, the
+    /// same first change, the same revert).
+    async fn apply_route(
+        &mut self,
+        id: &str,
+        spec: &FaultSpec,
+        prefix: &str,
+        table: Option<u32>,
+        mechanism: Mechanism,
+        lease: Duration,
+    ) -> Result<(Cidr, u32), FaultError> {
         if self.active.contains_key(id) {
             return Err(FaultError::Duplicate(id.to_owned()));
         }
@@ -652,17 +671,15 @@ impl FaultEngine {
             prefix: cidr.to_string(),
             table,
         };
-        let record = fault_record(id, Mechanism::Blackhole, &prior.prefix, spec, &prior, lease)?;
+        let record = fault_record(id, mechanism, &prior.prefix, spec, &prior, lease)?;
         self.drive(record, Prior::Route(prior), Change::Blackhole { cidr, table }, lease)
             .await?;
-        tracing::info!(id, prefix = %cidr, table, "blackhole route applied");
-        Ok(())
+        Ok((cidr, table))
     }
 
-    /// A route flap: the same checks and the same first change as a
-    /// blackhole (journaled as `route_flap`, whose revert removes the route
-    /// if it is there), then [`FaultEngine::flap`] on the lease timer
-    /// removes and re-adds it.
+    /// A route flap: [`FaultEngine::apply_route`] (journaled as
+    /// `route_flap`, whose revert removes the route if it is there), then
+    /// [`FaultEngine::flap`] on the lease timer removes and re-adds it.
     async fn apply_route_flap(
         &mut self,
         id: &str,
@@ -672,19 +689,8 @@ impl FaultEngine {
         (down, up): (Duration, Duration),
         lease: Duration,
     ) -> Result<(), FaultError> {
-        if self.active.contains_key(id) {
-            return Err(FaultError::Duplicate(id.to_owned()));
-        }
-        let cidr = Cidr::parse(prefix)?;
-        self.check_not_controller(&cidr)?;
-        let table = table.unwrap_or(route::RT_TABLE_MAIN);
-        route::check_free(&self.netlink, &cidr, table).await?;
-        let prior = RoutePrior {
-            prefix: cidr.to_string(),
-            table,
-        };
-        let record = fault_record(id, Mechanism::RouteFlap, &prior.prefix, spec, &prior, lease)?;
-        self.drive(record, Prior::Route(prior), Change::Blackhole { cidr, table }, lease)
+        let (cidr, table) = self
+            .apply_route(id, spec, prefix, table, Mechanism::RouteFlap, lease)
             .await?;
         let started = self.clock.now();
         if let Some(a) = self.active.get_mut(id) {
