@@ -254,3 +254,11 @@ pub fn run_watched(ctl: &ControllerProcess, tokens: &Tokens, file: &Path, name: 
     let id = list["runs"][0]["id"].as_str().expect("a run id").to_owned();
     (report(ctl, tokens, &id), out)
 }
+
+/// The library game day `name` (runbooks/gamedays/NAME.yaml) as YAML, for a
+/// test to point at its fleet and scale.
+pub fn library_spec(name: &str) -> serde_yaml::Value {
+    let path = crate::deploy::workspace().join(format!("runbooks/gamedays/{name}.yaml"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

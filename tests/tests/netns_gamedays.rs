@@ -207,9 +207,7 @@ fn the_library_route_flap_game_day_passes_on_real_agents() {
     let tokens = Tokens::random();
     let (ctl, _a, _b) = fleet.start(data.path(), &tokens, None);
     let baseline = Baseline::take(&[&fleet.a, &fleet.b]);
-    let path = graydar_tests::deploy::workspace().join("runbooks/gamedays/bgp-route-flap.yaml");
-    let mut spec: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&path).expect("read the library file")).expect("YAML");
+    let mut spec = graydar_tests::gameday_fleet::library_spec("bgp-route-flap");
     spec["targets"]["edge"]["agents"] = serde_yaml::Value::Sequence(vec![fleet.a.name().into()]);
     spec["steps"][0]["wait"]["duration"] = "1s".into();
     let flap = &mut spec["steps"][1];

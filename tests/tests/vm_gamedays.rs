@@ -213,9 +213,7 @@ fn the_library_netem_game_days_pass() {
         ("one-way-loss", None, "40s", "30s", "60s"),
     ];
     for (name, wait, duration, within, clear) in runs {
-        let path = graydar_tests::deploy::workspace().join(format!("runbooks/gamedays/{name}.yaml"));
-        let mut spec: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(&path).expect("read the library file")).expect("YAML");
+        let mut spec = graydar_tests::gameday_fleet::library_spec(name);
         let groups: Vec<String> = spec["targets"]
             .as_mapping()
             .expect("targets")
