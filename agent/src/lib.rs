@@ -10,6 +10,7 @@ pub mod ebpf;
 pub mod faults;
 pub mod findings;
 pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod probes;
 pub mod reporter;

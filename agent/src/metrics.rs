@@ -336,7 +336,41 @@ impl Metrics {
         if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "encoding metrics");
         }
-        String::from_utf8(buf).unwrap_or_default()
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        load_counters(&mut text);
+        text
+    }
+}
+
+/// What the game-day loads of this process did (agent/src/load/), read at
+/// scrape time from its counters.
+fn load_counters(out: &mut String) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering;
+    let t = &crate::load::TOTALS;
+    for (name, help, v) in [
+        (
+            "graydar_load_sent_operations_total",
+            "Datagrams, TCP writes, bursts and syncs done by game-day loads.",
+            t.sent_ops.load(Ordering::Relaxed),
+        ),
+        (
+            "graydar_load_sent_bytes_total",
+            "Bytes sent by game-day traffic and burst loads.",
+            t.sent_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "graydar_load_received_bytes_total",
+            "Bytes received by this agent's load sink.",
+            t.received_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "graydar_load_errors_total",
+            "Sends, connects, bursts and syncs of game-day loads that failed.",
+            t.errors.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
     }
 }
 

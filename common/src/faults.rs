@@ -10,6 +10,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::load::{BurstSpec, FsyncSpec, SinkSpec, TrafficSpec};
+
 /// A fault spec that cannot be applied as written; the message names the field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpecError(pub String);
@@ -65,6 +67,15 @@ pub enum FaultSpec {
         /// How long the prefix stays announced between withdrawals (1 to 3600).
         up_seconds: u32,
     },
+    /// Load: traffic to registered agents' sinks (load.rs).
+    Traffic(TrafficSpec),
+    /// Load: write + fdatasync at a rate in a directory (load.rs).
+    Fsync(FsyncSpec),
+    /// Load: a synchronized TCP fan-in toward one agent (load.rs).
+    Burst(BurstSpec),
+    /// A load sink (TCP and UDP, discarding): the controller gives it to
+    /// the agents a traffic or burst load is aimed at.
+    LoadSink(SinkSpec),
 }
 
 /// Which packets of an interface netem sees.
@@ -251,19 +262,27 @@ pub enum FaultKind {
     Dm,
     Blackhole,
     RouteFlap,
+    Traffic,
+    Fsync,
+    Burst,
+    LoadSink,
 }
 
 /// A fault kind that is not one of [`FaultKind::ALL`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown fault kind {0:?} (expected netem, dm, blackhole or route_flap)")]
+#[error("unknown fault kind {0:?} (expected netem, dm, blackhole, route_flap, traffic, fsync, burst or load_sink)")]
 pub struct UnknownFaultKind(pub String);
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Netem,
         FaultKind::Dm,
         FaultKind::Blackhole,
         FaultKind::RouteFlap,
+        FaultKind::Traffic,
+        FaultKind::Fsync,
+        FaultKind::Burst,
+        FaultKind::LoadSink,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -272,7 +291,19 @@ impl FaultKind {
             FaultKind::Dm => "dm",
             FaultKind::Blackhole => "blackhole",
             FaultKind::RouteFlap => "route_flap",
+            FaultKind::Traffic => "traffic",
+            FaultKind::Fsync => "fsync",
+            FaultKind::Burst => "burst",
+            FaultKind::LoadSink => "load_sink",
         }
+    }
+
+    /// A load (traffic, fsync, burst, a sink) rather than an impairment.
+    pub fn is_load(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Traffic | FaultKind::Fsync | FaultKind::Burst | FaultKind::LoadSink
+        )
     }
 }
 
@@ -310,6 +341,10 @@ pub enum FaultKey {
     Blackhole {
         prefix: String,
     },
+    /// A load, by what it generates (two identical loads on one agent are one too many).
+    Load {
+        what: String,
+    },
 }
 
 impl FaultSpec {
@@ -319,6 +354,10 @@ impl FaultSpec {
             FaultSpec::Dm { .. } => FaultKind::Dm,
             FaultSpec::Blackhole { .. } => FaultKind::Blackhole,
             FaultSpec::RouteFlap { .. } => FaultKind::RouteFlap,
+            FaultSpec::Traffic(_) => FaultKind::Traffic,
+            FaultSpec::Fsync(_) => FaultKind::Fsync,
+            FaultSpec::Burst(_) => FaultKind::Burst,
+            FaultSpec::LoadSink(_) => FaultKind::LoadSink,
         }
     }
 
@@ -335,6 +374,18 @@ impl FaultSpec {
             FaultSpec::Blackhole { prefix, .. } | FaultSpec::RouteFlap { prefix, .. } => {
                 FaultKey::Blackhole { prefix: prefix.clone() }
             }
+            FaultSpec::Traffic(t) => FaultKey::Load {
+                what: format!("traffic {} {}:{}", t.protocol.as_str(), t.to.join(","), t.port),
+            },
+            FaultSpec::Fsync(f) => FaultKey::Load {
+                what: format!("fsync {}", f.dir),
+            },
+            FaultSpec::Burst(b) => FaultKey::Load {
+                what: format!("burst {}:{}", b.to, b.port),
+            },
+            FaultSpec::LoadSink(s) => FaultKey::Load {
+                what: format!("sink {}", s.port),
+            },
         }
     }
 
@@ -344,6 +395,10 @@ impl FaultSpec {
             FaultSpec::Netem { interface, .. } => interface,
             FaultSpec::Dm { device, .. } => device,
             FaultSpec::Blackhole { prefix, .. } | FaultSpec::RouteFlap { prefix, .. } => prefix,
+            FaultSpec::Traffic(t) => t.to.first().map_or("(no destination)", String::as_str),
+            FaultSpec::Fsync(f) => &f.dir,
+            FaultSpec::Burst(b) => &b.to,
+            FaultSpec::LoadSink(_) => "sink",
         }
     }
 
@@ -387,6 +442,10 @@ impl FaultSpec {
                 }
                 Ok(())
             }
+            FaultSpec::Traffic(t) => t.validate(),
+            FaultSpec::Fsync(f) => f.validate(),
+            FaultSpec::Burst(b) => b.validate(),
+            FaultSpec::LoadSink(s) => s.validate(),
         }
     }
 }

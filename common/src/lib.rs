@@ -37,3 +37,6 @@ pub mod fault_client;
 
 #[cfg(feature = "gameday")]
 pub mod gameday;
+
+#[cfg(feature = "api")]
+pub mod load;

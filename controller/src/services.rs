@@ -65,6 +65,16 @@ impl Services {
                 .await
                 .map_err(OpenError::Faults)?,
         );
+        // Where loads go: the registered agents' addresses (registration
+        // keeps them current from then on).
+        match agents.list().await {
+            Ok(list) => {
+                for a in list {
+                    faults.set_addresses(&a.hostname, &a.addresses);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing agents for their addresses"),
+        }
         let paths = PathService::open(agents.clone(), store.clone())
             .await
             .map_err(OpenError::Paths)?;

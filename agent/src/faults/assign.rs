@@ -389,11 +389,15 @@ impl Assigner {
                 continue;
             }
             let kind = eng.kind_of(&id);
+            let load = eng.load_summary(&id);
             match eng.revert(&id).await {
                 Ok(()) => {
                     kind.inspect(|k| self.count(*k, "revert", true));
                     active.remove(&id);
                     if let Some(l) = self.local.get_mut(&id) {
+                        if let Some(s) = load {
+                            l.operations = vec![format!("load achieved {s}")];
+                        }
                         l.set(FaultState::Reverted, Some("no longer wanted by the controller".into()));
                     }
                 }
@@ -432,9 +436,15 @@ impl Assigner {
             if active.contains(&f.id) {
                 let r = eng.renew(&f.id, lease);
                 self.count(kind, "renew", r.is_ok());
+                let load = eng.load_summary(&f.id);
                 let l = self.entry(f);
                 if l.state != FaultState::Active {
                     l.set(FaultState::Active, None);
+                }
+                // A load reports what it achieves (rate, errors) as it goes.
+                if let Some(s) = load {
+                    l.operations = vec![format!("load achieved {s}")];
+                    l.dirty = true;
                 }
                 continue;
             }

@@ -31,7 +31,7 @@ use super::caps::{self, KernelCaps, Missing, Piece};
 use super::dm::{self, DmFaultError, DmFaultSpec, DmTable as _};
 use super::journal::{FaultRecord, Journal, JournalError, Mechanism, Record};
 use super::lease::{self, BootClock, Clock, Retry};
-use super::mechanism::{Change, Prior, Restored};
+use super::mechanism::{Change, LoadPrior, Prior, Restored};
 use super::netem::{NetemSpec, SpecError};
 use super::route::{self, RouteError, RoutePrior};
 use super::tc::{self, TcError};
@@ -68,6 +68,8 @@ pub enum FaultError {
     Missing(#[from] Missing),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error(transparent)]
+    Load(#[from] crate::load::LoadError),
     /// A restore ran but the kernel still shows the fault.
     #[error("fault {id}: {what}")]
     NotReverted { id: String, what: String },
@@ -121,6 +123,8 @@ struct Active {
     reverting: Option<Retry>,
     /// A route flap's schedule: the lease timer adds and removes its route.
     flap: Option<Flap>,
+    /// A running load (stopped before the revert's restore).
+    load: Option<crate::load::Running>,
 }
 
 /// A route flap in progress ([`graydar_common::faults::route_flap_withdrawn`]
@@ -166,6 +170,8 @@ enum How<'a> {
         down: Duration,
         up: Duration,
     },
+    /// A load (traffic, fsync, burst, a sink).
+    Load,
 }
 
 pub struct FaultEngine {
@@ -330,6 +336,7 @@ impl FaultEngine {
                             expires: now,
                             reverting: Some(Retry::first(now, e.to_string())),
                             flap: None,
+                            load: None,
                         },
                     );
                     Err(e)
@@ -434,6 +441,7 @@ impl FaultEngine {
                             expires: now,
                             reverting: Some(Retry::first(now, re.to_string())),
                             flap: None,
+                            load: None,
                         },
                     );
                     Err(FaultError::RollbackFailed {
@@ -472,6 +480,7 @@ impl FaultEngine {
                 expires,
                 reverting: None,
                 flap: None,
+                load: None,
             },
         );
         Ok(())
@@ -516,6 +525,7 @@ impl FaultEngine {
                 down,
                 up,
             } => self.apply_route_flap(id, spec, prefix, table, (down, up), lease).await,
+            How::Load => self.apply_load(id, spec, lease).await,
         }
     }
 
@@ -555,7 +565,45 @@ impl FaultEngine {
                 down: Duration::from_secs(u64::from(*down_seconds)),
                 up: Duration::from_secs(u64::from(*up_seconds)),
             },
+            FaultSpec::Traffic(_) | FaultSpec::Fsync(_) | FaultSpec::Burst(_) | FaultSpec::LoadSink(_) => How::Load,
         }
+    }
+
+    /// A load: journaled (with the file an fsync load will write) like any
+    /// fault, then started; a load that cannot start (a sink port in use,
+    /// no such directory) is reverted at once and fails.
+    async fn apply_load(&mut self, id: &str, spec: &FaultSpec, lease: Duration) -> Result<(), FaultError> {
+        if self.active.contains_key(id) {
+            return Err(FaultError::Duplicate(id.to_owned()));
+        }
+        let prior = LoadPrior {
+            file: match spec {
+                FaultSpec::Fsync(f) => Some(crate::load::fsync_path(&f.dir, id).display().to_string()),
+                _ => None,
+            },
+        };
+        let record = fault_record(id, Mechanism::Load(spec.kind()), spec.target(), spec, &prior, lease)?;
+        self.drive(record, Prior::Load(prior), Change::Load, lease).await?;
+        match crate::load::start(id, spec).await {
+            Ok(run) => {
+                if let Some(a) = self.active.get_mut(id) {
+                    a.load = Some(run);
+                }
+                tracing::info!(id, kind = %spec.kind(), target = spec.target(), "load started");
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(re) = self.revert(id).await {
+                    tracing::error!(id, error = %re, "a load that could not start could not be reverted either; retrying");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// What the running load `id` has done so far.
+    pub fn load_summary(&self, id: &str) -> Option<crate::load::Summary> {
+        self.active.get(id)?.load.as_ref().map(crate::load::Running::summary)
     }
 
     /// Resolves and snapshots a scoped / ingress / excluding netem fault.
@@ -807,6 +855,33 @@ impl FaultEngine {
                 }
                 Ok(ops)
             }
+            How::Load => Ok(vec![match spec {
+                FaultSpec::Traffic(t) => format!(
+                    "{} traffic to {} port {}: {} packets/s of {} bytes per destination{}",
+                    t.protocol.as_str(),
+                    t.to.join(", "),
+                    t.port,
+                    t.packets_per_second(),
+                    t.size,
+                    if t.protocol == graydar_common::load::LoadProtocol::Tcp {
+                        format!(" over {} connections each", t.connections)
+                    } else {
+                        String::new()
+                    }
+                ),
+                FaultSpec::Fsync(f) => format!(
+                    "write {} bytes + fdatasync {} times a second to {}, removed at the end",
+                    f.block_bytes,
+                    f.per_second,
+                    crate::load::fsync_path(&f.dir, "ID").display()
+                ),
+                FaultSpec::Burst(b) => format!(
+                    "every {} ms from {}: a TCP connection to {} port {} carrying {} bytes",
+                    b.every_ms, b.start_unix_ms, b.to, b.port, b.bytes
+                ),
+                FaultSpec::LoadSink(k) => format!("listen on TCP and UDP port {} and discard what arrives", k.port),
+                other => format!("{} is not a load", other.kind()),
+            }]),
         }
     }
 
@@ -880,6 +955,11 @@ impl FaultEngine {
     /// then journals `Reverted`. On failure the fault stays active (and
     /// *reverting*, retried by [`FaultEngine::expire`] with back-off).
     pub async fn revert(&mut self, id: &str) -> Result<(), FaultError> {
+        if let Some(run) = self.active.get_mut(id).and_then(|a| a.load.take()) {
+            let kind = run.kind();
+            let done = run.stop().await;
+            tracing::info!(id, kind, "load stopped: {done}");
+        }
         let a = self.active.get(id).ok_or_else(|| FaultError::NotFound(id.to_owned()))?;
         match restore_and_journal(&mut self.journal, &self.netlink, id, &a.record.target, &a.prior).await {
             Ok(how) => {

@@ -41,6 +41,9 @@ pub enum Mechanism {
     /// A blackhole route added and removed in turn (`route_flap`); its
     /// prior is a blackhole's: the revert removes the route if it is there.
     RouteFlap,
+    /// A load (`traffic`, `fsync`, `burst`, `load_sink`: agent/src/load/);
+    /// its prior names the file an fsync load writes, removed at the revert.
+    Load(FaultKind),
     /// A kind this agent does not know (another version wrote it): the
     /// record stays pending and its revert fails naming the kind, so it is
     /// neither lost nor guessed.
@@ -55,6 +58,7 @@ impl Mechanism {
             Mechanism::Dm => "dm",
             Mechanism::Blackhole => "blackhole",
             Mechanism::RouteFlap => "route_flap",
+            Mechanism::Load(k) => k.as_str(),
             Mechanism::Unknown(k) => k,
         }
     }
@@ -66,6 +70,7 @@ impl Mechanism {
             Mechanism::Dm => Some(FaultKind::Dm),
             Mechanism::Blackhole => Some(FaultKind::Blackhole),
             Mechanism::RouteFlap => Some(FaultKind::RouteFlap),
+            Mechanism::Load(k) => Some(*k),
             Mechanism::Unknown(_) => None,
         }
     }
@@ -79,6 +84,10 @@ impl From<String> for Mechanism {
             "dm" => Mechanism::Dm,
             "blackhole" => Mechanism::Blackhole,
             "route_flap" => Mechanism::RouteFlap,
+            "traffic" => Mechanism::Load(FaultKind::Traffic),
+            "fsync" => Mechanism::Load(FaultKind::Fsync),
+            "burst" => Mechanism::Load(FaultKind::Burst),
+            "load_sink" => Mechanism::Load(FaultKind::LoadSink),
             _ => Mechanism::Unknown(s),
         }
     }

@@ -38,6 +38,9 @@ pub enum Prior {
     Tree(TreePrior),
     /// A blackhole route (nothing was there before: it is deleted).
     Route(RoutePrior),
+    /// A load (agent/src/load/): the engine stops it before the restore,
+    /// which removes the file an fsync load wrote.
+    Load(LoadPrior),
     /// A journal record this agent cannot revert: a kind another version
     /// wrote, or a prior it cannot decode. Kept (and reported) rather than
     /// dropped or guessed.
@@ -76,6 +79,16 @@ pub enum Change {
     Dm { table: Vec<TableLine> },
     /// Add a blackhole route.
     Blackhole { cidr: Cidr, table: u32 },
+    /// Nothing in the kernel: the engine starts the load once the journal
+    /// calls it applied.
+    Load,
+}
+
+/// What a load leaves behind: the fsync load's file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoadPrior {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 impl Change {
@@ -89,6 +102,7 @@ impl Change {
             )),
             (Change::Dm { table }, _) => Ok(dm::swap_table(&dm::open()?, target, table)?),
             (Change::Blackhole { cidr, table }, _) => Ok(route::add_blackhole(netlink, cidr, *table).await?),
+            (Change::Load, _) => Ok(()),
         }
     }
 }
@@ -112,6 +126,7 @@ impl Prior {
             Mechanism::Dm => decode(rec).map(Prior::DmTable),
             Mechanism::NetemTree => decode(rec).map(Prior::Tree),
             Mechanism::Blackhole | Mechanism::RouteFlap => decode(rec).map(Prior::Route),
+            Mechanism::Load(_) => decode(rec).map(Prior::Load),
             Mechanism::Unknown(kind) => Ok(Prior::Unknown { kind: kind.clone() }),
         };
         r.unwrap_or_else(Prior::Undecodable)
@@ -196,6 +211,26 @@ impl Prior {
                 let cidr = Cidr::parse_masked(&prior.prefix)?;
                 route::del_blackhole(netlink, &cidr, prior.table).await?;
                 route::verify_removed(netlink, &cidr, prior.table).await?;
+                Ok(Restored::Restored)
+            }
+            Prior::Load(LoadPrior { file: None }) => Ok(Restored::Restored),
+            Prior::Load(LoadPrior { file: Some(file) }) => {
+                match std::fs::remove_file(file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(FaultError::NotReverted {
+                            id: id.to_owned(),
+                            what: format!("cannot remove the fsync load's file {file}: {e}"),
+                        });
+                    }
+                }
+                if std::path::Path::new(file).exists() {
+                    return Err(FaultError::NotReverted {
+                        id: id.to_owned(),
+                        what: format!("the fsync load's file {file} is still there after its removal"),
+                    });
+                }
                 Ok(Restored::Restored)
             }
             Prior::Unknown { kind } => Err(FaultError::UnknownKind {

@@ -392,7 +392,10 @@ pub struct LoadAction {
 }
 
 /// The kinds of load, by `kind`; adding one is one variant here, its
-/// checks in [`LoadSpec::validate`] and its runner in the agent.
+/// checks in [`LoadSpec::validate`], its fault spec in
+/// [`LoadSpec::fault_spec`] and its runner in the agent (agent/src/load/).
+/// A load is handed to the agents as a fault of the same kind (bounded,
+/// journaled, lease-bound: graydar_common::load).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LoadSpec {
@@ -406,10 +409,104 @@ pub enum LoadSpec {
         block_bytes: u32,
         per_second: u32,
     },
+    /// Traffic from every agent of the step's target toward every agent of
+    /// the group `to` (their load sinks), at `packets_per_second` or
+    /// `bits_per_second` per destination.
+    Traffic {
+        /// A group's name.
+        to: String,
+        #[serde(default)]
+        protocol: crate::load::LoadProtocol,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packets_per_second: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bits_per_second: Option<u64>,
+        #[serde(default = "default_size")]
+        size: u32,
+        #[serde(default = "default_connections")]
+        connections: u32,
+        #[serde(default = "default_port")]
+        port: u16,
+    },
+    /// Incast: every agent of the step's target sends `bytes` over a new
+    /// TCP connection to the one agent of the group `to`, all at the same
+    /// instant (the controller hands out one start), every `every`.
+    Burst {
+        /// A group of one agent (the receiver).
+        to: String,
+        bytes: u64,
+        #[serde(with = "humantime_serde")]
+        every: Duration,
+        #[serde(default = "default_port")]
+        port: u16,
+    },
 }
 
 fn default_block() -> u32 {
     4096
+}
+
+fn default_size() -> u32 {
+    1200
+}
+
+fn default_connections() -> u32 {
+    1
+}
+
+fn default_port() -> u16 {
+    crate::load::DEFAULT_SINK_PORT
+}
+
+impl LoadSpec {
+    /// The group the load is aimed at, if any.
+    pub fn to(&self) -> Option<&str> {
+        match self {
+            LoadSpec::Fsync { .. } => None,
+            LoadSpec::Traffic { to, .. } | LoadSpec::Burst { to, .. } => Some(to),
+        }
+    }
+
+    /// The fault spec handed to the agents, with `to` resolved to the
+    /// addresses of the agents of that group (`dest`).
+    pub fn fault_spec(&self, dest: &[String]) -> FaultSpec {
+        use crate::load::{BurstSpec, FsyncSpec, TrafficSpec};
+        match self {
+            LoadSpec::Fsync {
+                dir,
+                block_bytes,
+                per_second,
+            } => FaultSpec::Fsync(FsyncSpec {
+                dir: dir.clone(),
+                block_bytes: *block_bytes,
+                per_second: *per_second,
+            }),
+            LoadSpec::Traffic {
+                protocol,
+                packets_per_second,
+                bits_per_second,
+                size,
+                connections,
+                port,
+                ..
+            } => FaultSpec::Traffic(TrafficSpec {
+                to: dest.to_vec(),
+                port: *port,
+                protocol: *protocol,
+                packets_per_second: *packets_per_second,
+                bits_per_second: *bits_per_second,
+                size: *size,
+                connections: *connections,
+            }),
+            LoadSpec::Burst { bytes, every, port, .. } => FaultSpec::Burst(BurstSpec {
+                to: dest.first().cloned().unwrap_or_default(),
+                port: *port,
+                bytes: *bytes,
+                every_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+                start_unix_ms: 0,
+            }),
+        }
+    }
 }
 
 /// What a fault step must cause, measured from the fault's confirmed apply.
@@ -662,7 +759,12 @@ pub fn minimum_capabilities(spec: &FaultSpec) -> Vec<&'static str> {
             DmFaultSpec::Delay { .. } => vec!["device_mapper", "dm_delay"],
             DmFaultSpec::Flakey { .. } => vec!["device_mapper", "dm_flakey"],
         },
-        FaultSpec::Blackhole { .. } | FaultSpec::RouteFlap { .. } => Vec::new(),
+        FaultSpec::Blackhole { .. }
+        | FaultSpec::RouteFlap { .. }
+        | FaultSpec::Traffic(_)
+        | FaultSpec::Fsync(_)
+        | FaultSpec::Burst(_)
+        | FaultSpec::LoadSink(_) => Vec::new(),
     }
 }
 

@@ -416,6 +416,9 @@ impl GameDaySpec {
                 }
                 Action::Load(l) => {
                     group(e, format!("{p}.load.target"), &l.target);
+                    if let Some(to) = l.spec.to() {
+                        group(e, format!("{p}.load.spec.to"), to);
+                    }
                     if let Err(msg) = l.spec.validate() {
                         e.push(format!("{p}.load.spec"), msg);
                     }
@@ -576,25 +579,10 @@ impl GameDaySpec {
 }
 
 impl LoadSpec {
-    /// Everything about the load that can be checked without a host.
+    /// Everything about the load that can be checked without a host: the
+    /// fault spec it becomes, with a documentation address (RFC 5737) for
+    /// the group it is aimed at.
     pub fn validate(&self) -> Result<(), String> {
-        match self {
-            LoadSpec::Fsync {
-                dir,
-                block_bytes,
-                per_second,
-            } => {
-                if !dir.starts_with('/') || dir.split('/').any(|c| c == "..") {
-                    return Err(format!("fsync: dir {dir:?} must be an absolute path without '..'"));
-                }
-                if !(512..=1 << 20).contains(block_bytes) {
-                    return Err(format!("fsync: block_bytes must be 512 to 1048576, got {block_bytes}"));
-                }
-                if !(1..=1000).contains(per_second) {
-                    return Err(format!("fsync: per_second must be 1 to 1000, got {per_second}"));
-                }
-                Ok(())
-            }
-        }
+        self.fault_spec(&["192.0.2.1".to_owned()]).validate().map_err(|e| e.0)
     }
 }

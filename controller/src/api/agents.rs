@@ -93,8 +93,10 @@ pub(super) async fn register(
         app.services.credentials.enroll(&hostname, d).await?;
     }
     let (interfaces, dm_devices) = (req.interfaces.clone(), req.dm_devices.clone());
+    let addresses = req.addresses.clone();
     let agent = app.services.agents.register(req).await?;
     app.services.faults.set_inventory(&hostname, interfaces, dm_devices);
+    app.services.faults.set_addresses(&hostname, &addresses);
     let enrolled = app.services.credentials.is_enrolled(&hostname);
     tracing::info!(agent = %hostname, enrolled, "agent registered");
     Ok(Json(RegisterResponse {

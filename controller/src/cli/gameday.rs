@@ -563,6 +563,20 @@ fn action_text(step: &Step) -> String {
         Some(Action::Load(l)) => {
             let kind = match &l.spec {
                 LoadSpec::Fsync { dir, per_second, .. } => format!("fsync {dir} {per_second}/s"),
+                LoadSpec::Traffic {
+                    to,
+                    protocol,
+                    packets_per_second,
+                    bits_per_second,
+                    ..
+                } => match (packets_per_second, bits_per_second) {
+                    (Some(p), _) => format!("{} traffic to {to} {p} packets/s", protocol.as_str()),
+                    (None, Some(b)) => format!("{} traffic to {to} {b} bit/s", protocol.as_str()),
+                    (None, None) => format!("{} traffic to {to}", protocol.as_str()),
+                },
+                LoadSpec::Burst { to, bytes, every, .. } => {
+                    format!("burst of {bytes} bytes to {to} every {}", d(*every))
+                }
             };
             format!("load {kind} on {} for {}", l.target, d(l.duration))
         }

@@ -33,7 +33,8 @@ use graydar_common::api::AgentInfo;
 use graydar_common::fault_api::{
     CreateFaultRequest, DesiredFault, DesiredFaults, FaultInfo, FaultStatusUpdate, RevertAllResponse, SafetyLever,
 };
-use graydar_common::faults::FaultState;
+use graydar_common::faults::{FaultSpec, FaultState};
+use graydar_common::load::SinkSpec;
 use graydar_common::timestamp::Timestamp;
 use tokio::sync::watch;
 
@@ -45,6 +46,9 @@ use crate::timefmt::now_ms;
 
 /// Shortest lease a fault may ask for (as the controller's `faults.lease`).
 pub const MIN_FAULT_LEASE_SECONDS: u64 = 3;
+/// A burst's first instant, after its creation (every sender is woken at
+/// once and has it well before).
+const BURST_LEAD_MS: i64 = 2_000;
 
 /// What /metrics shows of the faults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,6 +170,29 @@ impl FaultService {
             .update(interfaces, dm_devices);
     }
 
+    /// Remembers an agent's registered addresses (a load aimed at one of
+    /// them gives the agent a sink).
+    pub fn set_addresses(&self, host: &str, addresses: &[String]) {
+        lock(&self.inventory).entry(host.to_owned()).or_default().addresses =
+            addresses.iter().filter_map(|a| a.parse().ok()).collect();
+    }
+
+    /// The agents a fault's load is aimed at (they get its sink).
+    fn sink_hosts(&self, f: &Fault) -> Vec<String> {
+        let dest: Vec<std::net::IpAddr> = super::policy::load_destinations(&f.spec)
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if dest.is_empty() {
+            return Vec::new();
+        }
+        lock(&self.inventory)
+            .iter()
+            .filter(|(_, inv)| inv.addresses.iter().any(|a| dest.contains(a)))
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
     fn sender(&self, host: &str) -> watch::Sender<u64> {
         lock(&self.watchers)
             .entry(host.to_owned())
@@ -256,9 +283,17 @@ impl FaultService {
                 )));
             }
         };
+        let mut spec = req.spec;
+        if let FaultSpec::Burst(b) = &mut spec
+            && b.start_unix_ms == 0
+        {
+            // One start for every sender, far enough ahead for all of them
+            // to have it (they are woken at once).
+            b.start_unix_ms = now.saturating_add(BURST_LEAD_MS);
+        }
         let fault = Fault {
             id,
-            spec: req.spec,
+            spec,
             selector: req.targets.selector,
             dry_run: req.dry_run,
             forced: req.force,
@@ -288,8 +323,10 @@ impl FaultService {
         let info = fault.info();
         tracing::info!(id = %fault.id, kind = %fault.spec.kind(), target = fault.spec.target(), agents = targets.len(),
             dry_run = fault.dry_run, forced = fault.forced, duration_s = fault.duration_seconds, "fault created");
+        let sinks = self.sink_hosts(&fault);
         lock(&self.inner).faults.insert(fault.id.clone(), fault);
         self.bump(&targets);
+        self.bump(&sinks);
         Ok(info)
     }
 
@@ -366,7 +403,11 @@ impl FaultService {
             } else {
                 EndReason::Deleted
             });
-            (f.info(), f.agents.keys().cloned().collect::<Vec<_>>(), ended)
+            (
+                f.info(),
+                f.agents.keys().cloned().chain(self.sink_hosts(f)).collect::<Vec<_>>(),
+                ended,
+            )
         });
         // Out of memory means settled: ended long ago, nothing to do.
         let Some((mut info, targets, ended)) = live else {
@@ -482,6 +523,7 @@ impl FaultService {
                 if f.ended_ms.is_none() && now >= f.expires_ms {
                     ids.push(f.id.clone());
                     hosts.extend(f.agents.keys().cloned());
+                    hosts.extend(self.sink_hosts(f));
                 }
             }
             (ids, hosts)
@@ -572,6 +614,37 @@ impl FaultService {
                 spec: f.spec.clone(),
                 lease_seconds,
                 dry_run: f.dry_run,
+            });
+        }
+        // Sinks: one per port for the loads aimed at this host, as long as
+        // those loads are wanted (named after the first such load).
+        let mine: Vec<std::net::IpAddr> = lock(&self.inventory)
+            .get(host)
+            .map(|i| i.addresses.clone())
+            .unwrap_or_default();
+        let mut ports = BTreeSet::new();
+        for f in inner.faults.values() {
+            if f.dry_run || !f.wanted(now) {
+                continue;
+            }
+            let port = match &f.spec {
+                FaultSpec::Traffic(t) => t.port,
+                FaultSpec::Burst(b) => b.port,
+                _ => continue,
+            };
+            let aimed_here = super::policy::load_destinations(&f.spec)
+                .iter()
+                .any(|a| a.parse().is_ok_and(|ip| mine.contains(&ip)));
+            if !aimed_here || !ports.insert(port) {
+                continue;
+            }
+            let left_ms = u64::try_from(f.expires_ms.saturating_sub(now)).unwrap_or(0);
+            faults.push(DesiredFault {
+                id: format!("{}.sink", f.id),
+                spec: FaultSpec::LoadSink(SinkSpec { port }),
+                // A second more than the load, so the sink outlives its senders.
+                lease_seconds: f.lease_seconds(lease_s).min(left_ms.div_ceil(1000)).max(1) + 1,
+                dry_run: false,
             });
         }
         DesiredFaults {

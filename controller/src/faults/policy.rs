@@ -20,6 +20,8 @@ use super::{FaultConfig, FaultError};
 pub struct Inventory {
     pub interfaces: Option<Vec<String>>,
     pub dm_devices: Option<Vec<String>>,
+    /// Its registered addresses (where a load aimed at it goes).
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 impl Inventory {
@@ -135,10 +137,51 @@ pub fn resolve_targets(
                     ));
                 }
             }
-            FaultSpec::Blackhole { .. } | FaultSpec::RouteFlap { .. } => {}
+            FaultSpec::Blackhole { .. }
+            | FaultSpec::RouteFlap { .. }
+            | FaultSpec::Traffic(_)
+            | FaultSpec::Fsync(_)
+            | FaultSpec::Burst(_)
+            | FaultSpec::LoadSink(_) => {}
         }
     }
+    check_load_destinations(&req.spec, agents, &targets)?;
     Ok(targets)
+}
+
+/// The addresses a load sends to.
+pub fn load_destinations(spec: &FaultSpec) -> &[String] {
+    match spec {
+        FaultSpec::Traffic(t) => &t.to,
+        FaultSpec::Burst(b) => std::slice::from_ref(&b.to),
+        _ => &[],
+    }
+}
+
+/// A load is only ever aimed at registered graydar agents (their sinks),
+/// never at an arbitrary address, and never at one of its own senders.
+fn check_load_destinations(spec: &FaultSpec, agents: &[AgentInfo], targets: &[String]) -> Result<(), FaultError> {
+    for addr in load_destinations(spec) {
+        let ip: Option<std::net::IpAddr> = addr.parse().ok();
+        let owner = agents
+            .iter()
+            .find(|a| a.addresses.iter().any(|x| x.parse().ok() == ip && ip.is_some()));
+        match owner {
+            None => {
+                return Err(FaultError::Invalid(format!(
+                    "spec.to: {addr} is not the address of a registered agent: load is only sent to graydar agents' sinks"
+                )));
+            }
+            Some(a) if targets.contains(&a.hostname) => {
+                return Err(FaultError::Invalid(format!(
+                    "spec.to: {addr} is agent {:?}'s, which is also a sender: a load does not send to itself",
+                    a.hostname
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The blast-radius rule: the distinct agents under a running fault (not a
@@ -386,6 +429,7 @@ mod tests {
             Inventory {
                 interfaces: Some(vec!["eth0".into(), "lo".into()]),
                 dm_devices: None,
+                addresses: Vec::new(),
             },
         );
         let e = resolve_targets(&req(sel("r1"), "eth9"), &fleet, &inv, &cfg).expect_err("eth9");

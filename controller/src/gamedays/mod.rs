@@ -406,9 +406,6 @@ impl GameDayService {
                 if needs_prom && self.ctx.prometheus.is_none() {
                     bad.push("abort.promql and expect.alerts need a Prometheus: set [prometheus] url in the controller's configuration".into());
                 }
-                if let Some(s) = spec.steps.iter().find(|s| matches!(s.action(), Some(Action::Load(_)))) {
-                    bad.push(format!("steps.{}: load steps are not run by this controller yet", s.id));
-                }
                 (!bad.is_empty()).then(|| bad.join("; "))
             }
         };
@@ -468,14 +465,19 @@ impl GameDayService {
         let spec = info.spec.clone();
         for s in &mut info.steps {
             s.planned_start_ms = plan.get(&s.id).copied();
-            let Some(Action::Fault(f)) = spec.steps.iter().find(|x| x.id == s.id).and_then(|x| x.action()) else {
-                continue;
+            let req = match spec.steps.iter().find(|x| x.id == s.id).and_then(|x| x.action()) {
+                _ if s.agents.is_empty() => continue,
+                Some(Action::Fault(f)) => Ok(runner::fault_request(s.agents.clone(), f, spec.safety.lease, true)),
+                Some(Action::Load(l)) => {
+                    runner::load_request(s.agents.clone(), l, &info.targets, agents, spec.safety.lease, true)
+                }
+                _ => continue,
             };
-            if s.agents.is_empty() {
-                continue;
-            }
-            let req = runner::fault_request(s.agents.clone(), f, spec.safety.lease, true);
-            match self.ctx.faults.create(req, agents).await {
+            let created = match req {
+                Ok(req) => self.ctx.faults.create(req, agents).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match created {
                 Ok(fault) => {
                     self.ctx
                         .faults
@@ -490,7 +492,7 @@ impl GameDayService {
                         }
                     }
                 }
-                Err(e) => s.reason = Some(e.to_string()),
+                Err(e) => s.reason = Some(e),
             }
         }
         info.state = RunState::Completed;

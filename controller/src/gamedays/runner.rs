@@ -93,6 +93,43 @@ pub(super) fn fault_request(
     }
 }
 
+/// The fault request of a load step: the load's fault spec with its `to`
+/// group resolved to those agents' first registered addresses.
+pub(super) fn load_request(
+    agents: Vec<String>,
+    l: &graydar_common::gameday::LoadAction,
+    groups: &BTreeMap<String, Vec<String>>,
+    registered: &[AgentInfo],
+    lease: Option<Duration>,
+    dry_run: bool,
+) -> Result<CreateFaultRequest, String> {
+    let mut dest = Vec::new();
+    if let Some(to) = l.spec.to() {
+        for host in groups.get(to).map(Vec::as_slice).unwrap_or_default() {
+            let addr = registered
+                .iter()
+                .find(|a| &a.hostname == host)
+                .and_then(|a| a.addresses.first())
+                .ok_or_else(|| format!("load.spec.to: agent {host:?} of group {to} has no registered address"))?;
+            dest.push(addr.clone());
+        }
+        if dest.is_empty() {
+            return Err(format!("load.spec.to: group {to} has no agent"));
+        }
+    }
+    Ok(CreateFaultRequest {
+        targets: FaultTargets {
+            agents,
+            selector: BTreeMap::new(),
+        },
+        spec: l.spec.fault_spec(&dest),
+        duration_seconds: ceil_secs(l.duration),
+        dry_run,
+        force: false,
+        lease_seconds: lease.map(|l| l.as_secs()),
+    })
+}
+
 struct Driver {
     ctx: Arc<Ctx>,
     live: Arc<LiveRun>,
@@ -790,16 +827,17 @@ impl Driver {
                         event(i, Some(&step.id), None, msg);
                     });
                 }
-                Some(Action::Fault(f)) => {
+                Some(action @ (Action::Fault(_) | Action::Load(_))) => {
                     if gate_started {
                         continue;
                     }
                     let agents = run_step.agents.clone();
+                    let group = action.target().unwrap_or_default().to_owned();
                     if agents.is_empty() {
                         self.update(|i| {
                             if let Some(st) = i.steps.iter_mut().find(|x| x.id == step.id) {
                                 st.state = StepState::Skipped;
-                                st.reason = Some(format!("group {} is empty (on_empty: skip)", f.target));
+                                st.reason = Some(format!("group {group} is empty (on_empty: skip)"));
                             }
                             for d in i.detections.iter_mut().filter(|d| d.step == step.id) {
                                 d.state = DetectionState::NotRun;
@@ -821,7 +859,7 @@ impl Driver {
                             i,
                             Some(&step.id),
                             None,
-                            format!("applying fault {id} on {}", agents.join(", ")),
+                            format!("applying {} {id} on {}", action.name(), agents.join(", ")),
                         );
                     });
                     if !self.persist().await {
@@ -839,8 +877,23 @@ impl Driver {
                         Ok(a) => a,
                         Err(e) => return Some(format!("failed: listing agents: {e}")),
                     };
-                    let req = fault_request(agents, f, self.spec.safety.lease, false);
-                    if let Err(e) = self.ctx.faults.create_as(id.clone(), req, &registered).await {
+                    let req = match action {
+                        Action::Load(l) => {
+                            load_request(agents, l, &info.targets, &registered, self.spec.safety.lease, false)
+                        }
+                        Action::Fault(f) => Ok(fault_request(agents, f, self.spec.safety.lease, false)),
+                        _ => Err("not a fault or a load".to_owned()),
+                    };
+                    let created = match req {
+                        Ok(req) => self
+                            .ctx
+                            .faults
+                            .create_as(id.clone(), req, &registered)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = created {
                         self.update(|i| {
                             if let Some(st) = i.steps.iter_mut().find(|x| x.id == step.id) {
                                 st.state = StepState::Failed;
@@ -848,17 +901,15 @@ impl Driver {
                             }
                         });
                         return Some(format!(
-                            "failed: step {}: the controller refused the fault: {e}",
-                            step.id
+                            "failed: step {}: the controller refused the {}: {e}",
+                            step.id,
+                            action.name()
                         ));
                     }
                     impairing = true;
                 }
-                Some(Action::Load(_)) | None => {
-                    return Some(format!(
-                        "failed: step {}: load steps are not run by this controller yet",
-                        step.id
-                    ));
+                None => {
+                    return Some(format!("failed: step {}: no action", step.id));
                 }
             }
         }
