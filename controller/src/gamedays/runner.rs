@@ -104,14 +104,21 @@ pub(super) fn load_request(
     dry_run: bool,
 ) -> Result<CreateFaultRequest, String> {
     let mut dest = Vec::new();
+    let from: Vec<std::net::IpAddr> = registered
+        .iter()
+        .filter(|a| agents.contains(&a.hostname))
+        .flat_map(|a| a.addresses.iter().filter_map(|x| x.parse().ok()))
+        .collect();
     if let Some(to) = l.spec.to() {
         for host in groups.get(to).map(Vec::as_slice).unwrap_or_default() {
-            let addr = registered
+            let addrs: Vec<std::net::IpAddr> = registered
                 .iter()
                 .find(|a| &a.hostname == host)
-                .and_then(|a| a.addresses.first())
+                .map(|a| a.addresses.iter().filter_map(|x| x.parse().ok()).collect())
+                .unwrap_or_default();
+            let addr = nearest(&addrs, &from)
                 .ok_or_else(|| format!("load.spec.to: agent {host:?} of group {to} has no registered address"))?;
-            dest.push(addr.clone());
+            dest.push(addr.to_string());
         }
         if dest.is_empty() {
             return Err(format!("load.spec.to: group {to} has no agent"));
@@ -128,6 +135,28 @@ pub(super) fn load_request(
         force: false,
         lease_seconds: lease.map(|l| l.as_secs()),
     })
+}
+
+/// Of an agent's addresses, the one sharing the longest prefix with any
+/// of the senders' (same family): on a multi-homed host, the address on
+/// the senders' own network (the first address when none is closer).
+pub(super) fn nearest(dest: &[std::net::IpAddr], from: &[std::net::IpAddr]) -> Option<std::net::IpAddr> {
+    use std::net::IpAddr;
+    let common = |a: &IpAddr, b: &IpAddr| -> u32 {
+        match (a, b) {
+            (IpAddr::V4(x), IpAddr::V4(y)) => (u32::from(*x) ^ u32::from(*y)).leading_zeros(),
+            (IpAddr::V6(x), IpAddr::V6(y)) => (u128::from(*x) ^ u128::from(*y)).leading_zeros(),
+            _ => 0,
+        }
+    };
+    let mut best: Option<(u32, IpAddr)> = None;
+    for d in dest {
+        let score = from.iter().map(|f| common(d, f)).max().unwrap_or(0);
+        if best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, *d));
+        }
+    }
+    best.map(|(_, a)| a)
 }
 
 struct Driver {
@@ -1161,4 +1190,26 @@ pub fn plan(spec: &GameDaySpec) -> BTreeMap<String, u64> {
         }
     }
     start
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nearest;
+
+    fn ips(list: &[&str]) -> Vec<std::net::IpAddr> {
+        list.iter().map(|a| a.parse().expect("ip")).collect()
+    }
+
+    #[test]
+    fn a_load_goes_to_the_address_on_the_senders_network() {
+        // A multi-homed receiver: its controller link first, the mesh second.
+        let dest = ips(&["10.9.1.2", "10.9.3.1"]);
+        assert_eq!(
+            nearest(&dest, &ips(&["10.9.2.2", "10.9.3.2"])),
+            Some(ips(&["10.9.3.1"])[0])
+        );
+        // Nothing closer: the first address.
+        assert_eq!(nearest(&dest, &ips(&["fd00::1"])), Some(dest[0]));
+        assert_eq!(nearest(&[], &ips(&["10.9.3.2"])), None);
+    }
 }
