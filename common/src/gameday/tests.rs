@@ -282,7 +282,7 @@ fn action_errors() {
     assert_error(
         &es,
         "steps[0].expect",
-        "only a fault step has expectations, this is a wait step",
+        "only a fault or a load step has expectations, this is a wait step",
     );
     let es = errors_after(|v| *at(v, "/steps/3/fault/target") = json!("db"));
     assert_error(&es, "steps[3].fault.target", "unknown group \"db\" (groups: a, b, c)");

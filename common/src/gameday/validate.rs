@@ -429,9 +429,11 @@ impl GameDaySpec {
         if let Some(x) = &s.expect {
             match action {
                 Some(Action::Fault(f)) => self.check_expect(e, &format!("{p}.expect"), x, f.duration),
+                // A load can be the failure itself (a burst is incast).
+                Some(Action::Load(l)) => self.check_expect(e, &format!("{p}.expect"), x, l.duration),
                 Some(other) => e.push(
                     format!("{p}.expect"),
-                    format!("only a fault step has expectations, this is a {} step", other.name()),
+                    format!("only a fault or a load step has expectations, this is a {} step", other.name()),
                 ),
                 None => {}
             }
