@@ -9,12 +9,11 @@
 //! namespaces, A and B probing each other over their own veth.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use graydar_common::api::FindingKind;
 use graydar_common::gameday::run::{DetectionState, Outcome, RunInfo, StepState, Verdict};
-use graydar_tests::blockdev::{Ext4Mount, SyncLoad};
+use graydar_tests::blockdev::Ext4Mount;
 use graydar_tests::controller::Tokens;
 use graydar_tests::faults::{LinearOnLoop, qdisc_tree};
 use graydar_tests::gameday_fleet::{Fleet, run_watched, text, wait_quiet, write_spec};
@@ -114,14 +113,17 @@ steps:
     assert_eq!(baseline.orphans(), Vec::<String>::new());
 }
 
-/// dm-delay 100 ms on writes and flushes of a dm device A's agent watches,
-/// while a writer fdatasyncs on it every 100 ms: fsync_latency on A for
-/// that device within 20 s (disk_slow on it is expected too: the same
-/// cause, seen in the block layer), cleared within 60 s of the revert, and
-/// the device's table is linear again.
+/// The library's disk-slow-io (runbooks/gamedays/disk-slow-io.yaml): its
+/// own fsync load (10 write + fdatasync a second, in a file the agent
+/// creates on the device and removes afterwards), a baseline, then
+/// dm-delay 100 ms on writes and flushes of a dm device A's agent watches:
+/// fsync_latency (or disk_slow) on A for that device, cleared, the table
+/// linear again and the load's file gone. Scaled: a 20 s baseline, a 30 s
+/// fault, a 10 s deadline (the file's 3 s is the detection table's goal,
+/// judged by `cargo xtask bench --only detection`), 60 s to clear.
 #[test]
 #[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
-fn a_dm_delay_game_day_passes_with_fsync_latency_on_the_delayed_device() {
+fn the_library_disk_slow_io_game_day_passes_with_its_own_fsync_load() {
     require_vm();
     for m in ["crc32c_generic", "ext4", "dm-delay"] {
         let _ = std::process::Command::new("modprobe").arg(m).status();
@@ -138,53 +140,92 @@ fn a_dm_delay_game_day_passes_with_fsync_latency_on_the_delayed_device() {
     let data = tempfile::tempdir().expect("controller data dir");
     let tokens = Tokens::random();
     let (ctl, a, _b) = fleet.start(data.path(), &tokens, None);
-    let load = SyncLoad::start(&fs.dir, Duration::from_millis(100));
-    // A healthy baseline in the device's histogram first.
-    a.wait_for(Duration::from_secs(60), "fdatasync observations on the device", |ag| {
-        graydar_tests::prom::sum(
-            &ag.metrics(),
-            "graydar_fsync_duration_seconds_count",
-            &[("device", &devname), ("op", "fdatasync")],
-        ) >= 20.0
-    });
 
-    let spec = format!(
-        r#"name: disk-slow
-hypothesis: 100 ms on every write and flush of {subject} is fsync_latency on A within 20 s.
-targets:
-  a: {{agents: [{a}]}}
-safety:
-  max_targets: 1
-  max_duration: 5m
-steps:
-  - id: slow-disk
-    fault:
-      target: a
-      spec: {{kind: dm, device: gd-slow, dm: {{type: delay, write_ms: 100, flush_ms: 100}}}}
-      duration: 30s
-    expect:
-      detect:
-        - {{kind: [fsync_latency, disk_slow], on: a, subject: "{subject}", within: 20s}}
-      clear_within: 60s
-"#,
-        a = fleet.a.name(),
-    );
-    let file = write_spec(data.path(), "disk-slow", &spec);
-    let (run, out) = run_watched(&ctl, &tokens, &file, "disk-slow");
-    eprintln!("writer: {} fdatasync calls", load.calls.load(Ordering::Relaxed));
-    drop(load);
+    let mut spec = graydar_tests::gameday_fleet::library_spec("disk-slow-io");
+    spec["targets"]["db"]["agents"] = serde_yaml::Value::Sequence(vec![fleet.a.name().into()]);
+    spec["steps"][0]["load"]["spec"]["dir"] = fs.dir.to_string_lossy().as_ref().into();
+    spec["steps"][0]["load"]["duration"] = "80s".into();
+    spec["steps"][1]["wait"]["duration"] = "20s".into();
+    let step = &mut spec["steps"][2];
+    step["fault"]["spec"]["device"] = "gd-slow".into();
+    step["fault"]["duration"] = "30s".into();
+    step["expect"]["detect"][0]["within"] = "10s".into();
+    step["expect"]["clear_within"] = "60s".into();
+    let file = write_spec(data.path(), "disk-slow-io", &serde_yaml::to_string(&spec).expect("YAML"));
+    let (run, out) = run_watched(&ctl, &tokens, &file, "disk-slow-io");
     assert!(out.status.success(), "{}\n{run:#?}", text(&out));
-    assert_passed(&run, "fsync_latency");
+    assert_passed(&run, "disk-slow-io (fsync_latency)");
+    assert_eq!(
+        run.detections[0].subject.as_deref(),
+        Some(subject.as_str()),
+        "the delayed device: {:?}",
+        run.detections[0]
+    );
     assert_eq!(
         run.detections[0].kind,
         Some(FindingKind::FsyncLatency),
         "the fdatasync latency is seen first: {:?}",
         run.detections[0]
     );
+    // The load ran (its syncs are in A's histogram) and left nothing.
+    let syncs = graydar_tests::prom::sum(
+        &a.metrics(),
+        "graydar_fsync_duration_seconds_count",
+        &[("device", &devname), ("op", "fdatasync")],
+    );
+    assert!(syncs >= 200.0, "the load's fdatasyncs on {devname}: {syncs}");
+    let left: Vec<_> = std::fs::read_dir(&fs.dir)
+        .expect("read the load's dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".graydar-load-"))
+        .collect();
+    assert!(left.is_empty(), "the load's file is removed: {left:?}");
     let table = graydar_tests::blockdev::dmsetup(&["table", "gd-slow"]);
     assert!(table.contains(" linear "), "the table is linear again: {table}");
     drop(fs);
     assert!(Path::new(&subject).exists());
+}
+
+/// The library's nic-queue-drops (runbooks/gamedays/nic-queue-drops.yaml):
+/// its own load (2,000 UDP datagrams a second from A to B's sink, over
+/// their mesh veth `ab`), a baseline, then netem loss 5 % on `ab`: a drop
+/// finding on A (the qdisc's drops first), cleared, nothing left on `ab`.
+/// Scaled: a 20 s baseline, a 30 s fault, a 15 s deadline (the file's 5 s
+/// is the detection table's goal), 90 s to clear.
+#[test]
+#[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
+fn the_library_nic_queue_drops_game_day_passes_with_its_own_traffic() {
+    require_vm();
+    let mut fleet = Fleet::new("vgq", 212);
+    fleet.extra_a = QUIET.into();
+    fleet.extra_b = QUIET.into();
+    let data = tempfile::tempdir().expect("controller data dir");
+    let tokens = Tokens::random();
+    let (ctl, a, b) = fleet.start(data.path(), &tokens, None);
+    let baseline = Baseline::take(&[&fleet.a, &fleet.b]);
+    let mut spec = graydar_tests::gameday_fleet::library_spec("nic-queue-drops");
+    spec["targets"]["host"]["agents"] = serde_yaml::Value::Sequence(vec![fleet.a.name().into()]);
+    spec["targets"]["peer"]["agents"] = serde_yaml::Value::Sequence(vec![fleet.b.name().into()]);
+    spec["steps"][0]["load"]["duration"] = "80s".into();
+    spec["steps"][1]["wait"]["duration"] = "20s".into();
+    let step = &mut spec["steps"][2];
+    step["fault"]["spec"]["interface"] = "ab".into();
+    step["fault"]["duration"] = "30s".into();
+    step["expect"]["detect"][0]["within"] = "15s".into();
+    step["expect"]["clear_within"] = "90s".into();
+    let file = write_spec(data.path(), "nic-queue-drops", &serde_yaml::to_string(&spec).expect("YAML"));
+    let (run, out) = run_watched(&ctl, &tokens, &file, "nic-queue-drops");
+    assert!(out.status.success(), "{}\n{run:#?}", text(&out));
+    assert_passed(&run, "nic-queue-drops");
+    assert_eq!(run.detections[0].subject.as_deref(), Some("ab"), "{:?}", run.detections[0]);
+    let sent = graydar_tests::prom::sum(&a.metrics(), "graydar_load_sent_operations_total", &[]);
+    let got = graydar_tests::prom::sum(&b.metrics(), "graydar_load_received_bytes_total", &[]);
+    eprintln!("nic-queue-drops: A sent {sent} datagrams, B's sink received {got} bytes");
+    assert!(sent >= 80.0 * 2000.0 * 0.5, "A's load: {sent} datagrams in 80 s at 2000/s");
+    let tree = qdisc_tree(&fleet.a, "ab");
+    assert!(!tree.contains("netem"), "netem left on ab: {tree}");
+    assert_eq!(baseline.orphans(), Vec::<String>::new());
 }
 
 /// The library's netem game days (runbooks/gamedays/: latency-asymmetry,
