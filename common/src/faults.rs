@@ -67,6 +67,19 @@ pub enum FaultSpec {
         /// How long the prefix stays announced between withdrawals (1 to 3600).
         up_seconds: u32,
     },
+    /// An interface's RX and/or TX ring sizes shrunk (ethtool netlink
+    /// `ETHTOOL_MSG_RINGS_SET`): fewer descriptors, so a burst the NIC used
+    /// to absorb overflows the ring and is dropped in the driver. The sizes
+    /// before are snapshotted and restored exactly.
+    NicRings {
+        interface: String,
+        /// Descriptors per RX ring (1 up to the driver's maximum).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rx: Option<u32>,
+        /// Descriptors per TX ring (1 up to the driver's maximum).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tx: Option<u32>,
+    },
     /// Load: traffic to registered agents' sinks (load.rs).
     Traffic(TrafficSpec),
     /// Load: write + fdatasync at a rate in a directory (load.rs).
@@ -262,6 +275,7 @@ pub enum FaultKind {
     Dm,
     Blackhole,
     RouteFlap,
+    NicRings,
     Traffic,
     Fsync,
     Burst,
@@ -270,15 +284,18 @@ pub enum FaultKind {
 
 /// A fault kind that is not one of [`FaultKind::ALL`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown fault kind {0:?} (expected netem, dm, blackhole, route_flap, traffic, fsync, burst or load_sink)")]
+#[error(
+    "unknown fault kind {0:?} (expected netem, dm, blackhole, route_flap, nic_rings, traffic, fsync, burst or load_sink)"
+)]
 pub struct UnknownFaultKind(pub String);
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Netem,
         FaultKind::Dm,
         FaultKind::Blackhole,
         FaultKind::RouteFlap,
+        FaultKind::NicRings,
         FaultKind::Traffic,
         FaultKind::Fsync,
         FaultKind::Burst,
@@ -291,6 +308,7 @@ impl FaultKind {
             FaultKind::Dm => "dm",
             FaultKind::Blackhole => "blackhole",
             FaultKind::RouteFlap => "route_flap",
+            FaultKind::NicRings => "nic_rings",
             FaultKind::Traffic => "traffic",
             FaultKind::Fsync => "fsync",
             FaultKind::Burst => "burst",
@@ -341,6 +359,10 @@ pub enum FaultKey {
     Blackhole {
         prefix: String,
     },
+    /// An interface's rings.
+    Rings {
+        interface: String,
+    },
     /// A load, by what it generates (two identical loads on one agent are one too many).
     Load {
         what: String,
@@ -354,6 +376,7 @@ impl FaultSpec {
             FaultSpec::Dm { .. } => FaultKind::Dm,
             FaultSpec::Blackhole { .. } => FaultKind::Blackhole,
             FaultSpec::RouteFlap { .. } => FaultKind::RouteFlap,
+            FaultSpec::NicRings { .. } => FaultKind::NicRings,
             FaultSpec::Traffic(_) => FaultKind::Traffic,
             FaultSpec::Fsync(_) => FaultKind::Fsync,
             FaultSpec::Burst(_) => FaultKind::Burst,
@@ -374,6 +397,9 @@ impl FaultSpec {
             FaultSpec::Blackhole { prefix, .. } | FaultSpec::RouteFlap { prefix, .. } => {
                 FaultKey::Blackhole { prefix: prefix.clone() }
             }
+            FaultSpec::NicRings { interface, .. } => FaultKey::Rings {
+                interface: interface.clone(),
+            },
             FaultSpec::Traffic(t) => FaultKey::Load {
                 what: format!("traffic {} {}:{}", t.protocol.as_str(), t.to.join(","), t.port),
             },
@@ -395,6 +421,7 @@ impl FaultSpec {
             FaultSpec::Netem { interface, .. } => interface,
             FaultSpec::Dm { device, .. } => device,
             FaultSpec::Blackhole { prefix, .. } | FaultSpec::RouteFlap { prefix, .. } => prefix,
+            FaultSpec::NicRings { interface, .. } => interface,
             FaultSpec::Traffic(t) => t.to.first().map_or("(no destination)", String::as_str),
             FaultSpec::Fsync(f) => &f.dir,
             FaultSpec::Burst(b) => &b.to,
@@ -438,6 +465,24 @@ impl FaultSpec {
                 for (name, v) in [("down_seconds", down_seconds), ("up_seconds", up_seconds)] {
                     if !(1..=3600).contains(v) {
                         return Err(SpecError(format!("route_flap: {name} must be 1 to 3600, got {v}")));
+                    }
+                }
+                Ok(())
+            }
+            FaultSpec::NicRings { interface, rx, tx } => {
+                if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ', ':']) {
+                    return Err(SpecError(format!(
+                        "nic_rings: interface {interface:?} is not a valid interface name"
+                    )));
+                }
+                if rx.is_none() && tx.is_none() {
+                    return Err(SpecError(
+                        "nic_rings: give rx, tx or both (descriptors per ring)".into(),
+                    ));
+                }
+                for (name, v) in [("rx", rx), ("tx", tx)] {
+                    if *v == Some(0) {
+                        return Err(SpecError(format!("nic_rings: {name} must be at least 1 descriptor")));
                     }
                 }
                 Ok(())

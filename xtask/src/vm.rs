@@ -50,9 +50,14 @@ pub struct VmAssets {
     pub kernel_version: String,
 }
 
-/// Default cache directory: `<workspace>/target/vm`.
+/// Default cache directory: `vm` in cargo's target directory
+/// (`$CARGO_TARGET_DIR`, else `<workspace>/target`), so a second checkout or
+/// build directory boots its own initramfs and run scripts.
 pub fn default_cache(workspace: &Path) -> PathBuf {
-    workspace.join("target").join("vm")
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|t| !t.is_empty())
+        .map_or_else(|| workspace.join("target"), PathBuf::from);
+    target.join("vm")
 }
 
 /// Downloads and unpacks the Debian kernel (once), then (re)builds the initramfs.
@@ -121,7 +126,14 @@ pub fn run_command_results(workspace: &Path, cache: &Path, cmd: &str, cpus: u32)
 pub const DEFAULT_CPUS: u32 = 2;
 
 /// Test targets of graydar-tests that run inside the VM (all `#[ignore]`d on the host).
-const VM_TEST_TARGETS: &[&str] = &["vm", "vm_faults", "vm_fault_safety", "vm_paths", "vm_gamedays"];
+const VM_TEST_TARGETS: &[&str] = &[
+    "vm",
+    "vm_faults",
+    "vm_fault_safety",
+    "vm_paths",
+    "vm_gamedays",
+    "vm_rings",
+];
 
 /// Builds the guest tests (`VM_TEST_TARGETS`) and the agent, boots the VM and
 /// runs the tests inside with `GRAYDAR_VM=1` and `GRAYDAR_AGENT_BIN` set.
@@ -143,7 +155,12 @@ pub fn run_tests(workspace: &Path, cache: &Path) -> Result<()> {
 }
 
 /// [`VM_TEST_TARGETS`] split across guest boots (every target exactly once).
-const VM_BOOTS: &[&[&str]] = &[&["vm", "vm_faults", "vm_paths"], &["vm_fault_safety", "vm_gamedays"]];
+/// The second boot is the long one (vm_fault_safety's 50 randomized trials
+/// take 4-10 min, the game days several more), so short targets join the first.
+const VM_BOOTS: &[&[&str]] = &[
+    &["vm", "vm_faults", "vm_paths", "vm_rings"],
+    &["vm_fault_safety", "vm_gamedays"],
+];
 
 /// Builds the guest test targets `targets` (of `VM_TEST_TARGETS`) and what
 /// they run (the agent, the controller and the `graydar` CLI), boots the VM
@@ -688,6 +705,7 @@ fn boot_script(assets: &VmAssets, script: &Path, cpus: u32) -> Result<Vec<String
             "-virtfs",
             &format!("local,path=/,mount_tag={MOUNT_TAG},security_model=none,readonly=on,multidevs=remap"),
         ])
+        .args(nic_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -728,6 +746,39 @@ fn boot_script(assets: &VmAssets, script: &Path, cpus: u32) -> Result<Vec<String
         Some(code) => bail!("vm: guest command failed with exit status {code}"),
         None => bail!("vm: guest printed no {EXIT_MARKER} line (qemu: {status}); see the console output above"),
     }
+}
+
+/// The guest's virtio-net NICs: (MAC, extra `-device` properties). The
+/// first two are ordinary; the third cannot reset its queues
+/// (`queue_reset=off`: no VIRTIO_F_RING_RESET), so virtio_net cannot resize
+/// its rings: the refusal path of tests/tests/vm_rings.rs, which finds them
+/// by these MACs (locally administered, QEMU's 52:54:00 prefix).
+pub const GUEST_NICS: [(&str, &str); 3] = [
+    ("52:54:00:47:44:01", ""),
+    ("52:54:00:47:44:02", ""),
+    ("52:54:00:47:44:03", ",queue_reset=off"),
+];
+
+/// QEMU arguments for the guest's virtio-net NICs ([`GUEST_NICS`]: a real
+/// driver with real ethtool ops), wired **only to each other**: all are ports
+/// of one QEMU hub (`-netdev hubport`, hub 0) that has no other port, so no
+/// frame reaches the host's or any outside network (QEMU warns "hub 0 is not
+/// connected to host network", which is the point). With `-nodefaults` there
+/// is no other NIC. virtio_net is not loaded at boot (the initramfs loads only
+/// what the 9p root needs and no udev runs), so the interfaces (eth0...)
+/// appear once a test runs `modprobe virtio_net`; other tests see no extra
+/// interface. The devices are modern virtio 1.0 with QEMU's defaults
+/// (`queue_reset=on` since QEMU 7.2, 256-descriptor queues), which is what
+/// lets virtio_net resize its rings.
+fn nic_args() -> Vec<String> {
+    let mut args = Vec::new();
+    for (i, (mac, extra)) in GUEST_NICS.iter().enumerate() {
+        args.push("-netdev".to_owned());
+        args.push(format!("hubport,id=graydar-n{i},hubid=0"));
+        args.push("-device".to_owned());
+        args.push(format!("virtio-net-pci,netdev=graydar-n{i},mac={mac}{extra}"));
+    }
+    args
 }
 
 #[derive(Default, Clone)]
@@ -827,6 +878,45 @@ mod tests {
         let mut want = VM_TEST_TARGETS.to_vec();
         want.sort_unstable();
         assert_eq!(all, want);
+    }
+
+    #[test]
+    fn the_guest_nics_are_wired_only_to_each_other() {
+        let args = nic_args();
+        let values = |flag: &str| -> Vec<&str> {
+            args.windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1].as_str())
+                .collect()
+        };
+        let netdevs = values("-netdev");
+        let devices = values("-device");
+        assert_eq!(devices.len(), GUEST_NICS.len(), "{args:?}");
+        assert!(devices.iter().all(|d| d.starts_with("virtio-net-pci,")), "{devices:?}");
+        // Every backend is a port of the same hub: no user, tap, socket or
+        // bridge backend could reach the host's network.
+        assert_eq!(netdevs.len(), GUEST_NICS.len(), "{args:?}");
+        for n in &netdevs {
+            assert!(n.starts_with("hubport,") && n.ends_with(",hubid=0"), "{n}");
+        }
+        for (i, d) in devices.iter().enumerate() {
+            assert!(d.contains(&format!("netdev=graydar-n{i},")), "{d}");
+            assert!(d.contains(&format!("mac={}", GUEST_NICS[i].0)), "{d}");
+        }
+        assert_eq!(args.len(), 4 * GUEST_NICS.len());
+        // Two NICs can resize their rings, one cannot.
+        assert_eq!(devices.iter().filter(|d| d.contains("queue_reset=off")).count(), 1);
+    }
+
+    #[test]
+    fn the_cache_lives_in_the_target_dir() {
+        // CARGO_TARGET_DIR is whatever this test process got; both cases agree.
+        let ws = Path::new("/w");
+        let want = match std::env::var_os("CARGO_TARGET_DIR").filter(|t| !t.is_empty()) {
+            Some(t) => PathBuf::from(t).join("vm"),
+            None => PathBuf::from("/w/target/vm"),
+        };
+        assert_eq!(default_cache(ws), want);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use super::caps::{self, KernelCaps, Missing, Piece};
 use super::dm::{self, DmFaultError, DmFaultSpec, DmTable as _};
 use super::journal::{FaultRecord, Journal, JournalError, Mechanism, Record};
 use super::lease::{self, BootClock, Clock, Retry};
-use super::mechanism::{Change, LoadPrior, Prior, Restored};
+use super::mechanism::{Change, LoadPrior, Prior, Restored, RingsPrior};
 use super::netem::{NetemSpec, SpecError};
 use super::route::{self, RouteError, RoutePrior};
 use super::tc::{self, TcError};
@@ -70,6 +70,16 @@ pub enum FaultError {
     Route(#[from] RouteError),
     #[error(transparent)]
     Load(#[from] crate::load::LoadError),
+    #[error(transparent)]
+    Rings(#[from] super::rings::RingsError),
+    /// A ring size above what the driver allows.
+    #[error("nic_rings: {iface}: {which} {asked} is above the driver's maximum of {max}")]
+    RingsAboveMax {
+        iface: String,
+        which: &'static str,
+        asked: u32,
+        max: u32,
+    },
     /// A restore ran but the kernel still shows the fault.
     #[error("fault {id}: {what}")]
     NotReverted { id: String, what: String },
@@ -169,6 +179,12 @@ enum How<'a> {
         table: Option<u32>,
         down: Duration,
         up: Duration,
+    },
+    /// An interface's ring sizes.
+    Rings {
+        interface: &'a str,
+        rx: Option<u32>,
+        tx: Option<u32>,
     },
     /// A load (traffic, fsync, burst, a sink).
     Load,
@@ -525,6 +541,7 @@ impl FaultEngine {
                 down,
                 up,
             } => self.apply_route_flap(id, spec, prefix, table, (down, up), lease).await,
+            How::Rings { interface, rx, tx } => self.apply_rings(id, spec, interface, (rx, tx), lease).await,
             How::Load => self.apply_load(id, spec, lease).await,
         }
     }
@@ -565,8 +582,64 @@ impl FaultEngine {
                 down: Duration::from_secs(u64::from(*down_seconds)),
                 up: Duration::from_secs(u64::from(*up_seconds)),
             },
+            FaultSpec::NicRings { interface, rx, tx } => How::Rings {
+                interface,
+                rx: *rx,
+                tx: *tx,
+            },
             FaultSpec::Traffic(_) | FaultSpec::Fsync(_) | FaultSpec::Burst(_) | FaultSpec::LoadSink(_) => How::Load,
         }
+    }
+
+    /// The ring sizes now, and the sizes asked checked against the
+    /// driver's maxima (before anything is journaled or changed).
+    fn rings_plan(interface: &str, rx: Option<u32>, tx: Option<u32>) -> Result<super::rings::Rings, FaultError> {
+        let now = super::rings::get(interface)?;
+        for (which, asked, max) in [("rx", rx, now.rx_max), ("tx", tx, now.tx_max)] {
+            if let Some(asked) = asked
+                && max > 0
+                && asked > max
+            {
+                return Err(FaultError::RingsAboveMax {
+                    iface: interface.to_owned(),
+                    which,
+                    asked,
+                    max,
+                });
+            }
+        }
+        Ok(now)
+    }
+
+    /// `nic_rings`: snapshot the ring sizes, journal them, set the new
+    /// ones (ETHTOOL_MSG_RINGS_SET, rings.rs); the revert sets the snapshot
+    /// back and reads it back.
+    async fn apply_rings(
+        &mut self,
+        id: &str,
+        spec: &FaultSpec,
+        interface: &str,
+        (rx, tx): (Option<u32>, Option<u32>),
+        lease: Duration,
+    ) -> Result<(), FaultError> {
+        if self.active.contains_key(id) {
+            return Err(FaultError::Duplicate(id.to_owned()));
+        }
+        let now = Self::rings_plan(interface, rx, tx)?;
+        let prior = RingsPrior { rx: now.rx, tx: now.tx };
+        let record = fault_record(id, Mechanism::NicRings, interface, spec, &prior, lease)?;
+        self.drive(record, Prior::Rings(prior), Change::Rings { rx, tx }, lease)
+            .await?;
+        tracing::info!(
+            id,
+            interface,
+            ?rx,
+            ?tx,
+            before_rx = now.rx,
+            before_tx = now.tx,
+            "nic_rings applied"
+        );
+        Ok(())
     }
 
     /// A load: journaled (with the file an fsync load will write) like any
@@ -854,6 +927,28 @@ impl FaultEngine {
                     ops.push(format!("would fail: {e}"));
                 }
                 Ok(ops)
+            }
+            How::Rings { interface, rx, tx } => {
+                let now = Self::rings_plan(interface, rx, tx)?;
+                Ok(vec![
+                    format!(
+                        "ETHTOOL_MSG_RINGS_GET {interface}: rx {} (max {}), tx {} (max {}), driver {}",
+                        now.rx,
+                        now.rx_max,
+                        now.tx,
+                        now.tx_max,
+                        super::rings::driver_of(interface)
+                    ),
+                    format!(
+                        "ETHTOOL_MSG_RINGS_SET {interface}:{}{}",
+                        rx.map(|v| format!(" rx {} -> {v}", now.rx)).unwrap_or_default(),
+                        tx.map(|v| format!(" tx {} -> {v}", now.tx)).unwrap_or_default()
+                    ),
+                    format!(
+                        "revert: ETHTOOL_MSG_RINGS_SET {interface}: rx {} tx {}, read back",
+                        now.rx, now.tx
+                    ),
+                ])
             }
             How::Load => Ok(vec![match spec {
                 FaultSpec::Traffic(t) => format!(

@@ -41,6 +41,8 @@ pub enum Mechanism {
     /// A blackhole route added and removed in turn (`route_flap`); its
     /// prior is a blackhole's: the revert removes the route if it is there.
     RouteFlap,
+    /// An interface's ring sizes changed (`nic_rings`); the prior holds the sizes before.
+    NicRings,
     /// A load (`traffic`, `fsync`, `burst`, `load_sink`: agent/src/load/);
     /// its prior names the file an fsync load writes, removed at the revert.
     Load(FaultKind),
@@ -58,6 +60,7 @@ impl Mechanism {
             Mechanism::Dm => "dm",
             Mechanism::Blackhole => "blackhole",
             Mechanism::RouteFlap => "route_flap",
+            Mechanism::NicRings => "nic_rings",
             Mechanism::Load(k) => k.as_str(),
             Mechanism::Unknown(k) => k,
         }
@@ -70,6 +73,7 @@ impl Mechanism {
             Mechanism::Dm => Some(FaultKind::Dm),
             Mechanism::Blackhole => Some(FaultKind::Blackhole),
             Mechanism::RouteFlap => Some(FaultKind::RouteFlap),
+            Mechanism::NicRings => Some(FaultKind::NicRings),
             Mechanism::Load(k) => Some(*k),
             Mechanism::Unknown(_) => None,
         }
@@ -84,6 +88,7 @@ impl From<String> for Mechanism {
             "dm" => Mechanism::Dm,
             "blackhole" => Mechanism::Blackhole,
             "route_flap" => Mechanism::RouteFlap,
+            "nic_rings" => Mechanism::NicRings,
             "traffic" => Mechanism::Load(FaultKind::Traffic),
             "fsync" => Mechanism::Load(FaultKind::Fsync),
             "burst" => Mechanism::Load(FaultKind::Burst),

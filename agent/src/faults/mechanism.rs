@@ -18,6 +18,7 @@ use super::dm::{self, DmFaultError, TableLine};
 use super::engine::FaultError;
 use super::journal::{FaultRecord, Mechanism};
 use super::netem::NetemSpec;
+use super::rings;
 use super::route::{self, RoutePrior};
 use super::tc::{self, PriorRoot};
 use super::tree::{self, TreePrior};
@@ -38,6 +39,8 @@ pub enum Prior {
     Tree(TreePrior),
     /// A blackhole route (nothing was there before: it is deleted).
     Route(RoutePrior),
+    /// The ring sizes an interface had (rings.rs).
+    Rings(RingsPrior),
     /// A load (agent/src/load/): the engine stops it before the restore,
     /// which removes the file an fsync load wrote.
     Load(LoadPrior),
@@ -79,9 +82,18 @@ pub enum Change {
     Dm { table: Vec<TableLine> },
     /// Add a blackhole route.
     Blackhole { cidr: Cidr, table: u32 },
+    /// Set an interface's ring sizes (only those given).
+    Rings { rx: Option<u32>, tx: Option<u32> },
     /// Nothing in the kernel: the engine starts the load once the journal
     /// calls it applied.
     Load,
+}
+
+/// An interface's ring sizes before a `nic_rings` fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RingsPrior {
+    pub rx: u32,
+    pub tx: u32,
 }
 
 /// What a load leaves behind: the fsync load's file.
@@ -102,6 +114,7 @@ impl Change {
             )),
             (Change::Dm { table }, _) => Ok(dm::swap_table(&dm::open()?, target, table)?),
             (Change::Blackhole { cidr, table }, _) => Ok(route::add_blackhole(netlink, cidr, *table).await?),
+            (Change::Rings { rx, tx }, _) => Ok(rings::set(target, *rx, *tx)?),
             (Change::Load, _) => Ok(()),
         }
     }
@@ -126,6 +139,7 @@ impl Prior {
             Mechanism::Dm => decode(rec).map(Prior::DmTable),
             Mechanism::NetemTree => decode(rec).map(Prior::Tree),
             Mechanism::Blackhole | Mechanism::RouteFlap => decode(rec).map(Prior::Route),
+            Mechanism::NicRings => decode(rec).map(Prior::Rings),
             Mechanism::Load(_) => decode(rec).map(Prior::Load),
             Mechanism::Unknown(kind) => Ok(Prior::Unknown { kind: kind.clone() }),
         };
@@ -212,6 +226,34 @@ impl Prior {
                 route::del_blackhole(netlink, &cidr, prior.table).await?;
                 route::verify_removed(netlink, &cidr, prior.table).await?;
                 Ok(Restored::Restored)
+            }
+            Prior::Rings(prior) => {
+                // Only the sizes that differ are set (a driver may refuse a
+                // set of a ring it cannot change, even to the same size).
+                let now = match rings::get(target) {
+                    Ok(r) => r,
+                    Err(rings::RingsError::NoSuchInterface { .. }) => {
+                        return Ok(Restored::Gone(format!(
+                            "interface {target} is gone, and its rings with it"
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let rx = (now.rx != prior.rx).then_some(prior.rx);
+                let tx = (now.tx != prior.tx).then_some(prior.tx);
+                rings::set(target, rx, tx)?;
+                let after = rings::get(target)?;
+                if (after.rx, after.tx) == (prior.rx, prior.tx) {
+                    Ok(Restored::Restored)
+                } else {
+                    Err(FaultError::NotReverted {
+                        id: id.to_owned(),
+                        what: format!(
+                            "{target} has rings rx {} tx {} after the restore, not rx {} tx {}",
+                            after.rx, after.tx, prior.rx, prior.tx
+                        ),
+                    })
+                }
             }
             Prior::Load(LoadPrior { file: None }) => Ok(Restored::Restored),
             Prior::Load(LoadPrior { file: Some(file) }) => {

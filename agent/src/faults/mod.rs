@@ -3,8 +3,9 @@
 //! timer, revert-all at shutdown), the journal (journal.rs), what the kernel
 //! can do (caps.rs), the mechanisms (netem.rs and tc.rs: a netem root;
 //! tree/: scoped and ingress netem; dm.rs: device-mapper; route.rs:
-//! blackhole routes), the fault targets this host offers (inventory.rs) and
-//! the assignments from the controller (assign.rs).
+//! blackhole routes; rings.rs: NIC ring sizes over ethtool netlink), the
+//! fault targets this host offers (inventory.rs) and the assignments from the
+//! controller (assign.rs).
 pub mod assign;
 pub mod caps;
 pub mod dm;
@@ -14,6 +15,7 @@ pub mod journal;
 pub mod lease;
 pub mod mechanism;
 pub mod netem;
+pub mod rings;
 pub mod route;
 pub mod runtime;
 pub mod tc;

@@ -117,7 +117,7 @@ pub fn resolve_targets(
     for host in &targets {
         let inv = inventory.get(host);
         match &req.spec {
-            FaultSpec::Netem { interface, .. } => {
+            FaultSpec::Netem { interface, .. } | FaultSpec::NicRings { interface, .. } => {
                 if let Some(list) = inv.and_then(|i| i.interfaces.as_ref())
                     && !list.contains(interface)
                 {
