@@ -62,7 +62,7 @@ enum Cmd {
         /// Virtual CPUs of the guest for `--cmd` (the test tier always uses 2).
         #[arg(long, default_value_t = vm::DEFAULT_CPUS, requires = "cmd")]
         cpus: u32,
-        /// Run only these VM test targets (vm, vm_faults, vm_fault_safety, vm_paths, vm_gamedays), built with what they run.
+        /// Run only these VM test targets (vm, vm_faults, vm_fault_safety, vm_paths, vm_gamedays, vm_rings), built with what they run.
         #[arg(long, value_delimiter = ',')]
         test: Vec<String>,
         /// Arguments for the test binaries after `--` (a test name filter, `--exact`).
