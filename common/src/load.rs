@@ -31,6 +31,8 @@ pub const MAX_CONNECTIONS: u32 = 64;
 pub const MAX_SYNCS_PER_SECOND: u32 = 2_000;
 /// Largest block one fsync load writes before each sync (1 MiB).
 pub const MAX_BLOCK_BYTES: u32 = 1 << 20;
+/// The latest burst start accepted (9999-12-31T23:59:59.999Z).
+pub const MAX_START_UNIX_MS: i64 = 253_402_300_799_999;
 /// Most bytes each sender of a burst sends per burst (64 MiB).
 pub const MAX_BURST_BYTES: u64 = 64 << 20;
 
@@ -234,9 +236,9 @@ impl BurstSpec {
                 self.every_ms
             )));
         }
-        if self.start_unix_ms < 0 {
+        if !(0..=MAX_START_UNIX_MS).contains(&self.start_unix_ms) {
             return Err(SpecError(format!(
-                "burst: start_unix_ms must be >= 0, got {}",
+                "burst: start_unix_ms must be 0 to {MAX_START_UNIX_MS} (the year 9999), got {}",
                 self.start_unix_ms
             )));
         }

@@ -11,6 +11,7 @@
 
 use graydar_agent::faults::dm;
 use graydar_common::faults::{Cidr, FaultSpec};
+use graydar_common::load;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -77,5 +78,22 @@ fuzz_target!(|data: &[u8]| {
         FaultSpec::Dm { dm: d, .. } => {
             let _ = dm::target_piece(d);
         }
+        FaultSpec::NicRings { rx, tx, .. } => {
+            assert!(rx.is_some() || tx.is_some());
+            assert!(*rx != Some(0) && *tx != Some(0));
+        }
+        FaultSpec::Traffic(t) => {
+            let pps = t.packets_per_second();
+            assert!((1..=load::MAX_PACKETS_PER_SECOND).contains(&pps), "{pps}");
+            assert!(pps.saturating_mul(8 * u64::from(t.size)) <= load::MAX_BITS_PER_SECOND);
+            assert!(!t.to.is_empty() && t.to.len() <= load::MAX_DESTINATIONS);
+        }
+        FaultSpec::Fsync(f) => assert!(f.dir.starts_with('/') && f.per_second >= 1),
+        FaultSpec::Burst(b) => {
+            assert!(b.every_ms >= 1000);
+            let next = b.next_after(b.start_unix_ms.saturating_add(1));
+            assert!(next > b.start_unix_ms);
+        }
+        FaultSpec::LoadSink(k) => assert!(k.port >= 1024),
     }
 });

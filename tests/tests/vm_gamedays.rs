@@ -151,7 +151,11 @@ fn the_library_disk_slow_io_game_day_passes_with_its_own_fsync_load() {
     step["fault"]["duration"] = "30s".into();
     step["expect"]["detect"][0]["within"] = "10s".into();
     step["expect"]["clear_within"] = "60s".into();
-    let file = write_spec(data.path(), "disk-slow-io", &serde_yaml::to_string(&spec).expect("YAML"));
+    let file = write_spec(
+        data.path(),
+        "disk-slow-io",
+        &serde_yaml::to_string(&spec).expect("YAML"),
+    );
     let (run, out) = run_watched(&ctl, &tokens, &file, "disk-slow-io");
     assert!(out.status.success(), "{}\n{run:#?}", text(&out));
     assert_passed(&run, "disk-slow-io (fsync_latency)");
@@ -214,15 +218,27 @@ fn the_library_nic_queue_drops_game_day_passes_with_its_own_traffic() {
     step["fault"]["duration"] = "30s".into();
     step["expect"]["detect"][0]["within"] = "15s".into();
     step["expect"]["clear_within"] = "90s".into();
-    let file = write_spec(data.path(), "nic-queue-drops", &serde_yaml::to_string(&spec).expect("YAML"));
+    let file = write_spec(
+        data.path(),
+        "nic-queue-drops",
+        &serde_yaml::to_string(&spec).expect("YAML"),
+    );
     let (run, out) = run_watched(&ctl, &tokens, &file, "nic-queue-drops");
     assert!(out.status.success(), "{}\n{run:#?}", text(&out));
     assert_passed(&run, "nic-queue-drops");
-    assert_eq!(run.detections[0].subject.as_deref(), Some("ab"), "{:?}", run.detections[0]);
+    assert_eq!(
+        run.detections[0].subject.as_deref(),
+        Some("ab"),
+        "{:?}",
+        run.detections[0]
+    );
     let sent = graydar_tests::prom::sum(&a.metrics(), "graydar_load_sent_operations_total", &[]);
     let got = graydar_tests::prom::sum(&b.metrics(), "graydar_load_received_bytes_total", &[]);
     eprintln!("nic-queue-drops: A sent {sent} datagrams, B's sink received {got} bytes");
-    assert!(sent >= 80.0 * 2000.0 * 0.5, "A's load: {sent} datagrams in 80 s at 2000/s");
+    assert!(
+        sent >= 80.0 * 2000.0 * 0.5,
+        "A's load: {sent} datagrams in 80 s at 2000/s"
+    );
     let tree = qdisc_tree(&fleet.a, "ab");
     assert!(!tree.contains("netem"), "netem left on ab: {tree}");
     assert_eq!(baseline.orphans(), Vec::<String>::new());

@@ -433,7 +433,10 @@ impl GameDaySpec {
                 Some(Action::Load(l)) => self.check_expect(e, &format!("{p}.expect"), x, l.duration),
                 Some(other) => e.push(
                     format!("{p}.expect"),
-                    format!("only a fault or a load step has expectations, this is a {} step", other.name()),
+                    format!(
+                        "only a fault or a load step has expectations, this is a {} step",
+                        other.name()
+                    ),
                 ),
                 None => {}
             }
