@@ -438,11 +438,7 @@ impl FaultSpec {
                 netem,
                 ..
             } => {
-                if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
-                    return Err(SpecError(format!(
-                        "interface {interface:?} is not a valid interface name"
-                    )));
-                }
+                interface_name("", interface)?;
                 scope.validate()?;
                 netem.validate()
             }
@@ -470,11 +466,7 @@ impl FaultSpec {
                 Ok(())
             }
             FaultSpec::NicRings { interface, rx, tx } => {
-                if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ', ':']) {
-                    return Err(SpecError(format!(
-                        "nic_rings: interface {interface:?} is not a valid interface name"
-                    )));
-                }
+                interface_name("nic_rings: ", interface)?;
                 if rx.is_none() && tx.is_none() {
                     return Err(SpecError(
                         "nic_rings: give rx, tx or both (descriptors per ring)".into(),
@@ -493,6 +485,17 @@ impl FaultSpec {
             FaultSpec::LoadSink(s) => s.validate(),
         }
     }
+}
+
+/// An interface name the kernel could have (at most 15 bytes, no '/' or
+/// space); the message starts with `prefix`.
+fn interface_name(prefix: &str, name: &str) -> Result<(), SpecError> {
+    if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+        return Err(SpecError(format!(
+            "{prefix}interface {name:?} is not a valid interface name"
+        )));
+    }
+    Ok(())
 }
 
 /// A prefix a route fault may own: valid, and not the default route.

@@ -7,7 +7,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use graydar_common::load::BurstSpec;
@@ -16,7 +15,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{Stats, TOTALS, sleep_or_stop};
+use super::{Stats, sleep_or_stop};
 
 /// A burst that takes longer than this is abandoned (and counted as an error).
 const BURST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,7 +39,6 @@ pub async fn run(spec: BurstSpec, stats: Arc<Stats>, mut stopped: watch::Receive
         }
         if in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
             stats.error();
-            TOTALS.errors.fetch_add(1, Ordering::Relaxed);
             // Past this instant before looking for the next one.
             if sleep_or_stop(Duration::from_millis(1), &mut stopped).await {
                 break;
@@ -52,15 +50,8 @@ pub async fn run(spec: BurstSpec, stats: Arc<Stats>, mut stopped: watch::Receive
         in_flight = Some(tokio::spawn(async move {
             let r = tokio::time::timeout(BURST_TIMEOUT, send(dest, bytes, &payload)).await;
             match r {
-                Ok(Ok(())) => {
-                    stats.op(bytes as u64);
-                    TOTALS.sent_ops.fetch_add(1, Ordering::Relaxed);
-                    TOTALS.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                }
-                _ => {
-                    stats.error();
-                    TOTALS.errors.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(Ok(())) => stats.sent(bytes as u64),
+                _ => stats.error(),
             }
         }));
         // Past this instant before looking for the next one.

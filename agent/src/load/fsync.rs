@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use graydar_common::load::Pacer;
 use tokio::sync::watch;
 
-use super::{LoadError, Stats, TOTALS};
+use super::{LoadError, Stats};
 
 /// Blocks the file cycles over (the file is this many blocks long).
 const BLOCKS: u64 = 16;
@@ -75,11 +75,9 @@ fn sync_loop(w: &Writer, per_second: u32, stats: &Stats, stop: &AtomicBool) {
         let ok = w.file.write_all_at(&w.block, (i % BLOCKS) * len).is_ok() && w.file.sync_data().is_ok();
         i += 1;
         if ok {
-            stats.op(len);
-            TOTALS.sent_ops.fetch_add(1, Ordering::Relaxed);
+            stats.synced(len);
         } else {
             stats.error();
-            TOTALS.errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(path = %w.path.display(), "fsync load: a write or sync failed");
         }
     }

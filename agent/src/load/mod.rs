@@ -55,14 +55,35 @@ pub struct Stats {
     pub errors: AtomicU64,
 }
 
+/// Each count goes to the load's own [`Stats`] and to the process's
+/// [`TOTALS`] in one place.
 impl Stats {
     fn op(&self, bytes: u64) {
         self.ops.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// A datagram, write or burst of `bytes` sent.
+    fn sent(&self, bytes: u64) {
+        self.synced(bytes);
+        TOTALS.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A write + sync of `bytes` done (an operation, no bytes on the wire).
+    fn synced(&self, bytes: u64) {
+        self.op(bytes);
+        TOTALS.sent_ops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `bytes` received by the sink.
+    fn received(&self, bytes: u64) {
+        self.op(bytes);
+        TOTALS.received_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        TOTALS.errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -4,14 +4,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::{LoadError, Stats, TOTALS, should_stop};
+use super::{LoadError, Stats, should_stop};
 
 pub struct Sink {
     tcp: TcpListener,
@@ -55,14 +54,14 @@ impl Sink {
                                 if n == 0 {
                                     break;
                                 }
-                                received(&stats, n);
+                                stats.received(n as u64);
                             }
                         });
                     }
                     Err(_) => stats.error(),
                 },
                 r = self.udp.recv_from(&mut buf) => match r {
-                    Ok((n, _)) => received(&stats, n),
+                    Ok((n, _)) => stats.received(n as u64),
                     Err(_) => stats.error(),
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -70,10 +69,4 @@ impl Sink {
         }
         conns.shutdown().await;
     }
-}
-
-fn received(stats: &Stats, n: usize) {
-    let n = n as u64;
-    stats.op(n);
-    TOTALS.received_bytes.fetch_add(n, Ordering::Relaxed);
 }

@@ -7,7 +7,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use graydar_common::load::{LoadProtocol, Pacer, TrafficSpec};
@@ -16,7 +15,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::{Stats, TOTALS, should_stop, sleep_or_stop};
+use super::{Stats, should_stop, sleep_or_stop};
 
 /// How long a TCP connect may take before it counts as an error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,17 +53,6 @@ fn pacer(rate: f64, start: Instant) -> Pacer {
     Pacer::new(rate, (rate / 100.0).max(1.0), start.elapsed())
 }
 
-fn sent(stats: &Stats, n: usize) {
-    stats.op(n as u64);
-    TOTALS.sent_ops.fetch_add(1, Ordering::Relaxed);
-    TOTALS.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
-}
-
-fn failed(stats: &Stats) {
-    stats.error();
-    TOTALS.errors.fetch_add(1, Ordering::Relaxed);
-}
-
 async fn udp(dest: SocketAddr, pps: f64, size: usize, stats: Arc<Stats>, mut stopped: watch::Receiver<bool>) {
     let local: SocketAddr = if dest.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -75,13 +63,13 @@ async fn udp(dest: SocketAddr, pps: f64, size: usize, stats: Arc<Stats>, mut sto
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%dest, error = %e, "traffic load: no UDP socket");
-            failed(&stats);
+            stats.error();
             return;
         }
     };
     if let Err(e) = sock.connect(dest).await {
         tracing::warn!(%dest, error = %e, "traffic load: cannot address the destination");
-        failed(&stats);
+        stats.error();
         return;
     }
     let payload = vec![0x5au8; size];
@@ -94,10 +82,10 @@ async fn udp(dest: SocketAddr, pps: f64, size: usize, stats: Arc<Stats>, mut sto
         let n = p.take(start.elapsed(), u64::MAX);
         for _ in 0..n {
             match sock.send(&payload).await {
-                Ok(k) => sent(&stats, k),
+                Ok(k) => stats.sent(k as u64),
                 // ECONNREFUSED (an ICMP port unreachable for an earlier
                 // datagram), ENOBUFS, EHOSTUNREACH: counted, not fatal.
-                Err(_) => failed(&stats),
+                Err(_) => stats.error(),
             }
         }
         let wait = p.wait(start.elapsed()).max(Duration::from_micros(200));
@@ -118,7 +106,7 @@ async fn tcp(dest: SocketAddr, rate: f64, size: usize, stats: Arc<Stats>, mut st
         let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dest)).await {
             Ok(Ok(c)) => c,
             _ => {
-                failed(&stats);
+                stats.error();
                 if sleep_or_stop(RETRY, &mut stopped).await {
                     return;
                 }
@@ -134,9 +122,9 @@ async fn tcp(dest: SocketAddr, rate: f64, size: usize, stats: Arc<Stats>, mut st
                     _ = stopped.changed() => return,
                 };
                 match w {
-                    Ok(()) => sent(&stats, size),
+                    Ok(()) => stats.sent(size as u64),
                     Err(_) => {
-                        failed(&stats);
+                        stats.error();
                         if sleep_or_stop(RETRY, &mut stopped).await {
                             return;
                         }
