@@ -555,7 +555,10 @@ impl FaultService {
 
     /// How many agents have an inventory (interfaces, dm devices) here.
     pub fn inventoried_agents(&self) -> usize {
-        lock(&self.inventory).len()
+        lock(&self.inventory)
+            .values()
+            .filter(|i| i.interfaces.is_some() || i.dm_devices.is_some())
+            .count()
     }
 
     /// Drops settled faults from memory (their end is in the store: every
