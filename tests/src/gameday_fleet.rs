@@ -262,3 +262,82 @@ pub fn library_spec(name: &str) -> serde_yaml::Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// How many times a library game-day test runs its game day, and whether
+/// it judges them: the test tiers run each once and assert it `passed`;
+/// `cargo xtask bench --only detection` sets `GRAYDAR_DETECTION_RUNS` and
+/// tabulates every run instead, misses included (xtask/src/bench_detection.rs).
+pub fn detection_runs() -> (usize, bool) {
+    match std::env::var("GRAYDAR_DETECTION_RUNS") {
+        Ok(v) => {
+            let n: usize = v
+                .parse()
+                .unwrap_or_else(|e| panic!("GRAYDAR_DETECTION_RUNS={v:?}: {e}"));
+            assert!(n >= 1, "GRAYDAR_DETECTION_RUNS must be at least 1");
+            (n, false)
+        }
+        Err(_) => (1, true),
+    }
+}
+
+/// The `GRAYDAR_RESULT detection ...` lines of one run, one per expected
+/// detection (the detection table's rows), as the bench reads them back.
+pub fn detection_lines(gameday: &str, run_no: usize, run: &RunInfo) -> Vec<String> {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+    let outcome = run
+        .outcome
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |o| format!("{o:?}").to_lowercase());
+    let unexpected: Vec<String> = run
+        .unexpected
+        .iter()
+        .map(|u| format!("{}@{}", u.kind.as_str(), u.host))
+        .collect();
+    run.detections
+        .iter()
+        .map(|d| {
+            format!(
+                "detection gameday={gameday} run={run_no} outcome={outcome} expected={} kind={} state={} ttd_ms={} \
+                 upper_ms={} ttc_ms={} within_ms={} unexpected={} unexpected_kinds={}",
+                d.kinds.join("|"),
+                d.kind.map_or("-", |k| k.as_str()),
+                format!("{:?}", d.state).to_lowercase(),
+                ms(d.time_to_detect_ms),
+                d.upper_bound_ms.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                ms(d.time_to_clear_ms),
+                d.within_ms,
+                run.unexpected.len(),
+                if unexpected.is_empty() {
+                    "-".to_owned()
+                } else {
+                    unexpected.join(",")
+                },
+            )
+        })
+        .collect()
+}
+
+/// Prints [`detection_lines`] with the marker the VM tier hands back.
+pub fn print_detection(gameday: &str, run_no: usize, run: &RunInfo) {
+    for l in detection_lines(gameday, run_no, run) {
+        println!("GRAYDAR_RESULT {l}");
+    }
+}
+
+/// Waits until no finding of any severity fires (between repeated runs, so
+/// each starts from a quiet fleet); panics after `limit`.
+pub fn wait_none_firing(ctl: &ControllerProcess, tokens: &Tokens, limit: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let v = ctl.cli_json(&tokens.viewer, &["findings", "--firing"]);
+        if v["findings"].as_array().is_some_and(Vec::is_empty) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "findings still firing after {limit:?}: {:#}",
+            v["findings"]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -188,11 +188,20 @@ const PARTS: &[&str] = &[
     "faults",
     "fault-latency",
     "safety",
+    "detection",
 ];
-/// Parts that run only when named: the 200 safety trials take about 25 minutes.
-const OPT_IN: &[&str] = &["safety"];
+/// Parts that run only when named: the 200 safety trials take about 25
+/// minutes, the detection table hours (minutes with `--quick`).
+const OPT_IN: &[&str] = &["safety", "detection"];
 
-pub fn run(ws: &Path, idle_seconds: u64, only: &[String]) -> Result<()> {
+/// What `detection` runs (xtask/src/bench_detection.rs).
+#[derive(Clone, Copy, Debug)]
+pub struct Detection {
+    pub runs: usize,
+    pub soak_seconds: u64,
+}
+
+pub fn run(ws: &Path, idle_seconds: u64, only: &[String], detection: Detection) -> Result<()> {
     if !crate::is_root() {
         bail!("the benchmarks load eBPF and create network namespaces: run as root");
     }
@@ -221,6 +230,10 @@ pub fn run(ws: &Path, idle_seconds: u64, only: &[String]) -> Result<()> {
     // 200 randomized kill/partition trials in the VM (xtask/src/bench_safety.rs).
     if want("safety") {
         crate::bench_safety::run(ws)?;
+    }
+    // The detection table: the library game days N times, the quiet soak.
+    if want("detection") {
+        crate::bench_detection::run(ws, detection.runs, detection.soak_seconds)?;
     }
     if !want("drops") && !want("idle") {
         if want("fsync") {

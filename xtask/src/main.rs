@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_controller;
+mod bench_detection;
 mod bench_fault_latency;
 mod bench_faults;
 mod bench_idle_cpus;
@@ -74,7 +75,8 @@ enum Cmd {
         /// Seconds of idle measurement for the agent's CPU and memory.
         #[arg(long, default_value_t = 60)]
         idle_seconds: u64,
-        /// Run only these parts (drops, idle, idle-cpus, fsync, incast, faults, fault-latency, safety); default all.
+        /// Run only these parts (drops, idle, idle-cpus, fsync, incast, faults, fault-latency, safety, detection);
+        /// default all but safety and detection.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Controller load test instead: simulated agent counts, e.g. 1000,10000.
@@ -83,6 +85,15 @@ enum Cmd {
         /// Seconds of controller load per agent count.
         #[arg(long, default_value_t = 30)]
         controller_seconds: u64,
+        /// `detection`: runs per library game day (default 20, 3 with --quick).
+        #[arg(long)]
+        detection_runs: Option<usize>,
+        /// `detection`: minutes of the quiet soak (default 30, 5 with --quick).
+        #[arg(long)]
+        soak_minutes: Option<u64>,
+        /// `detection`: 3 runs per game day and a 5-minute soak.
+        #[arg(long)]
+        quick: bool,
     },
     /// Build the install tarball (binaries, systemd units, configs, runbooks, rules, dashboard).
     Dist {
@@ -147,10 +158,28 @@ fn main() -> Result<()> {
             only,
             controller_agents,
             controller_seconds,
+            detection_runs,
+            soak_minutes,
+            quick,
         } => {
             setup(false)?;
             if controller_agents.is_empty() {
-                bench::run(&ws, idle_seconds, &only)
+                let detection = bench::Detection {
+                    runs: detection_runs.unwrap_or(if quick {
+                        bench_detection::QUICK_RUNS
+                    } else {
+                        bench_detection::RUNS
+                    }),
+                    soak_seconds: soak_minutes.map_or(
+                        if quick {
+                            bench_detection::QUICK_SOAK_SECONDS
+                        } else {
+                            bench_detection::SOAK_SECONDS
+                        },
+                        |m| m * 60,
+                    ),
+                };
+                bench::run(&ws, idle_seconds, &only, detection)
             } else {
                 bench_controller::run(&ws, &controller_agents, controller_seconds)
             }
