@@ -346,7 +346,8 @@ const TRIAL_DM: &str = "gd-trial";
 /// arguments (the agent is added by the caller): a bare-interface netem
 /// (a prio tree here: the controller is excluded), ingress through an ifb,
 /// scoped trees (IPv4; IPv6 with protocol and port; ingress), blackhole
-/// routes (IPv4 in the main table, IPv6 in table 1000) and dm-delay /
+/// routes (IPv4 in the main table, IPv6 in table 1000), a route flap (its
+/// blackhole route withdrawn and announced every second) and dm-delay /
 /// dm-flakey on a dm-linear device.
 fn trial_kinds(dir: &Path) -> Vec<(&'static str, Vec<String>)> {
     let spec_file = |name: &str, json: &str| -> Vec<String> {
@@ -401,6 +402,17 @@ fn trial_kinds(dir: &Path) -> Vec<(&'static str, Vec<String>)> {
             ]),
         ),
         ("blackhole-v4", args(&["--blackhole", "198.51.100.0/24"])),
+        (
+            "route-flap",
+            args(&[
+                "--route-flap",
+                "198.51.101.0/24",
+                "--flap-down",
+                "1s",
+                "--flap-up",
+                "1s",
+            ]),
+        ),
         (
             "blackhole-v6-table",
             spec_file(

@@ -176,6 +176,13 @@ impl DropSignal {
             ),
             ("warning_ratio".to_owned(), Evidence::Number(d.warning_ratio)),
             ("critical_ratio".to_owned(), Evidence::Number(d.critical_ratio)),
+            // The test behind the decision: the subject's learned baseline, the
+            // excess over it that is noise, the confidence required and how
+            // much of it the evidence reached (1.0: reached, 2.0: the cap).
+            ("baseline_ratio".to_owned(), Evidence::Number(obs.baseline_ratio)),
+            ("tolerated_ratio".to_owned(), Evidence::Number(d.tolerated_ratio)),
+            ("confidence".to_owned(), Evidence::Number(d.confidence)),
+            ("evidence".to_owned(), Evidence::Number(obs.evidence)),
         ])
     }
 
