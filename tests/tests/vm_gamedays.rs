@@ -17,7 +17,7 @@ use graydar_tests::blockdev::Ext4Mount;
 use graydar_tests::controller::Tokens;
 use graydar_tests::faults::{LinearOnLoop, qdisc_tree};
 use graydar_tests::gameday_fleet::{
-    Fleet, detection_runs, print_detection, run_watched, text, wait_none_firing, write_spec,
+    Fleet, detection_runs, print_detection, print_result, run_watched, text, wait_none_firing, write_spec,
 };
 use graydar_tests::orphans::Baseline;
 
@@ -435,8 +435,8 @@ steps:
         .iter()
         .map(|u| format!("{}@{}", u.kind.as_str(), u.host))
         .collect();
-    println!(
-        "GRAYDAR_RESULT soak seconds={seconds} outcome={} findings={} kinds={}",
+    print_result(&format!(
+        "soak seconds={seconds} outcome={} findings={} kinds={}",
         run.outcome
             .as_ref()
             .map_or_else(|| "none".to_owned(), |o| format!("{o:?}").to_lowercase()),
@@ -446,7 +446,7 @@ steps:
         } else {
             unexpected.join(",")
         },
-    );
+    ));
     // The loads ran: A sent, B received, A synced on the watched device.
     let sent = graydar_tests::prom::sum(&a.metrics(), "graydar_load_sent_operations_total", &[]);
     let got = graydar_tests::prom::sum(&b.metrics(), "graydar_load_received_bytes_total", &[]);

@@ -5,7 +5,9 @@
 //! once (they judge each run; here they report every run, misses included):
 //! the netem, dm-delay and traffic game days in the VM (Debian's kernel
 //! under QEMU: tests/tests/vm_gamedays.rs, `the_library_*`), the route flap
-//! on this host's kernel in network namespaces (tests/tests/netns_gamedays.rs).
+//! and incast (20 sender agents behind a bottleneck) on this host's kernel
+//! in network namespaces (tests/tests/netns_gamedays.rs,
+//! tests/tests/netns_incast_gameday.rs).
 //! nic-queue-drops also runs at 1 % loss, the smallest loss the drop
 //! detector is built to find. Then the quiet soak: the same topology under
 //! UDP, TCP, fsync and burst load below every threshold, no fault, for
@@ -44,6 +46,8 @@ fn goal(gameday: &str) -> Option<(f64, &'static str)> {
         // The 5th route change of the scaled flap (1 s down, 2 s up) comes
         // 6 s after the apply.
         "bgp-route-flap" => (7.0, "by the 5th change (6 s)"),
+        // Counted from the load's start; the first burst is 2 s later.
+        "incast" => (4.0, "≤ 2 s after the first burst"),
         _ => return None,
     })
 }
@@ -53,7 +57,7 @@ pub fn run(ws: &Path, runs: usize, soak_seconds: u64) -> Result<()> {
         bail!("--detection-runs must be at least 1");
     }
     println!(
-        "bench detection: every library game day {runs} times (VM: netem, dm-delay, loads; host: route flap), \
+        "bench detection: every library game day {runs} times (VM: netem, dm-delay, loads; host: route flap, incast), \
          then a quiet soak of {soak_seconds} s"
     );
     let started = Instant::now();
@@ -67,7 +71,7 @@ pub fn run(ws: &Path, runs: usize, soak_seconds: u64) -> Result<()> {
         &[("GRAYDAR_DETECTION_RUNS", &runs_s), ("GRAYDAR_SOAK_SECONDS", &soak_s)],
     )
     .context("the VM's library game days broke (a leftover or a run that could not finish): see above")?;
-    lines.extend(host_route_flap(ws, &runs_s)?);
+    lines.extend(host_game_days(ws, &runs_s)?);
     let wall = started.elapsed().as_secs_f64();
 
     let rows = table(&lines)?;
@@ -102,39 +106,48 @@ pub fn run(ws: &Path, runs: usize, soak_seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// The route flap game day on this host's kernel (it needs no netem):
-/// its test, `runs` times, its result lines from its output.
-fn host_route_flap(ws: &Path, runs: &str) -> Result<Vec<String>> {
+/// The game days that need no netem or dm run on this host's kernel in
+/// network namespaces: the route flap (tests/tests/netns_gamedays.rs) and
+/// incast with 20 sender agents behind a bottleneck
+/// (tests/tests/netns_incast_gameday.rs).
+const HOST_TESTS: &[(&str, &str)] = &[
+    (
+        "netns_gamedays",
+        "the_library_route_flap_game_day_passes_on_real_agents",
+    ),
+    (
+        "netns_incast_gameday",
+        "the_library_incast_game_day_passes_with_20_senders_behind_a_bottleneck",
+    ),
+];
+
+/// Each of [`HOST_TESTS`] `runs` times; their result lines.
+fn host_game_days(ws: &Path, runs: &str) -> Result<Vec<String>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(ws)
-        .env("GRAYDAR_DETECTION_RUNS", runs)
-        .args([
-            "test",
-            "-p",
-            "graydar-tests",
-            "--test",
-            "netns_gamedays",
-            "--",
-            "--exact",
-            "the_library_route_flap_game_day_passes_on_real_agents",
-            "--nocapture",
-        ])
-        .output()
-        .context("running the route flap game day's test")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "the route flap game day's test failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+    let mut lines = Vec::new();
+    for (target, test) in HOST_TESTS {
+        let out = Command::new(&cargo)
+            .current_dir(ws)
+            .env("GRAYDAR_DETECTION_RUNS", runs)
+            .args(["test", "-p", "graydar-tests", "--test", target, "--", "--exact", test])
+            .output()
+            .with_context(|| format!("running {test}"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!(
+                "{test} failed: {}\n{}\n{stderr}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        lines.extend(
+            stderr
+                .lines()
+                .filter_map(|l| l.strip_prefix(crate::vm::RESULT_MARKER))
+                .map(str::to_owned),
         );
     }
-    Ok(stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix(crate::vm::RESULT_MARKER))
-        .map(str::to_owned)
-        .collect())
+    Ok(lines)
 }
 
 fn fields(line: &str) -> BTreeMap<String, String> {

@@ -259,7 +259,8 @@ impl FaultService {
             refuse_if_engaged(&inner)?;
             check_overlap(inner.faults.values(), &req.spec, &targets, now)?;
             if !req.force {
-                check_blast_radius(inner.faults.values(), &targets, agents, now, self.cfg.max_target_share)?;
+                let impaired = super::policy::impaired_agents(&req.spec, targets.iter().cloned(), agents);
+                check_blast_radius(inner.faults.values(), &impaired, agents, now, self.cfg.max_target_share)?;
             }
         }
         let duration_ms = if req.dry_run {

@@ -1,0 +1,187 @@
+//! Root/netns tier: the library's `incast` game day (runbooks/gamedays/
+//! incast.yaml) on a fleet of 21 real agents behind a real bottleneck.
+//!
+//! ```text
+//!  s0 (10.215.10.2) ─┐
+//!  s1 (10.215.11.2) ─┤  sw: router + the controller    tbf 100 Mbit/s, 64 KB queue
+//!  ...               ├─ (10.215.1.254) ── swa ──────────────────────────── agg0 ── agg (10.215.1.1)
+//!  s19 (10.215.29.2) ┘
+//! ```
+//!
+//! Twenty sender agents (labelled `role=web`, the file's selector), each in
+//! its own namespace with its own link into the router namespace, where the
+//! controller runs; the aggregator's agent behind the router's port toward
+//! it, which is rate-limited with a short queue, as a switch port is. The
+//! game day's `burst` load makes every sender open a TCP connection to the
+//! aggregator's load sink at the one start time the controller hands out and
+//! send 256 KiB: twenty flows share the 100 Mbit/s port at once, its queue
+//! overflows, flows lose their tails and wait for a retransmission timeout.
+//! The aggregator's agent (default `[incast]` settings, but for a shorter
+//! `resolve_after`) must call it `incast` within the file's deadline, and
+//! nothing else may fire on any of the 21 hosts. The senders run no mesh
+//! and no disk probes (what they would add is not what is tested here).
+
+use std::time::Duration;
+
+use graydar_common::api::FindingKind;
+use graydar_common::gameday::run::{DetectionState, Outcome};
+use graydar_tests::agent::AgentProcess;
+use graydar_tests::controller::{ControllerProcess, Tokens};
+use graydar_tests::fault_e2e::wait_until;
+use graydar_tests::gameday_fleet::{detection_runs, print_detection, run_watched, text, wait_none_firing, write_spec};
+use graydar_tests::netns::{self, NetNs, veth_pair};
+
+const SENDERS: usize = 20;
+const NET: u8 = 215;
+
+fn sysctl(ns: &NetNs, key: &str, value: &str) {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    ns.run_in(|| std::fs::write(&path, value).unwrap_or_else(|e| panic!("write {path}: {e}")));
+}
+
+fn agent_config(name: &str, controller: &str, token: &str, extra: &str) -> String {
+    format!(
+        r#"hostname = "{name}"
+
+[controller]
+url = "http://{controller}:8477"
+token = "{token}"
+report_interval = "1s"
+{extra}"#
+    )
+}
+
+#[test]
+fn the_library_incast_game_day_passes_with_20_senders_behind_a_bottleneck() {
+    netns::require_root();
+    let sw = NetNs::new("gis");
+    let agg = NetNs::new("gia");
+    veth_pair(
+        &agg,
+        "agg0",
+        &format!("10.{NET}.1.1/24"),
+        &sw,
+        "swa",
+        &format!("10.{NET}.1.254/24"),
+    );
+    agg.ip([
+        "route",
+        "add",
+        &format!("10.{NET}.0.0/16"),
+        "via",
+        &format!("10.{NET}.1.254"),
+    ]);
+    let senders: Vec<NetNs> = (0..SENDERS).map(|i| NetNs::new(&format!("gi{i}"))).collect();
+    for (i, s) in senders.iter().enumerate() {
+        let subnet = 10 + i;
+        veth_pair(
+            s,
+            "up0",
+            &format!("10.{NET}.{subnet}.2/24"),
+            &sw,
+            &format!("sw{i}"),
+            &format!("10.{NET}.{subnet}.1/24"),
+        );
+        s.ip([
+            "route",
+            "add",
+            &format!("10.{NET}.1.0/24"),
+            "via",
+            &format!("10.{NET}.{subnet}.1"),
+        ]);
+    }
+    sysctl(&sw, "net.ipv4.ip_forward", "1");
+    // The bottleneck toward the aggregator: 100 Mbit/s with a 64 KB queue
+    // (43 full-size packets); a 4 KB bucket makes tbf split GSO packets into
+    // segments, so the queue drops segments as a switch port does.
+    sw.exec(
+        "tc",
+        [
+            "qdisc", "add", "dev", "swa", "root", "tbf", "rate", "100mbit", "burst", "4kb", "limit", "64kb",
+        ],
+    );
+
+    let data = tempfile::tempdir().expect("controller data dir");
+    let tokens = Tokens::random();
+    let ctl = ControllerProcess::start(Some(&sw), data.path(), &tokens);
+    // The aggregator: the shipped [incast] settings but for a shorter
+    // resolve_after (2 minutes by default), no mesh, no disk probes.
+    let agg_agent = AgentProcess::start(
+        Some(&agg),
+        &agent_config(
+            agg.name(),
+            &format!("10.{NET}.1.254"),
+            &tokens.agent,
+            "\n[paths]\nenabled = false\n\n[disk]\nebpf = false\n\n[incast]\nresolve_after = \"15s\"\n",
+        ),
+    );
+    let sender_agents: Vec<AgentProcess> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            AgentProcess::start(
+                Some(s),
+                &agent_config(
+                    s.name(),
+                    &format!("10.{NET}.{}.1", 10 + i),
+                    &tokens.agent,
+                    "labels = { role = \"web\" }\n\n[paths]\nenabled = false\n\n[disk]\nebpf = false\n\n\
+                     [incast]\nenabled = false\n",
+                ),
+            )
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(120),
+        "all 21 agents healthy at the controller",
+        || {
+            let v = ctl.cli_json(&tokens.viewer, &["agents"]);
+            let agents = v["agents"].as_array().cloned().unwrap_or_default();
+            (agents.len() == SENDERS + 1 && agents.iter().all(|x| x["state"] == "healthy")).then_some(())
+        },
+    );
+
+    let (runs, judge) = detection_runs();
+    for run_no in 1..=runs {
+        wait_none_firing(&ctl, &tokens, Duration::from_secs(120));
+        let mut spec = graydar_tests::gameday_fleet::library_spec("incast");
+        spec["targets"]["aggregator"]["agents"] = serde_yaml::Value::Sequence(vec![agg.name().into()]);
+        // Scaled: 20 s of bursts (every 5 s, as the file), 60 s to clear
+        // (the aggregator resolves 15 s after the last episode).
+        spec["steps"][0]["load"]["duration"] = "20s".into();
+        spec["steps"][0]["expect"]["clear_within"] = "60s".into();
+        let file = write_spec(data.path(), "incast", &serde_yaml::to_string(&spec).expect("YAML"));
+        let (run, out) = run_watched(&ctl, &tokens, &file, "incast");
+        print_detection("incast", run_no, &run);
+        let received = graydar_tests::prom::sum(&agg_agent.metrics(), "graydar_load_received_bytes_total", &[]);
+        let drops = String::from_utf8_lossy(&sw.exec("tc", ["-s", "qdisc", "show", "dev", "swa"]).stdout).into_owned();
+        eprintln!(
+            "incast run {run_no}: the aggregator's sink received {received} bytes in all; the bottleneck: {drops}"
+        );
+        if judge {
+            assert!(out.status.success(), "{}\n{run:#?}", text(&out));
+            assert_eq!(
+                run.targets.get("senders").map(Vec::len),
+                Some(SENDERS),
+                "the selector picked every sender: {:?}",
+                run.targets
+            );
+            assert_eq!(run.outcome, Some(Outcome::Passed), "{run:#?}");
+            assert!(run.unexpected.is_empty(), "{:#?}", run.unexpected);
+            let d = &run.detections[0];
+            assert_eq!(d.state, DetectionState::Detected, "{d:?}");
+            assert_eq!(d.kind, Some(FindingKind::Incast), "{d:?}");
+            eprintln!(
+                "incast: time to detect {:?} ms from the load's start ± {:?} (upper bound {:?} ms), clear {:?} ms",
+                d.time_to_detect_ms, d.uncertainty_ms, d.upper_bound_ms, d.time_to_clear_ms
+            );
+            // Every sender's burst arrived whole at least once: 20 x 256 KiB.
+            assert!(
+                received >= (SENDERS * 262_144) as f64,
+                "the sink received {received} bytes"
+            );
+        }
+    }
+    drop(sender_agents);
+    drop(agg_agent);
+}
