@@ -67,6 +67,24 @@ pub enum FaultSpec {
         /// How long the prefix stays announced between withdrawals (1 to 3600).
         up_seconds: u32,
     },
+    /// A detour: traffic to `prefix` sent through the gateway `via` (on a
+    /// directly connected network) instead of the way it goes now, by a
+    /// unicast route graydar owns, more specific than the route it shadows
+    /// (a route for exactly `prefix` already in the table is refused). With
+    /// `src` the packets keep that source address, so only this direction
+    /// of a path changes: one side's routing taking another way, as an
+    /// asymmetric route looks. Always removed at the revert.
+    RouteDetour {
+        prefix: String,
+        /// The gateway (same address family as `prefix`).
+        via: String,
+        /// The preferred source address (RTA_PREFSRC), one of the host's own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        src: Option<String>,
+        /// Routing table; the main table when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        table: Option<u32>,
+    },
     /// An interface's RX and/or TX ring sizes shrunk (ethtool netlink
     /// `ETHTOOL_MSG_RINGS_SET`): fewer descriptors, so a burst the NIC used
     /// to absorb overflows the ring and is dropped in the driver. The sizes
@@ -275,6 +293,7 @@ pub enum FaultKind {
     Dm,
     Blackhole,
     RouteFlap,
+    RouteDetour,
     NicRings,
     Traffic,
     Fsync,
@@ -285,16 +304,18 @@ pub enum FaultKind {
 /// A fault kind that is not one of [`FaultKind::ALL`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown fault kind {0:?} (expected netem, dm, blackhole, route_flap, nic_rings, traffic, fsync, burst or load_sink)"
+    "unknown fault kind {0:?} (expected netem, dm, blackhole, route_flap, route_detour, nic_rings, traffic, fsync, burst or \
+     load_sink)"
 )]
 pub struct UnknownFaultKind(pub String);
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Netem,
         FaultKind::Dm,
         FaultKind::Blackhole,
         FaultKind::RouteFlap,
+        FaultKind::RouteDetour,
         FaultKind::NicRings,
         FaultKind::Traffic,
         FaultKind::Fsync,
@@ -308,6 +329,7 @@ impl FaultKind {
             FaultKind::Dm => "dm",
             FaultKind::Blackhole => "blackhole",
             FaultKind::RouteFlap => "route_flap",
+            FaultKind::RouteDetour => "route_detour",
             FaultKind::NicRings => "nic_rings",
             FaultKind::Traffic => "traffic",
             FaultKind::Fsync => "fsync",
@@ -355,7 +377,7 @@ pub enum FaultKey {
         device: String,
     },
     /// The prefix as written (the table is not part of the key): a
-    /// blackhole and a route flap of one prefix own the same route.
+    /// blackhole, a route flap and a detour of one prefix own the same route.
     Blackhole {
         prefix: String,
     },
@@ -376,6 +398,7 @@ impl FaultSpec {
             FaultSpec::Dm { .. } => FaultKind::Dm,
             FaultSpec::Blackhole { .. } => FaultKind::Blackhole,
             FaultSpec::RouteFlap { .. } => FaultKind::RouteFlap,
+            FaultSpec::RouteDetour { .. } => FaultKind::RouteDetour,
             FaultSpec::NicRings { .. } => FaultKind::NicRings,
             FaultSpec::Traffic(_) => FaultKind::Traffic,
             FaultSpec::Fsync(_) => FaultKind::Fsync,
@@ -394,9 +417,9 @@ impl FaultSpec {
                 direction: *direction,
             },
             FaultSpec::Dm { device, .. } => FaultKey::Dm { device: device.clone() },
-            FaultSpec::Blackhole { prefix, .. } | FaultSpec::RouteFlap { prefix, .. } => {
-                FaultKey::Blackhole { prefix: prefix.clone() }
-            }
+            FaultSpec::Blackhole { prefix, .. }
+            | FaultSpec::RouteFlap { prefix, .. }
+            | FaultSpec::RouteDetour { prefix, .. } => FaultKey::Blackhole { prefix: prefix.clone() },
             FaultSpec::NicRings { interface, .. } => FaultKey::Rings {
                 interface: interface.clone(),
             },
@@ -420,7 +443,9 @@ impl FaultSpec {
         match self {
             FaultSpec::Netem { interface, .. } => interface,
             FaultSpec::Dm { device, .. } => device,
-            FaultSpec::Blackhole { prefix, .. } | FaultSpec::RouteFlap { prefix, .. } => prefix,
+            FaultSpec::Blackhole { prefix, .. }
+            | FaultSpec::RouteFlap { prefix, .. }
+            | FaultSpec::RouteDetour { prefix, .. } => prefix,
             FaultSpec::NicRings { interface, .. } => interface,
             FaultSpec::Traffic(t) => t.to.first().map_or("(no destination)", String::as_str),
             FaultSpec::Fsync(f) => &f.dir,
@@ -465,6 +490,25 @@ impl FaultSpec {
                 }
                 Ok(())
             }
+            FaultSpec::RouteDetour { prefix, via, src, .. } => {
+                route_prefix("route_detour", prefix)?;
+                let c = Cidr::parse(prefix).map_err(|e| SpecError(format!("route_detour prefix: {e}")))?;
+                for (name, v) in [("via", Some(via)), ("src", src.as_ref())] {
+                    let Some(v) = v else { continue };
+                    let ip: std::net::IpAddr = v
+                        .parse()
+                        .map_err(|_| SpecError(format!("route_detour {name}: {v:?} is not an IP address")))?;
+                    if ip.is_ipv4() != c.addr.is_ipv4() {
+                        return Err(SpecError(format!(
+                            "route_detour {name}: {ip} is not of the address family of the prefix {c}"
+                        )));
+                    }
+                    if ip.is_unspecified() || ip.is_multicast() {
+                        return Err(SpecError(format!("route_detour {name}: {ip} is not a unicast address")));
+                    }
+                }
+                Ok(())
+            }
             FaultSpec::NicRings { interface, rx, tx } => {
                 interface_name("nic_rings: ", interface)?;
                 if rx.is_none() && tx.is_none() {
@@ -503,7 +547,7 @@ fn route_prefix(kind: &str, prefix: &str) -> Result<(), SpecError> {
     let c = Cidr::parse(prefix).map_err(|e| SpecError(format!("{kind} prefix: {e}")))?;
     if c.len == 0 {
         return Err(SpecError(format!(
-            "{kind} prefix: a default route blackhole would cut the host off (refused)"
+            "{kind} prefix: a fault on the default route would cut the host off (refused)"
         )));
     }
     Ok(())
@@ -834,6 +878,70 @@ mod tests {
             }
         }
         assert_eq!(changes, 8);
+    }
+
+    #[test]
+    fn route_detour_specs_are_checked() {
+        let detour = |prefix: &str, via: &str, src: Option<&str>| FaultSpec::RouteDetour {
+            prefix: prefix.into(),
+            via: via.into(),
+            src: src.map(str::to_owned),
+            table: None,
+        };
+        let ok = detour("10.206.1.2/32", "10.206.4.1", Some("10.206.2.2"));
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.kind().as_str(), "route_detour");
+        assert_eq!(ok.target(), "10.206.1.2/32");
+        assert_eq!(
+            ok.key(),
+            FaultKey::Blackhole {
+                prefix: "10.206.1.2/32".into()
+            },
+            "a detour owns the prefix's route like a blackhole"
+        );
+        assert!(detour("2001:db8::/64", "fe80::1", None).validate().is_ok());
+        for (spec, why) in [
+            (
+                detour("0.0.0.0/0", "10.0.0.1", None),
+                "route_detour prefix: a fault on the default route",
+            ),
+            (
+                detour("10.1.0.0/16", "gw", None),
+                "route_detour via: \"gw\" is not an IP address",
+            ),
+            (
+                detour("10.1.0.0/16", "2001:db8::1", None),
+                "route_detour via: 2001:db8::1 is not of the address family",
+            ),
+            (
+                detour("10.1.0.0/16", "10.0.0.1", Some("fe80::1")),
+                "route_detour src: fe80::1 is not of the address family",
+            ),
+            (
+                detour("10.1.0.0/16", "0.0.0.0", None),
+                "route_detour via: 0.0.0.0 is not a unicast address",
+            ),
+            (
+                detour("10.1.0.0/16", "224.0.0.1", None),
+                "route_detour via: 224.0.0.1 is not a unicast address",
+            ),
+            (detour("10.1.0.0/33", "10.0.0.1", None), "route_detour prefix:"),
+        ] {
+            let e = spec.validate().expect_err(why).to_string();
+            assert!(e.starts_with(why), "{e:?} should start with {why:?}");
+        }
+        let parsed: FaultSpec = serde_json::from_str(
+            r#"{"kind":"route_detour","prefix":"10.206.1.2/32","via":"10.206.4.1","src":"10.206.2.2"}"#,
+        )
+        .expect("JSON");
+        assert_eq!(parsed, ok);
+        assert!(
+            serde_json::from_str::<FaultSpec>(
+                r#"{"kind":"route_detour","prefix":"10.0.0.0/8","via":"10.1.1.1","dev":"x"}"#
+            )
+            .is_err(),
+            "unknown fields are refused"
+        );
     }
 
     #[test]

@@ -75,6 +75,16 @@ fuzz_target!(|data: &[u8]| {
             assert!(c.len > 0);
             assert!((1..=3600).contains(down_seconds) && (1..=3600).contains(up_seconds));
         }
+        FaultSpec::RouteDetour { prefix, via, src, .. } => {
+            let c = Cidr::parse(prefix).expect("a valid detour has a strict prefix");
+            assert!(c.len > 0);
+            let via: std::net::IpAddr = via.parse().expect("a valid detour's gateway parses");
+            assert_eq!(via.is_ipv4(), c.addr.is_ipv4());
+            if let Some(src) = src {
+                let src: std::net::IpAddr = src.parse().expect("a valid detour's source parses");
+                assert_eq!(src.is_ipv4(), c.addr.is_ipv4());
+            }
+        }
         FaultSpec::Dm { dm: d, .. } => {
             let _ = dm::target_piece(d);
         }

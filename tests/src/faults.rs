@@ -144,3 +144,28 @@ impl Drop for LinearOnLoop {
             .status();
     }
 }
+
+/// Starts the real agent binary in `ns` on `state` (its journal) and waits
+/// (60 s at most) until the routes are `routes_before` again; stops it.
+pub fn start_agent_until_routes_are(ns: &NetNs, state: &std::path::Path, routes_before: &str) {
+    let bin = crate::agent::agent_bin();
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(&bin)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--listen", "127.0.0.1:19479"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ns.exec_stdout("ip", ["route", "show", "table", "all"]) != routes_before {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the agent did not remove the route left by the killed engine");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

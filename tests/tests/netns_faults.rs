@@ -5,7 +5,7 @@
 
 use graydar_agent::faults::netem::{Loss, NetemSpec};
 use graydar_agent::faults::tc::{self, PriorRoot, TcError};
-use graydar_tests::faults::{qdisc_tree, with_netlink};
+use graydar_tests::faults::{qdisc_tree, start_agent_until_routes_are, with_netlink};
 use graydar_tests::netns::{self, NetNs, veth_pair};
 
 fn host_has_netem() -> bool {
@@ -374,31 +374,6 @@ fn blackhole_pair(tag: &str) -> (NetNs, NetNs) {
     b.ip(["addr", "add", "10.204.17.130/24", "dev", "vb"]);
     a.ip(["route", "add", "10.204.17.0/24", "via", "10.203.17.2"]);
     (a, b)
-}
-
-/// Starts the real agent binary in `ns` on `state` (its journal) and waits
-/// (60 s at most) until the routes are `routes_before` again; stops it.
-fn start_agent_until_routes_are(ns: &NetNs, state: &std::path::Path, routes_before: &str) {
-    let bin = graydar_tests::agent::agent_bin();
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .arg(&bin)
-        .arg("--state-dir")
-        .arg(state)
-        .args(["--listen", "127.0.0.1:19479"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start agent");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while ns.exec_stdout("ip", ["route", "show", "table", "all"]) != routes_before {
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("the agent did not remove the route left by the killed engine");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn reachable(ns: &NetNs, dst: &str) -> bool {

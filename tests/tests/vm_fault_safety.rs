@@ -11,7 +11,7 @@
 //!   controller (nft drop on the control channel) at random points while
 //!   faults of every kind are applied, active or being reverted (netem
 //!   egress and ingress, scoped IPv4 / IPv6 / ingress trees, blackhole
-//!   routes IPv4 and IPv6, dm-delay and dm-flakey); afterwards the kernel
+//!   routes IPv4 and IPv6, a route flap, dm-delay and dm-flakey); afterwards the kernel
 //!   equals its baseline from before the first fault (tests/src/orphans.rs:
 //!   qdiscs, filters, links, protocol-71 and blackhole routes, dm devices,
 //!   their state and both table slots);

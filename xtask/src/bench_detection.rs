@@ -5,9 +5,10 @@
 //! once (they judge each run; here they report every run, misses included):
 //! the netem, dm-delay and traffic game days in the VM (Debian's kernel
 //! under QEMU: tests/tests/vm_gamedays.rs, `the_library_*`), the route flap
-//! and incast (20 sender agents behind a bottleneck) on this host's kernel
-//! in network namespaces (tests/tests/netns_gamedays.rs,
-//! tests/tests/netns_incast_gameday.rs).
+//! incast (20 sender agents behind a bottleneck) and the asymmetric route
+//! (a detour through a second router) on this host's kernel in network
+//! namespaces (tests/tests/netns_gamedays.rs, netns_incast_gameday.rs,
+//! netns_route_detour.rs).
 //! nic-queue-drops also runs at 1 % loss, the smallest loss the drop
 //! detector is built to find. Then the quiet soak: the same topology under
 //! UDP, TCP, fsync and burst load below every threshold, no fault, for
@@ -57,7 +58,7 @@ pub fn run(ws: &Path, runs: usize, soak_seconds: u64) -> Result<()> {
         bail!("--detection-runs must be at least 1");
     }
     println!(
-        "bench detection: every library game day {runs} times (VM: netem, dm-delay, loads; host: route flap, incast), \
+        "bench detection: every library game day {runs} times (VM: netem, dm-delay, loads; host: route flap, incast, asymmetric route), \
          then a quiet soak of {soak_seconds} s"
     );
     let started = Instant::now();
@@ -107,9 +108,10 @@ pub fn run(ws: &Path, runs: usize, soak_seconds: u64) -> Result<()> {
 }
 
 /// The game days that need no netem or dm run on this host's kernel in
-/// network namespaces: the route flap (tests/tests/netns_gamedays.rs) and
+/// network namespaces: the route flap (tests/tests/netns_gamedays.rs),
 /// incast with 20 sender agents behind a bottleneck
-/// (tests/tests/netns_incast_gameday.rs).
+/// (tests/tests/netns_incast_gameday.rs) and the asymmetric route through a
+/// second router (tests/tests/netns_route_detour.rs).
 const HOST_TESTS: &[(&str, &str)] = &[
     (
         "netns_gamedays",
@@ -118,6 +120,10 @@ const HOST_TESTS: &[(&str, &str)] = &[
     (
         "netns_incast_gameday",
         "the_library_incast_game_day_passes_with_20_senders_behind_a_bottleneck",
+    ),
+    (
+        "netns_route_detour",
+        "the_library_asymmetric_route_game_day_passes_on_real_agents",
     ),
 ];
 

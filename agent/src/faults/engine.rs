@@ -180,6 +180,12 @@ enum How<'a> {
         down: Duration,
         up: Duration,
     },
+    Detour {
+        prefix: &'a str,
+        via: &'a str,
+        src: Option<&'a str>,
+        table: Option<u32>,
+    },
     /// An interface's ring sizes.
     Rings {
         interface: &'a str,
@@ -541,6 +547,12 @@ impl FaultEngine {
                 down,
                 up,
             } => self.apply_route_flap(id, spec, prefix, table, (down, up), lease).await,
+            How::Detour {
+                prefix,
+                via,
+                src,
+                table,
+            } => self.apply_detour(id, spec, prefix, (via, src), table, lease).await,
             How::Rings { interface, rx, tx } => self.apply_rings(id, spec, interface, (rx, tx), lease).await,
             How::Load => self.apply_load(id, spec, lease).await,
         }
@@ -581,6 +593,17 @@ impl FaultEngine {
                 table: *table,
                 down: Duration::from_secs(u64::from(*down_seconds)),
                 up: Duration::from_secs(u64::from(*up_seconds)),
+            },
+            FaultSpec::RouteDetour {
+                prefix,
+                via,
+                src,
+                table,
+            } => How::Detour {
+                prefix,
+                via,
+                src: src.as_deref(),
+                table: *table,
             },
             FaultSpec::NicRings { interface, rx, tx } => How::Rings {
                 interface,
@@ -763,15 +786,16 @@ impl FaultEngine {
         lease: Duration,
     ) -> Result<(), FaultError> {
         let (cidr, table) = self
-            .apply_route(id, spec, prefix, table, Mechanism::Blackhole, lease)
+            .apply_route(id, spec, prefix, table, Mechanism::Blackhole, None, lease)
             .await?;
         tracing::info!(id, prefix = %cidr, table, "blackhole route applied");
         Ok(())
     }
 
-    /// Adds graydar's blackhole route for `prefix` as fault `id`, journaled
-    /// as `mechanism` (a blackhole or a route flap: the same checks, the
-    /// same first change, the same revert).
+    /// Adds graydar's route for `prefix` as fault `id`, journaled as
+    /// `mechanism` (a blackhole or a route flap; a detour with its gateway
+    /// and source): the same checks, one change, the same revert.
+    #[expect(clippy::too_many_arguments, reason = "the route faults' one apply path")]
     async fn apply_route(
         &mut self,
         id: &str,
@@ -779,6 +803,7 @@ impl FaultEngine {
         prefix: &str,
         table: Option<u32>,
         mechanism: Mechanism,
+        detour: Option<(IpAddr, Option<IpAddr>)>,
         lease: Duration,
     ) -> Result<(Cidr, u32), FaultError> {
         if self.active.contains_key(id) {
@@ -793,9 +818,40 @@ impl FaultEngine {
             table,
         };
         let record = fault_record(id, mechanism, &prior.prefix, spec, &prior, lease)?;
-        self.drive(record, Prior::Route(prior), Change::Blackhole { cidr, table }, lease)
-            .await?;
+        let change = match detour {
+            None => Change::Blackhole { cidr, table },
+            Some((via, src)) => Change::Detour { cidr, table, via, src },
+        };
+        self.drive(record, Prior::Route(prior), change, lease).await?;
         Ok((cidr, table))
+    }
+
+    /// A detour: [`FaultEngine::apply_route`] with a unicast route through
+    /// `via` (from `src`) instead of a blackhole.
+    async fn apply_detour(
+        &mut self,
+        id: &str,
+        spec: &FaultSpec,
+        prefix: &str,
+        (via, src): (&str, Option<&str>),
+        table: Option<u32>,
+        lease: Duration,
+    ) -> Result<(), FaultError> {
+        let (via, src) = Self::detour_addresses(via, src)?;
+        let (cidr, table) = self
+            .apply_route(id, spec, prefix, table, Mechanism::RouteDetour, Some((via, src)), lease)
+            .await?;
+        tracing::info!(id, prefix = %cidr, table, %via, ?src, "detour route applied");
+        Ok(())
+    }
+
+    /// A detour's gateway and source as addresses (validated specs parse).
+    fn detour_addresses(via: &str, src: Option<&str>) -> Result<(IpAddr, Option<IpAddr>), FaultError> {
+        let ip = |name: &str, v: &str| -> Result<IpAddr, FaultError> {
+            v.parse()
+                .map_err(|_| FaultError::Spec(SpecError(format!("route_detour {name}: {v:?} is not an IP address"))))
+        };
+        Ok((ip("via", via)?, src.map(|s| ip("src", s)).transpose()?))
     }
 
     /// A route flap: [`FaultEngine::apply_route`] (journaled as
@@ -811,7 +867,7 @@ impl FaultEngine {
         lease: Duration,
     ) -> Result<(), FaultError> {
         let (cidr, table) = self
-            .apply_route(id, spec, prefix, table, Mechanism::RouteFlap, lease)
+            .apply_route(id, spec, prefix, table, Mechanism::RouteFlap, None, lease)
             .await?;
         let started = self.clock.now();
         if let Some(a) = self.active.get_mut(id) {
@@ -846,7 +902,7 @@ impl FaultEngine {
             let r = if want {
                 route::add_blackhole(&self.netlink, &f.cidr, f.table).await
             } else {
-                route::del_blackhole(&self.netlink, &f.cidr, f.table).await
+                route::del_ours(&self.netlink, &f.cidr, f.table).await
             };
             match r {
                 Ok(()) => {
@@ -923,6 +979,27 @@ impl FaultEngine {
                 let cidr = Cidr::parse(prefix)?;
                 let table = table.unwrap_or(route::RT_TABLE_MAIN);
                 let mut ops = route::describe(&cidr, table);
+                if let Err(e) = self.check_not_controller(&cidr) {
+                    ops.push(format!("would fail: {e}"));
+                }
+                if let Err(e) = route::check_free(&self.netlink, &cidr, table).await {
+                    ops.push(format!("would fail: {e}"));
+                }
+                Ok(ops)
+            }
+            How::Detour {
+                prefix,
+                via,
+                src,
+                table,
+            } => {
+                let cidr = Cidr::parse(prefix)?;
+                let table = table.unwrap_or(route::RT_TABLE_MAIN);
+                let (via, src) = Self::detour_addresses(via, src)?;
+                let mut ops = route::describe_detour(&cidr, table, via, src);
+                if let Err(e) = self.check_not_controller(&cidr) {
+                    ops.push(format!("would fail: {e}"));
+                }
                 if let Err(e) = route::check_free(&self.netlink, &cidr, table).await {
                     ops.push(format!("would fail: {e}"));
                 }

@@ -41,6 +41,9 @@ pub enum Mechanism {
     /// A blackhole route added and removed in turn (`route_flap`); its
     /// prior is a blackhole's: the revert removes the route if it is there.
     RouteFlap,
+    /// A unicast route through another gateway (`route_detour`); its prior
+    /// is a blackhole's: the revert removes graydar's route for the prefix.
+    RouteDetour,
     /// An interface's ring sizes changed (`nic_rings`); the prior holds the sizes before.
     NicRings,
     /// A load (`traffic`, `fsync`, `burst`, `load_sink`: agent/src/load/);
@@ -60,6 +63,7 @@ impl Mechanism {
             Mechanism::Dm => "dm",
             Mechanism::Blackhole => "blackhole",
             Mechanism::RouteFlap => "route_flap",
+            Mechanism::RouteDetour => "route_detour",
             Mechanism::NicRings => "nic_rings",
             Mechanism::Load(k) => k.as_str(),
             Mechanism::Unknown(k) => k,
@@ -73,6 +77,7 @@ impl Mechanism {
             Mechanism::Dm => Some(FaultKind::Dm),
             Mechanism::Blackhole => Some(FaultKind::Blackhole),
             Mechanism::RouteFlap => Some(FaultKind::RouteFlap),
+            Mechanism::RouteDetour => Some(FaultKind::RouteDetour),
             Mechanism::NicRings => Some(FaultKind::NicRings),
             Mechanism::Load(k) => Some(*k),
             Mechanism::Unknown(_) => None,
@@ -88,6 +93,7 @@ impl From<String> for Mechanism {
             "dm" => Mechanism::Dm,
             "blackhole" => Mechanism::Blackhole,
             "route_flap" => Mechanism::RouteFlap,
+            "route_detour" => Mechanism::RouteDetour,
             "nic_rings" => Mechanism::NicRings,
             "traffic" => Mechanism::Load(FaultKind::Traffic),
             "fsync" => Mechanism::Load(FaultKind::Fsync),
@@ -455,6 +461,8 @@ mod tests {
             (Mechanism::NetemTree, "netem_tree"),
             (Mechanism::Dm, "dm"),
             (Mechanism::Blackhole, "blackhole"),
+            (Mechanism::RouteFlap, "route_flap"),
+            (Mechanism::RouteDetour, "route_detour"),
         ] {
             assert_eq!(serde_json::to_string(&m).expect("json"), format!("\"{text}\""));
             assert_eq!(

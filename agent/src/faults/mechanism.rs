@@ -82,6 +82,13 @@ pub enum Change {
     Dm { table: Vec<TableLine> },
     /// Add a blackhole route.
     Blackhole { cidr: Cidr, table: u32 },
+    /// Add a unicast route through another gateway.
+    Detour {
+        cidr: Cidr,
+        table: u32,
+        via: std::net::IpAddr,
+        src: Option<std::net::IpAddr>,
+    },
     /// Set an interface's ring sizes (only those given).
     Rings { rx: Option<u32>, tx: Option<u32> },
     /// Nothing in the kernel: the engine starts the load once the journal
@@ -114,6 +121,9 @@ impl Change {
             )),
             (Change::Dm { table }, _) => Ok(dm::swap_table(&dm::open()?, target, table)?),
             (Change::Blackhole { cidr, table }, _) => Ok(route::add_blackhole(netlink, cidr, *table).await?),
+            (Change::Detour { cidr, table, via, src }, _) => {
+                Ok(route::add_detour(netlink, cidr, *table, *via, *src).await?)
+            }
             (Change::Rings { rx, tx }, _) => Ok(rings::set(target, *rx, *tx)?),
             (Change::Load, _) => Ok(()),
         }
@@ -138,7 +148,7 @@ impl Prior {
             Mechanism::Netem => decode(rec).map(|root| Prior::Qdisc { ifindex: None, root }),
             Mechanism::Dm => decode(rec).map(Prior::DmTable),
             Mechanism::NetemTree => decode(rec).map(Prior::Tree),
-            Mechanism::Blackhole | Mechanism::RouteFlap => decode(rec).map(Prior::Route),
+            Mechanism::Blackhole | Mechanism::RouteFlap | Mechanism::RouteDetour => decode(rec).map(Prior::Route),
             Mechanism::NicRings => decode(rec).map(Prior::Rings),
             Mechanism::Load(_) => decode(rec).map(Prior::Load),
             Mechanism::Unknown(kind) => Ok(Prior::Unknown { kind: kind.clone() }),
@@ -223,7 +233,7 @@ impl Prior {
                 // Masked: a journal written before prefixes were checked may
                 // hold host bits; the kernel's route has none.
                 let cidr = Cidr::parse_masked(&prior.prefix)?;
-                route::del_blackhole(netlink, &cidr, prior.table).await?;
+                route::del_ours(netlink, &cidr, prior.table).await?;
                 route::verify_removed(netlink, &cidr, prior.table).await?;
                 Ok(Restored::Restored)
             }

@@ -1,5 +1,6 @@
-//! Blackhole route faults over rtnetlink: `RTN_BLACKHOLE` for a prefix in a
-//! routing table (IPv4 or IPv6). The route carries graydar's own route
+//! Route faults over rtnetlink: `RTN_BLACKHOLE` for a prefix in a routing
+//! table (IPv4 or IPv6; blackhole and route_flap), or `RTN_UNICAST` through
+//! another gateway (route_detour). Every route carries graydar's own route
 //! protocol number ([`RTPROT_GRAYDAR`]), so revert deletes exactly the route
 //! it added and nothing an operator or a routing daemon installed.
 //!
@@ -26,12 +27,16 @@ pub const RT_TABLE_MAIN: u32 = 254;
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error(
-        "table {table} already has a route for {prefix} ({kind}); a blackhole fault would shadow or replace it, \
+        "table {table} already has a route for {prefix} ({kind}); a route fault would shadow or replace it, \
          so it is refused"
     )]
     Exists { prefix: String, table: u32, kind: String },
-    #[error("table {table} still has graydar's blackhole route for {prefix} after the revert")]
+    #[error("table {table} still has graydar's route for {prefix} after the revert")]
     NotReverted { prefix: String, table: u32 },
+    #[error(
+        "the gateway {via} is not on a network this host reaches directly (ENETUNREACH): a detour goes through a neighbour"
+    )]
+    GatewayUnreachable { via: IpAddr },
     #[error("changing routes needs CAP_NET_ADMIN")]
     NotPermitted,
     #[error("netlink {op}: {source}")]
@@ -77,6 +82,18 @@ pub fn blackhole_message(c: &Cidr, table: u32) -> RouteMessage {
     m.attributes
         .push(RouteAttribute::Destination(RouteAddress::from(c.addr)));
     m.attributes.push(RouteAttribute::Table(table));
+    m
+}
+
+/// Our detour for `c` in `table`: unicast through `via`, with `src` as the
+/// preferred source when given (pure).
+pub fn detour_message(c: &Cidr, table: u32, via: IpAddr, src: Option<IpAddr>) -> RouteMessage {
+    let mut m = blackhole_message(c, table);
+    m.header.kind = RouteType::Unicast;
+    m.attributes.push(RouteAttribute::Gateway(RouteAddress::from(via)));
+    if let Some(src) = src {
+        m.attributes.push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+    }
     m
 }
 
@@ -150,13 +167,35 @@ pub async fn check_free(handle: &rtnetlink::Handle, c: &Cidr, table: u32) -> Res
 }
 
 pub async fn add_blackhole(handle: &rtnetlink::Handle, c: &Cidr, table: u32) -> Result<(), RouteError> {
-    match super::tc::send(
-        handle,
-        RouteNetlinkMessage::NewRoute(blackhole_message(c, table)),
-        NLM_F_CREATE | NLM_F_EXCL,
-    )
-    .await
-    {
+    add(handle, blackhole_message(c, table), c, table, "add blackhole route").await
+}
+
+/// Adds our detour (the kernel refuses a gateway it cannot reach directly:
+/// ENETUNREACH, named in the error).
+pub async fn add_detour(
+    handle: &rtnetlink::Handle,
+    c: &Cidr,
+    table: u32,
+    via: IpAddr,
+    src: Option<IpAddr>,
+) -> Result<(), RouteError> {
+    match add(handle, detour_message(c, table, via, src), c, table, "add detour route").await {
+        Err(RouteError::Netlink {
+            source: rtnetlink::Error::NetlinkError(m),
+            ..
+        }) if m.code.map(|c| -c.get()) == Some(libc::ENETUNREACH) => Err(RouteError::GatewayUnreachable { via }),
+        r => r,
+    }
+}
+
+async fn add(
+    handle: &rtnetlink::Handle,
+    m: RouteMessage,
+    c: &Cidr,
+    table: u32,
+    op: &'static str,
+) -> Result<(), RouteError> {
+    match super::tc::send(handle, RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL).await {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| -c.get()) == Some(libc::EEXIST) => {
             Err(RouteError::Exists {
@@ -165,12 +204,14 @@ pub async fn add_blackhole(handle: &rtnetlink::Handle, c: &Cidr, table: u32) -> 
                 kind: "added meanwhile".into(),
             })
         }
-        Err(e) => Err(map_err("add blackhole route", e)),
+        Err(e) => Err(map_err(op, e)),
     }
 }
 
+/// A route graydar added: its protocol, whatever the type (blackhole or
+/// a detour's unicast).
 fn is_ours(m: &RouteMessage) -> bool {
-    m.header.kind == RouteType::BlackHole && m.header.protocol == RouteProtocol::Other(RTPROT_GRAYDAR)
+    m.header.protocol == RouteProtocol::Other(RTPROT_GRAYDAR)
 }
 
 /// Checks that `table` holds no blackhole of ours for `c` (after a revert,
@@ -185,18 +226,32 @@ pub async fn verify_removed(handle: &rtnetlink::Handle, c: &Cidr, table: u32) ->
     Ok(())
 }
 
-/// Deletes our blackhole for `c` in `table`, if it is there; idempotent.
-/// Routes of other protocols or types are never touched.
-pub async fn del_blackhole(handle: &rtnetlink::Handle, c: &Cidr, table: u32) -> Result<(), RouteError> {
-    let ours = same_prefix(handle, c, table).await?.iter().any(is_ours);
-    if !ours {
-        return Ok(());
+/// Deletes our route for `c` in `table` (blackhole or detour), if it is
+/// there; idempotent. Routes of other protocols are never touched: each
+/// route of ours is deleted by its own message as the kernel listed it.
+pub async fn del_ours(handle: &rtnetlink::Handle, c: &Cidr, table: u32) -> Result<(), RouteError> {
+    for m in same_prefix(handle, c, table).await?.into_iter().filter(is_ours) {
+        match super::tc::send(handle, RouteNetlinkMessage::DelRoute(m), 0).await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| -c.get()) == Some(libc::ESRCH) => {}
+            Err(e) => return Err(map_err("delete graydar's route", e)),
+        }
     }
-    match super::tc::send(handle, RouteNetlinkMessage::DelRoute(blackhole_message(c, table)), 0).await {
-        Ok(()) => Ok(()),
-        Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| -c.get()) == Some(libc::ESRCH) => Ok(()),
-        Err(e) => Err(map_err("delete blackhole route", e)),
-    }
+    Ok(())
+}
+
+/// The netlink operations of a detour's apply and revert (pure).
+pub fn describe_detour(c: &Cidr, table: u32, via: IpAddr, src: Option<IpAddr>) -> Vec<String> {
+    let fam = if c.addr.is_ipv4() { "inet" } else { "inet6" };
+    let src = src.map(|s| format!(" prefsrc {s}")).unwrap_or_default();
+    vec![
+        format!("RTM_GETROUTE NLM_F_DUMP family {fam}: refuse if table {table} has a route for {c}"),
+        format!(
+            "RTM_NEWROUTE NLM_F_CREATE|NLM_F_EXCL family {fam} type unicast {c} via {via}{src} table {table} proto \
+             {RTPROT_GRAYDAR} scope global"
+        ),
+        format!("revert: RTM_DELROUTE of graydar's route (proto {RTPROT_GRAYDAR}) for {c} in table {table}"),
+    ]
 }
 
 /// The netlink operations of apply and revert (pure).
@@ -227,6 +282,37 @@ mod tests {
                  scope global",
                 "revert: RTM_DELROUTE family inet type blackhole 198.51.100.0/24 table 254 proto 71",
             ]
+        );
+    }
+
+    #[test]
+    fn a_detour_is_a_unicast_route_of_ours_through_the_gateway_from_the_source() {
+        let c = Cidr::parse("10.206.1.2/32").expect("cidr");
+        let via: IpAddr = "10.206.4.1".parse().expect("ip");
+        let src: IpAddr = "10.206.2.2".parse().expect("ip");
+        let m = detour_message(&c, 254, via, Some(src));
+        assert_eq!(m.header.kind, RouteType::Unicast);
+        assert!(is_ours(&m), "graydar's protocol");
+        assert_eq!(m.header.destination_prefix_length, 32);
+        assert!(m.attributes.contains(&RouteAttribute::Gateway(RouteAddress::from(via))));
+        assert!(
+            m.attributes
+                .contains(&RouteAttribute::PrefSource(RouteAddress::from(src)))
+        );
+        let bare = detour_message(&c, 254, via, None);
+        assert!(
+            !bare
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::PrefSource(_)))
+        );
+        let mut theirs = bare.clone();
+        theirs.header.protocol = RouteProtocol::Static;
+        assert!(!is_ours(&theirs), "an operator's route is never ours");
+        assert_eq!(
+            describe_detour(&c, 254, via, Some(src))[1],
+            "RTM_NEWROUTE NLM_F_CREATE|NLM_F_EXCL family inet type unicast 10.206.1.2/32 via 10.206.4.1 prefsrc \
+             10.206.2.2 table 254 proto 71 scope global"
         );
     }
 

@@ -208,6 +208,7 @@ pub async fn start(id: &str, spec: &FaultSpec) -> Result<Running, LoadError> {
         FaultSpec::Dm { .. } => return Err(LoadError::NotALoad("dm")),
         FaultSpec::Blackhole { .. } => return Err(LoadError::NotALoad("blackhole")),
         FaultSpec::RouteFlap { .. } => return Err(LoadError::NotALoad("route_flap")),
+        FaultSpec::RouteDetour { .. } => return Err(LoadError::NotALoad("route_detour")),
         FaultSpec::NicRings { .. } => return Err(LoadError::NotALoad("nic_rings")),
     };
     Ok(Running {

@@ -761,6 +761,7 @@ pub fn minimum_capabilities(spec: &FaultSpec) -> Vec<&'static str> {
         },
         FaultSpec::Blackhole { .. }
         | FaultSpec::RouteFlap { .. }
+        | FaultSpec::RouteDetour { .. }
         | FaultSpec::NicRings { .. }
         | FaultSpec::Traffic(_)
         | FaultSpec::Fsync(_)

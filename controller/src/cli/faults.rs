@@ -128,6 +128,15 @@ pub struct ApplyArgs {
     /// How long --route-flap stays announced between withdrawals (whole seconds).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s", requires = "route_flap")]
     pub flap_up: Duration,
+    /// A detour: traffic to this prefix through the gateway --via (one direction of a path changes).
+    #[arg(long, conflicts_with_all = ["blackhole", "route_flap"], requires = "via")]
+    pub route_detour: Option<String>,
+    /// The gateway of --route-detour.
+    #[arg(long, requires = "route_detour")]
+    pub via: Option<String>,
+    /// The source address --route-detour's packets keep (one of the agent's own).
+    #[arg(long, requires = "route_detour")]
+    pub src: Option<String>,
     /// How long the fault stays, e.g. 60s, 5m.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
@@ -175,6 +184,13 @@ impl ApplyArgs {
                 path: p.clone(),
                 source,
             })?
+        } else if let Some(prefix) = &self.route_detour {
+            FaultSpec::RouteDetour {
+                prefix: prefix.clone(),
+                via: self.via.clone().unwrap_or_default(),
+                src: self.src.clone(),
+                table: None,
+            }
         } else if let Some(prefix) = &self.route_flap {
             FaultSpec::RouteFlap {
                 prefix: prefix.clone(),
@@ -530,6 +546,41 @@ mod tests {
         assert!(
             crate::cli::Cli::try_parse_from(["graydar", "fault", "apply", "--flap-down", "2s"]).is_err(),
             "--flap-down needs --route-flap"
+        );
+        // --route-detour with its gateway and source.
+        let detour = |extra: &[&str]| {
+            let mut argv = vec![
+                "graydar",
+                "fault",
+                "apply",
+                "--agent",
+                "b",
+                "--route-detour",
+                "10.206.1.2/32",
+            ];
+            argv.extend_from_slice(extra);
+            argv.extend_from_slice(&["--duration", "1m"]);
+            crate::cli::Cli::try_parse_from(argv).map(|cli| match cli.cmd {
+                crate::cli::Cmd::Fault {
+                    cmd: FaultCmd::Apply(a),
+                } => a.request().expect("request").spec,
+                _ => panic!("not fault apply"),
+            })
+        };
+        assert_eq!(
+            detour(&["--via", "10.206.4.1", "--src", "10.206.2.2"]).expect("parse"),
+            FaultSpec::RouteDetour {
+                prefix: "10.206.1.2/32".into(),
+                via: "10.206.4.1".into(),
+                src: Some("10.206.2.2".into()),
+                table: None,
+            }
+        );
+        assert!(detour(&[]).is_err(), "--route-detour needs --via");
+        assert!(detour(&["--via", "10.0.0.1", "--blackhole", "10.9.0.0/16"]).is_err());
+        assert!(
+            crate::cli::Cli::try_parse_from(["graydar", "fault", "apply", "--via", "10.0.0.1"]).is_err(),
+            "--via needs --route-detour"
         );
     }
 }

@@ -139,6 +139,7 @@ pub fn resolve_targets(
             }
             FaultSpec::Blackhole { .. }
             | FaultSpec::RouteFlap { .. }
+            | FaultSpec::RouteDetour { .. }
             | FaultSpec::Traffic(_)
             | FaultSpec::Fsync(_)
             | FaultSpec::Burst(_)
