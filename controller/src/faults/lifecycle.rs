@@ -259,7 +259,7 @@ impl FaultService {
             refuse_if_engaged(&inner)?;
             check_overlap(inner.faults.values(), &req.spec, &targets, now)?;
             if !req.force {
-                let impaired = super::policy::impaired_agents(&req.spec, targets.iter().cloned(), agents);
+                let impaired = super::policy::impaired_agents(&req.spec, targets.iter().cloned());
                 check_blast_radius(inner.faults.values(), &impaired, agents, now, self.cfg.max_target_share)?;
             }
         }

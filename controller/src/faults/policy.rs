@@ -186,34 +186,23 @@ fn check_load_destinations(spec: &FaultSpec, agents: &[AgentInfo], targets: &[St
 }
 
 /// The agents a fault impairs, as the blast radius counts them: its
-/// `targets`, but for a load that sends (traffic, burst) the registered
-/// agents it is aimed at. The senders spend a bounded share of their own
-/// CPU and bandwidth; the receivers take the load (twenty senders bursting
-/// into one aggregator impair one host, not twenty-one).
-pub(crate) fn impaired_agents(
-    spec: &FaultSpec,
-    targets: impl IntoIterator<Item = String>,
-    agents: &[AgentInfo],
-) -> Vec<String> {
-    let dest: Vec<std::net::IpAddr> = load_destinations(spec).iter().filter_map(|a| a.parse().ok()).collect();
-    if dest.is_empty() {
-        return targets.into_iter().collect();
+/// `targets`; none for a load (traffic, fsync, burst, a sink). A load
+/// breaks nothing by itself: it is bounded per load by validation (rates,
+/// sizes, destinations that are graydar agents only) and, in a game day,
+/// by the game day's `safety`, which counts every agent a step acts on.
+/// Counting its senders would refuse the library's `incast` (20 senders
+/// of 21 agents); counting its receivers, a two-agent `nic-queue-drops`
+/// (its peer receives while its host is under netem).
+pub(crate) fn impaired_agents(spec: &FaultSpec, targets: impl IntoIterator<Item = String>) -> Vec<String> {
+    if spec.kind().is_load() {
+        return Vec::new();
     }
-    agents
-        .iter()
-        .filter(|a| {
-            a.addresses
-                .iter()
-                .filter_map(|x| x.parse::<std::net::IpAddr>().ok())
-                .any(|x| dest.contains(&x))
-        })
-        .map(|a| a.hostname.clone())
-        .collect()
+    targets.into_iter().collect()
 }
 
 /// The blast-radius rule: the distinct agents a running fault (not a dry
 /// run, not ended, not expired) impairs ([`impaired_agents`]: its targets,
-/// a sending load's receivers) together with `targets` may be at most
+/// none for a load) together with `targets` may be at most
 /// `limit` of the alive agents (not `lost`: heard from within the
 /// controller's `lost_after`). Agents that are gone do not make the fleet
 /// look bigger; a lost agent that is targeted still counts as targeted.
@@ -228,7 +217,7 @@ pub(crate) fn check_blast_radius<'a>(
     let mut impaired: BTreeSet<String> = targets.iter().cloned().collect();
     for f in live {
         if !f.dry_run && f.wanted(now) {
-            impaired.extend(impaired_agents(&f.spec, f.agents.keys().cloned(), agents));
+            impaired.extend(impaired_agents(&f.spec, f.agents.keys().cloned()));
         }
     }
     let share = impaired.len() as f64 / alive.max(1) as f64;
@@ -415,23 +404,23 @@ mod tests {
     }
 
     #[test]
-    fn a_sending_load_impairs_its_receivers_not_its_senders() {
-        // 20 senders and one aggregator at 10.0.0.100.
-        let mut fleet: Vec<AgentInfo> = (0..20).map(|i| agent(&format!("s{i}"), "r1")).collect();
-        fleet.push(AgentInfo {
-            addresses: vec!["10.0.0.100".into()],
-            ..agent("agg", "r2")
-        });
+    fn loads_impair_no_agent_in_the_blast_radius() {
+        let fleet: Vec<AgentInfo> = (0..21).map(|i| agent(&format!("s{i}"), "r1")).collect();
         let senders: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
         let burst: FaultSpec = serde_json::from_value(serde_json::json!(
             {"kind": "burst", "to": "10.0.0.100", "bytes": 262_144, "every_ms": 5000}
         ))
         .expect("burst");
-        assert_eq!(impaired_agents(&burst, senders.clone(), &fleet), ["agg"]);
-        let impaired = impaired_agents(&burst, senders.clone(), &fleet);
-        check_blast_radius([], &impaired, &fleet, 0, 0.5).expect("1 of 21 is impaired");
-        // A running burst counts its receiver too: with it, 10 more netem
-        // targets are 11 of 21, above half.
+        let fsync: FaultSpec = serde_json::from_value(serde_json::json!(
+            {"kind": "fsync", "dir": "/var/lib/x", "per_second": 10}
+        ))
+        .expect("fsync");
+        for load in [&burst, &fsync] {
+            assert!(impaired_agents(load, senders.clone()).is_empty(), "{load:?}");
+        }
+        // 20 senders of 21 agents: nothing counted.
+        check_blast_radius([], &impaired_agents(&burst, senders.clone()), &fleet, 0, 0.5).expect("a load");
+        // A running load adds nothing to the next fault's count.
         let mut live = running(
             "f1",
             &senders.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -439,15 +428,18 @@ mod tests {
             10_000,
         );
         live.spec = burst.clone();
-        let ten: Vec<String> = senders[..10].to_vec();
-        check_blast_radius([&live], &ten, &fleet, 0, 0.5).expect_err("10 targets + agg = 11 of 21");
-        check_blast_radius([&live], &senders[..9], &fleet, 0, 0.5).expect("9 + agg = 10 of 21");
-        // A load that sends nowhere (fsync) and any fault impair their targets.
-        let fsync: FaultSpec = serde_json::from_value(serde_json::json!(
-            {"kind": "fsync", "dir": "/var/lib/x", "per_second": 10}
-        ))
-        .expect("fsync");
-        assert_eq!(impaired_agents(&fsync, senders.clone(), &fleet), senders);
+        check_blast_radius([&live], &senders[..10], &fleet, 0, 0.5).expect("10 of 21");
+        check_blast_radius([&live], &senders[..11], &fleet, 0, 0.5).expect_err("11 of 21");
+        // Any other fault impairs its targets.
+        let netem = req(
+            FaultTargets {
+                agents: vec![],
+                selector: BTreeMap::new(),
+            },
+            "eth0",
+        )
+        .spec;
+        assert_eq!(impaired_agents(&netem, senders.clone()), senders);
     }
 
     fn req(targets: FaultTargets, iface: &str) -> CreateFaultRequest {
