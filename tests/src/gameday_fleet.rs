@@ -291,7 +291,14 @@ pub fn detection_lines(gameday: &str, run_no: usize, run: &RunInfo) -> Vec<Strin
     let unexpected: Vec<String> = run
         .unexpected
         .iter()
-        .map(|u| format!("{}@{}", u.kind.as_str(), u.host))
+        .map(|u| {
+            format!(
+                "{}@{}:{}",
+                u.kind.as_str(),
+                u.host,
+                u.subject.replace(char::is_whitespace, "_")
+            )
+        })
         .collect();
     run.detections
         .iter()
@@ -328,7 +335,9 @@ pub fn print_detection(gameday: &str, run_no: usize, run: &RunInfo) {
 /// captures `println!`/`eprintln!` of a passing test, and the bench reads
 /// these lines from every run.
 pub fn print_result(line: &str) {
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("GRAYDAR_RESULT {line}\n").as_bytes());
+    // A newline first: libtest's "test name ... " has none of its own, and
+    // the marker must start a line.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("\nGRAYDAR_RESULT {line}\n").as_bytes());
 }
 
 /// Waits until no finding of any severity fires (between repeated runs, so

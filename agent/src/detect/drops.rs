@@ -72,7 +72,10 @@
 //! # Decision
 //!
 //! Each observe() that yields a delta is one *evaluation*. It is *bad* when
-//! `S >= h` **and** the drop rate reaches `min_drop_rate`, the absolute floor
+//! `S >= h`, the interval's own drops favour H1 (its `LLR > 0`: one burst's
+//! evidence does not make the clean intervals after it bad, however slowly
+//! a quiet interface wears `S` down) **and** the drop rate reaches
+//! `min_drop_rate`, the absolute floor
 //! that keeps 5 drops out of 15 packets per second quiet however certain the
 //! test is. The floor's rate is taken over the short window or, when shorter,
 //! over the time since `S` last stood at 0, so loss that starts after clean
@@ -512,7 +515,10 @@ impl<K: Ord + Clone> DropDetector<K> {
             cfg.short_window.min(now.saturating_sub(since))
         });
         let floor = st.sums(now, floor_window);
-        let bad = st.cusum >= h && floor.per_second(floor.drops) >= cfg.min_drop_rate;
+        // The interval itself must favour a fault (llr > 0): evidence left
+        // over from one burst, on an interface too quiet to wear it off in a
+        // second, does not make the clean intervals after it bad.
+        let bad = st.cusum >= h && llr > 0.0 && floor.per_second(floor.drops) >= cfg.min_drop_rate;
         obs.bad = bad;
         let severity = if short_ratio >= cfg.critical_ratio && long_ratio >= cfg.critical_ratio {
             Severity::Critical
@@ -811,6 +817,32 @@ mod tests {
         let next = sim.second(2_000, 0.0);
         assert!(!next.bad && next.evidence < 1.0, "{next:?}");
         assert!(sim.run(30, 2_000, 0.0).is_empty());
+    }
+
+    /// At 200 packets/s a clean second wears S down by only about 1.5, so
+    /// a burst's evidence stays over h for several seconds: the clean
+    /// seconds after it are still not bad (their own LLR is negative), and
+    /// one burst never makes the 2 of 3.
+    #[test]
+    fn a_one_second_burst_on_a_quiet_interface_does_not_fire() {
+        let mut sim = Sim::new(DropConfig::default());
+        assert!(sim.run(600, 200, 0.0).is_empty());
+        let burst = sim.second(200, 0.5);
+        assert!(burst.bad, "{burst:?}");
+        for i in 1..=10 {
+            let obs = sim.second(200, 0.0);
+            assert!(
+                !obs.bad && obs.transition.is_none(),
+                "second {i} after the burst: {obs:?}"
+            );
+            if i == 1 {
+                assert!(obs.evidence >= 1.0, "the evidence is still over h: {obs:?}");
+            }
+        }
+        // Two bursts in a row are a failure (100 drops/s, far above the
+        // floor; a warning: the long window is mostly clean).
+        let t: Vec<_> = (0..2).filter_map(|_| sim.second(200, 0.5).transition).collect();
+        assert_eq!(t, [Transition::Fired(Severity::Warning)]);
     }
 
     fn quiet_for_a_day(pps: u64, loss: f64, seed: u64) {
