@@ -128,7 +128,7 @@ fn a_revert_that_leaves_our_route_behind_is_not_journaled_and_is_retried() {
         (first, reverting, second, e.active_ids())
     });
     let err = first.expect_err("a route of ours is still there");
-    assert!(err.to_string().contains("still has graydar's blackhole"), "{err}");
+    assert!(err.to_string().contains("still has graydar's route"), "{err}");
     assert!(reverting, "kept, and retried");
     second.expect("the retry removes the rest");
     assert!(active.is_empty(), "{active:?}");

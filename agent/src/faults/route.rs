@@ -227,17 +227,19 @@ pub async fn verify_removed(handle: &rtnetlink::Handle, c: &Cidr, table: u32) ->
 }
 
 /// Deletes our route for `c` in `table` (blackhole or detour), if it is
-/// there; idempotent. Routes of other protocols are never touched: each
-/// route of ours is deleted by its own message as the kernel listed it.
+/// there; idempotent. Routes of other protocols are never touched: the
+/// route is deleted by its own message as the kernel listed it. One route,
+/// the one the fault added: another of ours for the prefix is not this
+/// fault's, and [`verify_removed`] reports it (the revert is retried).
 pub async fn del_ours(handle: &rtnetlink::Handle, c: &Cidr, table: u32) -> Result<(), RouteError> {
-    for m in same_prefix(handle, c, table).await?.into_iter().filter(is_ours) {
-        match super::tc::send(handle, RouteNetlinkMessage::DelRoute(m), 0).await {
-            Ok(()) => {}
-            Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| -c.get()) == Some(libc::ESRCH) => {}
-            Err(e) => return Err(map_err("delete graydar's route", e)),
-        }
+    let Some(m) = same_prefix(handle, c, table).await?.into_iter().find(is_ours) else {
+        return Ok(());
+    };
+    match super::tc::send(handle, RouteNetlinkMessage::DelRoute(m), 0).await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.code.map(|c| -c.get()) == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(map_err("delete graydar's route", e)),
     }
-    Ok(())
 }
 
 /// The netlink operations of a detour's apply and revert (pure).
