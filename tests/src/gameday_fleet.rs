@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use graydar_common::gameday::run::RunInfo;
+use graydar_common::gameday::run::{Detection, DetectionState, Outcome, RunInfo};
 
 use crate::agent::{AgentProcess, NS_PORT, mesh_key_file};
 use crate::controller::{ControllerProcess, Tokens};
@@ -16,6 +16,20 @@ use crate::fault_e2e::wait_until;
 use crate::netns::{NetNs, veth_pair};
 use crate::prom;
 use crate::prometheus_server::{PrometheusServer, rules_with_short_for};
+
+/// The game-day fleets' `[paths]` probe settings (after the table header
+/// and any addresses): 10 probes a second, short windows, 2-of-3, so a
+/// path fault shows in seconds.
+pub const FAST_PROBES: &str = r#"interval = "100ms"
+grace = "500ms"
+loss_window = "10s"
+connectivity_window = "2s"
+latency_window = "5s"
+min_probes = 30
+fire_windows = 2
+of_windows = 3
+resolve_windows = 5
+"#;
 
 /// One topology: C (controller), A and B. `net` picks the addresses
 /// (10.`net`.x.y) so two topologies can exist at once.
@@ -82,17 +96,8 @@ report_interval = "1s"
 
 [paths]
 key_file = {key:?}
-interval = "100ms"
 peers = ["{peer}={peer_addr}"]
-grace = "500ms"
-loss_window = "10s"
-connectivity_window = "2s"
-latency_window = "5s"
-min_probes = 30
-fire_windows = 2
-of_windows = 3
-resolve_windows = 5
-{extra}"#,
+{FAST_PROBES}{extra}"#,
             me = me.name(),
             net = self.net,
             peer = peer.name(),
@@ -227,15 +232,23 @@ pub fn report(ctl: &ControllerProcess, tokens: &Tokens, run: &str) -> RunInfo {
 /// A warning may stay: graydar sees the blackhole route added and removed
 /// run after run as a `route_flap`, which it is.
 pub fn wait_quiet(ctl: &ControllerProcess, tokens: &Tokens) {
+    wait_findings_gone(ctl, tokens, &["--severity", "critical"], Duration::from_secs(90));
+}
+
+/// Waits until `graydar findings --firing <filter>` lists nothing; panics
+/// after `limit`.
+fn wait_findings_gone(ctl: &ControllerProcess, tokens: &Tokens, filter: &[&str], limit: Duration) {
+    let mut args = vec!["findings", "--firing"];
+    args.extend_from_slice(filter);
     let start = std::time::Instant::now();
     loop {
-        let v = ctl.cli_json(&tokens.viewer, &["findings", "--firing", "--severity", "critical"]);
+        let v = ctl.cli_json(&tokens.viewer, &args);
         if v["findings"].as_array().is_some_and(Vec::is_empty) {
             return;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "critical findings still firing after 90 s: {:#}",
+            start.elapsed() < limit,
+            "findings ({filter:?}) still firing after {limit:?}: {:#}",
             v["findings"]
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -284,22 +297,8 @@ pub fn detection_runs() -> (usize, bool) {
 /// detection (the detection table's rows), as the bench reads them back.
 pub fn detection_lines(gameday: &str, run_no: usize, run: &RunInfo) -> Vec<String> {
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
-    let outcome = run
-        .outcome
-        .as_ref()
-        .map_or_else(|| "none".to_owned(), |o| format!("{o:?}").to_lowercase());
-    let unexpected: Vec<String> = run
-        .unexpected
-        .iter()
-        .map(|u| {
-            format!(
-                "{}@{}:{}",
-                u.kind.as_str(),
-                u.host,
-                u.subject.replace(char::is_whitespace, "_")
-            )
-        })
-        .collect();
+    let outcome = outcome_text(run);
+    let unexpected = unexpected_text(run);
     run.detections
         .iter()
         .map(|d| {
@@ -314,14 +313,70 @@ pub fn detection_lines(gameday: &str, run_no: usize, run: &RunInfo) -> Vec<Strin
                 ms(d.time_to_clear_ms),
                 d.within_ms,
                 run.unexpected.len(),
-                if unexpected.is_empty() {
-                    "-".to_owned()
-                } else {
-                    unexpected.join(",")
-                },
+                unexpected,
             )
         })
         .collect()
+}
+
+/// A run's outcome as one lowercase word (`none` while it has none).
+pub fn outcome_text(run: &RunInfo) -> String {
+    run.outcome
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |o| format!("{o:?}").to_lowercase())
+}
+
+/// A run's unexpected findings as `kind@host:subject,...` (no whitespace),
+/// `-` for none.
+pub fn unexpected_text(run: &RunInfo) -> String {
+    if run.unexpected.is_empty() {
+        return "-".to_owned();
+    }
+    let all: Vec<String> = run
+        .unexpected
+        .iter()
+        .map(|u| {
+            format!(
+                "{}@{}:{}",
+                u.kind.as_str(),
+                u.host,
+                u.subject.replace(char::is_whitespace, "_")
+            )
+        })
+        .collect();
+    all.join(",")
+}
+
+/// Writes `spec` (a library game day pointed at the fleet) to `dir`, runs it
+/// with `--watch` as `name` and prints its detection lines (run `run_no`).
+pub fn run_library(
+    ctl: &ControllerProcess,
+    tokens: &Tokens,
+    dir: &Path,
+    name: &str,
+    spec: &serde_yaml::Value,
+    run_no: usize,
+) -> (RunInfo, Output) {
+    let file = write_spec(dir, name, &serde_yaml::to_string(spec).expect("YAML"));
+    let (run, out) = run_watched(ctl, tokens, &file, name);
+    print_detection(name, run_no, &run);
+    (run, out)
+}
+
+/// The checks a judged library run shares: the CLI succeeded, the run
+/// `passed` with nothing unexpected and its first expectation detected;
+/// that detection, for the test's own checks.
+pub fn assert_library_passed<'r>(run: &'r RunInfo, out: &Output) -> &'r Detection {
+    assert!(out.status.success(), "{}\n{run:#?}", text(out));
+    assert_eq!(run.outcome, Some(Outcome::Passed), "{run:#?}");
+    assert!(run.unexpected.is_empty(), "{:#?}", run.unexpected);
+    let d = &run.detections[0];
+    assert_eq!(d.state, DetectionState::Detected, "{d:?}");
+    eprintln!(
+        "{}: time to detect {:?} ms ± {:?} (upper bound {:?} ms), clear {:?} ms",
+        run.gameday, d.time_to_detect_ms, d.uncertainty_ms, d.upper_bound_ms, d.time_to_clear_ms
+    );
+    d
 }
 
 /// Prints [`detection_lines`] with the marker the VM tier hands back.
@@ -343,17 +398,5 @@ pub fn print_result(line: &str) {
 /// Waits until no finding of any severity fires (between repeated runs, so
 /// each starts from a quiet fleet); panics after `limit`.
 pub fn wait_none_firing(ctl: &ControllerProcess, tokens: &Tokens, limit: Duration) {
-    let start = std::time::Instant::now();
-    loop {
-        let v = ctl.cli_json(&tokens.viewer, &["findings", "--firing"]);
-        if v["findings"].as_array().is_some_and(Vec::is_empty) {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "findings still firing after {limit:?}: {:#}",
-            v["findings"]
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_findings_gone(ctl, tokens, &[], limit);
 }

@@ -13,8 +13,8 @@ use graydar_common::gameday::run::{DetectionState, Outcome, RunInfo, StepState, 
 use graydar_tests::controller::{ControllerProcess, Tokens};
 use graydar_tests::fault_e2e::wait_until;
 use graydar_tests::gameday_fleet::{
-    EXPECT_10S, Fleet, detection_runs, print_detection, report, run_watched, text, wait_none_firing, wait_quiet,
-    write_spec,
+    EXPECT_10S, Fleet, assert_library_passed, detection_runs, report, run_library, run_watched, text, wait_none_firing,
+    wait_quiet, write_spec,
 };
 use graydar_tests::netns;
 use graydar_tests::orphans::Baseline;
@@ -228,23 +228,9 @@ fn the_library_route_flap_game_day_passes_on_real_agents() {
         flap["fault"]["duration"] = "15s".into();
         flap["expect"]["detect"][0]["within"] = "12s".into();
         flap["expect"]["clear_within"] = "30s".into();
-        let file = write_spec(
-            data.path(),
-            "bgp-route-flap",
-            &serde_yaml::to_string(&spec).expect("YAML"),
-        );
-        let (run, out) = run_watched(&ctl, &tokens, &file, "bgp-route-flap");
-        print_detection("bgp-route-flap", run_no, &run);
+        let (run, out) = run_library(&ctl, &tokens, data.path(), "bgp-route-flap", &spec, run_no);
         if judge {
-            assert!(out.status.success(), "{}\n{run:#?}", text(&out));
-            assert_eq!(run.outcome, Some(Outcome::Passed), "{run:#?}");
-            assert!(run.unexpected.is_empty(), "{:#?}", run.unexpected);
-            let d = &run.detections[0];
-            assert_eq!(d.state, DetectionState::Detected, "{d:?}");
-            eprintln!(
-                "route_flap: time to detect {:?} ms ± {:?} (upper bound {:?} ms), clear {:?} ms",
-                d.time_to_detect_ms, d.uncertainty_ms, d.upper_bound_ms, d.time_to_clear_ms
-            );
+            let d = assert_library_passed(&run, &out);
             // The 5th change comes 6 s after the apply (0, 1, 3, 4, 6 s).
             assert!(d.time_to_detect_ms.is_some_and(|t| t >= 5_000.0), "{d:?}");
         }

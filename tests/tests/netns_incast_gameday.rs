@@ -24,11 +24,10 @@
 use std::time::Duration;
 
 use graydar_common::api::FindingKind;
-use graydar_common::gameday::run::{DetectionState, Outcome};
 use graydar_tests::agent::AgentProcess;
 use graydar_tests::controller::{ControllerProcess, Tokens};
 use graydar_tests::fault_e2e::wait_until;
-use graydar_tests::gameday_fleet::{detection_runs, print_detection, run_watched, text, wait_none_firing, write_spec};
+use graydar_tests::gameday_fleet::{assert_library_passed, detection_runs, run_library, wait_none_firing};
 use graydar_tests::netns::{self, NetNs, veth_pair};
 
 const SENDERS: usize = 20;
@@ -150,31 +149,21 @@ fn the_library_incast_game_day_passes_with_20_senders_behind_a_bottleneck() {
         // (the aggregator resolves 15 s after the last episode).
         spec["steps"][0]["load"]["duration"] = "20s".into();
         spec["steps"][0]["expect"]["clear_within"] = "60s".into();
-        let file = write_spec(data.path(), "incast", &serde_yaml::to_string(&spec).expect("YAML"));
-        let (run, out) = run_watched(&ctl, &tokens, &file, "incast");
-        print_detection("incast", run_no, &run);
+        let (run, out) = run_library(&ctl, &tokens, data.path(), "incast", &spec, run_no);
         let received = graydar_tests::prom::sum(&agg_agent.metrics(), "graydar_load_received_bytes_total", &[]);
         let drops = String::from_utf8_lossy(&sw.exec("tc", ["-s", "qdisc", "show", "dev", "swa"]).stdout).into_owned();
         eprintln!(
             "incast run {run_no}: the aggregator's sink received {received} bytes in all; the bottleneck: {drops}"
         );
         if judge {
-            assert!(out.status.success(), "{}\n{run:#?}", text(&out));
             assert_eq!(
                 run.targets.get("senders").map(Vec::len),
                 Some(SENDERS),
                 "the selector picked every sender: {:?}",
                 run.targets
             );
-            assert_eq!(run.outcome, Some(Outcome::Passed), "{run:#?}");
-            assert!(run.unexpected.is_empty(), "{:#?}", run.unexpected);
-            let d = &run.detections[0];
-            assert_eq!(d.state, DetectionState::Detected, "{d:?}");
+            let d = assert_library_passed(&run, &out);
             assert_eq!(d.kind, Some(FindingKind::Incast), "{d:?}");
-            eprintln!(
-                "incast: time to detect {:?} ms from the load's start ± {:?} (upper bound {:?} ms), clear {:?} ms",
-                d.time_to_detect_ms, d.uncertainty_ms, d.upper_bound_ms, d.time_to_clear_ms
-            );
             // Every sender's burst arrived whole at least once: 20 x 256 KiB.
             assert!(
                 received >= (SENDERS * 262_144) as f64,

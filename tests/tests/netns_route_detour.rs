@@ -21,12 +21,11 @@ use graydar_agent::faults::engine::FaultEngine;
 use graydar_agent::faults::lease::ManualClock;
 use graydar_common::api::FindingKind;
 use graydar_common::faults::FaultSpec;
-use graydar_common::gameday::run::{DetectionState, Outcome};
 use graydar_tests::agent::AgentProcess;
 use graydar_tests::controller::{ControllerProcess, Tokens};
 use graydar_tests::fault_e2e::wait_until;
 use graydar_tests::faults::{start_agent_until_routes_are, with_netlink};
-use graydar_tests::gameday_fleet::{detection_runs, print_detection, run_watched, text, wait_none_firing, write_spec};
+use graydar_tests::gameday_fleet::{FAST_PROBES, assert_library_passed, detection_runs, run_library, wait_none_firing};
 use graydar_tests::netns::{self, NetNs, veth_pair};
 use graydar_tests::topology::{A_ADDR, B_ADDR, PathTopology, R2_B};
 
@@ -165,16 +164,7 @@ report_interval = "1s"
 
 [paths]
 advertise = "{addr}"
-interval = "100ms"
-grace = "500ms"
-loss_window = "10s"
-connectivity_window = "2s"
-latency_window = "5s"
-min_probes = 30
-fire_windows = 2
-of_windows = 3
-resolve_windows = 5
-
+{FAST_PROBES}
 [disk]
 ebpf = false
 
@@ -217,25 +207,11 @@ window = "20s"
         step["fault"]["duration"] = "30s".into();
         step["expect"]["detect"][0]["within"] = "30s".into();
         step["expect"]["clear_within"] = "60s".into();
-        let file = write_spec(
-            data.path(),
-            "asymmetric-route",
-            &serde_yaml::to_string(&spec).expect("YAML"),
-        );
-        let (run, out) = run_watched(&ctl, &tokens, &file, "asymmetric-route");
-        print_detection("asymmetric-route", run_no, &run);
+        let (run, out) = run_library(&ctl, &tokens, data.path(), "asymmetric-route", &spec, run_no);
         if judge {
-            assert!(out.status.success(), "{}\n{run:#?}", text(&out));
-            assert_eq!(run.outcome, Some(Outcome::Passed), "{run:#?}");
-            assert!(run.unexpected.is_empty(), "{:#?}", run.unexpected);
-            let d = &run.detections[0];
-            assert_eq!(d.state, DetectionState::Detected, "{d:?}");
+            let d = assert_library_passed(&run, &out);
             assert_eq!(d.kind, Some(FindingKind::AsymmetricRoute), "{d:?}");
             assert_eq!(d.subject.as_deref(), Some(format!("peer {na}").as_str()), "{d:?}");
-            eprintln!(
-                "asymmetric_route: time to detect {:?} ms ± {:?} (upper bound {:?} ms), clear {:?} ms",
-                d.time_to_detect_ms, d.uncertainty_ms, d.upper_bound_ms, d.time_to_clear_ms
-            );
         }
         assert_eq!(routes(&t.b), before, "the detour is gone from B");
     }

@@ -17,7 +17,8 @@ use graydar_tests::blockdev::Ext4Mount;
 use graydar_tests::controller::Tokens;
 use graydar_tests::faults::{LinearOnLoop, qdisc_tree};
 use graydar_tests::gameday_fleet::{
-    Fleet, detection_runs, print_detection, print_result, run_watched, text, wait_none_firing, write_spec,
+    Fleet, detection_runs, outcome_text, print_detection, print_result, run_watched, text, unexpected_text,
+    wait_none_firing, write_spec,
 };
 use graydar_tests::orphans::Baseline;
 
@@ -430,22 +431,11 @@ steps:
     );
     let file = write_spec(data.path(), "quiet-soak", &spec);
     let (run, out) = run_watched(&ctl, &tokens, &file, "quiet-soak");
-    let unexpected: Vec<String> = run
-        .unexpected
-        .iter()
-        .map(|u| format!("{}@{}", u.kind.as_str(), u.host))
-        .collect();
+    let unexpected = unexpected_text(&run);
     print_result(&format!(
-        "soak seconds={seconds} outcome={} findings={} kinds={}",
-        run.outcome
-            .as_ref()
-            .map_or_else(|| "none".to_owned(), |o| format!("{o:?}").to_lowercase()),
-        unexpected.len(),
-        if unexpected.is_empty() {
-            "-".to_owned()
-        } else {
-            unexpected.join(",")
-        },
+        "soak seconds={seconds} outcome={} findings={} kinds={unexpected}",
+        outcome_text(&run),
+        run.unexpected.len(),
     ));
     // The loads ran: A sent, B received, A synced on the watched device.
     let sent = graydar_tests::prom::sum(&a.metrics(), "graydar_load_sent_operations_total", &[]);
