@@ -452,7 +452,7 @@ steps:
         assert!(out.status.success(), "{}\n{run:#?}", text(&out));
         assert_eq!(run.outcome, Some(Outcome::Passed), "{run:#?}");
         assert!(
-            unexpected.is_empty(),
+            run.unexpected.is_empty(),
             "findings in the quiet soak: {:#?}",
             run.unexpected
         );
