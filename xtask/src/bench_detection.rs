@@ -5,7 +5,7 @@
 //! once (they judge each run; here they report every run, misses included):
 //! the netem, dm-delay and traffic game days in the VM (Debian's kernel
 //! under QEMU: tests/tests/vm_gamedays.rs, `the_library_*`), the route flap
-//! incast (20 sender agents behind a bottleneck) and the asymmetric route
+//! incast (24 sender agents behind a bottleneck) and the asymmetric route
 //! (a detour through a second router) on this host's kernel in network
 //! namespaces (tests/tests/netns_gamedays.rs, netns_incast_gameday.rs,
 //! netns_route_detour.rs).
@@ -109,7 +109,7 @@ pub fn run(ws: &Path, runs: usize, soak_seconds: u64) -> Result<()> {
 
 /// The game days that need no netem or dm run on this host's kernel in
 /// network namespaces: the route flap (tests/tests/netns_gamedays.rs),
-/// incast with 20 sender agents behind a bottleneck
+/// incast with 24 sender agents behind a bottleneck
 /// (tests/tests/netns_incast_gameday.rs) and the asymmetric route through a
 /// second router (tests/tests/netns_route_detour.rs).
 const HOST_TESTS: &[(&str, &str)] = &[
@@ -119,7 +119,7 @@ const HOST_TESTS: &[(&str, &str)] = &[
     ),
     (
         "netns_incast_gameday",
-        "the_library_incast_game_day_passes_with_20_senders_behind_a_bottleneck",
+        "the_library_incast_game_day_passes_with_24_senders_behind_a_bottleneck",
     ),
     (
         "netns_route_detour",

@@ -342,6 +342,21 @@ impl IncastSignal {
                     receive_drops,
                 },
             );
+            if es.bursts > 0 || es.stalls > 0 || es.burst_losses > 0 || ep_timeouts > 0 || obs.episode.is_some() {
+                tracing::debug!(
+                    endpoint = %ep,
+                    bursts = es.bursts,
+                    peak_senders = es.peak_senders,
+                    peak_senders_short = es.peak_senders_short,
+                    burst_stalls = es.burst_stalls,
+                    burst_losses = es.burst_losses,
+                    stalls = es.stalls,
+                    timeouts = ep_timeouts,
+                    receive_drops,
+                    episode = obs.episode.is_some(),
+                    "incast sample"
+                );
+            }
             if obs.episode.is_some() {
                 m.incast_episodes.with_label_values(&[label.as_str()]).inc();
             }

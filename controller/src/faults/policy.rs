@@ -190,8 +190,8 @@ fn check_load_destinations(spec: &FaultSpec, agents: &[AgentInfo], targets: &[St
 /// breaks nothing by itself: it is bounded per load by validation (rates,
 /// sizes, destinations that are graydar agents only) and, in a game day,
 /// by the game day's `safety`, which counts every agent a step acts on.
-/// Counting its senders would refuse the library's `incast` (20 senders
-/// of 21 agents); counting its receivers, a two-agent `nic-queue-drops`
+/// Counting its senders would refuse the library's `incast` (24 senders
+/// of 25 agents); counting its receivers, a two-agent `nic-queue-drops`
 /// (its peer receives while its host is under netem).
 pub(crate) fn impaired_agents(spec: &FaultSpec, targets: impl IntoIterator<Item = String>) -> Vec<String> {
     if spec.kind().is_load() {
