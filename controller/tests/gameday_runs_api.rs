@@ -111,6 +111,20 @@ impl Api {
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
     }
 
+    /// `host` reports that fault `id` failed there, with the agent's reason.
+    async fn report_failed(&self, host: &str, id: &str, reason: &str) {
+        let body = json!({"statuses": [{"id": id, "state": "failed", "reason": reason}]});
+        let resp = self
+            .call(
+                "POST",
+                &format!("/api/v1/agents/{host}/faults/status"),
+                &self.cred(host),
+                Some(body),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+    }
+
     async fn run_info(&self, id: &str) -> RunInfo {
         self.call("GET", &format!("/api/v1/runs/{id}"), VIEWER, None)
             .await
@@ -333,6 +347,99 @@ async fn a_detection_after_its_deadline_is_a_detection_gap_and_an_unexpected_fin
     );
     let v = r.verdicts.clone().expect("verdicts");
     assert_eq!((v.detection, v.safety), (Verdict::Fail, Verdict::Fail));
+}
+
+/// The rings of h2's NIC shrunk beside the blackhole, `optional`; h2's
+/// driver cannot resize them (h2 says so: its fault fails). With
+/// `optional` the step ends `skipped` with h2's reason, its fault is ended,
+/// its expectation is not judged and the run passes on the blackhole; the
+/// same spec without `optional` fails the run on h2's reason.
+#[tokio::test]
+async fn an_optional_step_that_fails_on_an_agent_is_skipped_and_the_run_goes_on() {
+    const WHY: &str = "the driver veth of eth0 cannot change its ring sizes (EOPNOTSUPP)";
+    let rings = |optional: bool| {
+        json!([{
+            "id": "rings",
+            "optional": optional,
+            "fault": {"target": "b", "spec": {"kind": "nic_rings", "interface": "eth0", "rx": 64}, "duration": "1m"},
+            "expect": {"detect": [{"kind": "nic_drops", "on": "b", "within": "5s"}]}
+        }])
+    };
+    let a = setup(spec("opt", "2s", "2s", rings(true))).await;
+    // Two faults on two agents: within the controller's blast radius (50 %) of four.
+    a.register("h3").await;
+    a.register("h4").await;
+    let run = start(&a, "opt").await;
+    let rings_fault = fault_of(&a, &run.id, "rings").await;
+    let fault = fault_of(&a, &run.id, "blackhole").await;
+    a.report_failed("h2", &rings_fault, WHY).await;
+    let r = a
+        .wait_run(&run.id, "the optional step skipped", |r| {
+            r.step("rings").is_some_and(|s| s.state == StepState::Skipped)
+        })
+        .await;
+    let step = r.step("rings").expect("rings step");
+    assert!(step.optional, "{step:?}");
+    assert!(
+        step.reason
+            .as_deref()
+            .is_some_and(|x| x.contains("h2") && x.contains(WHY)),
+        "{step:?}"
+    );
+    let d = r.detections.iter().find(|d| d.step == "rings").expect("its cell");
+    assert_eq!(d.state, DetectionState::NotRun, "{d:?}");
+    assert!(r.state == RunState::Running, "the run goes on: {r:#?}");
+    let f = a
+        .call("GET", &format!("/api/v1/faults/{rings_fault}"), VIEWER, None)
+        .await
+        .json();
+    assert_eq!(f["status"], "ended", "the optional step's fault was ended: {f}");
+
+    // The blackhole goes on as in any run, and the run passes.
+    a.report("h1", &fault, "active").await;
+    let since = Timestamp::now();
+    a.finding("h1", "h2", TransitionKind::Fired, since, since).await;
+    a.wait_run(&run.id, "reverting", |r| {
+        r.step("blackhole").is_some_and(|s| s.state == StepState::Reverting)
+    })
+    .await;
+    a.report("h1", &fault, "reverted").await;
+    a.finding("h1", "h2", TransitionKind::Resolved, since, Timestamp::now())
+        .await;
+    let r = a.wait_run(&run.id, "the end", RunInfo::is_finished).await;
+    assert_eq!(r.outcome, Some(Outcome::Passed), "{r:#?}");
+    let v = r.verdicts.clone().expect("verdicts");
+    assert_eq!((v.detection, v.safety), (Verdict::Pass, Verdict::Pass));
+    assert!(
+        r.timeline
+            .iter()
+            .any(|e| e.message.contains("(optional)") && e.message.contains(WHY)),
+        "{:#?}",
+        r.timeline
+    );
+
+    // Not optional: the same failure fails the run, naming h2's reason.
+    let mut strict = spec("strict", "2s", "2s", rings(false));
+    strict["steps"][1]
+        .as_object_mut()
+        .expect("the rings step")
+        .remove("optional");
+    let resp = a.call("POST", "/api/v1/gamedays", OPERATOR, Some(strict)).await;
+    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text);
+    let run = start(&a, "strict").await;
+    let rings_fault = fault_of(&a, &run.id, "rings").await;
+    let fault = fault_of(&a, &run.id, "blackhole").await;
+    a.report_failed("h2", &rings_fault, WHY).await;
+    a.report("h1", &fault, "reverted").await;
+    let r = a.wait_run(&run.id, "the end", RunInfo::is_finished).await;
+    assert_eq!(r.outcome, Some(Outcome::Failed), "{r:#?}");
+    assert!(
+        r.reason
+            .as_deref()
+            .is_some_and(|x| x.contains("step rings") && x.contains(WHY)),
+        "{:?}",
+        r.reason
+    );
 }
 
 #[tokio::test]

@@ -219,8 +219,9 @@ fn disk_slow_io_once(
 /// The library's nic-queue-drops (runbooks/gamedays/nic-queue-drops.yaml):
 /// its own load (2,000 UDP datagrams a second from A to B's sink, over
 /// their mesh veth `ab`), a baseline, then netem loss 5 % on `ab`: a drop
-/// finding on A (the qdisc's drops first), cleared, nothing left on `ab`.
-/// Scaled: a 20 s baseline, a 30 s fault, a 15 s deadline (the file's 5 s
+/// finding on A (the qdisc's drops first), cleared, nothing left on `ab`;
+/// the file's optional `nic_rings` step skipped (veth has no rings) with
+/// A's reason, the run passed all the same. Scaled: a 20 s baseline, a 30 s fault, a 15 s deadline (the file's 5 s
 /// is the detection table's goal), 90 s to clear.
 #[test]
 #[ignore = "VM tier: runs inside QEMU via `cargo xtask test` (or `cargo xtask vm`)"]
@@ -257,6 +258,12 @@ fn the_library_nic_queue_drops_game_day_passes_with_its_own_traffic() {
             step["fault"]["duration"] = "30s".into();
             step["expect"]["detect"][0]["within"] = "15s".into();
             step["expect"]["clear_within"] = "90s".into();
+            // The file's optional rings step, on the same veth: veth has no
+            // rings, so it is skipped with A's reason and the run goes on.
+            let rings = &mut spec["steps"][3];
+            assert_eq!(rings["id"].as_str(), Some("rings"), "{rings:?}");
+            rings["fault"]["spec"]["interface"] = "ab".into();
+            rings["fault"]["duration"] = "30s".into();
             let file = write_spec(data.path(), name, &serde_yaml::to_string(&spec).expect("YAML"));
             let (run, out) = run_watched(&ctl, &tokens, &file, name);
             print_detection(name, run_no, &run);
@@ -268,6 +275,15 @@ fn the_library_nic_queue_drops_game_day_passes_with_its_own_traffic() {
                     Some("ab"),
                     "{:?}",
                     run.detections[0]
+                );
+                let rings = run.step("rings").expect("the rings step");
+                assert_eq!(rings.state, StepState::Skipped, "{rings:?}");
+                assert!(
+                    rings
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains(fleet.a.name()) && r.contains("ab") && r.contains("ring")),
+                    "the agent's reason: {rings:?}"
                 );
             }
             let sent = graydar_tests::prom::sum(&a.metrics(), "graydar_load_sent_operations_total", &[]) - sent_before;

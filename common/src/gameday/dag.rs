@@ -103,6 +103,7 @@ mod tests {
             gate: None,
             load: None,
             expect: None,
+            optional: false,
         }
     }
 

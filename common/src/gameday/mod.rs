@@ -279,6 +279,14 @@ pub struct Step {
     /// Only on a fault step: what graydar must detect, and how fast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expect>,
+    /// Only on a fault step: a fault that may not apply on every target
+    /// (a NIC whose driver cannot resize its rings). When it fails on an
+    /// agent, what did apply is reverted, the step ends `skipped` with the
+    /// agents' reasons, its expectations are not judged, and the run goes
+    /// on; a missing capability does not fail the preflight. Without it,
+    /// a fault that fails anywhere fails the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 /// The action of a step, once it is known to have exactly one.

@@ -240,6 +240,10 @@ pub struct StepRun {
     pub reverted_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The spec's `optional`: a fault that failed on an agent skips the
+    /// step (reverted where it applied) instead of failing the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
     /// Fault steps: each agent's state and times.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub per_agent: BTreeMap<String, StepAgent>,
@@ -446,9 +450,25 @@ impl RunInfo {
     /// late, missed or not run) and cleared in time; safety when the run was neither aborted, failed nor
     /// cancelled.
     pub fn compute_verdicts(&self) -> Verdicts {
-        let detection = if self.detections.iter().all(|d| d.state == DetectionState::Detected)
+        // An optional step that was skipped (its fault could not apply
+        // somewhere) is not judged: its cells stay `not run`.
+        let judged = |step: &str| {
+            !self
+                .steps
+                .iter()
+                .any(|s| s.id == step && s.optional && s.state == StepState::Skipped)
+        };
+        let detection = if self
+            .detections
+            .iter()
+            .filter(|d| judged(&d.step))
+            .all(|d| d.state == DetectionState::Detected)
             && self.detections.iter().all(|d| d.clear != Some(ClearState::NotCleared))
-            && self.alerts.iter().all(|a| a.state == DetectionState::Detected)
+            && self
+                .alerts
+                .iter()
+                .filter(|a| judged(&a.step))
+                .all(|a| a.state == DetectionState::Detected)
         {
             Verdict::Pass
         } else {

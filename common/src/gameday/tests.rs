@@ -284,6 +284,23 @@ fn action_errors() {
         "steps[0].expect",
         "only a fault or a load step has expectations, this is a wait step",
     );
+    let es = errors_after(|v| *at(v, "/steps/0/optional") = json!(true));
+    assert_error(
+        &es,
+        "steps[0].optional",
+        "only a fault step can be optional, this is a wait step",
+    );
+    let es = errors_after(|v| *at(v, "/steps/1/optional") = json!(true));
+    assert_error(&es, "steps[1].optional", "this is a load step");
+    let mut v = full_value();
+    *at(&mut v, "/steps/3/optional") = json!(true);
+    let s = GameDaySpec::parse(&v.to_string()).expect("an optional fault step parses");
+    s.validate(&Limits::default()).expect("an optional fault step is valid");
+    assert!(s.steps[3].optional && !s.steps[2].optional);
+    assert!(
+        s.to_json().matches("\"optional\"").count() == 1,
+        "written only where set"
+    );
     let es = errors_after(|v| *at(v, "/steps/3/fault/target") = json!("db"));
     assert_error(&es, "steps[3].fault.target", "unknown group \"db\" (groups: a, b, c)");
     let es = errors_after(|v| *at(v, "/steps/1/load/target") = json!("db"));

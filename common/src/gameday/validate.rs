@@ -426,6 +426,15 @@ impl GameDaySpec {
                 }
             }
         }
+        if s.optional && !matches!(action, Some(Action::Fault(_))) {
+            e.push(
+                format!("{p}.optional"),
+                format!(
+                    "only a fault step can be optional, this is a {} step",
+                    action.map_or("empty", |a| a.name())
+                ),
+            );
+        }
         if let Some(x) = &s.expect {
             match action {
                 Some(Action::Fault(f)) => self.check_expect(e, &format!("{p}.expect"), x, f.duration),

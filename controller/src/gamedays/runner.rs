@@ -177,6 +177,8 @@ struct Driver {
     prom_error_told: bool,
     /// Since when an abort rule could not be evaluated (Prometheus erring).
     prom_blind_since: Option<Instant>,
+    /// Faults of optional steps that failed on an agent and were ended.
+    skipped_faults: HashSet<String>,
 }
 
 /// How often a run asks Prometheus.
@@ -200,6 +202,7 @@ pub async fn drive(ctx: Arc<Ctx>, live: Arc<LiveRun>, mut rx: mpsc::UnboundedRec
         prom_true_since: HashMap::new(),
         prom_error_told: false,
         prom_blind_since: None,
+        skipped_faults: HashSet::new(),
     };
     let deadline = Instant::now() + d.spec.safety.max_duration;
     d.update(|i| {
@@ -332,14 +335,29 @@ impl Driver {
                     continue;
                 }
             };
-            if let Some(reason) = self.apply_fault_view(&step, &fault) {
+            let optional = self.spec.steps.iter().any(|s| s.id == step && s.optional);
+            if let Some(reason) = self.apply_fault_view(&step, &fault, optional) {
                 return Some(reason);
+            }
+            // An optional step whose fault failed somewhere: ended at once
+            // (reverted where it applied), once.
+            let skipping = optional && fault.agents.iter().any(|a| a.state == FaultState::Failed);
+            if skipping
+                && fault.ended_at.is_none()
+                && self.skipped_faults.insert(fid.clone())
+                && let Err(e) = self.ctx.faults.end(&fid).await
+            {
+                tracing::warn!(fault = %fid, error = %e, "ending an optional step's fault (its lease reverts it)");
             }
         }
         None
     }
 
-    fn apply_fault_view(&mut self, step_id: &str, fault: &FaultInfo) -> Option<String> {
+    /// Follows a fault step's fault. A fault that failed on an agent fails
+    /// the run (the returned reason), unless the step is `optional`: then
+    /// the step goes on to `skipped` once the agents where it applied have
+    /// reverted it, and its expectations are not run.
+    fn apply_fault_view(&mut self, step_id: &str, fault: &FaultInfo, optional: bool) -> Option<String> {
         let mut failed = None;
         let mut events = Vec::new();
         self.update(|info| {
@@ -360,6 +378,22 @@ impl Driver {
                         pa.agent_applied_at = a.agent_at;
                     }
                     FaultState::Reverted if pa.reverted_at.is_none() => pa.reverted_at = Some(a.updated_at),
+                    FaultState::Failed if optional && step.reason.is_none() => {
+                        let why = format!(
+                            "the fault failed on {}: {}",
+                            a.agent,
+                            a.reason.as_deref().unwrap_or("no reason given")
+                        );
+                        events.push((
+                            String::new(),
+                            format!(
+                                "step {} (optional): {why}; skipping it, reverted where it applied",
+                                step.id
+                            ),
+                        ));
+                        step.reason = Some(format!("optional, skipped: {why}"));
+                    }
+                    FaultState::Failed if optional => {}
                     FaultState::Failed if failed.is_none() => {
                         failed = Some(format!(
                             "failed: step {}: the fault failed on {}: {}",
@@ -370,6 +404,11 @@ impl Driver {
                     }
                     _ => {}
                 }
+            }
+            let skipping = optional && fault.agents.iter().any(|a| a.state == FaultState::Failed);
+            if skipping && matches!(step.state, StepState::Applying | StepState::Active) {
+                step.state = StepState::Reverting;
+                step.ended_at = Some(Timestamp::now());
             }
             let states: Vec<FaultState> = fault.agents.iter().map(|a| a.state).collect();
             // Ended, or expired (the expirer marks it within a second; the
@@ -396,7 +435,11 @@ impl Driver {
                     .iter()
                     .all(|s| matches!(s, FaultState::Reverted | FaultState::Failed))
             {
-                step.state = StepState::Reverted;
+                step.state = if skipping {
+                    StepState::Skipped
+                } else {
+                    StepState::Reverted
+                };
                 step.reverted_at = step
                     .per_agent
                     .values()
@@ -406,6 +449,15 @@ impl Driver {
                 events.push((String::new(), format!("step {}: reverted on every agent", step.id)));
             }
             let id = step.id.clone();
+            if skipping {
+                // Not judged (see RunInfo::compute_verdicts).
+                for d in info.detections.iter_mut().filter(|d| d.step == id) {
+                    d.state = DetectionState::NotRun;
+                }
+                for a in info.alerts.iter_mut().filter(|a| a.step == id) {
+                    a.state = DetectionState::NotRun;
+                }
+            }
             for (host, msg) in events.drain(..) {
                 let host = (!host.is_empty()).then_some(host);
                 event(info, Some(&id), host.as_deref(), msg);
@@ -1115,6 +1167,7 @@ pub fn initial_steps(spec: &GameDaySpec, groups: &BTreeMap<String, Vec<String>>)
                 ended_at: None,
                 reverted_at: None,
                 reason: None,
+                optional: s.optional,
                 per_agent: BTreeMap::new(),
             }
         })
