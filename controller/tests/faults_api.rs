@@ -385,6 +385,118 @@ async fn an_unregistered_agent_cannot_long_poll_and_leaves_nothing_behind() {
     assert_eq!(a.state.services.faults.watched_agents(), before + 1);
 }
 
+/// A load sink is handed out under one id per port, whichever loads need
+/// it: loads to the same port coming and going never rename it (a renamed
+/// sink is closed and opened again, dropping what arrives in between),
+/// and its lease covers the longest of them.
+#[tokio::test]
+async fn a_sink_keeps_its_id_while_loads_to_its_port_come_and_go() {
+    let a = api().await;
+    let register = |host: &'static str, addr: &'static str| {
+        let a = &a;
+        async move {
+            let r = RegisterRequest {
+                hostname: host.to_owned(),
+                addresses: vec![addr.to_owned()],
+                labels: BTreeMap::new(),
+                kernel_version: "6.18.0".into(),
+                agent_version: "0.1.0".into(),
+                capabilities: Capabilities::default(),
+                interfaces: None,
+                dm_devices: Some(vec![]),
+                credential_sha256: Some(common::digest_of(host)),
+            };
+            let resp = a
+                .req(
+                    "POST",
+                    "/api/v1/agents/register",
+                    AGENT,
+                    Some(serde_json::to_string(&r).expect("encode")),
+                )
+                .await;
+            assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+        }
+    };
+    for (h, addr) in [
+        ("s1", "10.7.0.1"),
+        ("s2", "10.7.0.2"),
+        ("r", "10.7.0.9"),
+        ("x", "10.7.0.10"),
+    ] {
+        register(h, addr).await;
+    }
+    let sinks = |d: &DesiredFaults| -> Vec<(String, u64)> {
+        d.faults
+            .iter()
+            .filter(|f| f.spec.kind() == graydar_common::faults::FaultKind::LoadSink)
+            .map(|f| (f.id.clone(), f.lease_seconds))
+            .collect()
+    };
+    let load = |from: &'static str, spec: Value, secs: u64| {
+        let a = &a;
+        async move {
+            let f: FaultInfo = a
+                .create(json!({"targets": {"agents": [from]}, "spec": spec, "duration_seconds": secs}))
+                .await
+                .typed();
+            f.id
+        }
+    };
+    assert!(sinks(&a.poll("r", "?wait=0").await).is_empty(), "no load, no sink");
+    let udp = load(
+        "s1",
+        json!({"kind": "traffic", "to": ["10.7.0.9"], "packets_per_second": 100}),
+        5,
+    )
+    .await;
+    let first = sinks(&a.poll("r", "?wait=0").await);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].0, "sink-7476");
+    // More loads to the same port, from both senders (many ids: some sort
+    // before the first one's): still the one sink, under the same id, its
+    // lease the longest load's.
+    let mut more = Vec::new();
+    for i in 0..6 {
+        let from = if i % 2 == 0 { "s1" } else { "s2" };
+        let spec = if i % 3 == 0 {
+            json!({"kind": "burst", "to": "10.7.0.9", "bytes": 4096, "every_ms": 1000})
+        } else {
+            json!({"kind": "traffic", "to": ["10.7.0.9"], "protocol": "tcp", "packets_per_second": 10})
+        };
+        let r = a
+            .create(json!({"targets": {"agents": [from]}, "spec": spec, "duration_seconds": 600}))
+            .await;
+        if r.status == StatusCode::CREATED || r.status == StatusCode::OK {
+            more.push(r.json()["id"].as_str().expect("id").to_owned());
+        }
+        let now = sinks(&a.poll("r", "?wait=0").await);
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(now[0].0, "sink-7476", "renamed after load {i}");
+    }
+    assert!(!more.is_empty(), "at least one more load was created");
+    assert_eq!(
+        sinks(&a.poll("r", "?wait=0").await)[0].1,
+        21,
+        "the lease (20 s) and a second"
+    );
+    // The first load ends: the sink stays, same id; another port is another sink.
+    let ended = a.req("DELETE", &format!("/api/v1/faults/{udp}"), OPERATOR, None).await;
+    assert_eq!(ended.status, StatusCode::OK, "{}", ended.text);
+    assert_eq!(sinks(&a.poll("r", "?wait=0").await)[0].0, "sink-7476");
+    load(
+        "s1",
+        json!({"kind": "traffic", "to": ["10.7.0.9"], "packets_per_second": 10, "port": 7600}),
+        60,
+    )
+    .await;
+    let ids: Vec<String> = sinks(&a.poll("r", "?wait=0").await).into_iter().map(|s| s.0).collect();
+    assert_eq!(ids, ["sink-7476", "sink-7600"]);
+    assert!(
+        sinks(&a.poll("x", "?wait=0").await).is_empty(),
+        "only the receiver has a sink"
+    );
+}
+
 #[tokio::test]
 async fn agents_long_poll_their_desired_set_and_report_states() {
     let a = fleet().await;

@@ -89,6 +89,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A new fault id (`flt-` and 12 hex digits).
+/// The id of the load sink on `port` an agent is handed while loads are
+/// aimed at it: one per port, the same whichever loads need it.
+pub fn sink_id(port: u16) -> String {
+    format!("sink-{port}")
+}
+
 pub fn new_fault_id() -> String {
     format!("flt-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
 }
@@ -621,12 +627,15 @@ impl FaultService {
             });
         }
         // Sinks: one per port for the loads aimed at this host, as long as
-        // those loads are wanted (named after the first such load).
+        // any of those loads is wanted. Named after the port, never after a
+        // load: a name that changed when another load to the same port came
+        // or went would close the sink and open it again, and what arrived
+        // in between was dropped (NO_SOCKET: the quiet soak caught it).
         let mine: Vec<std::net::IpAddr> = lock(&self.inventory)
             .get(host)
             .map(|i| i.addresses.clone())
             .unwrap_or_default();
-        let mut ports = BTreeSet::new();
+        let mut sinks: BTreeMap<u16, u64> = BTreeMap::new();
         for f in inner.faults.values() {
             if f.dry_run || !f.wanted(now) {
                 continue;
@@ -639,15 +648,20 @@ impl FaultService {
             let aimed_here = super::policy::load_destinations(&f.spec)
                 .iter()
                 .any(|a| a.parse().is_ok_and(|ip| mine.contains(&ip)));
-            if !aimed_here || !ports.insert(port) {
+            if !aimed_here {
                 continue;
             }
             let left_ms = u64::try_from(f.expires_ms.saturating_sub(now)).unwrap_or(0);
+            // A second more than the load, so the sink outlives its senders.
+            let lease = f.lease_seconds(lease_s).min(left_ms.div_ceil(1000)).max(1) + 1;
+            let l = sinks.entry(port).or_default();
+            *l = (*l).max(lease);
+        }
+        for (port, lease_seconds) in sinks {
             faults.push(DesiredFault {
-                id: format!("{}.sink", f.id),
+                id: sink_id(port),
                 spec: FaultSpec::LoadSink(SinkSpec { port }),
-                // A second more than the load, so the sink outlives its senders.
-                lease_seconds: f.lease_seconds(lease_s).min(left_ms.div_ceil(1000)).max(1) + 1,
+                lease_seconds,
                 dry_run: false,
             });
         }
