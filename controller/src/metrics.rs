@@ -10,7 +10,7 @@ pub struct Metrics {
     pub transitions_ingested: IntCounterVec,
     pub heartbeats: IntCounterVec,
     pub request_duration: HistogramVec,
-    /// Faults by status (running, dry_run, ended).
+    /// Faults by status (running, dry_run, ended, failed).
     pub faults: IntGaugeVec,
     /// (fault, agent) assignments of faults not ended, by the agent's state.
     pub fault_assignments: IntGaugeVec,
@@ -58,7 +58,7 @@ impl Metrics {
         let faults = IntGaugeVec::new(
             Opts::new(
                 "graydar_controller_faults",
-                "Faults known to the controller by status (running, dry_run, ended).",
+                "Faults known to the controller by status (running, dry_run, ended, failed: ended because every target agent failed it).",
             ),
             &["state"],
         )

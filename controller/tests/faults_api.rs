@@ -558,7 +558,18 @@ async fn agents_long_poll_their_desired_set_and_report_states() {
         )
         .await;
     assert_eq!(r.json()["ignored"], 1, "{}", r.text);
-    // DELETE ends it: the desired set is empty again.
+    // It failed on its only agent: ended `failed` at once, nobody holds it.
+    assert_eq!(
+        (got.status.as_str(), got.end_reason.as_deref()),
+        ("failed", Some("failed"))
+    );
+    assert!(a.poll("a2", "?wait=0").await.faults.is_empty());
+    // DELETE ends one: the desired set is empty again.
+    let f: FaultInfo = a
+        .create(json!({"targets": {"agents": ["a2"]}, "spec": netem("eth0"), "duration_seconds": 60}))
+        .await
+        .typed();
+    assert_eq!(a.poll("a2", "?wait=0").await.faults.len(), 1);
     let ended: FaultInfo = a
         .req("DELETE", &format!("/api/v1/faults/{}", f.id), OPERATOR, None)
         .await
@@ -591,6 +602,98 @@ async fn agents_long_poll_their_desired_set_and_report_states() {
         .await
         .error(StatusCode::UNPROCESSABLE_ENTITY);
     assert!(detail.contains("(it has lo)"), "{detail}");
+}
+
+/// A fault that failed on every agent it targets ends `failed` at once,
+/// with each agent's reason; one that failed on some of them goes on.
+#[tokio::test]
+async fn a_fault_that_failed_on_every_agent_ends_failed_at_once_with_their_reasons() {
+    let a = fleet().await;
+    let f: FaultInfo = a
+        .create(json!({"targets": {"agents": ["a2", "a3"]}, "spec": netem("eth9"), "duration_seconds": 600}))
+        .await
+        .typed();
+    a.report(
+        "a2",
+        &f.id,
+        FaultState::Failed,
+        Some("eth9: no such network interface"),
+        &[],
+    )
+    .await;
+    let got: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", f.id), VIEWER, None)
+        .await
+        .typed();
+    assert_eq!(got.status, "running", "a3 has not answered: {got:?}");
+    assert_eq!(a.poll("a3", "?wait=0").await.faults.len(), 1);
+    a.report(
+        "a3",
+        &f.id,
+        FaultState::Failed,
+        Some("kernel lacks CONFIG_NET_SCH_NETEM"),
+        &[],
+    )
+    .await;
+    let got: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", f.id), VIEWER, None)
+        .await
+        .typed();
+    assert_eq!(got.status, "failed", "{got:?}");
+    assert_eq!(got.end_reason.as_deref(), Some("failed"));
+    assert!(got.ended_at.is_some());
+    let reasons: Vec<(&str, Option<&str>)> = got
+        .agents
+        .iter()
+        .map(|x| (x.agent.as_str(), x.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("a2", Some("eth9: no such network interface")),
+            ("a3", Some("kernel lacks CONFIG_NET_SCH_NETEM"))
+        ]
+    );
+    assert!(a.poll("a3", "?wait=0").await.faults.is_empty(), "nobody holds it");
+    // Listed as failed, not as ended; counted in /metrics.
+    let ids = |q: &'static str| {
+        let a = &a;
+        async move {
+            a.req("GET", &format!("/api/v1/faults?status={q}"), VIEWER, None)
+                .await
+                .json()["faults"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|f| f["id"].as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids("failed").await, std::slice::from_ref(&f.id));
+    assert!(ids("ended").await.is_empty());
+    let metrics = a.req("GET", "/metrics", VIEWER, None).await.text;
+    assert!(
+        metrics.contains("graydar_controller_faults{state=\"failed\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("faults{"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // A failed fault on one agent and active on the other goes on.
+    let g: FaultInfo = a
+        .create(json!({"targets": {"agents": ["a2", "a3"]}, "spec": netem("eth0"), "duration_seconds": 600}))
+        .await
+        .typed();
+    a.report("a2", &g.id, FaultState::Failed, Some("no"), &[]).await;
+    a.report("a3", &g.id, FaultState::Active, None, &[]).await;
+    let got: FaultInfo = a
+        .req("GET", &format!("/api/v1/faults/{}", g.id), VIEWER, None)
+        .await
+        .typed();
+    assert_eq!(got.status, "running", "{got:?}");
 }
 
 #[tokio::test]

@@ -322,8 +322,8 @@ async fn contract(store: Arc<dyn Store>) {
         )
         .await
         .expect("states");
-    assert_eq!(store.count_ended_faults(0).await.expect("ended"), 1);
-    assert_eq!(store.count_ended_faults(90_000).await.expect("expired too"), 3);
+    assert_eq!(store.count_ended_faults(0).await.expect("ended"), (1, 0));
+    assert_eq!(store.count_ended_faults(90_000).await.expect("expired too"), (3, 0));
     assert_eq!(store.revert_all_epoch().await.expect("epoch"), 0);
     store.revert_all(7, &[], 40_000).await.expect("revert-all, no fault");
     store

@@ -95,6 +95,21 @@ fn netem_without_sch_netem_fails_loudly_leaves_nothing_and_dry_run_lists_operati
     let reason = f.agents[0].reason.clone().unwrap_or_default();
     eprintln!("agent's reason: {reason}");
     assert!(reason.contains("CONFIG_NET_SCH_NETEM"), "reason: {reason}");
+    // It failed on every agent it targets (its only one): ended `failed` at
+    // once, not `running` until it expires; `fault get --watch` says so
+    // with the agent's reason and exit status 3.
+    let f = wait_until(STATE_TIMEOUT, "the fault ended failed", || {
+        let f = fault_cli(&ctl, &tokens.viewer, &["get", &f.id]);
+        (f.status == "failed").then_some(f)
+    });
+    assert_eq!(f.end_reason.as_deref(), Some("failed"), "{f:#?}");
+    let out = ctl.cli(&tokens.viewer, &["fault", "get", &f.id, "--watch"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("fault {} failed on every agent", f.id)) && err.contains("CONFIG_NET_SCH_NETEM"),
+        "{err}"
+    );
     assert_eq!(
         n.exec_stdout("tc", ["qdisc", "show"]),
         qdiscs_before,
@@ -142,7 +157,13 @@ fn netem_without_sch_netem_fails_loudly_leaves_nothing_and_dry_run_lists_operati
     let list = ctl.cli_json(&tokens.viewer, &["fault", "list"]);
     let faults = list["faults"].as_array().expect("faults");
     assert_eq!(faults.len(), 2);
-    assert!(faults.iter().all(|f| f["status"] == "ended"), "{list}");
+    let mut statuses: Vec<&str> = faults.iter().filter_map(|f| f["status"].as_str()).collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        ["ended", "failed"],
+        "the dry run ended by the kill switch: {list}"
+    );
     let table = ctl.cli(&tokens.viewer, &["fault", "list"]);
     assert!(String::from_utf8_lossy(&table.stdout).starts_with("ID"), "{table:?}");
     assert_eq!(baseline.orphans(), Vec::<String>::new());

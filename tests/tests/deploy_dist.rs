@@ -73,6 +73,11 @@ fn dist_tarball_installs_into_a_temp_root_and_runs() {
         "prometheus/graydar.rules.yml",
         "grafana/graydar.json",
         "install.sh",
+        "share/man/man1/graydar.1",
+        "share/man/man1/graydar-fault-apply.1",
+        "share/bash-completion/completions/graydar",
+        "share/zsh/site-functions/_graydar",
+        "share/fish/vendor_completions.d/graydar.fish",
     ] {
         assert!(
             listing.contains(&format!("{name}/{want}")),
@@ -166,9 +171,20 @@ fn dist_tarball_installs_into_a_temp_root_and_runs() {
         "usr/local/share/doc/graydar/runbooks/nic-drops.md",
         "usr/local/share/graydar/prometheus/graydar.rules.yml",
         "usr/local/share/graydar/grafana/graydar.json",
+        "usr/local/share/man/man1/graydar.1",
+        "usr/local/share/man/man1/graydar-gameday-run.1",
+        "usr/local/share/bash-completion/completions/graydar",
+        "usr/local/share/zsh/site-functions/_graydar",
+        "usr/local/share/fish/vendor_completions.d/graydar.fish",
     ] {
         assert!(root.join(f).is_file(), "{f} not installed");
     }
+    // The installed man page and bash completion are the CLI's own.
+    let page = std::fs::read_to_string(root.join("usr/local/share/man/man1/graydar-fault-apply.1")).expect("man page");
+    assert!(page.contains(".TH") && page.contains("dm\\-device"), "{page}");
+    let bash = std::fs::read_to_string(root.join("usr/local/share/bash-completion/completions/graydar"))
+        .expect("bash completion");
+    assert!(bash.contains("complete") && bash.contains("gameday"), "{bash}");
 
     // Installing again keeps the admin's config and tokens.
     std::fs::write(etc.join("agent.toml"), "# mine\n").expect("edit config");

@@ -55,6 +55,8 @@ pub enum ListStatus {
     Running,
     DryRun,
     Ended,
+    /// Ended because it failed on every agent it targets.
+    Failed,
 }
 
 impl From<ListStatus> for FaultStatus {
@@ -63,6 +65,7 @@ impl From<ListStatus> for FaultStatus {
             ListStatus::Running => FaultStatus::Running,
             ListStatus::DryRun => FaultStatus::DryRun,
             ListStatus::Ended => FaultStatus::Ended,
+            ListStatus::Failed => FaultStatus::Failed,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::io::Write as _;
 
 use clap::Parser as _;
-use graydar_controller::cli::{Cli, CliError, run};
+use graydar_controller::cli::{Cli, exit_code, run};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -15,11 +15,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("graydar: {e}");
             // 3: the run (or fault) did not pass; 1: any other error (2 is clap's usage error).
-            if matches!(e, CliError::NotPassed { .. }) {
-                std::process::ExitCode::from(3)
-            } else {
-                std::process::ExitCode::FAILURE
-            }
+            std::process::ExitCode::from(exit_code(&e))
         }
     }
 }

@@ -86,7 +86,114 @@ pub fn list(client: &Client, output: Output, q: &FindingQuery) -> Result<String,
     Ok(show(output, &l, |l| findings_table(&l.findings)))
 }
 
+/// What a finding looks like to `--watch`: a line is printed when this changes.
+fn watch_key(f: &Finding) -> (FindingState, String, String) {
+    (f.state, f.severity.to_string(), f.summary.clone())
+}
+
+/// The findings of `now` that are new or changed since `before` (by id),
+/// updating `before`.
+pub fn changed<'a>(
+    before: &mut std::collections::BTreeMap<String, (FindingState, String, String)>,
+    now: &'a [Finding],
+) -> Vec<&'a Finding> {
+    let mut out = Vec::new();
+    for f in now {
+        let key = watch_key(f);
+        if before.get(&f.id) != Some(&key) {
+            before.insert(f.id.clone(), key);
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// `graydar findings --watch`: the list, then every finding that appears or
+/// changes (fires, changes severity or summary, resolves) as one more row
+/// (a JSON or YAML document per change with -o json/yaml), polling every
+/// `every`, until interrupted.
+pub fn watch(
+    client: &Client,
+    output: Output,
+    q: &FindingQuery,
+    every: std::time::Duration,
+) -> Result<String, CliError> {
+    use std::io::Write as _;
+    let mut seen = std::collections::BTreeMap::new();
+    let mut first = true;
+    loop {
+        match client.findings(q) {
+            Ok(l) => {
+                let rows = changed(&mut seen, &l.findings);
+                let mut out = std::io::stdout().lock();
+                let text = match output {
+                    Output::Table if first => findings_table(&l.findings),
+                    Output::Table => {
+                        // Rows only: the header was printed with the list.
+                        let owned: Vec<Finding> = rows.iter().map(|f| (*f).clone()).collect();
+                        findings_table(&owned)
+                            .lines()
+                            .skip(1)
+                            .map(|l| format!("{l}\n"))
+                            .collect()
+                    }
+                    Output::Json => rows.iter().map(super::output::json).collect(),
+                    Output::Yaml => rows
+                        .iter()
+                        .map(|f| format!("---\n{}", super::output::yaml(f)))
+                        .collect(),
+                };
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+                first = false;
+            }
+            // A controller restarting: keep watching.
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(e.into()),
+        }
+        std::thread::sleep(every);
+    }
+}
+
 pub fn get(client: &Client, output: Output, id: &str) -> Result<String, CliError> {
     let d = client.finding(id)?;
     Ok(show(output, &d, finding_text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use graydar_common::api::{FindingKind, Severity, Timestamp};
+
+    fn finding(id: &str, state: FindingState, severity: Severity) -> Finding {
+        Finding {
+            id: id.into(),
+            host: "h1".into(),
+            kind: FindingKind::KernelDrops,
+            subject: "eth0".into(),
+            severity,
+            state,
+            since: Timestamp::from_unix_ms(0),
+            last_seen: Timestamp::from_unix_ms(0),
+            resolved_at: None,
+            summary: "drops".into(),
+            evidence: Default::default(),
+            runbook: "drops".into(),
+        }
+    }
+
+    #[test]
+    fn watch_shows_what_appeared_or_changed_once() {
+        let mut seen = std::collections::BTreeMap::new();
+        let a = finding("a", FindingState::Firing, Severity::Warning);
+        let b = finding("b", FindingState::Firing, Severity::Warning);
+        let ids = |v: Vec<&Finding>| v.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(changed(&mut seen, std::slice::from_ref(&a))), ["a"]);
+        assert!(changed(&mut seen, std::slice::from_ref(&a)).is_empty(), "nothing new");
+        assert_eq!(ids(changed(&mut seen, &[a.clone(), b.clone()])), ["b"]);
+        let worse = finding("a", FindingState::Firing, Severity::Critical);
+        assert_eq!(ids(changed(&mut seen, &[worse.clone(), b.clone()])), ["a"]);
+        let gone = finding("b", FindingState::Resolved, Severity::Warning);
+        assert_eq!(ids(changed(&mut seen, &[worse, gone])), ["b"]);
+    }
 }

@@ -16,7 +16,7 @@ use graydar_common::gameday::{Action, GameDayInfo, GameDayList, GameDaySpec, Lim
 use graydar_common::url::encode_segment;
 
 use super::CliError;
-use super::output::{Output, json, table};
+use super::output::{Output, json, show, table, yaml};
 
 #[derive(Debug, Subcommand)]
 pub enum GameDayCmd {
@@ -101,6 +101,7 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
             let info: GameDayInfo = client.put(&path, &spec).map_err(CliError::Fault)?;
             Ok(match output {
                 Output::Json => json(&info),
+                Output::Yaml => yaml(&info),
                 Output::Table => format!("game day {} stored (updated {})\n", info.name, info.updated_at),
             })
         }
@@ -108,6 +109,7 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
             let list: GameDayList = client.get("/api/v1/gamedays").map_err(CliError::Fault)?;
             Ok(match output {
                 Output::Json => json(&list),
+                Output::Yaml => yaml(&list),
                 Output::Table => table(
                     &["NAME", "STEPS", "SCHEDULE", "UPDATED", "HYPOTHESIS"],
                     &list
@@ -133,7 +135,13 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
             let info: GameDayInfo = client
                 .get(&format!("/api/v1/gamedays/{}", encode_segment(name)))
                 .map_err(CliError::Fault)?;
-            Ok(json(&info))
+            // The stored spec: JSON by default (it is what `apply -f` takes),
+            // YAML with -o yaml.
+            Ok(if output == Output::Yaml {
+                yaml(&info)
+            } else {
+                json(&info)
+            })
         }
         GameDayCmd::Delete { name } => {
             client
@@ -141,6 +149,7 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
                 .map_err(CliError::Fault)?;
             Ok(match output {
                 Output::Json => json(&serde_json::json!({"deleted": name})),
+                Output::Yaml => yaml(&serde_json::json!({"deleted": name})),
                 Output::Table => format!("game day {name} deleted\n"),
             })
         }
@@ -159,6 +168,7 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
             if *dry_run {
                 return Ok(match output {
                     Output::Json => json(&run),
+                    Output::Yaml => yaml(&run),
                     Output::Table => dry_run_text(&run),
                 });
             }
@@ -167,6 +177,7 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
             }
             Ok(match output {
                 Output::Json => json(&run),
+                Output::Yaml => yaml(&run),
                 Output::Table => format!("run {} started (graydar gameday watch {} follows it)\n", run.id, run.id),
             })
         }
@@ -186,6 +197,7 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
             let list: RunList = client.get(&q).map_err(CliError::Fault)?;
             Ok(match output {
                 Output::Json => json(&list),
+                Output::Yaml => yaml(&list),
                 Output::Table => table(
                     &["RUN", "GAMEDAY", "STATE", "OUTCOME", "CREATED", "REASON"],
                     &list
@@ -214,6 +226,7 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
                 .map_err(CliError::Fault)?;
             Ok(match output {
                 Output::Json => json(&info),
+                Output::Yaml => yaml(&info),
                 Output::Table => format!("run {} aborting: its faults are being reverted\n", info.id),
             })
         }
@@ -226,6 +239,7 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
                 .map_err(CliError::Fault)?;
             Ok(match output {
                 Output::Json => json(&info),
+                Output::Yaml => yaml(&info),
                 Output::Table => format!("run {}: gate resumed\n", info.id),
             })
         }
@@ -235,6 +249,8 @@ pub fn online(client: &Client, output: Output, cmd: &GameDayCmd) -> Result<Strin
                 .map_err(CliError::Fault)?;
             Ok(if format == "json" || output == Output::Json {
                 json(&info)
+            } else if output == Output::Yaml {
+                yaml(&info)
             } else {
                 report::markdown(&info)
             })
@@ -349,6 +365,7 @@ fn watch(client: &Client, output: Output, id: &str) -> Result<String, CliError> 
         if run.is_finished() {
             let text = match output {
                 Output::Json => json(&run),
+                Output::Yaml => yaml(&run),
                 Output::Table => summary(&run),
             };
             if run.outcome != Some(Outcome::Passed) {
@@ -454,14 +471,12 @@ fn read(file: &Path) -> Result<String, CliError> {
 pub fn validate(file: &Path, text: &str, output: Output, now: Timestamp) -> Result<String, CliError> {
     let spec = checked(file, text)?;
     let order = spec.step_order().unwrap_or_default();
-    Ok(match output {
-        Output::Json => json(&serde_json::json!({
-            "valid": true,
-            "order": order.iter().map(|s| &s.id).collect::<Vec<_>>(),
-            "spec": spec,
-        })),
-        Output::Table => render(&spec, &order, now),
-    })
+    let doc = serde_json::json!({
+        "valid": true,
+        "order": order.iter().map(|s| &s.id).collect::<Vec<_>>(),
+        "spec": spec,
+    });
+    Ok(show(output, &doc, |_| render(&spec, &order, now)))
 }
 
 /// `text` parsed and validated against the default limits.

@@ -1,4 +1,4 @@
-//! Output helpers shared by every command: aligned tables and JSON.
+//! Output helpers shared by every command: aligned tables, JSON and YAML.
 
 use clap::ValueEnum;
 
@@ -7,6 +7,7 @@ use clap::ValueEnum;
 pub enum Output {
     Table,
     Json,
+    Yaml,
 }
 
 /// Left-aligned columns separated by two spaces.
@@ -43,10 +44,20 @@ pub fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
 
-/// `v` as JSON or as the table `text` makes of it.
+/// YAML (the same document as [`json`]), ending in a newline.
+pub fn yaml<T: serde::Serialize>(v: &T) -> String {
+    let mut s = serde_yaml::to_string(v).unwrap_or_default();
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+/// `v` as JSON, as YAML or as the table `text` makes of it.
 pub fn show<T: serde::Serialize>(output: Output, v: &T, text: impl FnOnce(&T) -> String) -> String {
     match output {
         Output::Json => json(v),
+        Output::Yaml => yaml(v),
         Output::Table => text(v),
     }
 }
@@ -54,6 +65,19 @@ pub fn show<T: serde::Serialize>(output: Output, v: &T, text: impl FnOnce(&T) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_is_the_json_document() {
+        let v = serde_json::json!({"id": "flt-1", "agents": [{"agent": "a", "state": "active"}], "n": 2});
+        let y = show(Output::Yaml, &v, |_| String::new());
+        let back: serde_json::Value = serde_yaml::from_str(&y).expect("YAML parses");
+        assert_eq!(back, v);
+        assert!(y.contains("id: flt-1") && y.ends_with('\n'), "{y}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&show(Output::Json, &v, |_| String::new())).expect("JSON"),
+            v
+        );
+    }
 
     #[test]
     fn tables_are_aligned() {

@@ -703,10 +703,53 @@ impl FaultService {
             return Ok((0, ignored));
         }
         let stored = self.store.update_fault_states(host, &accepted, now).await?;
+        self.end_failed_everywhere(&accepted, now).await?;
         self.status_tx.send_modify(|v| *v = v.wrapping_add(1));
         // Rows that matched nothing (no such fault, or not this agent's).
         ignored += u64::try_from(accepted.len()).unwrap_or(0).saturating_sub(stored);
         Ok((stored, ignored))
+    }
+
+    /// A fault that failed on every agent it targets ends `failed` at once
+    /// (stored first), instead of showing `running` until it expires: no
+    /// agent holds it, and each agent's reason stays with its state.
+    async fn end_failed_everywhere(&self, updates: &[FaultStatusUpdate], now: i64) -> Result<(), FaultError> {
+        if !updates.iter().any(|u| u.state == FaultState::Failed) {
+            return Ok(());
+        }
+        let _turn = self.changes.lock().await;
+        let failed: Vec<(String, Vec<String>)> = {
+            let inner = lock(&self.inner);
+            updates
+                .iter()
+                .filter(|u| u.state == FaultState::Failed)
+                .filter_map(|u| inner.faults.get(&u.id))
+                .filter(|f| f.ended_ms.is_none() && !f.dry_run && !f.agents.is_empty())
+                .filter(|f| f.agents.values().all(|a| a.state == FaultState::Failed))
+                .map(|f| {
+                    (
+                        f.id.clone(),
+                        f.agents.keys().cloned().chain(self.sink_hosts(f)).collect(),
+                    )
+                })
+                .collect()
+        };
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = failed.iter().map(|(id, _)| id.clone()).collect();
+        self.store.end_faults(&ids, now, EndReason::Failed).await?;
+        let mut inner = lock(&self.inner);
+        for (id, _) in &failed {
+            if let Some(f) = inner.faults.get_mut(id) {
+                f.ended_ms = Some(now);
+                f.end_reason = Some(EndReason::Failed);
+            }
+            tracing::warn!(id, "fault failed on every agent it targets: ended");
+        }
+        drop(inner);
+        self.bump(failed.iter().flat_map(|(_, hosts)| hosts));
+        Ok(())
     }
 
     /// Faults by status and the assignments of wanted faults by per-agent
@@ -714,7 +757,7 @@ impl FaultService {
     /// holds only the live ones).
     pub async fn counts(&self) -> Result<FaultCounts, FaultError> {
         let now = now_ms();
-        let ended = self.store.count_ended_faults(now).await?;
+        let (ended, failed) = self.store.count_ended_faults(now).await?;
         let mut by_status: BTreeMap<FaultStatus, i64> = FaultStatus::ALL.iter().map(|s| (*s, 0)).collect();
         let mut by_state: Vec<(FaultState, i64)> = [
             FaultState::Pending,
@@ -739,7 +782,8 @@ impl FaultService {
                 }
             }
         }
-        by_status.insert(FaultStatus::Ended, ended);
+        by_status.insert(FaultStatus::Ended, ended - failed);
+        by_status.insert(FaultStatus::Failed, failed);
         Ok(FaultCounts {
             by_status: by_status.into_iter().collect(),
             by_state,
@@ -818,7 +862,7 @@ mod tests {
         ) -> StoreFuture<'a, u64> {
             self.db.update_fault_states(agent, updates, now_ms)
         }
-        fn count_ended_faults(&self, now_ms: i64) -> StoreFuture<'_, i64> {
+        fn count_ended_faults(&self, now_ms: i64) -> StoreFuture<'_, (i64, i64)> {
             self.db.count_ended_faults(now_ms)
         }
         fn revert_all_epoch(&self) -> StoreFuture<'_, u64> {

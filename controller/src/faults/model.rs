@@ -9,7 +9,7 @@ use graydar_common::timestamp::Timestamp;
 
 pub(crate) use crate::store::FaultAgentRecord as AgentStatus;
 pub(crate) use crate::store::FaultRecord as Fault;
-use crate::store::FaultStatus;
+use crate::store::{EndReason, FaultStatus};
 
 impl Fault {
     pub(crate) fn wanted(&self, now: i64) -> bool {
@@ -61,7 +61,11 @@ impl Fault {
     /// The status the fault list shows (and filters by).
     pub(crate) fn status(&self) -> FaultStatus {
         if self.ended_ms.is_some() {
-            FaultStatus::Ended
+            if self.end_reason == Some(EndReason::Failed) {
+                FaultStatus::Failed
+            } else {
+                FaultStatus::Ended
+            }
         } else if self.dry_run {
             FaultStatus::DryRun
         } else {

@@ -95,16 +95,24 @@ pub enum FaultStatus {
     Running,
     DryRun,
     Ended,
+    /// Ended because it failed on every agent it targets.
+    Failed,
 }
 
 impl FaultStatus {
-    pub const ALL: [FaultStatus; 3] = [FaultStatus::Running, FaultStatus::DryRun, FaultStatus::Ended];
+    pub const ALL: [FaultStatus; 4] = [
+        FaultStatus::Running,
+        FaultStatus::DryRun,
+        FaultStatus::Ended,
+        FaultStatus::Failed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             FaultStatus::Running => "running",
             FaultStatus::DryRun => "dry_run",
             FaultStatus::Ended => "ended",
+            FaultStatus::Failed => "failed",
         }
     }
 }
@@ -118,6 +126,8 @@ pub enum EndReason {
     Deleted,
     /// The kill switch.
     RevertAll,
+    /// Every agent it targets reported it failed (their reasons are theirs).
+    Failed,
 }
 
 impl EndReason {
@@ -126,13 +136,19 @@ impl EndReason {
             EndReason::Expired => "expired",
             EndReason::Deleted => "deleted",
             EndReason::RevertAll => "revert_all",
+            EndReason::Failed => "failed",
         }
     }
 
     pub fn parse(s: &str) -> Option<EndReason> {
-        [EndReason::Expired, EndReason::Deleted, EndReason::RevertAll]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [
+            EndReason::Expired,
+            EndReason::Deleted,
+            EndReason::RevertAll,
+            EndReason::Failed,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }
 
@@ -249,7 +265,8 @@ pub trait FaultStore: Send + Sync {
         now_ms: i64,
     ) -> StoreFuture<'a, u64>;
     /// Faults ended or expired at `now_ms`.
-    fn count_ended_faults(&self, now_ms: i64) -> StoreFuture<'_, i64>;
+    /// Faults ended (or expired) by `now_ms`: (all of them, those that failed).
+    fn count_ended_faults(&self, now_ms: i64) -> StoreFuture<'_, (i64, i64)>;
     fn revert_all_epoch(&self) -> StoreFuture<'_, u64>;
     /// The kill switch, in one transaction: sets the revert-all epoch to
     /// `epoch` and marks the faults of `ids` not ended yet as ended at

@@ -179,13 +179,15 @@ async fn update_fault_states(
     Ok(stored)
 }
 
-async fn count_ended_faults(s: &SqliteStore, now_ms: i64) -> Result<i64, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT COUNT(*) FROM faults WHERE ended_ms IS NOT NULL OR expires_ms <= ?")
-            .bind(now_ms)
-            .fetch_one(&s.read)
-            .await?,
+async fn count_ended_faults(s: &SqliteStore, now_ms: i64) -> Result<(i64, i64), StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS ended, COALESCE(SUM(end_reason = 'failed'), 0) AS failed FROM faults \
+         WHERE ended_ms IS NOT NULL OR expires_ms <= ?",
     )
+    .bind(now_ms)
+    .fetch_one(&s.read)
+    .await?;
+    Ok((row.try_get("ended")?, row.try_get("failed")?))
 }
 
 async fn revert_all_epoch(s: &SqliteStore) -> Result<u64, StoreError> {
@@ -261,7 +263,8 @@ fn push_selection(q: &mut QueryBuilder<Sqlite>, which: FaultSelection<'_>) {
                 None => "1 = 1",
                 Some(FaultStatus::Running) => "ended_ms IS NULL AND dry_run = 0",
                 Some(FaultStatus::DryRun) => "ended_ms IS NULL AND dry_run <> 0",
-                Some(FaultStatus::Ended) => "ended_ms IS NOT NULL",
+                Some(FaultStatus::Ended) => "ended_ms IS NOT NULL AND (end_reason IS NULL OR end_reason <> 'failed')",
+                Some(FaultStatus::Failed) => "ended_ms IS NOT NULL AND end_reason = 'failed'",
             })
             .push(" ORDER BY created_ms DESC, id LIMIT ")
             .push_bind(i64::from(limit));
@@ -291,7 +294,7 @@ impl FaultStore for SqliteStore {
         Box::pin(update_fault_states(self, agent, updates, now_ms))
     }
 
-    fn count_ended_faults(&self, now_ms: i64) -> StoreFuture<'_, i64> {
+    fn count_ended_faults(&self, now_ms: i64) -> StoreFuture<'_, (i64, i64)> {
         Box::pin(count_ended_faults(self, now_ms))
     }
 
