@@ -46,9 +46,13 @@ impl Api {
         self.req("POST", path, token, Some(body.to_string())).await
     }
     async fn register(&self, host: &str, rack: &str, interfaces: Option<&[&str]>) {
+        self.register_at(host, rack, interfaces, &[]).await;
+    }
+    /// `register` with the addresses the agent registers (what loads aim at).
+    async fn register_at(&self, host: &str, rack: &str, interfaces: Option<&[&str]>, addresses: &[&str]) {
         let r = RegisterRequest {
             hostname: host.to_owned(),
-            addresses: vec![],
+            addresses: addresses.iter().map(|s| (*s).to_owned()).collect(),
             labels: BTreeMap::from([("rack".to_owned(), rack.to_owned())]),
             kernel_version: "6.18.0".into(),
             agent_version: "0.1.0".into(),
@@ -392,38 +396,13 @@ async fn an_unregistered_agent_cannot_long_poll_and_leaves_nothing_behind() {
 #[tokio::test]
 async fn a_sink_keeps_its_id_while_loads_to_its_port_come_and_go() {
     let a = api().await;
-    let register = |host: &'static str, addr: &'static str| {
-        let a = &a;
-        async move {
-            let r = RegisterRequest {
-                hostname: host.to_owned(),
-                addresses: vec![addr.to_owned()],
-                labels: BTreeMap::new(),
-                kernel_version: "6.18.0".into(),
-                agent_version: "0.1.0".into(),
-                capabilities: Capabilities::default(),
-                interfaces: None,
-                dm_devices: Some(vec![]),
-                credential_sha256: Some(common::digest_of(host)),
-            };
-            let resp = a
-                .req(
-                    "POST",
-                    "/api/v1/agents/register",
-                    AGENT,
-                    Some(serde_json::to_string(&r).expect("encode")),
-                )
-                .await;
-            assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
-        }
-    };
     for (h, addr) in [
         ("s1", "10.7.0.1"),
         ("s2", "10.7.0.2"),
         ("r", "10.7.0.9"),
         ("x", "10.7.0.10"),
     ] {
-        register(h, addr).await;
+        a.register_at(h, "r1", None, &[addr]).await;
     }
     let sinks = |d: &DesiredFaults| -> Vec<(String, u64)> {
         d.faults

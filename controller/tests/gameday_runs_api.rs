@@ -60,7 +60,18 @@ impl Api {
 
     /// `host` reports its state of fault `id` (as its agent does).
     async fn report(&self, host: &str, id: &str, state: &str) {
-        let body = json!({"statuses": [{"id": id, "state": state, "operations": []}]});
+        self.report_status(host, json!({"id": id, "state": state, "operations": []}))
+            .await;
+    }
+
+    /// `host` reports that fault `id` failed there, with the agent's reason.
+    async fn report_failed(&self, host: &str, id: &str, reason: &str) {
+        self.report_status(host, json!({"id": id, "state": "failed", "reason": reason}))
+            .await;
+    }
+
+    async fn report_status(&self, host: &str, status: Value) {
+        let body = json!({ "statuses": [status] });
         let resp = self
             .call(
                 "POST",
@@ -106,20 +117,6 @@ impl Api {
                 &format!("/api/v1/agents/{host}/transitions"),
                 &self.cred(host),
                 Some(serde_json::to_value(&batch).expect("json")),
-            )
-            .await;
-        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
-    }
-
-    /// `host` reports that fault `id` failed there, with the agent's reason.
-    async fn report_failed(&self, host: &str, id: &str, reason: &str) {
-        let body = json!({"statuses": [{"id": id, "state": "failed", "reason": reason}]});
-        let resp = self
-            .call(
-                "POST",
-                &format!("/api/v1/agents/{host}/faults/status"),
-                &self.cred(host),
-                Some(body),
             )
             .await;
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
@@ -190,14 +187,27 @@ async fn start(a: &Api, name: &str) -> RunInfo {
     r.typed()
 }
 
-/// The fault the run's step created, once the run journaled it.
+/// The fault the run's step created, once the controller has it: the run
+/// journals the id before it creates the fault, so the id alone can be a
+/// moment early (a GET then saw no such fault, 1 run in 5).
 async fn fault_of(a: &Api, run: &str, step: &str) -> String {
     let r = a
         .wait_run(run, "the fault step applying", |r| {
             r.step(step).is_some_and(|s| s.state == StepState::Applying)
         })
         .await;
-    r.step(step).and_then(|s| s.fault_id.clone()).expect("fault id")
+    let id = r.step(step).and_then(|s| s.fault_id.clone()).expect("fault id");
+    for _ in 0..200 {
+        if a.call("GET", &format!("/api/v1/faults/{id}"), VIEWER, None)
+            .await
+            .status
+            == StatusCode::OK
+        {
+            return id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fault {id} of step {step} never reached the controller");
 }
 
 #[tokio::test]
@@ -349,6 +359,16 @@ async fn a_detection_after_its_deadline_is_a_detection_gap_and_an_unexpected_fin
     assert_eq!((v.detection, v.safety), (Verdict::Fail, Verdict::Fail));
 }
 
+/// Starts `name`; h2 fails its `rings` step's fault with `why`. The run,
+/// the rings fault and the blackhole fault.
+async fn start_with_rings_failed(a: &Api, name: &str, why: &str) -> (RunInfo, String, String) {
+    let run = start(a, name).await;
+    let rings_fault = fault_of(a, &run.id, "rings").await;
+    let fault = fault_of(a, &run.id, "blackhole").await;
+    a.report_failed("h2", &rings_fault, why).await;
+    (run, rings_fault, fault)
+}
+
 /// The rings of h2's NIC shrunk beside the blackhole, `optional`; h2's
 /// driver cannot resize them (h2 says so: its fault fails). With
 /// `optional` the step ends `skipped` with h2's reason, its fault is ended,
@@ -369,10 +389,7 @@ async fn an_optional_step_that_fails_on_an_agent_is_skipped_and_the_run_goes_on(
     // Two faults on two agents: within the controller's blast radius (50 %) of four.
     a.register("h3").await;
     a.register("h4").await;
-    let run = start(&a, "opt").await;
-    let rings_fault = fault_of(&a, &run.id, "rings").await;
-    let fault = fault_of(&a, &run.id, "blackhole").await;
-    a.report_failed("h2", &rings_fault, WHY).await;
+    let (run, rings_fault, fault) = start_with_rings_failed(&a, "opt", WHY).await;
     let r = a
         .wait_run(&run.id, "the optional step skipped", |r| {
             r.step("rings").is_some_and(|s| s.state == StepState::Skipped)
@@ -427,10 +444,7 @@ async fn an_optional_step_that_fails_on_an_agent_is_skipped_and_the_run_goes_on(
         .remove("optional");
     let resp = a.call("POST", "/api/v1/gamedays", OPERATOR, Some(strict)).await;
     assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text);
-    let run = start(&a, "strict").await;
-    let rings_fault = fault_of(&a, &run.id, "rings").await;
-    let fault = fault_of(&a, &run.id, "blackhole").await;
-    a.report_failed("h2", &rings_fault, WHY).await;
+    let (run, rings_fault, fault) = start_with_rings_failed(&a, "strict", WHY).await;
     a.report("h1", &fault, "reverted").await;
     let r = a.wait_run(&run.id, "the end", RunInfo::is_finished).await;
     assert_eq!(r.outcome, Some(Outcome::Failed), "{r:#?}");
