@@ -444,7 +444,7 @@ async fn an_optional_step_that_fails_on_an_agent_is_skipped_and_the_run_goes_on(
         .remove("optional");
     let resp = a.call("POST", "/api/v1/gamedays", OPERATOR, Some(strict)).await;
     assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text);
-    let (run, rings_fault, fault) = start_with_rings_failed(&a, "strict", WHY).await;
+    let (run, _, fault) = start_with_rings_failed(&a, "strict", WHY).await;
     a.report("h1", &fault, "reverted").await;
     let r = a.wait_run(&run.id, "the end", RunInfo::is_finished).await;
     assert_eq!(r.outcome, Some(Outcome::Failed), "{r:#?}");
