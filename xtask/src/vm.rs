@@ -679,8 +679,14 @@ fn boot_script(assets: &VmAssets, script: &Path, cpus: u32) -> Result<Vec<String
         );
         Ok(s.to_owned())
     };
+    // `loglevel=5` after `quiet`: boot stays quiet, but warnings and their
+    // stack traces (a soft lockup's, an oops's) reach the console. A soft
+    // lockup panics the guest with every CPU's backtrace (`panic=-1` and
+    // `-no-reboot` then stop QEMU), so the tier fails at once with the trace
+    // instead of waiting out VM_TIMEOUT with a hung guest.
     let append = format!(
-        "console=ttyS0 panic=-1 quiet graydar_script={} graydar_modules={}",
+        "console=ttyS0 panic=-1 quiet loglevel=5 softlockup_panic=1 softlockup_all_cpu_backtrace=1 \
+         graydar_script={} graydar_modules={}",
         path_arg(script)?,
         path_arg(&assets.modules_dir)?,
     );
@@ -735,7 +741,13 @@ fn boot_script(assets: &VmAssets, script: &Path, cpus: u32) -> Result<Vec<String
     let elapsed = started.elapsed().as_secs_f64();
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
     let Some(status) = status else {
-        bail!("vm: timed out after {}s; qemu killed", VM_TIMEOUT.as_secs());
+        match &seen.kernel_trouble {
+            Some(line) => bail!(
+                "vm: timed out after {}s; qemu killed; the guest kernel reported {line:?}",
+                VM_TIMEOUT.as_secs()
+            ),
+            None => bail!("vm: timed out after {}s; qemu killed", VM_TIMEOUT.as_secs()),
+        }
     };
     eprintln!(
         "vm: guest kernel {}, qemu exited ({status}) after {elapsed:.1}s",
@@ -744,8 +756,27 @@ fn boot_script(assets: &VmAssets, script: &Path, cpus: u32) -> Result<Vec<String
     match seen.exit {
         Some(0) => Ok(seen.results),
         Some(code) => bail!("vm: guest command failed with exit status {code}"),
-        None => bail!("vm: guest printed no {EXIT_MARKER} line (qemu: {status}); see the console output above"),
+        None => match &seen.kernel_trouble {
+            Some(line) => bail!(
+                "vm: the guest kernel failed ({line:?}; its backtrace is in the console output above) \
+                 and printed no {EXIT_MARKER} line (qemu: {status})"
+            ),
+            None => bail!("vm: guest printed no {EXIT_MARKER} line (qemu: {status}); see the console output above"),
+        },
     }
+}
+
+/// Whether a console line is the guest kernel reporting a failure of its own.
+fn is_kernel_trouble(line: &str) -> bool {
+    [
+        "BUG: ",
+        "Kernel panic",
+        "Oops: ",
+        "watchdog: BUG",
+        "rcu: INFO: rcu_preempt detected stalls",
+    ]
+    .iter()
+    .any(|m| line.contains(m))
 }
 
 /// The guest's virtio-net NICs: (MAC, extra `-device` properties). The
@@ -784,6 +815,9 @@ fn nic_args() -> Vec<String> {
 #[derive(Default, Clone)]
 struct Seen {
     kernel: Option<String>,
+    /// The first line where the guest kernel reported trouble (a soft
+    /// lockup, an oops, a panic), for the error that ends the boot.
+    kernel_trouble: Option<String>,
     exit: Option<i32>,
     results: Vec<String>,
 }
@@ -809,6 +843,9 @@ fn stream_console(stdout: impl Read, seen: &Mutex<Seen>, started: Instant) {
             let _ = out.flush();
         }
         let Ok(mut seen) = seen.lock() else { continue };
+        if seen.kernel_trouble.is_none() && is_kernel_trouble(&text) {
+            seen.kernel_trouble = Some(text.trim().to_owned());
+        }
         if let Some(v) = text.trim().strip_prefix(KERNEL_MARKER) {
             eprintln!("vm: guest up after {:.1}s", started.elapsed().as_secs_f64());
             seen.kernel = Some(v.trim().to_owned());
@@ -878,6 +915,25 @@ mod tests {
         let mut want = VM_TEST_TARGETS.to_vec();
         want.sort_unstable();
         assert_eq!(all, want);
+    }
+
+    #[test]
+    fn kernel_failures_on_the_console_are_recognised_and_test_output_is_not() {
+        for line in [
+            "[ 1320.602888] watchdog: BUG: soft lockup - CPU#0 stuck for 1095s! [tokio-rt-worker:386]",
+            "[ 1365.198935] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+            "[   12.1] Kernel panic - not syncing: softlockup: hung tasks",
+            "[    3.2] BUG: kernel NULL pointer dereference, address: 0000000000000008",
+        ] {
+            assert!(is_kernel_trouble(line), "{line}");
+        }
+        for line in [
+            "test vm_faults::netem_applies ... ok",
+            "GRAYDAR_RESULT detection kind=nic_drops",
+            "graydar-vm: insmod dm-delay.ko failed",
+        ] {
+            assert!(!is_kernel_trouble(line), "{line}");
+        }
     }
 
     #[test]
