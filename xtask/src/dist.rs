@@ -58,16 +58,8 @@ const COMPLETIONS: &[(&str, &str)] = &[
 /// Builds the binaries with `profile` (`release`, or `dev` for tests) and
 /// writes `<out_dir>/graydar-<version>-<arch>-linux.tar.gz`; returns its path.
 pub fn run(ws: &Path, profile: &str, out_dir: Option<PathBuf>) -> Result<PathBuf> {
-    let mut build = crate::cargo();
-    build.current_dir(ws).args(["build", "--profile", profile]);
-    for (bin, package) in BINARIES {
-        build.args(["-p", package, "--bin", bin]);
-    }
-    crate::ok(&mut build)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("target"));
-    let bin_dir = target.join(if profile == "dev" { "debug" } else { profile });
+    let bin_dir = build_binaries(ws, profile)?;
+    let target = crate::target_dir(ws);
 
     let name = format!("graydar-{}-{}-linux", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH);
     let out_dir = out_dir.unwrap_or_else(|| target.join("dist"));
@@ -139,6 +131,17 @@ pub fn run(ws: &Path, profile: &str, out_dir: Option<PathBuf>) -> Result<PathBuf
     Ok(tarball)
 }
 
+/// Builds [`BINARIES`] with `profile`; returns the directory they are in.
+pub fn build_binaries(ws: &Path, profile: &str) -> Result<PathBuf> {
+    let mut build = crate::cargo();
+    build.current_dir(ws).args(["build", "--profile", profile]);
+    for (bin, package) in BINARIES {
+        build.args(["-p", package, "--bin", bin]);
+    }
+    crate::ok(&mut build)?;
+    Ok(crate::target_dir(ws).join(if profile == "dev" { "debug" } else { profile }))
+}
+
 /// kubernetes-validate (PyPI): offline schema validation of the rendered
 /// Kubernetes manifests (tests/tests/deploy_k8s.rs).
 pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
@@ -155,9 +158,7 @@ pub const KUBECTL_IN_TARGET: &str = "tools/kubernetes-client/usr/bin/kubectl";
 /// Returns what it did.
 pub fn setup_tools(ws: &Path) -> Result<Vec<String>> {
     let mut did = Vec::new();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("target"));
+    let target = crate::target_dir(ws);
     let kubectl = target.join(KUBECTL_IN_TARGET);
     if !kubectl.is_file() {
         let dir = target.join("tools");

@@ -10,6 +10,7 @@ mod bench_safety;
 mod dist;
 mod docs;
 mod fuzz;
+mod image;
 #[cfg(test)]
 mod layers;
 mod run;
@@ -103,6 +104,23 @@ enum Cmd {
         /// Where to write the tarball (default target/dist).
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Also build the container image (as `cargo xtask image`) and write it beside the
+        /// tarball as an OCI archive (graydar-<version>-<arch>-image.oci.tar).
+        #[arg(long)]
+        image: bool,
+    },
+    /// Build the container image with podman, offline (no registry): Debian's libc6, libgcc-s1 and
+    /// ca-certificates unpacked into a distroless-style root, the agent, controller and CLI.
+    Image {
+        /// Cargo profile to build the binaries with (`dev` for a quick test image).
+        #[arg(long, default_value = "release")]
+        profile: String,
+        /// Tag the image with this reference instead of the one the manifests run.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Print the reference the image is tagged with (what deploy/k8s runs) and exit.
+        #[arg(long, conflicts_with_all = ["profile", "tag"])]
+        print_ref: bool,
     },
 }
 
@@ -184,7 +202,35 @@ fn main() -> Result<()> {
                 bench_controller::run(&ws, &controller_agents, controller_seconds)
             }
         }
-        Cmd::Dist { profile, out_dir } => dist::run(&ws, &profile, out_dir).map(|_| ()),
+        Cmd::Dist {
+            profile,
+            out_dir,
+            image,
+        } => {
+            let tarball = dist::run(&ws, &profile, out_dir)?;
+            if image {
+                let built = image::build(&ws, &profile, None)?;
+                let dir = tarball.parent().context("tarball without a directory")?;
+                let name = format!(
+                    "graydar-{}-{}-image.oci.tar",
+                    env!("CARGO_PKG_VERSION"),
+                    std::env::consts::ARCH
+                );
+                image::export(&built.reference, &dir.join(name))?;
+            }
+            Ok(())
+        }
+        Cmd::Image {
+            profile,
+            tag,
+            print_ref,
+        } => {
+            if print_ref {
+                println!("{}", image::image_ref());
+                return Ok(());
+            }
+            image::build(&ws, &profile, tag.as_deref()).map(drop)
+        }
     }
 }
 
@@ -193,6 +239,11 @@ pub fn workspace_root() -> Result<PathBuf> {
     dir.parent()
         .map(Path::to_path_buf)
         .context("xtask has no parent directory")
+}
+
+/// The target directory: `$CARGO_TARGET_DIR`, else `<workspace>/target`.
+pub fn target_dir(ws: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| ws.join("target"), PathBuf::from)
 }
 
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
@@ -232,6 +283,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",          // self-signed certificates: tests/tests/controller_tls.rs
     "prometheus",       // prometheus + promtool: deploy/prometheus rules, tests/tests/deploy_prometheus.rs
     "python3-venv",     // the virtual environment of schemathesis (tests/tests/controller_schemathesis.rs)
+    "podman",           // cargo xtask image; tests/tests/deploy_image.rs builds and runs it
+    "runc",             // podman's runtime on hosts with cgroup v1 or hybrid (crun refuses hybrid)
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
