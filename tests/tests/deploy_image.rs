@@ -170,13 +170,69 @@ fn ns(pid: &str, kind: &str) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("namespace link")
 }
 
-fn build_image(tag: &str) {
+/// `cargo xtask image --profile dev --tag TAG --oci-archive ARCHIVE`.
+fn build_image(tag: &str, archive: &Path) {
     let status = cargo()
         .current_dir(workspace())
-        .args(["run", "-q", "-p", "xtask", "--", "image", "--profile", "dev", "--tag", tag])
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "xtask",
+            "--",
+            "image",
+            "--profile",
+            "dev",
+            "--tag",
+            tag,
+            "--oci-archive",
+        ])
+        .arg(archive)
         .status()
         .expect("run cargo xtask image");
     assert!(status.success(), "cargo xtask image failed: {status}");
+}
+
+/// The OCI archive (what `cargo xtask dist --image` ships) is an OCI image
+/// layout naming the image, and podman loads it back as the same image.
+fn check_oci_archive(archive: &Path, tag: &str) {
+    let list = tool_ok("tar", [std::ffi::OsStr::new("-tf"), archive.as_os_str()], None);
+    let names = String::from_utf8_lossy(&list.stdout).into_owned();
+    for want in ["oci-layout", "index.json"] {
+        assert!(
+            names.lines().any(|l| l == want),
+            "{} lacks {want}:\n{names}",
+            archive.display()
+        );
+    }
+    let index = tool_ok(
+        "tar",
+        [
+            std::ffi::OsStr::new("-xOf"),
+            archive.as_os_str(),
+            std::ffi::OsStr::new("index.json"),
+        ],
+        None,
+    );
+    let index: serde_json::Value = serde_json::from_slice(&index.stdout).expect("index.json");
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .collect();
+    assert!(!names.is_empty(), "index.json names no image: {index}");
+    let id = podman_ok(["image", "inspect", "--format", "{{.Id}}", tag]);
+    let loaded = podman_ok([
+        std::ffi::OsStr::new("load"),
+        std::ffi::OsStr::new("-q"),
+        std::ffi::OsStr::new("-i"),
+        archive.as_os_str(),
+    ]);
+    assert!(
+        loaded.contains(&id) || loaded.contains(tag.trim_start_matches("localhost/")),
+        "podman load: {loaded} (image {id})"
+    );
 }
 
 fn check_root_file_system(image: &str) {
@@ -213,7 +269,10 @@ fn check_root_file_system(image: &str) {
         "the CA bundle should hold Debian's certificates"
     );
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).expect("/etc/passwd");
-    assert!(passwd.lines().any(|l| l.starts_with("nonroot:x:65532:65532:")), "{passwd}");
+    assert!(
+        passwd.lines().any(|l| l.starts_with("nonroot:x:65532:65532:")),
+        "{passwd}"
+    );
     let data = std::fs::metadata(root.join("var/lib/graydar-controller")).expect("controller data dir");
     assert_eq!(
         (data.uid(), data.gid()),
@@ -221,7 +280,11 @@ fn check_root_file_system(image: &str) {
         "the controller's data dir belongs to nonroot"
     );
     let tmp = std::fs::metadata(root.join("tmp")).expect("/tmp");
-    assert_eq!(tmp.permissions().mode() & 0o7777, 0o1777, "/tmp is world-writable and sticky");
+    assert_eq!(
+        tmp.permissions().mode() & 0o7777,
+        0o1777,
+        "/tmp is world-writable and sticky"
+    );
     let _ = podman(["image", "unmount", image]);
 }
 
@@ -230,8 +293,15 @@ fn check_labels(image: &str) {
     let config: serde_json::Value = serde_json::from_str(&json).expect("image config JSON");
     assert_eq!(config["User"], "65532:65532", "{config}");
     let labels = &config["Labels"];
-    assert_eq!(labels["org.opencontainers.image.version"], env!("CARGO_PKG_VERSION"), "{labels}");
-    assert_eq!(labels["org.opencontainers.image.licenses"], "MIT OR Apache-2.0", "{labels}");
+    assert_eq!(
+        labels["org.opencontainers.image.version"],
+        env!("CARGO_PKG_VERSION"),
+        "{labels}"
+    );
+    assert_eq!(
+        labels["org.opencontainers.image.licenses"], "MIT OR Apache-2.0",
+        "{labels}"
+    );
     let source = labels["org.opencontainers.image.source"].as_str().unwrap_or_default();
     assert!(source.starts_with("https://"), "{labels}");
     let revision = labels["org.opencontainers.image.revision"].as_str().unwrap_or_default();
@@ -351,17 +421,25 @@ fn run_agent(image: &str, name: &str, dir: &Path) {
     podman_ok(&args);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let metrics = wait_http(name, addr, "/metrics", Duration::from_secs(120), |s, body| {
-        s == 200 && body.lines().any(|l| l.trim() == "graydar_probe_up{probe=\"kfree_skb\"} 1")
+        s == 200
+            && body
+                .lines()
+                .any(|l| l.trim() == "graydar_probe_up{probe=\"kfree_skb\"} 1")
     });
-    let probes: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("graydar_probe_up{"))
-        .collect();
+    let probes: Vec<&str> = metrics.lines().filter(|l| l.starts_with("graydar_probe_up{")).collect();
     println!("deploy_image: the agent container's probes: {probes:?}");
     // Host PID and network namespaces, as the DaemonSet asks.
     let pid = pid_of(name).to_string();
-    assert_eq!(ns(&pid, "pid"), ns("self", "pid"), "the agent shares the host's PID namespace");
-    assert_eq!(ns(&pid, "net"), ns("self", "net"), "the agent shares the host's network");
+    assert_eq!(
+        ns(&pid, "pid"),
+        ns("self", "pid"),
+        "the agent shares the host's PID namespace"
+    );
+    assert_eq!(
+        ns(&pid, "net"),
+        ns("self", "net"),
+        "the agent shares the host's network"
+    );
     assert_eq!(uids(pid.parse().expect("pid"))[1], 0, "the agent runs as root");
     // SIGTERM: it detaches its probes and exits 0.
     podman_ok(["stop", "-t", "30", name]);
@@ -380,12 +458,18 @@ fn the_image_builds_offline_and_runs_the_controller_unprivileged_and_the_agent_w
     require_root();
     let tag = format!("localhost/graydar-image-test:{}", std::process::id());
     let suffix = std::process::id();
-    let (controller, agent) = (format!("graydar-test-controller-{suffix}"), format!("graydar-test-agent-{suffix}"));
+    let (controller, agent) = (
+        format!("graydar-test-controller-{suffix}"),
+        format!("graydar-test-agent-{suffix}"),
+    );
     let _cleanup = Cleanup {
         image: tag.clone(),
         containers: vec![controller.clone(), agent.clone()],
     };
-    build_image(&tag);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let archive = dir.path().join("graydar.oci.tar");
+    build_image(&tag, &archive);
+    check_oci_archive(&archive, &tag);
     // What the manifests run is what `cargo xtask image` tags by default.
     let printed = cargo()
         .current_dir(workspace())
@@ -393,7 +477,10 @@ fn the_image_builds_offline_and_runs_the_controller_unprivileged_and_the_agent_w
         .output()
         .expect("cargo xtask image --print-ref");
     let reference = String::from_utf8_lossy(&printed.stdout).trim().to_owned();
-    for manifest in ["deploy/k8s/agent/daemonset.yaml", "deploy/k8s/controller/deployment.yaml"] {
+    for manifest in [
+        "deploy/k8s/agent/daemonset.yaml",
+        "deploy/k8s/controller/deployment.yaml",
+    ] {
         let text = std::fs::read_to_string(workspace().join(manifest)).expect("manifest");
         assert!(
             text.contains(&format!("image: {reference}\n")),
@@ -404,6 +491,5 @@ fn the_image_builds_offline_and_runs_the_controller_unprivileged_and_the_agent_w
     check_labels(&tag);
     check_binaries_start(&tag);
     run_controller(&tag, &controller);
-    let dir = tempfile::tempdir().expect("temp dir");
     run_agent(&tag, &agent, dir.path());
 }

@@ -91,8 +91,12 @@ pub fn build(ws: &Path, profile: &str, tag: Option<&str>) -> Result<Built> {
     for (bin, _) in crate::dist::BINARIES {
         let dst = context.join("bin").join(bin);
         std::fs::create_dir_all(context.join("bin"))?;
-        std::fs::copy(bin_dir.join(bin), &dst)
-            .with_context(|| format!("copying {} (built with --profile {profile})", bin_dir.join(bin).display()))?;
+        std::fs::copy(bin_dir.join(bin), &dst).with_context(|| {
+            format!(
+                "copying {} (built with --profile {profile})",
+                bin_dir.join(bin).display()
+            )
+        })?;
     }
     copy_tree(&ws.join("runbooks"), &context.join("runbooks"))?;
     std::fs::copy(ws.join("deploy/Containerfile"), context.join("Containerfile"))
@@ -173,7 +177,10 @@ fn download_debs(dir: &Path) -> Result<Vec<PathBuf>> {
     let find = |pkg: &str| -> Result<Option<PathBuf>> {
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let path = entry?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if name.starts_with(&format!("{pkg}_")) && name.ends_with(".deb") {
                 return Ok(Some(path));
             }
@@ -218,7 +225,11 @@ fn finish_rootfs(root: &Path) -> Result<()> {
     collect_files(&certs, &mut pems)?;
     pems.retain(|p| p.extension().is_some_and(|e| e == "crt"));
     pems.sort();
-    ensure!(!pems.is_empty(), "ca-certificates unpacked no certificates under {}", certs.display());
+    ensure!(
+        !pems.is_empty(),
+        "ca-certificates unpacked no certificates under {}",
+        certs.display()
+    );
     let mut bundle = Vec::new();
     for pem in &pems {
         let body = std::fs::read(pem).with_context(|| format!("reading {}", pem.display()))?;
@@ -307,12 +318,12 @@ mod tests {
     #[test]
     fn the_manifests_run_the_image_xtask_image_tags() {
         let ws = crate::workspace_root().expect("workspace");
-        for manifest in ["deploy/k8s/agent/daemonset.yaml", "deploy/k8s/controller/deployment.yaml"] {
+        for manifest in [
+            "deploy/k8s/agent/daemonset.yaml",
+            "deploy/k8s/controller/deployment.yaml",
+        ] {
             let text = std::fs::read_to_string(ws.join(manifest)).expect("read manifest");
-            let images: Vec<&str> = text
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("image: "))
-                .collect();
+            let images: Vec<&str> = text.lines().filter_map(|l| l.trim().strip_prefix("image: ")).collect();
             assert_eq!(images, vec![image_ref().as_str()], "{manifest}");
         }
         // The overlays re-tag it: same name, same version.

@@ -118,8 +118,11 @@ enum Cmd {
         /// Tag the image with this reference instead of the one the manifests run.
         #[arg(long)]
         tag: Option<String>,
+        /// Also write the image to this file as an OCI archive (`podman save --format oci-archive`).
+        #[arg(long)]
+        oci_archive: Option<PathBuf>,
         /// Print the reference the image is tagged with (what deploy/k8s runs) and exit.
-        #[arg(long, conflicts_with_all = ["profile", "tag"])]
+        #[arg(long, conflicts_with_all = ["profile", "tag", "oci_archive"])]
         print_ref: bool,
     },
 }
@@ -223,13 +226,18 @@ fn main() -> Result<()> {
         Cmd::Image {
             profile,
             tag,
+            oci_archive,
             print_ref,
         } => {
             if print_ref {
                 println!("{}", image::image_ref());
                 return Ok(());
             }
-            image::build(&ws, &profile, tag.as_deref()).map(drop)
+            let built = image::build(&ws, &profile, tag.as_deref())?;
+            match oci_archive {
+                Some(path) => image::export(&built.reference, &path),
+                None => Ok(()),
+            }
         }
     }
 }
