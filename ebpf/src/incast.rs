@@ -29,8 +29,10 @@
 //! the endpoint's distinct-sender count of a grid's bucket grows only when a
 //! sender shows up in it for the first time; the sender entry also keeps the
 //! earliest end of its current buckets, so the per-packet cost in the common
-//! case is two hash lookups, a clock read and a few compares and stores (the
-//! four bucket divisions run only when a bucket ends). See
+//! case is one hash lookup (the sender's), a clock read and a few compares
+//! and stores: the endpoint's entry is looked up only when something is
+//! counted on it, and the four bucket divisions run only when a bucket ends.
+//! See
 //! common/src/tcp.rs for grids, peaks, bursts and stalls.
 //!
 //! # Retransmissions
@@ -239,6 +241,35 @@ fn hist_bin(c: u32) -> usize {
     }
 }
 
+/// The endpoint's state, created on its first segment; `None` when the
+/// endpoint table is full (counted).
+#[inline(always)]
+fn endpoint(key: &EndpointKey) -> Option<&'static mut EndpointState> {
+    let p = match FANIN_ENDPOINTS.get_ptr_mut(key) {
+        Some(p) => p,
+        None => {
+            let fresh = EndpointState {
+                bucket: [u32::MAX; GRIDS],
+                ..EndpointState::default()
+            };
+            if FANIN_ENDPOINTS.insert(key, &fresh, 0).is_err() {
+                bump(&FANIN_STATS, fanin_stat::ENDPOINTS_FULL);
+                return None;
+            }
+            FANIN_ENDPOINTS.get_ptr_mut(key)?
+        }
+    };
+    // SAFETY: a map value pointer stays valid for this program run; fields
+    // another CPU may update concurrently are changed with atomic adds, the
+    // rest are plain stores whose races only blur an approximate count.
+    Some(unsafe { &mut *p })
+}
+
+/// Per data segment. The common case (a flow's next in-order segment within
+/// the same buckets) costs one hash lookup (the sender's), a clock read and a
+/// few compares and stores: the endpoint's entry is looked up only when
+/// something is counted on it (a stall, a hole or retransmission, a bucket
+/// change).
 #[inline(always)]
 fn fanin(ctx: &TcContext) {
     let Some(rt) = FANIN_RUNTIME.get(0) else { return };
@@ -250,23 +281,6 @@ fn fanin(ctx: &TcContext) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    let ep = match FANIN_ENDPOINTS.get_ptr_mut(&seg.ep) {
-        Some(p) => p,
-        None => {
-            let fresh = EndpointState {
-                bucket: [u32::MAX; GRIDS],
-                ..EndpointState::default()
-            };
-            if FANIN_ENDPOINTS.insert(&seg.ep, &fresh, 0).is_err() {
-                bump(&FANIN_STATS, fanin_stat::ENDPOINTS_FULL);
-                return;
-            }
-            match FANIN_ENDPOINTS.get_ptr_mut(&seg.ep) {
-                Some(p) => p,
-                None => return,
-            }
-        }
-    };
     let skey = SenderKey {
         ep: seg.ep,
         saddr: seg.saddr,
@@ -288,16 +302,17 @@ fn fanin(ctx: &TcContext) {
             }
         }
     };
-    // SAFETY: map value pointers stay valid for this program run; fields
-    // another CPU may update concurrently are changed with atomic adds, the
-    // rest are plain stores whose races only blur an approximate count.
-    let (ep, s) = unsafe { (&mut *ep, &mut *s) };
+    // SAFETY: as in `endpoint`.
+    let s = unsafe { &mut *s };
 
     // Stall: this sender's previous segment was mid-write (no PSH) and the
     // flow then went quiet for an RTO-like time.
     if s.last_ns != 0 && s.flags & SENDER_LAST_PSH == 0 && s.sport == seg.sport {
         let gap = now.wrapping_sub(s.last_ns);
-        if gap >= cfg.stall_min_ns && gap <= cfg.stall_max_ns {
+        if gap >= cfg.stall_min_ns
+            && gap <= cfg.stall_max_ns
+            && let Some(ep) = endpoint(&seg.ep)
+        {
             add64(&mut ep.stalls, 1);
             add64(&mut ep.stall_ns, gap);
             let near = cfg.stall_min_ns / 2;
@@ -313,7 +328,9 @@ fn fanin(ctx: &TcContext) {
     let mut next = end;
     if s.flags & SENDER_SEQ_VALID != 0 && s.sport == seg.sport {
         let d = seg.seq.wrapping_sub(s.next_seq) as i32;
-        if d != 0 {
+        if d != 0
+            && let Some(ep) = endpoint(&seg.ep)
+        {
             if d > 0 {
                 add64(&mut ep.holes, 1);
             } else {
@@ -340,6 +357,7 @@ fn fanin(ctx: &TcContext) {
     if now < s.next_ns {
         return;
     }
+    let Some(ep) = endpoint(&seg.ep) else { return };
     let slot = (rt.epoch & 1) as usize;
     let mut next_ns = u64::MAX;
     let mut g = 0;

@@ -11,6 +11,7 @@
 
 mod disk;
 mod drops;
+mod floor;
 mod incast;
 mod util;
 

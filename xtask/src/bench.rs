@@ -154,6 +154,57 @@ fn release_agent(ws: &Path) -> Result<std::path::PathBuf> {
     Ok(ws.join("target/release/graydar-agent"))
 }
 
+/// The floor of a hook: runs `workload` with an empty program attached to
+/// `hook` (agent/src/bin/graydar-ebpf-floor.rs, built beside the agent `bin`),
+/// in `ns` when given. The caller has kernel.bpf_stats_enabled=1. Returns
+/// (runs, nanoseconds per run inside the empty program).
+fn floor_cost(bin: &Path, ns: Option<&Ns>, hook: &[&str], workload: impl FnOnce() -> Result<()>) -> Result<(f64, f64)> {
+    use std::io::BufRead as _;
+    let floor = bin.with_file_name("graydar-ebpf-floor");
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.0]).arg(&floor);
+            c
+        }
+        None => Command::new(&floor),
+    };
+    let mut child = cmd
+        .args(hook)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", floor.display()))?;
+    let mut out = std::io::BufReader::new(child.stdout.take().context("floor stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    if !line.starts_with("attached ") {
+        drop(child.stdin.take());
+        let status = child.wait()?;
+        bail!("{} {hook:?} did not attach ({status}): {line}", floor.display());
+    }
+    let result = workload();
+    drop(child.stdin.take());
+    let mut rest = String::new();
+    out.read_to_string(&mut rest)?;
+    let status = child.wait()?;
+    result?;
+    if !status.success() {
+        bail!("{} {hook:?}: {status}: {rest}", floor.display());
+    }
+    let field = |key: &str| -> Result<f64> {
+        rest.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {key} in {rest:?}"))
+    };
+    let (runs, ns_total) = (field("runs=")?, field("run_time_ns=")?);
+    if runs < 1.0 {
+        bail!("the empty program on {hook:?} never ran");
+    }
+    Ok((runs, ns_total / runs))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -302,7 +353,7 @@ pub fn run(ws: &Path, idle_seconds: u64, only: &[String], detection: Detection) 
     let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
     let previous = std::fs::read_to_string(sysctl).with_context(|| format!("reading {sysctl}"))?;
     std::fs::write(sysctl, "1").with_context(|| format!("enabling {sysctl}"))?;
-    let result = (|| -> Result<(f64, f64)> {
+    let result = (|| -> Result<(f64, f64, Vec<(&str, f64)>)> {
         let agent = start_agent(&bin, Some(&ns))?;
         wait_ready(Some(&ns))?;
         let m0 = ns.run_in(|| http_get("/metrics"))?;
@@ -313,15 +364,28 @@ pub fn run(ws: &Path, idle_seconds: u64, only: &[String], detection: Detection) 
         let secs = metric(&m1, "graydar_ebpf_program_run_seconds_total")
             - metric(&m0, "graydar_ebpf_program_run_seconds_total");
         let runs = metric(&m1, "graydar_ebpf_program_runs_total") - metric(&m0, "graydar_ebpf_program_runs_total");
-        Ok((secs, runs))
+        // The floor: an empty program on each of the probe's two hooks.
+        let mut floors = Vec::new();
+        for hook in ["kfree_skb_btf", "kfree_skb_raw"] {
+            let (_, per_run) = floor_cost(&bin, None, &[hook], || phase(&ns).map(drop))?;
+            floors.push((hook, per_run));
+        }
+        Ok((secs, runs, floors))
     })();
     std::fs::write(sysctl, previous.trim()).with_context(|| format!("restoring {sysctl}"))?;
-    let (secs, runs) = result?;
+    let (secs, runs, floors) = result?;
     if runs < 1.0 {
         bail!("the kernel counted no runs of the program");
     }
     let in_kernel = secs * 1e9 / runs;
     println!("  {runs:.0} runs, {in_kernel:.1} ns per event inside the program (goal <= 40 ns)");
+    for (hook, per_run) in &floors {
+        println!(
+            "  floor: an empty program on {hook}: {per_run:.1} ns per event (bpf_stats' two clock reads included); \
+             the probe above the {hook} floor: {:.1} ns",
+            in_kernel - per_run
+        );
+    }
     println!(
         "  for scale: the drop path itself costs {bm:.0} ns per datagram here; the program adds {:.2} %",
         in_kernel / bm * 100.0
@@ -496,6 +560,13 @@ fn fsync_in_kernel(bin: &Path, file: &std::fs::File, n: u64) -> Result<()> {
         let m1 = http_get("/metrics")?;
         drop(agent);
         let mut out = Vec::new();
+        // The floor: an empty program on one of the fsync probe's syscall
+        // tracepoints (it runs two programs per call: enter and exit).
+        let (floor_runs, floor_per_run) =
+            floor_cost(bin, None, &["tracepoint", "syscalls:sys_enter_fdatasync"], || {
+                fdatasync_burst(file, n, true).map(drop)
+            })?;
+        out.push(("floor".to_owned(), floor_per_run * floor_runs * 1e-9, floor_runs));
         for probe in ["fsync", "block_io"] {
             let s = format!("graydar_ebpf_program_run_seconds_total{{probe=\"{probe}\"}}");
             let r = format!("graydar_ebpf_program_runs_total{{probe=\"{probe}\"}}");
@@ -508,7 +579,22 @@ fn fsync_in_kernel(bin: &Path, file: &std::fs::File, n: u64) -> Result<()> {
         Ok(out)
     })();
     std::fs::write(sysctl, previous.trim()).with_context(|| format!("restoring {sysctl}"))?;
-    for (probe, secs, runs) in result? {
+    let result = result?;
+    let floor_per_run = result
+        .iter()
+        .find(|(p, _, _)| p == "floor")
+        .map(|(_, secs, runs)| secs * 1e9 / runs.max(1.0))
+        .unwrap_or(0.0);
+    for (probe, secs, runs) in result {
+        if probe == "floor" {
+            println!(
+                "  3c floor: an empty program on syscalls:sys_enter_fdatasync, {runs:.0} runs, {floor_per_run:.0} ns per \
+                 run (bpf_stats' clock reads included); the fsync probe's two programs per call have a floor of {:.0} ns \
+                 (goal <= 200 ns per call inside the programs)",
+                2.0 * floor_per_run
+            );
+            continue;
+        }
         println!(
             "  3c {probe}: {runs:.0} program runs for {n} write+fdatasync calls, {:.0} ns per run, {:.0} ns per call \
              inside the programs",
@@ -685,7 +771,7 @@ fn tcp_segment_cost(bin: &Path) -> Result<()> {
     let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
     let previous = std::fs::read_to_string(sysctl).with_context(|| format!("reading {sysctl}"))?;
     std::fs::write(sysctl, "1").with_context(|| format!("enabling {sysctl}"))?;
-    let result = (|| -> Result<(f64, f64, f64)> {
+    let result = (|| -> Result<(f64, f64, f64, f64)> {
         let agent = start_agent(bin, Some(&ns))?;
         wait_ready(Some(&ns))?;
         std::thread::sleep(Duration::from_secs(1));
@@ -695,21 +781,29 @@ fn tcp_segment_cost(bin: &Path) -> Result<()> {
         let m1 = ns.run_in(|| http_get("/metrics"))?;
         drop(agent);
         let d = |n: &str| metric_of(&m1, n, label) - metric_of(&m0, n, label);
+        // The agent detached its classifier; the empty one takes its place.
+        let (_, floor) = floor_cost(bin, Some(&ns), &["tc", "lo"], || phase(&ns).map(drop))?;
         Ok((
             d("graydar_ebpf_program_run_seconds_total"),
             d("graydar_ebpf_program_runs_total"),
             d("graydar_ebpf_events_total"),
+            floor,
         ))
     })();
     std::fs::write(sysctl, previous.trim()).with_context(|| format!("restoring {sysctl}"))?;
-    let (secs, runs, segs) = result?;
+    let (secs, runs, segs, floor) = result?;
     if runs < 1.0 {
         bail!("the kernel counted no runs of tcp_fanin");
     }
+    let per_run = secs * 1e9 / runs;
     println!(
-        "  in-kernel: {runs:.0} runs ({segs:.0} data segments, the rest pure ACKs), {:.1} ns per run inside the \
-         program (bpf_stats' own clock reads included)",
-        secs * 1e9 / runs
+        "  in-kernel: {runs:.0} runs ({segs:.0} data segments, the rest pure ACKs), {per_run:.1} ns per run inside the \
+         program (bpf_stats' own clock reads included; goal <= 40 ns)"
+    );
+    println!(
+        "  floor: an empty tc ingress program on the same interface: {floor:.1} ns per run; tcp_fanin above the \
+         floor: {:.1} ns per packet",
+        per_run - floor
     );
     Ok(())
 }
