@@ -154,6 +154,9 @@ fn release_agent(ws: &Path) -> Result<std::path::PathBuf> {
     Ok(ws.join("target/release/graydar-agent"))
 }
 
+/// (hook, nanoseconds per run) of the empty programs on a probe's hooks.
+type Floors = Vec<(&'static str, f64)>;
+
 /// The floor of a hook: runs `workload` with an empty program attached to
 /// `hook` (agent/src/bin/graydar-ebpf-floor.rs, built beside the agent `bin`),
 /// in `ns` when given. The caller has kernel.bpf_stats_enabled=1. Returns
@@ -353,7 +356,7 @@ pub fn run(ws: &Path, idle_seconds: u64, only: &[String], detection: Detection) 
     let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
     let previous = std::fs::read_to_string(sysctl).with_context(|| format!("reading {sysctl}"))?;
     std::fs::write(sysctl, "1").with_context(|| format!("enabling {sysctl}"))?;
-    let result = (|| -> Result<(f64, f64, Vec<(&str, f64)>)> {
+    let result = (|| -> Result<(f64, f64, Floors)> {
         let agent = start_agent(&bin, Some(&ns))?;
         wait_ready(Some(&ns))?;
         let m0 = ns.run_in(|| http_get("/metrics"))?;
