@@ -69,7 +69,7 @@ fn send_burst(n: u64) -> Result<Duration> {
 
 /// The sender thread runs on CPU 0 only, so every measurement sees the same
 /// core (and the drop path, which runs in its softirq, too).
-fn pin_to_cpu0() {
+pub(crate) fn pin_to_cpu0() {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity(0, ..) affects this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -213,7 +213,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn proc_cpu_ticks(pid: u32) -> Result<u64> {
+pub(crate) fn proc_cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the ")" of the command name: utime is field 14, stime 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed stat")?;
@@ -223,7 +223,7 @@ fn proc_cpu_ticks(pid: u32) -> Result<u64> {
     Ok(utime + stime)
 }
 
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
+pub(crate) fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = s
         .lines()
@@ -232,7 +232,10 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
-/// The parts of `--only`; all but `safety` run by default.
+/// Seconds per phase of `cost` (3 phases per load, 4 loads).
+const COST_PHASE_SECONDS: u64 = 20;
+
+/// The parts of `--only`; all but [`OPT_IN`] run by default.
 const PARTS: &[&str] = &[
     "drops",
     "idle",
@@ -243,10 +246,12 @@ const PARTS: &[&str] = &[
     "fault-latency",
     "safety",
     "detection",
+    "cost",
 ];
 /// Parts that run only when named: the 200 safety trials take about 25
-/// minutes, the detection table hours (minutes with `--quick`).
-const OPT_IN: &[&str] = &["safety", "detection"];
+/// minutes, the detection table hours (minutes with `--quick`), the cost
+/// comparison with node_exporter about 5 minutes.
+const OPT_IN: &[&str] = &["safety", "detection", "cost"];
 
 /// What `detection` runs (xtask/src/bench_detection.rs).
 #[derive(Clone, Copy, Debug)]
@@ -284,6 +289,10 @@ pub fn run(ws: &Path, idle_seconds: u64, only: &[String], detection: Detection) 
     // 200 randomized kill/partition trials in the VM (xtask/src/bench_safety.rs).
     if want("safety") {
         crate::bench_safety::run(ws)?;
+    }
+    // graydar beside node_exporter under the same loads (xtask/src/bench_cost.rs).
+    if want("cost") {
+        crate::bench_cost::run(&release_agent(ws)?, COST_PHASE_SECONDS)?;
     }
     // The detection table: the library game days N times, the quiet soak.
     if want("detection") {

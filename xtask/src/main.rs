@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_controller;
+mod bench_cost;
 mod bench_detection;
 mod bench_fault_latency;
 mod bench_faults;
@@ -76,8 +77,8 @@ enum Cmd {
         /// Seconds of idle measurement for the agent's CPU and memory.
         #[arg(long, default_value_t = 60)]
         idle_seconds: u64,
-        /// Run only these parts (drops, idle, idle-cpus, fsync, incast, faults, fault-latency, safety, detection);
-        /// default all but safety and detection.
+        /// Run only these parts (drops, idle, idle-cpus, fsync, incast, faults, fault-latency, safety, detection,
+        /// cost); default all but safety, detection and cost.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Controller load test instead: simulated agent counts, e.g. 1000,10000.
@@ -293,6 +294,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3-venv",     // the virtual environment of schemathesis (tests/tests/controller_schemathesis.rs)
     "podman",           // cargo xtask image; tests/tests/deploy_image.rs builds and runs it
     "runc",             // podman's runtime on hosts with cgroup v1 or hybrid (crun refuses hybrid)
+    "prometheus-node-exporter", // cargo xtask bench --only cost: graydar beside node_exporter
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.4";

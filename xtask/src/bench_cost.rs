@@ -1,0 +1,337 @@
+//! `cargo xtask bench --only cost`: what graydar costs a busy host, side by
+//! side with Prometheus node_exporter (Debian's `prometheus-node-exporter`,
+//! the agent users already run), under the same loads in the same run.
+//!
+//! For each load (idle; a UDP drop storm; a loopback TCP ping-pong, every
+//! packet a data segment through tcp_fanin; write + fdatasync on tmpfs,
+//! every call through the fsync probes) three phases run: no monitor, the
+//! graydar agent, node_exporter; each monitor is scraped every
+//! [`SCRAPE_EVERY`] by this process. Per phase: the load's rate (and its
+//! ratio against the phase without a monitor), the monitor's CPU share
+//! (utime + stime over the phase, kernel time spent in its eBPF programs is
+//! charged to the load, which is why the load's ratio is there), its RSS and
+//! peak RSS, the scrape's duration and series count. The load runs pinned to
+//! CPU 0; the monitors are not pinned.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::bench::{pin_to_cpu0, proc_cpu_ticks, status_kib};
+
+/// How often both monitors are scraped during a phase.
+const SCRAPE_EVERY: Duration = Duration::from_secs(5);
+const AGENT_LISTEN: &str = "127.0.0.1:19577";
+const NODE_EXPORTER_LISTEN: &str = "127.0.0.1:19578";
+const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Monitor {
+    None,
+    Agent,
+    NodeExporter,
+}
+
+impl Monitor {
+    fn name(self) -> &'static str {
+        match self {
+            Monitor::None => "none",
+            Monitor::Agent => "graydar-agent",
+            Monitor::NodeExporter => "node_exporter",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Load {
+    Idle,
+    Drops,
+    Tcp,
+    Fsync,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Idle => "idle",
+            Load::Drops => "UDP drop storm",
+            Load::Tcp => "TCP ping-pong",
+            Load::Fsync => "fdatasync (tmpfs)",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Load::Idle => "",
+            Load::Drops => "drops/s",
+            Load::Tcp => "transactions/s",
+            Load::Fsync => "calls/s",
+        }
+    }
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn start(monitor: Monitor, agent_bin: &Path) -> Result<Option<Running>> {
+    let child = match monitor {
+        Monitor::None => return Ok(None),
+        Monitor::Agent => Command::new(agent_bin)
+            .args(["--listen", AGENT_LISTEN, "--log-level", "error"])
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", agent_bin.display()))?,
+        Monitor::NodeExporter => Command::new(NODE_EXPORTER)
+            .arg(format!("--web.listen-address={NODE_EXPORTER_LISTEN}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("starting {NODE_EXPORTER} (Debian's prometheus-node-exporter: run `cargo xtask setup`)")
+            })?,
+    };
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if scrape(monitor).is_ok() {
+            return Ok(Some(running));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("{} did not serve /metrics within 30 s", monitor.name())
+}
+
+/// One scrape: (duration, series count).
+fn scrape(monitor: Monitor) -> Result<(Duration, usize)> {
+    let addr = match monitor {
+        Monitor::Agent => AGENT_LISTEN,
+        Monitor::NodeExporter => NODE_EXPORTER_LISTEN,
+        Monitor::None => bail!("nothing to scrape"),
+    };
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let took = start.elapsed();
+    if !body.starts_with("HTTP/1.1 200") && !body.starts_with("HTTP/1.0 200") {
+        bail!("{} /metrics: {}", monitor.name(), body.lines().next().unwrap_or_default());
+    }
+    let series = body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    Ok((took, series))
+}
+
+/// Runs `load` on a thread pinned to CPU 0 until `stop`; returns its count.
+fn spawn_load(load: Load, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<Result<u64>>> {
+    // The TCP echo end: its own pinned thread, for the phase only.
+    let echo = match load {
+        Load::Tcp => {
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            let port = l.local_addr()?.port();
+            std::thread::spawn(move || {
+                pin_to_cpu0();
+                if let Ok((mut s, _)) = l.accept() {
+                    let _ = s.set_nodelay(true);
+                    let mut buf = [0u8; 64];
+                    while s.read_exact(&mut buf).is_ok() {
+                        if s.write_all(&buf).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            Some(port)
+        }
+        _ => None,
+    };
+    Ok(std::thread::spawn(move || -> Result<u64> {
+        pin_to_cpu0();
+        let mut n = 0u64;
+        match load {
+            Load::Idle => {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Load::Drops => {
+                let sock = UdpSocket::bind("127.0.0.1:0")?;
+                let payload = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..1000 {
+                        // Port 9 (discard) has no listener: every datagram is a kfree_skb drop.
+                        let _ = sock.send_to(&payload, "127.0.0.1:9");
+                    }
+                    n += 1000;
+                }
+            }
+            Load::Tcp => {
+                let port = echo.context("echo port")?;
+                let mut s = TcpStream::connect(("127.0.0.1", port))?;
+                s.set_nodelay(true)?;
+                let mut msg = [0x5au8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..100 {
+                        s.write_all(&msg)?;
+                        s.read_exact(&mut msg)?;
+                    }
+                    n += 100;
+                }
+            }
+            Load::Fsync => {
+                use std::os::unix::fs::FileExt as _;
+                let path = format!("/dev/shm/graydar-bench-cost-{}", std::process::id());
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .read(true)
+                    .write(true)
+                    .open(&path)?;
+                let block = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) {
+                    for i in 0..100u64 {
+                        f.write_all_at(&block, (i % 16) * 4096)?;
+                        f.sync_data()?;
+                    }
+                    n += 100;
+                }
+                drop(f);
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(n)
+    }))
+}
+
+struct Phase {
+    rate: f64,
+    cpu_pct: f64,
+    rss_mib: f64,
+    peak_mib: f64,
+    scrape_ms: f64,
+    series: usize,
+}
+
+fn phase(load: Load, monitor: Monitor, agent_bin: &Path, seconds: u64) -> Result<Phase> {
+    let running = start(monitor, agent_bin)?;
+    // Settle: the agent's start-up (BTF parse, attach) is not its steady cost.
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = running.as_ref().map(|r| r.0.id());
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = match pid {
+        Some(p) => proc_cpu_ticks(p)?,
+        None => 0,
+    };
+    let started = Instant::now();
+    let worker = spawn_load(load, Arc::clone(&stop))?;
+    let mut scrapes = Vec::new();
+    let mut series = 0;
+    let mut next = started + SCRAPE_EVERY;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        if monitor != Monitor::None && Instant::now() >= next {
+            let (took, n) = scrape(monitor)?;
+            scrapes.push(took.as_secs_f64() * 1e3);
+            series = n;
+            next += SCRAPE_EVERY;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let count = worker.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    let elapsed = started.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let (cpu_pct, rss_mib, peak_mib) = match pid {
+        Some(p) => {
+            let ticks = proc_cpu_ticks(p)?.saturating_sub(t0) as f64;
+            (
+                ticks / hz / elapsed * 100.0,
+                status_kib(p, "VmRSS:")? as f64 / 1024.0,
+                status_kib(p, "VmHWM:")? as f64 / 1024.0,
+            )
+        }
+        None => (0.0, 0.0, 0.0),
+    };
+    drop(running);
+    scrapes.sort_by(f64::total_cmp);
+    Ok(Phase {
+        rate: count as f64 / elapsed,
+        cpu_pct,
+        rss_mib,
+        peak_mib,
+        scrape_ms: scrapes.get(scrapes.len() / 2).copied().unwrap_or(0.0),
+        series,
+    })
+}
+
+pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
+    if !Path::new(NODE_EXPORTER).is_file() {
+        bail!("{NODE_EXPORTER} is missing: `cargo xtask setup` installs Debian's prometheus-node-exporter");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "bench cost: graydar-agent beside node_exporter under the same loads, {seconds} s per phase, each monitor \
+         scraped every {} s, load pinned to CPU 0, {cpus} CPUs",
+        SCRAPE_EVERY.as_secs()
+    );
+    println!(
+        "  {:<18} {:<14} {:>14} {:>8} {:>7} {:>8} {:>9} {:>10} {:>7}",
+        "load", "monitor", "load rate", "ratio", "CPU %", "RSS MiB", "peak MiB", "scrape ms", "series"
+    );
+    for load in [Load::Idle, Load::Drops, Load::Tcp, Load::Fsync] {
+        let mut base = None;
+        for monitor in [Monitor::None, Monitor::Agent, Monitor::NodeExporter] {
+            let p = phase(load, monitor, agent_bin, seconds)?;
+            if monitor == Monitor::None {
+                base = Some(p.rate);
+            }
+            let ratio = match base {
+                Some(b) if b > 0.0 => format!("{:.3}", p.rate / b),
+                _ => "-".to_owned(),
+            };
+            let rate = if matches!(load, Load::Idle) {
+                "-".to_owned()
+            } else {
+                format!("{:.0} {}", p.rate, load.unit())
+            };
+            if monitor == Monitor::None {
+                println!("  {:<18} {:<14} {:>14} {:>8}", load.name(), monitor.name(), rate, ratio);
+            } else {
+                println!(
+                    "  {:<18} {:<14} {:>14} {:>8} {:>7.2} {:>8.1} {:>9.1} {:>10.1} {:>7}",
+                    load.name(),
+                    monitor.name(),
+                    rate,
+                    ratio,
+                    p.cpu_pct,
+                    p.rss_mib,
+                    p.peak_mib,
+                    p.scrape_ms,
+                    p.series
+                );
+            }
+        }
+    }
+    Ok(())
+}
