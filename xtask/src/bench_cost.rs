@@ -131,7 +131,11 @@ fn scrape(monitor: Monitor) -> Result<(Duration, usize)> {
     s.read_to_string(&mut body)?;
     let took = start.elapsed();
     if !body.starts_with("HTTP/1.1 200") && !body.starts_with("HTTP/1.0 200") {
-        bail!("{} /metrics: {}", monitor.name(), body.lines().next().unwrap_or_default());
+        bail!(
+            "{} /metrics: {}",
+            monitor.name(),
+            body.lines().next().unwrap_or_default()
+        );
     }
     let series = body
         .split_once("\r\n\r\n")

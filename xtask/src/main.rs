@@ -276,24 +276,24 @@ fn output_of(cmd: &mut Command) -> Option<String> {
 
 /// Debian packages the test tiers and the VM need.
 pub const APT_PACKAGES: &[&str] = &[
-    "iproute2",         // ip, tc: test topologies
-    "nftables",         // nft: drops in the netns tier
-    "iputils-ping",     // ping
-    "kmod",             // depmod/modprobe for the VM kernel
-    "qemu-system-x86",  // the VM tier
-    "busybox-static",   // the VM's initramfs and poweroff
-    "xz-utils",         // extracting vmlinux from the VM kernel's vmlinuz
-    "util-linux",       // setpriv: the unprivileged-agent test
-    "libdevmapper-dev", // devicemapper-sys bindgen headers (dm faults)
-    "libclang-dev",     // bindgen
-    "pkg-config",       // devicemapper-sys finds libdevmapper
-    "dmsetup",          // device-mapper tables (dm-delay, suspend) in the VM disk tests
-    "e2fsprogs",        // mkfs.ext4 for the disk tests
-    "openssl",          // self-signed certificates: tests/tests/controller_tls.rs
-    "prometheus",       // prometheus + promtool: deploy/prometheus rules, tests/tests/deploy_prometheus.rs
-    "python3-venv",     // the virtual environment of schemathesis (tests/tests/controller_schemathesis.rs)
-    "podman",           // cargo xtask image; tests/tests/deploy_image.rs builds and runs it
-    "runc",             // podman's runtime on hosts with cgroup v1 or hybrid (crun refuses hybrid)
+    "iproute2",                 // ip, tc: test topologies
+    "nftables",                 // nft: drops in the netns tier
+    "iputils-ping",             // ping
+    "kmod",                     // depmod/modprobe for the VM kernel
+    "qemu-system-x86",          // the VM tier
+    "busybox-static",           // the VM's initramfs and poweroff
+    "xz-utils",                 // extracting vmlinux from the VM kernel's vmlinuz
+    "util-linux",               // setpriv: the unprivileged-agent test
+    "libdevmapper-dev",         // devicemapper-sys bindgen headers (dm faults)
+    "libclang-dev",             // bindgen
+    "pkg-config",               // devicemapper-sys finds libdevmapper
+    "dmsetup",                  // device-mapper tables (dm-delay, suspend) in the VM disk tests
+    "e2fsprogs",                // mkfs.ext4 for the disk tests
+    "openssl",                  // self-signed certificates: tests/tests/controller_tls.rs
+    "prometheus",               // prometheus + promtool: deploy/prometheus rules, tests/tests/deploy_prometheus.rs
+    "python3-venv",             // the virtual environment of schemathesis (tests/tests/controller_schemathesis.rs)
+    "podman",                   // cargo xtask image; tests/tests/deploy_image.rs builds and runs it
+    "runc",                     // podman's runtime on hosts with cgroup v1 or hybrid (crun refuses hybrid)
     "prometheus-node-exporter", // cargo xtask bench --only cost: graydar beside node_exporter
 ];
 
