@@ -196,7 +196,7 @@ pub struct BlockOffsets {
 /// Indexes of the per-CPU statistics arrays of both probes.
 pub mod stat {
     /// Exit (or completion) without a matching enter (or issue): started
-    /// before the probe attached, or evicted from the LRU map.
+    /// before the probe attached, or evicted from the map.
     pub const NO_START: u32 = 0;
     /// Observations that could not be recorded (map full).
     pub const LOST: u32 = 1;
@@ -207,8 +207,35 @@ pub mod stat {
 
 /// Capacity of the histogram maps ((device, op) pairs).
 pub const HIST_MAP_ENTRIES: u32 = 256;
-/// Capacity of the in-flight maps (LRU: stale entries are evicted).
+/// Capacity of the in-flight maps: the block probes' LRU of issued
+/// requests, and the fsync probe's table of threads (an entry per thread
+/// that has synced, idle between calls; the agent deletes those of threads
+/// that are gone).
 pub const INFLIGHT_ENTRIES: u32 = 8192;
+
+/// Slots of the fsync probe's per-CPU inode → device cache (a power of two).
+pub const INODE_CACHE_SLOTS: u32 = 16;
+
+/// One slot of the fsync probe's per-CPU inode → device cache. An inode's
+/// super block never changes while the inode lives; a freed inode whose
+/// address is reused by another file system's inode before the slot is
+/// replaced would be misattributed, which needs the synced file to be
+/// evicted from the inode cache between two syncs on the same CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InodeDev {
+    /// Kernel address of the inode, 0 for an empty slot.
+    pub inode: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// The cache slot of an inode address (inodes are slab objects of several
+/// hundred bytes: the low bits carry nothing).
+#[inline(always)]
+pub fn inode_cache_slot(inode: u64) -> u32 {
+    (((inode >> 8) ^ (inode >> 16)) as u32) & (INODE_CACHE_SLOTS - 1)
+}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -52,9 +52,10 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TcContext},
 };
 use graydar_common::tcp::{
-    AF_INET, AF_INET6, EndpointKey, EndpointState, FANIN_ENDPOINT_ENTRIES, FANIN_SENDER_ENTRIES, FaninConfig,
-    FaninRuntime, GRIDS, HIST_BINS, RETRANS_ENTRIES, RetransKey, RetransOffsets, SENDER_LAST_PSH, SENDER_SEQ_VALID,
-    SenderKey, SenderState, fanin_stat, retrans_kind, retrans_stat,
+    AF_INET, AF_INET6, EndpointKey, EndpointState, FANIN_ENDPOINT_ENTRIES, FANIN_SENDER_ENTRIES, FLOW_CACHE_SLOTS,
+    FLOW_CACHE_VALID, FaninConfig, FaninRuntime, FlowCacheSlot, GRIDS, HIST_BINS, RETRANS_ENTRIES, RetransKey,
+    RetransOffsets, SENDER_LAST_PSH, SENDER_SEQ_VALID, SenderKey, SenderState, fanin_stat, flow_cache_slot,
+    retrans_kind, retrans_stat,
 };
 
 /// `TC_ACT_UNSPEC` == `TCX_NEXT`: continue with the next program/filter.
@@ -93,6 +94,10 @@ static FANIN_ENDPOINTS: HashMap<EndpointKey, EndpointState> = HashMap::with_max_
 
 #[map]
 static FANIN_SENDERS: LruHashMap<SenderKey, SenderState> = LruHashMap::with_max_entries(FANIN_SENDER_ENTRIES, 0);
+
+/// Per-CPU cache of recent senders (common/src/tcp.rs `FlowCacheSlot`).
+#[map]
+static FANIN_FLOW_CACHE: PerCpuArray<FlowCacheSlot> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 #[map]
 static FANIN_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fanin_stat::COUNT, 0);
@@ -265,11 +270,74 @@ fn endpoint(key: &EndpointKey) -> Option<&'static mut EndpointState> {
     Some(unsafe { &mut *p })
 }
 
-/// Per data segment. The common case (a flow's next in-order segment within
-/// the same buckets) costs one hash lookup (the sender's), a clock read and a
-/// few compares and stores: the endpoint's entry is looked up only when
-/// something is counted on it (a stall, a hole or retransmission, a bucket
-/// change).
+/// The per-connection checks of one data segment against the sender's
+/// last one (wherever that state lives: the per-CPU cache or the table):
+/// a stall (the previous segment was mid-write and the flow then went quiet
+/// for an RTO-like time) and a hole or a retransmission (losses upstream,
+/// seen from the receiver). Updates the state for this segment.
+#[inline(always)]
+fn track(
+    seg: &Segment,
+    cfg: &FaninConfig,
+    now: u64,
+    last_ns: &mut u64,
+    sport: &mut u16,
+    flags: &mut u16,
+    next_seq: &mut u32,
+) {
+    if *last_ns != 0 && *flags & SENDER_LAST_PSH == 0 && *sport == seg.sport {
+        let gap = now.wrapping_sub(*last_ns);
+        if gap >= cfg.stall_min_ns
+            && gap <= cfg.stall_max_ns
+            && let Some(ep) = endpoint(&seg.ep)
+        {
+            add64(&mut ep.stalls, 1);
+            add64(&mut ep.stall_ns, gap);
+            let near = cfg.stall_min_ns / 2;
+            let (b1, b2) = (ep.last_burst_ns, ep.prev_burst_ns);
+            if (b1 != 0 && last_ns.abs_diff(b1) <= near) || (b2 != 0 && last_ns.abs_diff(b2) <= near) {
+                add64(&mut ep.burst_stalls, 1);
+            }
+        }
+    }
+    // A segment beyond the highest one seen leaves a hole; one below it is a
+    // retransmission.
+    let end = seg.seq.wrapping_add(seg.len);
+    let mut next = end;
+    if *flags & SENDER_SEQ_VALID != 0 && *sport == seg.sport {
+        let d = seg.seq.wrapping_sub(*next_seq) as i32;
+        if d != 0
+            && let Some(ep) = endpoint(&seg.ep)
+        {
+            if d > 0 {
+                add64(&mut ep.holes, 1);
+            } else {
+                add64(&mut ep.rexmits, 1);
+            }
+            let (b1, b2) = (ep.last_burst_ns, ep.prev_burst_ns);
+            if (b1 != 0 && now.wrapping_sub(b1) <= cfg.stall_max_ns)
+                || (b2 != 0 && now.wrapping_sub(b2) <= cfg.stall_max_ns)
+            {
+                add64(&mut ep.burst_losses, 1);
+            }
+        }
+        if (end.wrapping_sub(*next_seq) as i32) < 0 {
+            next = *next_seq;
+        }
+    }
+    *last_ns = now;
+    *sport = seg.sport;
+    *next_seq = next;
+    *flags = SENDER_SEQ_VALID | if seg.psh { SENDER_LAST_PSH } else { 0 };
+}
+
+/// Per data segment. The common case, a segment of a sender cached on this
+/// CPU whose buckets have not ended, touches only the per-CPU cache slot:
+/// no hash lookup, a clock read and a few compares and stores. Otherwise the
+/// sender's table entry is looked up (and the slot's previous sender written
+/// back to its own), the endpoint's entry when something is counted on it
+/// (a stall, a hole or retransmission, a bucket change), and the slot then
+/// holds this sender.
 #[inline(always)]
 fn fanin(ctx: &TcContext) {
     let Some(rt) = FANIN_RUNTIME.get(0) else { return };
@@ -285,6 +353,33 @@ fn fanin(ctx: &TcContext) {
         ep: seg.ep,
         saddr: seg.saddr,
     };
+    let Some(slot) = FANIN_FLOW_CACHE.get_ptr_mut(flow_cache_slot(&skey)) else {
+        return;
+    };
+    // SAFETY: a per-CPU map value: valid for this run, no other writer (tc
+    // programs do not nest on one CPU).
+    let c = unsafe { &mut *slot };
+    let cached = c.flags & FLOW_CACHE_VALID != 0 && c.key == skey;
+    let cached_flags = c.flags & !FLOW_CACHE_VALID;
+    if cached && now < c.next_ns {
+        let mut flags = cached_flags;
+        track(&seg, &cfg, now, &mut c.last_ns, &mut c.sport, &mut flags, &mut c.next_seq);
+        c.flags = flags | FLOW_CACHE_VALID;
+        return;
+    }
+    // The slot's previous sender goes back to its table entry (if the LRU
+    // has not dropped it meanwhile).
+    if c.flags & FLOW_CACHE_VALID != 0
+        && !cached
+        && let Some(old) = FANIN_SENDERS.get_ptr_mut(&c.key)
+    {
+        // SAFETY: as in `endpoint`.
+        let old = unsafe { &mut *old };
+        old.last_ns = c.last_ns;
+        old.sport = c.sport;
+        old.flags = c.flags & !FLOW_CACHE_VALID;
+        old.next_seq = c.next_seq;
+    }
     let s = match FANIN_SENDERS.get_ptr_mut(&skey) {
         Some(p) => p,
         None => {
@@ -304,59 +399,31 @@ fn fanin(ctx: &TcContext) {
     };
     // SAFETY: as in `endpoint`.
     let s = unsafe { &mut *s };
+    if cached {
+        // This CPU's copy of the connection fields is the newer one.
+        s.last_ns = c.last_ns;
+        s.sport = c.sport;
+        s.flags = cached_flags;
+        s.next_seq = c.next_seq;
+    }
+    track(&seg, &cfg, now, &mut s.last_ns, &mut s.sport, &mut s.flags, &mut s.next_seq);
+    if now >= s.next_ns {
+        buckets(&seg, rt, &cfg, now, s);
+    }
+    *c = FlowCacheSlot {
+        key: skey,
+        sport: s.sport,
+        flags: s.flags | FLOW_CACHE_VALID,
+        next_seq: s.next_seq,
+        last_ns: s.last_ns,
+        next_ns: s.next_ns,
+    };
+}
 
-    // Stall: this sender's previous segment was mid-write (no PSH) and the
-    // flow then went quiet for an RTO-like time.
-    if s.last_ns != 0 && s.flags & SENDER_LAST_PSH == 0 && s.sport == seg.sport {
-        let gap = now.wrapping_sub(s.last_ns);
-        if gap >= cfg.stall_min_ns
-            && gap <= cfg.stall_max_ns
-            && let Some(ep) = endpoint(&seg.ep)
-        {
-            add64(&mut ep.stalls, 1);
-            add64(&mut ep.stall_ns, gap);
-            let near = cfg.stall_min_ns / 2;
-            let (b1, b2) = (ep.last_burst_ns, ep.prev_burst_ns);
-            if (b1 != 0 && s.last_ns.abs_diff(b1) <= near) || (b2 != 0 && s.last_ns.abs_diff(b2) <= near) {
-                add64(&mut ep.burst_stalls, 1);
-            }
-        }
-    }
-    // Losses upstream, seen from the receiver: a segment beyond the highest
-    // one seen leaves a hole; one below it is a retransmission.
-    let end = seg.seq.wrapping_add(seg.len);
-    let mut next = end;
-    if s.flags & SENDER_SEQ_VALID != 0 && s.sport == seg.sport {
-        let d = seg.seq.wrapping_sub(s.next_seq) as i32;
-        if d != 0
-            && let Some(ep) = endpoint(&seg.ep)
-        {
-            if d > 0 {
-                add64(&mut ep.holes, 1);
-            } else {
-                add64(&mut ep.rexmits, 1);
-            }
-            let (b1, b2) = (ep.last_burst_ns, ep.prev_burst_ns);
-            if (b1 != 0 && now.wrapping_sub(b1) <= cfg.stall_max_ns)
-                || (b2 != 0 && now.wrapping_sub(b2) <= cfg.stall_max_ns)
-            {
-                add64(&mut ep.burst_losses, 1);
-            }
-        }
-        if (end.wrapping_sub(s.next_seq) as i32) < 0 {
-            next = s.next_seq;
-        }
-    }
-    s.last_ns = now;
-    s.sport = seg.sport;
-    s.next_seq = next;
-    s.flags = SENDER_SEQ_VALID | if seg.psh { SENDER_LAST_PSH } else { 0 };
-
-    // Most segments of a flow arrive within the same buckets as the one
-    // before: skip the four divisions until the earliest bucket ends.
-    if now < s.next_ns {
-        return;
-    }
+/// Counts the sender in every grid's bucket it enters (the four divisions
+/// run only when one of its buckets has ended) and sets `s.next_ns`.
+#[inline(always)]
+fn buckets(seg: &Segment, rt: &FaninRuntime, cfg: &FaninConfig, now: u64, s: &mut SenderState) {
     let Some(ep) = endpoint(&seg.ep) else { return };
     let slot = (rt.epoch & 1) as usize;
     let mut next_ns = u64::MAX;

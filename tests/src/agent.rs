@@ -381,13 +381,19 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// The path-mesh key every test agent with static peers shares: a key file
-/// (`[paths] key_file`) written once per test process. The secret is the
-/// bytes 0..32, fine for tests only.
+/// (`[paths] key_file`) at one fixed path, written once per test process
+/// through a temporary file and a rename (every process writes the same
+/// bytes, so concurrent test binaries never see a partial file, and no run
+/// leaves a file of its own behind). The secret is the bytes 0..32, fine for
+/// tests only.
 pub fn mesh_key_file() -> std::path::PathBuf {
     static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     FILE.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("graydar-test-mesh-{}.key", std::process::id()));
-        std::fs::write(&path, format!("{MESH_KEY_ID} {MESH_KEY}\n")).expect("write the mesh key file");
+        let dir = std::env::temp_dir();
+        let path = dir.join("graydar-test-mesh.key");
+        let tmp = dir.join(format!(".graydar-test-mesh.key.{}", std::process::id()));
+        std::fs::write(&tmp, format!("{MESH_KEY_ID} {MESH_KEY}\n")).expect("write the mesh key file");
+        std::fs::rename(&tmp, &path).expect("rename the mesh key file into place");
         path
     })
     .clone()

@@ -4,14 +4,17 @@
 //!
 //! For each load (idle; a UDP drop storm; a loopback TCP ping-pong, every
 //! packet a data segment through tcp_fanin; write + fdatasync on tmpfs,
-//! every call through the fsync probes) three phases run: no monitor, the
-//! graydar agent, node_exporter; each monitor is scraped every
-//! [`SCRAPE_EVERY`] by this process. Per phase: the load's rate (and its
-//! ratio against the phase without a monitor), the monitor's CPU share
-//! (utime + stime over the phase, kernel time spent in its eBPF programs is
-//! charged to the load, which is why the load's ratio is there), its RSS and
-//! peak RSS, the scrape's duration and series count. The load runs pinned to
-//! CPU 0; the monitors are not pinned.
+//! every call through the fsync probes) the phases run in this order: no
+//! monitor, the graydar agent (and its variants for the knobs that cap its
+//! cost: the classifier opted out of an interface, 64 mesh peers),
+//! node_exporter, no monitor again; each monitor is scraped every
+//! [`SCRAPE_EVERY`] by this process. Per phase: the load's rate, its ratio
+//! against the mean of the two phases without a monitor and the time added
+//! per event, the monitor's CPU share (utime + stime over the phase; the
+//! kernel time spent in its eBPF programs is charged to the load, which is
+//! why the load's ratio is there), its RSS and peak RSS, the scrape's
+//! duration and series count. The load runs pinned to CPU 0; the monitors
+//! are not pinned.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -30,11 +33,21 @@ const SCRAPE_EVERY: Duration = Duration::from_secs(5);
 const AGENT_LISTEN: &str = "127.0.0.1:19577";
 const NODE_EXPORTER_LISTEN: &str = "127.0.0.1:19578";
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
+/// The mesh port of the 64-peer variant (its peers are 127.0.0.2-65, all
+/// answered by the agent itself: both ends of 64 probe streams).
+const MESH_PORT: u16 = 19579;
+const MESH_PEERS: u8 = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Monitor {
     None,
+    /// The agent with its default configuration.
     Agent,
+    /// `[incast] exclude_interfaces = ["lo"]`: the classifier opted out of
+    /// the interface the load runs on.
+    AgentNoClassifierOnLo,
+    /// `[paths]` with 64 static peers.
+    AgentMeshPeers,
     NodeExporter,
 }
 
@@ -43,8 +56,42 @@ impl Monitor {
         match self {
             Monitor::None => "none",
             Monitor::Agent => "graydar-agent",
+            Monitor::AgentNoClassifierOnLo => "agent, lo opted out",
+            Monitor::AgentMeshPeers => "agent, 64 peers",
             Monitor::NodeExporter => "node_exporter",
         }
+    }
+
+    fn is_agent(self) -> bool {
+        matches!(
+            self,
+            Monitor::Agent | Monitor::AgentNoClassifierOnLo | Monitor::AgentMeshPeers
+        )
+    }
+
+    /// The agent's configuration file for a variant.
+    fn agent_config(self) -> Result<Option<std::path::PathBuf>> {
+        let toml = match self {
+            Monitor::AgentNoClassifierOnLo => "[incast]\nexclude_interfaces = [\"lo\"]\n".to_owned(),
+            Monitor::AgentMeshPeers => {
+                let dir = std::env::temp_dir();
+                let key = dir.join("graydar-bench-cost-mesh.key");
+                // A fixed test secret (bytes 0..32): the bench's own mesh only.
+                std::fs::write(&key, "1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n")?;
+                let peers: Vec<String> = (0..MESH_PEERS)
+                    .map(|i| format!("\"p{i}=127.0.0.{}:{MESH_PORT}\"", i + 2))
+                    .collect();
+                format!(
+                    "[paths]\nport = {MESH_PORT}\nkey_file = \"{}\"\nmax_peers = {MESH_PEERS}\npeers = [{}]\n",
+                    key.display(),
+                    peers.join(", ")
+                )
+            }
+            _ => return Ok(None),
+        };
+        let path = std::env::temp_dir().join("graydar-bench-cost-agent.toml");
+        std::fs::write(&path, toml)?;
+        Ok(Some(path))
     }
 }
 
@@ -91,12 +138,17 @@ impl Drop for Running {
 fn start(monitor: Monitor, agent_bin: &Path) -> Result<Option<Running>> {
     let child = match monitor {
         Monitor::None => return Ok(None),
-        Monitor::Agent => Command::new(agent_bin)
-            .args(["--listen", AGENT_LISTEN, "--log-level", "error"])
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", agent_bin.display()))?,
-        Monitor::NodeExporter => Command::new(NODE_EXPORTER)
+        m if m.is_agent() => {
+            let mut cmd = Command::new(agent_bin);
+            cmd.args(["--listen", AGENT_LISTEN, "--log-level", "error"]);
+            if let Some(config) = m.agent_config()? {
+                cmd.arg("--config").arg(config);
+            }
+            cmd.stdout(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", agent_bin.display()))?
+        }
+        _ => Command::new(NODE_EXPORTER)
             .arg(format!("--web.listen-address={NODE_EXPORTER_LISTEN}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -119,9 +171,9 @@ fn start(monitor: Monitor, agent_bin: &Path) -> Result<Option<Running>> {
 /// One scrape: (duration, series count).
 fn scrape(monitor: Monitor) -> Result<(Duration, usize)> {
     let addr = match monitor {
-        Monitor::Agent => AGENT_LISTEN,
-        Monitor::NodeExporter => NODE_EXPORTER_LISTEN,
         Monitor::None => bail!("nothing to scrape"),
+        Monitor::NodeExporter => NODE_EXPORTER_LISTEN,
+        _ => AGENT_LISTEN,
     };
     let start = Instant::now();
     let mut s = TcpStream::connect(addr)?;
@@ -289,6 +341,44 @@ fn phase(load: Load, monitor: Monitor, agent_bin: &Path, seconds: u64) -> Result
     })
 }
 
+/// The monitors each load runs beside, between two phases without one.
+fn monitors(load: Load) -> &'static [Monitor] {
+    match load {
+        Load::Idle => &[Monitor::Agent, Monitor::AgentMeshPeers, Monitor::NodeExporter],
+        Load::Tcp => &[Monitor::Agent, Monitor::AgentNoClassifierOnLo, Monitor::NodeExporter],
+        Load::Drops | Load::Fsync => &[Monitor::Agent, Monitor::NodeExporter],
+    }
+}
+
+fn print_row(load: Load, monitor: Monitor, p: &Phase, base: f64) {
+    let (rate, ratio, added) = if matches!(load, Load::Idle) {
+        ("-".to_owned(), "-".to_owned(), "-".to_owned())
+    } else {
+        (
+            format!("{:.0} {}", p.rate, load.unit()),
+            format!("{:.3}", p.rate / base),
+            format!("{:+.0}", 1e9 / p.rate - 1e9 / base),
+        )
+    };
+    if monitor == Monitor::None {
+        println!("  {:<18} {:<20} {:>22} {:>7} {:>9}", load.name(), monitor.name(), rate, ratio, added);
+    } else {
+        println!(
+            "  {:<18} {:<20} {:>22} {:>7} {:>9} {:>7.2} {:>8.1} {:>9.1} {:>10.1} {:>7}",
+            load.name(),
+            monitor.name(),
+            rate,
+            ratio,
+            added,
+            p.cpu_pct,
+            p.rss_mib,
+            p.peak_mib,
+            p.scrape_ms,
+            p.series
+        );
+    }
+}
+
 pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
     if !Path::new(NODE_EXPORTER).is_file() {
         bail!("{NODE_EXPORTER} is missing: `cargo xtask setup` installs Debian's prometheus-node-exporter");
@@ -296,46 +386,27 @@ pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "bench cost: graydar-agent beside node_exporter under the same loads, {seconds} s per phase, each monitor \
-         scraped every {} s, load pinned to CPU 0, {cpus} CPUs",
+         scraped every {} s, load pinned to CPU 0, {cpus} CPUs; ratio and ns/event against the mean of the phases \
+         without a monitor before and after",
         SCRAPE_EVERY.as_secs()
     );
     println!(
-        "  {:<18} {:<14} {:>14} {:>8} {:>7} {:>8} {:>9} {:>10} {:>7}",
-        "load", "monitor", "load rate", "ratio", "CPU %", "RSS MiB", "peak MiB", "scrape ms", "series"
+        "  {:<18} {:<20} {:>22} {:>7} {:>9} {:>7} {:>8} {:>9} {:>10} {:>7}",
+        "load", "monitor", "load rate", "ratio", "ns/event", "CPU %", "RSS MiB", "peak MiB", "scrape ms", "series"
     );
     for load in [Load::Idle, Load::Drops, Load::Tcp, Load::Fsync] {
-        let mut base = None;
-        for monitor in [Monitor::None, Monitor::Agent, Monitor::NodeExporter] {
-            let p = phase(load, monitor, agent_bin, seconds)?;
-            if monitor == Monitor::None {
-                base = Some(p.rate);
-            }
-            let ratio = match base {
-                Some(b) if b > 0.0 => format!("{:.3}", p.rate / b),
-                _ => "-".to_owned(),
-            };
-            let rate = if matches!(load, Load::Idle) {
-                "-".to_owned()
-            } else {
-                format!("{:.0} {}", p.rate, load.unit())
-            };
-            if monitor == Monitor::None {
-                println!("  {:<18} {:<14} {:>14} {:>8}", load.name(), monitor.name(), rate, ratio);
-            } else {
-                println!(
-                    "  {:<18} {:<14} {:>14} {:>8} {:>7.2} {:>8.1} {:>9.1} {:>10.1} {:>7}",
-                    load.name(),
-                    monitor.name(),
-                    rate,
-                    ratio,
-                    p.cpu_pct,
-                    p.rss_mib,
-                    p.peak_mib,
-                    p.scrape_ms,
-                    p.series
-                );
-            }
+        let before = phase(load, Monitor::None, agent_bin, seconds)?;
+        let mut rows = Vec::new();
+        for &monitor in monitors(load) {
+            rows.push((monitor, phase(load, monitor, agent_bin, seconds)?));
         }
+        let after = phase(load, Monitor::None, agent_bin, seconds)?;
+        let base = (before.rate + after.rate) / 2.0;
+        print_row(load, Monitor::None, &before, base);
+        for (monitor, p) in &rows {
+            print_row(load, *monitor, p, base);
+        }
+        print_row(load, Monitor::None, &after, base);
     }
     Ok(())
 }

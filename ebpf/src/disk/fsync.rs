@@ -22,18 +22,23 @@
 //! faults) and `fd < max_fds` is checked first; a failed read attributes the
 //! fsync to device 0 (`_unknown`) and is counted.
 //!
-//! Hot path: enter does ≤ 9 kernel reads and one LRU-hash insert keyed by
-//! thread id; exit does one lookup+delete and one per-CPU histogram update.
-//! No per-event traffic to user space.
+//! Hot path: enter does 6 kernel reads (the fd table down to the inode; the
+//! inode's device comes from a per-CPU cache of recent inodes, so the super
+//! block is read only for a new inode) and one lookup of the thread's entry,
+//! which it overwrites in place (a hash insert only for a thread's first
+//! call); exit does one lookup, marks the entry idle and updates one per-CPU
+//! histogram. No map insert or delete per call, no per-event traffic to user
+//! space. The agent deletes the idle entries of threads that are gone.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::TracePointContext,
 };
 use graydar_common::disk::{
-    FsyncInflight, FsyncOffsets, HIST_MAP_ENTRIES, Hist, HistKey, INFLIGHT_ENTRIES, dev_major, fsync_op, stat,
+    FsyncInflight, FsyncOffsets, HIST_MAP_ENTRIES, Hist, HistKey, INFLIGHT_ENTRIES, INODE_CACHE_SLOTS, InodeDev,
+    dev_major, fsync_op, inode_cache_slot, stat,
 };
 
 /// Filled in by user space before load (`EbpfLoader::override_global`).
@@ -51,10 +56,19 @@ static FSYNC_OFFSETS: FsyncOffsets = FsyncOffsets {
     bdev_dev: 0,
 };
 
-/// Calls in progress, by thread id. LRU: an entry whose exit never came
-/// (thread killed in a way that skips sys_exit) is evicted eventually.
+/// One entry per thread that has called fsync/fdatasync, by thread id:
+/// `start_ns` 0 when idle. Reused in place by the thread's next call (no
+/// insert or delete per call; a plain preallocated hash, not an LRU, whose
+/// insert takes a lock on its lists). The agent deletes the entries of
+/// threads that are gone and of calls whose exit never came; a full table
+/// counts the call as lost.
 #[map]
-static FSYNC_INFLIGHT: LruHashMap<u32, FsyncInflight> = LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+static FSYNC_INFLIGHT: HashMap<u32, FsyncInflight> = HashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+
+/// Per-CPU cache: the device of recently synced inodes, so the super block
+/// is read only for an inode not seen lately on this CPU.
+#[map]
+static FSYNC_INODE_DEV: PerCpuArray<InodeDev> = PerCpuArray::with_max_entries(INODE_CACHE_SLOTS, 0);
 
 #[map]
 static FSYNC_HIST: PerCpuHashMap<HistKey, Hist> = PerCpuHashMap::with_max_entries(HIST_MAP_ENTRIES, 0);
@@ -107,6 +121,29 @@ fn dev_of_fd(fd: u64, off: &FsyncOffsets) -> u32 {
     let Some(inode) = read::<u64>(file + off.file_inode as u64) else {
         return 0;
     };
+    if inode == 0 {
+        return 0;
+    }
+    let cache = FSYNC_INODE_DEV.get_ptr_mut(inode_cache_slot(inode));
+    if let Some(c) = cache {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        let c = unsafe { &*c };
+        if c.inode == inode {
+            return c.dev;
+        }
+    }
+    let dev = dev_of_inode(inode, off);
+    if let Some(c) = cache {
+        // SAFETY: as above.
+        unsafe { *c = InodeDev { inode, dev, _pad: 0 } };
+    }
+    dev
+}
+
+/// The block device of an inode's file system: `i_sb->s_dev`, or the
+/// backing device's for an anonymous s_dev.
+#[inline(always)]
+fn dev_of_inode(inode: u64, off: &FsyncOffsets) -> u32 {
     let Some(sb) = read::<u64>(inode + off.inode_sb as u64) else {
         return 0;
     };
@@ -139,11 +176,16 @@ fn enter(ctx: &TracePointContext, op: u32) {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let start_ns = unsafe { bpf_ktime_get_ns() };
-    if FSYNC_INFLIGHT
-        .insert(&tid, &FsyncInflight { start_ns, dev, op }, 0)
-        .is_err()
-    {
-        bump(stat::LOST);
+    let call = FsyncInflight { start_ns, dev, op };
+    match FSYNC_INFLIGHT.get_ptr_mut(&tid) {
+        // SAFETY: a map value pointer, valid for this run; only this thread
+        // (which is here, in its own system call) writes its entry.
+        Some(p) => unsafe { *p = call },
+        None => {
+            if FSYNC_INFLIGHT.insert(&tid, &call, 0).is_err() {
+                bump(stat::LOST);
+            }
+        }
     }
 }
 
@@ -166,13 +208,18 @@ pub fn fsync_exit(_ctx: TracePointContext) -> u32 {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(p) = FSYNC_INFLIGHT.get_ptr(tid) else {
+    let Some(p) = FSYNC_INFLIGHT.get_ptr_mut(&tid) else {
         bump(stat::NO_START);
         return 0;
     };
-    // SAFETY: valid map value pointer; copied before the entry is deleted.
+    // SAFETY: valid map value pointer; only this thread writes its entry.
     let inflight = unsafe { *p };
-    let _ = FSYNC_INFLIGHT.remove(tid);
+    if inflight.start_ns == 0 {
+        bump(stat::NO_START);
+        return 0;
+    }
+    // SAFETY: as above. Idle until the thread's next call.
+    unsafe { (*p).start_ns = 0 };
     let key = HistKey {
         dev: inflight.dev,
         op: inflight.op,

@@ -144,11 +144,14 @@ impl FsyncReader {
             .unwrap_or(0)
     }
 
-    /// Reads the maps. In-flight entries older than 1 s are checked against
-    /// `$PROCFS_ROOT/<tid>/syscall`: an entry whose thread is gone or is in
-    /// another system call missed its exit (it cannot happen in normal
-    /// operation, but a stale entry would read as a stuck fsync forever) and
-    /// is deleted.
+    /// Reads the maps. The in-flight table has an entry per thread that has
+    /// synced (reused by its next call, `start_ns` 0 while idle): an idle
+    /// entry whose thread is gone (`$PROCFS_ROOT/<tid>` missing) is deleted,
+    /// so the table keeps room for new threads. Calls older than 1 s are
+    /// checked against `$PROCFS_ROOT/<tid>/syscall`: one whose thread is gone
+    /// or is in another system call missed its exit (it cannot happen in
+    /// normal operation, but a stale entry would read as a stuck fsync
+    /// forever) and is deleted.
     pub fn read(&mut self, procfs_root: &Path) -> Result<FsyncSnapshot, ProbeError> {
         let mut snap = FsyncSnapshot {
             no_start: self.stat(stat::NO_START),
@@ -165,6 +168,12 @@ impl FsyncReader {
         for item in self.inflight.iter() {
             // An entry can vanish between the key walk and its lookup.
             let Ok((tid, v)) = item else { continue };
+            if v.start_ns == 0 {
+                if !procfs_root.join(tid.to_string()).exists() {
+                    stale.push(tid);
+                }
+                continue;
+            }
             let age = Duration::from_nanos(now.saturating_sub(v.start_ns));
             if age >= Duration::from_secs(1)
                 && !in_sync_call(&std::fs::read_to_string(procfs_root.join(format!("{tid}/syscall"))).ok())
@@ -176,7 +185,7 @@ impl FsyncReader {
             *e = (*e).max(age);
         }
         for tid in stale {
-            tracing::debug!(tid, "dropping a stale in-flight fsync entry");
+            tracing::debug!(tid, "dropping a stale or gone thread's in-flight fsync entry");
             let _ = self.inflight.remove(&tid);
         }
         Ok(snap)
