@@ -110,8 +110,12 @@ pub const FLOW_CACHE_VALID: u16 = 0x8000;
 /// addresses, still land in different slots.
 #[inline(always)]
 pub fn flow_cache_slot(key: &SenderKey) -> u32 {
-    let h = key.saddr[0] ^ key.saddr[3].rotate_left(7) ^ key.ep.addr[0].rotate_left(13) ^ key.ep.addr[3].rotate_left(19)
-        ^ (key.ep.port as u32) ^ ((key.ep.port as u32) << 16);
+    let h = key.saddr[0]
+        ^ key.saddr[3].rotate_left(7)
+        ^ key.ep.addr[0].rotate_left(13)
+        ^ key.ep.addr[3].rotate_left(19)
+        ^ (key.ep.port as u32)
+        ^ ((key.ep.port as u32) << 16);
     (h.wrapping_mul(0x9E37_79B1) >> 26) & (FLOW_CACHE_SLOTS - 1)
 }
 
@@ -286,11 +290,19 @@ mod flow_cache_tests {
         let mut same = 0;
         for port in 1024..2048u16 {
             let to_server = SenderKey {
-                ep: EndpointKey { addr: lo, port, family: AF_INET },
+                ep: EndpointKey {
+                    addr: lo,
+                    port,
+                    family: AF_INET,
+                },
                 saddr: lo,
             };
             let to_client = SenderKey {
-                ep: EndpointKey { addr: lo, port: 0, family: AF_INET },
+                ep: EndpointKey {
+                    addr: lo,
+                    port: 0,
+                    family: AF_INET,
+                },
                 saddr: lo,
             };
             assert!(flow_cache_slot(&to_server) < FLOW_CACHE_SLOTS);
@@ -311,7 +323,10 @@ mod flow_cache_tests {
         };
         let mut used = std::collections::HashSet::new();
         for i in 2..26u8 {
-            used.insert(flow_cache_slot(&SenderKey { ep, saddr: v4([10, 0, 0, i]) }));
+            used.insert(flow_cache_slot(&SenderKey {
+                ep,
+                saddr: v4([10, 0, 0, i]),
+            }));
         }
         // 24 senders into 64 slots: about 20 distinct slots expected at random.
         assert!(used.len() >= 16, "24 senders use only {} slots", used.len());

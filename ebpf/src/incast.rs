@@ -148,14 +148,15 @@ struct Segment {
     len: u32,
 }
 
+/// Parses a data segment's headers. Each address family's branch builds its
+/// addresses whole: zero-filled arrays patched afterwards made LLVM call a
+/// byte-by-byte memset on every packet (seen in `bpftool prog dump xlated`).
 #[inline(always)]
 fn parse(ctx: &TcContext, rt: &FaninRuntime) -> Option<Segment> {
     // SAFETY (all raw reads below): ptr_at checked that the bytes are inside
     // the linear packet data.
     let proto = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
-    let mut ep = EndpointKey::default();
-    let mut saddr = [0u32; 4];
-    let (l4, ip_payload): (usize, usize);
+    let (daddr, saddr, family, l4, ip_payload): ([u32; 4], [u32; 4], u16, usize, usize);
     if proto == ETH_P_IP {
         let vihl = unsafe { *ptr_at::<u8>(ctx, ETH_HLEN)? };
         let ihl = ((vihl & 0x0f) as usize) * 4;
@@ -180,9 +181,9 @@ fn parse(ctx: &TcContext, rt: &FaninRuntime) -> Option<Segment> {
         } else {
             tot
         };
-        saddr[0] = w[3];
-        ep.addr[0] = w[4];
-        ep.family = AF_INET;
+        saddr = [w[3], 0, 0, 0];
+        daddr = [w[4], 0, 0, 0];
+        family = AF_INET;
         l4 = ETH_HLEN + ihl;
         ip_payload = tot.saturating_sub(ihl);
     } else if proto == ETH_P_IPV6 {
@@ -197,8 +198,8 @@ fn parse(ctx: &TcContext, rt: &FaninRuntime) -> Option<Segment> {
             plen
         };
         saddr = unsafe { *ptr_at::<[u32; 4]>(ctx, ETH_HLEN + 8)? };
-        ep.addr = unsafe { *ptr_at::<[u32; 4]>(ctx, ETH_HLEN + 24)? };
-        ep.family = AF_INET6;
+        daddr = unsafe { *ptr_at::<[u32; 4]>(ctx, ETH_HLEN + 24)? };
+        family = AF_INET6;
         l4 = ETH_HLEN + 40;
         ip_payload = plen;
     } else {
@@ -211,13 +212,17 @@ fn parse(ctx: &TcContext, rt: &FaninRuntime) -> Option<Segment> {
     }
     let sport = u16::from_be_bytes([th[0], th[1]]);
     let dport = u16::from_be_bytes([th[2], th[3]]);
-    ep.port = if dport >= rt.ephemeral_lo && dport <= rt.ephemeral_hi {
+    let port = if dport >= rt.ephemeral_lo && dport <= rt.ephemeral_hi {
         0
     } else {
         dport
     };
     Some(Segment {
-        ep,
+        ep: EndpointKey {
+            addr: daddr,
+            port,
+            family,
+        },
         saddr,
         sport,
         psh: th[13] & TCP_FLAG_PSH != 0,
@@ -363,7 +368,15 @@ fn fanin(ctx: &TcContext) {
     let cached_flags = c.flags & !FLOW_CACHE_VALID;
     if cached && now < c.next_ns {
         let mut flags = cached_flags;
-        track(&seg, &cfg, now, &mut c.last_ns, &mut c.sport, &mut flags, &mut c.next_seq);
+        track(
+            &seg,
+            &cfg,
+            now,
+            &mut c.last_ns,
+            &mut c.sport,
+            &mut flags,
+            &mut c.next_seq,
+        );
         c.flags = flags | FLOW_CACHE_VALID;
         return;
     }
@@ -406,7 +419,15 @@ fn fanin(ctx: &TcContext) {
         s.flags = cached_flags;
         s.next_seq = c.next_seq;
     }
-    track(&seg, &cfg, now, &mut s.last_ns, &mut s.sport, &mut s.flags, &mut s.next_seq);
+    track(
+        &seg,
+        &cfg,
+        now,
+        &mut s.last_ns,
+        &mut s.sport,
+        &mut s.flags,
+        &mut s.next_seq,
+    );
     if now >= s.next_ns {
         buckets(&seg, rt, &cfg, now, s);
     }

@@ -361,7 +361,14 @@ fn print_row(load: Load, monitor: Monitor, p: &Phase, base: f64) {
         )
     };
     if monitor == Monitor::None {
-        println!("  {:<18} {:<20} {:>22} {:>7} {:>9}", load.name(), monitor.name(), rate, ratio, added);
+        println!(
+            "  {:<18} {:<20} {:>22} {:>7} {:>9}",
+            load.name(),
+            monitor.name(),
+            rate,
+            ratio,
+            added
+        );
     } else {
         println!(
             "  {:<18} {:<20} {:>22} {:>7} {:>9} {:>7.2} {:>8.1} {:>9.1} {:>10.1} {:>7}",

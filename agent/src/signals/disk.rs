@@ -67,7 +67,13 @@ impl DiskEbpf {
 }
 
 /// Programs of each disk probe, for the kernel's run-time statistics.
-const FSYNC_PROGRAMS: &[&str] = &["fsync_enter", "fdatasync_enter", "fsync_exit"];
+const FSYNC_PROGRAMS: &[&str] = &[
+    "fsync_enter_btf",
+    "fdatasync_enter_btf",
+    "fsync_enter",
+    "fdatasync_enter",
+    "fsync_exit",
+];
 const BLOCK_PROGRAMS: &[&str] = &["block_rq_issue", "block_rq_complete"];
 
 /// Attaches the fsync and block programs of the shared object (loaded with
@@ -81,7 +87,8 @@ pub fn start_ebpf(programs: &mut Programs, metrics: &Metrics) -> DiskEbpf {
     let fsync_reader = fsync_off
         .and_then(|o| {
             tracing::debug!(offsets = ?o, "fsync probe setup");
-            fsync::attach(ebpf)?;
+            let typed = fsync::attach(ebpf)?;
+            tracing::debug!(typed, "fsync probe attached");
             FsyncReader::take(ebpf)
         })
         .inspect_err(|e| tracing::warn!(error = %e, "fsync latency probe disabled"))

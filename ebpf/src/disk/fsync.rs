@@ -31,7 +31,8 @@
 //! space. The agent deletes the idle entries of threads that are gone.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns},
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns},
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::TracePointContext,
@@ -121,6 +122,53 @@ fn dev_of_fd(fd: u64, off: &FsyncOffsets) -> u32 {
     let Some(inode) = read::<u64>(file + off.file_inode as u64) else {
         return 0;
     };
+    dev_of_inode_cached(inode, off)
+}
+
+/// The same walk with BTF-typed loads: `bpf_get_current_task_btf` gives a
+/// `struct task_struct *` the verifier knows, so `task->files->fdt` and the
+/// table's `max_fds` and `fd` are direct, exception-table protected loads
+/// (the offsets are constants to the verifier: a frozen read-only global),
+/// not helper calls; `fd[fd]` and `file->f_inode` are still
+/// bpf_probe_read_kernel (the array's element type is not a struct, so the
+/// verifier types what it loads as a plain number). Two helper reads
+/// instead of six.
+#[inline(always)]
+fn dev_of_fd_btf(fd: u64, off: &FsyncOffsets) -> u32 {
+    // SAFETY: the helper has no preconditions; the loads below are of a
+    // BTF-typed pointer, checked by the verifier against the kernel's
+    // struct layouts; a fault reads as 0.
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        let files = *(task.add(off.task_files as usize) as *const *const u8);
+        if files.is_null() {
+            return 0;
+        }
+        let fdt = *(files.add(off.files_fdt as usize) as *const *const u8);
+        if fdt.is_null() {
+            return 0;
+        }
+        let max_fds = *(fdt.add(off.fdt_max_fds as usize) as *const u32);
+        if fd >= max_fds as u64 {
+            return 0;
+        }
+        let array = *(fdt.add(off.fdt_fd as usize) as *const u64);
+        let Some(file) = read::<u64>(array + fd * 8) else {
+            return 0;
+        };
+        if file == 0 {
+            return 0;
+        }
+        let Some(inode) = read::<u64>(file + off.file_inode as u64) else {
+            return 0;
+        };
+        dev_of_inode_cached(inode, off)
+    }
+}
+
+/// The device of an inode, through this CPU's cache of recent inodes.
+#[inline(always)]
+fn dev_of_inode_cached(inode: u64, off: &FsyncOffsets) -> u32 {
     if inode == 0 {
         return 0;
     }
@@ -172,7 +220,39 @@ fn enter(ctx: &TracePointContext, op: u32) {
             return;
         }
     };
-    let dev = dev_of_fd(fd, &off);
+    record_enter(dev_of_fd(fd, &off), op);
+}
+
+/// The offset of `fd` in the sys_enter_fsync/fdatasync record on 64-bit
+/// kernels (the 8-byte common header, `int __syscall_nr`, padding). The
+/// typed programs load it straight from the context, which the verifier
+/// allows only at a constant offset; elsewhere they read it like the others.
+const TP_FD_OFFSET: u32 = 16;
+
+#[inline(always)]
+fn enter_btf(ctx: &TracePointContext, op: u32) {
+    // SAFETY: as in `enter`.
+    let off = unsafe { core::ptr::read_volatile(&FSYNC_OFFSETS) };
+    let fd: u64 = if off.tp_fd == TP_FD_OFFSET {
+        // SAFETY: a tracepoint program may load its record directly; 16 is
+        // inside every sys_enter record (the verifier checks it).
+        unsafe { *((ctx.as_ptr() as *const u8).add(TP_FD_OFFSET as usize) as *const u64) }
+    } else {
+        // SAFETY: reading the tracepoint record at the offset tracefs gave.
+        match unsafe { ctx.read_at::<u64>(off.tp_fd as usize) } {
+            Ok(fd) => fd,
+            Err(_) => {
+                bump(stat::READ_ERRORS);
+                return;
+            }
+        }
+    } & 0xffff_ffff;
+    record_enter(dev_of_fd_btf(fd, &off), op);
+}
+
+/// Starts the current thread's call: its entry, overwritten in place.
+#[inline(always)]
+fn record_enter(dev: u32, op: u32) {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let start_ns = unsafe { bpf_ktime_get_ns() };
@@ -198,6 +278,21 @@ pub fn fsync_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_fdatasync")]
 pub fn fdatasync_enter(ctx: TracePointContext) -> u32 {
     enter(&ctx, fsync_op::FDATASYNC);
+    0
+}
+
+/// The typed variants of the two enter programs (see `dev_of_fd_btf`),
+/// attached by the agent where the kernel accepts them (5.11+:
+/// bpf_get_current_task_btf), the ones above otherwise.
+#[tracepoint]
+pub fn fsync_enter_btf(ctx: TracePointContext) -> u32 {
+    enter_btf(&ctx, fsync_op::FSYNC);
+    0
+}
+
+#[tracepoint]
+pub fn fdatasync_enter_btf(ctx: TracePointContext) -> u32 {
+    enter_btf(&ctx, fsync_op::FDATASYNC);
     0
 }
 

@@ -83,20 +83,43 @@ pub fn offsets(btf: &KernelBtf, tracefs: &Path) -> Result<FsyncOffsets, ProbeErr
 }
 
 /// Loads and attaches the three programs to the four syscall tracepoints.
-pub fn attach(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    for (prog, events) in [
-        ("fsync_enter", &["sys_enter_fsync"][..]),
-        ("fdatasync_enter", &["sys_enter_fdatasync"][..]),
-        ("fsync_exit", &["sys_exit_fsync", "sys_exit_fdatasync"][..]),
+/// Attaches the enter programs (the BTF-typed ones where the kernel accepts
+/// them, else the ones that read every pointer with bpf_probe_read_kernel)
+/// and the exit program. Returns whether the typed ones run.
+pub fn attach(ebpf: &mut Ebpf) -> Result<bool, ProbeError> {
+    let mut typed = true;
+    for (btf_prog, prog, event) in [
+        ("fsync_enter_btf", "fsync_enter", "sys_enter_fsync"),
+        ("fdatasync_enter_btf", "fdatasync_enter", "sys_enter_fdatasync"),
     ] {
-        let p: &mut TracePoint = program(ebpf, prog)?;
-        p.load().map_err(load_err(prog))?;
-        for ev in events {
-            p.attach("syscalls", ev)
-                .map_err(attach_err(prog, format!("syscalls:{ev}")))?;
+        let chosen = if typed {
+            let p: &mut TracePoint = program(ebpf, btf_prog)?;
+            match p.load() {
+                Ok(()) => btf_prog,
+                Err(e) => {
+                    tracing::info!(error = %e, "fsync probe: the kernel refuses the BTF-typed enter programs; using bpf_probe_read_kernel");
+                    typed = false;
+                    prog
+                }
+            }
+        } else {
+            prog
+        };
+        let p: &mut TracePoint = program(ebpf, chosen)?;
+        if chosen == prog {
+            p.load().map_err(load_err(prog))?;
         }
+        p.attach("syscalls", event)
+            .map_err(attach_err(chosen, format!("syscalls:{event}")))?;
     }
-    Ok(())
+    let prog = "fsync_exit";
+    let p: &mut TracePoint = program(ebpf, prog)?;
+    p.load().map_err(load_err(prog))?;
+    for ev in ["sys_exit_fsync", "sys_exit_fdatasync"] {
+        p.attach("syscalls", ev)
+            .map_err(attach_err(prog, format!("syscalls:{ev}")))?;
+    }
+    Ok(typed)
 }
 
 /// Cumulative state of the fsync maps.
