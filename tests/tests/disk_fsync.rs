@@ -20,17 +20,33 @@ fn count(metrics: &str, name: &str, device: &str, op: &str) -> f64 {
 /// N fdatasync and M fsync calls on a file of an ext4 on a loop device show
 /// as exactly N and M observations for that device (no more, no less: the
 /// agent's canary is off and nothing else syncs that file system), and the
-/// device's flushes show in the block histogram as `op="flush"`.
+/// device's flushes show in the block histogram as `op="flush"`. With the
+/// enter programs' BTF-typed fd-table walk (forced: the probe is down if the
+/// kernel refuses it) ...
 #[test]
 fn fdatasync_calls_are_counted_exactly_per_device_and_flushes_show_in_block_io() {
+    counted_exactly_per_device("btf");
+}
+
+/// ... and with the walk that reads every pointer with bpf_probe_read_kernel
+/// (what `auto` falls back to on kernels before 5.11).
+#[test]
+fn fdatasync_calls_are_counted_exactly_per_device_with_the_probe_read_walk() {
+    counted_exactly_per_device("probe_read");
+}
+
+fn counted_exactly_per_device(walk: &str) {
     let lo = LoopDev::new(Path::new("/dev/shm"), 64);
     let fs = Ext4Mount::new(&lo.path);
-    let agent = AgentProcess::start(None, "[disk]\ninterval = \"250ms\"\n");
+    let agent = AgentProcess::start(
+        None,
+        &format!("[disk]\ninterval = \"250ms\"\n\n[ebpf]\nfsync = \"{walk}\"\n"),
+    );
     let m = agent.metrics();
     assert_eq!(
         prom::sum(&m, "graydar_probe_up", &[("probe", "fsync")]),
         1.0,
-        "fsync probe not up"
+        "fsync probe not up with the {walk} walk"
     );
     assert_eq!(
         prom::sum(&m, "graydar_probe_up", &[("probe", "block_io")]),

@@ -48,6 +48,8 @@ enum Monitor {
     AgentNoClassifierOnLo,
     /// `[paths]` with 64 static peers.
     AgentMeshPeers,
+    /// `[disk] ebpf = false`: no fsync or block probes.
+    AgentNoDiskEbpf,
     NodeExporter,
 }
 
@@ -58,6 +60,7 @@ impl Monitor {
             Monitor::Agent => "graydar-agent",
             Monitor::AgentNoClassifierOnLo => "agent, lo opted out",
             Monitor::AgentMeshPeers => "agent, 64 peers",
+            Monitor::AgentNoDiskEbpf => "agent, disk ebpf off",
             Monitor::NodeExporter => "node_exporter",
         }
     }
@@ -65,7 +68,7 @@ impl Monitor {
     fn is_agent(self) -> bool {
         matches!(
             self,
-            Monitor::Agent | Monitor::AgentNoClassifierOnLo | Monitor::AgentMeshPeers
+            Monitor::Agent | Monitor::AgentNoClassifierOnLo | Monitor::AgentMeshPeers | Monitor::AgentNoDiskEbpf
         )
     }
 
@@ -73,6 +76,7 @@ impl Monitor {
     fn agent_config(self) -> Result<Option<std::path::PathBuf>> {
         let toml = match self {
             Monitor::AgentNoClassifierOnLo => "[incast]\nexclude_interfaces = [\"lo\"]\n".to_owned(),
+            Monitor::AgentNoDiskEbpf => "[disk]\nebpf = false\n".to_owned(),
             Monitor::AgentMeshPeers => {
                 let dir = std::env::temp_dir();
                 let key = dir.join("graydar-bench-cost-mesh.key");
@@ -345,8 +349,8 @@ fn phase(load: Load, monitor: Monitor, agent_bin: &Path, seconds: u64) -> Result
 fn monitors(load: Load) -> &'static [Monitor] {
     match load {
         Load::Idle => &[Monitor::Agent, Monitor::AgentMeshPeers, Monitor::NodeExporter],
-        Load::Tcp => &[Monitor::Agent, Monitor::AgentNoClassifierOnLo, Monitor::NodeExporter],
-        Load::Drops | Load::Fsync => &[Monitor::Agent, Monitor::NodeExporter],
+        Load::Tcp | Load::Drops => &[Monitor::Agent, Monitor::AgentNoClassifierOnLo, Monitor::NodeExporter],
+        Load::Fsync => &[Monitor::Agent, Monitor::AgentNoDiskEbpf, Monitor::NodeExporter],
     }
 }
 

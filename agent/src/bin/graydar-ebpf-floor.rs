@@ -23,7 +23,10 @@ fn main() -> anyhow::Result<()> {
     let (hook, target) = match args.as_slice() {
         [h] => (h.as_str(), None),
         [h, t] => (h.as_str(), Some(t.as_str())),
-        _ => bail!("usage: graydar-ebpf-floor tc IFACE | kfree_skb_btf | kfree_skb_raw | tracepoint CATEGORY:NAME"),
+        _ => bail!(
+            "usage: graydar-ebpf-floor tc IFACE | kfree_skb_btf | kfree_skb_raw | raw_tracepoint NAME | tracepoint \
+             CATEGORY:NAME"
+        ),
     };
     let programs = graydar_agent::ebpf::load(Path::new("/sys"), &FaninConfig::default())
         .map_err(|e| anyhow::anyhow!("loading the eBPF object: {e}"))?;
@@ -54,6 +57,13 @@ fn main() -> anyhow::Result<()> {
             let p: &mut RawTracePoint = prog(&mut ebpf, "floor_kfree_skb_raw")?;
             p.load()?;
             p.attach("kfree_skb")?;
+            "floor_kfree_skb_raw"
+        }
+        ("raw_tracepoint", Some(tp)) => {
+            // The same empty raw tracepoint program, on any raw tracepoint.
+            let p: &mut RawTracePoint = prog(&mut ebpf, "floor_kfree_skb_raw")?;
+            p.load()?;
+            p.attach(tp).with_context(|| format!("attaching an empty raw tracepoint program to {tp}"))?;
             "floor_kfree_skb_raw"
         }
         ("tracepoint", Some(tp)) => {

@@ -91,6 +91,8 @@ pub struct FileConfig {
 pub struct EbpfSection {
     #[serde(default)]
     pub kfree_skb: AttachMode,
+    #[serde(default)]
+    pub fsync: crate::probes::disk::fsync::FsyncWalk,
 }
 
 /// `[drops]`: sampling of the drop collectors plus the detector settings

@@ -78,7 +78,7 @@ const BLOCK_PROGRAMS: &[&str] = &["block_rq_issue", "block_rq_complete"];
 
 /// Attaches the fsync and block programs of the shared object (loaded with
 /// the disk probes' globals); each half that fails is logged and disabled.
-pub fn start_ebpf(programs: &mut Programs, metrics: &Metrics) -> DiskEbpf {
+pub fn start_ebpf(programs: &mut Programs, metrics: &Metrics, walk: fsync::FsyncWalk) -> DiskEbpf {
     let fsync_off = programs.take_fsync();
     let block_off = programs.take_block();
     let object = programs.object();
@@ -87,7 +87,7 @@ pub fn start_ebpf(programs: &mut Programs, metrics: &Metrics) -> DiskEbpf {
     let fsync_reader = fsync_off
         .and_then(|o| {
             tracing::debug!(offsets = ?o, "fsync probe setup");
-            let typed = fsync::attach(ebpf)?;
+            let typed = fsync::attach(ebpf, walk)?;
             tracing::debug!(typed, "fsync probe attached");
             FsyncReader::take(ebpf)
         })
@@ -591,7 +591,7 @@ impl Signal for DiskSignal {
             None
         } else {
             match &mut ctx.ebpf {
-                Ok(programs) => Some(start_ebpf(programs, metrics)),
+                Ok(programs) => Some(start_ebpf(programs, metrics, cfg.ebpf.fsync)),
                 Err(e) => {
                     if !matches!(e, Unavailable::NotAllowed) {
                         tracing::warn!(error = %e, "disk eBPF probes disabled; diskstats and canaries keep running");

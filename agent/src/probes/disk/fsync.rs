@@ -83,11 +83,24 @@ pub fn offsets(btf: &KernelBtf, tracefs: &Path) -> Result<FsyncOffsets, ProbeErr
 }
 
 /// Loads and attaches the three programs to the four syscall tracepoints.
-/// Attaches the enter programs (the BTF-typed ones where the kernel accepts
-/// them, else the ones that read every pointer with bpf_probe_read_kernel)
-/// and the exit program. Returns whether the typed ones run.
-pub fn attach(ebpf: &mut Ebpf) -> Result<bool, ProbeError> {
-    let mut typed = true;
+/// How the enter programs walk the fd table (`[ebpf] fsync`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncWalk {
+    /// BTF-typed, falling back to probe reads where the kernel refuses it.
+    #[default]
+    Auto,
+    /// BTF-typed loads only (`fsync_enter_btf`, `fdatasync_enter_btf`).
+    Btf,
+    /// A bpf_probe_read_kernel per pointer (`fsync_enter`, `fdatasync_enter`).
+    ProbeRead,
+}
+
+/// Attaches the enter programs (the BTF-typed ones or those that read every
+/// pointer with bpf_probe_read_kernel, as `walk` says) and the exit program.
+/// Returns whether the typed ones run.
+pub fn attach(ebpf: &mut Ebpf, walk: FsyncWalk) -> Result<bool, ProbeError> {
+    let mut typed = walk != FsyncWalk::ProbeRead;
     for (btf_prog, prog, event) in [
         ("fsync_enter_btf", "fsync_enter", "sys_enter_fsync"),
         ("fdatasync_enter_btf", "fdatasync_enter", "sys_enter_fdatasync"),
@@ -96,11 +109,12 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<bool, ProbeError> {
             let p: &mut TracePoint = program(ebpf, btf_prog)?;
             match p.load() {
                 Ok(()) => btf_prog,
-                Err(e) => {
+                Err(e) if walk == FsyncWalk::Auto => {
                     tracing::info!(error = %e, "fsync probe: the kernel refuses the BTF-typed enter programs; using bpf_probe_read_kernel");
                     typed = false;
                     prog
                 }
+                Err(e) => return Err(load_err(btf_prog)(e).into()),
             }
         } else {
             prog
