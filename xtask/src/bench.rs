@@ -250,7 +250,7 @@ const PARTS: &[&str] = &[
 ];
 /// Parts that run only when named: the 200 safety trials take about 25
 /// minutes, the detection table hours (minutes with `--quick`), the cost
-/// comparison with node_exporter about 5 minutes.
+/// comparison with node_exporter about 8 minutes.
 const OPT_IN: &[&str] = &["safety", "detection", "cost"];
 
 /// What `detection` runs (xtask/src/bench_detection.rs).
@@ -625,7 +625,11 @@ fn fsync_in_kernel(bin: &Path, file: &std::fs::File, n: u64) -> Result<()> {
             continue;
         }
         let inside = if runs > 0.0 { secs * 1e9 / runs } else { 0.0 };
-        let floor = if probe == "block_io" { block_floor } else { floor_per_run };
+        let floor = if probe == "block_io" {
+            block_floor
+        } else {
+            floor_per_run
+        };
         println!(
             "  3c {probe}: {runs:.0} program runs for {n} write+fdatasync calls, {inside:.0} ns per run, {:.0} ns per \
              call inside the programs; above the floor {:.0} ns per run, {:.0} ns per call",

@@ -63,7 +63,8 @@ fn main() -> anyhow::Result<()> {
             // The same empty raw tracepoint program, on any raw tracepoint.
             let p: &mut RawTracePoint = prog(&mut ebpf, "floor_kfree_skb_raw")?;
             p.load()?;
-            p.attach(tp).with_context(|| format!("attaching an empty raw tracepoint program to {tp}"))?;
+            p.attach(tp)
+                .with_context(|| format!("attaching an empty raw tracepoint program to {tp}"))?;
             "floor_kfree_skb_raw"
         }
         ("tracepoint", Some(tp)) => {
