@@ -157,11 +157,9 @@ fn release_agent(ws: &Path) -> Result<std::path::PathBuf> {
 /// (hook, nanoseconds per run) of the empty programs on a probe's hooks.
 type Floors = Vec<(&'static str, f64)>;
 
-/// The floor of a hook: runs `workload` with an empty program attached to
-/// `hook` (agent/src/bin/graydar-ebpf-floor.rs, built beside the agent `bin`),
-/// in `ns` when given. The caller has kernel.bpf_stats_enabled=1. Returns
-/// (runs, nanoseconds per run inside the empty program).
-fn floor_cost(bin: &Path, ns: Option<&Ns>, hook: &[&str], workload: impl FnOnce() -> Result<()>) -> Result<(f64, f64)> {
+/// Runs `workload` with the empty program on `hook` attached; returns what
+/// the tool printed after it (its run statistics).
+fn with_floor(bin: &Path, ns: Option<&Ns>, hook: &[&str], workload: impl FnOnce() -> Result<()>) -> Result<String> {
     use std::io::BufRead as _;
     let floor = bin.with_file_name("graydar-ebpf-floor");
     let mut cmd = match ns {
@@ -195,6 +193,15 @@ fn floor_cost(bin: &Path, ns: Option<&Ns>, hook: &[&str], workload: impl FnOnce(
     if !status.success() {
         bail!("{} {hook:?}: {status}: {rest}", floor.display());
     }
+    Ok(rest)
+}
+
+/// The floor of a hook: runs `workload` with an empty program attached to
+/// `hook` (agent/src/bin/graydar-ebpf-floor.rs, built beside the agent `bin`),
+/// in `ns` when given. The caller has kernel.bpf_stats_enabled=1. Returns
+/// (runs, nanoseconds per run inside the empty program).
+fn floor_cost(bin: &Path, ns: Option<&Ns>, hook: &[&str], workload: impl FnOnce() -> Result<()>) -> Result<(f64, f64)> {
+    let rest = with_floor(bin, ns, hook, workload)?;
     let field = |key: &str| -> Result<f64> {
         rest.split_whitespace()
             .find_map(|w| w.strip_prefix(key))
@@ -360,6 +367,35 @@ pub fn run(ws: &Path, idle_seconds: u64, only: &[String], detection: Detection) 
         wm / bm
     );
     println!("  added wall-clock cost per kfree_skb event: median {pe:.1} ns");
+
+    // The same wall clock with only an empty program on the hook: what any
+    // eBPF program on kfree_skb costs a drop, graydar's work or not.
+    println!(
+        "bench 1a floor: the same, {FLOOR_ROUNDS} rounds of without / with an empty tp_btf program on kfree_skb \
+         (graydar-ebpf-floor, no agent) / without"
+    );
+    let mut floor_added = Vec::new();
+    for round in 0..FLOOR_ROUNDS {
+        let before = phase(&ns)?;
+        let mut w = 0.0;
+        with_floor(&bin, None, &["kfree_skb_btf"], || {
+            w = phase(&ns)?;
+            Ok(())
+        })?;
+        let after = phase(&ns)?;
+        let b = (before + after) / 2.0;
+        println!(
+            "  round {}: without {before:.0}/{after:.0} ns, with the empty program {w:.0} ns per datagram",
+            round + 1
+        );
+        floor_added.push(w - b);
+    }
+    let fa = median(floor_added);
+    println!(
+        "  added wall-clock cost per drop with an empty program on the hook: median {fa:.1} ns; graydar's agent \
+         above that: {:.1} ns",
+        pe - fa
+    );
 
     println!("bench 1b: in-kernel run time of the kfree_skb program (kernel.bpf_stats_enabled=1)");
     let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
@@ -703,6 +739,8 @@ fn fsync_cost(bin: &Path) -> Result<()> {
 // kernel.bpf_stats_enabled=1.
 
 const TCP_WRITES: u64 = 50_000;
+/// Rounds of bench 1a's floor (an empty program on kfree_skb, wall clock).
+const FLOOR_ROUNDS: usize = 5;
 const TCP_MSG: usize = 64;
 const TCP_ROUNDS: usize = 7;
 
