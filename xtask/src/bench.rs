@@ -257,7 +257,7 @@ const PARTS: &[&str] = &[
 ];
 /// Parts that run only when named: the 200 safety trials take about 25
 /// minutes, the detection table hours (minutes with `--quick`), the cost
-/// comparison with node_exporter about 8 minutes.
+/// comparison with node_exporter about 10 minutes.
 const OPT_IN: &[&str] = &["safety", "detection", "cost"];
 
 /// What `detection` runs (xtask/src/bench_detection.rs).

@@ -104,6 +104,9 @@ enum Load {
     Idle,
     Drops,
     Tcp,
+    /// TCP bulk from a namespace through a veth pair to this namespace,
+    /// where the agent runs (its classifier on the veth end).
+    Bulk,
     Fsync,
 }
 
@@ -113,6 +116,7 @@ impl Load {
             Load::Idle => "idle",
             Load::Drops => "UDP drop storm",
             Load::Tcp => "TCP ping-pong",
+            Load::Bulk => "TCP bulk over veth",
             Load::Fsync => "fdatasync (tmpfs)",
         }
     }
@@ -122,9 +126,83 @@ impl Load {
             Load::Idle => "",
             Load::Drops => "drops/s",
             Load::Tcp => "transactions/s",
+            Load::Bulk => "MiB/s",
             Load::Fsync => "calls/s",
         }
     }
+
+    /// Units of the rate per event the load thread counts (bulk counts
+    /// 64 KiB writes and reports MiB).
+    fn scale(self) -> f64 {
+        match self {
+            Load::Bulk => 1.0 / 16.0,
+            _ => 1.0,
+        }
+    }
+}
+
+/// The bulk load's topology: a namespace with one end of a veth pair,
+/// 10.251.0.2/30, and the other end here, 10.251.0.1/30, with a sink
+/// listening on it. Removed on drop.
+struct Veth {
+    ns: String,
+    port: u16,
+}
+
+const VETH_HERE: &str = "10.251.0.1";
+
+impl Veth {
+    fn new() -> Result<Veth> {
+        let id = std::process::id() % 100_000;
+        let (ns, here, there) = (format!("gdcost{id}"), format!("gdc{id}a"), format!("gdc{id}b"));
+        crate::ok(Command::new("ip").args(["netns", "add", &ns]))?;
+        let mut veth = Veth { ns, port: 0 };
+        for args in [
+            vec!["link", "add", &here, "type", "veth", "peer", "name", &there],
+            vec!["link", "set", &there, "netns", &veth.ns],
+            vec!["addr", "add", "10.251.0.1/30", "dev", &here],
+            vec!["link", "set", &here, "up"],
+            vec!["-n", &veth.ns, "addr", "add", "10.251.0.2/30", "dev", &there],
+            vec!["-n", &veth.ns, "link", "set", &there, "up"],
+            vec!["-n", &veth.ns, "link", "set", "lo", "up"],
+        ] {
+            crate::ok(Command::new("ip").args(&args))?;
+        }
+        // The sink: reads and discards, one connection per phase.
+        let l = TcpListener::bind((VETH_HERE, 0))?;
+        let port = l.local_addr()?.port();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    pin_to_cpu0();
+                    let mut buf = vec![0u8; 256 * 1024];
+                    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        });
+        veth.port = port;
+        Ok(veth)
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the pair.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// Moves this thread into the network namespace `name`.
+fn enter_netns(name: &str) -> Result<()> {
+    let path = format!("/run/netns/{name}");
+    let fd = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setns on this thread only, with a valid namespace fd.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {path}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 struct Running(Child);
@@ -204,7 +282,8 @@ fn scrape(monitor: Monitor) -> Result<(Duration, usize)> {
 }
 
 /// Runs `load` on a thread pinned to CPU 0 until `stop`; returns its count.
-fn spawn_load(load: Load, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<Result<u64>>> {
+fn spawn_load(load: Load, stop: Arc<AtomicBool>, veth: &Veth) -> Result<std::thread::JoinHandle<Result<u64>>> {
+    let (veth_ns, veth_port) = (veth.ns.clone(), veth.port);
     // The TCP echo end: its own pinned thread, for the phase only.
     let echo = match load {
         Load::Tcp => {
@@ -259,6 +338,16 @@ fn spawn_load(load: Load, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHand
                     n += 100;
                 }
             }
+            Load::Bulk => {
+                enter_netns(&veth_ns)?;
+                pin_to_cpu0();
+                let mut s = TcpStream::connect((VETH_HERE, veth_port))?;
+                let chunk = vec![0x5au8; 64 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    s.write_all(&chunk)?;
+                    n += 1;
+                }
+            }
             Load::Fsync => {
                 use std::os::unix::fs::FileExt as _;
                 let path = format!("/dev/shm/graydar-bench-cost-{}", std::process::id());
@@ -293,7 +382,7 @@ struct Phase {
     series: usize,
 }
 
-fn phase(load: Load, monitor: Monitor, agent_bin: &Path, seconds: u64) -> Result<Phase> {
+fn phase(load: Load, monitor: Monitor, agent_bin: &Path, seconds: u64, veth: &Veth) -> Result<Phase> {
     let running = start(monitor, agent_bin)?;
     // Settle: the agent's start-up (BTF parse, attach) is not its steady cost.
     std::thread::sleep(Duration::from_secs(2));
@@ -304,7 +393,7 @@ fn phase(load: Load, monitor: Monitor, agent_bin: &Path, seconds: u64) -> Result
         None => 0,
     };
     let started = Instant::now();
-    let worker = spawn_load(load, Arc::clone(&stop))?;
+    let worker = spawn_load(load, Arc::clone(&stop), veth)?;
     let mut scrapes = Vec::new();
     let mut series = 0;
     let mut next = started + SCRAPE_EVERY;
@@ -336,7 +425,7 @@ fn phase(load: Load, monitor: Monitor, agent_bin: &Path, seconds: u64) -> Result
     drop(running);
     scrapes.sort_by(f64::total_cmp);
     Ok(Phase {
-        rate: count as f64 / elapsed,
+        rate: count as f64 * load.scale() / elapsed,
         cpu_pct,
         rss_mib,
         peak_mib,
@@ -350,6 +439,7 @@ fn monitors(load: Load) -> &'static [Monitor] {
     match load {
         Load::Idle => &[Monitor::Agent, Monitor::AgentMeshPeers, Monitor::NodeExporter],
         Load::Tcp | Load::Drops => &[Monitor::Agent, Monitor::AgentNoClassifierOnLo, Monitor::NodeExporter],
+        Load::Bulk => &[Monitor::Agent, Monitor::NodeExporter],
         Load::Fsync => &[Monitor::Agent, Monitor::AgentNoDiskEbpf, Monitor::NodeExporter],
     }
 }
@@ -405,13 +495,14 @@ pub fn run(agent_bin: &Path, seconds: u64) -> Result<()> {
         "  {:<18} {:<20} {:>22} {:>7} {:>9} {:>7} {:>8} {:>9} {:>10} {:>7}",
         "load", "monitor", "load rate", "ratio", "ns/event", "CPU %", "RSS MiB", "peak MiB", "scrape ms", "series"
     );
-    for load in [Load::Idle, Load::Drops, Load::Tcp, Load::Fsync] {
-        let before = phase(load, Monitor::None, agent_bin, seconds)?;
+    let veth = Veth::new()?;
+    for load in [Load::Idle, Load::Drops, Load::Tcp, Load::Bulk, Load::Fsync] {
+        let before = phase(load, Monitor::None, agent_bin, seconds, &veth)?;
         let mut rows = Vec::new();
         for &monitor in monitors(load) {
-            rows.push((monitor, phase(load, monitor, agent_bin, seconds)?));
+            rows.push((monitor, phase(load, monitor, agent_bin, seconds, &veth)?));
         }
-        let after = phase(load, Monitor::None, agent_bin, seconds)?;
+        let after = phase(load, Monitor::None, agent_bin, seconds, &veth)?;
         let base = (before.rate + after.rate) / 2.0;
         print_row(load, Monitor::None, &before, base);
         for (monitor, p) in &rows {
