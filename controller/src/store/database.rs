@@ -100,10 +100,11 @@ impl fmt::Display for Database {
 /// Connects to (SQLite: creates) `db` and runs its migrations; a migration
 /// that fails is the error.
 pub async fn open(db: &Database) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(match db {
+    let store: Arc<dyn Store> = match db {
         Database::Sqlite { data_dir } => Arc::new(SqliteStore::open(data_dir).await?),
         Database::Postgres(url) => Arc::new(PgStore::connect(url).await?),
-    })
+    };
+    Ok(store)
 }
 
 #[cfg(test)]

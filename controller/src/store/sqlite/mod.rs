@@ -1,5 +1,6 @@
 //! The SQLite store (sqlx). The migrations in `controller/migrations/` are
-//! embedded in the binary and portable to PostgreSQL.
+//! embedded in the binary (PostgreSQL has its own twins,
+//! `controller/migrations-postgres/`).
 //!
 //! Writes go through a single-connection pool (SQLite has one writer; one
 //! connection avoids SQLITE_BUSY on lock upgrades), reads through a small
