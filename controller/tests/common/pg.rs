@@ -72,16 +72,16 @@ impl PgCluster {
             .expect("temp dir for the PostgreSQL cluster");
         let cluster = PgCluster { bin, as_postgres, dir };
         if as_postgres {
-            cluster.must(Command::new("chown").arg("postgres:").arg(cluster.dir()), "chown the cluster dir");
+            must(Command::new("chown").arg("postgres:").arg(cluster.dir()), "chown the cluster dir");
         }
         let data = cluster.data();
-        cluster.must(
+        must(
             cluster
                 .server_cmd("initdb")
                 .arg("-D")
                 .arg(&data)
-                .args([&format!("--username={USER}"), "--auth=trust", "--no-sync", "--no-instructions"])
-                .args(["--encoding=UTF8", "--no-locale"]),
+                .arg(format!("--username={USER}"))
+                .args(["--auth=trust", "--no-sync", "--no-instructions", "--encoding=UTF8", "--no-locale"]),
             "initdb",
         );
         // Only the socket in the cluster's dir; durability off (a throwaway).
@@ -96,7 +96,7 @@ impl PgCluster {
             .arg(&data)
             .arg("-l")
             .arg(cluster.log())
-            .args(["-w", "-t", "60", "-o", &options, "start"])
+            .args(["-w", "-t", "60", "-o", options.as_str(), "start"])
             .output();
         match start {
             Ok(out) if out.status.success() => cluster,
@@ -133,13 +133,6 @@ impl PgCluster {
         }
     }
 
-    fn must(&self, cmd: &mut Command, what: &str) {
-        let out = cmd.output();
-        if !matches!(&out, Ok(o) if o.status.success()) {
-            panic!("{what} failed: {}", describe(&out));
-        }
-    }
-
     /// The URL of the database `db` of this cluster (its Unix socket).
     pub fn url(&self, db: &str) -> DatabaseUrl {
         DatabaseUrl::parse(&format!(
@@ -171,6 +164,14 @@ impl Drop for PgCluster {
                 describe(&out)
             );
         }
+    }
+}
+
+/// Runs `cmd`; panics with its output unless it succeeds.
+fn must(cmd: &mut Command, what: &str) {
+    let out = cmd.output();
+    if !matches!(&out, Ok(o) if o.status.success()) {
+        panic!("{what} failed: {}", describe(&out));
     }
 }
 
