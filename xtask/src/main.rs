@@ -488,10 +488,12 @@ fn test(ws: &Path, only: &[Tier]) -> Result<()> {
             // The controller's API tests again, on PostgreSQL: a throwaway
             // cluster per test (controller/tests/common/pg.rs).
             .and_then(|()| {
-                ok(cargo()
-                    .current_dir(ws)
-                    .env("GRAYDAR_TEST_STORE", "postgres")
-                    .args(["test", "-p", "graydar-controller", "--tests"]))
+                ok(cargo().current_dir(ws).env("GRAYDAR_TEST_STORE", "postgres").args([
+                    "test",
+                    "-p",
+                    "graydar-controller",
+                    "--tests",
+                ]))
             })
         };
         results.push(("root/netns", r));

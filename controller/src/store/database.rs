@@ -84,7 +84,9 @@ fn redact(url: &str) -> String {
 #[derive(Clone, Debug)]
 pub enum Database {
     /// `<data_dir>/graydar.db`.
-    Sqlite { data_dir: PathBuf },
+    Sqlite {
+        data_dir: PathBuf,
+    },
     Postgres(DatabaseUrl),
 }
 
@@ -116,7 +118,12 @@ mod tests {
         for ok in ["postgres://db/graydar", "postgresql://u@db:5432/graydar"] {
             assert_eq!(DatabaseUrl::parse(ok).expect(ok).expose(), ok);
         }
-        for bad in ["sqlite:///var/lib/x.db", "mysql://u:secret@db/x", "/var/lib/graydar", ""] {
+        for bad in [
+            "sqlite:///var/lib/x.db",
+            "mysql://u:secret@db/x",
+            "/var/lib/graydar",
+            "",
+        ] {
             let e = DatabaseUrl::parse(bad).expect_err(bad).to_string();
             assert!(e.contains("postgres://") && !e.contains("secret"), "{e}");
         }
@@ -125,7 +132,10 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         let cases = [
-            ("postgres://graydar:s3cret@db:5432/graydar", "postgres://graydar:***@db:5432/graydar"),
+            (
+                "postgres://graydar:s3cret@db:5432/graydar",
+                "postgres://graydar:***@db:5432/graydar",
+            ),
             ("postgres://graydar@db/graydar", "postgres://graydar@db/graydar"),
             (
                 "postgresql:///graydar?host=/run/pg&password=s3cret&user=g",

@@ -72,7 +72,10 @@ impl PgCluster {
             .expect("temp dir for the PostgreSQL cluster");
         let cluster = PgCluster { bin, as_postgres, dir };
         if as_postgres {
-            must(Command::new("chown").arg("postgres:").arg(cluster.dir()), "chown the cluster dir");
+            must(
+                Command::new("chown").arg("postgres:").arg(cluster.dir()),
+                "chown the cluster dir",
+            );
         }
         let data = cluster.data();
         must(
@@ -81,7 +84,13 @@ impl PgCluster {
                 .arg("-D")
                 .arg(&data)
                 .arg(format!("--username={USER}"))
-                .args(["--auth=trust", "--no-sync", "--no-instructions", "--encoding=UTF8", "--no-locale"]),
+                .args([
+                    "--auth=trust",
+                    "--no-sync",
+                    "--no-instructions",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                ]),
             "initdb",
         );
         // Only the socket in the cluster's dir; durability off (a throwaway).
@@ -135,11 +144,8 @@ impl PgCluster {
 
     /// The URL of the database `db` of this cluster (its Unix socket).
     pub fn url(&self, db: &str) -> DatabaseUrl {
-        DatabaseUrl::parse(&format!(
-            "postgres:///{db}?host={}&user={USER}",
-            self.dir().display()
-        ))
-        .expect("a postgres:// URL")
+        DatabaseUrl::parse(&format!("postgres:///{db}?host={}&user={USER}", self.dir().display()))
+            .expect("a postgres:// URL")
     }
 
     /// The URL of the cluster's default database (`postgres`).

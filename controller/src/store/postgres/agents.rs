@@ -79,10 +79,12 @@ async fn update_last_seen(s: &PgStore, seen: &[(String, i64)]) -> Result<(), Sto
 async fn firing_counts(s: &PgStore, agent: Option<&str>) -> Result<HashMap<String, u64>, StoreError> {
     let rows = match agent {
         Some(a) => {
-            sqlx::query("SELECT agent, COUNT(*) AS n FROM findings WHERE state = 'firing' AND agent = $1 GROUP BY agent")
-                .bind(a)
-                .fetch_all(&s.pool)
-                .await?
+            sqlx::query(
+                "SELECT agent, COUNT(*) AS n FROM findings WHERE state = 'firing' AND agent = $1 GROUP BY agent",
+            )
+            .bind(a)
+            .fetch_all(&s.pool)
+            .await?
         }
         None => {
             sqlx::query("SELECT agent, COUNT(*) AS n FROM findings WHERE state = 'firing' GROUP BY agent")

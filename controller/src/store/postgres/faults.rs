@@ -21,7 +21,10 @@ async fn load_faults(s: &PgStore, which: FaultSelection<'_>) -> Result<Vec<Fault
     );
     push_selection(&mut q, which);
     // Both queries in one snapshot (READ COMMITTED would give each its own).
-    let mut tx = s.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let mut tx = s
+        .pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
     let mut faults = Vec::new();
     let mut index = HashMap::new();
     for r in q.build().fetch_all(&mut *tx).await? {

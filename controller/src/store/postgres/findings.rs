@@ -121,7 +121,10 @@ async fn findings(s: &PgStore, f: &FindingFilter) -> Result<Vec<Finding>, StoreE
 
 async fn finding(s: &PgStore, id: &str) -> Result<Option<FindingDetail>, StoreError> {
     // The row and its history from one snapshot.
-    let mut tx = s.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let mut tx = s
+        .pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
     let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {FINDING_COLUMNS} FROM findings WHERE id = $1"
     )))

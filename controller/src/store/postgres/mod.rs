@@ -31,13 +31,21 @@ use super::{DatabaseUrl, Store, StoreError, StoreFuture};
 /// file of `controller/migrations-postgres/` is listed here).
 pub const MIGRATIONS: Migrations = &[
     (1, "init", include_str!("../../../migrations-postgres/0001_init.sql")),
-    (2, "faults", include_str!("../../../migrations-postgres/0002_faults.sql")),
+    (
+        2,
+        "faults",
+        include_str!("../../../migrations-postgres/0002_faults.sql"),
+    ),
     (
         3,
         "fault_history",
         include_str!("../../../migrations-postgres/0003_fault_history.sql"),
     ),
-    (4, "mesh_keys", include_str!("../../../migrations-postgres/0004_mesh_keys.sql")),
+    (
+        4,
+        "mesh_keys",
+        include_str!("../../../migrations-postgres/0004_mesh_keys.sql"),
+    ),
     (
         5,
         "agent_credentials",
@@ -48,7 +56,11 @@ pub const MIGRATIONS: Migrations = &[
         "safety_lever",
         include_str!("../../../migrations-postgres/0006_safety_lever.sql"),
     ),
-    (7, "gamedays", include_str!("../../../migrations-postgres/0007_gamedays.sql")),
+    (
+        7,
+        "gamedays",
+        include_str!("../../../migrations-postgres/0007_gamedays.sql"),
+    ),
     (
         8,
         "fault_agent_time",
