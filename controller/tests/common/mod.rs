@@ -64,7 +64,7 @@ pub struct Api {
     pub state: Arc<AppState>,
     pub store: Arc<dyn Store>,
     /// Where the database lives; dropped last (after the store).
-    _db: TestDb,
+    db: TestDb,
 }
 
 /// The database of one test; dropping it removes it.
@@ -155,8 +155,15 @@ impl Api {
             app: router(state.clone(), DEFAULT_MAX_BODY),
             state,
             store,
-            _db: db,
+            db,
         }
+    }
+
+    /// Whether the store is PostgreSQL (`GRAYDAR_TEST_STORE=postgres`), for
+    /// the few outcomes that differ: concurrent requests run side by side
+    /// there, where SQLite's writer commits them in arrival order.
+    pub fn on_postgres(&self) -> bool {
+        matches!(self.db, TestDb::Postgres(_))
     }
 
     /// The credential `host`'s agent presents ([`secret_of`]); its
