@@ -1,5 +1,5 @@
 //! graydar controller: agent registry, findings history, faults and the
-//! path matrix behind a REST API over SQLite (sqlx), bearer-token auth with
+//! path matrix behind a REST API over SQLite or PostgreSQL (sqlx), bearer-token auth with
 //! roles, optional TLS (rustls); and the `graydar` CLI.
 //!
 //! Layers (each depends only on those below it):

@@ -10,7 +10,6 @@ use graydar_controller::api::{AppState, router};
 use graydar_controller::config::{Cli, Config};
 use graydar_controller::metrics::Metrics;
 use graydar_controller::services::Services;
-use graydar_controller::store::SqliteStore;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -75,14 +74,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         stale_after: cfg.stale_after,
         lost_after: cfg.lost_after,
     };
-    let store = SqliteStore::open(&cfg.data_dir)
+    // A migration that fails stops the start here, with its reason.
+    let store = graydar_controller::store::open(&cfg.database)
         .await
-        .with_context(|| format!("opening the database in {}", cfg.data_dir.display()))?;
+        .with_context(|| format!("opening the database ({})", cfg.database))?;
     let tls = match &cfg.tls {
         Some(t) => Some(tls_config(&t.cert, &t.key)?),
         None => None,
     };
-    let services = Services::open_with(Arc::new(store), liveness, cfg.faults, cfg.prometheus.clone()).await?;
+    let services = Services::open_with(store, liveness, cfg.faults, cfg.prometheus.clone()).await?;
     let metrics = Metrics::for_services(&services);
     let app = Arc::new(AppState {
         services,
@@ -98,7 +98,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        data_dir = %cfg.data_dir.display(),
+        database = %cfg.database,
         tokens = cfg.tokens.len(),
         "listening on {scheme}://{local}"
     );

@@ -1008,12 +1008,18 @@ async fn concurrent_batches_keep_their_own_counts() {
         a.state.services.findings.ingest("n1", second)
     );
     let (r1, r2) = (r1.expect("first"), r2.expect("second"));
-    assert_eq!(
-        (r1.accepted, r1.duplicates),
-        (701, 1),
-        "the first carrier of a transition gets it"
-    );
-    assert_eq!((r2.accepted, r2.duplicates), (1, 1));
+    let counts = ((r1.accepted, r1.duplicates), (r2.accepted, r2.duplicates));
+    let first_carrier = ((701, 1), (1, 1));
+    if a.on_postgres() {
+        // Two transactions side by side: either carrier may get the shared
+        // transition; each response still counts its own batch.
+        assert!(
+            counts == first_carrier || counts == ((700, 2), (2, 0)),
+            "exactly one carrier gets a transition: {counts:?}"
+        );
+    } else {
+        assert_eq!(counts, first_carrier, "the first carrier of a transition gets it");
+    }
     assert_eq!(a.state.services.findings.transition_count().await.expect("count"), 702);
     let id = finding_id("n1", FindingKind::KernelDrops, "eth0");
     let d: FindingDetail = a.get(&format!("/api/v1/findings/{id}"), VIEWER).await.typed();

@@ -1,6 +1,9 @@
 //! What every `Store` implementation must do, checked through the trait
-//! object only (`contract` takes any `dyn Store`): the SQLite store here; a
-//! PostgreSQL store runs the same function.
+//! object only (`contract` takes any `dyn Store`): the SQLite store, and the
+//! PostgreSQL store on a throwaway cluster (`common/pg.rs`).
+
+#[path = "common/pg.rs"]
+mod pg;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,8 +16,9 @@ use graydar_common::fault_api::FaultStatusUpdate;
 use graydar_common::faults::{FaultSpec, FaultState};
 use graydar_controller::store::{
     AgentRecord, EndReason, FaultAgentRecord, FaultRecord, FaultSelection, FaultStatus, FindingFilter, LeverRecord,
-    SqliteStore, Store, TimedTransition,
+    PgStore, SqliteStore, Store, StoreError, TimedTransition,
 };
+use sqlx::Connection as _;
 
 fn agent(host: &str, seen_ms: i64) -> AgentRecord {
     AgentRecord {
@@ -373,6 +377,49 @@ async fn sqlite_store_keeps_the_contract_and_its_data_across_reopen() {
     contract(store.clone()).await;
     store.close().await;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("reopen"));
+    after_reopen(store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_the_contract_and_its_data_across_reopen() {
+    let cluster = pg::PgCluster::start();
+    let url = cluster.default_url();
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&url).await.expect("connect"));
+    contract(store.clone()).await;
+    store.close().await;
+    // Connecting again runs the migrations again: none is left to apply.
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&url).await.expect("reconnect"));
+    after_reopen(store).await;
+}
+
+/// A migration that fails stops the connect with its reason, and leaves
+/// nothing of itself (PostgreSQL runs each migration in a transaction).
+#[tokio::test]
+async fn a_failing_postgres_migration_stops_the_start_with_its_reason() {
+    let cluster = pg::PgCluster::start();
+    let url = cluster.default_url();
+    let mut c = sqlx::PgConnection::connect(url.expose()).await.expect("connect");
+    // Migration 1 creates `agents`, then `findings`: make it fail half way.
+    sqlx::raw_sql("CREATE TABLE findings (id TEXT)")
+        .execute(&mut c)
+        .await
+        .expect("create a conflicting table");
+    let e = match PgStore::connect(&url).await {
+        Ok(_) => panic!("migrations ran over a conflicting table"),
+        Err(e) => e,
+    };
+    assert!(matches!(e, StoreError::Migrate(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("findings") && text.contains("already exists"), "{text}");
+    let agents: Option<String> = sqlx::query_scalar("SELECT to_regclass('agents')::text")
+        .fetch_one(&mut c)
+        .await
+        .expect("query");
+    assert_eq!(agents, None, "the failed migration left its first table behind");
+}
+
+/// What the contract left, read by a store opened again on the same database.
+async fn after_reopen(store: Arc<dyn Store>) {
     assert_eq!(store.transition_count().await.expect("count"), 3);
     assert_eq!(store.revert_all_epoch().await.expect("epoch"), 8);
     assert_eq!(

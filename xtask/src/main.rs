@@ -295,6 +295,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "podman",                   // cargo xtask image; tests/tests/deploy_image.rs builds and runs it
     "runc",                     // podman's runtime on hosts with cgroup v1 or hybrid (crun refuses hybrid)
     "prometheus-node-exporter", // cargo xtask bench --only cost: graydar beside node_exporter
+    "postgresql",               // initdb, pg_ctl: the PostgreSQL store's tests start throwaway clusters
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -484,6 +485,16 @@ fn test(ws: &Path, only: &[Tier]) -> Result<()> {
                 .current_dir(ws)
                 .args(["build", "-p", "graydar-agent", "-p", "graydar-controller"]))
             .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--tests"])))
+            // The controller's API tests again, on PostgreSQL: a throwaway
+            // cluster per test (controller/tests/common/pg.rs).
+            .and_then(|()| {
+                ok(cargo().current_dir(ws).env("GRAYDAR_TEST_STORE", "postgres").args([
+                    "test",
+                    "-p",
+                    "graydar-controller",
+                    "--tests",
+                ]))
+            })
         };
         results.push(("root/netns", r));
     }

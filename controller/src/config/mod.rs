@@ -13,6 +13,7 @@ mod faults;
 pub use faults::{FaultConfig, FaultConfigError, FaultsSection};
 
 use crate::auth::{TokenError, Tokens};
+use crate::store::{Database, DatabaseUrl, DatabaseUrlError};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8477";
 /// Largest request body accepted by default (413 beyond).
@@ -35,6 +36,10 @@ pub struct Cli {
     /// fault journal in /var/lib/graydar).
     #[arg(long, env = "GRAYDAR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// PostgreSQL instead of the SQLite database in --data-dir: `postgres://user:password@host/db`
+    /// (or `postgresql://`; a Unix socket: `postgres:///db?host=/run/postgresql`).
+    #[arg(long, env = "GRAYDAR_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// File of `role:token` lines; `GRAYDAR_TOKENS` (same format, comma-separated) adds to it.
     #[arg(long, env = "GRAYDAR_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
@@ -60,6 +65,8 @@ pub struct Cli {
 pub struct FileConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// `postgres://…`: PostgreSQL instead of SQLite in `data_dir`.
+    pub database_url: Option<String>,
     pub tokens_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub tls: Option<TlsSection>,
@@ -110,7 +117,8 @@ pub struct TlsSection {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub data_dir: PathBuf,
+    /// SQLite in the data directory, or PostgreSQL (`database_url`).
+    pub database: Database,
     pub tokens: Tokens,
     pub tls: Option<TlsSection>,
     pub log_level: String,
@@ -162,6 +170,8 @@ pub enum ConfigError {
     Faults(#[from] FaultConfigError),
     #[error("prometheus url: {0:?} is not an http:// or https:// URL")]
     PrometheusUrl(String),
+    #[error(transparent)]
+    DatabaseUrl(#[from] DatabaseUrlError),
 }
 
 /// `--prometheus-url` (or its variable) over `[prometheus] url`.
@@ -233,13 +243,19 @@ impl Config {
         // Saturating: `heartbeat_interval * 3` panics past Duration::MAX / 3.
         let stale_after = file.stale_after.unwrap_or(heartbeat_interval.saturating_mul(3));
         let lost_after = file.lost_after.unwrap_or(Duration::from_secs(300)).max(stale_after);
+        let database = match cli.database_url.clone().or(file.database_url) {
+            Some(url) => Database::Postgres(DatabaseUrl::parse(&url)?),
+            None => Database::Sqlite {
+                data_dir: cli
+                    .data_dir
+                    .clone()
+                    .or(file.data_dir)
+                    .unwrap_or_else(|| "/var/lib/graydar-controller".into()),
+            },
+        };
         Ok(Config {
             listen,
-            data_dir: cli
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| "/var/lib/graydar-controller".into()),
+            database,
             tokens,
             tls,
             log_level: cli
@@ -278,6 +294,41 @@ mod tests {
         let c = Config::load(&cli, Some("viewer:0123456789abcdef")).expect("config");
         assert_eq!(c.tokens.len(), 1);
         assert_eq!(c.stale_after, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn database_url_picks_postgres_and_its_password_is_not_shown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, "database_url = \"postgres://g:from-file@db/graydar\"\n").expect("write");
+        let tokens = Some("viewer:0123456789abcdef");
+        let c = Config::load(&Cli::default(), tokens).expect("config");
+        assert!(matches!(c.database, Database::Sqlite { .. }), "SQLite by default");
+        let from_file = Cli {
+            config: Some(path),
+            ..Cli::default()
+        };
+        let c = Config::load(&from_file, tokens).expect("config");
+        let Database::Postgres(url) = &c.database else {
+            panic!("database_url picks PostgreSQL: {c:?}");
+        };
+        assert_eq!(url.expose(), "postgres://g:from-file@db/graydar");
+        assert!(!format!("{c:?}").contains("from-file"), "{c:?}");
+        let flag = Cli {
+            database_url: Some("postgresql:///graydar?host=/run/postgresql".into()),
+            ..from_file
+        };
+        let c = Config::load(&flag, tokens).expect("config");
+        assert!(
+            matches!(&c.database, Database::Postgres(u) if u.expose().starts_with("postgresql:///")),
+            "the flag over the file"
+        );
+        let bad = Cli {
+            database_url: Some("mysql://db/graydar".into()),
+            ..Cli::default()
+        };
+        let e = Config::load(&bad, tokens).expect_err("not PostgreSQL");
+        assert!(e.to_string().contains("postgres://"), "{e}");
     }
 
     /// Found with the controller_config fuzz target's invariants: a huge

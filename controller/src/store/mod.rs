@@ -1,11 +1,15 @@
 //! Persistence: every SQL statement of the controller lives under this
 //! module, behind the [`Store`] trait, so that another database (PostgreSQL)
 //! is one more implementation next to [`sqlite::SqliteStore`] and the domain
-//! services (agents, findings, faults) do not change.
+//! services (agents, findings, faults) do not change: [`postgres::PgStore`]
+//! is that one. [`open`] picks one from the configured [`Database`].
 //!
 //! The trait speaks in records (what a row holds, in the domain's types);
 //! the rules (liveness, validation, fault lifecycle) stay in the services.
 
+mod codec;
+mod database;
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +24,8 @@ use graydar_common::fault_api::FaultStatusUpdate;
 use graydar_common::faults::{FaultSpec, FaultState};
 use graydar_common::timestamp::TimestampError;
 
+pub use database::{Database, DatabaseUrl, DatabaseUrlError, open};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// What every store method returns: a boxed future (the trait is used as

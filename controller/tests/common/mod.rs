@@ -1,9 +1,15 @@
 //! The in-process controller the API tests share (api.rs, faults_api.rs,
-//! paths_api.rs): the real router and a real SQLite database in a temp dir,
-//! requests through `tower::ServiceExt::oneshot`. Each test file adds its
-//! own request helpers and error assertions on top.
+//! paths_api.rs): the real router and a real database, requests through
+//! `tower::ServiceExt::oneshot`. Each test file adds its own request helpers
+//! and error assertions on top.
+//!
+//! The database is SQLite in a temp dir, or with `GRAYDAR_TEST_STORE=postgres`
+//! a throwaway PostgreSQL cluster per test ([`pg::PgCluster`]): the same
+//! tests on both stores (`cargo xtask test` runs both).
 
 #![expect(dead_code, reason = "every test file uses its own part of this")]
+
+pub mod pg;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +24,7 @@ use graydar_controller::faults::FaultConfig;
 use graydar_controller::gamedays::promql::PrometheusConfig;
 use graydar_controller::metrics::Metrics;
 use graydar_controller::services::Services;
-use graydar_controller::store::{SqliteStore, Store};
+use graydar_controller::store::{PgStore, SqliteStore, Store};
 use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tower::ServiceExt as _;
@@ -57,7 +63,34 @@ pub struct Api {
     pub app: Router,
     pub state: Arc<AppState>,
     pub store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
+    /// Where the database lives; dropped last (after the store).
+    db: TestDb,
+}
+
+/// The database of one test; dropping it removes it.
+pub enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres(pg::PgCluster),
+}
+
+/// The store the API tests run on: `GRAYDAR_TEST_STORE` (`sqlite`, the
+/// default, or `postgres`); any other value fails the test.
+pub async fn test_store() -> (Arc<dyn Store>, TestDb) {
+    match std::env::var("GRAYDAR_TEST_STORE").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("sqlite") => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = SqliteStore::open(dir.path()).await.expect("open the SQLite store");
+            (Arc::new(store), TestDb::Sqlite(dir))
+        }
+        Ok("postgres") => {
+            let cluster = pg::PgCluster::start();
+            let store = PgStore::connect(&cluster.default_url())
+                .await
+                .expect("open the PostgreSQL store");
+            (Arc::new(store), TestDb::Postgres(cluster))
+        }
+        other => panic!("GRAYDAR_TEST_STORE={other:?}: expected sqlite or postgres"),
+    }
 }
 
 pub struct Resp {
@@ -106,8 +139,7 @@ impl Api {
 
     /// [`Api::with`], game days asking the Prometheus at `prometheus`.
     pub async fn with_prometheus(cfg: FaultConfig, liveness: Liveness, prometheus: Option<PrometheusConfig>) -> Api {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("open store"));
+        let (store, db) = test_store().await;
         let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
         let services = Services::open_with(store.clone(), liveness, cfg, prometheus)
             .await
@@ -123,8 +155,15 @@ impl Api {
             app: router(state.clone(), DEFAULT_MAX_BODY),
             state,
             store,
-            _dir: dir,
+            db,
         }
+    }
+
+    /// Whether the store is PostgreSQL (`GRAYDAR_TEST_STORE=postgres`), for
+    /// the few outcomes that differ: concurrent requests run side by side
+    /// there, where SQLite's writer commits them in arrival order.
+    pub fn on_postgres(&self) -> bool {
+        matches!(self.db, TestDb::Postgres(_))
     }
 
     /// The credential `host`'s agent presents ([`secret_of`]); its

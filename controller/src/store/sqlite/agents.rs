@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use graydar_common::api::RegisterRequest;
 use sqlx::Row as _;
 
-use super::{SqliteStore, json, parse_json};
+use super::{SqliteStore, digest, json, parse_json};
 use crate::store::{AgentRecord, AgentStore, CredentialRecord, CredentialStore, StoreError, StoreFuture};
 
 async fn load_agents(s: &SqliteStore) -> Result<Vec<AgentRecord>, StoreError> {
@@ -103,13 +103,9 @@ async fn credentials(s: &SqliteStore) -> Result<Vec<CredentialRecord>, StoreErro
     rows.iter()
         .map(|r| {
             let hostname: String = r.try_get("hostname")?;
-            let sha: Vec<u8> = r.try_get("sha256")?;
             Ok(CredentialRecord {
-                // Written by insert_credential from 32 bytes; anything else is no credential.
-                sha256: sha.try_into().map_err(|v: Vec<u8>| StoreError::UnknownValue {
-                    what: "credential digest",
-                    value: format!("{} bytes for {hostname}", v.len()),
-                })?,
+                // Written by bind_credential from 32 bytes; anything else is no credential.
+                sha256: digest(r.try_get("sha256")?, &hostname)?,
                 hostname,
                 created_ms: r.try_get("created_ms")?,
             })
@@ -133,10 +129,7 @@ async fn bind_credential(s: &SqliteStore, c: &CredentialRecord) -> Result<[u8; 3
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
-    bound.try_into().map_err(|v: Vec<u8>| StoreError::UnknownValue {
-        what: "credential digest",
-        value: format!("{} bytes for {}", v.len(), c.hostname),
-    })
+    digest(bound, &c.hostname)
 }
 
 async fn delete_credential(s: &SqliteStore, hostname: &str) -> Result<bool, StoreError> {

@@ -1,5 +1,6 @@
 //! The SQLite store (sqlx). The migrations in `controller/migrations/` are
-//! embedded in the binary and portable to PostgreSQL.
+//! embedded in the binary (PostgreSQL has its own twins,
+//! `controller/migrations-postgres/`).
 //!
 //! Writes go through a single-connection pool (SQLite has one writer; one
 //! connection avoids SQLITE_BUSY on lock upgrades), reads through a small
@@ -16,22 +17,22 @@ mod findings;
 mod gamedays;
 mod paths;
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
-use graydar_common::api::Timestamp;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, SqlSafeStr as _};
 
+use super::codec::Migrations;
+// The submodules take these from here (`super::json`, ...).
+use super::codec::{digest, enum_str, json, parse_enum, parse_json, parse_time};
 use super::{Store, StoreError, StoreFuture};
 
 /// The migrations, embedded in the binary in order (a test checks that every
 /// file of `controller/migrations/` is listed here).
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+pub const MIGRATIONS: Migrations = &[
     (1, "init", include_str!("../../../migrations/0001_init.sql")),
     (2, "faults", include_str!("../../../migrations/0002_faults.sql")),
     (
@@ -69,22 +70,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 pub fn migrator() -> Migrator {
-    let migrations: Vec<Migration> = MIGRATIONS
-        .iter()
-        .map(|(v, desc, sql)| {
-            Migration::new(
-                *v,
-                Cow::Borrowed(*desc),
-                MigrationType::Simple,
-                AssertSqlSafe(*sql).into_sql_str(),
-                false,
-            )
-        })
-        .collect();
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
+    super::codec::migrator(MIGRATIONS)
 }
 
 /// How often the WAL is copied into the database.
@@ -94,36 +80,6 @@ pub struct SqliteStore {
     ingest_tx: tokio::sync::mpsc::Sender<findings::IngestJob>,
     write: SqlitePool,
     read: SqlitePool,
-}
-
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(|source| StoreError::Corrupt {
-        what: what.to_owned(),
-        source,
-    })
-}
-
-fn parse_time(what: &'static str, s: &str) -> Result<Timestamp, StoreError> {
-    s.parse().map_err(|source| StoreError::Time { what, source })
-}
-
-fn enum_str<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-/// An enum stored by its serde name; `what` names the column in errors.
-fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, StoreError> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|source| StoreError::Corrupt {
-        what: format!("{what} {s:?}"),
-        source,
-    })
 }
 
 impl SqliteStore {
@@ -218,16 +174,6 @@ mod tests {
 
     #[test]
     fn every_migration_file_is_embedded() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut files: Vec<String> = std::fs::read_dir(&dir)
-            .expect("read migrations/")
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .filter(|n| n.ends_with(".sql"))
-            .collect();
-        files.sort();
-        assert_eq!(files.len(), MIGRATIONS.len(), "migrations/ has {files:?}");
-        for (f, (v, desc, _)) in files.iter().zip(MIGRATIONS) {
-            assert_eq!(f, &format!("{v:04}_{desc}.sql"));
-        }
+        super::super::codec::assert_every_file_embedded("migrations", MIGRATIONS);
     }
 }

@@ -1,0 +1,179 @@
+//! Agents: registrations and last-seen times; per-agent credentials.
+
+use std::collections::HashMap;
+
+use graydar_common::api::RegisterRequest;
+use sqlx::Row as _;
+
+use super::{PgStore, digest, json, parse_json};
+use crate::store::{AgentRecord, AgentStore, CredentialRecord, CredentialStore, StoreError, StoreFuture};
+
+async fn load_agents(s: &PgStore) -> Result<Vec<AgentRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT hostname, addresses, labels, kernel_version, agent_version, capabilities, registered_ms, last_seen_ms FROM agents",
+    )
+    .fetch_all(&s.pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(AgentRecord {
+            req: RegisterRequest {
+                hostname: r.try_get("hostname")?,
+                addresses: parse_json("addresses", &r.try_get::<String, _>("addresses")?)?,
+                labels: parse_json("labels", &r.try_get::<String, _>("labels")?)?,
+                kernel_version: r.try_get("kernel_version")?,
+                agent_version: r.try_get("agent_version")?,
+                capabilities: parse_json("capabilities", &r.try_get::<String, _>("capabilities")?)?,
+                // Not stored: the fault inventory is reported again by every heartbeat.
+                interfaces: None,
+                dm_devices: None,
+                credential_sha256: None,
+            },
+            registered_ms: r.try_get("registered_ms")?,
+            last_seen_ms: r.try_get("last_seen_ms")?,
+        });
+    }
+    Ok(out)
+}
+
+async fn upsert_agent(s: &PgStore, a: &AgentRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO agents (hostname, addresses, labels, kernel_version, agent_version, capabilities, registered_ms, last_seen_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (hostname) DO UPDATE SET addresses = excluded.addresses, labels = excluded.labels, \
+         kernel_version = excluded.kernel_version, agent_version = excluded.agent_version, \
+         capabilities = excluded.capabilities, last_seen_ms = excluded.last_seen_ms",
+    )
+    .bind(&a.req.hostname)
+    .bind(json(&a.req.addresses))
+    .bind(json(&a.req.labels))
+    .bind(&a.req.kernel_version)
+    .bind(&a.req.agent_version)
+    .bind(json(&a.req.capabilities))
+    .bind(a.registered_ms)
+    .bind(a.last_seen_ms)
+    .execute(&s.pool)
+    .await?;
+    Ok(())
+}
+
+async fn update_last_seen(s: &PgStore, seen: &[(String, i64)]) -> Result<(), StoreError> {
+    if seen.is_empty() {
+        return Ok(());
+    }
+    // Rows locked in hostname order, so two flushes never deadlock.
+    let mut seen: Vec<&(String, i64)> = seen.iter().collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut tx = s.pool.begin().await?;
+    for (name, at) in seen {
+        sqlx::query("UPDATE agents SET last_seen_ms = $1 WHERE hostname = $2 AND last_seen_ms < $1")
+            .bind(at)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn firing_counts(s: &PgStore, agent: Option<&str>) -> Result<HashMap<String, u64>, StoreError> {
+    let rows = match agent {
+        Some(a) => {
+            sqlx::query(
+                "SELECT agent, COUNT(*) AS n FROM findings WHERE state = 'firing' AND agent = $1 GROUP BY agent",
+            )
+            .bind(a)
+            .fetch_all(&s.pool)
+            .await?
+        }
+        None => {
+            sqlx::query("SELECT agent, COUNT(*) AS n FROM findings WHERE state = 'firing' GROUP BY agent")
+                .fetch_all(&s.pool)
+                .await?
+        }
+    };
+    let mut out = HashMap::new();
+    for r in rows {
+        let n: i64 = r.try_get("n")?;
+        out.insert(r.try_get::<String, _>("agent")?, u64::try_from(n).unwrap_or(0));
+    }
+    Ok(out)
+}
+
+async fn credentials(s: &PgStore) -> Result<Vec<CredentialRecord>, StoreError> {
+    let rows = sqlx::query("SELECT hostname, sha256, created_ms FROM agent_credentials")
+        .fetch_all(&s.pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let hostname: String = r.try_get("hostname")?;
+            Ok(CredentialRecord {
+                // Written by bind_credential from 32 bytes; anything else is no credential.
+                sha256: digest(r.try_get("sha256")?, &hostname)?,
+                hostname,
+                created_ms: r.try_get("created_ms")?,
+            })
+        })
+        .collect()
+}
+
+async fn bind_credential(s: &PgStore, c: &CredentialRecord) -> Result<[u8; 32], StoreError> {
+    // READ COMMITTED: an INSERT that meets a concurrent one waits for it and
+    // does nothing; the SELECT after it sees the winner's row.
+    let mut tx = s.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO agent_credentials (hostname, sha256, created_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (hostname) DO NOTHING",
+    )
+    .bind(&c.hostname)
+    .bind(c.sha256.as_slice())
+    .bind(c.created_ms)
+    .execute(&mut *tx)
+    .await?;
+    let bound: Vec<u8> = sqlx::query_scalar("SELECT sha256 FROM agent_credentials WHERE hostname = $1")
+        .bind(&c.hostname)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    digest(bound, &c.hostname)
+}
+
+async fn delete_credential(s: &PgStore, hostname: &str) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM agent_credentials WHERE hostname = $1")
+        .bind(hostname)
+        .execute(&s.pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+impl CredentialStore for PgStore {
+    fn credentials(&self) -> StoreFuture<'_, Vec<CredentialRecord>> {
+        Box::pin(credentials(self))
+    }
+
+    fn bind_credential<'a>(&'a self, c: &'a CredentialRecord) -> StoreFuture<'a, [u8; 32]> {
+        Box::pin(bind_credential(self, c))
+    }
+
+    fn delete_credential<'a>(&'a self, hostname: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(delete_credential(self, hostname))
+    }
+}
+
+impl AgentStore for PgStore {
+    fn load_agents(&self) -> StoreFuture<'_, Vec<AgentRecord>> {
+        Box::pin(load_agents(self))
+    }
+
+    fn upsert_agent<'a>(&'a self, agent: &'a AgentRecord) -> StoreFuture<'a, ()> {
+        Box::pin(upsert_agent(self, agent))
+    }
+
+    fn update_last_seen<'a>(&'a self, seen: &'a [(String, i64)]) -> StoreFuture<'a, ()> {
+        Box::pin(update_last_seen(self, seen))
+    }
+
+    fn firing_counts<'a>(&'a self, agent: Option<&'a str>) -> StoreFuture<'a, HashMap<String, u64>> {
+        Box::pin(firing_counts(self, agent))
+    }
+}
