@@ -21,10 +21,22 @@ const DATAGRAMS: u64 = 200_000;
 const ROUNDS: usize = 9;
 const PORT: u16 = 19477;
 
-struct Ns(String);
+pub(crate) struct Ns(pub(crate) String);
+
+/// Moves the calling thread into the network namespace `name`.
+pub(crate) fn enter_netns(name: &str) -> Result<()> {
+    let path = format!("/run/netns/{name}");
+    let fd = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setns on this thread only, with a valid namespace fd.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {path}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 impl Ns {
-    fn new() -> Result<Ns> {
+    pub(crate) fn new() -> Result<Ns> {
         let name = format!("gdbench{}", std::process::id());
         crate::ok(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Ns(name);
@@ -34,14 +46,9 @@ impl Ns {
 
     /// Runs `f` on a thread that entered this namespace.
     fn run_in<R: Send + 'static>(&self, f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
-        let path = format!("/run/netns/{}", self.0);
+        let name = self.0.clone();
         std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-            use std::os::fd::AsRawFd as _;
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {path}: {}", std::io::Error::last_os_error());
-            }
+            enter_netns(&name)?;
             f()
         })
         .join()
@@ -94,7 +101,8 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-struct Agent(Child);
+/// A child process stopped with SIGTERM (and reaped) when dropped.
+pub(crate) struct Agent(pub(crate) Child);
 
 impl Drop for Agent {
     fn drop(&mut self) {

@@ -19,14 +19,14 @@
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{pin_to_cpu0, proc_cpu_ticks, status_kib};
+use crate::bench::{Agent, Ns, enter_netns, pin_to_cpu0, proc_cpu_ticks, status_kib};
 
 /// How often both monitors are scraped during a phase.
 const SCRAPE_EVERY: Duration = Duration::from_secs(5);
@@ -143,9 +143,9 @@ impl Load {
 
 /// The bulk load's topology: a namespace with one end of a veth pair,
 /// 10.251.0.2/30, and the other end here, 10.251.0.1/30, with a sink
-/// listening on it. Removed on drop.
+/// listening on it. Removed on drop (with the namespace).
 struct Veth {
-    ns: String,
+    ns: Ns,
     port: u16,
 }
 
@@ -154,17 +154,15 @@ const VETH_HERE: &str = "10.251.0.1";
 impl Veth {
     fn new() -> Result<Veth> {
         let id = std::process::id() % 100_000;
-        let (ns, here, there) = (format!("gdcost{id}"), format!("gdc{id}a"), format!("gdc{id}b"));
-        crate::ok(Command::new("ip").args(["netns", "add", &ns]))?;
-        let mut veth = Veth { ns, port: 0 };
+        let (here, there) = (format!("gdc{id}a"), format!("gdc{id}b"));
+        let ns = Ns::new()?;
         for args in [
             vec!["link", "add", &here, "type", "veth", "peer", "name", &there],
-            vec!["link", "set", &there, "netns", &veth.ns],
+            vec!["link", "set", &there, "netns", &ns.0],
             vec!["addr", "add", "10.251.0.1/30", "dev", &here],
             vec!["link", "set", &here, "up"],
-            vec!["-n", &veth.ns, "addr", "add", "10.251.0.2/30", "dev", &there],
-            vec!["-n", &veth.ns, "link", "set", &there, "up"],
-            vec!["-n", &veth.ns, "link", "set", "lo", "up"],
+            vec!["-n", &ns.0, "addr", "add", "10.251.0.2/30", "dev", &there],
+            vec!["-n", &ns.0, "link", "set", &there, "up"],
         ] {
             crate::ok(Command::new("ip").args(&args))?;
         }
@@ -181,43 +179,11 @@ impl Veth {
                 });
             }
         });
-        veth.port = port;
-        Ok(veth)
+        Ok(Veth { ns, port })
     }
 }
 
-impl Drop for Veth {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes the pair.
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
-/// Moves this thread into the network namespace `name`.
-fn enter_netns(name: &str) -> Result<()> {
-    let path = format!("/run/netns/{name}");
-    let fd = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: setns on this thread only, with a valid namespace fd.
-    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns {path}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our own child.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn start(monitor: Monitor, agent_bin: &Path) -> Result<Option<Running>> {
+fn start(monitor: Monitor, agent_bin: &Path) -> Result<Option<Agent>> {
     let child = match monitor {
         Monitor::None => return Ok(None),
         m if m.is_agent() => {
@@ -239,7 +205,7 @@ fn start(monitor: Monitor, agent_bin: &Path) -> Result<Option<Running>> {
                 format!("starting {NODE_EXPORTER} (Debian's prometheus-node-exporter: run `cargo xtask setup`)")
             })?,
     };
-    let running = Running(child);
+    let running = Agent(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if scrape(monitor).is_ok() {
@@ -283,7 +249,7 @@ fn scrape(monitor: Monitor) -> Result<(Duration, usize)> {
 
 /// Runs `load` on a thread pinned to CPU 0 until `stop`; returns its count.
 fn spawn_load(load: Load, stop: Arc<AtomicBool>, veth: &Veth) -> Result<std::thread::JoinHandle<Result<u64>>> {
-    let (veth_ns, veth_port) = (veth.ns.clone(), veth.port);
+    let (veth_ns, veth_port) = (veth.ns.0.clone(), veth.port);
     // The TCP echo end: its own pinned thread, for the phase only.
     let echo = match load {
         Load::Tcp => {
