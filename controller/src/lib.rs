@@ -14,6 +14,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod faults;
 pub mod findings;

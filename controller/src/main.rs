@@ -82,7 +82,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(t) => Some(tls_config(&t.cert, &t.key)?),
         None => None,
     };
-    let services = Services::open_with(store, liveness, cfg.faults, cfg.prometheus.clone()).await?;
+    // Several controllers may share a PostgreSQL database (cluster.rs).
+    let cluster = match &cfg.database {
+        graydar_controller::store::Database::Postgres(url) => graydar_controller::cluster::Cluster::postgres(url)
+            .await
+            .with_context(|| format!("joining the controllers on {}", cfg.database))?,
+        graydar_controller::store::Database::Sqlite { .. } => graydar_controller::cluster::Cluster::single(),
+    };
+    let services = Services::open_in(store, cluster, liveness, cfg.faults, cfg.prometheus.clone()).await?;
     let metrics = Metrics::for_services(&services);
     let app = Arc::new(AppState {
         services,

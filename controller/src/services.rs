@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::agents::credentials::Credentials;
 use crate::agents::{AgentError, AgentService, Liveness};
+use crate::cluster::{Change, Cluster, RESYNC_INTERVAL};
 use crate::faults::{FaultConfig, FaultError, FaultService};
 use crate::findings::FindingService;
 use crate::gamedays::GameDayService;
@@ -13,6 +14,9 @@ use crate::gamedays::promql::PrometheusConfig;
 use crate::paths::PathService;
 use crate::store::Store;
 pub use crate::store::StoreError;
+
+/// How long readiness waits for the database.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often agents' last-seen times are written to the store.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
@@ -33,11 +37,13 @@ pub enum OpenError {
 
 pub struct Services {
     pub agents: Arc<AgentService>,
-    pub credentials: Credentials,
+    pub credentials: Arc<Credentials>,
     pub findings: FindingService,
     pub faults: Arc<FaultService>,
-    pub paths: PathService,
+    pub paths: Arc<PathService>,
     pub gamedays: Arc<GameDayService>,
+    /// The other controllers on the database, if any.
+    pub cluster: Arc<Cluster>,
     store: Arc<dyn Store>,
 }
 
@@ -54,16 +60,31 @@ impl Services {
         faults: FaultConfig,
         prometheus: Option<PrometheusConfig>,
     ) -> Result<Services, OpenError> {
+        Services::open_in(store, Cluster::single(), liveness, faults, prometheus).await
+    }
+
+    /// [`Services::open_with`] as one of the controllers of `cluster`
+    /// (several on one PostgreSQL database: see `cluster.rs`). Runs left
+    /// unfinished are ended here with one controller, and by whichever
+    /// becomes the leader with several.
+    pub async fn open_in(
+        store: Arc<dyn Store>,
+        cluster: Arc<Cluster>,
+        liveness: Liveness,
+        faults: FaultConfig,
+        prometheus: Option<PrometheusConfig>,
+    ) -> Result<Services, OpenError> {
         let agents = Arc::new(
             AgentService::open(store.clone(), liveness)
                 .await
                 .map_err(OpenError::Agents)?,
         );
-        let credentials = Credentials::open(store.clone()).await.map_err(OpenError::Credentials)?;
+        let credentials = Arc::new(Credentials::open(store.clone()).await.map_err(OpenError::Credentials)?);
         let faults = Arc::new(
             FaultService::open(store.clone(), faults)
                 .await
-                .map_err(OpenError::Faults)?,
+                .map_err(OpenError::Faults)?
+                .in_cluster(cluster.clone()),
         );
         // Where loads go: the registered agents' addresses (registration
         // keeps them current from then on).
@@ -75,21 +96,22 @@ impl Services {
             }
             Err(e) => tracing::warn!(error = %e, "listing agents for their addresses"),
         }
-        let paths = PathService::open(agents.clone(), store.clone())
-            .await
-            .map_err(OpenError::Paths)?;
-        let gamedays = Arc::new(GameDayService::new(
-            store.clone(),
-            agents.clone(),
-            faults.clone(),
-            prometheus,
-        ));
-        let interrupted = gamedays.recover().await.map_err(OpenError::GameDays)?;
-        if interrupted > 0 {
-            tracing::warn!(
-                runs = interrupted,
-                "game-day runs interrupted by a restart were ended as aborted"
-            );
+        let paths = Arc::new(
+            PathService::open(agents.clone(), store.clone())
+                .await
+                .map_err(OpenError::Paths)?,
+        );
+        let gamedays = Arc::new(
+            GameDayService::new(store.clone(), agents.clone(), faults.clone(), prometheus).in_cluster(cluster.clone()),
+        );
+        if !cluster.shared() {
+            let interrupted = gamedays.recover().await.map_err(OpenError::GameDays)?;
+            if interrupted > 0 {
+                tracing::warn!(
+                    runs = interrupted,
+                    "game-day runs interrupted by a restart were ended as aborted"
+                );
+            }
         }
         Ok(Services {
             findings: FindingService::new(store.clone(), agents.clone()),
@@ -98,13 +120,26 @@ impl Services {
             credentials,
             faults,
             gamedays,
+            cluster,
             store,
         })
     }
 
-    /// Whether the store answers (readiness).
+    /// Tells the other controllers on the database what this one stored.
+    pub async fn announce(&self, c: Change) {
+        self.cluster.notify(c).await;
+    }
+
+    /// Whether the store answers (readiness), within [`PING_TIMEOUT`]: a
+    /// database that is away makes the controller not ready at once rather
+    /// than after the pool's connect timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.store.ping().await
+        match tokio::time::timeout(PING_TIMEOUT, self.store.ping()).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the database did not answer within {PING_TIMEOUT:?}"
+            ))),
+        }
     }
 
     /// Writes what is pending (agents' last-seen times) and closes the store.
@@ -136,8 +171,134 @@ impl Services {
                 }
             }
         });
-        let expirer = crate::faults::spawn_expirer(Arc::downgrade(&self.faults));
-        let scheduler = self.gamedays.spawn_scheduler();
-        (flusher, vec![expirer, scheduler])
+        let mut tasks = vec![self.spawn_leader_work()];
+        if self.cluster.shared() {
+            tasks.push(self.spawn_follower());
+        }
+        (flusher, tasks)
+    }
+
+    /// The leader's work: fault expiry and the game-day scheduler while
+    /// this controller is the leader (always, with one controller); on
+    /// becoming the leader among several, the runs in the store are taken
+    /// over; on losing it, every run driven here is dropped at once.
+    fn spawn_leader_work(&self) -> tokio::task::JoinHandle<()> {
+        let faults = Arc::downgrade(&self.faults);
+        let gamedays = Arc::downgrade(&self.gamedays);
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            let mut leadership = cluster.leadership();
+            let mut work = AbortOnDrop(Vec::new());
+            loop {
+                let leading = *leadership.borrow_and_update();
+                let Some(g) = gamedays.upgrade() else { break };
+                if leading && work.0.is_empty() {
+                    if cluster.shared() {
+                        match g.take_over().await {
+                            Ok((0, 0)) => {}
+                            Ok((started, ended)) => {
+                                tracing::warn!(started, ended, "took over the game-day runs in the store")
+                            }
+                            Err(e) => tracing::error!(error = %e, "taking over the game-day runs in the store"),
+                        }
+                    }
+                    work.0.push(crate::faults::spawn_expirer(faults.clone()));
+                    work.0.push(g.spawn_scheduler());
+                } else if !leading && !work.0.is_empty() {
+                    work.0.drain(..).for_each(|t| t.abort());
+                    let runs = g.stand_down();
+                    tracing::error!(
+                        runs,
+                        "not the leader any more: fault expiry, the scheduler and the runs driven here stopped"
+                    );
+                }
+                drop(g);
+                if leadership.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// Hears the other controllers' changes and rereads what they changed
+    /// (everything every [`RESYNC_INTERVAL`], in case a notification was lost).
+    fn spawn_follower(&self) -> tokio::task::JoinHandle<()> {
+        let mut rx = self.cluster.subscribe();
+        let agents = Arc::downgrade(&self.agents);
+        let credentials = Arc::downgrade(&self.credentials);
+        let faults = Arc::downgrade(&self.faults);
+        let paths = Arc::downgrade(&self.paths);
+        let gamedays = Arc::downgrade(&self.gamedays);
+        tokio::spawn(async move {
+            let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+            loop {
+                let change = tokio::select! {
+                    c = rx.recv() => match c {
+                        Ok(c) => c,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Change::Resync,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = resync.tick() => Change::Resync,
+                };
+                let (Some(agents), Some(credentials), Some(faults), Some(paths), Some(gamedays)) = (
+                    agents.upgrade(),
+                    credentials.upgrade(),
+                    faults.upgrade(),
+                    paths.upgrade(),
+                    gamedays.upgrade(),
+                ) else {
+                    break;
+                };
+                let all = change == Change::Resync;
+                if (all || change == Change::Faults)
+                    && let Err(e) = faults.reload().await
+                {
+                    tracing::warn!(error = %e, "rereading the faults another controller changed");
+                }
+                if all || change == Change::Agents {
+                    if let Err(e) = agents.reload().await {
+                        tracing::warn!(error = %e, "rereading the agents");
+                    }
+                    if let Err(e) = credentials.reload().await {
+                        tracing::warn!(error = %e, "rereading the agents' credentials");
+                    }
+                    for r in agents.registrations() {
+                        faults.learn_registration(&r);
+                    }
+                }
+                if (all || change == Change::Keys)
+                    && let Err(e) = paths.reload_keys().await
+                {
+                    tracing::warn!(error = %e, "rereading the mesh keys");
+                }
+                match change {
+                    Change::Resync => match gamedays.adopt_pending().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(runs = n, "started runs that waited for the leader"),
+                        Err(e) => tracing::warn!(error = %e, "looking for runs that wait for the leader"),
+                    },
+                    Change::RunStart(id) => {
+                        if let Err(e) = gamedays.adopt(&id).await {
+                            tracing::warn!(run = %id, error = %e, "starting a run another controller accepted");
+                        }
+                    }
+                    Change::RunAbort { run, reason } => gamedays.abort_local(&run, reason).await,
+                    Change::RunResume(run) => gamedays.resume_local(&run),
+                    _ => {}
+                }
+            }
+        })
+    }
+}
+
+/// Tasks aborted when this is dropped (the leader's work, when the task
+/// that supervises it is aborted at shutdown).
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
     }
 }

@@ -85,6 +85,20 @@ impl Credentials {
         })
     }
 
+    /// Rereads the credentials from the store (another controller on the
+    /// same database bound or reset some).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let by_digest = self
+            .store
+            .credentials()
+            .await?
+            .into_iter()
+            .map(|c| (c.sha256, c.hostname))
+            .collect();
+        *lock(&self.by_digest) = by_digest;
+        Ok(())
+    }
+
     /// The hostname `presented` is the credential of, if any.
     pub fn hostname_of(&self, presented: &[u8]) -> Option<String> {
         if !presented.starts_with(CREDENTIAL_PREFIX.as_bytes()) {

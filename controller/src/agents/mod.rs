@@ -178,6 +178,35 @@ impl AgentService {
         self.get(&hostname).await
     }
 
+    /// Rereads the registered agents from the store (another controller on
+    /// the same database registered some, or wrote the last-seen times of
+    /// those it hears from). A last-seen time newer here stays.
+    pub async fn reload(&self) -> Result<usize, AgentError> {
+        let loaded = self.store.load_agents().await?;
+        let mut agents = lock(&self.agents);
+        let mut added = 0;
+        for a in loaded {
+            match agents.get_mut(&a.req.hostname) {
+                Some(known) => {
+                    let last_seen_ms = known.last_seen_ms.max(a.last_seen_ms);
+                    *known = a;
+                    known.last_seen_ms = last_seen_ms;
+                }
+                None => {
+                    added += 1;
+                    agents.insert(a.req.hostname.clone(), a);
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// What each registered agent registered with (its interfaces, dm
+    /// devices and addresses among it).
+    pub fn registrations(&self) -> Vec<RegisterRequest> {
+        lock(&self.agents).values().map(|a| a.req.clone()).collect()
+    }
+
     pub fn is_registered(&self, hostname: &str) -> bool {
         lock(&self.agents).contains_key(hostname)
     }

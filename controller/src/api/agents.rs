@@ -1,5 +1,6 @@
 //! Agent endpoints: agents register and heartbeat; readers list them.
 
+use crate::cluster::Change;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -98,6 +99,7 @@ pub(super) async fn register(
     app.services.faults.set_inventory(&hostname, interfaces, dm_devices);
     app.services.faults.set_addresses(&hostname, &addresses);
     let enrolled = app.services.credentials.is_enrolled(&hostname);
+    app.services.announce(Change::Agents).await;
     tracing::info!(agent = %hostname, enrolled, "agent registered");
     Ok(Json(RegisterResponse {
         agent,
@@ -123,6 +125,7 @@ pub(super) async fn reset_credential(
     PathParam(hostname): PathParam<String>,
 ) -> Result<StatusCode, Error> {
     if app.services.credentials.reset(&hostname).await? {
+        app.services.announce(Change::Agents).await;
         tracing::info!(agent = %hostname, "agent credential reset");
         Ok(StatusCode::NO_CONTENT)
     } else {

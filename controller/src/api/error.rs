@@ -69,6 +69,9 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::WriterStopped => Error::invalid(e),
+            // Nothing was stored: the caller retries (agents keep what they
+            // could not deliver).
+            e if e.is_unavailable() => Error::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
             other => Error::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
         }
     }

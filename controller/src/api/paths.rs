@@ -1,6 +1,7 @@
 //! Path endpoints: agents push their view of the mesh and get their peers;
 //! viewers read the matrix.
 
+use crate::cluster::Change;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -44,7 +45,9 @@ pub(super) async fn get_keys(State(app): State<Shared>) -> Json<MeshKeyList> {
     responses((status = 200, body = MeshKeyList), (status = 401, body = ApiError), (status = 403, body = ApiError),
         (status = 500, body = ApiError)))]
 pub(super) async fn rotate_key(State(app): State<Shared>) -> Result<Json<MeshKeyList>, Error> {
-    Ok(Json(app.services.paths.rotate_key().await?))
+    let keys = app.services.paths.rotate_key().await?;
+    app.services.announce(Change::Keys).await;
+    Ok(Json(keys))
 }
 
 /// An agent's per-peer, per-direction view of the probe mesh; the answer is

@@ -41,7 +41,8 @@ use tokio::sync::watch;
 use super::model::{AgentStatus, Fault};
 use super::policy::{Inventory, check_blast_radius, check_overlap, resolve_targets};
 use super::{FaultConfig, FaultError, FaultStatus};
-use crate::store::{EndReason, FaultSelection, FaultStore, LeverRecord};
+use crate::cluster::{Change, Cluster};
+use crate::store::{ChangeTurn, EndReason, FaultSelection, FaultStore, LeverRecord};
 use crate::timefmt::now_ms;
 
 /// Shortest lease a fault may ask for (as the controller's `faults.lease`).
@@ -82,6 +83,16 @@ pub struct FaultService {
     /// Bumped on every status report (dry-run waits watch it).
     status_tx: watch::Sender<u64>,
     inventory: Mutex<HashMap<String, Inventory>>,
+    /// The other controllers on this database (their changes reload memory;
+    /// this one's are announced to them).
+    cluster: Arc<Cluster>,
+}
+
+/// A change's turn: this controller's and, where several share the
+/// database, every controller's ([`FaultService::turn`]).
+struct Turn<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    _shared: ChangeTurn,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -146,6 +157,7 @@ impl FaultService {
             version_base: u64::try_from(now_ms()).unwrap_or(0).saturating_mul(1000),
             status_tx,
             inventory: Mutex::new(HashMap::new()),
+            cluster: Cluster::single(),
         };
         // An engaged lever with faults still running: the controller stopped
         // between storing the lever and storing its revert-all. Finish it.
@@ -158,6 +170,101 @@ impl FaultService {
             service.revert_all_in_turn().await?;
         }
         Ok(service)
+    }
+
+    /// This service as one of several controllers on the database of
+    /// `cluster`: each change waits for the others' and rereads the store
+    /// first, and is announced to them once stored.
+    pub fn in_cluster(mut self, cluster: Arc<Cluster>) -> FaultService {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Takes the turn of a change of the fault set. Where other controllers
+    /// share the database, also theirs, and memory is reread from the store
+    /// (what they changed is in it), so the checks of the change see every
+    /// fault created before it, on whichever controller.
+    async fn turn(&self) -> Result<Turn<'_>, FaultError> {
+        let local = self.changes.lock().await;
+        let shared = self.store.change_turn().await?;
+        if self.cluster.shared() {
+            self.reload_in_turn().await?;
+        }
+        Ok(Turn {
+            _local: local,
+            _shared: shared,
+        })
+    }
+
+    /// Tells the other controllers that the fault set changed (nothing
+    /// with one controller).
+    async fn announce(&self) {
+        self.cluster.notify(Change::Faults).await;
+    }
+
+    /// Rereads the live faults, the revert-all epoch and the safety lever
+    /// from the store (another controller changed them) and wakes the long
+    /// polls of the agents whose desired set changed.
+    pub async fn reload(&self) -> Result<(), FaultError> {
+        let _turn = self.changes.lock().await;
+        self.reload_in_turn().await
+    }
+
+    async fn reload_in_turn(&self) -> Result<(), FaultError> {
+        let now = now_ms();
+        let loaded = self
+            .store
+            .load_faults(FaultSelection::Live {
+                now_ms: now,
+                lease_ms: self.lease_ms(),
+            })
+            .await?;
+        let epoch = self.store.revert_all_epoch().await?;
+        let lever = self.store.safety_lever().await?;
+        let mut wake: BTreeSet<String> = BTreeSet::new();
+        let everyone = {
+            let mut inner = lock(&self.inner);
+            let mut fresh: BTreeMap<String, Fault> = loaded.into_iter().map(|f| (f.id.clone(), f)).collect();
+            for (id, f) in &mut fresh {
+                let changed = match inner.faults.get(id) {
+                    None => true,
+                    Some(old) => {
+                        // A state this controller heard after the row was read.
+                        for (h, st) in &mut f.agents {
+                            if let Some(o) = old.agents.get(h)
+                                && o.updated_ms > st.updated_ms
+                            {
+                                st.clone_from(o);
+                            }
+                        }
+                        old.ended_ms != f.ended_ms
+                            || old.expires_ms != f.expires_ms
+                            || old.agents.keys().ne(f.agents.keys())
+                            || (f.dry_run
+                                && old
+                                    .agents
+                                    .values()
+                                    .zip(f.agents.values())
+                                    .any(|(a, b)| a.state != b.state))
+                    }
+                };
+                if changed {
+                    wake.extend(f.agents.keys().cloned());
+                    wake.extend(self.sink_hosts(f));
+                }
+            }
+            let everyone = epoch != inner.revert_all_epoch;
+            inner.faults = fresh;
+            inner.revert_all_epoch = epoch;
+            inner.lever = lever;
+            everyone
+        };
+        if everyone {
+            wake.extend(lock(&self.watchers).keys().cloned());
+        }
+        self.bump(&wake);
+        self.status_tx.send_modify(|v| *v = v.wrapping_add(1));
+        Ok(())
     }
 
     pub fn config(&self) -> &FaultConfig {
@@ -174,6 +281,22 @@ impl FaultService {
             .entry(host.to_owned())
             .or_default()
             .update(interfaces, dm_devices);
+    }
+
+    /// Takes what another controller stored of an agent's registration:
+    /// its addresses, and its interfaces and dm devices where nothing is
+    /// known here yet (what the agent's heartbeats to this controller
+    /// reported is newer than its registration).
+    pub fn learn_registration(&self, req: &graydar_common::api::RegisterRequest) {
+        let mut inv = lock(&self.inventory);
+        let known = inv.entry(req.hostname.clone()).or_default();
+        if known.interfaces.is_none() {
+            known.interfaces.clone_from(&req.interfaces);
+        }
+        if known.dm_devices.is_none() {
+            known.dm_devices.clone_from(&req.dm_devices);
+        }
+        known.addresses = req.addresses.iter().filter_map(|a| a.parse().ok()).collect();
     }
 
     /// Remembers an agent's registered addresses (a load aimed at one of
@@ -258,7 +381,7 @@ impl FaultService {
             let inv = lock(&self.inventory);
             resolve_targets(&req, agents, &inv, &self.cfg)?
         };
-        let _turn = self.changes.lock().await;
+        let _turn = self.turn().await?;
         let now = now_ms();
         if !req.dry_run {
             let inner = lock(&self.inner);
@@ -334,6 +457,7 @@ impl FaultService {
         lock(&self.inner).faults.insert(fault.id.clone(), fault);
         self.bump(&targets);
         self.bump(&sinks);
+        self.announce().await;
         Ok(info)
     }
 
@@ -402,7 +526,7 @@ impl FaultService {
     /// Ends a fault now (`DELETE`): the end is stored, then its agents are
     /// woken and revert it. Ending an ended fault changes nothing.
     pub async fn end(&self, id: &str) -> Result<FaultInfo, FaultError> {
-        let _turn = self.changes.lock().await;
+        let _turn = self.turn().await?;
         let now = now_ms();
         let live = lock(&self.inner).faults.get(id).map(|f| {
             let ended = f.ended_ms.is_none().then_some(if now >= f.expires_ms {
@@ -429,6 +553,7 @@ impl FaultService {
             }
             tracing::info!(id, "fault ended by the operator");
             self.bump(&targets);
+            self.announce().await;
         }
         Ok(info)
     }
@@ -438,7 +563,7 @@ impl FaultService {
     /// (one transaction) before any agent sees them: a controller restarted
     /// right after never hands a reverted fault out again.
     pub async fn revert_all(&self) -> Result<RevertAllResponse, FaultError> {
-        let _turn = self.changes.lock().await;
+        let _turn = self.turn().await?;
         self.revert_all_in_turn().await
     }
 
@@ -468,6 +593,7 @@ impl FaultService {
         }
         let hosts: Vec<String> = lock(&self.watchers).keys().cloned().collect();
         self.bump(&hosts);
+        self.announce().await;
         tracing::warn!(faults = ended.len(), agents = hosts.len(), epoch, "revert-all");
         Ok(RevertAllResponse {
             faults_ended: u64::try_from(ended.len()).unwrap_or(0),
@@ -486,7 +612,7 @@ impl FaultService {
     /// it again keeps the first time and reason and runs the revert-all
     /// again.
     pub async fn engage_safety_lever(&self, reason: String) -> Result<SafetyLever, FaultError> {
-        let _turn = self.changes.lock().await;
+        let _turn = self.turn().await?;
         let existing = lock(&self.inner).lever.clone();
         let lever = match existing {
             Some(l) => l,
@@ -507,10 +633,11 @@ impl FaultService {
 
     /// Releases the safety lever (stored, then new faults are accepted).
     pub async fn release_safety_lever(&self) -> Result<SafetyLever, FaultError> {
-        let _turn = self.changes.lock().await;
+        let _turn = self.turn().await?;
         if lock(&self.inner).lever.is_some() {
             self.store.set_safety_lever(None).await?;
             lock(&self.inner).lever = None;
+            self.announce().await;
             tracing::warn!("safety lever released: faults are accepted again");
         }
         Ok(lever_view(None, None))
@@ -520,7 +647,18 @@ impl FaultService {
     /// agents (the agents' leases end at the same time anyway). Called every
     /// second by [`spawn_expirer`].
     pub async fn expire(&self) -> Result<usize, FaultError> {
-        let _turn = self.changes.lock().await;
+        let due = |now: i64| {
+            lock(&self.inner)
+                .faults
+                .values()
+                .any(|f| f.ended_ms.is_none() && now >= f.expires_ms)
+        };
+        if !due(now_ms()) {
+            // Nothing to end: no turn to wait for.
+            self.prune(now_ms());
+            return Ok(0);
+        }
+        let _turn = self.turn().await?;
         let now = now_ms();
         let (ids, hosts) = {
             let inner = lock(&self.inner);
@@ -536,6 +674,9 @@ impl FaultService {
             (ids, hosts)
         };
         self.store.end_faults(&ids, now, EndReason::Expired).await?;
+        if !ids.is_empty() {
+            self.announce().await;
+        }
         {
             let mut inner = lock(&self.inner);
             for id in &ids {
@@ -703,6 +844,7 @@ impl FaultService {
             return Ok((0, ignored));
         }
         let stored = self.store.update_fault_states(host, &accepted, now).await?;
+        self.announce().await;
         self.end_failed_everywhere(&accepted, now).await?;
         self.status_tx.send_modify(|v| *v = v.wrapping_add(1));
         // Rows that matched nothing (no such fault, or not this agent's).
@@ -717,7 +859,7 @@ impl FaultService {
         if !updates.iter().any(|u| u.state == FaultState::Failed) {
             return Ok(());
         }
-        let _turn = self.changes.lock().await;
+        let _turn = self.turn().await?;
         let failed: Vec<(String, Vec<String>)> = {
             let inner = lock(&self.inner);
             updates
@@ -739,16 +881,18 @@ impl FaultService {
         }
         let ids: Vec<String> = failed.iter().map(|(id, _)| id.clone()).collect();
         self.store.end_faults(&ids, now, EndReason::Failed).await?;
-        let mut inner = lock(&self.inner);
-        for (id, _) in &failed {
-            if let Some(f) = inner.faults.get_mut(id) {
-                f.ended_ms = Some(now);
-                f.end_reason = Some(EndReason::Failed);
+        {
+            let mut inner = lock(&self.inner);
+            for (id, _) in &failed {
+                if let Some(f) = inner.faults.get_mut(id) {
+                    f.ended_ms = Some(now);
+                    f.end_reason = Some(EndReason::Failed);
+                }
+                tracing::warn!(id, "fault failed on every agent it targets: ended");
             }
-            tracing::warn!(id, "fault failed on every agent it targets: ended");
         }
-        drop(inner);
         self.bump(failed.iter().flat_map(|(_, hosts)| hosts));
+        self.announce().await;
         Ok(())
     }
 

@@ -24,6 +24,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use tokio::sync::mpsc;
 
 use crate::agents::AgentService;
+use crate::cluster::{Change, Cluster};
 use crate::faults::FaultService;
 use crate::store::{FindingFilter, GameDayRecord, RunFilter, RunRecord, Store, StoreError};
 use crate::timefmt::now_ms;
@@ -168,6 +169,8 @@ pub struct GameDayService {
     store: Arc<dyn Store>,
     limits: Limits,
     ctx: Arc<Ctx>,
+    /// Runs are driven by the leader among the controllers on the database.
+    cluster: Arc<Cluster>,
 }
 
 impl GameDayService {
@@ -215,7 +218,106 @@ impl GameDayService {
                 prometheus,
             }),
             store,
+            cluster: Cluster::single(),
         }
+    }
+
+    /// This service as one of several controllers on the database of
+    /// `cluster`: runs are driven by the leader (a run started on another
+    /// controller is handed to it), aborts and resumes reach it by
+    /// notification.
+    pub fn in_cluster(mut self, cluster: Arc<Cluster>) -> GameDayService {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Drives `info` (preflight passed, stored) here; nothing when it is
+    /// driven here already.
+    fn spawn_run(&self, info: RunInfo) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let live = Arc::new(LiveRun {
+            info: Mutex::new(info.clone()),
+            tx,
+            task: Mutex::new(None),
+        });
+        {
+            let mut runs = lock(&self.ctx.live);
+            if runs.contains_key(&info.id) {
+                return;
+            }
+            runs.insert(info.id.clone(), live.clone());
+        }
+        tracing::info!(run = %info.id, gameday = %info.gameday, seed = info.seed, "game-day run started");
+        let task = tokio::spawn(runner::drive(self.ctx.clone(), live.clone(), rx));
+        *lock(&live.task) = Some(task.abort_handle());
+    }
+
+    /// The leader takes a run another controller accepted (it passed its
+    /// preflight there and waits): whether it started here.
+    pub async fn adopt(&self, id: &str) -> Result<bool, GameDayError> {
+        if !self.cluster.is_leader() || lock(&self.ctx.live).contains_key(id) {
+            return Ok(false);
+        }
+        let Some(r) = self.store.run(id).await? else {
+            return Ok(false);
+        };
+        let info = decode_run(&r)?;
+        if info.state != RunState::Preflight || info.is_finished() {
+            return Ok(false);
+        }
+        self.spawn_run(info);
+        Ok(true)
+    }
+
+    /// The leader starts every run that waits for one (its notification
+    /// may have been lost); how many.
+    pub async fn adopt_pending(&self) -> Result<usize, GameDayError> {
+        if !self.cluster.is_leader() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for r in self.store.unfinished_runs().await? {
+            if r.state == RunState::Preflight.as_str() && self.adopt(&r.id).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// What a controller that just became the leader does with the runs
+    /// in the store: those waiting for a leader are started, those another
+    /// leader was driving when it died are ended as aborted, their faults
+    /// ended (the agents revert them at once). `(started, ended)`.
+    pub async fn take_over(&self) -> Result<(usize, usize), GameDayError> {
+        let mut started = 0;
+        let mut ended = 0;
+        for r in self.store.unfinished_runs().await? {
+            if lock(&self.ctx.live).contains_key(&r.id) {
+                continue;
+            }
+            let info = decode_run(&r)?;
+            if info.state == RunState::Preflight {
+                self.spawn_run(info);
+                started += 1;
+            } else {
+                self.end_interrupted(info, "the controller driving it stopped; the new leader ended it")
+                    .await?;
+                ended += 1;
+            }
+        }
+        Ok((started, ended))
+    }
+
+    /// Stops driving every run here at once (this controller is no longer
+    /// the leader: the next one ends them); how many.
+    pub fn stand_down(&self) -> usize {
+        let runs: Vec<Arc<LiveRun>> = lock(&self.ctx.live).drain().map(|(_, l)| l).collect();
+        for l in &runs {
+            if let Some(task) = lock(&l.task).take() {
+                task.abort();
+            }
+        }
+        runs.len()
     }
 
     /// The game-day metrics (registered with the controller's registry).
@@ -256,7 +358,15 @@ impl GameDayService {
         let runs = self.store.unfinished_runs().await?;
         let n = runs.len();
         for r in runs {
-            let mut info = decode_run(&r)?;
+            self.end_interrupted(decode_run(&r)?, "controller restarted").await?;
+        }
+        Ok(n)
+    }
+
+    /// Ends a run nobody drives any more as aborted (`why`), its faults
+    /// ended.
+    async fn end_interrupted(&self, mut info: RunInfo, why: &str) -> Result<(), GameDayError> {
+        {
             for s in &mut info.steps {
                 if s.state.is_live()
                     && let Some(id) = &s.fault_id
@@ -266,10 +376,9 @@ impl GameDayService {
                         Err(e) => tracing::warn!(fault = %id, error = %e, "ending a fault of an interrupted run"),
                     }
                     s.state = StepState::Reverted;
-                    s.reason = Some(
-                        "controller restarted: fault ended at the restart; the agents revert it (their leases guarantee it)"
-                            .into(),
-                    );
+                    s.reason = Some(format!(
+                        "{why}: fault ended then; the agents revert it (their leases guarantee it)"
+                    ));
                 } else if s.state == StepState::Pending || s.state == StepState::Active {
                     s.state = if s.state == StepState::Pending {
                         StepState::Skipped
@@ -289,7 +398,7 @@ impl GameDayService {
             }
             info.state = RunState::Completed;
             info.outcome = Some(Outcome::Aborted);
-            info.reason = Some("controller restarted".into());
+            info.reason = Some(why.to_owned());
             info.ended_at = Some(Timestamp::now());
             info.updated_at = Timestamp::now();
             info.verdicts = Some(info.compute_verdicts());
@@ -297,12 +406,12 @@ impl GameDayService {
                 &mut info,
                 None,
                 None,
-                "aborted: controller restarted; every fault of the run ended".into(),
+                format!("aborted: {why}; every fault of the run ended"),
             );
             self.store.update_run(&record(&info)).await?;
-            tracing::warn!(run = %info.id, gameday = %info.gameday, "game-day run aborted: controller restarted");
+            tracing::warn!(run = %info.id, gameday = %info.gameday, reason = why, "game-day run aborted");
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Starts a run of `name` (or, `dry_run`, plans one). The targets are
@@ -317,6 +426,20 @@ impl GameDayService {
             return Err(GameDayError::RunActive {
                 name: name.to_owned(),
                 run: lock(&active.info).id.clone(),
+            });
+        }
+        if !req.dry_run
+            && self.cluster.shared()
+            && let Some(active) = self
+                .store
+                .unfinished_runs()
+                .await?
+                .into_iter()
+                .find(|r| r.gameday == name)
+        {
+            return Err(GameDayError::RunActive {
+                name: name.to_owned(),
+                run: active.id,
             });
         }
         let seed = req.seed.unwrap_or_else(|| fastrand::u64(..));
@@ -442,14 +565,14 @@ impl GameDayService {
         }
         event(&mut info, None, None, "preflight passed".into());
         self.store.insert_run(&record(&info)).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let live = Arc::new(LiveRun {
-            info: Mutex::new(info.clone()),
-            tx,
-        });
-        lock(&self.ctx.live).insert(info.id.clone(), live.clone());
-        tracing::info!(run = %info.id, gameday = %name, seed, "game-day run started");
-        tokio::spawn(runner::drive(self.ctx.clone(), live, rx));
+        if self.cluster.is_leader() {
+            self.spawn_run(info.clone());
+        } else {
+            // The leader drives runs; it starts this one when it hears of it
+            // (or, when there is none right now, as it takes over).
+            tracing::info!(run = %info.id, gameday = %name, seed, "game-day run handed to the leader");
+            self.cluster.notify(Change::RunStart(info.id.clone())).await;
+        }
         Ok(info)
     }
 
@@ -542,10 +665,13 @@ impl GameDayService {
     pub async fn abort(&self, id: &str, reason: String) -> Result<RunInfo, GameDayError> {
         let Some(l) = self.live_unfinished(id) else {
             let info = self.run(id).await?;
-            return Err(GameDayError::Ended {
-                id: id.to_owned(),
-                outcome: info.outcome.map_or("completed", |o| o.as_str()).to_owned(),
-            });
+            if info.is_finished() || !self.cluster.shared() {
+                return Err(GameDayError::Ended {
+                    id: id.to_owned(),
+                    outcome: info.outcome.map_or("completed", |o| o.as_str()).to_owned(),
+                });
+            }
+            return self.abort_elsewhere(info, reason).await;
         };
         let _ = l.tx.send(Command::Abort(reason.clone()));
         let faults: Vec<String> = lock(&l.info)
@@ -561,6 +687,60 @@ impl GameDayService {
         }
         tracing::warn!(run = %id, %reason, "game-day run aborted");
         Ok(lock(&l.info).clone())
+    }
+
+    /// Aborts a run another controller (the leader) drives: its faults
+    /// are ended here and now, a run not started yet is ended in the store,
+    /// and the leader is told to end the run.
+    async fn abort_elsewhere(&self, mut info: RunInfo, reason: String) -> Result<RunInfo, GameDayError> {
+        for f in info
+            .steps
+            .iter()
+            .filter(|s| s.state.is_live())
+            .filter_map(|s| s.fault_id.clone())
+        {
+            if let Err(e) = self.ctx.faults.end(&f).await {
+                tracing::warn!(fault = %f, error = %e, "ending a fault of an aborted run (its lease reverts it)");
+            }
+        }
+        if info.state == RunState::Preflight {
+            for s in &mut info.steps {
+                s.state = StepState::Skipped;
+            }
+            info.state = RunState::Completed;
+            info.outcome = Some(Outcome::Aborted);
+            info.reason = Some(reason.clone());
+            info.ended_at = Some(Timestamp::now());
+            info.updated_at = Timestamp::now();
+            info.verdicts = Some(info.compute_verdicts());
+            event(&mut info, None, None, format!("aborted before it started: {reason}"));
+            self.store.update_run(&record(&info)).await?;
+        }
+        self.cluster
+            .notify(Change::RunAbort {
+                run: info.id.clone(),
+                reason: reason.clone(),
+            })
+            .await;
+        tracing::warn!(run = %info.id, %reason, "game-day run aborted (driven by the leader)");
+        Ok(info)
+    }
+
+    /// Another controller aborted the run `id`: ended here if driven here.
+    pub async fn abort_local(&self, id: &str, reason: String) {
+        if self.live_unfinished(id).is_some()
+            && let Err(e) = self.abort(id, reason).await
+        {
+            tracing::warn!(run = %id, error = %e, "aborting a run as another controller asked");
+        }
+    }
+
+    /// Another controller resumed the gate of run `id`: resumed here if
+    /// driven here.
+    pub fn resume_local(&self, id: &str) {
+        if let Some(l) = self.live_unfinished(id) {
+            let _ = l.tx.send(Command::Resume);
+        }
     }
 
     /// The run `id` while in progress (not while its task stores its end).
@@ -643,10 +823,22 @@ impl GameDayService {
     pub async fn resume(&self, id: &str) -> Result<RunInfo, GameDayError> {
         let Some(l) = self.live_unfinished(id) else {
             let info = self.run(id).await?;
-            return Err(GameDayError::Ended {
-                id: id.to_owned(),
-                outcome: info.outcome.map_or("completed", |o| o.as_str()).to_owned(),
-            });
+            if info.is_finished() || !self.cluster.shared() {
+                return Err(GameDayError::Ended {
+                    id: id.to_owned(),
+                    outcome: info.outcome.map_or("completed", |o| o.as_str()).to_owned(),
+                });
+            }
+            // Driven by the leader: told to resume, if it waits at a gate.
+            if !info
+                .steps
+                .iter()
+                .any(|s| s.action == "gate" && s.state == StepState::Active)
+            {
+                return Err(GameDayError::NoGate { id: id.to_owned() });
+            }
+            self.cluster.notify(Change::RunResume(id.to_owned())).await;
+            return Ok(info);
         };
         let waiting = lock(&l.info)
             .steps

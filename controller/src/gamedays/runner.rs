@@ -42,6 +42,9 @@ pub enum Command {
 pub struct LiveRun {
     pub info: Mutex<RunInfo>,
     pub tx: mpsc::UnboundedSender<Command>,
+    /// The task driving it (aborted when this controller stops being the
+    /// leader: the next leader ends the run).
+    pub task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1062,7 +1065,14 @@ impl Driver {
         let until = Instant::now() + self.ctx.faults.config().lease + Duration::from_secs(5);
         while Instant::now() < until {
             self.observe_faults().await;
-            if !self.snapshot().steps.iter().any(|s| s.state.is_live()) {
+            // Only faults are reverted: a gate or a wait in progress is
+            // nothing to wait for.
+            if !self
+                .snapshot()
+                .steps
+                .iter()
+                .any(|s| s.state.is_live() && s.fault_id.is_some())
+            {
                 break;
             }
             if self.dirty {

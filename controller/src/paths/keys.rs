@@ -61,6 +61,17 @@ impl MeshKeys {
         })
     }
 
+    /// Rereads the keys from the store (another controller on the same
+    /// database rotated them).
+    pub async fn reload(&self) -> Result<(), PathError> {
+        let _one = self.rotating.lock().await;
+        let keys = self.store.mesh_keys().await?;
+        if !keys.is_empty() {
+            *self.lock() = keys;
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<MeshKeyRecord>> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }

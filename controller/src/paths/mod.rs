@@ -89,6 +89,11 @@ impl PathService {
         self.keys.rotate(now_ms()).await
     }
 
+    /// Rereads the mesh keys (another controller rotated them).
+    pub async fn reload_keys(&self) -> Result<(), PathError> {
+        self.keys.reload().await
+    }
+
     /// The matrix now.
     pub fn matrix(&self) -> PathMatrix {
         self.mesh().matrix(now_ms())

@@ -64,6 +64,36 @@ pub enum StoreError {
     /// The task that writes transitions is gone (the store is closing).
     #[error("the database writer stopped")]
     WriterStopped,
+    /// The database did not answer in time.
+    #[error("database: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether the database is away (unreachable, restarting, refusing
+    /// connections, out of connections) rather than the request wrong: the
+    /// API answers 503, and a caller that retries later loses nothing.
+    pub fn is_unavailable(&self) -> bool {
+        let e = match self {
+            StoreError::Db(e) => e,
+            StoreError::Group(e) => e.as_ref(),
+            StoreError::Unavailable(_) => return true,
+            _ => return false,
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => true,
+            // SQLSTATE class 08 (connection exception), 57P01-57P03 (the
+            // server shutting down or starting), 53300 (too many connections).
+            sqlx::Error::Database(d) => d
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
+            _ => false,
+        }
+    }
 }
 
 /// An agent as stored: what it registered with, when, and when it was last
@@ -282,6 +312,28 @@ pub trait FaultStore: Send + Sync {
     fn safety_lever(&self) -> StoreFuture<'_, Option<LeverRecord>>;
     /// Engages (`Some`, replacing an earlier engagement) or releases (`None`).
     fn set_safety_lever<'a>(&'a self, lever: Option<&'a LeverRecord>) -> StoreFuture<'a, ()>;
+    /// The turn of a change of the fault set among every controller on this
+    /// database, held until the [`ChangeTurn`] is dropped. One controller
+    /// (SQLite) has nothing to wait for: its own turn (a mutex) is enough.
+    fn change_turn(&self) -> StoreFuture<'_, ChangeTurn> {
+        Box::pin(async { Ok(ChangeTurn::none()) })
+    }
+}
+
+/// A change's turn among several controllers (PostgreSQL: a transaction
+/// holding an advisory lock, released when it ends at the drop).
+pub struct ChangeTurn(#[expect(dead_code, reason = "held for its drop")] Box<dyn std::any::Any + Send>);
+
+impl ChangeTurn {
+    /// No turn to hold (one controller).
+    pub fn none() -> ChangeTurn {
+        ChangeTurn(Box::new(()))
+    }
+
+    /// A turn held while `guard` lives.
+    pub fn held(guard: impl std::any::Any + Send) -> ChangeTurn {
+        ChangeTurn(Box::new(guard))
+    }
 }
 
 /// The engaged safety lever as stored.

@@ -71,6 +71,8 @@ pub struct Api {
 pub enum TestDb {
     Sqlite(tempfile::TempDir),
     Postgres(pg::PgCluster),
+    /// A database other replicas share (its cluster is the test's).
+    Shared,
 }
 
 /// The store the API tests run on: `GRAYDAR_TEST_STORE` (`sqlite`, the
@@ -163,7 +165,35 @@ impl Api {
     /// the few outcomes that differ: concurrent requests run side by side
     /// there, where SQLite's writer commits them in arrival order.
     pub fn on_postgres(&self) -> bool {
-        matches!(self.db, TestDb::Postgres(_))
+        matches!(self.db, TestDb::Postgres(_) | TestDb::Shared)
+    }
+
+    /// One of several controller replicas on the PostgreSQL database at
+    /// `url`: its own store pool and its own cluster membership (LISTEN,
+    /// the leader's lock), as `graydar-controller --database-url` runs.
+    /// Background tasks are the caller's (`spawn_background`).
+    pub async fn replica(url: &graydar_controller::store::DatabaseUrl) -> Api {
+        let store: Arc<dyn Store> = Arc::new(PgStore::connect(url).await.expect("open the PostgreSQL store"));
+        let cluster = graydar_controller::cluster::Cluster::postgres(url)
+            .await
+            .expect("join the replicas");
+        let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
+        let services = Services::open_in(store.clone(), cluster, liveness(), FaultConfig::default(), None)
+            .await
+            .expect("services");
+        let metrics = Metrics::for_services(&services);
+        let state = Arc::new(AppState {
+            services,
+            tokens,
+            metrics,
+            heartbeat_interval_seconds: 10,
+        });
+        Api {
+            app: router(state.clone(), DEFAULT_MAX_BODY),
+            state,
+            store,
+            db: TestDb::Shared,
+        }
     }
 
     /// The credential `host`'s agent presents ([`secret_of`]); its

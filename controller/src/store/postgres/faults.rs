@@ -10,8 +10,8 @@ use sqlx::{QueryBuilder, Row as _};
 
 use super::{PgStore, json, parse_enum, parse_json};
 use crate::store::{
-    EndReason, FaultAgentRecord, FaultRecord, FaultSelection, FaultStatus, FaultStore, LeverRecord, StoreError,
-    StoreFuture,
+    ChangeTurn, EndReason, FaultAgentRecord, FaultRecord, FaultSelection, FaultStatus, FaultStore, LeverRecord,
+    StoreError, StoreFuture,
 };
 
 async fn load_faults(s: &PgStore, which: FaultSelection<'_>) -> Result<Vec<FaultRecord>, StoreError> {
@@ -309,4 +309,25 @@ impl FaultStore for PgStore {
     fn set_safety_lever<'a>(&'a self, lever: Option<&'a LeverRecord>) -> StoreFuture<'a, ()> {
         Box::pin(set_safety_lever(self, lever))
     }
+
+    fn change_turn(&self) -> StoreFuture<'_, ChangeTurn> {
+        Box::pin(change_turn(self))
+    }
+}
+
+/// The advisory lock a change of the fault set holds (transaction-level:
+/// released at the transaction's end, also when the connection dies).
+const CHANGE_LOCK: i64 = 0x6772_6179_6461_7232;
+
+/// Waits for the other controllers' changes of the fault set to end and
+/// holds the turn: a transaction that took [`CHANGE_LOCK`]; dropping it
+/// rolls back, which releases the lock (sqlx flushes the rollback when the
+/// connection goes back to the pool).
+async fn change_turn(s: &PgStore) -> Result<ChangeTurn, StoreError> {
+    let mut tx = s.pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CHANGE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(ChangeTurn::held(tx))
 }
