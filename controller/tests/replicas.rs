@@ -32,7 +32,7 @@ struct Replica {
 
 impl Replica {
     async fn start(db: &PgCluster) -> Replica {
-        let api = Api::replica(&db.default_url()).await;
+        let api = Api::replica(&common::db_url(db)).await;
         let (stop, rx) = tokio::sync::watch::channel(false);
         let (flusher, mut tasks) = api.state.services.spawn_background(rx);
         tasks.push(flusher);

@@ -2,7 +2,7 @@
 //! object only (`contract` takes any `dyn Store`): the SQLite store, and the
 //! PostgreSQL store on a throwaway cluster (`common/pg.rs`).
 
-#[path = "common/pg.rs"]
+#[path = "../../tests/src/pg.rs"]
 mod pg;
 
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use graydar_common::api::{
 };
 use graydar_common::fault_api::FaultStatusUpdate;
 use graydar_common::faults::{FaultSpec, FaultState};
+use graydar_controller::store::DatabaseUrl;
 use graydar_controller::store::{
     AgentRecord, EndReason, FaultAgentRecord, FaultRecord, FaultSelection, FaultStatus, FindingFilter, LeverRecord,
     PgStore, SqliteStore, Store, StoreError, TimedTransition,
@@ -383,7 +384,7 @@ async fn sqlite_store_keeps_the_contract_and_its_data_across_reopen() {
 #[tokio::test]
 async fn postgres_store_keeps_the_contract_and_its_data_across_reopen() {
     let cluster = pg::PgCluster::start();
-    let url = cluster.default_url();
+    let url = DatabaseUrl::parse(&cluster.default_url()).expect("a postgres:// URL");
     let store: Arc<dyn Store> = Arc::new(PgStore::connect(&url).await.expect("connect"));
     contract(store.clone()).await;
     store.close().await;
@@ -397,7 +398,7 @@ async fn postgres_store_keeps_the_contract_and_its_data_across_reopen() {
 #[tokio::test]
 async fn a_failing_postgres_migration_stops_the_start_with_its_reason() {
     let cluster = pg::PgCluster::start();
-    let url = cluster.default_url();
+    let url = DatabaseUrl::parse(&cluster.default_url()).expect("a postgres:// URL");
     let mut c = sqlx::PgConnection::connect(url.expose()).await.expect("connect");
     // Migration 1 creates `agents`, then `findings`: make it fail half way.
     sqlx::raw_sql("CREATE TABLE findings (id TEXT)")

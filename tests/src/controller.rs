@@ -111,6 +111,18 @@ impl<'ns> ControllerProcess<'ns> {
         tokens: &Tokens,
         extra: &[&str],
     ) -> ControllerProcess<'ns> {
+        Self::start_on_port(ns, NS_PORT, data_dir, tokens, extra)
+    }
+
+    /// [`ControllerProcess::start_with_args`] listening on `port` inside
+    /// `ns` (two controllers in one namespace: replicas of one database).
+    pub fn start_on_port(
+        ns: Option<&'ns NetNs>,
+        port: u16,
+        data_dir: &Path,
+        tokens: &Tokens,
+        extra: &[&str],
+    ) -> ControllerProcess<'ns> {
         let bin = controller_bin();
         require_bin(&bin);
         std::fs::create_dir_all(data_dir).expect("create the controller data dir");
@@ -125,8 +137,8 @@ impl<'ns> ControllerProcess<'ns> {
         let log_err = log.try_clone().expect("clone the log handle");
         let (listen, addr): (SocketAddr, SocketAddr) = match ns {
             Some(_) => (
-                SocketAddr::from(([0, 0, 0, 0], NS_PORT)),
-                SocketAddr::from(([127, 0, 0, 1], NS_PORT)),
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                SocketAddr::from(([127, 0, 0, 1], port)),
             ),
             None => {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");

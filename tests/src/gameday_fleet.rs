@@ -11,7 +11,7 @@ use std::time::Duration;
 use graydar_common::gameday::run::{Detection, DetectionState, Outcome, RunInfo};
 
 use crate::agent::{AgentProcess, NS_PORT, mesh_key_file};
-use crate::controller::{ControllerProcess, Tokens};
+use crate::controller::{ControllerProcess, NS_PORT as CONTROLLER_PORT, Tokens};
 use crate::fault_e2e::wait_until;
 use crate::netns::{NetNs, veth_pair};
 use crate::prom;
@@ -86,11 +86,24 @@ impl Fleet {
 
     /// An agent reporting to the controller with the path mesh toward its peer.
     pub fn agent_config(&self, me: &NetNs, link: u8, peer: &NetNs, peer_addr: &str, token: &str) -> String {
+        self.agent_config_on(me, link, CONTROLLER_PORT, peer, peer_addr, token)
+    }
+
+    /// [`Fleet::agent_config`] with the controller on `port` in C.
+    pub fn agent_config_on(
+        &self,
+        me: &NetNs,
+        link: u8,
+        port: u16,
+        peer: &NetNs,
+        peer_addr: &str,
+        token: &str,
+    ) -> String {
         format!(
             r#"hostname = "{me}"
 
 [controller]
-url = "http://10.{net}.{link}.1:8477"
+url = "http://10.{net}.{link}.1:{port}"
 token = "{token}"
 report_interval = "1s"
 
@@ -122,14 +135,28 @@ peers = ["{peer}={peer_addr}"]
             Some(url) => ControllerProcess::start_with_args(Some(&self.c), data, tokens, &["--prometheus-url", url]),
             None => ControllerProcess::start(Some(&self.c), data, tokens),
         };
+        let (a, b) = self.start_agents(&ctl, tokens, CONTROLLER_PORT, CONTROLLER_PORT);
+        (ctl, a, b)
+    }
+
+    /// Both agents, A reporting to the controller on `a_port` in C and B to
+    /// the one on `b_port`, once registered (as `ctl` sees them) and probing
+    /// each other.
+    pub fn start_agents<'t>(
+        &'t self,
+        ctl: &ControllerProcess,
+        tokens: &Tokens,
+        a_port: u16,
+        b_port: u16,
+    ) -> (AgentProcess<'t>, AgentProcess<'t>) {
         let a_addr = format!("10.{}.3.1", self.net);
         let a = AgentProcess::start(
             Some(&self.a),
-            &self.agent_config(&self.a, 1, &self.b, &self.b_mesh(), &tokens.agent),
+            &self.agent_config_on(&self.a, 1, a_port, &self.b, &self.b_mesh(), &tokens.agent),
         );
         let b = AgentProcess::start(
             Some(&self.b),
-            &self.agent_config(&self.b, 2, &self.a, &a_addr, &tokens.agent),
+            &self.agent_config_on(&self.b, 2, b_port, &self.a, &a_addr, &tokens.agent),
         );
         // Both registered and healthy, the mesh delivering both ways.
         wait_until(Duration::from_secs(60), "both agents healthy at the controller", || {
@@ -149,7 +176,7 @@ peers = ["{peer}={peer_addr}"]
                 })
             });
         }
-        (ctl, a, b)
+        (a, b)
     }
 
     /// A Prometheus in A's namespace, scraping A's agent every second with

@@ -9,6 +9,7 @@ pub mod faults;
 pub mod gameday_fleet;
 pub mod netns;
 pub mod orphans;
+pub mod pg;
 pub mod prom;
 pub mod prometheus_server;
 pub mod topology;

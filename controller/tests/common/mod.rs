@@ -9,6 +9,7 @@
 
 #![expect(dead_code, reason = "every test file uses its own part of this")]
 
+#[path = "../../../tests/src/pg.rs"]
 pub mod pg;
 
 use std::sync::Arc;
@@ -52,6 +53,11 @@ pub fn digest_of(host: &str) -> String {
     ))
 }
 
+/// The URL of `cluster`'s default database, as the controller takes it.
+pub fn db_url(cluster: &pg::PgCluster) -> graydar_controller::store::DatabaseUrl {
+    graydar_controller::store::DatabaseUrl::parse(&cluster.default_url()).expect("a postgres:// URL")
+}
+
 pub fn liveness() -> Liveness {
     Liveness {
         stale_after: Duration::from_secs(30),
@@ -86,7 +92,7 @@ pub async fn test_store() -> (Arc<dyn Store>, TestDb) {
         }
         Ok("postgres") => {
             let cluster = pg::PgCluster::start();
-            let store = PgStore::connect(&cluster.default_url())
+            let store = PgStore::connect(&db_url(&cluster))
                 .await
                 .expect("open the PostgreSQL store");
             (Arc::new(store), TestDb::Postgres(cluster))

@@ -1,6 +1,7 @@
-//! A throwaway PostgreSQL cluster for the PostgreSQL store's tests: `initdb`
-//! in a temp dir, the server started with `pg_ctl`, listening only on a Unix
-//! socket in that dir; [`PgCluster`]'s drop stops it (immediate mode) and
+//! A throwaway PostgreSQL cluster for the tests of the PostgreSQL store and
+//! of several controllers on one database (the controller's tests include
+//! this file by path): `initdb` in a temp dir, the server started with
+//! `pg_ctl`, listening only on a Unix socket in that dir; [`PgCluster`]'s drop stops it (immediate mode) and
 //! removes the dir. Real PostgreSQL, never a mock.
 //!
 //! The server binaries come from `GRAYDAR_PG_BIN` or the newest
@@ -11,8 +12,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-use graydar_controller::store::DatabaseUrl;
 
 /// The cluster's superuser (trust authentication on its socket only).
 const USER: &str = "graydar";
@@ -128,7 +127,7 @@ impl PgCluster {
     /// is kept; `immediate` would lose the last commits of this throwaway
     /// cluster, which runs with `synchronous_commit=off`);
     /// [`PgCluster::resume`] starts it again.
-    #[allow(dead_code, reason = "the store tests do not pause their cluster")]
+    #[allow(dead_code, reason = "not every test crate that includes this file pauses its cluster")]
     pub fn pause(&self) {
         must(
             self.server_cmd("pg_ctl")
@@ -164,13 +163,12 @@ impl PgCluster {
     }
 
     /// The URL of the database `db` of this cluster (its Unix socket).
-    pub fn url(&self, db: &str) -> DatabaseUrl {
-        DatabaseUrl::parse(&format!("postgres:///{db}?host={}&user={USER}", self.dir().display()))
-            .expect("a postgres:// URL")
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres:///{db}?host={}&user={USER}", self.dir().display())
     }
 
     /// The URL of the cluster's default database (`postgres`).
-    pub fn default_url(&self) -> DatabaseUrl {
+    pub fn default_url(&self) -> String {
         self.url("postgres")
     }
 }
