@@ -121,3 +121,80 @@ fn two_replicas_share_faults_findings_and_runs_and_the_survivor_ends_a_dead_lead
     eprintln!("the dead leader's run ended and reverted {:?} after its death", died.elapsed());
     assert_eq!(baseline.orphans(), Vec::<String>::new());
 }
+
+/// The database away for 30 s under a controller with real agents: faults
+/// still end on time at the agents (their polls are answered from memory),
+/// `/readyz` and writes answer 503, and the finding the fault raised and
+/// resolved meanwhile, buffered by its agent, arrives once the database is
+/// back: fired and resolved, each exactly once.
+#[test]
+fn thirty_seconds_without_the_database_end_faults_on_time_and_lose_no_finding() {
+    netns::require_root();
+    let db = PgCluster::start();
+    let url = db.default_url();
+    let fleet = Fleet::new("rq", 211);
+    let tokens = Tokens::random();
+    let data = tempfile::tempdir().expect("data dir");
+    let ctl =
+        ControllerProcess::start_on_port(Some(&fleet.c), NS_PORT, data.path(), &tokens, &["--database-url", &url]);
+    let (_a, _b) = fleet.start_agents(&ctl, &tokens, NS_PORT, NS_PORT);
+    let baseline = Baseline::take(&[&fleet.a, &fleet.b]);
+    // A blackhole toward B's mesh address for 12 s: asymmetric_connectivity
+    // on A fires and resolves while the database is away.
+    let prefix = format!("{}/32", fleet.b_mesh());
+    let created = Instant::now();
+    let f = fault_cli(
+        &ctl,
+        &tokens.operator,
+        &["apply", "--agent", fleet.a.name(), "--blackhole", &prefix, "--duration", "12s", "--force"],
+    );
+    wait_until(Duration::from_secs(5), "the blackhole on A", || {
+        fleet.blackholes().contains(&fleet.b_mesh()).then_some(())
+    });
+    db.pause();
+    let paused = Instant::now();
+    let (status, body) = ctl.try_get("/readyz").expect("the controller answers");
+    assert_eq!(status, 503, "{body}");
+    let out = ctl.cli(
+        &tokens.operator,
+        &["fault", "apply", "--agent", fleet.b.name(), "--blackhole", "10.211.97.0/24", "--duration", "60s", "--force"],
+    );
+    assert!(!out.status.success(), "a fault was created with the database away");
+    assert!(text(&out).contains("unavailable"), "{}", text(&out));
+    // Still applied mid-outage (the agent's lease is renewed from memory),
+    // reverted at its end.
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(created.elapsed()));
+    assert!(fleet.blackholes().contains(&fleet.b_mesh()), "reverted early");
+    wait_until(Duration::from_secs(20), "the blackhole reverted on A", || {
+        (!fleet.blackholes().contains(&fleet.b_mesh())).then_some(())
+    });
+    let ended = created.elapsed();
+    eprintln!("fault {} (12 s) reverted on A {ended:?} after its creation, the database away", f.id);
+    assert!(ended < Duration::from_secs(14), "{ended:?}");
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(paused.elapsed()));
+    db.resume();
+    let back = Instant::now();
+    wait_until(Duration::from_secs(30), "ready again", || {
+        matches!(ctl.try_get("/readyz"), Ok((200, _))).then_some(())
+    });
+    // Both transitions arrive, once each.
+    let history = wait_until(Duration::from_secs(60), "the finding's fire and resolve", || {
+        let v = ctl.cli_json(&tokens.viewer, &["findings"]);
+        let f = v["findings"].as_array()?.iter().find(|x| {
+            x["kind"] == "asymmetric_connectivity" && x["host"] == fleet.a.name() && x["state"] == "resolved"
+        })?;
+        let id = f["id"].as_str()?.to_owned();
+        let d = ctl.cli_json(&tokens.viewer, &["finding", &id]);
+        d["history"].as_array().cloned()
+    });
+    eprintln!("the finding arrived {:?} after the database came back", back.elapsed());
+    let kinds: Vec<&str> = history.iter().filter_map(|h| h["transition"].as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "fired").count(), 1, "{history:#?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "resolved").count(), 1, "{history:#?}");
+    // The controller marked the fault ended once it could write.
+    wait_until(Duration::from_secs(10), "the fault ended in the store", || {
+        let v = ctl.cli_json(&tokens.viewer, &["fault", "get", &f.id]);
+        (v["status"] == "ended").then_some(())
+    });
+    assert_eq!(baseline.orphans(), Vec::<String>::new());
+}
