@@ -21,7 +21,7 @@ const K8S_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
 /// Kinds kubernetes-validate has no schema for (Prometheus Operator CRDs);
 /// checked structurally below instead.
 const CRD_KINDS: &[&str] = &["PodMonitor", "ServiceMonitor", "PrometheusRule"];
-const OVERLAYS: &[&str] = &["default", "agent-only", "prometheus-operator", "legacy-kernel"];
+const OVERLAYS: &[&str] = &["default", "agent-only", "prometheus-operator", "legacy-kernel", "ha"];
 /// Capabilities the agent may be given, each for a named feature (see the
 /// comments in deploy/k8s/agent/daemonset.yaml).
 const AGENT_CAPS: &[&str] = &["BPF", "PERFMON", "NET_ADMIN"];
@@ -380,11 +380,50 @@ fn check_consistency(overlay: &str, objs: &[Value]) {
         .into_iter()
         .find(|d| d["metadata"]["name"] == "graydar-controller")
     {
-        assert_eq!(dep["spec"]["replicas"], 1, "{}", ctx("one SQLite writer"));
-        assert_eq!(dep["spec"]["strategy"]["type"], "Recreate", "{}", ctx("Recreate"));
         let pod = &dep["spec"]["template"]["spec"];
         let pod_labels = &dep["spec"]["template"]["metadata"]["labels"];
         let c = &seq(&pod["containers"])[0];
+        let env: BTreeMap<String, Value> = seq(&c["env"]).iter().map(|e| (s(&e["name"]), e.clone())).collect();
+        match env.get("GRAYDAR_DATABASE_URL") {
+            // SQLite on a volume: one writer, never two pods at once.
+            None => {
+                assert_eq!(dep["spec"]["replicas"], 1, "{}", ctx("one SQLite writer"));
+                assert_eq!(dep["spec"]["strategy"]["type"], "Recreate", "{}", ctx("Recreate"));
+            }
+            // PostgreSQL: several replicas, the URL from a Secret, nothing
+            // kept in the pod, a disruption budget that keeps one.
+            Some(url) => {
+                let replicas = dep["spec"]["replicas"].as_u64().unwrap_or(0);
+                assert!(replicas >= 2, "{}", ctx(&format!("{replicas} replica(s) on PostgreSQL")));
+                let key = &url["valueFrom"]["secretKeyRef"];
+                let sec = named(objs, "Secret", &s(&key["name"]));
+                let k = s(&key["key"]);
+                let value = sec["stringData"][k.as_str()].as_str().unwrap_or_default();
+                assert!(
+                    value.starts_with("postgres://") || sec["data"][k.as_str()].is_string(),
+                    "{}",
+                    ctx("the database URL Secret")
+                );
+                assert!(
+                    kind(objs, "PersistentVolumeClaim").is_empty()
+                        && seq(&pod["volumes"]).iter().all(|v| v.get("persistentVolumeClaim").is_none()),
+                    "{}",
+                    ctx("a volume claim beside PostgreSQL")
+                );
+                assert_ne!(dep["spec"]["strategy"]["type"], "Recreate", "{}", ctx("Recreate: an outage per rollout"));
+                let pdbs = kind(objs, "PodDisruptionBudget");
+                let pdb = pdbs
+                    .iter()
+                    .find(|p| {
+                        p["spec"]["selector"]["matchLabels"]
+                            .as_mapping()
+                            .is_some_and(|m| m.iter().all(|(k, v)| &pod_labels[k] == v))
+                    })
+                    .unwrap_or_else(|| panic!("{}", ctx("no PodDisruptionBudget selects the controller")));
+                let min = pdb["spec"]["minAvailable"].as_u64().unwrap_or(0);
+                assert!((1..replicas).contains(&min), "{}", ctx(&format!("minAvailable {min}")));
+            }
+        }
         let args: Vec<String> = seq(&c["args"]).iter().map(s).collect();
         assert!(
             args.contains(&"--data-dir=/var/lib/graydar-controller".to_owned()),
