@@ -14,6 +14,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(graydar_controller::config::Command::CopyToPostgres { from_data_dir, to }) = &cli.command {
+        return copy_to_postgres(from_data_dir, to);
+    }
     let env_tokens = std::env::var("GRAYDAR_TOKENS").ok();
     let cfg = match Config::load(&cli, env_tokens.as_deref()) {
         Ok(c) => c,
@@ -44,6 +47,41 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("graydar-controller: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `graydar-controller copy-to-postgres`: the SQLite database of a data
+/// directory into an empty PostgreSQL database (store/copy.rs).
+fn copy_to_postgres(from: &std::path::Path, to: &str) -> std::process::ExitCode {
+    let url = match graydar_controller::store::DatabaseUrl::parse(to) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("graydar-controller: --to: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("graydar-controller: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(graydar_controller::store::copy::copy_sqlite_to_postgres(from, &url)) {
+        Ok(report) => {
+            for (table, rows) in &report.rows {
+                println!("{table}: {rows} rows");
+            }
+            println!(
+                "copied {} into {url}: start the controllers with --database-url (or database_url) now",
+                from.join("graydar.db").display()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("graydar-controller: copy-to-postgres: {e}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -127,7 +127,10 @@ impl PgCluster {
     /// is kept; `immediate` would lose the last commits of this throwaway
     /// cluster, which runs with `synchronous_commit=off`);
     /// [`PgCluster::resume`] starts it again.
-    #[allow(dead_code, reason = "not every test crate that includes this file pauses its cluster")]
+    #[allow(
+        dead_code,
+        reason = "not every test crate that includes this file pauses its cluster"
+    )]
     pub fn pause(&self) {
         must(
             self.server_cmd("pg_ctl")

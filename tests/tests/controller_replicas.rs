@@ -51,14 +51,26 @@ fn two_replicas_share_faults_findings_and_runs_and_the_survivor_ends_a_dead_lead
     let f = fault_cli(
         &c1,
         &tokens.operator,
-        &["apply", "--agent", fleet.a.name(), "--blackhole", prefix, "--duration", "120s", "--force"],
+        &[
+            "apply",
+            "--agent",
+            fleet.a.name(),
+            "--blackhole",
+            prefix,
+            "--duration",
+            "120s",
+            "--force",
+        ],
     );
     let route = prefix.trim_end_matches("/24");
     wait_until(Duration::from_secs(5), "the blackhole on A", || {
         fleet.blackholes().contains(route).then_some(())
     });
     let applied = created.elapsed();
-    eprintln!("fault {} created on replica 1 applied on A (polling replica 2) {applied:?} later", f.id);
+    eprintln!(
+        "fault {} created on replica 1 applied on A (polling replica 2) {applied:?} later",
+        f.id
+    );
     assert!(applied < Duration::from_secs(1), "{applied:?}");
     // Revert-all on replica 1: A reverts it through replica 2.
     let reverted = Instant::now();
@@ -118,7 +130,10 @@ fn two_replicas_share_faults_findings_and_runs_and_the_survivor_ends_a_dead_lead
     wait_until(Duration::from_secs(5), "the run's blackhole gone from A", || {
         (!fleet.blackholes().contains(&fleet.b_mesh())).then_some(())
     });
-    eprintln!("the dead leader's run ended and reverted {:?} after its death", died.elapsed());
+    eprintln!(
+        "the dead leader's run ended and reverted {:?} after its death",
+        died.elapsed()
+    );
     assert_eq!(baseline.orphans(), Vec::<String>::new());
 }
 
@@ -146,7 +161,16 @@ fn thirty_seconds_without_the_database_end_faults_on_time_and_lose_no_finding() 
     let f = fault_cli(
         &ctl,
         &tokens.operator,
-        &["apply", "--agent", fleet.a.name(), "--blackhole", &prefix, "--duration", "12s", "--force"],
+        &[
+            "apply",
+            "--agent",
+            fleet.a.name(),
+            "--blackhole",
+            &prefix,
+            "--duration",
+            "12s",
+            "--force",
+        ],
     );
     wait_until(Duration::from_secs(5), "the blackhole on A", || {
         fleet.blackholes().contains(&fleet.b_mesh()).then_some(())
@@ -157,7 +181,17 @@ fn thirty_seconds_without_the_database_end_faults_on_time_and_lose_no_finding() 
     assert_eq!(status, 503, "{body}");
     let out = ctl.cli(
         &tokens.operator,
-        &["fault", "apply", "--agent", fleet.b.name(), "--blackhole", "10.211.97.0/24", "--duration", "60s", "--force"],
+        &[
+            "fault",
+            "apply",
+            "--agent",
+            fleet.b.name(),
+            "--blackhole",
+            "10.211.97.0/24",
+            "--duration",
+            "60s",
+            "--force",
+        ],
     );
     assert!(!out.status.success(), "a fault was created with the database away");
     assert!(text(&out).contains("unavailable"), "{}", text(&out));
@@ -169,7 +203,10 @@ fn thirty_seconds_without_the_database_end_faults_on_time_and_lose_no_finding() 
         (!fleet.blackholes().contains(&fleet.b_mesh())).then_some(())
     });
     let ended = created.elapsed();
-    eprintln!("fault {} (12 s) reverted on A {ended:?} after its creation, the database away", f.id);
+    eprintln!(
+        "fault {} (12 s) reverted on A {ended:?} after its creation, the database away",
+        f.id
+    );
     assert!(ended < Duration::from_secs(14), "{ended:?}");
     std::thread::sleep(Duration::from_secs(30).saturating_sub(paused.elapsed()));
     db.resume();

@@ -394,7 +394,11 @@ fn check_consistency(overlay: &str, objs: &[Value]) {
             // kept in the pod, a disruption budget that keeps one.
             Some(url) => {
                 let replicas = dep["spec"]["replicas"].as_u64().unwrap_or(0);
-                assert!(replicas >= 2, "{}", ctx(&format!("{replicas} replica(s) on PostgreSQL")));
+                assert!(
+                    replicas >= 2,
+                    "{}",
+                    ctx(&format!("{replicas} replica(s) on PostgreSQL"))
+                );
                 let key = &url["valueFrom"]["secretKeyRef"];
                 let sec = named(objs, "Secret", &s(&key["name"]));
                 let k = s(&key["key"]);
@@ -406,11 +410,18 @@ fn check_consistency(overlay: &str, objs: &[Value]) {
                 );
                 assert!(
                     kind(objs, "PersistentVolumeClaim").is_empty()
-                        && seq(&pod["volumes"]).iter().all(|v| v.get("persistentVolumeClaim").is_none()),
+                        && seq(&pod["volumes"])
+                            .iter()
+                            .all(|v| v.get("persistentVolumeClaim").is_none()),
                     "{}",
                     ctx("a volume claim beside PostgreSQL")
                 );
-                assert_ne!(dep["spec"]["strategy"]["type"], "Recreate", "{}", ctx("Recreate: an outage per rollout"));
+                assert_ne!(
+                    dep["spec"]["strategy"]["type"],
+                    "Recreate",
+                    "{}",
+                    ctx("Recreate: an outage per rollout")
+                );
                 let pdbs = kind(objs, "PodDisruptionBudget");
                 let pdb = pdbs
                     .iter()

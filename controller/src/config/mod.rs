@@ -58,6 +58,23 @@ pub struct Cli {
     /// Print the effective configuration (tokens redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the controller does instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Copy the SQLite database of a data directory into a new, empty PostgreSQL database, then exit
+    /// (stop the controller that uses the data directory first; docs/src/install/ha.md).
+    CopyToPostgres {
+        /// The SQLite controller's data directory (its `data_dir`).
+        #[arg(long, default_value = "/var/lib/graydar-controller")]
+        from_data_dir: PathBuf,
+        /// The PostgreSQL database to fill: `postgres://user:password@host/db`.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

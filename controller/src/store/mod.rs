@@ -8,6 +8,7 @@
 //! the rules (liveness, validation, fault lifecycle) stay in the services.
 
 mod codec;
+pub mod copy;
 mod database;
 pub mod postgres;
 pub mod sqlite;

@@ -145,9 +145,24 @@ impl Api {
         Api::with_prometheus(cfg, liveness, None).await
     }
 
+    /// A controller (default settings) on `store`, whose database `db` is.
+    pub async fn on_store(store: Arc<dyn Store>, db: TestDb) -> Api {
+        Api::build(store, db, FaultConfig::default(), liveness(), None).await
+    }
+
     /// [`Api::with`], game days asking the Prometheus at `prometheus`.
     pub async fn with_prometheus(cfg: FaultConfig, liveness: Liveness, prometheus: Option<PrometheusConfig>) -> Api {
         let (store, db) = test_store().await;
+        Api::build(store, db, cfg, liveness, prometheus).await
+    }
+
+    async fn build(
+        store: Arc<dyn Store>,
+        db: TestDb,
+        cfg: FaultConfig,
+        liveness: Liveness,
+        prometheus: Option<PrometheusConfig>,
+    ) -> Api {
         let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
         let services = Services::open_with(store.clone(), liveness, cfg, prometheus)
             .await

@@ -89,7 +89,7 @@ const POOL_SIZE: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PgStore {
-    pool: PgPool,
+    pub(in crate::store) pool: PgPool,
 }
 
 impl PgStore {

@@ -79,7 +79,7 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 pub struct SqliteStore {
     ingest_tx: tokio::sync::mpsc::Sender<findings::IngestJob>,
     write: SqlitePool,
-    read: SqlitePool,
+    pub(in crate::store) read: SqlitePool,
 }
 
 impl SqliteStore {
