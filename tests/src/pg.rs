@@ -149,6 +149,33 @@ impl PgCluster {
         self.dir().join("data")
     }
 
+    /// The server's processes now: the postmaster (first line of its
+    /// `postmaster.pid`) and its children (benchmarks pin them and count
+    /// their CPU).
+    #[allow(dead_code, reason = "only the benchmarks look at the server's processes")]
+    pub fn server_pids(&self) -> Vec<u32> {
+        let Some(main) = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        else {
+            return Vec::new();
+        };
+        let mut pids = vec![main];
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let ppid = std::fs::read_to_string(e.path().join("stat")).ok().and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()))
+            });
+            if ppid == Some(main) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
     fn log(&self) -> PathBuf {
         self.dir().join("server.log")
     }

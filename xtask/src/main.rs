@@ -87,6 +87,16 @@ enum Cmd {
         /// Seconds of controller load per agent count.
         #[arg(long, default_value_t = 30)]
         controller_seconds: u64,
+        /// Controller load: the stores to measure, each with every agent count (sqlite, postgres,
+        /// postgres-N: N replicas on one throwaway PostgreSQL cluster).
+        #[arg(long, value_delimiter = ',', default_value = "sqlite")]
+        controller_stores: Vec<String>,
+        /// Controller load: pin the controllers and PostgreSQL to these CPUs (e.g. 0 or 0-1).
+        #[arg(long)]
+        controller_cpus: Option<String>,
+        /// Controller load: pin the load generator to these CPUs (e.g. 1 or 2-15).
+        #[arg(long)]
+        generator_cpus: Option<String>,
         /// `detection`: runs per library game day (default 20, 3 with --quick).
         #[arg(long)]
         detection_runs: Option<usize>,
@@ -180,6 +190,9 @@ fn main() -> Result<()> {
             only,
             controller_agents,
             controller_seconds,
+            controller_stores,
+            controller_cpus,
+            generator_cpus,
             detection_runs,
             soak_minutes,
             quick,
@@ -203,7 +216,15 @@ fn main() -> Result<()> {
                 };
                 bench::run(&ws, idle_seconds, &only, detection)
             } else {
-                bench_controller::run(&ws, &controller_agents, controller_seconds)
+                let stores = controller_stores
+                    .iter()
+                    .map(|s| bench_controller::StoreKind::parse(s))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let pinning = bench_controller::Pinning {
+                    controller: controller_cpus.as_deref().map(bench_controller::parse_cpus).transpose()?,
+                    generator: generator_cpus.as_deref().map(bench_controller::parse_cpus).transpose()?,
+                };
+                bench_controller::run(&ws, &controller_agents, controller_seconds, &stores, &pinning)
             }
         }
         Cmd::Dist {
