@@ -232,14 +232,29 @@ impl Services {
         tokio::spawn(async move {
             let mut resync = tokio::time::interval(RESYNC_INTERVAL);
             loop {
-                let change = tokio::select! {
-                    c = rx.recv() => match c {
-                        Ok(c) => c,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Change::Resync,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    },
-                    _ = resync.tick() => Change::Resync,
+                let first = tokio::select! {
+                    c = rx.recv() => c,
+                    _ = resync.tick() => Ok(Change::Resync),
                 };
+                // Everything heard meanwhile is handled at once: a storm of
+                // registrations on another replica is one reread here, not
+                // one per registration.
+                let mut changes = Vec::new();
+                let mut next = first;
+                loop {
+                    match next {
+                        Ok(c) => changes.push(c),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => changes.push(Change::Resync),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                    next = match rx.try_recv() {
+                        Ok(c) => Ok(c),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n))
+                        }
+                        Err(_) => break,
+                    };
+                }
                 let (Some(agents), Some(credentials), Some(faults), Some(paths), Some(gamedays)) = (
                     agents.upgrade(),
                     credentials.upgrade(),
@@ -249,13 +264,13 @@ impl Services {
                 ) else {
                     break;
                 };
-                let all = change == Change::Resync;
-                if (all || change == Change::Faults)
+                let all = changes.contains(&Change::Resync);
+                if (all || changes.contains(&Change::Faults))
                     && let Err(e) = faults.reload().await
                 {
                     tracing::warn!(error = %e, "rereading the faults another controller changed");
                 }
-                if all || change == Change::Agents {
+                if all || changes.contains(&Change::Agents) {
                     if let Err(e) = agents.reload().await {
                         tracing::warn!(error = %e, "rereading the agents");
                     }
@@ -266,25 +281,29 @@ impl Services {
                         faults.learn_registration(&r);
                     }
                 }
-                if (all || change == Change::Keys)
+                if (all || changes.contains(&Change::Keys))
                     && let Err(e) = paths.reload_keys().await
                 {
                     tracing::warn!(error = %e, "rereading the mesh keys");
                 }
-                match change {
-                    Change::Resync => match gamedays.adopt_pending().await {
+                if all {
+                    match gamedays.adopt_pending().await {
                         Ok(0) => {}
                         Ok(n) => tracing::warn!(runs = n, "started runs that waited for the leader"),
                         Err(e) => tracing::warn!(error = %e, "looking for runs that wait for the leader"),
-                    },
-                    Change::RunStart(id) => {
-                        if let Err(e) = gamedays.adopt(&id).await {
-                            tracing::warn!(run = %id, error = %e, "starting a run another controller accepted");
-                        }
                     }
-                    Change::RunAbort { run, reason } => gamedays.abort_local(&run, reason).await,
-                    Change::RunResume(run) => gamedays.resume_local(&run),
-                    _ => {}
+                }
+                for change in changes {
+                    match change {
+                        Change::RunStart(id) => {
+                            if let Err(e) = gamedays.adopt(&id).await {
+                                tracing::warn!(run = %id, error = %e, "starting a run another controller accepted");
+                            }
+                        }
+                        Change::RunAbort { run, reason } => gamedays.abort_local(&run, reason).await,
+                        Change::RunResume(run) => gamedays.resume_local(&run),
+                        _ => {}
+                    }
                 }
             }
         })

@@ -113,7 +113,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub enum StoreKind {
     Sqlite,
     /// `replicas` controllers on one throwaway PostgreSQL cluster.
-    Postgres { replicas: usize },
+    Postgres {
+        replicas: usize,
+    },
 }
 
 impl StoreKind {
@@ -433,9 +435,7 @@ fn one(ws: &Path, n: usize, seconds: u64, store: StoreKind, pinning: &Pinning) -
         errors: errors.load(Ordering::Relaxed),
         wall,
         cpu: ticks_between(&cpu0, &cpu1) as f64 / hz / wall,
-        db_cpu: db0
-            .zip(db1)
-            .map(|(a, b)| ticks_between(&a, &b) as f64 / hz / wall),
+        db_cpu: db0.zip(db1).map(|(a, b)| ticks_between(&a, &b) as f64 / hz / wall),
         gen_cpu: gen1.saturating_sub(gen0) as f64 / hz / wall,
         rss_mib,
     })
@@ -477,7 +477,11 @@ pub fn run(ws: &Path, agents: &[usize], seconds: u64, stores: &[StoreKind], pinn
     println!(
         "controller load: each simulated agent sends a heartbeat + a 1-transition batch every {}s; {seconds}s per N; {THREADS} client threads on the same host; controllers{} on CPUs {:?}, generator on CPUs {:?}",
         PERIOD.as_secs(),
-        if stores.iter().any(|s| *s != StoreKind::Sqlite) { " and PostgreSQL" } else { "" },
+        if stores.iter().any(|s| *s != StoreKind::Sqlite) {
+            " and PostgreSQL"
+        } else {
+            ""
+        },
         pinning.controller.as_deref().unwrap_or(&[]),
         pinning.generator.as_deref().unwrap_or(&[]),
     );

@@ -221,8 +221,14 @@ fn main() -> Result<()> {
                     .map(|s| bench_controller::StoreKind::parse(s))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let pinning = bench_controller::Pinning {
-                    controller: controller_cpus.as_deref().map(bench_controller::parse_cpus).transpose()?,
-                    generator: generator_cpus.as_deref().map(bench_controller::parse_cpus).transpose()?,
+                    controller: controller_cpus
+                        .as_deref()
+                        .map(bench_controller::parse_cpus)
+                        .transpose()?,
+                    generator: generator_cpus
+                        .as_deref()
+                        .map(bench_controller::parse_cpus)
+                        .transpose()?,
                 };
                 bench_controller::run(&ws, &controller_agents, controller_seconds, &stores, &pinning)
             }

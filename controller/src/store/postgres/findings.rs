@@ -1,12 +1,13 @@
 //! Findings and their transitions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use graydar_common::api::{BatchResponse, Evidence, Finding, FindingDetail, Timestamp, TransitionRecord};
 use sqlx::postgres::{PgRow, Postgres};
 use sqlx::{QueryBuilder, Row as _};
 
 use super::{PgStore, enum_str, json, parse_enum, parse_json, parse_time};
+use crate::store::codec::{BatchItem, attribute, latest_per_finding};
 use crate::store::{FindingFilter, FindingStore, StoreError, StoreFuture, TimedTransition};
 use crate::timefmt::now_ms;
 
@@ -36,64 +37,76 @@ fn finding_from_row(r: &PgRow) -> Result<Finding, StoreError> {
 /// One request's transitions in one transaction. Rows are written in
 /// finding-id order (stable: one finding's transitions keep theirs), so two
 /// requests touching the same findings lock them in the same order.
+/// Rows per multi-row statement (PostgreSQL binds at most 65535 parameters).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// One request's transitions in one transaction of few statements: a
+/// multi-row insert of the transitions (those already there skipped, by
+/// what it returns) and a multi-row upsert of the findings they leave. Rows
+/// go in finding order, so concurrent requests lock findings in one order.
 async fn ingest(s: &PgStore, agent: String, mut items: Vec<TimedTransition>) -> Result<BatchResponse, StoreError> {
     items.sort_by(|a, b| a.transition.finding.id.cmp(&b.transition.finding.id));
     let now = now_ms();
-    let (mut accepted, mut duplicates) = (0, 0);
+    let batch: Vec<BatchItem> = items.iter().map(|t| (0, agent.as_str(), t)).collect();
     let mut tx = s.pool.begin().await?;
-    for TimedTransition { at_ms, transition: t } in &items {
-        let f = &t.finding;
-        let evidence = json(&f.evidence);
-        let severity = enum_str(&f.severity);
-        let inserted = sqlx::query(
-            "INSERT INTO finding_transitions (finding_id, transition, at_ms, at, agent, severity, summary, evidence, received_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-        )
-        .bind(&f.id)
-        .bind(t.transition.as_str())
-        .bind(at_ms)
-        .bind(t.at.to_string())
-        .bind(&agent)
-        .bind(&severity)
-        .bind(&f.summary)
-        .bind(&evidence)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            duplicates += 1;
-            continue;
+    let mut inserted = HashSet::new();
+    for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Postgres>::new(
+            "INSERT INTO finding_transitions (finding_id, transition, at_ms, at, agent, severity, summary, evidence, received_ms) ",
+        );
+        q.push_values(chunk, |mut b, (_, agent, t)| {
+            let f = &t.transition.finding;
+            b.push_bind(f.id.clone())
+                .push_bind(t.transition.transition.as_str())
+                .push_bind(t.at_ms)
+                .push_bind(t.transition.at.to_string())
+                .push_bind(*agent)
+                .push_bind(enum_str(&f.severity))
+                .push_bind(f.summary.clone())
+                .push_bind(json(&f.evidence))
+                .push_bind(now);
+        });
+        q.push(" ON CONFLICT DO NOTHING RETURNING finding_id, transition, at_ms");
+        for row in q.build().fetch_all(&mut *tx).await? {
+            inserted.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
         }
-        accepted += 1;
-        sqlx::query(
-            "INSERT INTO findings (id, agent, kind, subject, severity, state, since, last_seen, resolved_at, summary, evidence, runbook, state_at_ms, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (id) DO UPDATE SET severity = excluded.severity, state = excluded.state, since = excluded.since, \
+    }
+    let (mut out, stored) = attribute(1, &batch, inserted);
+    for chunk in latest_per_finding(&stored).chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Postgres>::new(
+            "INSERT INTO findings (id, agent, kind, subject, severity, state, since, last_seen, resolved_at, summary, evidence, runbook, state_at_ms, updated_ms) ",
+        );
+        q.push_values(chunk, |mut b, (_, agent, t)| {
+            let f = &t.transition.finding;
+            b.push_bind(f.id.clone())
+                .push_bind(*agent)
+                .push_bind(f.kind.as_str())
+                .push_bind(f.subject.clone())
+                .push_bind(enum_str(&f.severity))
+                .push_bind(enum_str(&f.state))
+                .push_bind(f.since.to_string())
+                .push_bind(f.last_seen.to_string())
+                .push_bind(f.resolved_at.map(|t| t.to_string()))
+                .push_bind(f.summary.clone())
+                .push_bind(json(&f.evidence))
+                .push_bind(f.runbook.clone())
+                .push_bind(t.at_ms)
+                .push_bind(now);
+        });
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET severity = excluded.severity, state = excluded.state, since = excluded.since, \
              last_seen = excluded.last_seen, resolved_at = excluded.resolved_at, summary = excluded.summary, \
              evidence = excluded.evidence, runbook = excluded.runbook, state_at_ms = excluded.state_at_ms, \
              updated_ms = excluded.updated_ms \
              WHERE excluded.state_at_ms >= findings.state_at_ms",
-        )
-        .bind(&f.id)
-        .bind(&agent)
-        .bind(f.kind.as_str())
-        .bind(&f.subject)
-        .bind(&severity)
-        .bind(enum_str(&f.state))
-        .bind(f.since.to_string())
-        .bind(f.last_seen.to_string())
-        .bind(f.resolved_at.map(|t| t.to_string()))
-        .bind(&f.summary)
-        .bind(&evidence)
-        .bind(&f.runbook)
-        .bind(at_ms)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        );
+        q.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(BatchResponse { accepted, duplicates })
+    Ok(out.pop().unwrap_or(BatchResponse {
+        accepted: 0,
+        duplicates: 0,
+    }))
 }
 
 async fn findings(s: &PgStore, f: &FindingFilter) -> Result<Vec<Finding>, StoreError> {

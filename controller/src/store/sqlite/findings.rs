@@ -1,13 +1,14 @@
 //! Findings and their transitions; the group-commit writer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use graydar_common::api::{BatchResponse, Evidence, Finding, FindingDetail, Timestamp, TransitionRecord};
-use sqlx::sqlite::{SqlitePool, SqliteRow};
-use sqlx::{AssertSqlSafe, Row as _};
+use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row as _};
 
 use super::{SqliteStore, enum_str, json, parse_enum, parse_json, parse_time};
+use crate::store::codec::{BatchItem, attribute, latest_per_finding};
 use crate::store::{FindingFilter, FindingStore, StoreError, StoreFuture, TimedTransition};
 use crate::timefmt::now_ms;
 
@@ -168,64 +169,75 @@ pub(super) async fn writer(pool: SqlitePool, mut rx: tokio::sync::mpsc::Receiver
     }
 }
 
+/// Rows per multi-row statement (SQLite binds at most 32766 parameters).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Every job's transitions in one transaction of few statements: one
+/// multi-row insert of the transitions (those already there skipped and
+/// counted as duplicates, by what it returns) and one multi-row upsert of
+/// the findings they leave, per [`ROWS_PER_STATEMENT`]. Each statement is a
+/// round trip to SQLite's worker thread: one per row made the writer's
+/// thread hand-offs, not SQLite, the cost of ingest.
 async fn write_group(pool: &SqlitePool, jobs: &[IngestJob]) -> Result<Vec<BatchResponse>, sqlx::Error> {
     let now = now_ms();
-    let mut out = Vec::with_capacity(jobs.len());
+    let items: Vec<BatchItem> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, job)| job.items.iter().map(move |t| (j, job.agent.as_str(), t)))
+        .collect();
     let mut tx = pool.begin().await?;
-    for job in jobs {
-        let (mut accepted, mut duplicates) = (0, 0);
-        for TimedTransition { at_ms, transition: t } in &job.items {
-            let f = &t.finding;
-            let evidence = json(&f.evidence);
-            let severity = enum_str(&f.severity);
-            let inserted = sqlx::query(
-                "INSERT INTO finding_transitions (finding_id, transition, at_ms, at, agent, severity, summary, evidence, received_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(&f.id)
-            .bind(t.transition.as_str())
-            .bind(at_ms)
-            .bind(t.at.to_string())
-            .bind(&job.agent)
-            .bind(&severity)
-            .bind(&f.summary)
-            .bind(&evidence)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                duplicates += 1;
-                continue;
-            }
-            accepted += 1;
-            sqlx::query(
-                "INSERT INTO findings (id, agent, kind, subject, severity, state, since, last_seen, resolved_at, summary, evidence, runbook, state_at_ms, updated_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (id) DO UPDATE SET severity = excluded.severity, state = excluded.state, since = excluded.since, \
-                 last_seen = excluded.last_seen, resolved_at = excluded.resolved_at, summary = excluded.summary, \
-                 evidence = excluded.evidence, runbook = excluded.runbook, state_at_ms = excluded.state_at_ms, \
-                 updated_ms = excluded.updated_ms \
-                 WHERE excluded.state_at_ms >= findings.state_at_ms",
-            )
-            .bind(&f.id)
-            .bind(&job.agent)
-            .bind(f.kind.as_str())
-            .bind(&f.subject)
-            .bind(&severity)
-            .bind(enum_str(&f.state))
-            .bind(f.since.to_string())
-            .bind(f.last_seen.to_string())
-            .bind(f.resolved_at.map(|t| t.to_string()))
-            .bind(&f.summary)
-            .bind(&evidence)
-            .bind(&f.runbook)
-            .bind(at_ms)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+    let mut inserted = HashSet::new();
+    for chunk in items.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO finding_transitions (finding_id, transition, at_ms, at, agent, severity, summary, evidence, received_ms) ",
+        );
+        q.push_values(chunk, |mut b, (_, agent, t)| {
+            let f = &t.transition.finding;
+            b.push_bind(f.id.clone())
+                .push_bind(t.transition.transition.as_str())
+                .push_bind(t.at_ms)
+                .push_bind(t.transition.at.to_string())
+                .push_bind(*agent)
+                .push_bind(enum_str(&f.severity))
+                .push_bind(f.summary.clone())
+                .push_bind(json(&f.evidence))
+                .push_bind(now);
+        });
+        q.push(" ON CONFLICT DO NOTHING RETURNING finding_id, transition, at_ms");
+        for row in q.build().fetch_all(&mut *tx).await? {
+            inserted.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
         }
-        out.push(BatchResponse { accepted, duplicates });
+    }
+    let (out, stored) = attribute(jobs.len(), &items, inserted);
+    for chunk in latest_per_finding(&stored).chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO findings (id, agent, kind, subject, severity, state, since, last_seen, resolved_at, summary, evidence, runbook, state_at_ms, updated_ms) ",
+        );
+        q.push_values(chunk, |mut b, (_, agent, t)| {
+            let f = &t.transition.finding;
+            b.push_bind(f.id.clone())
+                .push_bind(*agent)
+                .push_bind(f.kind.as_str())
+                .push_bind(f.subject.clone())
+                .push_bind(enum_str(&f.severity))
+                .push_bind(enum_str(&f.state))
+                .push_bind(f.since.to_string())
+                .push_bind(f.last_seen.to_string())
+                .push_bind(f.resolved_at.map(|t| t.to_string()))
+                .push_bind(f.summary.clone())
+                .push_bind(json(&f.evidence))
+                .push_bind(f.runbook.clone())
+                .push_bind(t.at_ms)
+                .push_bind(now);
+        });
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET severity = excluded.severity, state = excluded.state, since = excluded.since, \
+             last_seen = excluded.last_seen, resolved_at = excluded.resolved_at, summary = excluded.summary, \
+             evidence = excluded.evidence, runbook = excluded.runbook, state_at_ms = excluded.state_at_ms, \
+             updated_ms = excluded.updated_ms \
+             WHERE excluded.state_at_ms >= findings.state_at_ms",
+        );
+        q.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(out)
