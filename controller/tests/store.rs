@@ -1,6 +1,6 @@
 //! What every `Store` implementation must do, checked through the trait
 //! object only (`contract` takes any `dyn Store`): the SQLite store, and the
-//! PostgreSQL store on a throwaway cluster (`common/pg.rs`).
+//! PostgreSQL store on a throwaway cluster (`tests/src/pg.rs`).
 
 #[path = "../../tests/src/pg.rs"]
 mod pg;
@@ -420,6 +420,95 @@ async fn a_failing_postgres_migration_stops_the_start_with_its_reason() {
 }
 
 /// What the contract left, read by a store opened again on the same database.
+/// What the stores write in multi-row statements of 1000 rows: a flush of
+/// 2500 agents' last-seen times, and 2500 transitions (two per finding) in
+/// one batch, all of them stored.
+async fn many_at_once(store: Arc<dyn Store>) {
+    let hosts: Vec<String> = (0..2500).map(|i| format!("bulk-{i:04}")).collect();
+    for h in &hosts {
+        store.upsert_agent(&agent(h, 1_000)).await.expect("insert");
+    }
+    let seen: Vec<(String, i64)> = hosts.iter().map(|h| (h.clone(), 7_000)).collect();
+    store.update_last_seen(&seen).await.expect("flush");
+    let loaded = store.load_agents().await.expect("load");
+    let bulk: Vec<&AgentRecord> = loaded.iter().filter(|a| a.req.hostname.starts_with("bulk-")).collect();
+    assert_eq!(bulk.len(), 2500);
+    assert!(
+        bulk.iter().all(|a| a.last_seen_ms == 7_000),
+        "every last-seen time written"
+    );
+    let items: Vec<TimedTransition> = (0..2500)
+        .map(|i| {
+            let host = &hosts[i / 2];
+            let kind = if i % 2 == 0 {
+                TransitionKind::Fired
+            } else {
+                TransitionKind::Resolved
+            };
+            bulk_transition(host, kind, 10_000 + i64::try_from(i).unwrap_or(0))
+        })
+        .collect();
+    let r = store.ingest(hosts[0].clone(), items.clone()).await.expect("ingest");
+    assert_eq!((r.accepted, r.duplicates), (2500, 0));
+    let again = store.ingest(hosts[0].clone(), items).await.expect("again");
+    assert_eq!((again.accepted, again.duplicates), (0, 2500));
+    let resolved = store
+        .findings(&FindingFilter {
+            state: Some(FindingState::Resolved),
+            limit: 10_000,
+            ..FindingFilter::default()
+        })
+        .await
+        .expect("findings");
+    assert_eq!(
+        resolved.iter().filter(|f| f.host.starts_with("bulk-")).count(),
+        1250,
+        "each finding at its latest transition"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store_writes_thousands_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    many_at_once(Arc::new(SqliteStore::open(dir.path()).await.expect("open"))).await;
+}
+
+#[tokio::test]
+async fn postgres_store_writes_thousands_at_once() {
+    let cluster = pg::PgCluster::start();
+    let url = DatabaseUrl::parse(&cluster.default_url()).expect("a postgres:// URL");
+    many_at_once(Arc::new(PgStore::connect(&url).await.expect("connect"))).await;
+}
+
+fn bulk_transition(host: &str, kind: TransitionKind, at_ms: i64) -> TimedTransition {
+    let at = Timestamp::from_unix_ms(at_ms);
+    TimedTransition {
+        at_ms,
+        transition: FindingTransition {
+            transition: kind,
+            at,
+            finding: Finding {
+                id: finding_id(host, FindingKind::NicDrops, "eth0"),
+                host: host.to_owned(),
+                kind: FindingKind::NicDrops,
+                subject: "eth0".into(),
+                severity: Severity::Warning,
+                state: if kind == TransitionKind::Resolved {
+                    FindingState::Resolved
+                } else {
+                    FindingState::Firing
+                },
+                since: at,
+                last_seen: at,
+                resolved_at: (kind == TransitionKind::Resolved).then_some(at),
+                summary: String::new(),
+                evidence: Default::default(),
+                runbook: "nic-drops".into(),
+            },
+        },
+    }
+}
+
 async fn after_reopen(store: Arc<dyn Store>) {
     assert_eq!(store.transition_count().await.expect("count"), 3);
     assert_eq!(store.revert_all_epoch().await.expect("epoch"), 8);

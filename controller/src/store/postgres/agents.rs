@@ -64,15 +64,17 @@ async fn update_last_seen(s: &PgStore, seen: &[(String, i64)]) -> Result<(), Sto
     // Rows locked in hostname order, so two flushes never deadlock.
     let mut seen: Vec<&(String, i64)> = seen.iter().collect();
     seen.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut tx = s.pool.begin().await?;
-    for (name, at) in seen {
-        sqlx::query("UPDATE agents SET last_seen_ms = $1 WHERE hostname = $2 AND last_seen_ms < $1")
-            .bind(at)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
+    // One statement for all of them (two arrays), not one per agent.
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    let times: Vec<i64> = seen.iter().map(|(_, t)| *t).collect();
+    sqlx::query(
+        "UPDATE agents SET last_seen_ms = v.at FROM UNNEST($1::text[], $2::bigint[]) AS v(hostname, at) \
+         WHERE agents.hostname = v.hostname AND agents.last_seen_ms < v.at",
+    )
+    .bind(names)
+    .bind(times)
+    .execute(&s.pool)
+    .await?;
     Ok(())
 }
 

@@ -61,14 +61,17 @@ async fn update_last_seen(s: &SqliteStore, seen: &[(String, i64)]) -> Result<(),
     if seen.is_empty() {
         return Ok(());
     }
+    // One statement per 1000 agents, not one per agent: every statement is
+    // a hand-off to SQLite's worker thread, and the flush holds the one
+    // write connection the transitions' group commit needs.
     let mut tx = s.write.begin().await?;
-    for (name, at) in seen {
-        sqlx::query("UPDATE agents SET last_seen_ms = ? WHERE hostname = ? AND last_seen_ms < ?")
-            .bind(at)
-            .bind(name)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
+    for chunk in seen.chunks(1000) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE agents SET last_seen_ms = v.column2 FROM (");
+        q.push_values(chunk, |mut b, (name, at)| {
+            b.push_bind(name.as_str()).push_bind(*at);
+        });
+        q.push(") AS v WHERE agents.hostname = v.column1 AND agents.last_seen_ms < v.column2");
+        q.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())
