@@ -7,10 +7,10 @@
 //!   channel [`CHANNEL`] after they are stored. Every replica `LISTEN`s on a
 //!   connection of its own and reloads what changed from the store: an agent
 //!   long-polling replica 1 is woken as soon as replica 2 has stored its
-//!   fault. A notification may be lost (the listener's connection broke, a
-//!   replica died between its write and its `NOTIFY`): the listener then
-//!   announces [`Change::Resync`], and every replica also reloads every
-//!   [`RESYNC_INTERVAL`] whatever it heard.
+//!   fault. Every [`RESYNC_INTERVAL`] a replica also rereads the faults and
+//!   the agents' last-seen times whatever it heard, and everything every
+//!   [`FULL_RESYNC_INTERVAL`] and whenever notifications may have been lost
+//!   (the listener's connection broke: [`Change::Resync`]).
 //! - **The leader** holds the session-level advisory lock [`LEADER_LOCK`] on
 //!   a connection of its own and is the only replica that runs the fault
 //!   expiry, the game-day runner and the scheduler. The others try to take
@@ -45,6 +45,10 @@ pub const LEADER_RETRY: Duration = Duration::from_secs(2);
 /// Every replica reloads from the store this often even when it heard of no
 /// change (a notification lost with a replica that died after its write).
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// Every replica rereads every agent and credential this often (a
+/// registration's notification lost with a replica that died after its
+/// write; the agent's next call to another replica also re-registers it).
+pub const FULL_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest text a notification carries (PostgreSQL's limit is 8000 bytes).
 const MAX_REASON: usize = 1000;
 
@@ -54,8 +58,8 @@ pub enum Change {
     /// The fault set: a fault created or ended, an agent's state, revert-all,
     /// the safety lever.
     Faults,
-    /// An agent registered, a credential was bound or reset.
-    Agents,
+    /// This agent registered, or its credential was bound or reset.
+    Agent(String),
     /// The path mesh's keys were rotated.
     Keys,
     /// A game-day run passed its preflight and waits for the leader to run it.
@@ -73,7 +77,7 @@ impl Change {
     fn encode(&self) -> String {
         match self {
             Change::Faults => "faults".to_owned(),
-            Change::Agents => "agents".to_owned(),
+            Change::Agent(host) => format!("agent {host}"),
             Change::Keys => "keys".to_owned(),
             Change::RunStart(id) => format!("run-start {id}"),
             Change::RunAbort { run, reason } => {
@@ -89,7 +93,7 @@ impl Change {
         let (kind, rest) = s.split_once(' ').unwrap_or((s, ""));
         Some(match kind {
             "faults" => Change::Faults,
-            "agents" => Change::Agents,
+            "agent" if !rest.is_empty() => Change::Agent(rest.to_owned()),
             "keys" => Change::Keys,
             "run-start" if !rest.is_empty() => Change::RunStart(rest.to_owned()),
             "run-abort" => {
@@ -336,7 +340,7 @@ mod tests {
     fn changes_survive_the_wire() {
         for c in [
             Change::Faults,
-            Change::Agents,
+            Change::Agent("node-1.example".into()),
             Change::Keys,
             Change::RunStart("run-0123456789ab".into()),
             Change::RunAbort {
@@ -362,6 +366,7 @@ mod tests {
             "r-1",
             "r-1 ",
             "r-1 nonsense",
+            "r-1 agent",
             "r-1 run-start",
             "r-1 run-abort",
             "r-1 run-resume",

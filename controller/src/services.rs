@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::agents::credentials::Credentials;
 use crate::agents::{AgentError, AgentService, Liveness};
-use crate::cluster::{Change, Cluster, RESYNC_INTERVAL};
+use crate::cluster::{Change, Cluster, FULL_RESYNC_INTERVAL, RESYNC_INTERVAL};
 use crate::faults::{FaultConfig, FaultError, FaultService};
 use crate::findings::FindingService;
 use crate::gamedays::GameDayService;
@@ -220,8 +220,10 @@ impl Services {
         })
     }
 
-    /// Hears the other controllers' changes and rereads what they changed
-    /// (everything every [`RESYNC_INTERVAL`], in case a notification was lost).
+    /// Hears the other controllers' changes and rereads what they changed:
+    /// the faults and the agents' last-seen times every [`RESYNC_INTERVAL`]
+    /// too, everything every [`FULL_RESYNC_INTERVAL`] and when notifications
+    /// may have been lost.
     fn spawn_follower(&self) -> tokio::task::JoinHandle<()> {
         let mut rx = self.cluster.subscribe();
         let agents = Arc::downgrade(&self.agents);
@@ -230,29 +232,29 @@ impl Services {
         let paths = Arc::downgrade(&self.paths);
         let gamedays = Arc::downgrade(&self.gamedays);
         tokio::spawn(async move {
-            let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+            let mut tick = tokio::time::interval(RESYNC_INTERVAL);
+            let mut last_full = tokio::time::Instant::now();
             loop {
-                let first = tokio::select! {
-                    c = rx.recv() => c,
-                    _ = resync.tick() => Ok(Change::Resync),
+                let (first, ticked) = tokio::select! {
+                    c = rx.recv() => (Some(c), false),
+                    _ = tick.tick() => (None, true),
                 };
                 // Everything heard meanwhile is handled at once: a storm of
-                // registrations on another replica is one reread here, not
-                // one per registration.
+                // registrations on another replica is one pass here.
                 let mut changes = Vec::new();
                 let mut next = first;
-                loop {
-                    match next {
+                while let Some(heard) = next {
+                    match heard {
                         Ok(c) => changes.push(c),
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => changes.push(Change::Resync),
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
                     next = match rx.try_recv() {
-                        Ok(c) => Ok(c),
+                        Ok(c) => Some(Ok(c)),
                         Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n))
+                            Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(n)))
                         }
-                        Err(_) => break,
+                        Err(_) => None,
                     };
                 }
                 let (Some(agents), Some(credentials), Some(faults), Some(paths), Some(gamedays)) = (
@@ -264,13 +266,16 @@ impl Services {
                 ) else {
                     break;
                 };
-                let all = changes.contains(&Change::Resync);
-                if (all || changes.contains(&Change::Faults))
+                let full = changes.contains(&Change::Resync) || (ticked && last_full.elapsed() >= FULL_RESYNC_INTERVAL);
+                if full {
+                    last_full = tokio::time::Instant::now();
+                }
+                if (full || ticked || changes.contains(&Change::Faults))
                     && let Err(e) = faults.reload().await
                 {
                     tracing::warn!(error = %e, "rereading the faults another controller changed");
                 }
-                if all || changes.contains(&Change::Agents) {
+                if full {
                     if let Err(e) = agents.reload().await {
                         tracing::warn!(error = %e, "rereading the agents");
                     }
@@ -280,13 +285,34 @@ impl Services {
                     for r in agents.registrations() {
                         faults.learn_registration(&r);
                     }
+                } else {
+                    if ticked && let Err(e) = agents.refresh_last_seen().await {
+                        tracing::warn!(error = %e, "rereading the agents' last-seen times");
+                    }
+                    let hosts: std::collections::BTreeSet<&String> = changes
+                        .iter()
+                        .filter_map(|c| match c {
+                            Change::Agent(h) => Some(h),
+                            _ => None,
+                        })
+                        .collect();
+                    for h in hosts {
+                        match agents.reload_one(h).await {
+                            Ok(Some(r)) => faults.learn_registration(&r),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(agent = %h, error = %e, "rereading an agent"),
+                        }
+                        if let Err(e) = credentials.reload_one(h).await {
+                            tracing::warn!(agent = %h, error = %e, "rereading an agent's credential");
+                        }
+                    }
                 }
-                if (all || changes.contains(&Change::Keys))
+                if (full || ticked || changes.contains(&Change::Keys))
                     && let Err(e) = paths.reload_keys().await
                 {
                     tracing::warn!(error = %e, "rereading the mesh keys");
                 }
-                if all {
+                if full || ticked {
                     match gamedays.adopt_pending().await {
                         Ok(0) => {}
                         Ok(n) => tracing::warn!(runs = n, "started runs that waited for the leader"),

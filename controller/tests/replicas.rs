@@ -505,3 +505,20 @@ async fn while_the_database_is_away_readyz_and_writes_answer_503_and_both_recove
     .await;
     eprintln!("writes accepted again {created:?} after readiness");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_reset_on_one_replica_locks_the_agent_out_of_the_other() {
+    let db = PgCluster::start();
+    let (r1, r2) = two(&db, &["h1"]).await;
+    eventually("r2 knows h1 and its credential", Duration::from_secs(2), async || {
+        r2.poll("h1", "?wait=0").await.status == StatusCode::OK
+    })
+    .await;
+    let resp = r1.call("DELETE", "/api/v1/agents/h1/credential", OPERATOR, None).await;
+    assert_eq!(resp.status, StatusCode::NO_CONTENT, "{}", resp.text);
+    let took = eventually("r2 refuses h1's old credential", Duration::from_secs(1), async || {
+        r2.poll("h1", "?wait=0").await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    eprintln!("a credential reset on replica 1 reached replica 2 after {took:?}");
+}

@@ -99,6 +99,17 @@ impl Credentials {
         Ok(())
     }
 
+    /// Rereads `hostname`'s credential (another controller bound or reset it).
+    pub async fn reload_one(&self, hostname: &str) -> Result<(), StoreError> {
+        let stored = self.store.credential(hostname).await?;
+        let mut by_digest = lock(&self.by_digest);
+        by_digest.retain(|_, h| h != hostname);
+        if let Some(c) = stored {
+            by_digest.insert(c.sha256, c.hostname);
+        }
+        Ok(())
+    }
+
     /// The hostname `presented` is the credential of, if any.
     pub fn hostname_of(&self, presented: &[u8]) -> Option<String> {
         if !presented.starts_with(CREDENTIAL_PREFIX.as_bytes()) {

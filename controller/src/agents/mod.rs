@@ -201,6 +201,36 @@ impl AgentService {
         Ok(added)
     }
 
+    /// Rereads one agent (another controller registered it): what it
+    /// registered with, when it is registered.
+    pub async fn reload_one(&self, hostname: &str) -> Result<Option<RegisterRequest>, AgentError> {
+        let Some(a) = self.store.agent(hostname).await? else {
+            return Ok(None);
+        };
+        let req = a.req.clone();
+        let mut agents = lock(&self.agents);
+        let last_seen_ms = agents
+            .get(hostname)
+            .map_or(a.last_seen_ms, |k| k.last_seen_ms.max(a.last_seen_ms));
+        agents.insert(hostname.to_owned(), AgentRecord { last_seen_ms, ..a });
+        Ok(Some(req))
+    }
+
+    /// Takes the last-seen times the other controllers flushed (newer ones
+    /// only): an agent heard by another controller is not stale here.
+    pub async fn refresh_last_seen(&self) -> Result<(), AgentError> {
+        let seen = self.store.last_seen_all().await?;
+        let mut agents = lock(&self.agents);
+        for (host, at) in seen {
+            if let Some(a) = agents.get_mut(&host)
+                && a.last_seen_ms < at
+            {
+                a.last_seen_ms = at;
+            }
+        }
+        Ok(())
+    }
+
     /// What each registered agent registered with (its interfaces, dm
     /// devices and addresses among it).
     pub fn registrations(&self) -> Vec<RegisterRequest> {

@@ -99,7 +99,7 @@ pub(super) async fn register(
     app.services.faults.set_inventory(&hostname, interfaces, dm_devices);
     app.services.faults.set_addresses(&hostname, &addresses);
     let enrolled = app.services.credentials.is_enrolled(&hostname);
-    app.services.announce(Change::Agents).await;
+    app.services.announce(Change::Agent(hostname.clone())).await;
     tracing::info!(agent = %hostname, enrolled, "agent registered");
     Ok(Json(RegisterResponse {
         agent,
@@ -125,7 +125,7 @@ pub(super) async fn reset_credential(
     PathParam(hostname): PathParam<String>,
 ) -> Result<StatusCode, Error> {
     if app.services.credentials.reset(&hostname).await? {
-        app.services.announce(Change::Agents).await;
+        app.services.announce(Change::Agent(hostname.clone())).await;
         tracing::info!(agent = %hostname, "agent credential reset");
         Ok(StatusCode::NO_CONTENT)
     } else {

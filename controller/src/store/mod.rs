@@ -236,6 +236,10 @@ pub enum FaultSelection<'a> {
 /// Agents: registrations and last-seen times.
 pub trait AgentStore: Send + Sync {
     fn load_agents(&self) -> StoreFuture<'_, Vec<AgentRecord>>;
+    /// One registered agent (another controller registered it).
+    fn agent<'a>(&'a self, hostname: &'a str) -> StoreFuture<'a, Option<AgentRecord>>;
+    /// Every agent's last-seen time (what the other controllers flushed).
+    fn last_seen_all(&self) -> StoreFuture<'_, Vec<(String, i64)>>;
     /// Inserts or updates an agent (its `registered_ms` is kept on update).
     fn upsert_agent<'a>(&'a self, agent: &'a AgentRecord) -> StoreFuture<'a, ()>;
     /// Writes newer last-seen times (hostname, ms) in one transaction.
@@ -265,6 +269,8 @@ impl std::fmt::Debug for CredentialRecord {
 pub trait CredentialStore: Send + Sync {
     /// Every stored credential.
     fn credentials(&self) -> StoreFuture<'_, Vec<CredentialRecord>>;
+    /// `hostname`'s credential, if it has one.
+    fn credential<'a>(&'a self, hostname: &'a str) -> StoreFuture<'a, Option<CredentialRecord>>;
     /// Stores `c` if its hostname has no credential yet, and returns the
     /// digest the hostname is bound to afterwards (`c`'s, or the one it had):
     /// one transaction, so of two enrollments of one hostname only one binds.

@@ -3,37 +3,54 @@
 use std::collections::HashMap;
 
 use graydar_common::api::RegisterRequest;
-use sqlx::Row as _;
+use sqlx::{AssertSqlSafe, Row as _};
 
 use super::{PgStore, digest, json, parse_json};
 use crate::store::{AgentRecord, AgentStore, CredentialRecord, CredentialStore, StoreError, StoreFuture};
 
+const AGENT_COLUMNS: &str =
+    "hostname, addresses, labels, kernel_version, agent_version, capabilities, registered_ms, last_seen_ms";
+
+fn agent_from_row(r: &sqlx::postgres::PgRow) -> Result<AgentRecord, StoreError> {
+    Ok(AgentRecord {
+        req: RegisterRequest {
+            hostname: r.try_get("hostname")?,
+            addresses: parse_json("addresses", &r.try_get::<String, _>("addresses")?)?,
+            labels: parse_json("labels", &r.try_get::<String, _>("labels")?)?,
+            kernel_version: r.try_get("kernel_version")?,
+            agent_version: r.try_get("agent_version")?,
+            capabilities: parse_json("capabilities", &r.try_get::<String, _>("capabilities")?)?,
+            // Not stored: the fault inventory is reported again by every heartbeat.
+            interfaces: None,
+            dm_devices: None,
+            credential_sha256: None,
+        },
+        registered_ms: r.try_get("registered_ms")?,
+        last_seen_ms: r.try_get("last_seen_ms")?,
+    })
+}
+
 async fn load_agents(s: &PgStore) -> Result<Vec<AgentRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT hostname, addresses, labels, kernel_version, agent_version, capabilities, registered_ms, last_seen_ms FROM agents",
-    )
-    .fetch_all(&s.pool)
+    let rows = sqlx::query(AssertSqlSafe(format!("SELECT {AGENT_COLUMNS} FROM agents")))
+        .fetch_all(&s.pool)
+        .await?;
+    rows.iter().map(agent_from_row).collect()
+}
+
+async fn agent(s: &PgStore, hostname: &str) -> Result<Option<AgentRecord>, StoreError> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE hostname = $1"
+    )))
+    .bind(hostname)
+    .fetch_optional(&s.pool)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        out.push(AgentRecord {
-            req: RegisterRequest {
-                hostname: r.try_get("hostname")?,
-                addresses: parse_json("addresses", &r.try_get::<String, _>("addresses")?)?,
-                labels: parse_json("labels", &r.try_get::<String, _>("labels")?)?,
-                kernel_version: r.try_get("kernel_version")?,
-                agent_version: r.try_get("agent_version")?,
-                capabilities: parse_json("capabilities", &r.try_get::<String, _>("capabilities")?)?,
-                // Not stored: the fault inventory is reported again by every heartbeat.
-                interfaces: None,
-                dm_devices: None,
-                credential_sha256: None,
-            },
-            registered_ms: r.try_get("registered_ms")?,
-            last_seen_ms: r.try_get("last_seen_ms")?,
-        });
-    }
-    Ok(out)
+    row.as_ref().map(agent_from_row).transpose()
+}
+
+async fn last_seen_all(s: &PgStore) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(sqlx::query_as("SELECT hostname, last_seen_ms FROM agents")
+        .fetch_all(&s.pool)
+        .await?)
 }
 
 async fn upsert_agent(s: &PgStore, a: &AgentRecord) -> Result<(), StoreError> {
@@ -102,21 +119,29 @@ async fn firing_counts(s: &PgStore, agent: Option<&str>) -> Result<HashMap<Strin
     Ok(out)
 }
 
+fn credential_from_row(r: &sqlx::postgres::PgRow) -> Result<CredentialRecord, StoreError> {
+    let hostname: String = r.try_get("hostname")?;
+    Ok(CredentialRecord {
+        // Written by bind_credential from 32 bytes; anything else is no credential.
+        sha256: digest(r.try_get("sha256")?, &hostname)?,
+        hostname,
+        created_ms: r.try_get("created_ms")?,
+    })
+}
+
 async fn credentials(s: &PgStore) -> Result<Vec<CredentialRecord>, StoreError> {
     let rows = sqlx::query("SELECT hostname, sha256, created_ms FROM agent_credentials")
         .fetch_all(&s.pool)
         .await?;
-    rows.iter()
-        .map(|r| {
-            let hostname: String = r.try_get("hostname")?;
-            Ok(CredentialRecord {
-                // Written by bind_credential from 32 bytes; anything else is no credential.
-                sha256: digest(r.try_get("sha256")?, &hostname)?,
-                hostname,
-                created_ms: r.try_get("created_ms")?,
-            })
-        })
-        .collect()
+    rows.iter().map(credential_from_row).collect()
+}
+
+async fn credential(s: &PgStore, hostname: &str) -> Result<Option<CredentialRecord>, StoreError> {
+    let row = sqlx::query("SELECT hostname, sha256, created_ms FROM agent_credentials WHERE hostname = $1")
+        .bind(hostname)
+        .fetch_optional(&s.pool)
+        .await?;
+    row.as_ref().map(credential_from_row).transpose()
 }
 
 async fn bind_credential(s: &PgStore, c: &CredentialRecord) -> Result<[u8; 32], StoreError> {
@@ -153,6 +178,10 @@ impl CredentialStore for PgStore {
         Box::pin(credentials(self))
     }
 
+    fn credential<'a>(&'a self, hostname: &'a str) -> StoreFuture<'a, Option<CredentialRecord>> {
+        Box::pin(credential(self, hostname))
+    }
+
     fn bind_credential<'a>(&'a self, c: &'a CredentialRecord) -> StoreFuture<'a, [u8; 32]> {
         Box::pin(bind_credential(self, c))
     }
@@ -165,6 +194,14 @@ impl CredentialStore for PgStore {
 impl AgentStore for PgStore {
     fn load_agents(&self) -> StoreFuture<'_, Vec<AgentRecord>> {
         Box::pin(load_agents(self))
+    }
+
+    fn agent<'a>(&'a self, hostname: &'a str) -> StoreFuture<'a, Option<AgentRecord>> {
+        Box::pin(agent(self, hostname))
+    }
+
+    fn last_seen_all(&self) -> StoreFuture<'_, Vec<(String, i64)>> {
+        Box::pin(last_seen_all(self))
     }
 
     fn upsert_agent<'a>(&'a self, agent: &'a AgentRecord) -> StoreFuture<'a, ()> {
