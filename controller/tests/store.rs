@@ -16,8 +16,8 @@ use graydar_common::fault_api::FaultStatusUpdate;
 use graydar_common::faults::{FaultSpec, FaultState};
 use graydar_controller::store::DatabaseUrl;
 use graydar_controller::store::{
-    AgentRecord, EndReason, FaultAgentRecord, FaultRecord, FaultSelection, FaultStatus, FindingFilter, LeverRecord,
-    PgStore, SqliteStore, Store, StoreError, TimedTransition,
+    AgentRecord, CredentialRecord, EndReason, FaultAgentRecord, FaultRecord, FaultSelection, FaultStatus,
+    FindingFilter, LeverRecord, PgStore, SqliteStore, Store, StoreError, TimedTransition,
 };
 use sqlx::Connection as _;
 
@@ -141,6 +141,39 @@ async fn contract(store: Arc<dyn Store>) {
     );
     assert_eq!(agents[0].req.kernel_version, "6.19.0");
     assert_eq!(agents[0].req.labels["rack"], "r1");
+    // One agent, and every last-seen time, as another controller rereads them.
+    let one = store.agent("n1").await.expect("agent").expect("n1 is stored");
+    assert_eq!((one.registered_ms, one.last_seen_ms), (1_000, 5_000));
+    assert!(store.agent("nobody").await.expect("agent").is_none());
+    assert_eq!(
+        store.last_seen_all().await.expect("last seen"),
+        vec![("n1".to_owned(), 5_000)]
+    );
+    // Credentials: bound once, read back one by one, forgotten.
+    let cred = CredentialRecord {
+        hostname: "n1".into(),
+        sha256: [7; 32],
+        created_ms: 1_500,
+    };
+    assert_eq!(store.bind_credential(&cred).await.expect("bind"), [7; 32]);
+    let other = CredentialRecord {
+        sha256: [8; 32],
+        ..cred.clone()
+    };
+    assert_eq!(
+        store.bind_credential(&other).await.expect("bind again"),
+        [7; 32],
+        "the first binding stays"
+    );
+    let got = store
+        .credential("n1")
+        .await
+        .expect("credential")
+        .expect("n1's credential");
+    assert_eq!((got.sha256, got.created_ms), ([7; 32], 1_500));
+    assert!(store.credential("nobody").await.expect("credential").is_none());
+    assert!(store.delete_credential("n1").await.expect("delete"));
+    assert!(store.credential("n1").await.expect("credential").is_none());
 
     // Findings: duplicates change nothing, the newest transition wins.
     const T0: &str = "2026-01-01T00:00:00Z";
