@@ -470,6 +470,11 @@ fn run(ws: &Path, args: &[String]) -> Result<()> {
     run::run(ws, args)
 }
 
+/// The controller's test targets that run on the store `GRAYDAR_TEST_STORE`
+/// names (they build their controller with `Api::new`, `Api::with...`):
+/// the root tier runs them again on PostgreSQL.
+const PG_API_TESTS: &[&str] = &["api", "faults_api", "gameday_runs_api", "gamedays_api", "paths_api"];
+
 fn test(ws: &Path, only: &[Tier]) -> Result<()> {
     let want = |t: Tier| only.is_empty() || only.contains(&t);
     let mut results: Vec<(&str, Result<()>)> = Vec::new();
@@ -513,14 +518,14 @@ fn test(ws: &Path, only: &[Tier]) -> Result<()> {
                 .args(["build", "-p", "graydar-agent", "-p", "graydar-controller"]))
             .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--tests"])))
             // The controller's API tests again, on PostgreSQL: a throwaway
-            // cluster per test (controller/tests/common/pg.rs).
+            // cluster per test (tests/src/pg.rs). The store, replica and
+            // copy tests run on PostgreSQL anyway (in the unit tier).
             .and_then(|()| {
-                ok(cargo().current_dir(ws).env("GRAYDAR_TEST_STORE", "postgres").args([
-                    "test",
-                    "-p",
-                    "graydar-controller",
-                    "--tests",
-                ]))
+                let mut args = vec!["test", "-p", "graydar-controller"];
+                for t in PG_API_TESTS {
+                    args.extend(["--test", t]);
+                }
+                ok(cargo().current_dir(ws).env("GRAYDAR_TEST_STORE", "postgres").args(args))
             })
         };
         results.push(("root/netns", r));
@@ -567,6 +572,32 @@ mod tests {
             Ok(_) => Err("not the test command".to_owned()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Every controller test target that builds its controller on the store
+    /// `GRAYDAR_TEST_STORE` names is run again on PostgreSQL, and no other.
+    #[test]
+    fn the_postgres_rerun_lists_the_tests_that_follow_graydar_test_store() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../controller/tests");
+        let mut follow: Vec<String> = std::fs::read_dir(&dir)
+            .expect("controller/tests")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
+            .filter(|e| {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                ["Api::new", "Api::with", "test_store()"]
+                    .iter()
+                    .any(|m| text.contains(m))
+            })
+            .filter_map(|e| e.path().file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .collect();
+        follow.sort();
+        let mut listed: Vec<String> = PG_API_TESTS.iter().map(|s| (*s).to_owned()).collect();
+        listed.sort();
+        assert_eq!(
+            follow, listed,
+            "PG_API_TESTS vs the tests that use the store GRAYDAR_TEST_STORE names"
+        );
     }
 
     #[test]

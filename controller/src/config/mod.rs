@@ -114,6 +114,10 @@ pub struct PrometheusSection {
     /// Per query (default 5s).
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// A run whose abort rules cannot be evaluated for this long aborts
+    /// (default 30s, 5s to 10m).
+    #[serde(default, with = "humantime_serde")]
+    pub abort_unanswered_after: Option<Duration>,
 }
 
 /// Where the controller's Prometheus is (its queries: gamedays/promql.rs).
@@ -122,7 +126,12 @@ pub struct PrometheusConfig {
     /// Base URL (`http://prometheus:9090`), without a trailing `/`.
     pub url: String,
     pub timeout: Duration,
+    /// A run whose `abort.promql` cannot be evaluated for this long aborts.
+    pub abort_unanswered_after: Duration,
 }
+
+/// Default of `[prometheus] abort_unanswered_after`.
+pub const ABORT_UNANSWERED_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,6 +194,8 @@ pub enum ConfigError {
     HeartbeatInterval,
     #[error(transparent)]
     Faults(#[from] FaultConfigError),
+    #[error("prometheus abort_unanswered_after: {0:?} is not between 5s and 10m")]
+    AbortUnanswered(Duration),
     #[error("prometheus url: {0:?} is not an http:// or https:// URL")]
     PrometheusUrl(String),
     #[error(transparent)]
@@ -194,6 +205,13 @@ pub enum ConfigError {
 /// `--prometheus-url` (or its variable) over `[prometheus] url`.
 fn prometheus(flag: Option<String>, file: Option<PrometheusSection>) -> Result<Option<PrometheusConfig>, ConfigError> {
     let timeout = file.as_ref().and_then(|f| f.timeout).unwrap_or(Duration::from_secs(5));
+    let abort_unanswered_after = file
+        .as_ref()
+        .and_then(|f| f.abort_unanswered_after)
+        .unwrap_or(ABORT_UNANSWERED_AFTER);
+    if !(Duration::from_secs(5)..=Duration::from_secs(600)).contains(&abort_unanswered_after) {
+        return Err(ConfigError::AbortUnanswered(abort_unanswered_after));
+    }
     let Some(url) = flag.or(file.map(|f| f.url)) else {
         return Ok(None);
     };
@@ -203,6 +221,7 @@ fn prometheus(flag: Option<String>, file: Option<PrometheusSection>) -> Result<O
     Ok(Some(PrometheusConfig {
         url: url.trim_end_matches('/').to_owned(),
         timeout,
+        abort_unanswered_after,
     }))
 }
 
@@ -311,6 +330,25 @@ mod tests {
         let c = Config::load(&cli, Some("viewer:0123456789abcdef")).expect("config");
         assert_eq!(c.tokens.len(), 1);
         assert_eq!(c.stale_after, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn abort_unanswered_after_defaults_to_30s_and_is_bounded() {
+        let section = |extra: &str| -> Result<Option<PrometheusConfig>, ConfigError> {
+            let f: PrometheusSection =
+                toml::from_str(&format!("url = \"http://prom:9090\"\n{extra}")).expect("section parses");
+            prometheus(None, Some(f))
+        };
+        let c = section("").expect("default").expect("configured");
+        assert_eq!(c.abort_unanswered_after, ABORT_UNANSWERED_AFTER);
+        let c = section("abort_unanswered_after = \"10s\"")
+            .expect("10s")
+            .expect("configured");
+        assert_eq!(c.abort_unanswered_after, Duration::from_secs(10));
+        for bad in ["1s", "11m"] {
+            let e = section(&format!("abort_unanswered_after = \"{bad}\"")).expect_err(bad);
+            assert!(e.to_string().contains("abort_unanswered_after"), "{e}");
+        }
     }
 
     #[test]

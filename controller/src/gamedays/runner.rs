@@ -186,9 +186,6 @@ struct Driver {
 
 /// How often a run asks Prometheus.
 const PROM_INTERVAL: Duration = Duration::from_secs(2);
-/// An abort rule that cannot be evaluated for this long aborts the run: a
-/// safety check nobody can read does not hold.
-const PROM_BLIND_LIMIT: Duration = Duration::from_secs(30);
 
 /// Drives the run `live` (state `preflight`, preflight passed, stored) to its end.
 pub async fn drive(ctx: Arc<Ctx>, live: Arc<LiveRun>, mut rx: mpsc::UnboundedReceiver<Command>) {
@@ -712,7 +709,7 @@ impl Driver {
 
     /// Every [`PROM_INTERVAL`]: the abort rules' PromQL (abort when a query
     /// has returned samples for its `for`, or could not be evaluated for
-    /// [`PROM_BLIND_LIMIT`]) and the expected alerts.
+    /// `[prometheus] abort_unanswered_after`) and the expected alerts.
     async fn observe_prometheus(&mut self) -> Option<String> {
         let prom = self.ctx.prometheus.clone()?;
         if self.prom_asked.is_some_and(|t| t.elapsed() < PROM_INTERVAL) {
@@ -744,10 +741,10 @@ impl Driver {
             self.prom_blind_since = None;
         } else {
             let since = *self.prom_blind_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= PROM_BLIND_LIMIT {
+            if since.elapsed() >= prom.abort_unanswered_after {
                 return Some(format!(
                     "abort.promql: not evaluated for {} (Prometheus: {})",
-                    humantime::format_duration(PROM_BLIND_LIMIT),
+                    humantime::format_duration(prom.abort_unanswered_after),
                     errors.join("; ")
                 ));
             }
