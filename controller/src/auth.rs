@@ -159,6 +159,52 @@ impl Tokens {
     }
 }
 
+impl Tokens {
+    /// The key the web console signs its session cookies with: derived from
+    /// every configured token, so every controller with the same tokens
+    /// (replicas) accepts the same sessions, and changing the tokens ends
+    /// every session.
+    pub fn session_key(&self) -> [u8; 32] {
+        let mut entries: Vec<String> = self
+            .tokens
+            .iter()
+            .map(|(t, r)| format!("{}:{}", r.as_str(), String::from_utf8_lossy(t)))
+            .collect();
+        entries.sort();
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"graydar console session key v1\0");
+        for e in &entries {
+            ctx.update(e.as_bytes());
+            ctx.update(b"\0");
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ctx.finish().as_ref());
+        key
+    }
+
+    /// The role and fingerprint (first 8 bytes of its SHA-256) of
+    /// `presented`, if it is a configured token.
+    pub fn fingerprint_of(&self, presented: &[u8]) -> Option<(Role, [u8; 8])> {
+        let role = self.role_of(presented)?;
+        Some((role, fingerprint(presented)))
+    }
+
+    /// Whether a token of `role` with this fingerprint is still configured
+    /// (a session ends with its token).
+    pub fn has_fingerprint(&self, role: Role, fp: &[u8; 8]) -> bool {
+        self.tokens
+            .iter()
+            .any(|(t, r)| *r == role && bool::from(fingerprint(t).ct_eq(fp)))
+    }
+}
+
+fn fingerprint(token: &[u8]) -> [u8; 8] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&d.as_ref()[..8]);
+    fp
+}
+
 /// A random token (for `cargo xtask run` and tests): 32 hex digits from the
 /// kernel's random source.
 pub fn generate_token() -> std::io::Result<String> {

@@ -134,6 +134,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         tokens: cfg.tokens.clone(),
         metrics,
         heartbeat_interval_seconds: cfg.heartbeat_interval.as_secs(),
+        tls: cfg.tls.is_some(),
     });
     let routes = router(app.clone(), cfg.max_body_bytes);
     let listener =

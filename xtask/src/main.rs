@@ -473,7 +473,14 @@ fn run(ws: &Path, args: &[String]) -> Result<()> {
 /// The controller's test targets that run on the store `GRAYDAR_TEST_STORE`
 /// names (they build their controller with `Api::new`, `Api::with...`):
 /// the root tier runs them again on PostgreSQL.
-const PG_API_TESTS: &[&str] = &["api", "faults_api", "gameday_runs_api", "gamedays_api", "paths_api"];
+const PG_API_TESTS: &[&str] = &[
+    "api",
+    "console",
+    "faults_api",
+    "gameday_runs_api",
+    "gamedays_api",
+    "paths_api",
+];
 
 fn test(ws: &Path, only: &[Tier]) -> Result<()> {
     let want = |t: Tier| only.is_empty() || only.contains(&t);

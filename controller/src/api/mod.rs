@@ -5,6 +5,7 @@
 //! handlers call the domain services ([`Services`]).
 
 mod agents;
+pub mod console;
 mod error;
 mod extract;
 mod faults;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub tokens: Tokens,
     pub metrics: Metrics,
     pub heartbeat_interval_seconds: u64,
+    /// Served over TLS (the console's cookie is `Secure`).
+    pub tls: bool,
 }
 
 type Shared = Arc<AppState>;
@@ -82,6 +85,7 @@ pub fn router(app: Shared, max_body: usize) -> Router {
         .merge(faults::routes(&app))
         .merge(paths::routes(&app))
         .merge(gamedays::routes(&app))
+        .merge(console::routes(&app))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -173,6 +173,7 @@ impl Api {
             tokens,
             metrics,
             heartbeat_interval_seconds: 10,
+            tls: false,
         });
         Api {
             app: router(state.clone(), DEFAULT_MAX_BODY),
@@ -208,6 +209,7 @@ impl Api {
             tokens,
             metrics,
             heartbeat_interval_seconds: 10,
+            tls: false,
         });
         Api {
             app: router(state.clone(), DEFAULT_MAX_BODY),

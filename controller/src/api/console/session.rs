@@ -1,0 +1,212 @@
+//! The console's sessions: a token (viewer or operator) is exchanged at
+//! login for a signed cookie, and every state-changing form carries a CSRF
+//! token bound to that cookie.
+//!
+//! The cookie is stateless: `v1.<role>.<expires>.<token fingerprint>.<mac>`,
+//! HMAC-SHA256 under a key derived from the configured tokens
+//! ([`Tokens::session_key`]), so every replica with the same tokens accepts
+//! it, it ends when it expires ([`SESSION_TTL`]) or when the token it was
+//! made from is no longer configured, and changing the tokens ends every
+//! session. The CSRF token is an HMAC of the cookie: a page of another
+//! site can neither read it nor make it.
+
+use std::time::Duration;
+
+use graydar_common::api::Role;
+use ring::hmac;
+
+use crate::auth::Tokens;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "graydar_session";
+/// How long a session lasts after login.
+pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// A logged-in user of the console.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub role: Role,
+    /// The hidden field every form posts back.
+    pub csrf: String,
+}
+
+impl Session {
+    pub fn is_operator(&self) -> bool {
+        self.role == Role::Operator
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn key(tokens: &Tokens) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, &tokens.session_key())
+}
+
+fn csrf_of(key: &hmac::Key, cookie: &str) -> String {
+    let tag = hmac::sign(key, format!("csrf.{cookie}").as_bytes());
+    hex(&tag.as_ref()[..16])
+}
+
+/// The cookie value for a login with `presented` at `now_s` (Unix seconds);
+/// `None` when it is no viewer or operator token.
+pub fn login(tokens: &Tokens, presented: &[u8], now_s: u64) -> Option<String> {
+    let (role, fp) = tokens.fingerprint_of(presented)?;
+    if !matches!(role, Role::Viewer | Role::Operator) {
+        return None;
+    }
+    let body = format!(
+        "v1.{}.{}.{}",
+        role.as_str(),
+        now_s.saturating_add(SESSION_TTL.as_secs()),
+        hex(&fp)
+    );
+    let tag = hmac::sign(&key(tokens), body.as_bytes());
+    Some(format!("{body}.{}", hex(tag.as_ref())))
+}
+
+/// The session a cookie value stands for at `now_s`, if it is genuine,
+/// unexpired and its token is still configured.
+pub fn check(tokens: &Tokens, cookie: &str, now_s: u64) -> Option<Session> {
+    let (body, mac) = cookie.rsplit_once('.')?;
+    let mac: [u8; 32] = unhex(mac)?;
+    let k = key(tokens);
+    hmac::verify(&k, body.as_bytes(), &mac).ok()?;
+    let mut parts = body.split('.');
+    let (Some("v1"), Some(role), Some(expires), Some(fp), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let role: Role = role.parse().ok()?;
+    let expires: u64 = expires.parse().ok()?;
+    let fp: [u8; 8] = unhex(fp)?;
+    if now_s >= expires || !tokens.has_fingerprint(role, &fp) {
+        return None;
+    }
+    Some(Session {
+        role,
+        csrf: csrf_of(&k, cookie),
+    })
+}
+
+/// Whether `presented` is the CSRF token of `session` (constant time).
+pub fn csrf_ok(session: &Session, presented: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    session.csrf.len() == presented.len() && bool::from(session.csrf.as_bytes().ct_eq(presented.as_bytes()))
+}
+
+/// The `Set-Cookie` of a session (`Secure` when served over TLS).
+pub fn set_cookie(value: &str, secure: bool) -> String {
+    format!(
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The `Set-Cookie` that ends the session in the browser.
+pub fn clear_cookie(secure: bool) -> String {
+    format!(
+        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The session cookie's value among a request's `Cookie` headers.
+pub fn from_headers(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('=').map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VIEWER: &str = "viewer-token-0123456789";
+    const OPERATOR: &str = "operator-token-0123456789";
+
+    fn tokens() -> Tokens {
+        Tokens::parse(&format!(
+            "agent:agent-token-0123456789\nviewer:{VIEWER}\noperator:{OPERATOR}"
+        ))
+        .expect("tokens")
+    }
+
+    #[test]
+    fn a_login_gives_a_session_of_its_role_until_it_expires() {
+        let t = tokens();
+        let c = login(&t, OPERATOR.as_bytes(), 1_000).expect("operator");
+        let s = check(&t, &c, 1_001).expect("valid");
+        assert_eq!(s.role, Role::Operator);
+        assert!(csrf_ok(&s, &s.csrf));
+        assert!(!csrf_ok(&s, "0000"));
+        let v = check(&t, &login(&t, VIEWER.as_bytes(), 1_000).expect("viewer"), 1_001).expect("valid");
+        assert_eq!(v.role, Role::Viewer);
+        assert_ne!(v.csrf, s.csrf, "a CSRF token per session");
+        assert!(check(&t, &c, 1_000 + SESSION_TTL.as_secs()).is_none(), "expired");
+    }
+
+    #[test]
+    fn the_agent_token_and_unknown_tokens_do_not_log_in() {
+        let t = tokens();
+        assert!(login(&t, b"agent-token-0123456789", 0).is_none());
+        assert!(login(&t, b"not-a-token-at-all-xx", 0).is_none());
+    }
+
+    #[test]
+    fn a_forged_or_altered_cookie_is_refused() {
+        let t = tokens();
+        let c = login(&t, VIEWER.as_bytes(), 1_000).expect("viewer");
+        let promoted = c.replacen("viewer", "operator", 1);
+        assert!(check(&t, &promoted, 1_001).is_none(), "role changed");
+        let extended = {
+            let parts: Vec<&str> = c.split('.').collect();
+            format!(
+                "{}.{}.{}.{}.{}",
+                parts[0], parts[1], 9_999_999_999u64, parts[3], parts[4]
+            )
+        };
+        assert!(check(&t, &extended, 1_001).is_none(), "expiry changed");
+        for bad in ["", "v1", "v1.viewer.1.2.3", "x.y", &c[..c.len() - 2]] {
+            assert!(check(&t, bad, 1_001).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn changing_the_tokens_ends_the_sessions_made_from_them() {
+        let t = tokens();
+        let c = login(&t, OPERATOR.as_bytes(), 1_000).expect("operator");
+        let rotated = Tokens::parse(&format!("viewer:{VIEWER}\noperator:operator-token-9876543210")).expect("tokens");
+        assert!(check(&rotated, &c, 1_001).is_none());
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_same_site_strict_and_secure_over_tls() {
+        let plain = set_cookie("x", false);
+        assert!(plain.contains("HttpOnly") && plain.contains("SameSite=Strict") && !plain.contains("Secure"));
+        assert!(set_cookie("x", true).ends_with("; Secure"));
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            "a=b; graydar_session=v1.x; c=d".parse().expect("header"),
+        );
+        assert_eq!(from_headers(&h).as_deref(), Some("v1.x"));
+    }
+}
