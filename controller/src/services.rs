@@ -125,6 +125,20 @@ impl Services {
         })
     }
 
+    /// Engages the safety lever (every fault reverted, new ones refused) and
+    /// aborts every run in progress, which records why it ended.
+    pub async fn engage_safety_lever(
+        &self,
+        reason: String,
+    ) -> Result<graydar_common::fault_api::SafetyLever, FaultError> {
+        let lever = self.faults.engage_safety_lever(reason).await?;
+        let runs = self.gamedays.abort_all("the safety lever was engaged").await;
+        if runs > 0 {
+            tracing::warn!(runs, "safety lever: game-day runs aborted");
+        }
+        Ok(lever)
+    }
+
     /// Tells the other controllers on the database what this one stored.
     pub async fn announce(&self, c: Change) {
         self.cluster.notify(c).await;

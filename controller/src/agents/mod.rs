@@ -118,6 +118,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Takes a stored record of an agent (another controller's): its
+/// registration as stored, its last-seen time whichever is newer. Whether
+/// the agent was new here.
+fn merge(agents: &mut HashMap<String, AgentRecord>, a: AgentRecord) -> bool {
+    match agents.get_mut(&a.req.hostname) {
+        Some(known) => {
+            let last_seen_ms = known.last_seen_ms.max(a.last_seen_ms);
+            *known = AgentRecord { last_seen_ms, ..a };
+            false
+        }
+        None => {
+            agents.insert(a.req.hostname.clone(), a);
+            true
+        }
+    }
+}
+
 impl AgentService {
     /// Loads the registered agents from `store`.
     pub async fn open(store: Arc<dyn AgentStore>, liveness: Liveness) -> Result<AgentService, AgentError> {
@@ -186,17 +203,7 @@ impl AgentService {
         let mut agents = lock(&self.agents);
         let mut added = 0;
         for a in loaded {
-            match agents.get_mut(&a.req.hostname) {
-                Some(known) => {
-                    let last_seen_ms = known.last_seen_ms.max(a.last_seen_ms);
-                    *known = a;
-                    known.last_seen_ms = last_seen_ms;
-                }
-                None => {
-                    added += 1;
-                    agents.insert(a.req.hostname.clone(), a);
-                }
-            }
+            added += usize::from(merge(&mut agents, a));
         }
         Ok(added)
     }
@@ -208,11 +215,7 @@ impl AgentService {
             return Ok(None);
         };
         let req = a.req.clone();
-        let mut agents = lock(&self.agents);
-        let last_seen_ms = agents
-            .get(hostname)
-            .map_or(a.last_seen_ms, |k| k.last_seen_ms.max(a.last_seen_ms));
-        agents.insert(hostname.to_owned(), AgentRecord { last_seen_ms, ..a });
+        merge(&mut lock(&self.agents), a);
         Ok(Some(req))
     }
 

@@ -211,13 +211,7 @@ pub(super) async fn set_safety_lever(
         } else {
             reason
         };
-        let lever = faults.engage_safety_lever(reason).await?;
-        // The faults are reverted already; the runs record why they ended.
-        let runs = app.services.gamedays.abort_all("the safety lever was engaged").await;
-        if runs > 0 {
-            tracing::warn!(runs, "safety lever: game-day runs aborted");
-        }
-        lever
+        app.services.engage_safety_lever(reason).await?
     } else {
         faults.release_safety_lever().await?
     };

@@ -186,8 +186,7 @@ pub(super) async fn abort_run(
                 "reason: at most 500 characters",
             ));
         }
-        Some(r) if !r.trim().is_empty() => format!("operator abort: {r}"),
-        _ => "operator abort".to_owned(),
+        r => crate::gamedays::operator_abort_reason(r.as_deref().unwrap_or_default()),
     };
     let run = app.services.gamedays.abort(&id, reason).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(run)).into_response())

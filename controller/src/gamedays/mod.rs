@@ -161,6 +161,15 @@ fn labels_text(l: &std::collections::BTreeMap<String, String>) -> String {
     format!("{{{}}}", inner.join(","))
 }
 
+/// A run's end reason for an operator's abort (`reason` may be empty).
+pub fn operator_abort_reason(reason: &str) -> String {
+    if reason.trim().is_empty() {
+        "operator abort".to_owned()
+    } else {
+        format!("operator abort: {reason}")
+    }
+}
+
 fn new_run_id() -> String {
     format!("run-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
 }

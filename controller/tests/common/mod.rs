@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, Request, StatusCode, header};
 use graydar_controller::agents::Liveness;
 use graydar_controller::api::{AppState, DEFAULT_MAX_BODY, router};
 use graydar_controller::auth::Tokens;
+use graydar_controller::cluster::Cluster;
 use graydar_controller::faults::FaultConfig;
 use graydar_controller::gamedays::promql::PrometheusConfig;
 use graydar_controller::metrics::Metrics;
@@ -147,24 +148,25 @@ impl Api {
 
     /// A controller (default settings) on `store`, whose database `db` is.
     pub async fn on_store(store: Arc<dyn Store>, db: TestDb) -> Api {
-        Api::build(store, db, FaultConfig::default(), liveness(), None).await
+        Api::build(store, db, Cluster::single(), FaultConfig::default(), liveness(), None).await
     }
 
     /// [`Api::with`], game days asking the Prometheus at `prometheus`.
     pub async fn with_prometheus(cfg: FaultConfig, liveness: Liveness, prometheus: Option<PrometheusConfig>) -> Api {
         let (store, db) = test_store().await;
-        Api::build(store, db, cfg, liveness, prometheus).await
+        Api::build(store, db, Cluster::single(), cfg, liveness, prometheus).await
     }
 
     async fn build(
         store: Arc<dyn Store>,
         db: TestDb,
+        cluster: Arc<Cluster>,
         cfg: FaultConfig,
         liveness: Liveness,
         prometheus: Option<PrometheusConfig>,
     ) -> Api {
         let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
-        let services = Services::open_with(store.clone(), liveness, cfg, prometheus)
+        let services = Services::open_in(store.clone(), cluster, liveness, cfg, prometheus)
             .await
             .expect("services");
         let metrics = Metrics::for_services(&services);
@@ -196,27 +198,8 @@ impl Api {
     /// Background tasks are the caller's (`spawn_background`).
     pub async fn replica(url: &graydar_controller::store::DatabaseUrl) -> Api {
         let store: Arc<dyn Store> = Arc::new(PgStore::connect(url).await.expect("open the PostgreSQL store"));
-        let cluster = graydar_controller::cluster::Cluster::postgres(url)
-            .await
-            .expect("join the replicas");
-        let tokens = Tokens::parse(&format!("agent:{AGENT}\nviewer:{VIEWER}\noperator:{OPERATOR}")).expect("tokens");
-        let services = Services::open_in(store.clone(), cluster, liveness(), FaultConfig::default(), None)
-            .await
-            .expect("services");
-        let metrics = Metrics::for_services(&services);
-        let state = Arc::new(AppState {
-            services,
-            tokens,
-            metrics,
-            heartbeat_interval_seconds: 10,
-            tls: false,
-        });
-        Api {
-            app: router(state.clone(), DEFAULT_MAX_BODY),
-            state,
-            store,
-            db: TestDb::Shared,
-        }
+        let cluster = Cluster::postgres(url).await.expect("join the replicas");
+        Api::build(store, TestDb::Shared, cluster, FaultConfig::default(), liveness(), None).await
     }
 
     /// The credential `host`'s agent presents ([`secret_of`]); its

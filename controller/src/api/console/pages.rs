@@ -99,6 +99,17 @@ macro_rules! session_or_login {
     };
 }
 
+/// The session of an operator's confirmed form with its CSRF token, or the
+/// refusal ([`check_action`]) as the handler's answer.
+macro_rules! operator_or_refused {
+    ($app:expr, $headers:expr, $form:expr) => {
+        match check_action(&$app, &$headers, &$form.csrf, $form.confirmed()) {
+            Ok(s) => s,
+            Err(r) => return *r,
+        }
+    };
+}
+
 // ---------------------------------------------------------------- fleet
 
 async fn fleet(State(app): State<Shared>, headers: HeaderMap) -> Response {
@@ -496,10 +507,7 @@ async fn revert_fault(
     Path(id): Path<String>,
     axum::Form(f): axum::Form<ActionForm>,
 ) -> Response {
-    let s = match check_action(&app, &headers, &f.csrf, f.confirmed()) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+    let s = operator_or_refused!(app, headers, f);
     match app.services.faults.end(&id).await {
         Ok(_) => {
             tracing::warn!(fault = %id, "console: fault reverted by an operator");
@@ -510,10 +518,7 @@ async fn revert_fault(
 }
 
 async fn lever(State(app): State<Shared>, headers: HeaderMap, axum::Form(f): axum::Form<ActionForm>) -> Response {
-    let s = match check_action(&app, &headers, &f.csrf, f.confirmed()) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+    let s = operator_or_refused!(app, headers, f);
     let r = if f.engaged == "true" {
         let reason: String = f.reason.trim().chars().take(500).collect();
         let reason = if reason.is_empty() {
@@ -521,14 +526,7 @@ async fn lever(State(app): State<Shared>, headers: HeaderMap, axum::Form(f): axu
         } else {
             reason
         };
-        match app.services.faults.engage_safety_lever(reason).await {
-            Ok(_) => {
-                let runs = app.services.gamedays.abort_all("the safety lever was engaged").await;
-                tracing::warn!(runs, "console: safety lever engaged");
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        app.services.engage_safety_lever(reason).await.map(|_| ())
     } else {
         app.services.faults.release_safety_lever().await.map(|_| ())
     };
@@ -598,10 +596,7 @@ async fn start_run(
     Path(name): Path<String>,
     axum::Form(f): axum::Form<ActionForm>,
 ) -> Response {
-    let s = match check_action(&app, &headers, &f.csrf, f.confirmed()) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+    let s = operator_or_refused!(app, headers, f);
     match app.services.gamedays.start(&name, StartRun::default(), "console").await {
         Ok(run) => Redirect::to(&format!("/ui/runs/{}", run.id)).into_response(),
         Err(e) => error_page(&s, StatusCode::CONFLICT, "Not started", e),
@@ -791,18 +786,14 @@ async fn abort_run(
     Path(id): Path<String>,
     axum::Form(f): axum::Form<ActionForm>,
 ) -> Response {
-    let s = match check_action(&app, &headers, &f.csrf, f.confirmed()) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+    let s = operator_or_refused!(app, headers, f);
     let reason: String = f.reason.trim().chars().take(500).collect();
-    // As the API words it.
-    let reason = if reason.is_empty() {
-        "operator abort".to_owned()
-    } else {
-        format!("operator abort: {reason}")
-    };
-    match app.services.gamedays.abort(&id, reason).await {
+    match app
+        .services
+        .gamedays
+        .abort(&id, crate::gamedays::operator_abort_reason(&reason))
+        .await
+    {
         Ok(_) => Redirect::to(&format!("/ui/runs/{id}")).into_response(),
         Err(e) => error_page(&s, StatusCode::CONFLICT, "Not aborted", e),
     }
@@ -814,10 +805,7 @@ async fn resume_run(
     Path(id): Path<String>,
     axum::Form(f): axum::Form<ActionForm>,
 ) -> Response {
-    let s = match check_action(&app, &headers, &f.csrf, f.confirmed()) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+    let s = operator_or_refused!(app, headers, f);
     match app.services.gamedays.resume(&id).await {
         Ok(_) => Redirect::to(&format!("/ui/runs/{id}")).into_response(),
         Err(e) => error_page(&s, StatusCode::CONFLICT, "Not resumed", e),
