@@ -210,7 +210,7 @@ fn fingerprint(token: &[u8]) -> [u8; 8] {
 pub fn generate_token() -> std::io::Result<String> {
     let mut buf = [0u8; 16];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(buf))
 }
 
 #[cfg(test)]

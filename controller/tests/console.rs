@@ -1,7 +1,7 @@
 //! The web console in process: the real router and store, requests as a
-//! browser sends them (form posts, the session cookie, `Origin`). The
-//! browser itself drives it in the root tier (tests/tests/console_browser.rs
-//! when it exists); here: login and sessions, roles, CSRF, confirmation,
+//! browser sends them (form posts, the session cookie, `Origin`). A real
+//! browser drives it in the root tier (tests/tests/console_browser.rs);
+//! here: login and sessions, roles, CSRF, confirmation,
 //! the security headers, every page with data in it.
 
 use std::collections::BTreeMap;
@@ -68,12 +68,10 @@ impl<'a> Browser<'a> {
             b = b.header(header::ORIGIN, o);
         }
         let req = match form {
-            Some(fields) => {
-                let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
-                b.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Body::from(body.join("&")))
-                    .expect("request")
-            }
+            Some(fields) => b
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(serde_urlencoded::to_string(fields).expect("a form")))
+                .expect("request"),
             None => b.body(Body::empty()).expect("request"),
         };
         let resp = self.api.app.clone().oneshot(req).await.expect("router");
@@ -114,51 +112,19 @@ impl<'a> Browser<'a> {
     }
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-async fn api_call(a: &Api, method: &str, path: &str, token: &str, body: Option<Value>) -> common::Resp {
-    a.send(
-        method,
-        path,
-        Some(token),
-        body.map(|b| ("application/json", b.to_string())),
-    )
-    .await
-}
-
 async fn fleet() -> Api {
     let a = Api::new().await;
     for h in ["h1", "h2", "h3"] {
-        let r = RegisterRequest {
-            hostname: h.to_owned(),
-            addresses: vec![],
+        a.register_as(&RegisterRequest {
             labels: BTreeMap::from([("rack".to_owned(), "r1".to_owned())]),
-            kernel_version: "6.18.0".into(),
-            agent_version: "0.1.0".into(),
             capabilities: Capabilities {
                 ebpf: true,
                 ..Capabilities::default()
             },
             interfaces: Some(vec!["eth0".into()]),
-            dm_devices: Some(vec![]),
-            credential_sha256: Some(common::digest_of(h)),
-        };
-        let resp = api_call(
-            &a,
-            "POST",
-            "/api/v1/agents/register",
-            AGENT,
-            Some(serde_json::to_value(&r).expect("json")),
-        )
+            ..common::registration(h)
+        })
         .await;
-        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
     }
     a
 }
@@ -192,6 +158,11 @@ async fn pages_need_a_session_and_a_login_needs_a_viewer_or_operator_token() {
     for h in ["h1", "h2", "h3", "rack=r1", "ebpf", "healthy"] {
         assert!(fleet.text.contains(h), "{h} missing from the fleet page");
     }
+    // Filtered by part of the name, by label, by state.
+    let one = b.get("/ui/fleet?host=h2&state=&label=rack%3Dr1").await;
+    assert!(one.text.contains(">h2<") && !one.text.contains(">h1<"), "{}", one.text);
+    let none = b.get("/ui/fleet?state=lost").await;
+    assert!(none.text.contains("No agent matches."), "{}", none.text);
     // Logged out: the cookie is cleared, and a forged one is refused.
     let csrf = fleet.csrf();
     let out = b.post("/ui/logout", &[("csrf", &csrf)]).await;
@@ -233,6 +204,7 @@ async fn every_page_is_self_contained_under_a_strict_policy() {
         );
         assert_eq!(p.headers[header::X_FRAME_OPTIONS], "DENY");
         assert_eq!(p.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(p.headers[header::REFERRER_POLICY], "same-origin");
         for needle in ["src=\"http", "href=\"http", "<script", "style=\"", "url(http"] {
             assert!(!p.text.contains(needle), "{path} has {needle}");
         }
@@ -246,6 +218,13 @@ async fn every_page_is_self_contained_under_a_strict_policy() {
             .starts_with("text/css")
     );
     assert!(!css.text.contains("http"), "the stylesheet loads nothing");
+    let icon = b.get("/ui/assets/favicon.svg").await;
+    assert_eq!(icon.status, StatusCode::OK);
+    assert_eq!(icon.headers[header::CONTENT_TYPE], "image/svg+xml");
+    assert!(
+        icon.text.starts_with("<svg") && !icon.text.contains("href"),
+        "the icon loads nothing"
+    );
 }
 
 #[tokio::test]
@@ -273,14 +252,14 @@ async fn a_finding_shows_its_evidence_history_and_runbook() {
             finding: f.clone(),
         }],
     };
-    let r = api_call(
-        &a,
-        "POST",
-        "/api/v1/agents/h1/transitions",
-        &a.cred("h1"),
-        Some(serde_json::to_value(&batch).expect("json")),
-    )
-    .await;
+    let r = a
+        .call(
+            "POST",
+            "/api/v1/agents/h1/transitions",
+            &a.cred("h1"),
+            Some(serde_json::to_value(&batch).expect("json")),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let mut b = Browser::new(&a);
     b.login(VIEWER).await;
@@ -308,17 +287,17 @@ async fn a_finding_shows_its_evidence_history_and_runbook() {
 #[tokio::test]
 async fn operators_act_with_csrf_and_confirmation_and_viewers_cannot() {
     let a = fleet().await;
-    let created = api_call(
-        &a,
-        "POST",
-        "/api/v1/faults",
-        OPERATOR,
-        Some(
-            json!({"targets": {"agents": ["h1"]}, "spec": {"kind": "blackhole", "prefix": "10.9.9.0/24"},
+    let created = a
+        .call(
+            "POST",
+            "/api/v1/faults",
+            OPERATOR,
+            Some(
+                json!({"targets": {"agents": ["h1"]}, "spec": {"kind": "blackhole", "prefix": "10.9.9.0/24"},
             "duration_seconds": 300}),
-        ),
-    )
-    .await;
+            ),
+        )
+        .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     let id = created.json()["id"].as_str().expect("id").to_owned();
     let revert = format!("/ui/faults/{id}/revert");
@@ -359,25 +338,29 @@ async fn operators_act_with_csrf_and_confirmation_and_viewers_cannot() {
         .status,
         StatusCode::FORBIDDEN
     );
-    let cross = o
-        .request(
-            "POST",
-            &revert,
-            Some(&[("csrf", &csrf), ("confirm", "yes")]),
-            Some("https://evil.example"),
-        )
-        .await;
-    assert_eq!(cross.status, StatusCode::FORBIDDEN);
+    // Another site, and what a browser sends from a page whose referrer
+    // policy hides its origin.
+    for origin in ["https://evil.example", "null"] {
+        let cross = o
+            .request(
+                "POST",
+                &revert,
+                Some(&[("csrf", &csrf), ("confirm", "yes")]),
+                Some(origin),
+            )
+            .await;
+        assert_eq!(cross.status, StatusCode::FORBIDDEN, "Origin: {origin}");
+    }
     assert_eq!(
         o.post(&revert, &[("csrf", &csrf)]).await.status,
         StatusCode::BAD_REQUEST
     );
-    let still = api_call(&a, "GET", &format!("/api/v1/faults/{id}"), VIEWER, None).await;
+    let still = a.call("GET", &format!("/api/v1/faults/{id}"), VIEWER, None).await;
     assert_eq!(still.json()["status"], "running", "nothing refused changed anything");
     // Confirmed, with the token: reverted.
     let p = o.post(&revert, &[("csrf", &csrf), ("confirm", "yes")]).await;
     assert_eq!((p.status, p.location()), (StatusCode::SEE_OTHER, "/ui/faults"));
-    let ended = api_call(&a, "GET", &format!("/api/v1/faults/{id}"), VIEWER, None).await;
+    let ended = a.call("GET", &format!("/api/v1/faults/{id}"), VIEWER, None).await;
     assert_eq!(ended.json()["status"], "ended", "{}", ended.text);
 
     // The lever, engaged from the console, is what the API shows.
@@ -393,7 +376,7 @@ async fn operators_act_with_csrf_and_confirmation_and_viewers_cannot() {
         )
         .await;
     assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
-    let lever = api_call(&a, "GET", "/api/v1/safety-lever", VIEWER, None).await;
+    let lever = a.call("GET", "/api/v1/safety-lever", VIEWER, None).await;
     assert_eq!(lever.json()["engaged"], true, "{}", lever.text);
     assert_eq!(lever.json()["reason"], "incident 42");
     let page = o.get("/ui/faults").await;
@@ -410,7 +393,7 @@ async fn a_game_day_runs_from_the_console_and_its_report_has_a_timeline() {
         "safety": {"max_duration": "2m"},
         "steps": [{"id": "hold", "gate": {"message": "resume me"}}]
     });
-    let r = api_call(&a, "POST", "/api/v1/gamedays", OPERATOR, Some(spec)).await;
+    let r = a.call("POST", "/api/v1/gamedays", OPERATOR, Some(spec)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let mut o = Browser::new(&a);
     o.login(OPERATOR).await;
@@ -444,11 +427,32 @@ async fn a_game_day_runs_from_the_console_and_its_report_has_a_timeline() {
         live.text.contains(&format!("/ui/runs/{id}/resume")),
         "waiting at its gate"
     );
-    // A viewer sees the run without the buttons.
+    // The forms are on pages of their own, which do not reload themselves.
+    let abort_page = o.get(&format!("/ui/runs/{id}/abort")).await;
+    assert_eq!(abort_page.status, StatusCode::OK);
+    assert!(
+        abort_page.text.contains(&format!("action=\"/ui/runs/{id}/abort\""))
+            && abort_page.text.contains("name=\"reason\"")
+            && !abort_page.text.contains("http-equiv=\"refresh\""),
+        "{}",
+        abort_page.text
+    );
+    let resume_page = o.get(&format!("/ui/runs/{id}/resume")).await;
+    assert!(
+        resume_page.text.contains("resume me")
+            && resume_page.text.contains(&format!("action=\"/ui/runs/{id}/resume\"")),
+        "{}",
+        resume_page.text
+    );
+    // A viewer sees the run without the buttons, and not their pages.
     let mut v = Browser::new(&a);
     v.login(VIEWER).await;
     let seen = v.get(&run_url).await;
     assert!(!seen.text.contains(&format!("/ui/runs/{id}/abort")));
+    assert_eq!(
+        v.get(&format!("/ui/runs/{id}/abort")).await.status,
+        StatusCode::FORBIDDEN
+    );
     let vcsrf = seen.csrf();
     let p = v
         .post(&format!("/ui/runs/{id}/abort"), &[("csrf", &vcsrf), ("confirm", "yes")])
@@ -471,6 +475,12 @@ async fn a_game_day_runs_from_the_console_and_its_report_has_a_timeline() {
         done = o.get(&run_url).await;
     }
     assert!(done.text.contains("operator abort: lunch"), "{}", done.text);
+    let ended = o.get(&format!("/ui/runs/{id}/abort")).await;
+    assert!(
+        ended.text.contains("has ended") && !ended.text.contains("<form method=\"post\" action=\"/ui/runs"),
+        "{}",
+        ended.text
+    );
     assert!(
         !done.text.contains("http-equiv=\"refresh\""),
         "an ended run stays still"

@@ -11,47 +11,24 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use graydar_common::api::{
-    Capabilities, Finding, FindingKind, FindingState, FindingTransition, RegisterRequest, Severity, TransitionBatch,
-    TransitionKind, finding_id,
+    Finding, FindingKind, FindingState, FindingTransition, RegisterRequest, Severity, TransitionBatch, TransitionKind,
+    finding_id,
 };
 use graydar_common::timestamp::Timestamp;
 use graydar_controller::store::{PgStore, SqliteStore, Store};
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod common;
-use common::{AGENT, Api, OPERATOR, TestDb, VIEWER, pg::PgCluster};
-
-async fn call(a: &Api, method: &str, path: &str, token: &str, body: Option<Value>) -> common::Resp {
-    a.send(
-        method,
-        path,
-        Some(token),
-        body.map(|b| ("application/json", b.to_string())),
-    )
-    .await
-}
+use common::{Api, OPERATOR, TestDb, VIEWER, pg::PgCluster};
 
 async fn register(a: &Api, host: &str) {
-    let r = RegisterRequest {
-        hostname: host.to_owned(),
+    a.register_as(&RegisterRequest {
         addresses: vec!["10.0.0.1".into()],
         labels: BTreeMap::from([("rack".to_owned(), "r1".to_owned())]),
-        kernel_version: "6.18.0".into(),
-        agent_version: "0.1.0".into(),
-        capabilities: Capabilities::default(),
         interfaces: Some(vec!["eth0".into()]),
-        dm_devices: Some(vec![]),
-        credential_sha256: Some(common::digest_of(host)),
-    };
-    let resp = call(
-        a,
-        "POST",
-        "/api/v1/agents/register",
-        AGENT,
-        Some(serde_json::to_value(&r).expect("json")),
-    )
+        ..common::registration(host)
+    })
     .await;
-    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
 }
 
 async fn transition(a: &Api, host: &str, kind: TransitionKind, since: Timestamp, at: Timestamp) {
@@ -81,14 +58,14 @@ async fn transition(a: &Api, host: &str, kind: TransitionKind, since: Timestamp,
             finding: f,
         }],
     };
-    let resp = call(
-        a,
-        "POST",
-        &format!("/api/v1/agents/{host}/transitions"),
-        &a.cred(host),
-        Some(serde_json::to_value(&batch).expect("json")),
-    )
-    .await;
+    let resp = a
+        .call(
+            "POST",
+            &format!("/api/v1/agents/{host}/transitions"),
+            &a.cred(host),
+            Some(serde_json::to_value(&batch).expect("json")),
+        )
+        .await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
 }
 
@@ -107,7 +84,7 @@ async fn answers(a: &Api, finding: &str, fault: &str) -> BTreeMap<String, String
         "/api/v1/gamedays".to_owned(),
         "/api/v1/runs".to_owned(),
     ] {
-        let r = call(a, "GET", &path, OPERATOR, None).await;
+        let r = a.call("GET", &path, OPERATOR, None).await;
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text);
         let mut v = r.json();
         if let Some(list) = v["agents"].as_array_mut() {
@@ -135,46 +112,41 @@ async fn copy_to_postgres_moves_everything_and_refuses_a_database_that_is_not_em
     transition(&a, "h1", TransitionKind::Resolved, t0, t1).await;
     transition(&a, "h2", TransitionKind::Fired, t1, t1).await;
     // A fault reported active, then revert-all (epoch 1), then a live one.
-    let f1 = call(
-        &a,
-        "POST",
-        "/api/v1/faults",
-        OPERATOR,
-        Some(
-            json!({"targets": {"agents": ["h1"]}, "spec": {"kind": "blackhole", "prefix": "10.9.9.0/24"},
+    let f1 = a
+        .call(
+            "POST",
+            "/api/v1/faults",
+            OPERATOR,
+            Some(
+                json!({"targets": {"agents": ["h1"]}, "spec": {"kind": "blackhole", "prefix": "10.9.9.0/24"},
             "duration_seconds": 300}),
-        ),
-    )
-    .await;
+            ),
+        )
+        .await;
     assert_eq!(f1.status, StatusCode::CREATED, "{}", f1.text);
     let f1 = f1.json()["id"].as_str().expect("id").to_owned();
     let report =
         json!({"statuses": [{"id": f1, "state": "active", "operations": ["ip route add blackhole 10.9.9.0/24"]}]});
-    let r = call(
-        &a,
-        "POST",
-        "/api/v1/agents/h1/faults/status",
-        &a.cred("h1"),
-        Some(report),
-    )
-    .await;
+    let r = a
+        .call("POST", "/api/v1/agents/h1/faults/status", &a.cred("h1"), Some(report))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let r = call(&a, "POST", "/api/v1/faults/revert-all", OPERATOR, None).await;
+    let r = a.call("POST", "/api/v1/faults/revert-all", OPERATOR, None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let f2 = call(
-        &a,
-        "POST",
-        "/api/v1/faults",
-        OPERATOR,
-        Some(
-            json!({"targets": {"agents": ["h2"]}, "spec": {"kind": "blackhole", "prefix": "10.9.8.0/24"},
+    let f2 = a
+        .call(
+            "POST",
+            "/api/v1/faults",
+            OPERATOR,
+            Some(
+                json!({"targets": {"agents": ["h2"]}, "spec": {"kind": "blackhole", "prefix": "10.9.8.0/24"},
             "duration_seconds": 300}),
-        ),
-    )
-    .await;
+            ),
+        )
+        .await;
     assert_eq!(f2.status, StatusCode::CREATED, "{}", f2.text);
     // Mesh keys rotated; a game day and a run the preflight cancelled.
-    let r = call(&a, "POST", "/api/v1/paths/keys/rotate", OPERATOR, None).await;
+    let r = a.call("POST", "/api/v1/paths/keys/rotate", OPERATOR, None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let gd = json!({
         "name": "bh", "hypothesis": "h3 blackholing is seen",
@@ -182,9 +154,11 @@ async fn copy_to_postgres_moves_everything_and_refuses_a_database_that_is_not_em
         "safety": {"max_duration": "2m"},
         "steps": [{"id": "hold", "gate": {}}]
     });
-    let r = call(&a, "POST", "/api/v1/gamedays", OPERATOR, Some(gd)).await;
+    let r = a.call("POST", "/api/v1/gamedays", OPERATOR, Some(gd)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let r = call(&a, "POST", "/api/v1/gamedays/bh/runs", OPERATOR, Some(json!({}))).await;
+    let r = a
+        .call("POST", "/api/v1/gamedays/bh/runs", OPERATOR, Some(json!({})))
+        .await;
     assert_eq!(
         r.status,
         StatusCode::CONFLICT,
@@ -192,14 +166,14 @@ async fn copy_to_postgres_moves_everything_and_refuses_a_database_that_is_not_em
         r.text
     );
     // The lever engaged last.
-    let r = call(
-        &a,
-        "PUT",
-        "/api/v1/safety-lever",
-        OPERATOR,
-        Some(json!({"engaged": true, "reason": "moving the database"})),
-    )
-    .await;
+    let r = a
+        .call(
+            "PUT",
+            "/api/v1/safety-lever",
+            OPERATOR,
+            Some(json!({"engaged": true, "reason": "moving the database"})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let finding = finding_id("h1", FindingKind::NicDrops, "eth0");
     let before = answers(&a, &finding, &f1).await;
@@ -255,9 +229,11 @@ async fn copy_to_postgres_moves_everything_and_refuses_a_database_that_is_not_em
         assert_eq!(Some(text), after.get(path), "{path} differs after the copy");
     }
     // The agents' credentials came along: h1 polls with its own.
-    let r = call(&b, "GET", "/api/v1/agents/h1/faults?wait=0", &b.cred("h1"), None).await;
+    let r = b
+        .call("GET", "/api/v1/agents/h1/faults?wait=0", &b.cred("h1"), None)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let r = call(&b, "GET", "/api/v1/agents/h1/faults?wait=0", VIEWER, None).await;
+    let r = b.call("GET", "/api/v1/agents/h1/faults?wait=0", VIEWER, None).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
 
     // Copying again into a database that has rows is refused.

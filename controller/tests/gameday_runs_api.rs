@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use graydar_common::api::{
-    Capabilities, Finding, FindingKind, FindingState, FindingTransition, RegisterRequest, Severity, TransitionBatch,
-    TransitionKind, finding_id,
+    Finding, FindingKind, FindingState, FindingTransition, Severity, TransitionBatch, TransitionKind, finding_id,
 };
 use graydar_common::gameday::run::{
     ClearState, DetectionState, Outcome, RunInfo, RunList, RunState, StepState, Verdict,
@@ -22,40 +21,11 @@ use graydar_controller::services::Services;
 use serde_json::{Value, json};
 
 mod common;
-use common::{AGENT, Api, OPERATOR, VIEWER};
+use common::{Api, OPERATOR, VIEWER};
 
 impl Api {
-    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> common::Resp {
-        self.send(
-            method,
-            path,
-            Some(token),
-            body.map(|b| ("application/json", b.to_string())),
-        )
-        .await
-    }
-
     async fn register(&self, host: &str) {
-        let r = RegisterRequest {
-            hostname: host.to_owned(),
-            addresses: vec![],
-            labels: BTreeMap::new(),
-            kernel_version: "6.18.0".into(),
-            agent_version: "0.1.0".into(),
-            capabilities: Capabilities::default(),
-            interfaces: None,
-            dm_devices: Some(vec![]),
-            credential_sha256: Some(common::digest_of(host)),
-        };
-        let resp = self
-            .call(
-                "POST",
-                "/api/v1/agents/register",
-                AGENT,
-                Some(serde_json::to_value(&r).expect("json")),
-            )
-            .await;
-        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+        self.register_as(&common::registration(host)).await;
     }
 
     /// `host` reports its state of fault `id` (as its agent does).

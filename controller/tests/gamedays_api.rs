@@ -22,13 +22,7 @@ fn example(file: &str) -> Value {
 
 impl Api {
     async fn json(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> common::Resp {
-        self.send(
-            method,
-            path,
-            Some(token),
-            body.map(|b| ("application/json", b.to_string())),
-        )
-        .await
+        self.call(method, path, token, body.cloned()).await
     }
 }
 

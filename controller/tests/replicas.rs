@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use graydar_common::api::{
-    Capabilities, Finding, FindingKind, FindingState, FindingTransition, RegisterRequest, Severity, TransitionBatch,
-    TransitionKind, finding_id,
+    Finding, FindingKind, FindingState, FindingTransition, RegisterRequest, Severity, TransitionBatch, TransitionKind,
+    finding_id,
 };
 use graydar_common::fault_api::{DesiredFaults, FaultInfo};
 use graydar_common::gameday::run::{Outcome, RunInfo, RunState};
@@ -21,7 +21,7 @@ use graydar_controller::cluster::LEADER_RETRY;
 use serde_json::{Value, json};
 
 mod common;
-use common::{AGENT, Api, OPERATOR, VIEWER, pg::PgCluster};
+use common::{Api, OPERATOR, VIEWER, pg::PgCluster};
 
 /// One controller replica with its background tasks.
 struct Replica {
@@ -57,37 +57,16 @@ impl Replica {
     }
 
     async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> common::Resp {
-        self.api
-            .send(
-                method,
-                path,
-                Some(token),
-                body.map(|b| ("application/json", b.to_string())),
-            )
-            .await
+        self.api.call(method, path, token, body).await
     }
 
     async fn register(&self, host: &str) {
-        let r = RegisterRequest {
-            hostname: host.to_owned(),
-            addresses: vec![],
-            labels: BTreeMap::new(),
-            kernel_version: "6.18.0".into(),
-            agent_version: "0.1.0".into(),
-            capabilities: Capabilities::default(),
-            interfaces: Some((0..5).map(|i| format!("eth{i}")).collect()),
-            dm_devices: Some(vec![]),
-            credential_sha256: Some(common::digest_of(host)),
-        };
-        let resp = self
-            .call(
-                "POST",
-                "/api/v1/agents/register",
-                AGENT,
-                Some(serde_json::to_value(&r).expect("json")),
-            )
+        self.api
+            .register_as(&RegisterRequest {
+                interfaces: Some((0..5).map(|i| format!("eth{i}")).collect()),
+                ..common::registration(host)
+            })
             .await;
-        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
     }
 
     async fn poll(&self, host: &str, query: &str) -> common::Resp {

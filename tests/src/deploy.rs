@@ -14,6 +14,28 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// cargo (the one running the tests), without the variables cargo set for
+/// this test binary: ring's build script reruns when `CARGO_MANIFEST_DIR`
+/// changes, and a nested `cargo xtask` that inherits the tests' value
+/// rebuilds ring and everything above it (about 30 s), twice.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into()));
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if ["CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_EXE_", "CARGO_MANIFEST_"]
+            .iter()
+            .any(|p| k.starts_with(p))
+            || matches!(
+                k,
+                "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "CARGO_RUSTC_CURRENT_DIR"
+            )
+        {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
 /// `<workspace>/target`, or `CARGO_TARGET_DIR`.
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

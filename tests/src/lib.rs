@@ -2,6 +2,7 @@
 //! real process, Prometheus text parsing.
 pub mod agent;
 pub mod blockdev;
+pub mod browser;
 pub mod controller;
 pub mod deploy;
 pub mod fault_e2e;

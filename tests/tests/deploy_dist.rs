@@ -9,11 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use graydar_tests::deploy::{tool, tool_ok, workspace};
-
-fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into()))
-}
+use graydar_tests::deploy::{cargo, tool, tool_ok, workspace};
 
 fn dist(out: &Path) -> PathBuf {
     let status = cargo()

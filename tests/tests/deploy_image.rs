@@ -26,15 +26,10 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use graydar_tests::agent::http_get;
-use graydar_tests::deploy::{tool, tool_ok, workspace};
-
-fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into()))
-}
+use graydar_tests::deploy::{cargo, tool, tool_ok, workspace};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.

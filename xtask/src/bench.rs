@@ -155,7 +155,7 @@ fn wait_ready(ns: Option<&Ns>) -> Result<()> {
 /// VM) and returns its path; cargo does nothing when it is up to date.
 fn release_agent(ws: &Path) -> Result<std::path::PathBuf> {
     crate::ok(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        crate::cargo()
             .current_dir(ws)
             .args(["build", "--release", "-p", "graydar-agent"]),
     )?;

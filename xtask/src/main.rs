@@ -311,6 +311,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "busybox-static",           // the VM's initramfs and poweroff
     "xz-utils",                 // extracting vmlinux from the VM kernel's vmlinuz
     "util-linux",               // setpriv: the unprivileged-agent test
+    "chromium",                 // the console's browser test (headless)
+    "chromium-driver",          // chromedriver: WebDriver for it
     "libdevmapper-dev",         // devicemapper-sys bindgen headers (dm faults)
     "libclang-dev",             // bindgen
     "pkg-config",               // devicemapper-sys finds libdevmapper
@@ -462,8 +464,30 @@ pub fn token() -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+/// cargo, without the variables cargo sets for the package it runs (xtask
+/// itself under `cargo xtask`, a test binary under `cargo test`): some build
+/// scripts (ring's) rerun when `CARGO_MANIFEST_DIR` changes, and every crate
+/// above them is rebuilt, so a nested build that inherits another package's
+/// value rebuilds ~30 s of the workspace and flips it back for the next one.
+pub(crate) fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(is_package_var) {
+            c.env_remove(&k);
+        }
+    }
+    c
+}
+
+/// The variables cargo sets for a package's build script, binary or test.
+fn is_package_var(k: &str) -> bool {
+    ["CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_EXE_", "CARGO_MANIFEST_"]
+        .iter()
+        .any(|p| k.starts_with(p))
+        || matches!(
+            k,
+            "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "CARGO_RUSTC_CURRENT_DIR"
+        )
 }
 
 fn run(ws: &Path, args: &[String]) -> Result<()> {
@@ -482,35 +506,43 @@ const PG_API_TESTS: &[&str] = &[
     "paths_api",
 ];
 
+/// The unit tier's `cargo test` selection; the PostgreSQL rerun of the
+/// controller's tests uses it too, so cargo reuses the unit tier's build
+/// (a package selection of its own is one more build of the workspace).
+const UNIT_TEST_PACKAGES: &[&str] = &[
+    "-p",
+    "graydar-common",
+    "-p",
+    "graydar-agent",
+    "-p",
+    "graydar-controller",
+    "-p",
+    "xtask",
+    "--all-features",
+];
+
+/// The agent's and the controller's binaries (with the `graydar` CLI) as the
+/// root and VM tiers build them: one selection, one build.
+pub const BUILD_BINARIES: &[&str] = &["build", "-p", "graydar-agent", "-p", "graydar-controller"];
+
 fn test(ws: &Path, only: &[Tier]) -> Result<()> {
     let want = |t: Tier| only.is_empty() || only.contains(&t);
     let mut results: Vec<(&str, Result<()>)> = Vec::new();
     if want(Tier::Unit) {
         println!("\n==> tier 1/3: unit");
-        let r = ok(cargo().current_dir(ws).args([
-            "test",
-            "-p",
-            "graydar-common",
-            "-p",
-            "graydar-agent",
-            "-p",
-            "graydar-controller",
-            "-p",
-            "xtask",
-            "--all-features",
-        ]))
-        .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--lib"])))
-        // Lints as errors on every crate but ebpf (default-members: it builds
-        // only for bpfel-unknown-none, through the agent's build script).
-        .and_then(|()| {
-            ok(cargo()
-                .current_dir(ws)
-                .args(["clippy", "--all-targets", "--all-features", "--", "-D", "warnings"]))
-        })
-        .and_then(|()| docs::build_and_check(ws))
-        // Every parser of network, kernel, file and API input, fuzzed for a
-        // bounded time from the committed seeds (docs/src/development.md).
-        .and_then(|()| fuzz::run(ws, fuzz::UNIT_TIER_SECONDS, &[]));
+        let r = ok(cargo().current_dir(ws).arg("test").args(UNIT_TEST_PACKAGES))
+            .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--lib"])))
+            // Lints as errors on every crate but ebpf (default-members: it builds
+            // only for bpfel-unknown-none, through the agent's build script).
+            .and_then(|()| {
+                ok(cargo()
+                    .current_dir(ws)
+                    .args(["clippy", "--all-targets", "--all-features", "--", "-D", "warnings"]))
+            })
+            .and_then(|()| docs::build_and_check(ws))
+            // Every parser of network, kernel, file and API input, fuzzed for a
+            // bounded time from the committed seeds (docs/src/development.md).
+            .and_then(|()| fuzz::run(ws, fuzz::UNIT_TIER_SECONDS, &[]));
         results.push(("unit", r));
     }
     if want(Tier::Netns) {
@@ -520,20 +552,19 @@ fn test(ws: &Path, only: &[Tier]) -> Result<()> {
                 "the root/netns tier needs root (network namespaces, eBPF): run `cargo xtask test` as root"
             ))
         } else {
-            ok(cargo()
-                .current_dir(ws)
-                .args(["build", "-p", "graydar-agent", "-p", "graydar-controller"]))
-            .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--tests"])))
-            // The controller's API tests again, on PostgreSQL: a throwaway
-            // cluster per test (tests/src/pg.rs). The store, replica and
-            // copy tests run on PostgreSQL anyway (in the unit tier).
-            .and_then(|()| {
-                let mut args = vec!["test", "-p", "graydar-controller"];
-                for t in PG_API_TESTS {
-                    args.extend(["--test", t]);
-                }
-                ok(cargo().current_dir(ws).env("GRAYDAR_TEST_STORE", "postgres").args(args))
-            })
+            ok(cargo().current_dir(ws).args(BUILD_BINARIES))
+                .and_then(|()| ok(cargo().current_dir(ws).args(["test", "-p", "graydar-tests", "--tests"])))
+                // The controller's API tests again, on PostgreSQL: a throwaway
+                // cluster per test (tests/src/pg.rs). The store, replica and
+                // copy tests run on PostgreSQL anyway (in the unit tier).
+                .and_then(|()| {
+                    let mut args = vec!["test"];
+                    args.extend(UNIT_TEST_PACKAGES);
+                    for t in PG_API_TESTS {
+                        args.extend(["--test", t]);
+                    }
+                    ok(cargo().current_dir(ws).env("GRAYDAR_TEST_STORE", "postgres").args(args))
+                })
         };
         results.push(("root/netns", r));
     }
@@ -569,6 +600,29 @@ fn test(ws: &Path, only: &[Tier]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nested_cargo_drops_the_running_packages_variables_only() {
+        for k in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_EXE_graydar",
+            "CARGO_TARGET_TMPDIR",
+        ] {
+            assert!(is_package_var(k), "{k}");
+        }
+        for k in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_INCREMENTAL",
+            "CARGO_TERM_COLOR",
+            "PATH",
+        ] {
+            assert!(!is_package_var(k), "{k}");
+        }
+    }
 
     fn tiers(args: &[&str]) -> Result<Vec<Tier>, String> {
         let argv = ["cargo-xtask", "test"].iter().chain(args);

@@ -235,12 +235,17 @@ pub fn run_test_targets(
             targets.len()
         );
     }
-    let agents = cargo_executables(&workspace, &["build", "-p", "graydar-agent", "--bin", "graydar-agent"])?;
-    let agent_bin = agents
-        .iter()
-        .find(|p| p.file_name().is_some_and(|n| n == "graydar-agent"))
-        .cloned()
-        .with_context(|| format!("cargo built no graydar-agent executable (got {agents:?})"))?;
+    // The agent, the controller and the `graydar` CLI (vm_fault_safety runs
+    // the last two in the guest), built as the root tier builds them: one
+    // package selection, so cargo reuses that build instead of making two.
+    let bins = cargo_executables(&workspace, crate::BUILD_BINARIES)?;
+    let find_bin = |name: &str| {
+        bins.iter()
+            .find(|p| p.file_name().is_some_and(|n| n == name))
+            .map(|p| p.to_string_lossy().into_owned())
+            .with_context(|| format!("cargo built no {name} executable (got {bins:?})"))
+    };
+    let agent = find_bin("graydar-agent")?;
     // Every target runs (set -e stops at the first failing one).
     let extra: String = libtest_args.iter().map(|a| format!(" {}", shell_quote(a))).collect();
     let cmd = std::iter::once("set -e".to_owned())
@@ -252,25 +257,6 @@ pub fn run_test_targets(
         }))
         .collect::<Vec<_>>()
         .join("\n");
-    let agent = agent_bin.to_string_lossy().into_owned();
-    // The controller and the `graydar` CLI (vm_fault_safety runs them in the guest).
-    let ctl_args = [
-        "build",
-        "-p",
-        "graydar-controller",
-        "--bin",
-        "graydar-controller",
-        "--bin",
-        "graydar",
-    ];
-    let ctl_bins = cargo_executables(&workspace, &ctl_args)?;
-    let find_bin = |name: &str| {
-        ctl_bins
-            .iter()
-            .find(|p| p.file_name().is_some_and(|n| n == name))
-            .map(|p| p.to_string_lossy().into_owned())
-            .with_context(|| format!("cargo built no {name} executable (got {ctl_bins:?})"))
-    };
     let (controller, cli) = (find_bin("graydar-controller")?, find_bin("graydar")?);
     let mut all_env = vec![
         ("GRAYDAR_VM", "1"),
@@ -903,8 +889,7 @@ fn stream_console(stdout: impl Read, seen: &Mutex<Seen>, started: Instant) {
 
 /// Runs cargo with `--message-format=json` and returns the executables it built.
 pub(crate) fn cargo_executables(workspace: &Path, args: &[&str]) -> Result<Vec<PathBuf>> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(&cargo)
+    let out = crate::cargo()
         .args(args)
         .arg("--message-format=json-render-diagnostics")
         .current_dir(workspace)

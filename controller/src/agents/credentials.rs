@@ -58,16 +58,12 @@ pub fn digest(secret: &[u8]) -> [u8; 32] {
 }
 
 /// A `credential_sha256` of a registration: 64 lowercase hex digits.
-pub fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    let b = hex.as_bytes();
-    if b.len() != 64 || !b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+pub fn parse_digest(text: &str) -> Option<[u8; 32]> {
+    // Lowercase only: the stored form is canonical.
+    if !text.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    <[u8; 32] as hex::FromHex>::from_hex(text).ok()
 }
 
 impl Credentials {

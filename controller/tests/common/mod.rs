@@ -18,6 +18,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
+use graydar_common::api::{Capabilities, RegisterRequest};
 use graydar_controller::agents::Liveness;
 use graydar_controller::api::{AppState, DEFAULT_MAX_BODY, router};
 use graydar_controller::auth::Tokens;
@@ -55,6 +56,23 @@ pub fn digest_of(host: &str) -> String {
 }
 
 /// The URL of `cluster`'s default database, as the controller takes it.
+/// A registration of `host` (kernel 6.18.0, agent 0.1.0, default
+/// capabilities, no dm devices) with the credential of [`digest_of`]; tests
+/// set the fields they care about with `..registration(host)`.
+pub fn registration(host: &str) -> RegisterRequest {
+    RegisterRequest {
+        hostname: host.to_owned(),
+        addresses: vec![],
+        labels: Default::default(),
+        kernel_version: "6.18.0".into(),
+        agent_version: "0.1.0".into(),
+        capabilities: Capabilities::default(),
+        interfaces: None,
+        dm_devices: Some(vec![]),
+        credential_sha256: Some(digest_of(host)),
+    }
+}
+
 pub fn db_url(cluster: &pg::PgCluster) -> graydar_controller::store::DatabaseUrl {
     graydar_controller::store::DatabaseUrl::parse(&cluster.default_url()).expect("a postgres:// URL")
 }
@@ -206,6 +224,25 @@ impl Api {
     /// registration enrolled it with [`digest_of`].
     pub fn cred(&self, host: &str) -> String {
         secret_of(host)
+    }
+
+    /// Registers an agent as its own agent does (the bootstrap token, the
+    /// credential of [`digest_of`]); panics unless it is accepted.
+    pub async fn register_as(&self, r: &RegisterRequest) {
+        let body = serde_json::to_value(r).expect("a registration as JSON");
+        let resp = self.call("POST", "/api/v1/agents/register", AGENT, Some(body)).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+    }
+
+    /// A JSON request with a bearer token.
+    pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Resp {
+        self.send(
+            method,
+            path,
+            Some(token),
+            body.map(|b| ("application/json", b.to_string())),
+        )
+        .await
     }
 
     /// One request: an optional bearer token, an optional body with its

@@ -1,5 +1,5 @@
 //! The web console, served by the controller at `/` and `/ui/…`:
-//! server-rendered HTML (maud), one stylesheet embedded in the binary, no
+//! server-rendered HTML (maud), one stylesheet and an icon embedded in the binary, no
 //! script, nothing loaded from elsewhere, a strict Content-Security-Policy.
 //!
 //! Log in with a viewer or operator token ([`session`]): a signed,
@@ -34,6 +34,8 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; for
                        frame-ancestors 'none'; base-uri 'none'";
 
 const CSS: &str = include_str!("console.css");
+/// The tab's icon: served here, so a browser does not ask for `/favicon.ico`.
+const ICON: &str = include_str!("favicon.svg");
 
 pub fn routes(app: &Shared) -> Router<Shared> {
     Router::new()
@@ -41,6 +43,7 @@ pub fn routes(app: &Shared) -> Router<Shared> {
         .route("/ui", get(|| async { Redirect::to("/ui/fleet") }))
         .route("/ui/", get(|| async { Redirect::to("/ui/fleet") }))
         .route("/ui/assets/console.css", get(css))
+        .route("/ui/assets/favicon.svg", get(icon))
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", post(logout))
         .merge(pages::routes())
@@ -53,7 +56,11 @@ async fn headers(State(_): State<Shared>, req: Request, next: Next) -> Response 
     let h = resp.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: under it a browser sends `Origin: null` with every
+    // form post, and the origin check below could not tell the console's own
+    // forms from another site's. `same-origin` keeps the referrer (and the
+    // real Origin) within the console and sends nothing elsewhere.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -72,10 +79,19 @@ async fn css() -> Response {
         .into_response()
 }
 
+async fn icon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        ICON,
+    )
+        .into_response()
+}
+
 fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    u64::try_from(crate::timefmt::now_ms() / 1000).unwrap_or(0)
 }
 
 /// The request's session, if it has a valid one.
@@ -102,12 +118,7 @@ pub(crate) fn check_action(
         return Err(Box::new(to_login()));
     };
     if !s.is_operator() {
-        return Err(Box::new(refusal(
-            &s,
-            StatusCode::FORBIDDEN,
-            "Operators only",
-            "This needs the operator role; you are logged in as a viewer.",
-        )));
+        return Err(Box::new(operators_only(&s)));
     }
     if !same_origin(headers) {
         return Err(Box::new(refusal(
@@ -149,6 +160,16 @@ fn same_origin(headers: &HeaderMap) -> bool {
     !host.is_empty() && origin_host == host
 }
 
+/// The 403 page of a viewer asking for an operator's page or action.
+pub(crate) fn operators_only(s: &Session) -> Response {
+    refusal(
+        s,
+        StatusCode::FORBIDDEN,
+        "Operators only",
+        "This needs the operator role; you are logged in as a viewer.",
+    )
+}
+
 /// A page saying why something was refused.
 pub(crate) fn refusal(s: &Session, status: StatusCode, title: &str, detail: &str) -> Response {
     (status, page(Some(s), title, "", html! { p.refusal { (detail) } })).into_response()
@@ -179,6 +200,7 @@ pub(crate) fn page_with(s: Option<&Session>, title: &str, current: &str, live: b
                 @if live { meta http-equiv="refresh" content="2"; }
                 title { (title) " · graydar" }
                 link rel="stylesheet" href="/ui/assets/console.css";
+                link rel="icon" type="image/svg+xml" href="/ui/assets/favicon.svg";
             }
             body {
                 a.skip href="#main" { "Skip to content" }

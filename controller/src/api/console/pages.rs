@@ -12,14 +12,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use graydar_common::api::{AgentState, Evidence, Finding};
+use graydar_common::api::{AgentInfo, AgentState, Evidence, Finding};
 use graydar_common::gameday::run::{DetectionState, RunInfo, StartRun};
 use graydar_common::timestamp::Timestamp;
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::session::Session;
-use super::{Shared, check_action, page, page_with, refusal, runbooks, session_of, to_login};
+use super::{Shared, check_action, operators_only, page, page_with, refusal, runbooks, session_of, to_login};
 use crate::store::{FindingFilter, RunFilter};
 
 pub(super) fn routes() -> Router<Shared> {
@@ -38,8 +38,8 @@ pub(super) fn routes() -> Router<Shared> {
         .route("/ui/runs/{id}", get(run))
         .route("/ui/runs/{id}/report.md", get(report_md))
         .route("/ui/runs/{id}/report.json", get(report_json))
-        .route("/ui/runs/{id}/abort", post(abort_run))
-        .route("/ui/runs/{id}/resume", post(resume_run))
+        .route("/ui/runs/{id}/abort", get(abort_page).post(abort_run))
+        .route("/ui/runs/{id}/resume", get(resume_page).post(resume_run))
 }
 
 /// A serde enum's name (`firing`, `detection_gap`, …).
@@ -90,6 +90,17 @@ fn error_page(s: &Session, status: StatusCode, what: &str, e: impl std::fmt::Dis
     refusal(s, status, what, &e.to_string())
 }
 
+/// The value of a service call, or its error page (`status`, titled
+/// `what`) as the handler's answer.
+macro_rules! or_error_page {
+    ($s:expr, $call:expr, $status:expr, $what:expr) => {
+        match $call {
+            Ok(v) => v,
+            Err(e) => return error_page(&$s, $status, $what, e),
+        }
+    };
+}
+
 macro_rules! session_or_login {
     ($app:expr, $headers:expr) => {
         match session_of(&$app, &$headers) {
@@ -112,12 +123,14 @@ macro_rules! operator_or_refused {
 
 // ---------------------------------------------------------------- fleet
 
-async fn fleet(State(app): State<Shared>, headers: HeaderMap) -> Response {
+async fn fleet(State(app): State<Shared>, headers: HeaderMap, Query(q): Query<FleetQuery>) -> Response {
     let s = session_or_login!(app, headers);
-    let agents = match app.services.agents.list().await {
-        Ok(a) => a,
-        Err(e) => return error_page(&s, StatusCode::SERVICE_UNAVAILABLE, "Fleet", e),
-    };
+    let agents = or_error_page!(
+        s,
+        app.services.agents.list().await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Fleet"
+    );
     let active = app
         .services
         .faults
@@ -131,11 +144,25 @@ async fn fleet(State(app): State<Shared>, headers: HeaderMap) -> Response {
         }
     }
     let counts = |st: AgentState| agents.iter().filter(|a| a.state == st).count();
+    let (shown, matched) = select_agents(&agents, &q, FLEET_ROWS);
     let body = html! {
         p.summary {
             (agents.len()) " agents: "
             (counts(AgentState::Healthy)) " healthy, " (counts(AgentState::Stale)) " stale, "
             (counts(AgentState::Lost)) " lost; " (active.len()) " faults running."
+        }
+        form.filters method="get" action="/ui/fleet" {
+            label { "State " select name="state" {
+                option value="" { "any" }
+                @for v in ["healthy", "stale", "lost"] { option value=(v) selected[non_empty(&q.state) == Some(v)] { (v) } }
+            } }
+            label { "Host " input type="text" name="host" value=(q.host.clone().unwrap_or_default()) placeholder="part of the name"; }
+            label { "Label " input type="text" name="label" value=(q.label.clone().unwrap_or_default()) placeholder="key=value"; }
+            button type="submit" { "Filter" }
+        }
+        @if matched == 0 { p { "No agent matches." } }
+        @if shown.len() < matched {
+            p.hint { "Showing " (shown.len()) " of " (matched) " matching agents (lost and stale first); narrow them with the filters." }
         }
         div.scroll {
             table {
@@ -146,7 +173,7 @@ async fn fleet(State(app): State<Shared>, headers: HeaderMap) -> Response {
                     th scope="col" { "Kernel / agent" } th scope="col" { "Active faults" }
                 } }
                 tbody {
-                    @for a in &agents {
+                    @for a in &shown {
                         @let caps = serde_json::to_value(&a.capabilities).ok();
                         tr {
                             th scope="row" { a href=(format!("/ui/findings?host={}", a.hostname)) { (a.hostname) } }
@@ -170,6 +197,50 @@ async fn fleet(State(app): State<Shared>, headers: HeaderMap) -> Response {
         }
     };
     page(Some(&s), "Fleet", "fleet", body).into_response()
+}
+
+/// The most agents the fleet page lists at once (a fleet of 10,000 would be
+/// megabytes of table): lost and stale first, the filters narrow the rest.
+const FLEET_ROWS: usize = 500;
+
+#[derive(Debug, Default, Deserialize)]
+struct FleetQuery {
+    state: Option<String>,
+    host: Option<String>,
+    label: Option<String>,
+}
+
+/// The agents the fleet page shows for `q` (lost, then stale, then healthy,
+/// each by name; at most `cap`), and how many matched.
+fn select_agents<'a>(agents: &'a [AgentInfo], q: &FleetQuery, cap: usize) -> (Vec<&'a AgentInfo>, usize) {
+    let state = non_empty(&q.state);
+    let host = non_empty(&q.host);
+    let label = non_empty(&q.label).map(|l| l.split_once('=').unwrap_or((l, "")));
+    let mut matched: Vec<&AgentInfo> = agents
+        .iter()
+        .filter(|a| state.is_none_or(|s| a.state.as_str() == s))
+        .filter(|a| host.is_none_or(|h| a.hostname.contains(h)))
+        .filter(|a| {
+            label.is_none_or(|(k, v)| {
+                a.labels
+                    .get(k.trim())
+                    .is_some_and(|have| v.trim().is_empty() || have == v.trim())
+            })
+        })
+        .collect();
+    let rank = |s: AgentState| match s {
+        AgentState::Lost => 0,
+        AgentState::Stale => 1,
+        AgentState::Healthy => 2,
+    };
+    matched.sort_by(|a, b| {
+        rank(a.state)
+            .cmp(&rank(b.state))
+            .then_with(|| a.hostname.cmp(&b.hostname))
+    });
+    let n = matched.len();
+    matched.truncate(cap);
+    (matched, n)
 }
 
 // ---------------------------------------------------------------- findings
@@ -196,10 +267,12 @@ async fn findings(State(app): State<Shared>, headers: HeaderMap, Query(q): Query
         since_ms: None,
         limit: 500,
     };
-    let list = match app.services.findings.list(&filter).await {
-        Ok(l) => l,
-        Err(e) => return error_page(&s, StatusCode::SERVICE_UNAVAILABLE, "Findings", e),
-    };
+    let list = or_error_page!(
+        s,
+        app.services.findings.list(&filter).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Findings"
+    );
     let kinds: Vec<String> = graydar_common::api::FindingKind::ALL
         .iter()
         .map(|k| k.as_str().to_owned())
@@ -252,10 +325,12 @@ fn findings_table(list: &[Finding]) -> Markup {
 
 async fn finding(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let s = session_or_login!(app, headers);
-    let d = match app.services.findings.get(&id).await {
-        Ok(d) => d,
-        Err(e) => return error_page(&s, StatusCode::NOT_FOUND, "No such finding", e),
-    };
+    let d = or_error_page!(
+        s,
+        app.services.findings.get(&id).await,
+        StatusCode::NOT_FOUND,
+        "No such finding"
+    );
     let f = &d.finding;
     let runbook = runbooks::html(&f.runbook);
     let body = html! {
@@ -361,6 +436,11 @@ async fn paths(State(app): State<Shared>, headers: HeaderMap) -> Response {
     page(Some(&s), "Paths", "paths", body).into_response()
 }
 
+/// Evidence keys that carry a hop list or route.
+fn is_route_key(k: &str) -> bool {
+    k.contains("hops") || k.contains("route")
+}
+
 async fn pair(State(app): State<Shared>, headers: HeaderMap, Path((src, dst)): Path<(String, String)>) -> Response {
     let s = session_or_login!(app, headers);
     let m = app.services.paths.matrix();
@@ -403,9 +483,9 @@ async fn pair(State(app): State<Shared>, headers: HeaderMap, Path((src, dst)): P
         } }
         h2 { "Findings on this pair" }
         (findings_table(&related))
-        @for f in related.iter().filter(|f| f.evidence.keys().any(|k| k.contains("hops") || k.contains("route"))) {
+        @for f in related.iter().filter(|f| f.evidence.keys().any(|k| is_route_key(k))) {
             h3 { (f.kind.as_str()) " on " (f.host) ": traceroutes" }
-            table.evidence { tbody { @for (k, v) in f.evidence.iter().filter(|(k, _)| k.contains("hops") || k.contains("route")) {
+            table.evidence { tbody { @for (k, v) in f.evidence.iter().filter(|(k, _)| is_route_key(k)) {
                 tr { th scope="row" { (k) } td { (evidence_text(v)) } }
             } } }
         }
@@ -417,10 +497,12 @@ async fn pair(State(app): State<Shared>, headers: HeaderMap, Path((src, dst)): P
 
 async fn faults(State(app): State<Shared>, headers: HeaderMap) -> Response {
     let s = session_or_login!(app, headers);
-    let list = match app.services.faults.list(None, 200).await {
-        Ok(l) => l,
-        Err(e) => return error_page(&s, StatusCode::SERVICE_UNAVAILABLE, "Faults", e),
-    };
+    let list = or_error_page!(
+        s,
+        app.services.faults.list(None, 200).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Faults"
+    );
     let lever = app.services.faults.safety_lever();
     let (live, history): (Vec<_>, Vec<_>) = list.iter().partition(|f| f.ended_at.is_none());
     let body = html! {
@@ -440,7 +522,7 @@ async fn faults(State(app): State<Shared>, headers: HeaderMap) -> Response {
                         button type="submit" { "Release the lever" }
                     } @else {
                         input type="hidden" name="engaged" value="true";
-                        label { "Reason " input type="text" name="reason" maxlength="500"; }
+                        label { "Reason " input type="text" name="reason" maxlength=(MAX_REASON); }
                         (action_fields(&s, "Revert every fault on every agent now and refuse new ones"))
                         button.danger type="submit" { "Engage the lever" }
                     }
@@ -499,7 +581,15 @@ impl ActionForm {
     fn confirmed(&self) -> bool {
         self.confirm == "yes"
     }
+
+    /// The typed reason, trimmed to the API's limit (the input's `maxlength`).
+    fn reason(&self) -> String {
+        self.reason.trim().chars().take(MAX_REASON).collect()
+    }
 }
+
+/// A reason's most characters, as the API takes them.
+const MAX_REASON: usize = graydar_common::fault_api::MAX_LEVER_REASON;
 
 async fn revert_fault(
     State(app): State<Shared>,
@@ -520,7 +610,7 @@ async fn revert_fault(
 async fn lever(State(app): State<Shared>, headers: HeaderMap, axum::Form(f): axum::Form<ActionForm>) -> Response {
     let s = operator_or_refused!(app, headers, f);
     let r = if f.engaged == "true" {
-        let reason: String = f.reason.trim().chars().take(500).collect();
+        let reason = f.reason();
         let reason = if reason.is_empty() {
             "engaged from the console".to_owned()
         } else {
@@ -540,10 +630,12 @@ async fn lever(State(app): State<Shared>, headers: HeaderMap, axum::Form(f): axu
 
 async fn gamedays(State(app): State<Shared>, headers: HeaderMap) -> Response {
     let s = session_or_login!(app, headers);
-    let defs = match app.services.gamedays.list().await {
-        Ok(d) => d,
-        Err(e) => return error_page(&s, StatusCode::SERVICE_UNAVAILABLE, "Game days", e),
-    };
+    let defs = or_error_page!(
+        s,
+        app.services.gamedays.list().await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Game days"
+    );
     let runs = app
         .services
         .gamedays
@@ -605,15 +697,14 @@ async fn start_run(
 
 async fn run(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let s = session_or_login!(app, headers);
-    let r = match app.services.gamedays.run(&id).await {
-        Ok(r) => r,
-        Err(e) => return error_page(&s, StatusCode::NOT_FOUND, "No such run", e),
-    };
+    let r = or_error_page!(
+        s,
+        app.services.gamedays.run(&id).await,
+        StatusCode::NOT_FOUND,
+        "No such run"
+    );
     let live = !r.is_finished();
-    let waiting = r
-        .steps
-        .iter()
-        .any(|st| st.action == "gate" && label(&st.state) == "active");
+    let waiting = waiting_gate(&r).is_some();
     let body = html! {
         p.summary {
             (badge(&label(&r.state)))
@@ -624,19 +715,12 @@ async fn run(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<Strin
         @if let Some(v) = &r.verdicts {
             p.verdicts { "Detection: " (badge(&label(&v.detection))) " · Safety: " (badge(&label(&v.safety))) }
         }
+        // Links to forms on pages of their own: this page reloads itself
+        // every 2 s, which would clear a half-typed reason or a ticked box.
         @if live && s.is_operator() {
-            div.actions {
-                form method="post" action=(format!("/ui/runs/{}/abort", r.id)) {
-                    label { "Reason " input type="text" name="reason" maxlength="500"; }
-                    (action_fields(&s, "End its faults now and abort it"))
-                    button.danger type="submit" { "Abort" }
-                }
-                @if waiting {
-                    form method="post" action=(format!("/ui/runs/{}/resume", r.id)) {
-                        (action_fields(&s, "Pass the gate"))
-                        button type="submit" { "Resume" }
-                    }
-                }
+            p.actions {
+                a.button.danger href=(format!("/ui/runs/{}/abort", r.id)) { "Abort…" }
+                @if waiting { a.button href=(format!("/ui/runs/{}/resume", r.id)) { "Resume…" } }
             }
         }
         h2 { "Timeline" }
@@ -699,7 +783,7 @@ fn timeline(r: &RunInfo) -> Markup {
     let height = 30.0 + row * hosts.len().max(1) as f64 + 20.0;
     let x = |ms: f64| left + (ms.clamp(0.0, span) / span) * width;
     html! {
-        svg.timeline role="img" viewBox=(format!("0 0 {} {height}", left + width + 20.0))
+        div.scroll { svg.timeline role="img" viewBox=(format!("0 0 {} {height}", left + width + 20.0))
             aria-label=(format!("Timeline of run {}: fault bars per host, detection markers", r.id)) {
             title { "Timeline of run " (r.id) }
             // Axis: 0 and the end, in seconds.
@@ -742,42 +826,120 @@ fn timeline(r: &RunInfo) -> Markup {
                     }
                 }
             }
-        }
+        } }
         p.legend { "Bars: a fault in effect. ● detected (time to detect beside it), ▲ late, ✖ missed, ◆ unexpected finding." }
     }
 }
 
 async fn report_md(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let s = session_or_login!(app, headers);
-    match app.services.gamedays.run(&id).await {
-        Ok(r) => (
-            [
-                (header::CONTENT_TYPE, "text/markdown; charset=utf-8".to_owned()),
-                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.md\"")),
-            ],
-            graydar_common::gameday::report::markdown(&r),
-        )
-            .into_response(),
-        Err(e) => error_page(&s, StatusCode::NOT_FOUND, "No such run", e),
-    }
+    let r = or_error_page!(
+        s,
+        app.services.gamedays.run(&id).await,
+        StatusCode::NOT_FOUND,
+        "No such run"
+    );
+    download(
+        &id,
+        "md",
+        "text/markdown; charset=utf-8",
+        graydar_common::gameday::report::markdown(&r),
+    )
 }
 
 async fn report_json(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let s = session_or_login!(app, headers);
-    match app.services.gamedays.run(&id).await {
-        Ok(r) => (
-            [
-                (header::CONTENT_TYPE, "application/json".to_owned()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"{id}.json\""),
-                ),
-            ],
-            serde_json::to_string_pretty(&r).unwrap_or_default(),
-        )
-            .into_response(),
-        Err(e) => error_page(&s, StatusCode::NOT_FOUND, "No such run", e),
+    let r = or_error_page!(
+        s,
+        app.services.gamedays.run(&id).await,
+        StatusCode::NOT_FOUND,
+        "No such run"
+    );
+    download(
+        &id,
+        "json",
+        "application/json",
+        serde_json::to_string_pretty(&r).unwrap_or_default(),
+    )
+}
+
+/// A run's report as a file download (`<id>.<ext>`).
+fn download(id: &str, ext: &str, content_type: &'static str, body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{id}.{ext}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The gate step a run waits at, if any.
+fn waiting_gate(r: &RunInfo) -> Option<&graydar_common::gameday::run::StepRun> {
+    r.steps
+        .iter()
+        .find(|st| st.action == "gate" && label(&st.state) == "active")
+}
+
+/// The page of an operator's action on a live run (abort, or resume at a
+/// gate): the run's state and the action's form; refused to a viewer, and
+/// nothing to do once the run has ended.
+async fn run_action_page(app: &crate::api::AppState, headers: &HeaderMap, id: &str, resume: bool) -> Response {
+    let s = session_or_login!(app, headers);
+    if !s.is_operator() {
+        return operators_only(&s);
     }
+    let r = or_error_page!(
+        s,
+        app.services.gamedays.run(id).await,
+        StatusCode::NOT_FOUND,
+        "No such run"
+    );
+    let back = format!("/ui/runs/{}", r.id);
+    let gate = waiting_gate(&r);
+    let body = html! {
+        p.summary {
+            a href=(back) { code { (r.id) } } " of " (r.gameday) ": " (badge(&label(&r.state)))
+        }
+        @if r.is_finished() {
+            p { "This run has ended; there is nothing to " (if resume { "resume" } else { "abort" }) "." }
+        } @else if resume {
+            @match gate {
+                Some(st) => {
+                    @let message = r.spec.steps.iter().find(|x| x.id == st.id).and_then(|x| x.gate.as_ref()).map(|g| g.message.as_str());
+                    p { "Waiting at gate " strong { (st.id) } @if let Some(m) = message.filter(|m| !m.is_empty()) { ": " (m) } }
+                    form method="post" action=(format!("/ui/runs/{}/resume", r.id)) {
+                        (action_fields(&s, "Pass the gate"))
+                        button type="submit" { "Resume" }
+                    }
+                },
+                None => p { "This run is not waiting at a gate." },
+            }
+        } @else {
+            p { "Aborting ends every fault of the run now (each reverted on its agent) and the run as "
+                strong { "aborted" } "." }
+            form method="post" action=(format!("/ui/runs/{}/abort", r.id)) {
+                label { "Reason " input type="text" name="reason" maxlength=(MAX_REASON) autofocus; }
+                (action_fields(&s, "End its faults now and abort it"))
+                button.danger type="submit" { "Abort" }
+            }
+        }
+        p { a href=(back) { "Back to the run" } }
+    };
+    let title = if resume { "Resume a run" } else { "Abort a run" };
+    page(Some(&s), title, "gamedays", body).into_response()
+}
+
+async fn abort_page(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    run_action_page(&app, &headers, &id, false).await
+}
+
+async fn resume_page(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    run_action_page(&app, &headers, &id, true).await
 }
 
 async fn abort_run(
@@ -787,7 +949,7 @@ async fn abort_run(
     axum::Form(f): axum::Form<ActionForm>,
 ) -> Response {
     let s = operator_or_refused!(app, headers, f);
-    let reason: String = f.reason.trim().chars().take(500).collect();
+    let reason = f.reason();
     match app
         .services
         .gamedays
@@ -809,5 +971,85 @@ async fn resume_run(
     match app.services.gamedays.resume(&id).await {
         Ok(_) => Redirect::to(&format!("/ui/runs/{id}")).into_response(),
         Err(e) => error_page(&s, StatusCode::CONFLICT, "Not resumed", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use graydar_common::api::{AgentInfo, AgentState, Capabilities};
+    use graydar_common::timestamp::Timestamp;
+
+    use super::{FleetQuery, select_agents};
+
+    fn agent(name: &str, state: AgentState, rack: &str) -> AgentInfo {
+        AgentInfo {
+            hostname: name.to_owned(),
+            addresses: vec![],
+            labels: BTreeMap::from([("rack".to_owned(), rack.to_owned())]),
+            kernel_version: String::new(),
+            agent_version: String::new(),
+            capabilities: Capabilities::default(),
+            registered_at: Timestamp::now(),
+            last_seen: Timestamp::now(),
+            state,
+            firing_findings: 0,
+            clock: None,
+        }
+    }
+
+    fn names(v: &[&AgentInfo]) -> Vec<String> {
+        v.iter().map(|a| a.hostname.clone()).collect()
+    }
+
+    fn q(state: &str, host: &str, label: &str) -> FleetQuery {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        FleetQuery {
+            state: some(state),
+            host: some(host),
+            label: some(label),
+        }
+    }
+
+    #[test]
+    fn the_fleet_lists_lost_then_stale_then_healthy_filtered_and_capped() {
+        let fleet = [
+            agent("web-2", AgentState::Healthy, "r1"),
+            agent("web-1", AgentState::Healthy, "r2"),
+            agent("db-1", AgentState::Stale, "r1"),
+            agent("db-2", AgentState::Lost, "r2"),
+        ];
+        let (all, n) = select_agents(&fleet, &FleetQuery::default(), 100);
+        assert_eq!(
+            (names(&all), n),
+            (vec!["db-2".into(), "db-1".into(), "web-1".into(), "web-2".into()], 4)
+        );
+        let (two, n) = select_agents(&fleet, &FleetQuery::default(), 2);
+        assert_eq!(
+            (names(&two), n),
+            (vec!["db-2".into(), "db-1".into()], 4),
+            "the problems first"
+        );
+        assert_eq!(
+            names(&select_agents(&fleet, &q("healthy", "", ""), 100).0),
+            ["web-1", "web-2"]
+        );
+        assert_eq!(names(&select_agents(&fleet, &q("", "db", ""), 100).0), ["db-2", "db-1"]);
+        assert_eq!(
+            names(&select_agents(&fleet, &q("", "", "rack=r1"), 100).0),
+            ["db-1", "web-2"]
+        );
+        assert_eq!(
+            names(&select_agents(&fleet, &q("", " web ", " rack = r2 "), 100).0),
+            ["web-1"]
+        );
+        assert_eq!(
+            select_agents(&fleet, &q("", "", "rack"), 100).1,
+            4,
+            "a key alone: any value"
+        );
+        assert_eq!(select_agents(&fleet, &q("", "", "zone=a"), 100).1, 0);
+        assert_eq!(select_agents(&fleet, &q("lost", "web", ""), 100).1, 0);
     }
 }

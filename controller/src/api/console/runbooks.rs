@@ -4,36 +4,34 @@
 
 use pulldown_cmark::{Event, Options, Parser, html};
 
+/// `(name, its Markdown)` of each named file of `runbooks/`.
+macro_rules! runbooks {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../../../../runbooks/", $name, ".md")))),*]
+    };
+}
+
 /// Every runbook by name (the file name without `.md`; a test checks that
 /// every file of `runbooks/` but its README is here).
-pub const RUNBOOKS: &[(&str, &str)] = &[
-    ("agent-down", include_str!("../../../../runbooks/agent-down.md")),
-    (
-        "asymmetric-connectivity",
-        include_str!("../../../../runbooks/asymmetric-connectivity.md"),
-    ),
-    (
-        "asymmetric-route",
-        include_str!("../../../../runbooks/asymmetric-route.md"),
-    ),
-    ("disk-hung", include_str!("../../../../runbooks/disk-hung.md")),
-    ("disk-slow", include_str!("../../../../runbooks/disk-slow.md")),
-    ("disk", include_str!("../../../../runbooks/disk.md")),
-    ("drops", include_str!("../../../../runbooks/drops.md")),
-    ("fsync-latency", include_str!("../../../../runbooks/fsync-latency.md")),
-    ("incast", include_str!("../../../../runbooks/incast.md")),
-    ("kernel-drops", include_str!("../../../../runbooks/kernel-drops.md")),
-    (
-        "latency-asymmetry",
-        include_str!("../../../../runbooks/latency-asymmetry.md"),
-    ),
-    ("nic-drops", include_str!("../../../../runbooks/nic-drops.md")),
-    ("one-way-loss", include_str!("../../../../runbooks/one-way-loss.md")),
-    ("paths", include_str!("../../../../runbooks/paths.md")),
-    ("probe-down", include_str!("../../../../runbooks/probe-down.md")),
-    ("qdisc-drops", include_str!("../../../../runbooks/qdisc-drops.md")),
-    ("route-flap", include_str!("../../../../runbooks/route-flap.md")),
-    ("routes", include_str!("../../../../runbooks/routes.md")),
+pub const RUNBOOKS: &[(&str, &str)] = runbooks![
+    "agent-down",
+    "asymmetric-connectivity",
+    "asymmetric-route",
+    "disk-hung",
+    "disk-slow",
+    "disk",
+    "drops",
+    "fsync-latency",
+    "incast",
+    "kernel-drops",
+    "latency-asymmetry",
+    "nic-drops",
+    "one-way-loss",
+    "paths",
+    "probe-down",
+    "qdisc-drops",
+    "route-flap",
+    "routes",
 ];
 
 /// The Markdown of runbook `name`.

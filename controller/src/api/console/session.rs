@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use graydar_common::api::Role;
+use hex::FromHex as _;
 use ring::hmac;
 
 use crate::auth::Tokens;
@@ -36,28 +37,13 @@ impl Session {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 fn key(tokens: &Tokens) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, &tokens.session_key())
 }
 
 fn csrf_of(key: &hmac::Key, cookie: &str) -> String {
     let tag = hmac::sign(key, format!("csrf.{cookie}").as_bytes());
-    hex(&tag.as_ref()[..16])
+    hex::encode(&tag.as_ref()[..16])
 }
 
 /// The cookie value for a login with `presented` at `now_s` (Unix seconds);
@@ -71,17 +57,17 @@ pub fn login(tokens: &Tokens, presented: &[u8], now_s: u64) -> Option<String> {
         "v1.{}.{}.{}",
         role.as_str(),
         now_s.saturating_add(SESSION_TTL.as_secs()),
-        hex(&fp)
+        hex::encode(fp)
     );
     let tag = hmac::sign(&key(tokens), body.as_bytes());
-    Some(format!("{body}.{}", hex(tag.as_ref())))
+    Some(format!("{body}.{}", hex::encode(tag.as_ref())))
 }
 
 /// The session a cookie value stands for at `now_s`, if it is genuine,
 /// unexpired and its token is still configured.
 pub fn check(tokens: &Tokens, cookie: &str, now_s: u64) -> Option<Session> {
     let (body, mac) = cookie.rsplit_once('.')?;
-    let mac: [u8; 32] = unhex(mac)?;
+    let mac = <[u8; 32]>::from_hex(mac).ok()?;
     let k = key(tokens);
     hmac::verify(&k, body.as_bytes(), &mac).ok()?;
     let mut parts = body.split('.');
@@ -92,7 +78,7 @@ pub fn check(tokens: &Tokens, cookie: &str, now_s: u64) -> Option<Session> {
     };
     let role: Role = role.parse().ok()?;
     let expires: u64 = expires.parse().ok()?;
-    let fp: [u8; 8] = unhex(fp)?;
+    let fp = <[u8; 8]>::from_hex(fp).ok()?;
     if now_s >= expires || !tokens.has_fingerprint(role, &fp) {
         return None;
     }
