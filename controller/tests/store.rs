@@ -513,6 +513,36 @@ async fn postgres_store_writes_thousands_at_once() {
     many_at_once(Arc::new(PgStore::connect(&url).await.expect("connect"))).await;
 }
 
+/// Two replicas (two stores, two pools) flushing the same agents' last-seen
+/// times at the same moment, handed them in opposite orders: both flushes
+/// succeed every round (none is chosen as a deadlock victim) and the newest
+/// time wins.
+#[tokio::test]
+async fn two_postgres_replicas_flush_the_same_agents_at_once_without_deadlock() {
+    let cluster = pg::PgCluster::start();
+    let url = DatabaseUrl::parse(&cluster.default_url()).expect("a postgres:// URL");
+    let a: Arc<dyn Store> = Arc::new(PgStore::connect(&url).await.expect("connect a"));
+    let b: Arc<dyn Store> = Arc::new(PgStore::connect(&url).await.expect("connect b"));
+    let hosts: Vec<String> = (0..300).map(|i| format!("flush-{i:03}")).collect();
+    for h in &hosts {
+        a.upsert_agent(&agent(h, 1_000)).await.expect("insert");
+    }
+    for round in 0..40_i64 {
+        let forward: Vec<(String, i64)> = hosts.iter().map(|h| (h.clone(), 10_000 + 2 * round)).collect();
+        let backward: Vec<(String, i64)> = hosts.iter().rev().map(|h| (h.clone(), 10_001 + 2 * round)).collect();
+        let (ra, rb) = tokio::join!(a.update_last_seen(&forward), b.update_last_seen(&backward));
+        ra.unwrap_or_else(|e| panic!("round {round}: replica a's flush failed: {e}"));
+        rb.unwrap_or_else(|e| panic!("round {round}: replica b's flush failed: {e}"));
+    }
+    let loaded = a.load_agents().await.expect("load");
+    let flushed: Vec<&AgentRecord> = loaded.iter().filter(|r| r.req.hostname.starts_with("flush-")).collect();
+    assert_eq!(flushed.len(), 300);
+    assert!(
+        flushed.iter().all(|r| r.last_seen_ms == 10_001 + 2 * 39),
+        "every agent at the newest time flushed"
+    );
+}
+
 fn bulk_transition(host: &str, kind: TransitionKind, at_ms: i64) -> TimedTransition {
     let at = Timestamp::from_unix_ms(at_ms);
     TimedTransition {

@@ -78,20 +78,30 @@ async fn update_last_seen(s: &PgStore, seen: &[(String, i64)]) -> Result<(), Sto
     if seen.is_empty() {
         return Ok(());
     }
-    // Rows locked in hostname order, so two flushes never deadlock.
+    // Two replicas may flush the same agents at once. An UPDATE joined to
+    // UNNEST locks rows in whatever order its plan visits them (a hash join
+    // walks the table, a nested loop walks the array), so two flushes could
+    // lock the same rows in opposite orders and deadlock. The rows are locked
+    // first, by a SELECT that sorts before it locks, in one transaction.
     let mut seen: Vec<&(String, i64)> = seen.iter().collect();
     seen.sort_by(|a, b| a.0.cmp(&b.0));
     // One statement for all of them (two arrays), not one per agent.
     let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
     let times: Vec<i64> = seen.iter().map(|(_, t)| *t).collect();
+    let mut tx = s.pool.begin().await?;
+    sqlx::query("SELECT 1 FROM agents WHERE hostname = ANY($1::text[]) ORDER BY hostname FOR NO KEY UPDATE")
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "UPDATE agents SET last_seen_ms = v.at FROM UNNEST($1::text[], $2::bigint[]) AS v(hostname, at) \
          WHERE agents.hostname = v.hostname AND agents.last_seen_ms < v.at",
     )
     .bind(names)
     .bind(times)
-    .execute(&s.pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 
