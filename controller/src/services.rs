@@ -139,6 +139,17 @@ impl Services {
         Ok(lever)
     }
 
+    /// Ends the console session `id` (a logout) on every controller of this
+    /// database, until it would have expired (`expires_ms`).
+    pub async fn record_logout(&self, id: &str, expires_ms: i64) -> Result<(), StoreError> {
+        self.store.record_logout(id, expires_ms, crate::timefmt::now_ms()).await
+    }
+
+    /// Whether the console session `id` was ended by a logout.
+    pub async fn logged_out(&self, id: &str) -> Result<bool, StoreError> {
+        self.store.logged_out(id).await
+    }
+
     /// Tells the other controllers on the database what this one stored.
     pub async fn announce(&self, c: Change) {
         self.cluster.notify(c).await;

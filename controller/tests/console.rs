@@ -163,7 +163,17 @@ async fn pages_need_a_session_and_a_login_needs_a_viewer_or_operator_token() {
     assert!(one.text.contains(">h2<") && !one.text.contains(">h1<"), "{}", one.text);
     let none = b.get("/ui/fleet?state=lost").await;
     assert!(none.text.contains("No agent matches."), "{}", none.text);
-    // Logged out: the cookie is cleared, and a forged one is refused.
+    // A second session of the same token, and a second controller on the
+    // same database (the same tokens) that accepts the first session too.
+    let mut other = Browser::new(&a);
+    other.login(VIEWER).await;
+    let replica = Api::on_store(a.store.clone(), common::TestDb::Shared).await;
+    let mut on_replica = Browser::new(&replica);
+    on_replica.cookie = b.cookie.clone();
+    assert_eq!(on_replica.get("/ui/fleet").await.status, StatusCode::OK);
+    // Logged out: the cookie is cleared, and a copy of it taken before is
+    // refused here and on the other controller; the other session goes on.
+    let copied = b.cookie.clone();
     let csrf = fleet.csrf();
     let out = b.post("/ui/logout", &[("csrf", &csrf)]).await;
     assert_eq!((out.status, out.location()), (StatusCode::SEE_OTHER, "/ui/login"));
@@ -173,7 +183,19 @@ async fn pages_need_a_session_and_a_login_needs_a_viewer_or_operator_token() {
             .expect("ascii")
             .contains("Max-Age=0")
     );
-    b.cookie = Some("v1.operator.99999999999.0011223344556677.00".into());
+    b.cookie = copied;
+    let p = b.get("/ui/fleet").await;
+    assert_eq!((p.status, p.location()), (StatusCode::SEE_OTHER, "/ui/login"));
+    let p = on_replica.get("/ui/fleet").await;
+    assert_eq!((p.status, p.location()), (StatusCode::SEE_OTHER, "/ui/login"));
+    assert_eq!(
+        b.get("/ui/login").await.status,
+        StatusCode::OK,
+        "the login page, not a redirect"
+    );
+    assert_eq!(other.get("/ui/fleet").await.status, StatusCode::OK, "the other session");
+    // A forged cookie is refused.
+    b.cookie = Some("v2.operator.99999999999.0011223344556677.00112233445566778899aabbccddeeff.00".into());
     assert_eq!(b.get("/ui/fleet").await.status, StatusCode::SEE_OTHER);
 }
 

@@ -508,6 +508,10 @@ async fn an_operator_abort_ends_the_fault_at_once_and_a_gate_waits_for_resume() 
     assert_eq!(r.reason.as_deref(), Some("operator abort: pager went off"));
     assert_eq!(r.step("blackhole").map(|s| s.state), Some(StepState::Reverted));
     assert_eq!(r.step("after").map(|s| s.state), Some(StepState::Skipped));
+    // Aborted a second in, before its 1 s deadline and the grace had passed:
+    // the cell is not judged a miss.
+    assert_eq!(r.detections[0].state, DetectionState::CutShort, "{:?}", r.detections);
+    assert_eq!(r.verdicts.as_ref().map(|v| v.detection), Some(Verdict::Fail));
     let r = a
         .call(
             "POST",
@@ -542,6 +546,7 @@ async fn the_safety_lever_aborts_runs_and_refuses_new_ones_and_a_restart_aborts_
         "{:?}",
         r.reason
     );
+    assert_eq!(r.detections[0].state, DetectionState::CutShort, "{:?}", r.detections);
     // Refused while engaged, and recorded as cancelled.
     let resp = a
         .call("POST", "/api/v1/gamedays/lever/runs", OPERATOR, Some(json!({})))
@@ -591,6 +596,7 @@ async fn the_safety_lever_aborts_runs_and_refuses_new_ones_and_a_restart_aborts_
     assert_eq!(r.state, RunState::Completed);
     assert_eq!(r.outcome, Some(Outcome::Aborted));
     assert_eq!(r.reason.as_deref(), Some("controller restarted"));
+    assert_eq!(r.detections[0].state, DetectionState::CutShort, "{:?}", r.detections);
     let f = services.faults.get(&fault).await.expect("fault");
     assert_eq!(f.status, "ended", "the restart ended the run's fault: {f:?}");
 }

@@ -402,6 +402,21 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(store.safety_lever().await.expect("lever"), None);
     store.set_safety_lever(None).await.expect("release twice");
     store.set_safety_lever(Some(&second)).await.expect("engage");
+
+    // Console logouts: recorded until the session would have expired, then
+    // forgotten by a later logout; recording one twice is no error.
+    assert!(!store.logged_out("s-1").await.expect("read"));
+    store.record_logout("s-1", 5_000, 1_000).await.expect("logout");
+    store.record_logout("s-1", 5_000, 1_000).await.expect("logout twice");
+    store.record_logout("s-2", 90_000, 1_000).await.expect("logout");
+    assert!(store.logged_out("s-1").await.expect("read"));
+    assert!(!store.logged_out("s-3").await.expect("read"));
+    store.record_logout("s-3", 90_000, 6_000).await.expect("logout");
+    assert!(
+        !store.logged_out("s-1").await.expect("read"),
+        "expired at 5 000, forgotten at 6 000"
+    );
+    assert!(store.logged_out("s-2").await.expect("read") && store.logged_out("s-3").await.expect("read"));
 }
 
 #[tokio::test]

@@ -17,14 +17,21 @@ use std::time::Duration;
 
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::key::Key;
-use graydar_common::gameday::run::Outcome;
+use graydar_common::gameday::run::{DetectionState, Outcome};
 use graydar_tests::browser::{Browser, Chromedriver, artifacts_dir, require_chromium};
 use graydar_tests::controller::{NS_PORT, Tokens};
-use graydar_tests::gameday_fleet::{EXPECT_10S, Fleet, report, text, write_spec};
+use graydar_tests::gameday_fleet::{Fleet, report, text, write_spec};
 use graydar_tests::netns;
 
 const GAMEDAY: &str = "console-blackhole";
 const DRIVER_PORT: u16 = 9515;
+/// What the run expects. This test is about the console, not about how
+/// fast graydar detects (the game-day tests and the detection benchmark
+/// are): deadlines with room for a cold, loaded CI machine.
+const EXPECT: &str = "    expect:
+      detect:
+        - {kind: asymmetric_connectivity, on: a, peer: b, within: 20s}
+      clear_within: 60s";
 
 #[test]
 fn an_operator_runs_a_game_day_from_the_console_and_a_viewer_cannot_change_anything() {
@@ -35,7 +42,7 @@ fn an_operator_runs_a_game_day_from_the_console_and_a_viewer_cannot_change_anyth
     let tokens = Tokens::random();
     let (ctl, _a, _b) = fleet.start(data.path(), &tokens, None);
     // The definition is applied with the CLI; the run starts in the console.
-    let spec = fleet.spec(GAMEDAY, "20s", EXPECT_10S, "");
+    let spec = fleet.spec(GAMEDAY, "20s", EXPECT, "");
     let file = write_spec(data.path(), GAMEDAY, &spec);
     let out = ctl.cli(
         &tokens.operator,
@@ -224,7 +231,7 @@ fn an_operator_runs_a_game_day_from_the_console_and_a_viewer_cannot_change_anyth
             op.visit(&format!("/ui/runs/{run_id}"), "run-live").await;
             let first_load = op.js("return performance.timeOrigin").await;
             let reloads = op
-                .wait_for(Duration::from_secs(90), "the run's page showing it ended", || {
+                .wait_for(Duration::from_secs(150), "the run's page showing it ended", || {
                     let (op, first_load) = (&op, &first_load);
                     async move {
                         // Between two reloads, the page may not be there.
@@ -241,7 +248,7 @@ fn an_operator_runs_a_game_day_from_the_console_and_a_viewer_cannot_change_anyth
             assert!(reloads, "the run ended but the page never reloaded itself");
             op.check("run-report").await;
             let summary = op.text("main p.summary").await;
-            assert!(summary.contains("passed"), "{summary}");
+            assert!(summary.contains("passed"), "{summary}\n{}", op.main_text().await);
             assert!(op.text("main p.verdicts").await.contains("Detection:"));
             assert_eq!(op.count("main form").await, 0, "an ended run offers actions");
             // The timeline: a fault bar on A, a detection marker with its time to detect.
@@ -353,5 +360,15 @@ fn an_operator_runs_a_game_day_from_the_console_and_a_viewer_cannot_change_anyth
     assert_eq!(run.trigger, "console", "{run:#?}");
     let aborted = report(&ctl, &tokens, &second);
     assert_eq!(aborted.outcome, Some(Outcome::Aborted), "{aborted:#?}");
+    // Aborted seconds in, long before the 20 s deadline and the grace: each
+    // cell is detected already or cut short, none missed.
+    assert!(
+        aborted
+            .detections
+            .iter()
+            .all(|d| matches!(d.state, DetectionState::Detected | DetectionState::CutShort)),
+        "{:#?}",
+        aborted.detections
+    );
     assert!(fleet.blackholes().is_empty(), "left applied: {}", fleet.blackholes());
 }

@@ -64,6 +64,7 @@ pub fn markdown(run: &RunInfo) -> String {
                 DetectionState::Late => "LATE",
                 DetectionState::Missed => "MISSED",
                 DetectionState::NotRun => "not run",
+                DetectionState::CutShort => "cut short",
                 DetectionState::Pending => "pending",
             };
             let ttd = d.time_to_detect_ms.map_or("-".to_owned(), |t| match d.uncertainty_ms {

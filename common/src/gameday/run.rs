@@ -264,6 +264,10 @@ pub enum DetectionState {
     Missed,
     /// Its step never ran (skipped or the run ended first).
     NotRun,
+    /// Its fault ran, but the run was aborted (or failed, or the
+    /// controller restarted) before its deadline: neither detected nor
+    /// missed. Not a detection, so the detection verdict fails.
+    CutShort,
 }
 
 /// Whether an expected finding resolved after the revert.

@@ -396,13 +396,19 @@ impl GameDayService {
                     };
                 }
             }
+            use graydar_common::gameday::run::{ClearState, DetectionState};
             for d in &mut info.detections {
-                use graydar_common::gameday::run::{ClearState, DetectionState};
+                // Nobody looked while the controller was down: not judged.
                 if d.state == DetectionState::Pending {
-                    d.state = DetectionState::Missed;
+                    d.state = DetectionState::CutShort;
                 }
                 if d.clear == Some(ClearState::Pending) {
                     d.clear = Some(ClearState::NotCleared);
+                }
+            }
+            for a in &mut info.alerts {
+                if a.state == DetectionState::Pending {
+                    a.state = DetectionState::CutShort;
                 }
             }
             info.state = RunState::Completed;

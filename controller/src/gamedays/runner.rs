@@ -1107,10 +1107,20 @@ impl Driver {
                 .filter(|s| s.started_at.is_some())
                 .map(|s| s.id.clone())
                 .collect();
+            // A cell still pending when the run ends on its own is missed
+            // (the run waits for every deadline). One still pending when the
+            // run is aborted or fails had not reached its deadline at the
+            // last look (a cell is marked missed the tick its deadline and
+            // the grace pass): cut short, not missed.
+            let pending_ran = if matches!(outcome, Outcome::Aborted | Outcome::Failed) {
+                DetectionState::CutShort
+            } else {
+                DetectionState::Missed
+            };
             for d in &mut i.detections {
                 if d.state == DetectionState::Pending {
                     d.state = if ran.contains(&d.step) {
-                        DetectionState::Missed
+                        pending_ran
                     } else {
                         DetectionState::NotRun
                     };
@@ -1122,7 +1132,7 @@ impl Driver {
             for a in &mut i.alerts {
                 if a.state == DetectionState::Pending {
                     a.state = if ran.contains(&a.step) {
-                        DetectionState::Missed
+                        pending_ran
                     } else {
                         DetectionState::NotRun
                     };

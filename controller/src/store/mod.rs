@@ -439,7 +439,19 @@ pub struct RunFilter {
 }
 
 /// The whole store.
-pub trait Store: AgentStore + CredentialStore + FindingStore + FaultStore + PathStore + GameDayStore {
+/// The console's sessions ended by a logout, kept until they would have
+/// expired (the cookie itself is stateless: `api/console/session.rs`).
+pub trait LogoutStore: Send + Sync {
+    /// Records that the session `id` ended, until `expires_ms`; forgets
+    /// those that expired by `now_ms`.
+    fn record_logout<'a>(&'a self, id: &'a str, expires_ms: i64, now_ms: i64) -> StoreFuture<'a, ()>;
+    /// Whether the session `id` was ended by a logout.
+    fn logged_out<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
+}
+
+pub trait Store:
+    AgentStore + CredentialStore + FindingStore + FaultStore + PathStore + GameDayStore + LogoutStore
+{
     /// Whether the database answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
     /// Final writes (a checkpoint) and closing the connections.

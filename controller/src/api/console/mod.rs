@@ -94,10 +94,31 @@ fn now_s() -> u64 {
     u64::try_from(crate::timefmt::now_ms() / 1000).unwrap_or(0)
 }
 
-/// The request's session, if it has a valid one.
-pub(crate) fn session_of(app: &AppState, headers: &HeaderMap) -> Option<Session> {
-    let cookie = session::from_headers(headers)?;
-    session::check(&app.tokens, &cookie, now_s())
+/// The request's session, if it has a valid one not logged out; a 503 page
+/// when the store cannot say whether it was.
+pub(crate) async fn session_of(app: &AppState, headers: &HeaderMap) -> Result<Option<Session>, Box<Response>> {
+    let Some(s) = session::from_headers(headers).and_then(|c| session::check(&app.tokens, &c, now_s())) else {
+        return Ok(None);
+    };
+    match app.services.logged_out(&s.id).await {
+        Ok(false) => Ok(Some(s)),
+        Ok(true) => Ok(None),
+        Err(e) => {
+            tracing::warn!(error = %e, "console: could not look up whether a session was logged out");
+            Err(Box::new(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    page(
+                        None,
+                        "Database unavailable",
+                        "",
+                        html! { p.refusal { "The controller's database did not answer (" (e) "), so the session could not be checked. Try again shortly." } },
+                    ),
+                )
+                    .into_response(),
+            ))
+        }
+    }
 }
 
 /// What a page handler answers without a session: the login page.
@@ -108,13 +129,13 @@ pub(crate) fn to_login() -> Response {
 /// A state-changing form's checks: a session (else the login page), the
 /// operator role (403), this origin (403 when the browser says another),
 /// the CSRF token (403) and the confirmation box (400).
-pub(crate) fn check_action(
+pub(crate) async fn check_action(
     app: &AppState,
     headers: &HeaderMap,
     csrf: &str,
     confirmed: bool,
 ) -> Result<Session, Box<Response>> {
-    let Some(s) = session_of(app, headers) else {
+    let Some(s) = session_of(app, headers).await? else {
         return Err(Box::new(to_login()));
     };
     if !s.is_operator() {
@@ -237,7 +258,7 @@ pub(crate) fn page_with(s: Option<&Session>, title: &str, current: &str, live: b
 }
 
 async fn login_page(State(app): State<Shared>, headers: HeaderMap) -> Response {
-    if session_of(&app, &headers).is_some() {
+    if let Ok(Some(_)) = session_of(&app, &headers).await {
         return Redirect::to("/ui/fleet").into_response();
     }
     page(None, "Log in", "", login_form(None)).into_response()
@@ -273,7 +294,23 @@ async fn login(State(app): State<Shared>, headers: HeaderMap, axum::Form(f): axu
         )
             .into_response();
     }
-    match session::login(&app.tokens, f.token.trim().as_bytes(), now_s()) {
+    let id = match session::new_id() {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "console: no random session id");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                page(
+                    None,
+                    "Log in",
+                    "",
+                    login_form(Some("The controller could not make a session id.")),
+                ),
+            )
+                .into_response();
+        }
+    };
+    match session::login(&app.tokens, f.token.trim().as_bytes(), now_s(), &id) {
         Some(cookie) => (
             StatusCode::SEE_OTHER,
             [
@@ -304,22 +341,38 @@ struct CsrfForm {
     csrf: String,
 }
 
+/// Ends the session on every controller of the database (its id recorded
+/// until it would have expired), then in the browser.
 async fn logout(State(app): State<Shared>, headers: HeaderMap, axum::Form(f): axum::Form<CsrfForm>) -> Response {
-    match session_of(&app, &headers) {
-        Some(s) if session::csrf_ok(&s, &f.csrf) && same_origin(&headers) => (
-            StatusCode::SEE_OTHER,
-            [
-                (header::SET_COOKIE, session::clear_cookie(app.tls)),
-                (header::LOCATION, "/ui/login".to_owned()),
-            ],
-        )
-            .into_response(),
-        Some(s) => refusal(
+    let s = match session_of(&app, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return to_login(),
+        Err(r) => return *r,
+    };
+    if !session::csrf_ok(&s, &f.csrf) || !same_origin(&headers) {
+        return refusal(
             &s,
             StatusCode::FORBIDDEN,
             "Refused",
             "The form's CSRF token is missing or wrong.",
-        ),
-        None => to_login(),
+        );
     }
+    let expires_ms = i64::try_from(s.expires_s).unwrap_or(i64::MAX).saturating_mul(1000);
+    if let Err(e) = app.services.record_logout(&s.id, expires_ms).await {
+        tracing::warn!(error = %e, "console: a logout not recorded");
+        return refusal(
+            &s,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not logged out",
+            &format!("The database did not record the logout ({e}); the session still works. Try again."),
+        );
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, session::clear_cookie(app.tls)),
+            (header::LOCATION, "/ui/login".to_owned()),
+        ],
+    )
+        .into_response()
 }

@@ -103,9 +103,10 @@ macro_rules! or_error_page {
 
 macro_rules! session_or_login {
     ($app:expr, $headers:expr) => {
-        match session_of(&$app, &$headers) {
-            Some(s) => s,
-            None => return to_login(),
+        match session_of(&$app, &$headers).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return to_login(),
+            Err(r) => return *r,
         }
     };
 }
@@ -114,7 +115,7 @@ macro_rules! session_or_login {
 /// refusal ([`check_action`]) as the handler's answer.
 macro_rules! operator_or_refused {
     ($app:expr, $headers:expr, $form:expr) => {
-        match check_action(&$app, &$headers, &$form.csrf, $form.confirmed()) {
+        match check_action(&$app, &$headers, &$form.csrf, $form.confirmed()).await {
             Ok(s) => s,
             Err(r) => return *r,
         }
@@ -818,6 +819,8 @@ fn timeline(r: &RunInfo) -> Markup {
                         }
                     } @else if d.state == DetectionState::Missed {
                         text.miss x=(left + width - 6.0) y=(y + 30.0) { "✖" title { "missed: " (d.kinds.join(", ")) } }
+                    } @else if d.state == DetectionState::CutShort {
+                        text.cut x=(left + width - 6.0) y=(y + 30.0) { "○" title { "cut short (the run ended before the deadline): " (d.kinds.join(", ")) } }
                     }
                 }
                 @for u in r.unexpected.iter().filter(|u| &u.host == h) {
@@ -827,7 +830,7 @@ fn timeline(r: &RunInfo) -> Markup {
                 }
             }
         } }
-        p.legend { "Bars: a fault in effect. ● detected (time to detect beside it), ▲ late, ✖ missed, ◆ unexpected finding." }
+        p.legend { "Bars: a fault in effect. ● detected (time to detect beside it), ▲ late, ✖ missed, ○ cut short (the run ended before its deadline), ◆ unexpected finding." }
     }
 }
 

@@ -2,13 +2,17 @@
 //! login for a signed cookie, and every state-changing form carries a CSRF
 //! token bound to that cookie.
 //!
-//! The cookie is stateless: `v1.<role>.<expires>.<token fingerprint>.<mac>`,
+//! The cookie is signed, not looked up:
+//! `v2.<role>.<expires>.<token fingerprint>.<session id>.<mac>`,
 //! HMAC-SHA256 under a key derived from the configured tokens
 //! ([`Tokens::session_key`]), so every replica with the same tokens accepts
 //! it, it ends when it expires ([`SESSION_TTL`]) or when the token it was
 //! made from is no longer configured, and changing the tokens ends every
-//! session. The CSRF token is an HMAC of the cookie: a page of another
-//! site can neither read it nor make it.
+//! session. A logout also writes the session's id (random, 128 bits) to the
+//! store until it would have expired, and a session whose id is there is
+//! refused (`console/mod.rs`): a copy of a logged-out cookie works nowhere.
+//! The CSRF token is an HMAC of the cookie: a page of another site can
+//! neither read it nor make it.
 
 use std::time::Duration;
 
@@ -29,6 +33,10 @@ pub struct Session {
     pub role: Role,
     /// The hidden field every form posts back.
     pub csrf: String,
+    /// The session's random id (what a logout records).
+    pub id: String,
+    /// When it expires (Unix seconds).
+    pub expires_s: u64,
 }
 
 impl Session {
@@ -46,15 +54,25 @@ fn csrf_of(key: &hmac::Key, cookie: &str) -> String {
     hex::encode(&tag.as_ref()[..16])
 }
 
-/// The cookie value for a login with `presented` at `now_s` (Unix seconds);
-/// `None` when it is no viewer or operator token.
-pub fn login(tokens: &Tokens, presented: &[u8], now_s: u64) -> Option<String> {
+/// A new session id: 128 random bits, hex.
+pub fn new_id() -> std::io::Result<String> {
+    crate::auth::generate_token()
+}
+
+fn is_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The cookie value for a login with `presented` at `now_s` (Unix seconds)
+/// as the session `id` ([`new_id`]); `None` when it is no viewer or
+/// operator token.
+pub fn login(tokens: &Tokens, presented: &[u8], now_s: u64, id: &str) -> Option<String> {
     let (role, fp) = tokens.fingerprint_of(presented)?;
-    if !matches!(role, Role::Viewer | Role::Operator) {
+    if !matches!(role, Role::Viewer | Role::Operator) || !is_id(id) {
         return None;
     }
     let body = format!(
-        "v1.{}.{}.{}",
+        "v2.{}.{}.{}.{id}",
         role.as_str(),
         now_s.saturating_add(SESSION_TTL.as_secs()),
         hex::encode(fp)
@@ -64,27 +82,35 @@ pub fn login(tokens: &Tokens, presented: &[u8], now_s: u64) -> Option<String> {
 }
 
 /// The session a cookie value stands for at `now_s`, if it is genuine,
-/// unexpired and its token is still configured.
+/// unexpired and its token is still configured (whether it was logged out
+/// is the store's to say).
 pub fn check(tokens: &Tokens, cookie: &str, now_s: u64) -> Option<Session> {
     let (body, mac) = cookie.rsplit_once('.')?;
     let mac = <[u8; 32]>::from_hex(mac).ok()?;
     let k = key(tokens);
     hmac::verify(&k, body.as_bytes(), &mac).ok()?;
     let mut parts = body.split('.');
-    let (Some("v1"), Some(role), Some(expires), Some(fp), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some("v2"), Some(role), Some(expires), Some(fp), Some(id), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return None;
     };
     let role: Role = role.parse().ok()?;
     let expires: u64 = expires.parse().ok()?;
     let fp = <[u8; 8]>::from_hex(fp).ok()?;
-    if now_s >= expires || !tokens.has_fingerprint(role, &fp) {
+    if now_s >= expires || !tokens.has_fingerprint(role, &fp) || !is_id(id) {
         return None;
     }
     Some(Session {
         role,
         csrf: csrf_of(&k, cookie),
+        id: id.to_owned(),
+        expires_s: expires,
     })
 }
 
@@ -126,6 +152,8 @@ mod tests {
     use super::*;
 
     const VIEWER: &str = "viewer-token-0123456789";
+    const ID: &str = "00112233445566778899aabbccddeeff";
+    const ID2: &str = "ffeeddccbbaa99887766554433221100";
     const OPERATOR: &str = "operator-token-0123456789";
 
     fn tokens() -> Tokens {
@@ -138,39 +166,53 @@ mod tests {
     #[test]
     fn a_login_gives_a_session_of_its_role_until_it_expires() {
         let t = tokens();
-        let c = login(&t, OPERATOR.as_bytes(), 1_000).expect("operator");
+        let c = login(&t, OPERATOR.as_bytes(), 1_000, ID).expect("operator");
         let s = check(&t, &c, 1_001).expect("valid");
         assert_eq!(s.role, Role::Operator);
         assert!(csrf_ok(&s, &s.csrf));
         assert!(!csrf_ok(&s, "0000"));
-        let v = check(&t, &login(&t, VIEWER.as_bytes(), 1_000).expect("viewer"), 1_001).expect("valid");
+        let v = check(&t, &login(&t, VIEWER.as_bytes(), 1_000, ID2).expect("viewer"), 1_001).expect("valid");
         assert_eq!(v.role, Role::Viewer);
         assert_ne!(v.csrf, s.csrf, "a CSRF token per session");
+        assert_eq!((s.id.as_str(), s.expires_s), (ID, 1_000 + SESSION_TTL.as_secs()));
+        // Two logins with one token in the same second are two sessions.
+        let again = check(
+            &t,
+            &login(&t, OPERATOR.as_bytes(), 1_000, ID2).expect("operator"),
+            1_001,
+        )
+        .expect("valid");
+        assert_ne!((again.id, again.csrf), (s.id.clone(), s.csrf.clone()));
+        assert!(
+            login(&t, OPERATOR.as_bytes(), 1_000, "not-hex").is_none(),
+            "an id that is no id"
+        );
         assert!(check(&t, &c, 1_000 + SESSION_TTL.as_secs()).is_none(), "expired");
     }
 
     #[test]
     fn the_agent_token_and_unknown_tokens_do_not_log_in() {
         let t = tokens();
-        assert!(login(&t, b"agent-token-0123456789", 0).is_none());
-        assert!(login(&t, b"not-a-token-at-all-xx", 0).is_none());
+        assert!(login(&t, b"agent-token-0123456789", 0, ID).is_none());
+        assert!(login(&t, b"not-a-token-at-all-xx", 0, ID).is_none());
     }
 
     #[test]
     fn a_forged_or_altered_cookie_is_refused() {
         let t = tokens();
-        let c = login(&t, VIEWER.as_bytes(), 1_000).expect("viewer");
+        let c = login(&t, VIEWER.as_bytes(), 1_000, ID2).expect("viewer");
         let promoted = c.replacen("viewer", "operator", 1);
         assert!(check(&t, &promoted, 1_001).is_none(), "role changed");
-        let extended = {
-            let parts: Vec<&str> = c.split('.').collect();
-            format!(
-                "{}.{}.{}.{}.{}",
-                parts[0], parts[1], 9_999_999_999u64, parts[3], parts[4]
-            )
-        };
+        let parts: Vec<&str> = c.split('.').collect();
+        let extended = format!(
+            "{}.{}.{}.{}.{}.{}",
+            parts[0], parts[1], 9_999_999_999u64, parts[3], parts[4], parts[5]
+        );
         assert!(check(&t, &extended, 1_001).is_none(), "expiry changed");
-        for bad in ["", "v1", "v1.viewer.1.2.3", "x.y", &c[..c.len() - 2]] {
+        let other_id = format!("{}.{}.{}.{}.{ID}.{}", parts[0], parts[1], parts[2], parts[3], parts[5]);
+        assert!(check(&t, &other_id, 1_001).is_none(), "session id changed");
+        let v1 = format!("v1.{}.{}.{}.{}", parts[1], parts[2], parts[3], parts[5]);
+        for bad in ["", "v2", "v2.viewer.1.2.3.4", "x.y", &c[..c.len() - 2], &v1] {
             assert!(check(&t, bad, 1_001).is_none(), "{bad:?}");
         }
     }
@@ -178,7 +220,7 @@ mod tests {
     #[test]
     fn changing_the_tokens_ends_the_sessions_made_from_them() {
         let t = tokens();
-        let c = login(&t, OPERATOR.as_bytes(), 1_000).expect("operator");
+        let c = login(&t, OPERATOR.as_bytes(), 1_000, ID).expect("operator");
         let rotated = Tokens::parse(&format!("viewer:{VIEWER}\noperator:operator-token-9876543210")).expect("tokens");
         assert!(check(&rotated, &c, 1_001).is_none());
     }

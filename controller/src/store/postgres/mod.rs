@@ -12,6 +12,7 @@ mod agents;
 mod faults;
 mod findings;
 mod gamedays;
+mod logouts;
 mod paths;
 
 use std::future::Future;
@@ -75,6 +76,11 @@ pub const MIGRATIONS: Migrations = &[
         10,
         "fault_lease",
         include_str!("../../../migrations-postgres/0010_fault_lease.sql"),
+    ),
+    (
+        11,
+        "console_logouts",
+        include_str!("../../../migrations-postgres/0011_console_logouts.sql"),
     ),
 ];
 

@@ -15,6 +15,7 @@ mod agents;
 mod faults;
 mod findings;
 mod gamedays;
+mod logouts;
 mod paths;
 
 use std::future::Future;
@@ -66,6 +67,11 @@ pub const MIGRATIONS: Migrations = &[
         10,
         "fault_lease",
         include_str!("../../../migrations/0010_fault_lease.sql"),
+    ),
+    (
+        11,
+        "console_logouts",
+        include_str!("../../../migrations/0011_console_logouts.sql"),
     ),
 ];
 
