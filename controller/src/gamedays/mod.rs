@@ -12,7 +12,7 @@ pub mod promql;
 mod runner;
 mod scheduler;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -435,12 +435,33 @@ impl GameDayService {
     pub async fn start(&self, name: &str, req: StartRun, trigger: &str) -> Result<RunInfo, GameDayError> {
         let def = self.get(name).await?;
         let spec = def.spec;
+        // A run of this game day still going here refuses the start. One
+        // that has ended but whose task is still writing its end to the
+        // store (retried until it lands) does not: every fault of it has
+        // ended, and the store may still call it unfinished for a moment.
+        let (active_here, ended_here) = {
+            let live = lock(&self.ctx.live);
+            let mut active = None;
+            let mut ended = HashSet::new();
+            for l in live.values() {
+                let i = lock(&l.info);
+                if i.gameday != name {
+                    continue;
+                }
+                if i.is_finished() {
+                    ended.insert(i.id.clone());
+                } else {
+                    active = Some(i.id.clone());
+                }
+            }
+            (active, ended)
+        };
         if !req.dry_run
-            && let Some(active) = lock(&self.ctx.live).values().find(|l| lock(&l.info).gameday == name)
+            && let Some(run) = active_here
         {
             return Err(GameDayError::RunActive {
                 name: name.to_owned(),
-                run: lock(&active.info).id.clone(),
+                run,
             });
         }
         if !req.dry_run
@@ -450,7 +471,7 @@ impl GameDayService {
                 .unfinished_runs()
                 .await?
                 .into_iter()
-                .find(|r| r.gameday == name)
+                .find(|r| r.gameday == name && !ended_here.contains(&r.id))
         {
             return Err(GameDayError::RunActive {
                 name: name.to_owned(),

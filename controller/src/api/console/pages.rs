@@ -767,7 +767,7 @@ fn rel(run_start: i64, t: &Timestamp) -> f64 {
 
 /// The run as an SVG: a row per target host, a bar per fault step on it
 /// (applied to reverted), a marker per detection (● detected with its time
-/// to detect, ▲ late, ✖ missed) and per unexpected finding (◆).
+/// to detect, ▲ late, ✖ missed, ○ cut short) and per unexpected finding (◆).
 fn timeline(r: &RunInfo) -> Markup {
     let start = r.started_at.unwrap_or(r.created_at).unix_ms();
     let end = r.ended_at.unwrap_or_else(Timestamp::now).unix_ms().max(start + 1000);
