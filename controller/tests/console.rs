@@ -309,19 +309,7 @@ async fn a_finding_shows_its_evidence_history_and_runbook() {
 #[tokio::test]
 async fn operators_act_with_csrf_and_confirmation_and_viewers_cannot() {
     let a = fleet().await;
-    let created = a
-        .call(
-            "POST",
-            "/api/v1/faults",
-            OPERATOR,
-            Some(
-                json!({"targets": {"agents": ["h1"]}, "spec": {"kind": "blackhole", "prefix": "10.9.9.0/24"},
-            "duration_seconds": 300}),
-            ),
-        )
-        .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-    let id = created.json()["id"].as_str().expect("id").to_owned();
+    let id = a.create_blackhole("h1", "10.9.9.0/24").await;
     let revert = format!("/ui/faults/{id}/revert");
 
     // A viewer sees no button, and the POST is refused.

@@ -112,19 +112,7 @@ async fn copy_to_postgres_moves_everything_and_refuses_a_database_that_is_not_em
     transition(&a, "h1", TransitionKind::Resolved, t0, t1).await;
     transition(&a, "h2", TransitionKind::Fired, t1, t1).await;
     // A fault reported active, then revert-all (epoch 1), then a live one.
-    let f1 = a
-        .call(
-            "POST",
-            "/api/v1/faults",
-            OPERATOR,
-            Some(
-                json!({"targets": {"agents": ["h1"]}, "spec": {"kind": "blackhole", "prefix": "10.9.9.0/24"},
-            "duration_seconds": 300}),
-            ),
-        )
-        .await;
-    assert_eq!(f1.status, StatusCode::CREATED, "{}", f1.text);
-    let f1 = f1.json()["id"].as_str().expect("id").to_owned();
+    let f1 = a.create_blackhole("h1", "10.9.9.0/24").await;
     let report =
         json!({"statuses": [{"id": f1, "state": "active", "operations": ["ip route add blackhole 10.9.9.0/24"]}]});
     let r = a
@@ -133,18 +121,7 @@ async fn copy_to_postgres_moves_everything_and_refuses_a_database_that_is_not_em
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = a.call("POST", "/api/v1/faults/revert-all", OPERATOR, None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let f2 = a
-        .call(
-            "POST",
-            "/api/v1/faults",
-            OPERATOR,
-            Some(
-                json!({"targets": {"agents": ["h2"]}, "spec": {"kind": "blackhole", "prefix": "10.9.8.0/24"},
-            "duration_seconds": 300}),
-            ),
-        )
-        .await;
-    assert_eq!(f2.status, StatusCode::CREATED, "{}", f2.text);
+    a.create_blackhole("h2", "10.9.8.0/24").await;
     // Mesh keys rotated; a game day and a run the preflight cancelled.
     let r = a.call("POST", "/api/v1/paths/keys/rotate", OPERATOR, None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);

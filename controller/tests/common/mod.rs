@@ -55,7 +55,6 @@ pub fn digest_of(host: &str) -> String {
     ))
 }
 
-/// The URL of `cluster`'s default database, as the controller takes it.
 /// A registration of `host` (kernel 6.18.0, agent 0.1.0, default
 /// capabilities, no dm devices) with the credential of [`digest_of`]; tests
 /// set the fields they care about with `..registration(host)`.
@@ -73,6 +72,7 @@ pub fn registration(host: &str) -> RegisterRequest {
     }
 }
 
+/// The URL of `cluster`'s default database, as the controller takes it.
 pub fn db_url(cluster: &pg::PgCluster) -> graydar_controller::store::DatabaseUrl {
     graydar_controller::store::DatabaseUrl::parse(&cluster.default_url()).expect("a postgres:// URL")
 }
@@ -243,6 +243,18 @@ impl Api {
             body.map(|b| ("application/json", b.to_string())),
         )
         .await
+    }
+
+    /// An operator's 300 s blackhole of `prefix` on `agent`: its id.
+    pub async fn create_blackhole(&self, agent: &str, prefix: &str) -> String {
+        let body = serde_json::json!({
+            "targets": {"agents": [agent]},
+            "spec": {"kind": "blackhole", "prefix": prefix},
+            "duration_seconds": 300
+        });
+        let r = self.call("POST", "/api/v1/faults", OPERATOR, Some(body)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.json()["id"].as_str().expect("the fault's id").to_owned()
     }
 
     /// One request: an optional bearer token, an optional body with its

@@ -294,7 +294,7 @@ async fn login(State(app): State<Shared>, headers: HeaderMap, axum::Form(f): axu
         )
             .into_response();
     }
-    let id = match session::new_id() {
+    let id = match crate::auth::generate_token() {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(error = %e, "console: no random session id");

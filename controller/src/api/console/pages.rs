@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use graydar_common::api::{AgentInfo, AgentState, Evidence, Finding};
-use graydar_common::gameday::run::{DetectionState, RunInfo, StartRun};
+use graydar_common::gameday::run::{DetectionState, RunInfo, StartRun, StepState};
 use graydar_common::timestamp::Timestamp;
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
@@ -806,6 +806,11 @@ fn timeline(r: &RunInfo) -> Markup {
                     }
                 }
                 @for d in r.detections.iter().filter(|d| &d.host == h) {
+                    @let undetected = match d.state {
+                        DetectionState::Missed => Some(("✖", "miss", "missed")),
+                        DetectionState::CutShort => Some(("○", "cut", "cut short (the run ended before the deadline)")),
+                        _ => None,
+                    };
                     @if let Some(at) = &d.fired_at {
                         @let cx = x(rel(start, at));
                         @let (shape, class) = match d.state { DetectionState::Detected => ("●", "det"), DetectionState::Late => ("▲", "late"), _ => ("✖", "miss") };
@@ -817,10 +822,9 @@ fn timeline(r: &RunInfo) -> Markup {
                         @if let Some(t) = d.time_to_detect_ms {
                             text.ttd x=(cx + 8.0) y=(y + 30.0) { (format!("{:.1} s", t / 1000.0)) }
                         }
-                    } @else if d.state == DetectionState::Missed {
-                        text.miss x=(left + width - 6.0) y=(y + 30.0) { "✖" title { "missed: " (d.kinds.join(", ")) } }
-                    } @else if d.state == DetectionState::CutShort {
-                        text.cut x=(left + width - 6.0) y=(y + 30.0) { "○" title { "cut short (the run ended before the deadline): " (d.kinds.join(", ")) } }
+                    } @else if let Some((shape, class, what)) = undetected {
+                        // Never detected: at the end of the host's row.
+                        text class=(class) x=(left + width - 6.0) y=(y + 30.0) { (shape) title { (what) ": " (d.kinds.join(", ")) } }
                     }
                 }
                 @for u in r.unexpected.iter().filter(|u| &u.host == h) {
@@ -835,39 +839,30 @@ fn timeline(r: &RunInfo) -> Markup {
 }
 
 async fn report_md(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let s = session_or_login!(app, headers);
-    let r = or_error_page!(
-        s,
-        app.services.gamedays.run(&id).await,
-        StatusCode::NOT_FOUND,
-        "No such run"
-    );
-    download(
-        &id,
-        "md",
-        "text/markdown; charset=utf-8",
-        graydar_common::gameday::report::markdown(&r),
-    )
+    report(&app, &headers, &id, "md").await
 }
 
 async fn report_json(State(app): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    report(&app, &headers, &id, "json").await
+}
+
+/// A run's report as a file download, `<id>.md` or `<id>.json`.
+async fn report(app: &crate::api::AppState, headers: &HeaderMap, id: &str, ext: &str) -> Response {
     let s = session_or_login!(app, headers);
     let r = or_error_page!(
         s,
-        app.services.gamedays.run(&id).await,
+        app.services.gamedays.run(id).await,
         StatusCode::NOT_FOUND,
         "No such run"
     );
-    download(
-        &id,
-        "json",
-        "application/json",
-        serde_json::to_string_pretty(&r).unwrap_or_default(),
-    )
-}
-
-/// A run's report as a file download (`<id>.<ext>`).
-fn download(id: &str, ext: &str, content_type: &'static str, body: String) -> Response {
+    let (content_type, body) = if ext == "md" {
+        (
+            "text/markdown; charset=utf-8",
+            graydar_common::gameday::report::markdown(&r),
+        )
+    } else {
+        ("application/json", serde_json::to_string_pretty(&r).unwrap_or_default())
+    };
     (
         [
             (header::CONTENT_TYPE, content_type.to_owned()),
@@ -885,7 +880,7 @@ fn download(id: &str, ext: &str, content_type: &'static str, body: String) -> Re
 fn waiting_gate(r: &RunInfo) -> Option<&graydar_common::gameday::run::StepRun> {
     r.steps
         .iter()
-        .find(|st| st.action == "gate" && label(&st.state) == "active")
+        .find(|st| st.action == "gate" && st.state == StepState::Active)
 }
 
 /// The page of an operator's action on a live run (abort, or resume at a

@@ -54,17 +54,14 @@ fn csrf_of(key: &hmac::Key, cookie: &str) -> String {
     hex::encode(&tag.as_ref()[..16])
 }
 
-/// A new session id: 128 random bits, hex.
-pub fn new_id() -> std::io::Result<String> {
-    crate::auth::generate_token()
-}
-
+/// A session id: 128 random bits in hex, as [`crate::auth::generate_token`]
+/// makes them.
 fn is_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The cookie value for a login with `presented` at `now_s` (Unix seconds)
-/// as the session `id` ([`new_id`]); `None` when it is no viewer or
+/// as the session `id` ([`crate::auth::generate_token`]); `None` when it is no viewer or
 /// operator token.
 pub fn login(tokens: &Tokens, presented: &[u8], now_s: u64, id: &str) -> Option<String> {
     let (role, fp) = tokens.fingerprint_of(presented)?;
